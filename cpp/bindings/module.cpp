@@ -1,0 +1,292 @@
+// pybind11 bindings: eigenlstm._core. The only file that includes pybind11. It converts NumPy
+// arrays to the engine's dense row-major buffers, re-checks every size that could corrupt
+// memory (std::invalid_argument -> ValueError), and releases the GIL around compute.
+// Argument validation with friendly messages lives in the Python layer (python/eigenlstm).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <limits>
+#include <mutex>
+#include <new>
+#include <optional>
+#include <shared_mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "eigenlstm/lstm.hpp"
+
+namespace py = pybind11;
+using eigenlstm::Index;
+using eigenlstm::Param;
+
+namespace {
+
+template <typename S>
+using Array = py::array_t<S, py::array::c_style | py::array::forcecast>;
+using Lengths = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>;
+
+Param param_kind(const std::string& name) {
+    if (name == "weight_ih") return Param::weight_ih;
+    if (name == "weight_hh") return Param::weight_hh;
+    if (name == "bias_ih") return Param::bias_ih;
+    if (name == "bias_hh") return Param::bias_hh;
+    if (name == "weight_hr") return Param::weight_hr;
+    throw std::invalid_argument("unknown parameter kind '" + name + "'");
+}
+
+std::string shape_str(const std::vector<Index>& s) {
+    std::string out = "(";
+    for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+    return out + (s.size() == 1 ? ",)" : ")");
+}
+
+template <typename A>
+void check_shape(const char* fn, const char* name, const A& a, const std::vector<Index>& want) {
+    std::vector<Index> got(a.shape(), a.shape() + a.ndim());
+    if (got != want)
+        throw std::invalid_argument(std::string(fn) + ": " + name + " must have shape " +
+                                    shape_str(want) + ", got " + shape_str(got));
+}
+
+// A new C-contiguous array; std::bad_alloc (MemoryError) if its byte size overflows.
+template <typename S>
+py::array_t<S> empty(const std::vector<Index>& shape) {
+    Index n = 1;
+    for (Index s : shape) {
+        if (s != 0 && n > std::numeric_limits<Index>::max() / Index(sizeof(S)) / s)
+            throw std::bad_alloc();
+        n *= s;
+    }
+    return py::array_t<S>(shape);
+}
+
+// The engine plus a reader-writer lock: eval-mode forward calls share it (they touch no
+// member), anything that writes parameters, gradients or the cache needs it alone and
+// refuses rather than waits, because two writers interleaving would be a bug in the caller.
+template <typename S>
+struct Engine {
+    eigenlstm::LSTM<S> lstm;
+    mutable std::shared_mutex mutex;
+
+    Engine(const eigenlstm::Config& c, std::uint64_t seed) : lstm(c, seed) {}
+
+    std::unique_lock<std::shared_mutex> exclusive(const char* what) {
+        std::unique_lock<std::shared_mutex> lock(mutex, std::try_to_lock);
+        if (!lock.owns_lock())
+            throw std::runtime_error(std::string(what) +
+                                     ": this LSTM is being used by another thread; training-mode "
+                                     "calls and parameter updates on one module must not overlap");
+        return lock;
+    }
+
+    py::array_t<S> flat_view(S* data, py::handle owner) {
+        return py::array_t<S>({lstm.num_params()}, {Index(sizeof(S))}, data, owner);
+    }
+
+    py::tuple forward(const Array<S>& x, const std::optional<Array<S>>& h0,
+                      const std::optional<Array<S>>& c0, const std::optional<Lengths>& lengths,
+                      bool training) {
+        const auto& c = lstm.config();
+        const Index DL = c.directions() * c.num_layers, H = c.hidden_size, Hout = c.output_size();
+        if (x.ndim() != 3)
+            throw std::invalid_argument("forward: x must be 3-D (T, B, I), got " +
+                                        std::to_string(x.ndim()) + "-D");
+        const Index T = x.shape(0), B = x.shape(1);
+        check_shape("forward", "x", x, {T, B, c.input_size});
+        if (h0) check_shape("forward", "h0", *h0, {DL, B, Hout});
+        if (c0) check_shape("forward", "c0", *c0, {DL, B, H});
+        if (lengths) check_shape("forward", "lengths", *lengths, {B});
+        auto y = empty<S>({T, B, c.directions() * Hout});
+        auto h_n = empty<S>({DL, B, Hout});
+        auto c_n = empty<S>({DL, B, H});
+        S* py_ = y.mutable_data();
+        S* ph = h_n.mutable_data();
+        S* pc = c_n.mutable_data();
+        const S* px = x.data();
+        const S* ph0 = h0 ? h0->data() : nullptr;
+        const S* pc0 = c0 ? c0->data() : nullptr;
+        const std::int64_t* pl = lengths ? lengths->data() : nullptr;
+        {
+            std::unique_lock<std::shared_mutex> ex;
+            std::shared_lock<std::shared_mutex> sh;
+            if (training) ex = exclusive("forward");
+            py::gil_scoped_release release;
+            if (!training) sh = std::shared_lock<std::shared_mutex>(mutex);
+            lstm.forward(py_, ph, pc, px, ph0, pc0, pl, T, B, training);
+        }
+        return py::make_tuple(y, h_n, c_n);
+    }
+
+    py::tuple backward(const Array<S>& dy, const std::optional<Array<S>>& dh_n,
+                       const std::optional<Array<S>>& dc_n) {
+        const auto& c = lstm.config();
+        const Index DL = c.directions() * c.num_layers, H = c.hidden_size, Hout = c.output_size();
+        auto lock = exclusive("backward");
+        Index T, B;
+        if (!lstm.cached_sizes(T, B))
+            throw std::logic_error("backward: no training-mode forward to differentiate (the "
+                                   "cache is consumed by each backward)");
+        check_shape("backward", "d_output", dy, {T, B, c.directions() * Hout});
+        if (dh_n) check_shape("backward", "dh_n", *dh_n, {DL, B, Hout});
+        if (dc_n) check_shape("backward", "dc_n", *dc_n, {DL, B, H});
+        auto dx = empty<S>({T, B, c.input_size});
+        auto dh0 = empty<S>({DL, B, Hout});
+        auto dc0 = empty<S>({DL, B, H});
+        S* pdx = dx.mutable_data();
+        S* pdh = dh0.mutable_data();
+        S* pdc = dc0.mutable_data();
+        const S* pdy = dy.data();
+        const S* pdhn = dh_n ? dh_n->data() : nullptr;
+        const S* pdcn = dc_n ? dc_n->data() : nullptr;
+        {
+            py::gil_scoped_release release;
+            lstm.backward(pdx, pdh, pdc, pdy, pdhn, pdcn);
+        }
+        return py::make_tuple(dx, dh0, dc0);
+    }
+
+    std::vector<Index> shape(Param kind, Index layer) const {
+        Index rows, cols;
+        lstm.param_shape(kind, layer, rows, cols);
+        if (kind == Param::bias_ih || kind == Param::bias_hh) return {rows};
+        return {rows, cols};
+    }
+
+    void check_flat(const py::array_t<S>& flat) const {
+        if (flat.ndim() != 1 || flat.shape(0) != lstm.num_params() ||
+            !(flat.flags() & py::array::c_style))
+            throw std::invalid_argument("flat buffer must be a contiguous 1-D array of " +
+                                        std::to_string(lstm.num_params()) + " elements");
+    }
+
+    void check_index(Param kind, Index layer, Index dir) const {
+        const auto& c = lstm.config();
+        if (!lstm.has_param(kind)) throw std::invalid_argument("this LSTM has no such parameter");
+        if (layer < 0 || layer >= c.num_layers || dir < 0 || dir >= c.directions())
+            throw std::invalid_argument("layer or direction out of range");
+    }
+
+    py::array_t<S> unpack(const std::string& name, Index layer, Index dir,
+                          const py::array_t<S>& flat) const {
+        const Param kind = param_kind(name);
+        check_index(kind, layer, dir);
+        check_flat(flat);
+        auto out = empty<S>(shape(kind, layer));
+        lstm.unpack(kind, layer, dir, flat.data(), out.mutable_data());
+        return out;
+    }
+
+    // Writes one torch-layout tensor into `flat`. If flat is the parameter buffer, the caller
+    // holds the exclusive lock and calls params_updated() after the last tensor.
+    void pack(const std::string& name, Index layer, Index dir, const Array<S>& src,
+              py::array_t<S>& flat) {
+        const Param kind = param_kind(name);
+        check_index(kind, layer, dir);
+        check_flat(flat);
+        check_shape("pack", name.c_str(), src, shape(kind, layer));
+        lstm.pack(kind, layer, dir, src.data(), flat.mutable_data());
+    }
+};
+
+template <typename S>
+void bind_engine(py::module_& m, const char* name) {
+    using E = Engine<S>;
+    py::class_<E>(m, name, "The C++ LSTM engine for one dtype (see eigenlstm.LSTM).")
+        .def(py::init([](Index input_size, Index hidden_size, Index num_layers, bool bias,
+                         bool bidirectional, Index proj_size, double dropout, bool reverse,
+                         std::uint64_t seed) {
+                 eigenlstm::Config c;
+                 c.input_size = input_size;
+                 c.hidden_size = hidden_size;
+                 c.num_layers = num_layers;
+                 c.bias = bias;
+                 c.bidirectional = bidirectional;
+                 c.proj_size = proj_size;
+                 c.dropout = dropout;
+                 c.reverse = reverse;
+                 return new E(c, seed);
+             }),
+             py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),
+             py::arg("bias"), py::arg("bidirectional"), py::arg("proj_size"),
+             py::arg("dropout"), py::arg("reverse"), py::arg("seed"))
+        .def_property_readonly("num_params", [](const E& e) { return e.lstm.num_params(); })
+        .def_property_readonly(
+            "params", [](py::object self) {
+                E& e = self.cast<E&>();
+                return e.flat_view(e.lstm.params(), self);
+            },
+            "Writable view of the flat parameter buffer (engine layout). Call params_updated() "
+            "after writing it.")
+        .def_property_readonly(
+            "grads", [](py::object self) {
+                E& e = self.cast<E&>();
+                return e.flat_view(e.lstm.grads(), self);
+            },
+            "Writable view of the flat gradient buffer (engine layout).")
+        .def("params_updated", [](E& e) {
+            auto lock = e.exclusive("params_updated");
+            e.lstm.params_updated();
+        })
+        .def("zero_grad", [](E& e) {
+            auto lock = e.exclusive("zero_grad");
+            e.lstm.zero_grad();
+        })
+        .def("has_param", [](const E& e, const std::string& k) { return e.lstm.has_param(param_kind(k)); })
+        .def("param_shape", [](const E& e, const std::string& k, Index layer) {
+            const Param kind = param_kind(k);
+            e.check_index(kind, layer, 0);
+            return e.shape(kind, layer);
+        })
+        .def("unpack", &E::unpack, py::arg("kind"), py::arg("layer"), py::arg("direction"),
+             py::arg("flat"), "Copy one parameter out of a flat buffer, in torch layout.")
+        .def("pack", &E::pack, py::arg("kind"), py::arg("layer"), py::arg("direction"),
+             py::arg("tensor"), py::arg("flat"),
+             "Copy one torch-layout parameter into a flat buffer (engine layout).")
+        .def("load_flat", [](E& e, const Array<S>& flat) {
+            e.check_flat(flat);
+            auto lock = e.exclusive("load_state_dict");
+            std::copy(flat.data(), flat.data() + flat.shape(0), e.lstm.params());
+            e.lstm.params_updated();
+        }, "Replace all parameters at once from a flat buffer (engine layout).")
+        .def_property_readonly("rng_state", [](const E& e) {
+            return py::make_tuple(e.lstm.rng_seed(), e.lstm.rng_counter());
+        })
+        .def("set_rng_state", [](E& e, std::uint64_t seed, std::uint64_t counter) {
+            auto lock = e.exclusive("set_rng_state");
+            e.lstm.set_rng_state(seed, counter);
+        })
+        .def_property_readonly("has_cache", [](const E& e) {
+            Index T, B;
+            return e.lstm.cached_sizes(T, B);
+        })
+        .def("forward", &E::forward, py::arg("x"), py::arg("h0"), py::arg("c0"),
+             py::arg("lengths"), py::arg("training"),
+             "x [T, B, I] -> (y [T, B, D*Hout], h_n [D*L, B, Hout], c_n [D*L, B, H])")
+        .def("backward", &E::backward, py::arg("d_output"), py::arg("dh_n"), py::arg("dc_n"),
+             "-> (dx [T, B, I], dh0, dc0); parameter gradients are added into grads");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "eigenlstm C++ engine (Eigen), bound with pybind11";
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const std::logic_error& e) {
+            // std::invalid_argument derives from logic_error: keep it a ValueError.
+            if (dynamic_cast<const std::invalid_argument*>(&e)) throw;
+            if (dynamic_cast<const std::length_error*>(&e)) throw;
+            if (dynamic_cast<const std::out_of_range*>(&e)) throw;
+            PyErr_SetString(PyExc_RuntimeError, e.what());
+        }
+    });
+    bind_engine<float>(m, "EngineF32");
+    bind_engine<double>(m, "EngineF64");
+    m.def("set_num_threads", &eigenlstm::set_num_threads, py::arg("n"));
+    m.def("get_num_threads", &eigenlstm::get_num_threads);
+    m.attr("gate_block_float32") = eigenlstm::gate_block<float>();
+    m.attr("gate_block_float64") = eigenlstm::gate_block<double>();
+}

@@ -1,0 +1,138 @@
+// eigenlstm public C++ API: a stacked, optionally bidirectional and projected LSTM with the
+// semantics of torch.nn.LSTM, in float32 or float64. No Python and no Eigen types appear here:
+// arrays are dense row-major pointers, sizes come from Config and from each call (T, B).
+// Input validation of user data (shapes, dtypes) is the caller's job; this API checks sizes.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+namespace eigenlstm {
+
+using Index = std::ptrdiff_t;
+
+// Size letters used throughout the engine:
+//   T time steps, B batch, I input size, H hidden (cell) size, P projection size,
+//   Hout = P if P > 0 else H, D directions (1 or 2), L layers, G = 4H gate rows.
+
+struct Config {
+    Index input_size = 0;     // I
+    Index hidden_size = 0;    // H
+    Index num_layers = 1;     // L
+    bool bias = true;         // b_ih and b_hh exist (otherwise they are fixed at zero)
+    bool bidirectional = false;
+    Index proj_size = 0;      // P; 0 means no projection
+    double dropout = 0.0;     // between layers, training mode only
+    bool reverse = false;     // a unidirectional LSTM that runs backwards in time
+
+    Index directions() const { return bidirectional ? 2 : 1; }
+    Index output_size() const { return proj_size > 0 ? proj_size : hidden_size; }
+    Index gate_size() const { return 4 * hidden_size; }
+    // Throws std::invalid_argument naming the field, the expected and the given value.
+    void validate() const;
+};
+
+// The parameter tensors of one (layer, direction), named as in torch.nn.LSTM.
+enum class Param { weight_ih, weight_hh, bias_ih, bias_hh, weight_hr };
+
+// Number of threads the engine uses for one call (default: OpenMP's maximum, which respects
+// OMP_NUM_THREADS and the process's CPU affinity). Process-wide.
+void set_num_threads(int n);   // n >= 1, else std::invalid_argument
+int get_num_threads();
+
+// Gate layout. torch stores the four gate blocks [i; f; g; o] one after the other, each H rows.
+// The engine interleaves them in blocks of `gate_block<S>()` hidden units (64 bytes of S):
+//   rows [i(u0:u1) f(u0:u1) g(u0:u1) o(u0:u1)] for each block [u0, u1) of hidden units,
+// so that one time step's four gate values for a block of units are contiguous and aligned:
+// a thread that owns a range of blocks owns a contiguous range of gate columns, computes them
+// with one GEMM and applies the fused cell update to its own units (one barrier per step).
+template <typename S>
+constexpr Index gate_block() { return Index(64 / sizeof(S)); }
+
+template <typename S>
+class LSTM {
+public:
+    // Allocates zero parameters and gradients. Throws std::invalid_argument for a bad config
+    // and std::bad_alloc when the parameters cannot be allocated.
+    LSTM(const Config& config, std::uint64_t seed);
+    ~LSTM();
+    LSTM(LSTM&&) noexcept;
+    LSTM& operator=(LSTM&&) noexcept;
+    LSTM(const LSTM&) = delete;
+    LSTM& operator=(const LSTM&) = delete;
+
+    const Config& config() const;
+
+    // ---- parameters --------------------------------------------------------------------
+    // All parameters live in one flat, 64-byte aligned buffer in the engine layout (gate rows
+    // interleaved as described above, padding entries zero); gradients mirror it exactly.
+    // Elementwise optimizers (SGD, Adam) can update params() in place from grads(); they must
+    // then call params_updated() so the derived, packed copies of the weights are rebuilt.
+    Index num_params() const;
+    S* params();
+    const S* params() const;
+    S* grads();
+    const S* grads() const;
+    void params_updated();
+    void zero_grad();
+
+    // Does (kind, layer) exist? Biases need config.bias; weight_hr needs proj_size > 0.
+    bool has_param(Param kind) const;
+    // torch shape (rows, cols) of a parameter; a bias has cols == 1.
+    void param_shape(Param kind, Index layer, Index& rows, Index& cols) const;
+    // Copy one parameter between torch layout (row-major rows x cols, `torch`) and any flat
+    // buffer laid out like params() (`flat`: params(), grads(), or an optimizer moment).
+    //   pack:   flat <- torch       unpack: torch <- flat
+    void pack(Param kind, Index layer, Index dir, const S* torch, S* flat) const;
+    void unpack(Param kind, Index layer, Index dir, const S* flat, S* torch) const;
+
+    // ---- dropout random stream ---------------------------------------------------------
+    // Masks come from a counter-based generator: (seed, counter) is the whole state, and each
+    // training-mode forward with dropout > 0 and L > 1 advances the counter by one.
+    std::uint64_t rng_seed() const;
+    std::uint64_t rng_counter() const;
+    void set_rng_state(std::uint64_t seed, std::uint64_t counter);
+
+    // ---- compute -----------------------------------------------------------------------
+    // Forward over a time-major batch.
+    //   y        [T, B, D*Hout]  output; overwritten
+    //   h_n      [D*L, B, Hout]  final hidden state; overwritten
+    //   c_n      [D*L, B, H]     final cell state; overwritten
+    //   x        [T, B, I]       input; read only
+    //   h0       [D*L, B, Hout]  initial hidden state; read only (nullptr: zeros)
+    //   c0       [D*L, B, H]     initial cell state; read only (nullptr: zeros)
+    //   lengths  [B]             valid steps of each sequence in [0, T], or nullptr (all T):
+    //                            outputs past a length are 0, the final state is the state at
+    //                            the last valid step, and the reverse direction starts there
+    //   training                 keep what backward needs (replacing any earlier cache) and
+    //                            apply dropout; otherwise touch no member (thread safe)
+    // Throws std::invalid_argument for negative sizes or lengths outside [0, T],
+    // std::bad_alloc when buffers cannot be allocated.
+    void forward(S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0,
+                 const std::int64_t* lengths, Index T, Index B, bool training);
+
+    // Backward through the last training-mode forward (BPTT). Gradients of the parameters
+    // are ACCUMULATED (+=) into grads(); dx, dh0 and dc0 are overwritten.
+    //   dx       [T, B, I]       gradient of x; overwritten
+    //   dh0      [D*L, B, Hout]  gradient of h0; overwritten
+    //   dc0      [D*L, B, H]     gradient of c0; overwritten
+    //   dy       [T, B, D*Hout]  gradient of y; read only; ignored past each length
+    //   dh_n     [D*L, B, Hout]  gradient of h_n; read only (nullptr: zeros)
+    //   dc_n     [D*L, B, H]     gradient of c_n; read only (nullptr: zeros)
+    // The cache is consumed (its gate buffer is reused for gate gradients): a second backward
+    // needs a new training-mode forward. Throws std::logic_error when there is no cache.
+    void backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, const S* dc_n);
+
+    // Sizes (T, B) of the cache kept by the last training-mode forward; false if none.
+    bool cached_sizes(Index& T, Index& B) const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+extern template class LSTM<float>;
+extern template class LSTM<double>;
+
+}  // namespace eigenlstm

@@ -1,0 +1,771 @@
+// The LSTM engine: parameter layout, forward and backward (BPTT) over layers and directions.
+// The big products over all T*B rows go to Eigen's GEMM; each time step runs the packed
+// register-blocked GEMM from kernels.hpp and a fused elementwise pass. Knows nothing of Python.
+#include "eigenlstm/lstm.hpp"
+
+#include <Eigen/Core>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "kernels.hpp"
+
+namespace eigenlstm {
+
+using detail::Buffer;
+using detail::checked_mul;
+using detail::Panels;
+using detail::split_range;
+
+// Size letters: T time, B batch, I layer input size, H hidden, P projection, Hout = P or H,
+// D directions, L layers, G = 4H gate rows. HB = gate_block<S>() hidden units per gate block.
+
+// ============================================================================================
+// configuration and threads
+// ============================================================================================
+
+namespace {
+void require(bool ok, const std::string& what) {
+    if (!ok) throw std::invalid_argument(what);
+}
+std::string str(double v) {
+    std::string s = std::to_string(v);
+    return s;
+}
+}  // namespace
+
+void Config::validate() const {
+    require(input_size > 0, "input_size must be > 0, got " + std::to_string(input_size));
+    require(hidden_size > 0, "hidden_size must be > 0, got " + std::to_string(hidden_size));
+    require(num_layers > 0, "num_layers must be > 0, got " + std::to_string(num_layers));
+    require(proj_size >= 0 && proj_size < hidden_size,
+            "proj_size must be in [0, hidden_size=" + std::to_string(hidden_size) + "), got " +
+                std::to_string(proj_size));
+    require(dropout >= 0.0 && dropout <= 1.0, "dropout must be in [0, 1], got " + str(dropout));
+    require(!(reverse && bidirectional), "reverse must be false when bidirectional is true");
+}
+
+namespace {
+int default_threads() {
+#ifdef _OPENMP
+    return std::max(1, omp_get_max_threads());
+#else
+    return 1;
+#endif
+}
+std::atomic<int>& thread_setting() {
+    static std::atomic<int> n{default_threads()};
+    return n;
+}
+}  // namespace
+
+void set_num_threads(int n) {
+    require(n >= 1, "num_threads must be >= 1, got " + std::to_string(n));
+    thread_setting().store(n);
+    Eigen::setNbThreads(n);
+}
+
+int get_num_threads() { return thread_setting().load(); }
+
+// Runs body(team, tid, team_size) for `teams` teams of `team_size[t]` threads each. Teams are
+// the directions of a layer; their threads share nothing but read-only weights.
+template <typename Body>
+void run_teams(int teams, const int* team_size, Body&& body) {
+    int total = 0;
+    for (int d = 0; d < teams; ++d) total += team_size[d];
+    if (total == teams && teams == 1) {  // the common single-thread case: no parallel region
+        body(0, 0, 1);
+        return;
+    }
+#ifdef _OPENMP
+    if (total > 1) {
+#pragma omp parallel num_threads(total)
+        {
+            int tid = omp_get_thread_num();
+            if (omp_get_num_threads() != total) {  // the runtime gave fewer threads: serialize
+                if (tid == 0)
+                    for (int d = 0; d < teams; ++d) body(d, 0, 1);
+            } else {
+                int d = 0;
+                while (tid >= team_size[d]) tid -= team_size[d++];
+                body(d, tid, team_size[d]);
+            }
+        }
+        return;
+    }
+#endif
+    for (int d = 0; d < teams; ++d) body(d, 0, 1);
+}
+
+// ============================================================================================
+// implementation state
+// ============================================================================================
+
+template <typename S>
+struct LSTM<S>::Impl {
+    Config cfg;
+    Index H = 0, P = 0, Hout = 0, G = 0, D = 1, L = 1;
+    std::vector<Index> perm;        // [G] engine gate row -> torch gate row
+
+    // Flat parameter layout: per layer, blocks in the order weight_ih [D, G, I_l],
+    // weight_hh [D, G, Hout], bias_ih [D, G], bias_hh [D, G], weight_hr [D, P, H]; each
+    // block starts 64-byte aligned. offset[l][kind] is the block start (-1 if absent).
+    std::vector<std::array<Index, 5>> offset;
+    Buffer<S> params, grads;
+
+    // Derived from params by params_updated() (the "load-time repack"):
+    struct Packed {
+        Panels<S> whh_t;   // W_hh^T  [Hout, G]: forward step  gates += h_prev W_hh^T
+        Panels<S> whh;     // W_hh    [G, Hout]: backward step dh_prev = dgates W_hh
+        Panels<S> whr_t;   // W_hr^T  [H, P]:    forward projection h = r W_hr^T
+        Panels<S> whr;     // W_hr    [P, H]:    backward projection dr = dh W_hr
+    };
+    std::vector<Packed> packed;     // [L*D]
+    Buffer<S> bias_sum;             // [L, D*G] b_ih + b_hh, engine order
+
+    std::uint64_t seed = 0, counter = 0;
+
+    // Saved activations of the last training-mode forward (llm.c's ActivationTensors).
+    struct LayerCache {
+        Buffer<S> x;      // [T, B, I_l]        layer input (after dropout for l > 0)
+        Buffer<S> gates;  // [T, B, D*G]        activated i, f, g, o; backward overwrites
+                          //                    them with d(pre-activation)
+        Buffer<S> h;      // [D, T+1, B, Hout]  hidden states in time order (see slot())
+        Buffer<S> c;      // [D, T+1, B, H]     cell states, same slots
+        Buffer<S> r;      // [D, T, B, H]       o*tanh(c) before projection (P > 0 only)
+    };
+    struct Cache {
+        bool valid = false;
+        Index T = 0, B = 0;
+        std::uint64_t counter = 0;           // dropout counter used by that forward
+        std::vector<std::int64_t> lengths;   // empty: all T
+        std::vector<LayerCache> layers;
+    } cache;
+
+    Index in_size(Index l) const { return l == 0 ? cfg.input_size : D * Hout; }
+    Index rows(Param k, Index /*l*/) const {
+        switch (k) {
+            case Param::weight_ih: case Param::weight_hh: case Param::bias_ih: case Param::bias_hh:
+                return G;
+            case Param::weight_hr: return P;
+        }
+        return 0;
+    }
+    Index cols(Param k, Index l) const {
+        switch (k) {
+            case Param::weight_ih: return in_size(l);
+            case Param::weight_hh: return Hout;
+            case Param::bias_ih: case Param::bias_hh: return 1;
+            case Param::weight_hr: return H;
+        }
+        return 0;
+    }
+    bool has(Param k) const {
+        if (k == Param::bias_ih || k == Param::bias_hh) return cfg.bias;
+        if (k == Param::weight_hr) return P > 0;
+        return true;
+    }
+    S* tensor(S* flat, Param k, Index l, Index d) const {
+        return flat + offset[l][int(k)] + d * rows(k, l) * cols(k, l);
+    }
+    const S* tensor(const S* flat, Param k, Index l, Index d) const {
+        return flat + offset[l][int(k)] + d * rows(k, l) * cols(k, l);
+    }
+
+    explicit Impl(const Config& c) : cfg(c) {
+        cfg.validate();
+        H = cfg.hidden_size; P = cfg.proj_size; Hout = cfg.output_size(); G = 4 * H;
+        D = cfg.directions(); L = cfg.num_layers;
+        // Interleave the gates in blocks of HB units: block j of width w holds rows
+        // [i(u0:u0+w), f(...), g(...), o(...)], u0 = HB*j, and starts at engine row 4*u0.
+        const Index HB = gate_block<S>();
+        perm.resize(std::size_t(G));
+        for (Index u0 = 0; u0 < H; u0 += HB) {
+            const Index w = std::min(HB, H - u0);
+            for (Index q = 0; q < 4; ++q)
+                for (Index j = 0; j < w; ++j) perm[std::size_t(4 * u0 + q * w + j)] = q * H + u0 + j;
+        }
+        const Index align = 64 / Index(sizeof(S));
+        Index n = 0;
+        offset.resize(std::size_t(L));
+        for (Index l = 0; l < L; ++l)
+            for (int k = 0; k < 5; ++k) {
+                if (!has(Param(k))) { offset[l][k] = -1; continue; }
+                offset[l][k] = n;
+                n = detail::round_up(n + checked_mul(D, checked_mul(rows(Param(k), l),
+                                                                    cols(Param(k), l))), align);
+            }
+        params.resize(n); params.zero();
+        grads.resize(n); grads.zero();
+        packed.resize(std::size_t(L * D));
+        bias_sum.resize(checked_mul(L, D * G));
+        update_derived();
+    }
+
+    void update_derived() {
+        bias_sum.zero();
+        for (Index l = 0; l < L; ++l)
+            for (Index d = 0; d < D; ++d) {
+                Packed& pk = packed[std::size_t(l * D + d)];
+                const S* whh = tensor(params.data(), Param::weight_hh, l, d);   // [G, Hout]
+                pk.whh_t.pack(whh, Hout, G, 1, Hout);
+                pk.whh.pack(whh, G, Hout, Hout, 1);
+                if (P > 0) {
+                    const S* whr = tensor(params.data(), Param::weight_hr, l, d);  // [P, H]
+                    pk.whr_t.pack(whr, H, P, 1, H);
+                    pk.whr.pack(whr, P, H, H, 1);
+                }
+                if (cfg.bias) {
+                    S* b = bias_sum.data() + (l * D + d) * G;
+                    const S* bi = tensor(params.data(), Param::bias_ih, l, d);
+                    const S* bh = tensor(params.data(), Param::bias_hh, l, d);
+                    for (Index g = 0; g < G; ++g) b[g] = bi[g] + bh[g];
+                }
+            }
+    }
+
+    void forward(S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0,
+                 const std::int64_t* lengths, Index T, Index B, bool training);
+    void backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, const S* dc_n);
+};
+
+// ============================================================================================
+// one direction of one layer: the time loops
+// ============================================================================================
+
+namespace {
+
+template <typename S>
+using RowMat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <typename S>
+using MapRM = Eigen::Map<RowMat<S>, 0, Eigen::OuterStride<>>;
+template <typename S>
+using CMapRM = Eigen::Map<const RowMat<S>, 0, Eigen::OuterStride<>>;
+template <typename S>
+using ArrMap = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>;
+template <typename S>
+using CArrMap = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
+// One gate block of values, at most gate_block<S>() long, on the stack (no heap in the loop).
+template <typename S>
+using Block = Eigen::Array<S, Eigen::Dynamic, 1, Eigen::ColMajor, gate_block<S>(), 1>;
+
+// State slots in time order, shared by forward and backward. A direction keeps T+1 states:
+//   forward:  state before step t = slot t,     after = slot t+1   (h0 in slot 0)
+//   reverse:  state before step t = slot t+1,   after = slot t     (h0 in slot T)
+inline Index slot_before(Index t, bool reverse) { return reverse ? t + 1 : t; }
+inline Index slot_after(Index t, bool reverse) { return reverse ? t : t + 1; }
+
+inline bool active(const std::int64_t* lengths, Index t, Index b) {
+    return lengths == nullptr || t < lengths[b];
+}
+
+// Everything one direction's time loop reads and writes. Row strides: gates ldg = D*G,
+// y ldy = D*Hout; pointers are already offset to this direction's columns.
+template <typename S>
+struct DirectionPass {
+    Index T, B, H, P, Hout, G, ldg, ldy;
+    bool reverse;
+    const std::int64_t* lengths;   // [B] or nullptr
+    const Panels<S>* whh_t;        // forward packs
+    const Panels<S>* whr_t;
+    const Panels<S>* whh;          // backward packs
+    const Panels<S>* whr;
+    S* gates;                      // [T, B, ldg]
+    // training storage (nullptr in eval): slots as above
+    S* hs;                         // [T+1, B, Hout]
+    S* cs;                         // [T+1, B, H]
+    S* rs;                         // [T, B, H] (P > 0)
+    // eval scratch
+    S* hbuf;                       // [2, B, Hout]
+    S* cbuf;                       // [2, B, H]
+    S* rbuf;                       // [B, H] (P > 0)
+};
+
+// Forward time loop of one direction for thread `tid` of a team of `n`.
+// Step equations (gate order i, f, g, o; pre = x_t W_ih^T + b_ih + b_hh was computed for all
+// steps by one GEMM and sits in `gates`):
+//   pre_t += h_{t-1} W_hh^T                       (packed GEMM, this thread's gate columns)
+//   i = s(pre_i), f = s(pre_f), g = tanh(pre_g), o = s(pre_o)
+//   c_t = f * c_{t-1} + i * g
+//   h_t = o * tanh(c_t)              (P > 0: r_t = o * tanh(c_t), h_t = r_t W_hr^T)
+// Rows past their length keep their state and output 0.
+template <typename S>
+void forward_direction(const DirectionPass<S>& a, S* y, const S* h0, const S* c0, S* h_n,
+                       S* c_n, int tid, int n, detail::SpinBarrier& barrier) {
+    const Index T = a.T, B = a.B, H = a.H, P = a.P, Hout = a.Hout, HB = gate_block<S>();
+    Index u0, u1;  // this thread's hidden units, and so gate columns [4*u0, 4*u1)
+    split_range(H, detail::unit_grain<S>(), tid, n, u0, u1);
+    Index q0 = 0, q1 = 0;  // this thread's projection columns
+    if (P > 0) split_range(P, detail::Simd<S>::NR, tid, n, q0, q1);
+    const bool training = a.hs != nullptr;
+
+    const S* h_prev = h0;
+    const S* c_prev = c0;
+    if (training) {  // slot of the initial state holds a copy of h0 / c0 (dW_hh reads it)
+        const Index s0 = a.reverse ? T : 0;
+        S* hs0 = a.hs + s0 * B * Hout;
+        S* cs0 = a.cs + s0 * B * H;
+        const Index h_lo = P > 0 ? q0 : u0, h_hi = P > 0 ? q1 : u1;
+        for (Index b = 0; b < B; ++b) {
+            std::copy(h0 + b * Hout + h_lo, h0 + b * Hout + h_hi, hs0 + b * Hout + h_lo);
+            std::copy(c0 + b * H + u0, c0 + b * H + u1, cs0 + b * H + u0);
+        }
+    }
+    for (Index s = 0; s < T; ++s) {
+        const Index t = a.reverse ? T - 1 - s : s;
+        S* pre = a.gates + t * B * a.ldg;
+        S* h_next = training ? a.hs + slot_after(t, a.reverse) * B * Hout : a.hbuf + (s & 1) * B * Hout;
+        S* c_next = training ? a.cs + slot_after(t, a.reverse) * B * H : a.cbuf + (s & 1) * B * H;
+        S* r = P > 0 ? (training ? a.rs + t * B * H : a.rbuf) : nullptr;
+        S* y_t = y + t * B * a.ldy;
+
+        detail::gemm_panels<S, true>(B, h_prev, Hout, *a.whh_t, 4 * u0, 4 * u1, pre, a.ldg);
+
+        for (Index b = 0; b < B; ++b) {
+            const bool on = active(a.lengths, t, b);
+            for (Index ub = u0; ub < u1; ub += HB) {
+                const Index w = std::min(HB, H - ub);
+                S* g = pre + b * a.ldg + 4 * ub;
+                ArrMap<S> c(c_next + b * H + ub, w);
+                CArrMap<S> cp(c_prev + b * H + ub, w);
+                if (!on) {
+                    c = cp;
+                    if (P == 0) {
+                        std::copy(h_prev + b * Hout + ub, h_prev + b * Hout + ub + w, h_next + b * Hout + ub);
+                        std::fill(y_t + b * a.ldy + ub, y_t + b * a.ldy + ub + w, S(0));
+                    }
+                    continue;
+                }
+                ArrMap<S> gi(g, w), gf(g + w, w), gg(g + 2 * w, w), go(g + 3 * w, w);
+                gi = detail::sigmoid(gi);
+                gf = detail::sigmoid(gf);
+                gg = gg.tanh();
+                go = detail::sigmoid(go);
+                c = gf * cp + gi * gg;
+                if (P == 0) {
+                    ArrMap<S> h(h_next + b * Hout + ub, w);
+                    h = go * c.tanh();
+                    ArrMap<S>(y_t + b * a.ldy + ub, w) = h;
+                } else {
+                    ArrMap<S>(r + b * H + ub, w) = go * c.tanh();
+                }
+            }
+        }
+        if (P > 0) {
+            barrier.wait();  // the projection reads all of r_t
+            detail::gemm_panels<S, false>(B, r, H, *a.whr_t, q0, q1, h_next, Hout);
+            for (Index b = 0; b < B; ++b) {
+                S* yb = y_t + b * a.ldy;
+                if (active(a.lengths, t, b)) {
+                    std::copy(h_next + b * Hout + q0, h_next + b * Hout + q1, yb + q0);
+                } else {
+                    std::copy(h_prev + b * Hout + q0, h_prev + b * Hout + q1, h_next + b * Hout + q0);
+                    std::fill(yb + q0, yb + q1, S(0));
+                }
+            }
+        }
+        barrier.wait();  // the next step's GEMM reads all of h_t
+        h_prev = h_next;
+        c_prev = c_next;
+    }
+    const Index h_lo = P > 0 ? q0 : u0, h_hi = P > 0 ? q1 : u1;
+    for (Index b = 0; b < B; ++b) {
+        std::copy(h_prev + b * Hout + h_lo, h_prev + b * Hout + h_hi, h_n + b * Hout + h_lo);
+        std::copy(c_prev + b * H + u0, c_prev + b * H + u1, c_n + b * H + u0);
+    }
+}
+
+// Backward time loop of one direction (reverse processing order) for thread `tid` of `n`.
+// Running gradients: dh wrt the state h after the step, dc wrt c after the step.
+//   dh += dy_t                                     (active rows)
+//   P > 0: dr = dh W_hr    [dW_hr later from dh_t and r_t]     else dr = dh
+//   forward: h = o*tanh(c)       ->  do = dr*tanh(c), dc += dr*o*(1 - tanh(c)^2)
+//   forward: c = f*c_prev + i*g  ->  di = dc*g, df = dc*c_prev, dg = dc*i, dc_prev = dc*f
+//   forward: i = s(a_i) etc.     ->  da_i = di*i*(1-i), da_f = df*f*(1-f),
+//                                    da_g = dg*(1-g^2), da_o = do*o*(1-o)
+//   forward: pre += h_prev W_hh^T  ->  dh_prev = da W_hh   (packed GEMM, this thread's columns)
+// da overwrites the gate cache in place; rows past their length pass dh and dc through.
+template <typename S>
+void backward_direction(const DirectionPass<S>& a, const S* dy, const S* dh_n, const S* dc_n,
+                        S* dh0, S* dc0, S* dhbuf, S* dcbuf, S* drbuf, S* dhs, int tid, int n,
+                        detail::SpinBarrier& barrier) {
+    const Index T = a.T, B = a.B, H = a.H, P = a.P, Hout = a.Hout, HB = gate_block<S>();
+    Index u0, u1;
+    split_range(H, detail::unit_grain<S>(), tid, n, u0, u1);
+    Index q0 = u0, q1 = u1;  // this thread's columns of dh
+    if (P > 0) split_range(P, detail::Simd<S>::NR, tid, n, q0, q1);
+
+    S* dh = dhbuf;             // [B, Hout], two buffers: dh and the next dh_prev
+    S* dh_next = dhbuf + B * Hout;
+    S* dc = dcbuf;             // [B, H]
+    for (Index b = 0; b < B; ++b) {
+        for (Index j = q0; j < q1; ++j) dh[b * Hout + j] = dh_n ? dh_n[b * Hout + j] : S(0);
+        for (Index j = u0; j < u1; ++j) dc[b * H + j] = dc_n ? dc_n[b * H + j] : S(0);
+    }
+    for (Index s = T - 1; s >= 0; --s) {
+        const Index t = a.reverse ? T - 1 - s : s;
+        S* da = a.gates + t * B * a.ldg;                 // gates in, d(pre) out
+        const S* c_t = a.cs + slot_after(t, a.reverse) * B * H;
+        const S* c_p = a.cs + slot_before(t, a.reverse) * B * H;
+        const S* dy_t = dy + t * B * a.ldy;
+        for (Index b = 0; b < B; ++b)
+            if (active(a.lengths, t, b))
+                for (Index j = q0; j < q1; ++j) dh[b * Hout + j] += dy_t[b * a.ldy + j];
+        const S* dr = dh;
+        if (P > 0) {
+            S* dhs_t = dhs + t * B * P;  // dh_t for dW_hr; zero on inactive rows
+            for (Index b = 0; b < B; ++b) {
+                const bool on = active(a.lengths, t, b);
+                for (Index j = q0; j < q1; ++j) dhs_t[b * P + j] = on ? dh[b * P + j] : S(0);
+            }
+            barrier.wait();  // dr reads all of dh
+            detail::gemm_panels<S, false>(B, dh, P, *a.whr, u0, u1, drbuf, H);
+            dr = drbuf;
+        }
+        const Index ldr = P > 0 ? H : Hout;
+        for (Index b = 0; b < B; ++b) {
+            const bool on = active(a.lengths, t, b);
+            for (Index ub = u0; ub < u1; ub += HB) {
+                const Index w = std::min(HB, H - ub);
+                S* g = da + b * a.ldg + 4 * ub;
+                if (!on) {
+                    std::fill(g, g + 4 * w, S(0));
+                    continue;
+                }
+                ArrMap<S> ai(g, w), af(g + w, w), ag(g + 2 * w, w), ao(g + 3 * w, w);
+                // Values, not views: the maps are overwritten below. Block<S> lives on the stack.
+                const Block<S> i = ai, f = af, gg = ag, o = ao;
+                const Block<S> th = CArrMap<S>(c_t + b * H + ub, w).tanh();
+                CArrMap<S> dhr(dr + b * ldr + ub, w), cp(c_p + b * H + ub, w);
+                ArrMap<S> dcb(dc + b * H + ub, w);
+                dcb += dhr * o * (S(1) - th * th);
+                ao = dhr * th * o * (S(1) - o);
+                ai = dcb * gg * i * (S(1) - i);
+                af = dcb * cp * f * (S(1) - f);
+                ag = dcb * i * (S(1) - gg * gg);
+                dcb *= f;
+            }
+        }
+        barrier.wait();  // dh_prev reads all of da
+        detail::gemm_panels<S, false>(B, da, a.ldg, *a.whh, q0, q1, dh_next, Hout);
+        for (Index b = 0; b < B; ++b)
+            if (!active(a.lengths, t, b))
+                std::copy(dh + b * Hout + q0, dh + b * Hout + q1, dh_next + b * Hout + q0);
+        std::swap(dh, dh_next);
+    }
+    for (Index b = 0; b < B; ++b) {
+        std::copy(dh + b * Hout + q0, dh + b * Hout + q1, dh0 + b * Hout + q0);
+        std::copy(dc + b * H + u0, dc + b * H + u1, dc0 + b * H + u0);
+    }
+}
+
+// Threads per direction team: all that are available, split between directions, but no more
+// than the step has chunks of work, and one when a step is too small to amortize a barrier
+// (about a microsecond: below ~64K multiply-adds per step a single core is faster).
+template <typename S>
+int team_size(Index D, Index B, Index H, Index Hout) {
+    const int total = get_num_threads();
+    const int per_dir = std::max(1, total / int(D));
+    const Index chunks = (H + detail::unit_grain<S>() - 1) / detail::unit_grain<S>();
+    if (B * 4 * H * Hout < (Index(1) << 16)) return 1;
+    return int(std::max<Index>(1, std::min<Index>(per_dir, chunks)));
+}
+
+}  // namespace
+
+// ============================================================================================
+// the stack: forward
+// ============================================================================================
+
+template <typename S>
+void LSTM<S>::Impl::forward(S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0,
+                            const std::int64_t* lengths, Index T, Index B, bool training) {
+    require(T >= 0, "T must be >= 0, got " + std::to_string(T));
+    require(B >= 0, "B must be >= 0, got " + std::to_string(B));
+    if (lengths)
+        for (Index b = 0; b < B; ++b)
+            require(lengths[b] >= 0 && lengths[b] <= T,
+                    "lengths[" + std::to_string(b) + "] must be in [0, " + std::to_string(T) +
+                        "], got " + std::to_string(lengths[b]));
+    const Index TB = checked_mul(T, B), DG = D * G;
+    const int nteam = team_size<S>(D, B, H, Hout);
+    const int teams[2] = {nteam, nteam};
+
+    // Zero initial states when none are given.
+    Buffer<S> zeros;
+    if (!h0 || !c0) {
+        zeros.resize(checked_mul(D * L * B, std::max(H, Hout)));
+        zeros.zero();
+        if (!h0) h0 = zeros.data();
+        if (!c0) c0 = zeros.data();
+    }
+
+    // Eval scratch (per call, so that concurrent eval calls share nothing). Training uses the
+    // cache, allocated once per (T, B) and reused.
+    Buffer<S> ws_gates, ws_io[2], ws_state;
+    std::uint64_t call_counter = counter;
+    if (training) {
+        if (cache.layers.size() != std::size_t(L)) cache.layers.resize(std::size_t(L));
+        cache.valid = false;
+        for (Index l = 0; l < L; ++l) {
+            LayerCache& lc = cache.layers[std::size_t(l)];
+            lc.x.resize(checked_mul(TB, in_size(l)));
+            lc.gates.resize(checked_mul(TB, DG));
+            lc.h.resize(checked_mul(D * (T + 1), checked_mul(B, Hout)));
+            lc.c.resize(checked_mul(D * (T + 1), checked_mul(B, H)));
+            if (P > 0) lc.r.resize(checked_mul(D * T, checked_mul(B, H)));
+        }
+        cache.lengths.assign(lengths ? lengths : nullptr, lengths ? lengths + B : nullptr);
+        cache.T = T;
+        cache.B = B;
+        cache.counter = call_counter;
+        std::copy(x, x + checked_mul(TB, cfg.input_size), cache.layers[0].x.data());
+        if (cfg.dropout > 0 && L > 1) ++counter;
+    } else {
+        ws_gates.resize(checked_mul(TB, DG));
+        if (L > 1) {
+            ws_io[0].resize(checked_mul(TB, D * Hout));
+            ws_io[1].resize(checked_mul(TB, D * Hout));
+        }
+        ws_state.resize(checked_mul(D, checked_mul(B, 2 * Hout + 2 * H + H)));
+    }
+    const std::int64_t* lens = training ? (cache.lengths.empty() ? nullptr : cache.lengths.data())
+                                        : lengths;
+
+    for (Index l = 0; l < L; ++l) {
+        LayerCache* lc = training ? &cache.layers[std::size_t(l)] : nullptr;
+        const S* in = training ? lc->x.data() : (l == 0 ? x : ws_io[(l - 1) & 1].data());
+        S* out = l == L - 1 ? y
+                            : (training ? cache.layers[std::size_t(l + 1)].x.data() : ws_io[l & 1].data());
+        S* gates = training ? lc->gates.data() : ws_gates.data();
+        const Index I_l = in_size(l);
+
+        // One GEMM projects the input of every step for both directions:
+        //   pre[T*B, D*G] = x[T*B, I] W_ih[D*G, I]^T + (b_ih + b_hh)
+        {
+            MapRM<S> pre(gates, TB, DG, Eigen::OuterStride<>(DG));
+            CMapRM<S> X(in, TB, I_l, Eigen::OuterStride<>(I_l));
+            CMapRM<S> W(params.data() + offset[l][int(Param::weight_ih)], DG, I_l,
+                        Eigen::OuterStride<>(I_l));
+            pre.noalias() = X * W.transpose();
+            if (cfg.bias)
+                pre.rowwise() += Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(
+                    bias_sum.data() + l * DG, DG);
+        }
+
+        detail::SpinBarrier barrier0(nteam), barrier1(nteam);
+        detail::SpinBarrier* barriers[2] = {&barrier0, &barrier1};
+        run_teams(int(D), teams, [&](int d, int tid, int n) {
+            const Packed& pk = packed[std::size_t(l * D + d)];
+            DirectionPass<S> a{T, B, H, P, Hout, G, DG, D * Hout,
+                               cfg.reverse || d == 1, lens,
+                               &pk.whh_t, P > 0 ? &pk.whr_t : nullptr, &pk.whh, &pk.whr,
+                               gates + d * G, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+            if (training) {
+                a.hs = lc->h.data() + d * (T + 1) * B * Hout;
+                a.cs = lc->c.data() + d * (T + 1) * B * H;
+                a.rs = P > 0 ? lc->r.data() + d * T * B * H : nullptr;
+            } else {
+                S* st = ws_state.data() + d * B * (2 * Hout + 3 * H);
+                a.hbuf = st;
+                a.cbuf = st + 2 * B * Hout;
+                a.rbuf = st + 2 * B * Hout + 2 * B * H;
+            }
+            const Index k = l * D + d;
+            forward_direction(a, out + d * Hout, h0 + k * B * Hout, c0 + k * B * H,
+                              h_n + k * B * Hout, c_n + k * B * H, tid, n, *barriers[d]);
+        });
+
+        if (training && l < L - 1 && cfg.dropout > 0)
+            detail::apply_dropout(out, TB * D * Hout, cfg.dropout, seed, call_counter, l);
+    }
+    if (training) cache.valid = true;
+}
+
+// ============================================================================================
+// the stack: backward
+// ============================================================================================
+
+template <typename S>
+void LSTM<S>::Impl::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n,
+                             const S* dc_n) {
+    if (!cache.valid)
+        throw std::logic_error(
+            "backward needs a training-mode forward first (the cache is consumed by backward)");
+    cache.valid = false;  // the gate buffers are about to hold gradients
+    const Index T = cache.T, B = cache.B, TB = T * B, DG = D * G;
+    const std::int64_t* lens = cache.lengths.empty() ? nullptr : cache.lengths.data();
+    const int nteam = team_size<S>(D, B, H, Hout);
+    const int teams[2] = {nteam, nteam};
+
+    // Per-direction running gradients and, with projection, dh_t for every step.
+    Buffer<S> ws(checked_mul(D, checked_mul(B, 2 * Hout + 2 * H)));
+    Buffer<S> dhs(P > 0 ? checked_mul(D * T, checked_mul(B, P)) : 0);
+    // d(layer output) for layers below the top: dx of the layer above, through dropout.
+    Buffer<S> dio[2];
+    if (L > 1) {
+        dio[0].resize(checked_mul(TB, D * Hout));
+        dio[1].resize(checked_mul(TB, D * Hout));
+    }
+
+    for (Index l = L - 1; l >= 0; --l) {
+        LayerCache& lc = cache.layers[std::size_t(l)];
+        const S* dout = l == L - 1 ? dy : dio[l & 1].data();
+        S* din = l == 0 ? dx : dio[(l - 1) & 1].data();
+        const Index I_l = in_size(l);
+
+        detail::SpinBarrier barrier0(nteam), barrier1(nteam);
+        detail::SpinBarrier* barriers[2] = {&barrier0, &barrier1};
+        run_teams(int(D), teams, [&](int d, int tid, int n) {
+            const Packed& pk = packed[std::size_t(l * D + d)];
+            DirectionPass<S> a{T, B, H, P, Hout, G, DG, D * Hout,
+                               cfg.reverse || d == 1, lens,
+                               &pk.whh_t, P > 0 ? &pk.whr_t : nullptr, &pk.whh, &pk.whr,
+                               lc.gates.data() + d * G,
+                               lc.h.data() + d * (T + 1) * B * Hout,
+                               lc.c.data() + d * (T + 1) * B * H,
+                               P > 0 ? lc.r.data() + d * T * B * H : nullptr,
+                               nullptr, nullptr, nullptr};
+            const Index k = l * D + d;
+            S* w = ws.data() + d * B * (2 * Hout + 2 * H);
+            backward_direction(a, dout + d * Hout, dh_n ? dh_n + k * B * Hout : nullptr,
+                               dc_n ? dc_n + k * B * H : nullptr, dh0 + k * B * Hout,
+                               dc0 + k * B * H, w, w + 2 * B * Hout, w + 2 * B * Hout + B * H,
+                               P > 0 ? dhs.data() + d * T * B * P : nullptr, tid, n,
+                               *barriers[d]);
+        });
+
+        // The parameter gradients and dx, each one GEMM over all T*B rows:
+        //   dW_ih += da^T x,  dx = da W_ih,  db_ih = db_hh += sum_rows da,
+        //   dW_hh += da^T h_prev (per direction),  dW_hr += dh^T r (per direction)
+        CMapRM<S> dA(lc.gates.data(), TB, DG, Eigen::OuterStride<>(DG));
+        CMapRM<S> X(lc.x.data(), TB, I_l, Eigen::OuterStride<>(I_l));
+        MapRM<S> dWih(grads.data() + offset[l][int(Param::weight_ih)], DG, I_l,
+                      Eigen::OuterStride<>(I_l));
+        CMapRM<S> Wih(params.data() + offset[l][int(Param::weight_ih)], DG, I_l,
+                      Eigen::OuterStride<>(I_l));
+        dWih.noalias() += dA.transpose() * X;
+        MapRM<S>(din, TB, I_l, Eigen::OuterStride<>(I_l)).noalias() = dA * Wih;
+        if (cfg.bias) {
+            const Eigen::Matrix<S, 1, Eigen::Dynamic> db = dA.colwise().sum();
+            Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(
+                grads.data() + offset[l][int(Param::bias_ih)], DG) += db;
+            Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(
+                grads.data() + offset[l][int(Param::bias_hh)], DG) += db;
+        }
+        for (Index d = 0; d < D; ++d) {
+            const bool rev = cfg.reverse || d == 1;
+            CMapRM<S> dAd(lc.gates.data() + d * G, TB, G, Eigen::OuterStride<>(DG));
+            CMapRM<S> Hprev(lc.h.data() + (d * (T + 1) + slot_before(0, rev)) * B * Hout, TB,
+                            Hout, Eigen::OuterStride<>(Hout));
+            MapRM<S>(tensor(grads.data(), Param::weight_hh, l, d), G, Hout,
+                     Eigen::OuterStride<>(Hout)).noalias() += dAd.transpose() * Hprev;
+            if (P > 0) {
+                CMapRM<S> dH(dhs.data() + d * T * B * P, TB, P, Eigen::OuterStride<>(P));
+                CMapRM<S> R(lc.r.data() + d * T * B * H, TB, H, Eigen::OuterStride<>(H));
+                MapRM<S>(tensor(grads.data(), Param::weight_hr, l, d), P, H,
+                         Eigen::OuterStride<>(H)).noalias() += dH.transpose() * R;
+            }
+        }
+        // The input of layer l > 0 was dropout(y_{l-1}): dy_{l-1} = din * mask, same mask.
+        if (l > 0 && cfg.dropout > 0)
+            detail::apply_dropout(din, TB * D * Hout, cfg.dropout, seed, cache.counter, l - 1);
+    }
+}
+
+// ============================================================================================
+// public interface
+// ============================================================================================
+
+template <typename S>
+LSTM<S>::LSTM(const Config& config, std::uint64_t seed) : impl_(std::make_unique<Impl>(config)) {
+    impl_->seed = seed;
+}
+template <typename S> LSTM<S>::~LSTM() = default;
+template <typename S> LSTM<S>::LSTM(LSTM&&) noexcept = default;
+template <typename S> LSTM<S>& LSTM<S>::operator=(LSTM&&) noexcept = default;
+
+template <typename S> const Config& LSTM<S>::config() const { return impl_->cfg; }
+template <typename S> Index LSTM<S>::num_params() const { return impl_->params.size(); }
+template <typename S> S* LSTM<S>::params() { return impl_->params.data(); }
+template <typename S> const S* LSTM<S>::params() const { return impl_->params.data(); }
+template <typename S> S* LSTM<S>::grads() { return impl_->grads.data(); }
+template <typename S> const S* LSTM<S>::grads() const { return impl_->grads.data(); }
+template <typename S> void LSTM<S>::params_updated() { impl_->update_derived(); }
+template <typename S> void LSTM<S>::zero_grad() { impl_->grads.zero(); }
+template <typename S> bool LSTM<S>::has_param(Param kind) const { return impl_->has(kind); }
+
+template <typename S>
+void LSTM<S>::param_shape(Param kind, Index layer, Index& rows, Index& cols) const {
+    require(layer >= 0 && layer < impl_->L, "layer must be in [0, " +
+                                                std::to_string(impl_->L) + "), got " +
+                                                std::to_string(layer));
+    rows = impl_->rows(kind, layer);
+    cols = impl_->cols(kind, layer);
+}
+
+// weight_ih, weight_hh and the biases have their gate rows permuted (see Impl::perm);
+// weight_hr is stored as torch stores it.
+template <typename S>
+void LSTM<S>::pack(Param kind, Index layer, Index dir, const S* torch, S* flat) const {
+    const Impl& m = *impl_;
+    require(m.has(kind), "this LSTM has no such parameter");
+    require(layer >= 0 && layer < m.L && dir >= 0 && dir < m.D, "layer or direction out of range");
+    const Index rows = m.rows(kind, layer), cols = m.cols(kind, layer);
+    S* dst = m.tensor(flat, kind, layer, dir);
+    const bool gated = kind != Param::weight_hr;
+    for (Index e = 0; e < rows; ++e) {
+        const Index src_row = gated ? m.perm[std::size_t(e)] : e;
+        std::copy(torch + src_row * cols, torch + (src_row + 1) * cols, dst + e * cols);
+    }
+}
+
+template <typename S>
+void LSTM<S>::unpack(Param kind, Index layer, Index dir, const S* flat, S* torch) const {
+    const Impl& m = *impl_;
+    require(m.has(kind), "this LSTM has no such parameter");
+    require(layer >= 0 && layer < m.L && dir >= 0 && dir < m.D, "layer or direction out of range");
+    const Index rows = m.rows(kind, layer), cols = m.cols(kind, layer);
+    const S* src = m.tensor(flat, kind, layer, dir);
+    const bool gated = kind != Param::weight_hr;
+    for (Index e = 0; e < rows; ++e) {
+        const Index dst_row = gated ? m.perm[std::size_t(e)] : e;
+        std::copy(src + e * cols, src + (e + 1) * cols, torch + dst_row * cols);
+    }
+}
+
+template <typename S> std::uint64_t LSTM<S>::rng_seed() const { return impl_->seed; }
+template <typename S> std::uint64_t LSTM<S>::rng_counter() const { return impl_->counter; }
+template <typename S>
+void LSTM<S>::set_rng_state(std::uint64_t seed, std::uint64_t counter) {
+    impl_->seed = seed;
+    impl_->counter = counter;
+}
+
+template <typename S>
+void LSTM<S>::forward(S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0,
+                      const std::int64_t* lengths, Index T, Index B, bool training) {
+    impl_->forward(y, h_n, c_n, x, h0, c0, lengths, T, B, training);
+}
+
+template <typename S>
+void LSTM<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, const S* dc_n) {
+    impl_->backward(dx, dh0, dc0, dy, dh_n, dc_n);
+}
+
+template <typename S>
+bool LSTM<S>::cached_sizes(Index& T, Index& B) const {
+    T = impl_->cache.T;
+    B = impl_->cache.B;
+    return impl_->cache.valid;
+}
+
+template class LSTM<float>;
+template class LSTM<double>;
+
+}  // namespace eigenlstm

@@ -1,0 +1,380 @@
+"""``eigenlstm.LSTM``: torch.nn.LSTM's interface over the C++ engine, for NumPy arrays.
+
+This file validates arguments and handles layouts (batch_first, unbatched input); the math,
+the caches and the threads live in the engine (cpp/src), reached through ``eigenlstm._core``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from . import _core
+from ._validation import as_real_array, check_positive_int, check_shape, resolve_dtype
+from .module import Module
+
+__all__ = ["LSTM", "param_names"]
+
+_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
+
+def param_names(num_layers: int, bidirectional: bool, proj_size: int, bias: bool):
+    """Yield ``(key, kind, layer, direction)`` in torch.nn.LSTM's state_dict order."""
+    for layer in range(num_layers):
+        for direction in range(2 if bidirectional else 1):
+            suffix = "_reverse" if direction else ""
+            for kind in _KINDS:
+                if kind.startswith("bias") and not bias:
+                    continue
+                if kind == "weight_hr" and proj_size == 0:
+                    continue
+                yield f"{kind}_l{layer}{suffix}", kind, layer, direction
+
+
+def _new_seed() -> int:
+    return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class LSTM(Module):
+    r"""A multi-layer LSTM with the interface and semantics of ``torch.nn.LSTM``.
+
+    Parameters
+    ----------
+    input_size : int
+        Features of the input, ``I``.
+    hidden_size : int
+        Features of the cell state, ``H``.
+    num_layers : int, default 1
+        Stacked layers, ``L``.
+    bias : bool, default True
+        Whether the layers have the biases ``b_ih`` and ``b_hh``.
+    batch_first : bool, default False
+        Input and output are ``(N, T, features)`` instead of ``(T, N, features)``.
+        States are ``(D*L, N, H_out)`` either way.
+    dropout : float, default 0.0
+        Dropout probability on the outputs of every layer but the last, in training mode.
+    bidirectional : bool, default False
+        Add a reverse-time direction (``D = 2``), concatenated on the feature axis.
+    proj_size : int, default 0
+        If > 0, project the hidden state to ``P = proj_size`` features (``H_out = P``).
+    dtype : {np.float32, np.float64}, keyword-only
+        Parameter and compute dtype; inputs are converted to it.
+    seed : int, optional, keyword-only
+        Seeds the initial weights and the dropout stream. The same seed gives the same
+        weights and the same dropout masks.
+
+    Notes
+    -----
+    For each layer and time step, in gate order i, f, g, o:
+
+    .. math::
+        i &= \sigma(W_{ii} x_t + b_{ii} + W_{hi} h_{t-1} + b_{hi}) \\
+        f &= \sigma(W_{if} x_t + b_{if} + W_{hf} h_{t-1} + b_{hf}) \\
+        g &= \tanh(W_{ig} x_t + b_{ig} + W_{hg} h_{t-1} + b_{hg}) \\
+        o &= \sigma(W_{io} x_t + b_{io} + W_{ho} h_{t-1} + b_{ho}) \\
+        c_t &= f \odot c_{t-1} + i \odot g \\
+        h_t &= o \odot \tanh(c_t) \quad (\text{with projection: } h_t = W_{hr}(o \odot \tanh(c_t)))
+
+    Every parameter starts uniform in :math:`(-1/\sqrt{H}, 1/\sqrt{H})`, as in torch.
+    ``state_dict()`` keys and shapes are torch's, so weights move both ways unchanged.
+
+    Examples
+    --------
+    >>> import numpy as np, eigenlstm as el
+    >>> lstm = el.LSTM(10, 20, num_layers=2, seed=0)
+    >>> x = np.random.default_rng(0).standard_normal((7, 5, 10), dtype=np.float32)
+    >>> output, (h_n, c_n) = lstm(x)
+    >>> output.shape, h_n.shape, c_n.shape
+    ((7, 5, 20), (2, 5, 20), (2, 5, 20))
+    >>> dx, (dh0, dc0) = lstm.backward(np.ones_like(output))
+    >>> dx.shape
+    (7, 5, 10)
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        *,
+        dtype=np.float32,
+        seed: Optional[int] = None,
+    ) -> None:
+        where = "LSTM"
+        self.input_size = check_positive_int(where, "input_size", input_size)
+        self.hidden_size = check_positive_int(where, "hidden_size", hidden_size)
+        self.num_layers = check_positive_int(where, "num_layers", num_layers)
+        self.proj_size = check_positive_int(where, "proj_size", proj_size, minimum=0)
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(
+                f"{where}: proj_size must be < hidden_size={self.hidden_size}, got {self.proj_size}"
+            )
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating, np.integer)):
+            raise TypeError(f"{where}: dropout must be a float, got {type(dropout).__name__} {dropout!r}")
+        if not 0.0 <= float(dropout) <= 1.0:
+            raise ValueError(f"{where}: dropout must be in [0, 1], got {dropout}")
+        if dropout > 0 and self.num_layers == 1:
+            warnings.warn(
+                "dropout applies between layers, so it has no effect with num_layers=1",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.dropout = float(dropout)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        self.dtype = resolve_dtype(where, dtype)
+        if seed is None:
+            seed = _new_seed()
+        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise TypeError(f"{where}: seed must be a non-negative int or None, got {seed!r}")
+        self.seed = int(seed)
+        self.training = True
+
+        engine_cls = _core.EngineF32 if self.dtype == np.float32 else _core.EngineF64
+        rng = np.random.default_rng(self.seed)
+        self._engine = engine_cls(
+            self.input_size, self.hidden_size, self.num_layers, self.bias, self.bidirectional,
+            self.proj_size, self.dropout, False, int(rng.integers(0, 2**63)),
+        )
+        # torch: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), drawn in state_dict order.
+        k = 1.0 / math.sqrt(self.hidden_size)
+        self.load_state_dict(
+            {name: rng.uniform(-k, k, shape) for name, shape in self._shapes().items()}
+        )
+        self._last = None  # layout of the last training-mode forward, for backward
+
+    # ---- sizes -----------------------------------------------------------------------------
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        """``H_out``: proj_size if > 0, else hidden_size."""
+        return self.proj_size if self.proj_size > 0 else self.hidden_size
+
+    def _names(self):
+        return param_names(self.num_layers, self.bidirectional, self.proj_size, self.bias)
+
+    def _shapes(self) -> Dict[str, tuple]:
+        return {name: tuple(self._engine.param_shape(kind, layer))
+                for name, kind, layer, _ in self._names()}
+
+    def __repr__(self) -> str:
+        extra = "".join(
+            f", {k}={v!r}" for k, v, default in (
+                ("num_layers", self.num_layers, 1), ("bias", self.bias, True),
+                ("batch_first", self.batch_first, False), ("dropout", self.dropout, 0.0),
+                ("bidirectional", self.bidirectional, False), ("proj_size", self.proj_size, 0),
+            ) if v != default
+        )
+        return f"LSTM({self.input_size}, {self.hidden_size}{extra}, dtype={self.dtype.name})"
+
+    # ---- parameters --------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """Copies of the parameters, with torch.nn.LSTM's keys, shapes and order."""
+        flat = self._engine.params
+        return {name: self._engine.unpack(kind, layer, d, flat) for name, kind, layer, d in self._names()}
+
+    @property
+    def grads(self) -> Dict[str, np.ndarray]:
+        """Copies of the accumulated gradients, keyed like ``state_dict()``.
+
+        ``backward`` adds into the gradients; ``zero_grad()`` clears them. The dict is a
+        snapshot: read it again after the next backward.
+        """
+        flat = self._engine.grads
+        return {name: self._engine.unpack(kind, layer, d, flat) for name, kind, layer, d in self._names()}
+
+    def _prepare_load(self, state: dict, where: str, prefix: str):
+        shapes = self._shapes()
+        missing = sorted(prefix + k for k in shapes if k not in state)
+        extra = sorted(prefix + k for k in state if k not in shapes)
+        if missing or extra:
+            parts = ([f"missing keys {missing}"] if missing else []) + (
+                [f"unexpected keys {extra}"] if extra else [])
+            raise ValueError(f"{where}: " + "; ".join(parts))
+        flat = np.array(self._engine.params, copy=True)
+        for name, kind, layer, d in self._names():
+            value = as_real_array(where, prefix + name, state[name], self.dtype)
+            check_shape(where, prefix + name, value, shapes[name])
+            self._engine.pack(kind, layer, d, value, flat)
+        return lambda: self._engine.load_flat(flat)
+
+    def parameters(self):
+        """One (value, gradient) pair: flat views of the engine's buffers, in its layout."""
+        return [(self._engine.params, self._engine.grads)]
+
+    def params_updated(self) -> None:
+        self._engine.params_updated()
+
+    def zero_grad(self) -> None:
+        self._engine.zero_grad()
+
+    @property
+    def dropout_state(self) -> Tuple[int, int]:
+        """(seed, counter) of the dropout stream; restore with ``set_dropout_state``."""
+        return tuple(int(v) for v in self._engine.rng_state)
+
+    def set_dropout_state(self, state) -> None:
+        seed, counter = state
+        self._engine.set_rng_state(int(seed), int(counter))
+
+    # ---- compute ---------------------------------------------------------------------------
+    def forward(self, x, state=None, *, lengths=None):
+        """Run the LSTM over a batch of sequences.
+
+        Parameters
+        ----------
+        x : array_like of shape (T, N, I), (N, T, I) if batch_first, or (T, I) unbatched
+            The input sequences. Real dtypes are converted to the module dtype.
+        state : tuple (h0, c0), optional
+            ``h0`` of shape (D*L, N, H_out) and ``c0`` of shape (D*L, N, H) ((D*L, H_out) and
+            (D*L, H) for unbatched input). Zeros when omitted.
+        lengths : array_like of int of shape (N,), optional
+            Valid steps of each right-padded sequence, in [0, T]. Same results as
+            ``pack_padded_sequence(enforce_sorted=False)`` then ``pad_packed_sequence``:
+            outputs past a length are 0 and the final state is the state at the last valid
+            step (the reverse direction starts there). No sorting is needed.
+
+        Returns
+        -------
+        output : ndarray of shape (T, N, D*H_out) ((N, T, D*H_out) if batch_first)
+        (h_n, c_n) : tuple of ndarray of shapes (D*L, N, H_out) and (D*L, N, H)
+
+        Raises
+        ------
+        ValueError
+            On a wrong number of dimensions, feature size, state shape or bad lengths.
+        TypeError
+            On non-real dtypes, non-integer lengths, or a state that is not a pair.
+        """
+        where = "LSTM.forward"
+        x = as_real_array(where, "x", x, self.dtype)
+        if x.ndim not in (2, 3):
+            raise ValueError(
+                f"{where}: x must be 3-D (batched) or 2-D (unbatched), got {x.ndim}-D with shape {x.shape}"
+            )
+        batched = x.ndim == 3
+        if not batched:
+            x = x[:, None, :]
+        elif self.batch_first:
+            x = x.transpose(1, 0, 2)
+        T, N, I = x.shape
+        if I != self.input_size:
+            raise ValueError(f"{where}: x must have {self.input_size} features (input_size), got {I}")
+        DL = self.num_directions * self.num_layers
+        h0 = c0 = None
+        if state is not None:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError(f"{where}: state must be a tuple (h0, c0), got {type(state).__name__}")
+            h_shape = (DL, N, self.output_size) if batched else (DL, self.output_size)
+            c_shape = (DL, N, self.hidden_size) if batched else (DL, self.hidden_size)
+            h0 = as_real_array(where, "h0", state[0], self.dtype)
+            c0 = as_real_array(where, "c0", state[1], self.dtype)
+            check_shape(where, "h0", h0, h_shape)
+            check_shape(where, "c0", c0, c_shape)
+            h0 = np.ascontiguousarray(h0.reshape(DL, N, self.output_size))
+            c0 = np.ascontiguousarray(c0.reshape(DL, N, self.hidden_size))
+        if lengths is not None:
+            if not batched:
+                raise ValueError(f"{where}: lengths needs batched (3-D) input, got 2-D x")
+            lengths = self._check_lengths(where, lengths, T, N)
+        x = np.ascontiguousarray(x)
+        y, h_n, c_n = self._engine.forward(x, h0, c0, lengths, self.training)
+        if self.training:
+            self._last = (batched, self.batch_first, T, N)
+        if not batched:
+            return y[:, 0, :], (h_n[:, 0, :], c_n[:, 0, :])
+        if self.batch_first:
+            y = y.transpose(1, 0, 2)
+        return y, (h_n, c_n)
+
+    @staticmethod
+    def _check_lengths(where: str, lengths, T: int, N: int) -> np.ndarray:
+        arr = np.asarray(lengths)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"{where}: lengths must be integers, got dtype {arr.dtype}")
+        if arr.shape != (N,):
+            raise ValueError(f"{where}: lengths must have shape ({N},), got {arr.shape}")
+        if N and (arr.min() < 0 or arr.max() > T):
+            bad = arr[(arr < 0) | (arr > T)][0]
+            raise ValueError(f"{where}: lengths must be in [0, {T}] (T), got {bad}")
+        return np.ascontiguousarray(arr, dtype=np.int64)
+
+    def backward(self, d_output, d_state=None):
+        """Backpropagate through the last training-mode forward.
+
+        Parameters
+        ----------
+        d_output : array_like, the shape of that forward's output
+            Gradient of the loss with respect to the output. Ignored past each length.
+        d_state : tuple (dh_n, dc_n), optional
+            Gradients with respect to h_n and c_n; either may be None (zeros).
+
+        Returns
+        -------
+        dx : ndarray, the shape of x
+        (dh0, dc0) : tuple of ndarray, the shapes of h0 and c0
+
+        Notes
+        -----
+        Parameter gradients are *added* into ``grads``. The forward cache is consumed: call
+        forward (in training mode) again before the next backward.
+
+        Raises
+        ------
+        RuntimeError
+            If there was no training-mode forward since the last backward.
+        ValueError, TypeError
+            On gradients of the wrong shape or dtype.
+        """
+        where = "LSTM.backward"
+        if self._last is None or not self._engine.has_cache:
+            raise RuntimeError(
+                f"{where}: no training-mode forward to differentiate; call forward in "
+                "training mode (lstm.train()) before each backward"
+            )
+        batched, batch_first, T, N = self._last
+        D, DL = self.num_directions, self.num_directions * self.num_layers
+        out_shape = (T, N, D * self.output_size)
+        if not batched:
+            out_shape = (T, D * self.output_size)
+        elif batch_first:
+            out_shape = (N, T, D * self.output_size)
+        dy = as_real_array(where, "d_output", d_output, self.dtype)
+        check_shape(where, "d_output", dy, out_shape)
+        if not batched:
+            dy = dy[:, None, :]
+        elif batch_first:
+            dy = dy.transpose(1, 0, 2)
+        dh_n = dc_n = None
+        if d_state is not None:
+            if not isinstance(d_state, (tuple, list)) or len(d_state) != 2:
+                raise TypeError(f"{where}: d_state must be a tuple (dh_n, dc_n), got {type(d_state).__name__}")
+            h_shape = (DL, N, self.output_size) if batched else (DL, self.output_size)
+            c_shape = (DL, N, self.hidden_size) if batched else (DL, self.hidden_size)
+            if d_state[0] is not None:
+                dh_n = as_real_array(where, "dh_n", d_state[0], self.dtype)
+                check_shape(where, "dh_n", dh_n, h_shape)
+                dh_n = np.ascontiguousarray(dh_n.reshape(DL, N, self.output_size))
+            if d_state[1] is not None:
+                dc_n = as_real_array(where, "dc_n", d_state[1], self.dtype)
+                check_shape(where, "dc_n", dc_n, c_shape)
+                dc_n = np.ascontiguousarray(dc_n.reshape(DL, N, self.hidden_size))
+        dx, dh0, dc0 = self._engine.backward(np.ascontiguousarray(dy), dh_n, dc_n)
+        self._last = None
+        if not batched:
+            return dx[:, 0, :], (dh0[:, 0, :], dc0[:, 0, :])
+        if batch_first:
+            dx = dx.transpose(1, 0, 2)
+        return dx, (dh0, dc0)

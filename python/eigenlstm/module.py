@@ -1,0 +1,111 @@
+"""The base class of eigenlstm's layers: mode, parameters and their gradients.
+
+A module exposes its parameters to optimizers as (value, gradient) pairs of NumPy arrays that
+are updated in place; after an update the optimizer calls ``params_updated()`` so that the
+module can refresh anything derived from its parameters (the engine's packed weights).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+__all__ = ["Module"]
+
+
+class Module:
+    """Base class with torch-like ``train``/``eval``/``zero_grad``/state-dict methods."""
+
+    training: bool = True
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # ---- mode ------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "Module":
+        """Set training mode (forward keeps what backward needs; dropout is active)."""
+        self.training = bool(mode)
+        for child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self) -> "Module":
+        """Set evaluation mode (the fast inference path: forward keeps nothing)."""
+        return self.train(False)
+
+    def children(self) -> List["Module"]:
+        """Direct sub-modules, in registration order."""
+        return [v for v in vars(self).values() if isinstance(v, Module)]
+
+    # ---- parameters --------------------------------------------------------------------------
+    def parameters(self) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """(value, gradient) array pairs that optimizers update in place."""
+        pairs: List[Tuple[np.ndarray, np.ndarray]] = []
+        for child in self.children():
+            pairs.extend(child.parameters())
+        return pairs
+
+    def params_updated(self) -> None:
+        """Tell the module its parameter arrays were modified in place."""
+        for child in self.children():
+            child.params_updated()
+
+    def zero_grad(self) -> None:
+        """Set every gradient to zero (backward adds into gradients)."""
+        for child in self.children():
+            child.zero_grad()
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """A dict of copies of the parameters, keyed as torch keys them."""
+        out: Dict[str, np.ndarray] = {}
+        for name, child in self._named_children():
+            for key, value in child.state_dict().items():
+                out[f"{name}.{key}"] = value
+        return out
+
+    def load_state_dict(self, state_dict) -> None:
+        """Replace the parameters from a dict with exactly the keys of ``state_dict()``.
+
+        Values may be anything ``np.asarray`` accepts (torch tensors included) and are
+        converted to the module's dtype. All or nothing: every key, shape and dtype is checked
+        before anything is written, and a failure leaves the module unchanged.
+
+        Raises
+        ------
+        ValueError
+            On missing or unexpected keys, or a value of the wrong shape.
+        TypeError
+            On a value that does not hold real numbers.
+        """
+        if not hasattr(state_dict, "items"):
+            raise TypeError(
+                f"{type(self).__name__}.load_state_dict: state_dict must be a mapping, "
+                f"got {type(state_dict).__name__}"
+            )
+        commit = self._prepare_load(dict(state_dict), f"{type(self).__name__}.load_state_dict", "")
+        commit()
+
+    def _prepare_load(self, state: dict, where: str, prefix: str):
+        """Check ``state`` (keys relative to ``prefix``) and return a function that applies it."""
+        children = self._named_children()
+        known = tuple(f"{name}." for name, _ in children)
+        extra = sorted(prefix + k for k in state if not k.startswith(known))
+        if extra:
+            raise ValueError(f"{where}: unexpected keys {extra}")
+        commits = []
+        for name, child in children:
+            sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+            commits.append(child._prepare_load(sub, where, f"{prefix}{name}."))
+
+        def commit():
+            for c in commits:
+                c()
+
+        return commit
+
+    def _named_children(self):
+        return [(k, v) for k, v in vars(self).items() if isinstance(v, Module)]
