@@ -260,6 +260,15 @@ using Block = Eigen::Array<S, Eigen::Dynamic, 1, Eigen::ColMajor, gate_block<S>(
 inline Index slot_before(Index t, bool reverse) { return reverse ? t + 1 : t; }
 inline Index slot_after(Index t, bool reverse) { return reverse ? t : t + 1; }
 
+// With EIGENLSTM_CHECK_NO_MALLOC (tests/cpp), Eigen aborts on any heap allocation made while
+// a time loop runs: the loops must use only the buffers prepared before them.
+struct NoMallocScope {
+#ifdef EIGENLSTM_CHECK_NO_MALLOC
+    NoMallocScope() { Eigen::internal::set_is_malloc_allowed(false); }
+    ~NoMallocScope() { Eigen::internal::set_is_malloc_allowed(true); }
+#endif
+};
+
 inline bool active(const std::int64_t* lengths, Index t, Index b) {
     return lengths == nullptr || t < lengths[b];
 }
@@ -316,6 +325,7 @@ void forward_direction(const DirectionPass<S>& a, S* y, const S* h0, const S* c0
             std::copy(c0 + b * H + u0, c0 + b * H + u1, cs0 + b * H + u0);
         }
     }
+    [[maybe_unused]] const NoMallocScope no_malloc;
     for (Index s = 0; s < T; ++s) {
         const Index t = a.reverse ? T - 1 - s : s;
         S* pre = a.gates + t * B * a.ldg;
@@ -407,6 +417,7 @@ void backward_direction(const DirectionPass<S>& a, const S* dy, const S* dh_n, c
         for (Index j = q0; j < q1; ++j) dh[b * Hout + j] = dh_n ? dh_n[b * Hout + j] : S(0);
         for (Index j = u0; j < u1; ++j) dc[b * H + j] = dc_n ? dc_n[b * H + j] : S(0);
     }
+    [[maybe_unused]] const NoMallocScope no_malloc;
     for (Index s = T - 1; s >= 0; --s) {
         const Index t = a.reverse ? T - 1 - s : s;
         S* da = a.gates + t * B * a.ldg;                 // gates in, d(pre) out

@@ -1,0 +1,201 @@
+"""Functional API: one LSTM layer in one direction, for callers who own their weight arrays.
+
+Weights are given in torch.nn.LSTM's layout on every call and are packed into the engine's
+layout for that call only; ``eigenlstm.LSTM`` is the faster choice when weights persist.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from . import _core
+from ._validation import as_real_array, check_shape
+
+__all__ = ["LayerContext", "lstm_layer_forward", "lstm_layer_backward"]
+
+
+class LayerContext:
+    """What ``lstm_layer_backward`` needs from ``lstm_layer_forward``; opaque to callers."""
+
+    def __init__(self, engine, names, out_shape, state_shapes) -> None:
+        self._engine = engine
+        self._names = names
+        self._out_shape = out_shape
+        self._state_shapes = state_shapes
+        self.consumed = False
+
+
+def _weights_dtype(w) -> np.dtype:
+    dt = np.asarray(w).dtype
+    return dt if dt in (np.float32, np.float64) else np.dtype(np.float64)
+
+
+def lstm_layer_forward(
+    x,
+    h0,
+    c0,
+    weight_ih,
+    weight_hh,
+    bias_ih=None,
+    bias_hh=None,
+    weight_hr=None,
+    *,
+    lengths=None,
+    reverse: bool = False,
+    training: bool = True,
+):
+    r"""Run one LSTM layer in one direction over a time-major batch.
+
+    Parameters
+    ----------
+    x : array_like of shape (T, B, I)
+    h0 : array_like of shape (B, H_out)
+    c0 : array_like of shape (B, H)
+    weight_ih : array_like of shape (4H, I)
+        Gate rows in torch's order i, f, g, o (as ``torch.nn.LSTM.weight_ih_l0``).
+    weight_hh : array_like of shape (4H, H_out)
+    bias_ih, bias_hh : array_like of shape (4H,), optional
+        Both or neither.
+    weight_hr : array_like of shape (P, H), optional
+        Projection; then ``H_out = P``, else ``H_out = H``.
+    lengths : array_like of int of shape (B,), optional
+        Valid steps per sequence, as in ``eigenlstm.LSTM.forward``.
+    reverse : bool, default False
+        Run backwards in time (the reverse direction of a bidirectional layer).
+    training : bool, default True
+        Keep what ``lstm_layer_backward`` needs in the returned context.
+
+    Returns
+    -------
+    y : ndarray of shape (T, B, H_out)
+    (h_n, c_n) : tuple of ndarray of shapes (B, H_out) and (B, H)
+    ctx : LayerContext or None
+        Pass to ``lstm_layer_backward`` (None when ``training`` is False).
+
+    Notes
+    -----
+    Per step: ``i, f, g, o = s(.), s(.), tanh(.), s(.)`` of ``W_ih x_t + b_ih + W_hh h + b_hh``;
+    ``c_t = f*c_{t-1} + i*g``; ``h_t = o*tanh(c_t)`` (times ``W_hr^T`` with projection).
+    The dtype is that of ``weight_ih`` (float32 or float64; anything else computes in float64).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from eigenlstm.functional import lstm_layer_forward, lstm_layer_backward
+    >>> rng = np.random.default_rng(0)
+    >>> T, B, I, H = 5, 3, 4, 6
+    >>> w_ih, w_hh = rng.standard_normal((4 * H, I)), rng.standard_normal((4 * H, H))
+    >>> x = rng.standard_normal((T, B, I))
+    >>> h0, c0 = np.zeros((B, H)), np.zeros((B, H))
+    >>> y, (h_n, c_n), ctx = lstm_layer_forward(x, h0, c0, w_ih, w_hh)
+    >>> dx, (dh0, dc0), grads = lstm_layer_backward(ctx, np.ones_like(y))
+    >>> sorted(grads), grads["weight_ih"].shape
+    (['weight_hh', 'weight_ih'], (24, 4))
+    """
+    where = "lstm_layer_forward"
+    dtype = _weights_dtype(weight_ih)
+    w_ih = as_real_array(where, "weight_ih", weight_ih, dtype)
+    w_hh = as_real_array(where, "weight_hh", weight_hh, dtype)
+    if w_ih.ndim != 2 or w_ih.shape[0] % 4 or w_ih.shape[0] == 0:
+        raise ValueError(f"{where}: weight_ih must have shape (4H, I) with H >= 1, got {w_ih.shape}")
+    G, I = w_ih.shape
+    H = G // 4
+    P = 0
+    if weight_hr is not None:
+        w_hr = as_real_array(where, "weight_hr", weight_hr, dtype)
+        if w_hr.ndim != 2 or w_hr.shape[1] != H:
+            raise ValueError(f"{where}: weight_hr must have shape (P, {H}), got {w_hr.shape}")
+        P = w_hr.shape[0]
+    Hout = P if P else H
+    check_shape(where, "weight_hh", w_hh, (G, Hout))
+    if (bias_ih is None) != (bias_hh is None):
+        raise ValueError(f"{where}: give both bias_ih and bias_hh or neither")
+    x = as_real_array(where, "x", x, dtype)
+    if x.ndim != 3 or x.shape[2] != I:
+        raise ValueError(f"{where}: x must have shape (T, B, {I}), got {x.shape}")
+    T, B, _ = x.shape
+    h0 = as_real_array(where, "h0", h0, dtype)
+    c0 = as_real_array(where, "c0", c0, dtype)
+    check_shape(where, "h0", h0, (B, Hout))
+    check_shape(where, "c0", c0, (B, H))
+    if lengths is not None:
+        from .lstm import LSTM  # the same checks as the module
+
+        lengths = LSTM._check_lengths(where, lengths, T, B)
+
+    bias = bias_ih is not None
+    engine_cls = _core.EngineF32 if dtype == np.float32 else _core.EngineF64
+    engine = engine_cls(I, H, 1, bias, False, P, 0.0, bool(reverse), 0)
+    tensors = {"weight_ih": w_ih, "weight_hh": w_hh}
+    if bias:
+        tensors["bias_ih"] = as_real_array(where, "bias_ih", bias_ih, dtype)
+        tensors["bias_hh"] = as_real_array(where, "bias_hh", bias_hh, dtype)
+        check_shape(where, "bias_ih", tensors["bias_ih"], (G,))
+        check_shape(where, "bias_hh", tensors["bias_hh"], (G,))
+    if P:
+        tensors["weight_hr"] = w_hr
+    flat = np.zeros(engine.num_params, dtype=dtype)
+    for name, value in tensors.items():
+        engine.pack(name, 0, 0, value, flat)
+    engine.load_flat(flat)
+
+    y, h_n, c_n = engine.forward(
+        np.ascontiguousarray(x), np.ascontiguousarray(h0[None]), np.ascontiguousarray(c0[None]),
+        lengths, bool(training),
+    )
+    ctx = LayerContext(engine, tuple(tensors), y.shape, ((B, Hout), (B, H))) if training else None
+    return y, (h_n[0], c_n[0]), ctx
+
+
+def lstm_layer_backward(
+    ctx: LayerContext, d_output, d_state: Optional[Tuple] = None
+) -> Tuple[np.ndarray, Tuple[np.ndarray, np.ndarray], Dict[str, np.ndarray]]:
+    """Backpropagate through one ``lstm_layer_forward`` call.
+
+    Parameters
+    ----------
+    ctx : LayerContext
+        From ``lstm_layer_forward(..., training=True)``; usable once.
+    d_output : array_like of shape (T, B, H_out)
+        Gradient with respect to ``y``; ignored past each length.
+    d_state : tuple (dh_n, dc_n), optional
+        Shapes (B, H_out) and (B, H); either may be None.
+
+    Returns
+    -------
+    dx : ndarray of shape (T, B, I)
+    (dh0, dc0) : tuple of ndarray of shapes (B, H_out) and (B, H)
+    grads : dict of ndarray
+        Gradients of the weights passed to forward, keyed weight_ih, weight_hh, bias_ih,
+        bias_hh, weight_hr (those that were given), in torch layout.
+
+    Raises
+    ------
+    RuntimeError
+        If ``ctx`` was already used.
+    """
+    where = "lstm_layer_backward"
+    if not isinstance(ctx, LayerContext):
+        raise TypeError(f"{where}: ctx must be the LayerContext from lstm_layer_forward, got {type(ctx).__name__}")
+    if ctx.consumed:
+        raise RuntimeError(f"{where}: this context was already used; run lstm_layer_forward again")
+    engine = ctx._engine
+    dtype = engine.params.dtype
+    dy = as_real_array(where, "d_output", d_output, dtype)
+    check_shape(where, "d_output", dy, ctx._out_shape)
+    dh_n = dc_n = None
+    if d_state is not None:
+        if d_state[0] is not None:
+            dh_n = as_real_array(where, "dh_n", d_state[0], dtype)
+            check_shape(where, "dh_n", dh_n, ctx._state_shapes[0])
+            dh_n = np.ascontiguousarray(dh_n[None])
+        if d_state[1] is not None:
+            dc_n = as_real_array(where, "dc_n", d_state[1], dtype)
+            check_shape(where, "dc_n", dc_n, ctx._state_shapes[1])
+            dc_n = np.ascontiguousarray(dc_n[None])
+    dx, dh0, dc0 = engine.backward(np.ascontiguousarray(dy), dh_n, dc_n)
+    ctx.consumed = True
+    grads = {name: engine.unpack(name, 0, 0, engine.grads) for name in ctx._names}
+    return dx, (dh0[0], dc0[0]), grads

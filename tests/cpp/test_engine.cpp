@@ -1,0 +1,231 @@
+// Engine tests through the public C++ API only: finite-difference gradients in float64,
+// torch-layout pack/unpack, determinism across runs and thread counts, and error handling.
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "eigenlstm/lstm.hpp"
+#include "test_common.hpp"
+
+using eigenlstm::Config;
+using eigenlstm::Index;
+using eigenlstm::LSTM;
+using eigenlstm::Param;
+
+namespace {
+
+std::vector<double> randn(std::size_t n, std::mt19937_64& rng, double scale = 1.0) {
+    std::normal_distribution<double> dist(0.0, scale);
+    std::vector<double> v(n);
+    for (double& x : v) x = dist(rng);
+    return v;
+}
+
+// Fill every parameter with random values through the torch-layout pack().
+template <typename S>
+void randomize(LSTM<S>& m, std::mt19937_64& rng) {
+    const Config& c = m.config();
+    for (Index l = 0; l < c.num_layers; ++l)
+        for (Index d = 0; d < c.directions(); ++d)
+            for (Param k : {Param::weight_ih, Param::weight_hh, Param::bias_ih, Param::bias_hh,
+                            Param::weight_hr}) {
+                if (!m.has_param(k)) continue;
+                Index rows, cols;
+                m.param_shape(k, l, rows, cols);
+                std::vector<double> v = randn(std::size_t(rows * cols), rng, 0.4);
+                std::vector<S> t(v.begin(), v.end());
+                m.pack(k, l, d, t.data(), m.params());
+            }
+    m.params_updated();
+}
+
+struct Problem {
+    Index T, B;
+    std::vector<double> x, h0, c0, wy, wh, wc;  // inputs and loss weights
+    std::vector<std::int64_t> lengths;
+};
+
+// loss = <wy, y> + <wh, h_n> + <wc, c_n>: its gradient with respect to y, h_n, c_n is (wy, wh, wc).
+double loss(LSTM<double>& m, Problem& p, bool training) {
+    const Config& c = m.config();
+    const Index DL = c.directions() * c.num_layers;
+    std::vector<double> y(std::size_t(p.T * p.B * c.directions() * c.output_size()));
+    std::vector<double> h(std::size_t(DL * p.B * c.output_size())), cn(std::size_t(DL * p.B * c.hidden_size));
+    m.forward(y.data(), h.data(), cn.data(), p.x.data(), p.h0.data(), p.c0.data(),
+              p.lengths.empty() ? nullptr : p.lengths.data(), p.T, p.B, training);
+    double s = 0;
+    for (std::size_t i = 0; i < y.size(); ++i) s += p.wy[i] * y[i];
+    for (std::size_t i = 0; i < h.size(); ++i) s += p.wh[i] * h[i];
+    for (std::size_t i = 0; i < cn.size(); ++i) s += p.wc[i] * cn[i];
+    return s;
+}
+
+// Central differences of the loss against every parameter, x, h0 and c0.
+void check_gradients(const Config& cfg, bool with_lengths) {
+    std::mt19937_64 rng(42);
+    LSTM<double> m(cfg, 7);
+    randomize(m, rng);
+    Problem p;
+    p.T = 5;
+    p.B = 3;
+    const Index DL = cfg.directions() * cfg.num_layers;
+    p.x = randn(std::size_t(p.T * p.B * cfg.input_size), rng);
+    p.h0 = randn(std::size_t(DL * p.B * cfg.output_size()), rng);
+    p.c0 = randn(std::size_t(DL * p.B * cfg.hidden_size), rng);
+    p.wy = randn(std::size_t(p.T * p.B * cfg.directions() * cfg.output_size()), rng);
+    p.wh = randn(p.h0.size(), rng);
+    p.wc = randn(p.c0.size(), rng);
+    if (with_lengths) p.lengths = {5, 2, 0};
+
+    m.zero_grad();
+    loss(m, p, true);
+    std::vector<double> dx(p.x.size()), dh0(p.h0.size()), dc0(p.c0.size());
+    m.backward(dx.data(), dh0.data(), dc0.data(), p.wy.data(), p.wh.data(), p.wc.data());
+    const std::vector<double> dparams(m.grads(), m.grads() + m.num_params());
+
+    const double eps = 1e-6;
+    auto fd = [&](double& v) {
+        const double saved = v;
+        v = saved + eps;
+        m.params_updated();
+        const double up = loss(m, p, false);
+        v = saved - eps;
+        m.params_updated();
+        const double down = loss(m, p, false);
+        v = saved;
+        m.params_updated();
+        return (up - down) / (2 * eps);
+    };
+    double worst = 0;
+    auto compare = [&](double analytic, double numeric) {
+        const double err = std::abs(analytic - numeric) / std::max(1.0, std::abs(numeric));
+        worst = std::max(worst, err);
+    };
+    for (Index i = 0; i < m.num_params(); ++i) compare(dparams[std::size_t(i)], fd(m.params()[i]));
+    for (std::size_t i = 0; i < p.x.size(); ++i) compare(dx[i], fd(p.x[i]));
+    for (std::size_t i = 0; i < p.h0.size(); ++i) compare(dh0[i], fd(p.h0[i]));
+    for (std::size_t i = 0; i < p.c0.size(); ++i) compare(dc0[i], fd(p.c0[i]));
+    if (!(worst < 1e-7)) std::fprintf(stderr, "worst finite-difference error %g\n", worst);
+    CHECK(worst < 1e-7);
+}
+
+void test_gradients_match_finite_differences_float64() {
+    Config c;
+    c.input_size = 3;
+    c.hidden_size = 11;  // one partial gate block
+    check_gradients(c, false);
+    c.num_layers = 2;
+    c.bidirectional = true;
+    c.proj_size = 4;
+    check_gradients(c, true);
+    Config r;
+    r.input_size = 2;
+    r.hidden_size = 19;  // a full and a partial block in float64
+    r.reverse = true;
+    check_gradients(r, true);
+}
+
+void test_pack_then_unpack_returns_the_torch_tensor() {
+    Config c;
+    c.input_size = 5;
+    c.hidden_size = 37;
+    c.num_layers = 2;
+    c.bidirectional = true;
+    c.proj_size = 6;
+    LSTM<float> m(c, 0);
+    std::mt19937_64 rng(1);
+    for (Param k : {Param::weight_ih, Param::weight_hh, Param::bias_ih, Param::weight_hr}) {
+        Index rows, cols;
+        m.param_shape(k, 1, rows, cols);
+        std::vector<double> v = randn(std::size_t(rows * cols), rng);
+        std::vector<float> t(v.begin(), v.end()), back(t.size());
+        m.pack(k, 1, 1, t.data(), m.params());
+        m.unpack(k, 1, 1, m.params(), back.data());
+        CHECK(back == t);
+    }
+}
+
+void test_results_are_bitwise_identical_across_runs_and_thread_counts() {
+    Config c;
+    c.input_size = 32;
+    c.hidden_size = 96;
+    c.num_layers = 2;
+    c.bidirectional = true;
+    std::mt19937_64 rng(3);
+    LSTM<float> m(c, 0);
+    {
+        std::vector<double> v;
+        for (Index l = 0; l < 2; ++l)
+            for (Index d = 0; d < 2; ++d)
+                for (Param k : {Param::weight_ih, Param::weight_hh, Param::bias_ih, Param::bias_hh}) {
+                    Index rows, cols;
+                    m.param_shape(k, l, rows, cols);
+                    v = randn(std::size_t(rows * cols), rng, 0.1);
+                    std::vector<float> t(v.begin(), v.end());
+                    m.pack(k, l, d, t.data(), m.params());
+                }
+        m.params_updated();
+    }
+    const Index T = 20, B = 16;
+    std::vector<double> xv = randn(std::size_t(T * B * 32), rng);
+    std::vector<float> x(xv.begin(), xv.end());
+    auto run = [&](int threads) {
+        eigenlstm::set_num_threads(threads);
+        std::vector<float> y(std::size_t(T * B * 2 * 96)), h(std::size_t(4 * B * 96)), cc(h.size());
+        m.forward(y.data(), h.data(), cc.data(), x.data(), nullptr, nullptr, nullptr, T, B, true);
+        std::vector<float> dx(x.size()), dh0(h.size()), dc0(h.size());
+        m.zero_grad();
+        m.backward(dx.data(), dh0.data(), dc0.data(), y.data(), nullptr, nullptr);
+        y.insert(y.end(), dx.begin(), dx.end());
+        y.insert(y.end(), m.grads(), m.grads() + m.num_params());
+        return y;
+    };
+    const int saved = eigenlstm::get_num_threads();
+    for (int threads : {1, 2}) {
+        const std::vector<float> a = run(threads), b = run(threads);
+        CHECK(a == b);
+    }
+    eigenlstm::set_num_threads(saved);
+}
+
+void test_bad_input_throws_invalid_argument() {
+    Config c;
+    c.input_size = 0;
+    c.hidden_size = 4;
+    CHECK_THROWS(LSTM<float>(c, 0), std::invalid_argument);
+    c.input_size = 2;
+    c.proj_size = 4;
+    CHECK_THROWS(LSTM<float>(c, 0), std::invalid_argument);
+    c.proj_size = 0;
+    c.dropout = 1.5;
+    CHECK_THROWS(LSTM<float>(c, 0), std::invalid_argument);
+    c.dropout = 0;
+    CHECK_THROWS(eigenlstm::set_num_threads(0), std::invalid_argument);
+
+    LSTM<float> m(c, 0);
+    std::vector<float> x(2 * 3 * 2), y(2 * 3 * 4), h(3 * 4), cc(3 * 4), dx(x.size());
+    const std::int64_t bad[3] = {1, 3, 0};  // 3 > T = 2
+    CHECK_THROWS(m.forward(y.data(), h.data(), cc.data(), x.data(), nullptr, nullptr, bad, 2, 3, true),
+                 std::invalid_argument);
+    CHECK_THROWS(m.backward(dx.data(), h.data(), cc.data(), y.data(), nullptr, nullptr), std::logic_error);
+}
+
+void test_huge_sizes_throw_bad_alloc() {
+    Config c;
+    c.input_size = Index(1) << 40;
+    c.hidden_size = Index(1) << 20;
+    CHECK_THROWS(LSTM<float>(c, 0), std::bad_alloc);
+}
+
+}  // namespace
+
+int main() {
+    test_gradients_match_finite_differences_float64();
+    test_pack_then_unpack_returns_the_torch_tensor();
+    test_results_are_bitwise_identical_across_runs_and_thread_counts();
+    test_bad_input_throws_invalid_argument();
+    test_huge_sizes_throw_bad_alloc();
+    TEST_MAIN_END();
+}
