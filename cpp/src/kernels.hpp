@@ -233,6 +233,89 @@ auto sigmoid(const X& x) {
     return S(1) / (S(1) + (-x).exp());
 }
 
+// ---- the fused cell update ---------------------------------------------------------------
+
+// One gate block of HB = gate_block<S>() values: fixed size, so Eigen unrolls it into whole
+// SIMD packets (2 x 8 floats on AVX2, 1 x 16 on AVX-512) with no loop or size checks.
+template <typename S>
+using BlockArray = Eigen::Array<S, gate_block<S>(), 1>;
+template <typename S>
+using BlockMap = Eigen::Map<BlockArray<S>>;
+template <typename S>
+using ConstBlockMap = Eigen::Map<const BlockArray<S>>;
+
+// Forward for one full block of one batch row.
+//   g       [4*HB]  pre-activations i, f, g, o in; activated gates out (the backward cache)
+//   c_prev  [HB]    c_{t-1}; read only
+//   c       [HB]    c_t = f*c_{t-1} + i*g; overwritten
+//   h       [HB]    o*tanh(c_t); overwritten
+template <typename S>
+inline void cell_forward_full(S* g, const S* c_prev, S* c, S* h) {
+    constexpr Index HB = gate_block<S>();
+    BlockMap<S> i(g), f(g + HB), gg(g + 2 * HB), o(g + 3 * HB), cm(c), hm(h);
+    i = sigmoid(i);
+    f = sigmoid(f);
+    gg = gg.tanh();
+    o = sigmoid(o);
+    cm = f * ConstBlockMap<S>(c_prev) + i * gg;
+    hm = o * cm.tanh();
+}
+
+// Backward for one full block of one batch row; quotes the forward lines it undoes.
+//   g       [4*HB]  activated i, f, g, o in; d(pre-activation) out
+//   c_t     [HB]    c_t; read only          c_prev [HB]  c_{t-1}; read only
+//   dh      [HB]    dL/dh_t (before any projection); read only
+//   dc      [HB]    dL/dc_t in (from later steps); dL/dc_{t-1} out
+template <typename S>
+inline void cell_backward_full(S* g, const S* c_t, const S* c_prev, const S* dh, S* dc) {
+    constexpr Index HB = gate_block<S>();
+    BlockMap<S> ai(g), af(g + HB), ag(g + 2 * HB), ao(g + 3 * HB), dcm(dc);
+    const BlockArray<S> i = ai, f = af, gg = ag, o = ao;  // values: the maps are overwritten
+    const BlockArray<S> th = ConstBlockMap<S>(c_t).tanh();
+    const ConstBlockMap<S> dhm(dh), cp(c_prev);
+    // forward: h = o*tanh(c)        ->  do = dh*tanh(c),  dc += dh*o*(1 - tanh(c)^2)
+    const BlockArray<S> dct = dcm + dhm * o * (S(1) - th * th);
+    // forward: o = s(a_o)           ->  da_o = do*o*(1-o)
+    ao = dhm * th * o * (S(1) - o);
+    // forward: c = f*c_prev + i*g   ->  di = dc*g, df = dc*c_prev, dg = dc*i, dc_prev = dc*f
+    // forward: i, f = s(a), g = tanh(a_g)  ->  da = d*s*(1-s), da_g = dg*(1-g^2)
+    ai = dct * gg * i * (S(1) - i);
+    af = dct * cp * f * (S(1) - f);
+    ag = dct * i * (S(1) - gg * gg);
+    dcm = dct * f;
+}
+
+// The last block of a layer whose H is not a multiple of HB has w < HB units and its gates
+// packed as [i(w) f(w) g(w) o(w)]. It is padded to HB lanes on the stack (zeros: no NaN or
+// inf in the unused lanes), run through the same SIMD code, and copied back.
+template <typename S>
+inline void cell_forward(S* g, Index w, const S* c_prev, S* c, S* h) {
+    constexpr Index HB = gate_block<S>();
+    if (w == HB) return cell_forward_full(g, c_prev, c, h);
+    alignas(64) S tg[4 * HB] = {}, tcp[HB] = {}, tc[HB], th[HB];
+    for (Index q = 0; q < 4; ++q) std::copy(g + q * w, g + (q + 1) * w, tg + q * HB);
+    std::copy(c_prev, c_prev + w, tcp);
+    cell_forward_full(tg, tcp, tc, th);
+    for (Index q = 0; q < 4; ++q) std::copy(tg + q * HB, tg + q * HB + w, g + q * w);
+    std::copy(tc, tc + w, c);
+    std::copy(th, th + w, h);
+}
+
+template <typename S>
+inline void cell_backward(S* g, Index w, const S* c_t, const S* c_prev, const S* dh, S* dc) {
+    constexpr Index HB = gate_block<S>();
+    if (w == HB) return cell_backward_full(g, c_t, c_prev, dh, dc);
+    alignas(64) S tg[4 * HB] = {}, tct[HB] = {}, tcp[HB] = {}, tdh[HB] = {}, tdc[HB] = {};
+    for (Index q = 0; q < 4; ++q) std::copy(g + q * w, g + (q + 1) * w, tg + q * HB);
+    std::copy(c_t, c_t + w, tct);
+    std::copy(c_prev, c_prev + w, tcp);
+    std::copy(dh, dh + w, tdh);
+    std::copy(dc, dc + w, tdc);
+    cell_backward_full(tg, tct, tcp, tdh, tdc);
+    for (Index q = 0; q < 4; ++q) std::copy(tg + q * HB, tg + q * HB + w, g + q * w);
+    std::copy(tdc, tdc + w, dc);
+}
+
 // ---- a team barrier ------------------------------------------------------------------------
 
 // Sense-reversing spin barrier for the few threads of one direction's team. A time step is a

@@ -126,6 +126,8 @@ struct LSTM<S>::Impl {
         Panels<S> whr;     // W_hr    [P, H]:    backward projection dr = dh W_hr
     };
     std::vector<Packed> packed;     // [L*D]
+    std::vector<Panels<S>> wih_t;   // [L] W_ih^T [I_l, D*G], both directions: the input
+                                    //     projection of all steps is one packed GEMM
     Buffer<S> bias_sum;             // [L, D*G] b_ih + b_hh, engine order
 
     std::uint64_t seed = 0, counter = 0;
@@ -203,12 +205,17 @@ struct LSTM<S>::Impl {
         params.resize(n); params.zero();
         grads.resize(n); grads.zero();
         packed.resize(std::size_t(L * D));
+        wih_t.resize(std::size_t(L));
         bias_sum.resize(checked_mul(L, D * G));
         update_derived();
     }
 
     void update_derived() {
         bias_sum.zero();
+        for (Index l = 0; l < L; ++l) {
+            const S* wih = params.data() + offset[l][int(Param::weight_ih)];  // [D*G, I_l]
+            wih_t[std::size_t(l)].pack(wih, in_size(l), D * G, 1, in_size(l));
+        }
         for (Index l = 0; l < L; ++l)
             for (Index d = 0; d < D; ++d) {
                 Packed& pk = packed[std::size_t(l * D + d)];
@@ -246,13 +253,6 @@ template <typename S>
 using MapRM = Eigen::Map<RowMat<S>, 0, Eigen::OuterStride<>>;
 template <typename S>
 using CMapRM = Eigen::Map<const RowMat<S>, 0, Eigen::OuterStride<>>;
-template <typename S>
-using ArrMap = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>;
-template <typename S>
-using CArrMap = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
-// One gate block of values, at most gate_block<S>() long, on the stack (no heap in the loop).
-template <typename S>
-using Block = Eigen::Array<S, Eigen::Dynamic, 1, Eigen::ColMajor, gate_block<S>(), 1>;
 
 // State slots in time order, shared by forward and backward. A direction keeps T+1 states:
 //   forward:  state before step t = slot t,     after = slot t+1   (h0 in slot 0)
@@ -341,29 +341,17 @@ void forward_direction(const DirectionPass<S>& a, S* y, const S* h0, const S* c0
             for (Index ub = u0; ub < u1; ub += HB) {
                 const Index w = std::min(HB, H - ub);
                 S* g = pre + b * a.ldg + 4 * ub;
-                ArrMap<S> c(c_next + b * H + ub, w);
-                CArrMap<S> cp(c_prev + b * H + ub, w);
                 if (!on) {
-                    c = cp;
+                    std::copy(c_prev + b * H + ub, c_prev + b * H + ub + w, c_next + b * H + ub);
                     if (P == 0) {
                         std::copy(h_prev + b * Hout + ub, h_prev + b * Hout + ub + w, h_next + b * Hout + ub);
                         std::fill(y_t + b * a.ldy + ub, y_t + b * a.ldy + ub + w, S(0));
                     }
                     continue;
                 }
-                ArrMap<S> gi(g, w), gf(g + w, w), gg(g + 2 * w, w), go(g + 3 * w, w);
-                gi = detail::sigmoid(gi);
-                gf = detail::sigmoid(gf);
-                gg = gg.tanh();
-                go = detail::sigmoid(go);
-                c = gf * cp + gi * gg;
-                if (P == 0) {
-                    ArrMap<S> h(h_next + b * Hout + ub, w);
-                    h = go * c.tanh();
-                    ArrMap<S>(y_t + b * a.ldy + ub, w) = h;
-                } else {
-                    ArrMap<S>(r + b * H + ub, w) = go * c.tanh();
-                }
+                S* h = P == 0 ? h_next + b * Hout + ub : r + b * H + ub;
+                detail::cell_forward(g, w, c_prev + b * H + ub, c_next + b * H + ub, h);
+                if (P == 0) std::copy(h, h + w, y_t + b * a.ldy + ub);
             }
         }
         if (P > 0) {
@@ -448,18 +436,8 @@ void backward_direction(const DirectionPass<S>& a, const S* dy, const S* dh_n, c
                     std::fill(g, g + 4 * w, S(0));
                     continue;
                 }
-                ArrMap<S> ai(g, w), af(g + w, w), ag(g + 2 * w, w), ao(g + 3 * w, w);
-                // Values, not views: the maps are overwritten below. Block<S> lives on the stack.
-                const Block<S> i = ai, f = af, gg = ag, o = ao;
-                const Block<S> th = CArrMap<S>(c_t + b * H + ub, w).tanh();
-                CArrMap<S> dhr(dr + b * ldr + ub, w), cp(c_p + b * H + ub, w);
-                ArrMap<S> dcb(dc + b * H + ub, w);
-                dcb += dhr * o * (S(1) - th * th);
-                ao = dhr * th * o * (S(1) - o);
-                ai = dcb * gg * i * (S(1) - i);
-                af = dcb * cp * f * (S(1) - f);
-                ag = dcb * i * (S(1) - gg * gg);
-                dcb *= f;
+                detail::cell_backward(g, w, c_t + b * H + ub, c_p + b * H + ub, dr + b * ldr + ub,
+                                      dc + b * H + ub);
             }
         }
         barrier.wait();  // dh_prev reads all of da
@@ -485,6 +463,40 @@ int team_size(Index D, Index B, Index H, Index Hout) {
     const Index chunks = (H + detail::unit_grain<S>() - 1) / detail::unit_grain<S>();
     if (B * 4 * H * Hout < (Index(1) << 16)) return 1;
     return int(std::max<Index>(1, std::min<Index>(per_dir, chunks)));
+}
+
+// pre[rows, N] = x[rows, K] W + bias, W packed as panels [K, N]. Threads take disjoint row
+// ranges (so every value is computed by one thread, the same way for any thread count), and
+// rows go through the kernel in blocks whose slice of x stays in L2 while the panels stream.
+template <typename S>
+void project_inputs(S* pre, const S* x, Index rows, Index K, Index N, const S* bias,
+                    const Panels<S>& w) {
+    constexpr Index MR = detail::Simd<S>::MR;
+    const Index MB = std::max<Index>(MR, Index(128 * 1024) / Index(sizeof(S)) / std::max<Index>(K, 1) / MR * MR);
+    auto run = [&](Index r0, Index r1) {
+        for (Index r = r0; r < r1; ++r) {
+            if (bias) std::copy(bias, bias + N, pre + r * N);
+            else std::fill(pre + r * N, pre + (r + 1) * N, S(0));
+        }
+        for (Index m0 = r0; m0 < r1; m0 += MB)
+            detail::gemm_panels<S, true>(std::min(MB, r1 - m0), x + m0 * K, K, w, 0, N, pre + m0 * N, N);
+    };
+    const int threads = get_num_threads();
+    // below ~1M multiply-adds a second thread costs more to wake than it saves
+    if (threads == 1 || rows < 2 * MR || double(rows) * double(N) * double(K) < 1e6) {
+        run(0, rows);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+    {
+        Index r0, r1;
+        split_range(rows, MR, omp_get_thread_num(), omp_get_num_threads(), r0, r1);
+        run(r0, r1);
+    }
+#else
+    run(0, rows);
+#endif
 }
 
 }  // namespace
@@ -558,16 +570,8 @@ void LSTM<S>::Impl::forward(S* y, S* h_n, S* c_n, const S* x, const S* h0, const
 
         // One GEMM projects the input of every step for both directions:
         //   pre[T*B, D*G] = x[T*B, I] W_ih[D*G, I]^T + (b_ih + b_hh)
-        {
-            MapRM<S> pre(gates, TB, DG, Eigen::OuterStride<>(DG));
-            CMapRM<S> X(in, TB, I_l, Eigen::OuterStride<>(I_l));
-            CMapRM<S> W(params.data() + offset[l][int(Param::weight_ih)], DG, I_l,
-                        Eigen::OuterStride<>(I_l));
-            pre.noalias() = X * W.transpose();
-            if (cfg.bias)
-                pre.rowwise() += Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(
-                    bias_sum.data() + l * DG, DG);
-        }
+        project_inputs(gates, in, TB, I_l, DG, cfg.bias ? bias_sum.data() + l * DG : nullptr,
+                       wih_t[std::size_t(l)]);
 
         detail::SpinBarrier barrier0(nteam), barrier1(nteam);
         detail::SpinBarrier* barriers[2] = {&barrier0, &barrier1};
