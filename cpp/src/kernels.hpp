@@ -318,9 +318,10 @@ inline void cell_backward(S* g, Index w, const S* c_t, const S* c_prev, const S*
 
 // ---- a team barrier ------------------------------------------------------------------------
 
-// Sense-reversing spin barrier for the few threads of one direction's team. A time step is a
-// few microseconds, far below what a futex wake-up costs, so threads spin (with pause) and
-// only yield when the machine is oversubscribed.
+// Generation-counting spin barrier for the few threads of one direction's team. A time step is
+// a few microseconds, far below what a futex wake-up costs, so threads spin (with pause) for
+// about that long, then yield: on an oversubscribed machine the thread being waited for may be
+// descheduled, and spinning longer would only keep it off the core.
 class SpinBarrier {
 public:
     explicit SpinBarrier(int n) : n_(n) {}
@@ -332,7 +333,7 @@ public:
             gen_.fetch_add(1, std::memory_order_release);
         } else {
             for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
-                if (spins < 4096) EIGENLSTM_PAUSE();
+                if (spins < 256) EIGENLSTM_PAUSE();
                 else std::this_thread::yield();
             }
         }

@@ -67,23 +67,41 @@ std::atomic<int>& thread_setting() {
 void set_num_threads(int n) {
     require(n >= 1, "num_threads must be >= 1, got " + std::to_string(n));
     thread_setting().store(n);
-    Eigen::setNbThreads(n);
 }
+
+namespace {
+// The engine splits work between threads itself; Eigen's products run single-threaded
+// inside each slice (Eigen's own OpenMP split would nest, and fork for tiny products).
+const bool eigen_single_threaded = (Eigen::setNbThreads(1), true);
+
+// Runs fn(tid, n) on the engine's threads, or on one (fn(0, 1)) when `work` (multiply-adds)
+// is below ~4M: a fork/join costs about as much as 1M multiply-adds on one core.
+template <typename F>
+void parallel_slices(double work, F&& fn) {
+    const int threads = get_num_threads();
+#ifdef _OPENMP
+    if (threads > 1 && work >= 4e6) {
+#pragma omp parallel num_threads(threads)
+        fn(omp_get_thread_num(), omp_get_num_threads());
+        return;
+    }
+#endif
+    fn(0, 1);
+}
+}  // namespace
 
 int get_num_threads() { return thread_setting().load(); }
 
 // Runs body(team, tid, team_size) for `teams` teams of `team_size[t]` threads each. Teams are
 // the directions of a layer; their threads share nothing but read-only weights.
+// With fewer threads than teams (one thread, two directions), the teams run one after the
+// other on the calling thread.
 template <typename Body>
 void run_teams(int teams, const int* team_size, Body&& body) {
     int total = 0;
     for (int d = 0; d < teams; ++d) total += team_size[d];
-    if (total == teams && teams == 1) {  // the common single-thread case: no parallel region
-        body(0, 0, 1);
-        return;
-    }
 #ifdef _OPENMP
-    if (total > 1) {
+    if (total > 1 && total <= get_num_threads()) {
 #pragma omp parallel num_threads(total)
         {
             int tid = omp_get_thread_num();
@@ -181,8 +199,10 @@ struct LSTM<S>::Impl {
 
     explicit Impl(const Config& c) : cfg(c) {
         cfg.validate();
-        H = cfg.hidden_size; P = cfg.proj_size; Hout = cfg.output_size(); G = 4 * H;
+        H = cfg.hidden_size; P = cfg.proj_size; Hout = cfg.output_size();
+        G = checked_mul(4, H);  // sizes whose buffers could not exist: std::bad_alloc
         D = cfg.directions(); L = cfg.num_layers;
+        checked_mul(checked_mul(L, D), Index(sizeof(Packed)));
         // Interleave the gates in blocks of HB units: block j of width w holds rows
         // [i(u0:u0+w), f(...), g(...), o(...)], u0 = HB*j, and starts at engine row 4*u0.
         const Index HB = gate_block<S>();
@@ -346,6 +366,8 @@ void forward_direction(const DirectionPass<S>& a, S* y, const S* h0, const S* c0
                     if (P == 0) {
                         std::copy(h_prev + b * Hout + ub, h_prev + b * Hout + ub + w, h_next + b * Hout + ub);
                         std::fill(y_t + b * a.ldy + ub, y_t + b * a.ldy + ub + w, S(0));
+                    } else {  // dW_hr = sum dh^T r reads every row: keep padded rows finite
+                        std::fill(r + b * H + ub, r + b * H + ub + w, S(0));
                     }
                     continue;
                 }
@@ -454,14 +476,15 @@ void backward_direction(const DirectionPass<S>& a, const S* dy, const S* dh_n, c
 }
 
 // Threads per direction team: all that are available, split between directions, but no more
-// than the step has chunks of work, and one when a step is too small to amortize a barrier
-// (about a microsecond: below ~64K multiply-adds per step a single core is faster).
+// than the step has chunks of work, and one when a step is too small to pay for a barrier
+// and the hand-off of h between cores: below ~256K multiply-adds per step (a few
+// microseconds on one core) a single thread is faster.
 template <typename S>
 int team_size(Index D, Index B, Index H, Index Hout) {
     const int total = get_num_threads();
     const int per_dir = std::max(1, total / int(D));
     const Index chunks = (H + detail::unit_grain<S>() - 1) / detail::unit_grain<S>();
-    if (B * 4 * H * Hout < (Index(1) << 16)) return 1;
+    if (B * 4 * H * Hout < (Index(1) << 18)) return 1;
     return int(std::max<Index>(1, std::min<Index>(per_dir, chunks)));
 }
 
@@ -548,6 +571,13 @@ void LSTM<S>::Impl::forward(S* y, S* h_n, S* c_n, const S* x, const S* h0, const
         cache.B = B;
         cache.counter = call_counter;
         std::copy(x, x + checked_mul(TB, cfg.input_size), cache.layers[0].x.data());
+        if (lengths)  // padding is never read by torch: zero it so dW_ih = da^T x ignores it
+            for (Index t = 0; t < T; ++t)
+                for (Index b = 0; b < B; ++b)
+                    if (t >= lengths[b]) {
+                        S* row = cache.layers[0].x.data() + (t * B + b) * cfg.input_size;
+                        std::fill(row, row + cfg.input_size, S(0));
+                    }
         if (cfg.dropout > 0 && L > 1) ++counter;
     } else {
         ws_gates.resize(checked_mul(TB, DG));
@@ -658,34 +688,50 @@ void LSTM<S>::Impl::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n,
         // The parameter gradients and dx, each one GEMM over all T*B rows:
         //   dW_ih += da^T x,  dx = da W_ih,  db_ih = db_hh += sum_rows da,
         //   dW_hh += da^T h_prev (per direction),  dW_hr += dh^T r (per direction)
+        // Each thread owns a slice of output rows of every product (the same split for any
+        // run with this thread count, so results are reproducible), and Eigen runs each
+        // slice single-threaded.
         CMapRM<S> dA(lc.gates.data(), TB, DG, Eigen::OuterStride<>(DG));
         CMapRM<S> X(lc.x.data(), TB, I_l, Eigen::OuterStride<>(I_l));
         MapRM<S> dWih(grads.data() + offset[l][int(Param::weight_ih)], DG, I_l,
                       Eigen::OuterStride<>(I_l));
         CMapRM<S> Wih(params.data() + offset[l][int(Param::weight_ih)], DG, I_l,
                       Eigen::OuterStride<>(I_l));
-        dWih.noalias() += dA.transpose() * X;
-        MapRM<S>(din, TB, I_l, Eigen::OuterStride<>(I_l)).noalias() = dA * Wih;
+        MapRM<S> dX(din, TB, I_l, Eigen::OuterStride<>(I_l));
+        const double work = double(TB) * double(DG) * double(2 * I_l + Hout + P);
+        parallel_slices(work, [&](int tid, int n) {
+            Index r0, r1;
+            split_range(DG, 16, tid, n, r0, r1);
+            dWih.middleRows(r0, r1 - r0).noalias() += dA.middleCols(r0, r1 - r0).transpose() * X;
+            split_range(TB, 16, tid, n, r0, r1);
+            dX.middleRows(r0, r1 - r0).noalias() = dA.middleRows(r0, r1 - r0) * Wih;
+            for (Index d = 0; d < D; ++d) {
+                const bool rev = cfg.reverse || d == 1;
+                CMapRM<S> dAd(lc.gates.data() + d * G, TB, G, Eigen::OuterStride<>(DG));
+                CMapRM<S> Hprev(lc.h.data() + (d * (T + 1) + slot_before(0, rev)) * B * Hout,
+                                TB, Hout, Eigen::OuterStride<>(Hout));
+                MapRM<S> dWhh(tensor(grads.data(), Param::weight_hh, l, d), G, Hout,
+                              Eigen::OuterStride<>(Hout));
+                split_range(G, 16, tid, n, r0, r1);
+                dWhh.middleRows(r0, r1 - r0).noalias() +=
+                    dAd.middleCols(r0, r1 - r0).transpose() * Hprev;
+                if (P > 0) {
+                    CMapRM<S> dH(dhs.data() + d * T * B * P, TB, P, Eigen::OuterStride<>(P));
+                    CMapRM<S> R(lc.r.data() + d * T * B * H, TB, H, Eigen::OuterStride<>(H));
+                    MapRM<S> dWhr(tensor(grads.data(), Param::weight_hr, l, d), P, H,
+                                  Eigen::OuterStride<>(H));
+                    split_range(P, 8, tid, n, r0, r1);
+                    dWhr.middleRows(r0, r1 - r0).noalias() +=
+                        dH.middleCols(r0, r1 - r0).transpose() * R;
+                }
+            }
+        });
         if (cfg.bias) {
             const Eigen::Matrix<S, 1, Eigen::Dynamic> db = dA.colwise().sum();
             Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(
                 grads.data() + offset[l][int(Param::bias_ih)], DG) += db;
             Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(
                 grads.data() + offset[l][int(Param::bias_hh)], DG) += db;
-        }
-        for (Index d = 0; d < D; ++d) {
-            const bool rev = cfg.reverse || d == 1;
-            CMapRM<S> dAd(lc.gates.data() + d * G, TB, G, Eigen::OuterStride<>(DG));
-            CMapRM<S> Hprev(lc.h.data() + (d * (T + 1) + slot_before(0, rev)) * B * Hout, TB,
-                            Hout, Eigen::OuterStride<>(Hout));
-            MapRM<S>(tensor(grads.data(), Param::weight_hh, l, d), G, Hout,
-                     Eigen::OuterStride<>(Hout)).noalias() += dAd.transpose() * Hprev;
-            if (P > 0) {
-                CMapRM<S> dH(dhs.data() + d * T * B * P, TB, P, Eigen::OuterStride<>(P));
-                CMapRM<S> R(lc.r.data() + d * T * B * H, TB, H, Eigen::OuterStride<>(H));
-                MapRM<S>(tensor(grads.data(), Param::weight_hr, l, d), P, H,
-                         Eigen::OuterStride<>(H)).noalias() += dH.transpose() * R;
-            }
         }
         // The input of layer l > 0 was dropout(y_{l-1}): dy_{l-1} = din * mask, same mask.
         if (l > 0 && cfg.dropout > 0)

@@ -16,7 +16,12 @@ _SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def resolve_dtype(where: str, dtype) -> np.dtype:
-    """Return ``np.dtype(dtype)`` if it is float32 or float64, else raise TypeError."""
+    """Return ``np.dtype(dtype)`` if it is float32 or float64, else raise TypeError.
+
+    ``None`` means float32, torch's default dtype (``np.dtype(None)`` would be float64).
+    """
+    if dtype is None:
+        return np.dtype(np.float32)
     try:
         dt = np.dtype(dtype)
     except TypeError:

@@ -34,6 +34,16 @@ def param_names(num_layers: int, bidirectional: bool, proj_size: int, bias: bool
                 yield f"{kind}_l{layer}{suffix}", kind, layer, direction
 
 
+def _check_pair(where: str, name: str, expected: str, value) -> None:
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(f"{where}: {name} must be a tuple {expected}, got {type(value).__name__}")
+    if len(value) != 2:
+        raise TypeError(
+            f"{where}: {name} must be a tuple {expected}, got a {type(value).__name__} of "
+            f"length {len(value)}"
+        )
+
+
 def _new_seed() -> int:
     return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
 
@@ -134,8 +144,10 @@ class LSTM(Module):
         self.dtype = resolve_dtype(where, dtype)
         if seed is None:
             seed = _new_seed()
-        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"{where}: seed must be a non-negative int or None, got {seed!r}")
+        elif seed < 0:
+            raise ValueError(f"{where}: seed must be a non-negative int or None, got {seed}")
         self.seed = int(seed)
         self.training = True
 
@@ -275,8 +287,7 @@ class LSTM(Module):
         DL = self.num_directions * self.num_layers
         h0 = c0 = None
         if state is not None:
-            if not isinstance(state, (tuple, list)) or len(state) != 2:
-                raise TypeError(f"{where}: state must be a tuple (h0, c0), got {type(state).__name__}")
+            _check_pair(where, "state", "(h0, c0)", state)
             h_shape = (DL, N, self.output_size) if batched else (DL, self.output_size)
             c_shape = (DL, N, self.hidden_size) if batched else (DL, self.hidden_size)
             h0 = as_real_array(where, "h0", state[0], self.dtype)
@@ -359,8 +370,7 @@ class LSTM(Module):
             dy = dy.transpose(1, 0, 2)
         dh_n = dc_n = None
         if d_state is not None:
-            if not isinstance(d_state, (tuple, list)) or len(d_state) != 2:
-                raise TypeError(f"{where}: d_state must be a tuple (dh_n, dc_n), got {type(d_state).__name__}")
+            _check_pair(where, "d_state", "(dh_n, dc_n)", d_state)
             h_shape = (DL, N, self.output_size) if batched else (DL, self.output_size)
             c_shape = (DL, N, self.hidden_size) if batched else (DL, self.hidden_size)
             if d_state[0] is not None:
