@@ -639,3 +639,16 @@ def test_a_forward_on_a_gigantic_broadcast_input_raises_memory_error_and_keeps_t
     if training:
         dx, _ = lstm.backward(np.ones_like(out))
         assert dx.shape == (3, 2, 4)
+
+
+def test_flatten_and_unflatten_convert_between_engine_layout_and_torch_names():
+    lstm = el.LSTM(4, 19, num_layers=2, bidirectional=True, proj_size=3, seed=0)
+    sd = lstm.state_dict()
+    flat = lstm.flatten(sd)
+    np.testing.assert_array_equal(flat, lstm.parameters()[0][0])
+    back = lstm.unflatten(flat)
+    assert list(back) == list(sd)
+    for k in sd:
+        np.testing.assert_array_equal(back[k], sd[k])
+    with pytest.raises(ValueError, match=r"LSTM.flatten: missing key 'weight_hr_l1_reverse'"):
+        lstm.flatten({k: v for k, v in sd.items() if k != "weight_hr_l1_reverse"})

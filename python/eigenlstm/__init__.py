@@ -11,3 +11,18 @@ from .module import Module
 
 __all__ = ["LSTM", "Module", "functional", "get_num_threads", "set_num_threads"]
 __version__ = "0.1.0"
+
+# Training layer: layers on top of the LSTM, losses, optimizers, the fit loop and checkpoints.
+from . import losses, nn, optim
+from .callbacks import Callback, EarlyStopping, History
+from .checkpoint import load, save
+from .linear import Linear
+from .losses import cross_entropy, mse_loss
+from .model import LSTMModel
+from .optim import SGD, Adam, AdamW, CosineAnnealingLR, StepLR, clip_grad_norm
+
+__all__ += [
+    "Linear", "LSTMModel", "History", "Callback", "EarlyStopping", "save", "load",
+    "losses", "nn", "optim", "mse_loss", "cross_entropy",
+    "SGD", "Adam", "AdamW", "clip_grad_norm", "StepLR", "CosineAnnealingLR",
+]

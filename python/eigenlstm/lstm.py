@@ -194,8 +194,7 @@ class LSTM(Module):
     # ---- parameters --------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, np.ndarray]:
         """Copies of the parameters, with torch.nn.LSTM's keys, shapes and order."""
-        flat = self._engine.params
-        return {name: self._engine.unpack(kind, layer, d, flat) for name, kind, layer, d in self._names()}
+        return self.unflatten(self._engine.params)
 
     @property
     def grads(self) -> Dict[str, np.ndarray]:
@@ -204,8 +203,42 @@ class LSTM(Module):
         ``backward`` adds into the gradients; ``zero_grad()`` clears them. The dict is a
         snapshot: read it again after the next backward.
         """
-        flat = self._engine.grads
+        return self.unflatten(self._engine.grads)
+
+    def unflatten(self, flat) -> Dict[str, np.ndarray]:
+        """Split a flat array laid out like the engine's parameters into torch-named tensors.
+
+        Parameters
+        ----------
+        flat : ndarray of shape (n,)
+            Laid out like ``parameters()[0][0]``: an optimizer moment, say.
+
+        Returns
+        -------
+        dict of ndarray
+            Keys, shapes and order of ``state_dict()``; copies.
+        """
+        flat = np.ascontiguousarray(flat, dtype=self.dtype)
         return {name: self._engine.unpack(kind, layer, d, flat) for name, kind, layer, d in self._names()}
+
+    def flatten(self, tensors) -> np.ndarray:
+        """Inverse of ``unflatten``: torch-named tensors to one flat array in engine layout.
+
+        Raises
+        ------
+        ValueError
+            If a key is missing or a tensor has the wrong shape.
+        """
+        where = "LSTM.flatten"
+        flat = np.zeros(self._engine.num_params, dtype=self.dtype)
+        shapes = self._shapes()
+        for name, kind, layer, d in self._names():
+            if name not in tensors:
+                raise ValueError(f"{where}: missing key {name!r}")
+            value = as_real_array(where, name, tensors[name], self.dtype)
+            check_shape(where, name, value, shapes[name])
+            self._engine.pack(kind, layer, d, value, flat)
+        return flat
 
     def _prepare_load(self, state: dict, where: str, prefix: str):
         shapes = self._shapes()

@@ -1,0 +1,189 @@
+"""What ``LSTMModel.fit`` reports and who may interrupt it: History, Callback, EarlyStopping.
+
+The loop itself is in model.py; it calls these hooks once per epoch (and per batch) and reads
+``model.stop_training`` after each epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Dict, List, Optional
+
+__all__ = ["History", "Callback", "EarlyStopping"]
+
+
+class History:
+    """Per-epoch metrics of a training run, as returned by ``LSTMModel.fit``.
+
+    Attributes
+    ----------
+    history : dict of str to list of float
+        ``"loss"`` (mean training loss of each epoch), plus ``"val_loss"`` with validation data
+        and ``"val_accuracy"`` with validation data and the cross-entropy loss.
+    epoch : list of int
+        The 0-based index of each recorded epoch (counting epochs of resumed runs too).
+    stop_reason : str or None
+        Why training ended before ``epochs`` (early stopping, a non-finite loss), else None.
+
+    Examples
+    --------
+    >>> h = History()
+    >>> h.append(0, {"loss": 1.5})
+    >>> h.history
+    {'loss': [1.5]}
+    """
+
+    def __init__(self, history: Optional[Dict[str, List[float]]] = None,
+                 epoch: Optional[List[int]] = None, stop_reason: Optional[str] = None) -> None:
+        self.history: Dict[str, List[float]] = {k: [float(v) for v in vs] for k, vs in (history or {}).items()}
+        self.epoch: List[int] = [int(e) for e in (epoch or [])]
+        self.stop_reason = stop_reason
+
+    def append(self, epoch: int, logs: Dict[str, float]) -> None:
+        """Record the metrics of one finished epoch."""
+        self.epoch.append(int(epoch))
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(float(value))
+
+    def to_dict(self) -> dict:
+        """A JSON-ready copy (used by checkpoints)."""
+        return {"history": {k: list(v) for k, v in self.history.items()},
+                "epoch": list(self.epoch), "stop_reason": self.stop_reason}
+
+    def __repr__(self) -> str:
+        last = {k: round(v[-1], 6) for k, v in self.history.items() if v}
+        return f"History(epochs={len(self.epoch)}, last={last})"
+
+
+class Callback:
+    """Base class of training callbacks; override the hooks you need.
+
+    ``fit`` calls, in order: ``set_model(model)``, ``on_train_begin(logs)``, then per epoch
+    ``on_epoch_begin(epoch)``, ``on_batch_end(batch, logs)`` for each batch and
+    ``on_epoch_end(epoch, logs)``, and finally ``on_train_end(logs)``. Set
+    ``self.model.stop_training = True`` to stop after the current epoch.
+    """
+
+    model = None
+
+    def set_model(self, model) -> None:
+        self.model = model
+
+    def on_train_begin(self, logs: Optional[dict] = None) -> None:
+        """Called once before the first epoch."""
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        """Called before each epoch (0-based, counting resumed epochs)."""
+
+    def on_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+        """Called after each optimizer step with ``{"loss": batch loss, "size": batch size}``."""
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        """Called after each epoch with that epoch's metrics (``loss``, ``val_loss``, ...)."""
+
+    def on_train_end(self, logs: Optional[dict] = None) -> None:
+        """Called once when training ends, however it ends."""
+
+
+class EarlyStopping(Callback):
+    """Stop training when a monitored metric has stopped improving.
+
+    Parameters
+    ----------
+    monitor : str, default "val_loss"
+        The metric to watch, a key of the epoch logs (``val_loss`` needs ``validation_data``).
+    patience : int, default 5
+        Epochs without improvement before stopping.
+    min_delta : float, default 0.0
+        The smallest change that counts as an improvement.
+    mode : {"auto", "min", "max"}, default "auto"
+        Whether lower or higher is better; "auto" picks "max" for accuracies, else "min".
+    restore_best_weights : bool, default False
+        At the end of training, put back the weights of the best epoch.
+
+    Attributes
+    ----------
+    best : float
+        The best value seen.
+    best_epoch : int or None
+    stopped_epoch : int or None
+        The epoch after which training was stopped, if it was.
+
+    Raises
+    ------
+    ValueError
+        (from ``on_epoch_end``) if ``monitor`` is not among the epoch's metrics.
+
+    Examples
+    --------
+    >>> import numpy as np, eigenlstm as el
+    >>> rng = np.random.default_rng(0)
+    >>> x, y = rng.standard_normal((64, 5, 2)), rng.standard_normal((64, 1))
+    >>> model = el.LSTMModel(2, 8, 1, seed=0)
+    >>> stop = el.EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)
+    >>> h = model.fit(x, y, epochs=50, validation_data=(x[:16], y[:16]), callbacks=[stop],
+    ...               progress=False, seed=0)
+    >>> len(h.history["val_loss"]) <= 50
+    True
+    """
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
+                 mode: str = "auto", restore_best_weights: bool = False) -> None:
+        where = "EarlyStopping"
+        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 0:
+            raise ValueError(f"{where}: patience must be an int >= 0, got {patience!r}")
+        if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real) or min_delta < 0:
+            raise ValueError(f"{where}: min_delta must be a float >= 0, got {min_delta!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"{where}: mode must be 'auto', 'min' or 'max', got {mode!r}")
+        self.monitor = str(monitor)
+        self.patience = int(patience)
+        self.min_delta = float(min_delta)
+        if mode == "auto":
+            mode = "max" if "acc" in self.monitor else "min"
+        self.mode = mode
+        self.restore_best_weights = bool(restore_best_weights)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_epoch: Optional[int] = None
+        self.best_weights = None
+        self.stopped_epoch: Optional[int] = None
+        self.wait = 0
+
+    def on_train_begin(self, logs=None) -> None:
+        self._reset()
+
+    def _improved(self, value: float) -> bool:
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        logs = logs or {}
+        if self.monitor not in logs:
+            hint = "; pass validation_data to fit" if self.monitor.startswith("val_") else ""
+            raise ValueError(
+                f"EarlyStopping: monitor {self.monitor!r} is not among the epoch metrics "
+                f"{sorted(logs)}{hint}"
+            )
+        value = float(logs[self.monitor])
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = self.model.state_dict()
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+            self.model.stop_reason = (
+                f"early stopping: {self.monitor} did not improve for {self.patience} epochs "
+                f"(best {self.best:.6g} at epoch {self.best_epoch})"
+            )
+
+    def on_train_end(self, logs=None) -> None:
+        if self.restore_best_weights and self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights)

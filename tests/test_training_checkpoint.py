@@ -1,0 +1,205 @@
+"""Tests of checkpoints: round trip, bitwise-exact resume, atomic writes and bad files.
+
+The resume witness is the same run without interruption: 4 epochs straight must equal
+2 epochs + save + load + 2 epochs, bit for bit, with dropout, shuffling, a schedule and Adam.
+"""
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import eigenlstm as el
+from eigenlstm import checkpoint
+
+
+
+def task(N=80, L=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, L, 3)).astype(np.float32)
+    return x, np.stack([x.sum(axis=(1, 2)), x[:, -1, 0]], axis=1)
+
+
+def new_model():
+    return el.LSTMModel(3, 8, 2, num_layers=2, dropout=0.3, seed=5)
+
+
+FIT = dict(batch_size=16, lr=1e-2, optimizer="adam", clip_grad_norm=1.0,
+           lr_schedule=("cosine", {"T_max": 4}), progress=False)
+
+
+def assert_same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        assert np.array_equal(sa[k], sb[k]), k
+
+
+@pytest.fixture
+def trained(tmp_path):
+    x, y = task()
+    model = new_model()
+    model.fit(x, y, epochs=2, seed=3, **FIT)
+    path = tmp_path / "model.npz"
+    model.save(path, metadata={"note": "two epochs"})
+    return model, path
+
+
+# ---- round trip and resume ---------------------------------------------------------------------
+def test_load_returns_the_same_config_weights_metadata_and_predictions(trained):
+    model, path = trained
+    loaded = el.load(path)
+    assert loaded.config() == model.config()
+    assert loaded.metadata == {"note": "two epochs"}
+    assert_same_weights(loaded, model)
+    x, _ = task(N=5, seed=1)
+    assert np.array_equal(loaded.predict(x), model.predict(x))
+    assert loaded.history.history == model.history.history
+    assert loaded.optimizer.state_dict()["step_count"] == model.optimizer.state_dict()["step_count"]
+
+
+def test_resume_after_save_and_load_is_bitwise_identical_to_training_straight_through(tmp_path):
+    x, y = task()
+    straight = new_model()
+    h_straight = straight.fit(x, y, epochs=4, seed=3, **FIT)
+
+    first = new_model()
+    first.fit(x, y, epochs=2, seed=3, **FIT)
+    first.save(tmp_path / "half.npz")
+    del first
+    resumed = el.load(tmp_path / "half.npz")
+    h_resumed = resumed.fit(x, y, epochs=2, resume=True, **FIT)
+
+    assert_same_weights(resumed, straight)
+    assert h_resumed.history == h_straight.history
+    assert h_resumed.epoch == [0, 1, 2, 3]
+    assert resumed.optimizer.lr == straight.optimizer.lr
+    assert resumed.lstm.dropout_state == straight.lstm.dropout_state
+    for a, b in zip(resumed.optimizer.state, straight.optimizer.state):
+        for key in a:
+            assert np.array_equal(a[key], b[key]), key
+
+
+def test_resume_in_the_same_process_equals_training_straight_through():
+    x, y = task()
+    straight = new_model()
+    straight.fit(x, y, epochs=3, seed=1, **FIT)
+    parts = new_model()
+    parts.fit(x, y, epochs=1, seed=1, **FIT)
+    parts.fit(x, y, epochs=2, resume=True, **FIT)
+    assert_same_weights(parts, straight)
+
+
+def test_optimizer_state_is_stored_under_torch_names_and_shapes(trained):
+    _, path = trained
+    with np.load(path) as z:
+        files = set(z.files)
+        assert z["optimizer/exp_avg/lstm.weight_ih_l0"].shape == (4 * 8, 3)
+        assert z["optimizer/exp_avg_sq/fc.bias"].shape == (2,)
+        meta = json.loads(str(z["meta"][()]))
+    assert {"weights/lstm.weight_hh_l1", "weights/fc.weight"} <= files
+    assert meta["format_version"] == checkpoint.FORMAT_VERSION
+    assert meta["config"]["num_layers"] == 2 and meta["training"]["epoch"] == 2
+
+
+def test_an_untrained_model_saves_and_loads_without_training_state(tmp_path):
+    model = el.LSTMModel(2, 3, 1, dtype=np.float64, seed=0)
+    model.save(tmp_path / "fresh.npz")
+    loaded = el.load(tmp_path / "fresh.npz")
+    assert loaded.optimizer is None and loaded.dtype == np.float64
+    assert_same_weights(loaded, model)
+
+
+# ---- atomic writes ----------------------------------------------------------------------------
+def test_a_failure_during_save_leaves_the_previous_file_intact_and_no_temp_file(trained, monkeypatch):
+    model, path = trained
+    before = path.read_bytes()
+
+    def crash_midway(f, **arrays):
+        f.write(b"PK\x03\x04 partial data")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(checkpoint.np, "savez", crash_midway)
+    model.fit(*task(), epochs=1, resume=True, **FIT)
+    with pytest.raises(OSError, match="disk full"):
+        model.save(path)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(path.parent)) == ["model.npz"]
+    assert el.load(path).history.epoch == [0, 1]
+
+
+def test_save_refuses_nan_weights_and_keeps_the_good_checkpoint(trained):
+    model, path = trained
+    before = path.read_bytes()
+    state = model.state_dict()
+    state["fc.weight"][0, 0] = np.nan
+    model.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"eigenlstm.save: refusing to write .*model.npz: weights \['fc.weight'\] hold NaN"):
+        model.save(path)
+    assert path.read_bytes() == before
+
+
+# ---- bad files --------------------------------------------------------------------------------
+def test_loading_a_truncated_checkpoint_raises_value_error_naming_the_file(trained):
+    _, path = trained
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"eigenlstm.load: {path} is not a valid eigenlstm checkpoint \(corrupted or truncated"):
+        el.load(path)
+
+
+def test_loading_a_checkpoint_with_flipped_bytes_raises_value_error_naming_the_file(trained):
+    _, path = trained
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("weights/lstm.weight_ih_l0.npy")
+    data[info.header_offset + 200] ^= 0xFF  # inside the array bytes: the CRC no longer matches
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"{path} is not a valid eigenlstm checkpoint"):
+        el.load(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a zip file\n"])
+def test_loading_an_empty_or_foreign_file_raises_value_error_naming_the_file(tmp_path, content):
+    path = tmp_path / "junk.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"{path} is not a valid eigenlstm checkpoint"):
+        el.load(path)
+
+
+def test_loading_an_npz_without_a_header_says_it_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "plain.npz"
+    np.savez(path, a=np.zeros(3))
+    with pytest.raises(ValueError, match="it has no 'meta' entry"):
+        el.load(path)
+
+
+def rewrite_meta(path, **changes):
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"][()]))
+    meta.update(changes)
+    arrays["meta"] = np.array(json.dumps(meta))
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def test_loading_a_checkpoint_from_a_newer_format_version_asks_to_upgrade(trained):
+    _, path = trained
+    rewrite_meta(path, format_version=checkpoint.FORMAT_VERSION + 1)
+    with pytest.raises(ValueError, match=rf"eigenlstm.load: {path} has checkpoint format version 2, newer than version 1 that this eigenlstm reads; upgrade eigenlstm"):
+        el.load(path)
+
+
+def test_loading_a_checkpoint_with_inconsistent_weights_names_the_file_and_the_key(trained):
+    _, path = trained
+    rewrite_meta(path, config=dict(new_model().config(), hidden_size=9))
+    with pytest.raises(ValueError, match=rf"{path} is not a valid eigenlstm checkpoint \(inconsistent contents: .*lstm.weight_ih_l0 must have shape"):
+        el.load(path)
+
+
+def test_loading_a_missing_file_raises_file_not_found_naming_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="eigenlstm.load: no such checkpoint file: .*nope.npz"):
+        el.load(tmp_path / "nope.npz")

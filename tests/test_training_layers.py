@@ -1,0 +1,351 @@
+"""Tests of the training layer's pieces: Linear, LSTMModel and the losses.
+
+Witness: torch (float64) — the seed's own PyTorch ``LSTMModel`` class, defined here verbatim,
+``nn.Linear``, ``MSELoss`` and ``CrossEntropyLoss`` — and central finite differences for Linear.
+"""
+# Sizes: N batch, L time steps, I input size, H hidden size, O output size, C classes.
+
+import numpy as np
+import pytest
+
+import torch  # a hard import on purpose: the torch witness must never be silently skipped
+import torch.nn as tnn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import eigenlstm as el
+
+N, L, I, H, O = 5, 7, 10, 20, 2
+RTOL, ATOL = 1e-10, 1e-12  # float64 vs float64: only summation order differs
+
+
+
+class SeedLSTMModel(tnn.Module):
+    """The seed's PyTorch model, verbatim (its comments translated)."""
+
+    def __init__(self, input_size, hidden_size, output_size, num_layers=1):
+        super(SeedLSTMModel, self).__init__()
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        # LSTM layer
+        self.lstm = tnn.LSTM(input_size, hidden_size, num_layers, batch_first=True)
+        # fully connected output layer
+        self.fc = tnn.Linear(hidden_size, output_size)
+
+    def forward(self, x):
+        # initial hidden state (h0, c0)
+        h0 = torch.zeros(self.num_layers, x.size(0), self.hidden_size)
+        c0 = torch.zeros(self.num_layers, x.size(0), self.hidden_size)
+        # LSTM forward pass
+        out, _ = self.lstm(x, (h0, c0))
+        # output of the last time step
+        out = self.fc(out[:, -1, :])
+        return out
+
+
+@pytest.fixture
+def float64_default():
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the seed's torch.zeros then make float64 states
+    yield
+    torch.set_default_dtype(before)
+
+
+def assert_close(actual, expected, name=""):
+    np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+def to_torch(state):
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+
+
+def torch_grads(module, prefix=""):
+    return {prefix + k: p.grad.numpy() for k, p in module.named_parameters()}
+
+
+# ---- Linear ------------------------------------------------------------------------------------
+def test_linear_initialisation_is_uniform_within_torchs_bound():
+    fc = el.Linear(50, 400, seed=0)
+    bound = 1 / np.sqrt(50)
+    assert np.abs(fc.weight).max() <= bound
+    assert np.abs(fc.bias).max() <= bound
+    assert np.abs(fc.weight).max() > 0.95 * bound       # spread over the whole interval
+    assert abs(fc.weight.std() - bound / np.sqrt(3)) < 0.02 * bound
+
+
+def test_linear_same_seed_gives_same_weights_and_other_seed_other_weights():
+    a, b, c = el.Linear(4, 3, seed=1), el.Linear(4, 3, seed=1), el.Linear(4, 3, seed=2)
+    assert np.array_equal(a.weight, b.weight) and np.array_equal(a.bias, b.bias)
+    assert not np.array_equal(a.weight, c.weight)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_forward_and_backward_match_torch_float64(bias):
+    rng = np.random.default_rng(0)
+    fc = el.Linear(6, 4, bias=bias, dtype=np.float64, seed=0)
+    ref = tnn.Linear(6, 4, bias=bias, dtype=torch.float64)
+    ref.load_state_dict(to_torch(fc.state_dict()))
+    x = rng.standard_normal((3, 5, 6))
+    dy = rng.standard_normal((3, 5, 4))
+    y = fc(x)
+    dx = fc.backward(dy)
+    xt = torch.from_numpy(x).requires_grad_()
+    yt = ref(xt)
+    yt.backward(torch.from_numpy(dy))
+    assert_close(y, yt.detach().numpy(), "y")
+    assert_close(dx, xt.grad.numpy(), "dx")
+    for k, g in torch_grads(ref).items():
+        assert_close(fc.grads[k], g, k)
+
+
+def test_linear_backward_matches_finite_differences_float64():
+    rng = np.random.default_rng(1)
+    fc = el.Linear(3, 2, dtype=np.float64, seed=0)
+    x, dy = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+    fc(x)
+    fc.backward(dy)
+    eps = 1e-6
+    for name, value in (("weight", fc.weight), ("bias", fc.bias)):
+        numeric = np.zeros_like(value)
+        for idx in np.ndindex(value.shape):
+            old = value[idx]
+            value[idx] = old + eps
+            up = np.sum(fc(x) * dy)
+            value[idx] = old - eps
+            down = np.sum(fc(x) * dy)
+            value[idx] = old
+            numeric[idx] = (up - down) / (2 * eps)
+        np.testing.assert_allclose(fc.grads[name], numeric, rtol=1e-7, atol=1e-9)
+
+
+def test_linear_backward_adds_into_gradients_and_zero_grad_clears_them():
+    fc = el.Linear(3, 2, dtype=np.float64, seed=0)
+    x, dy = np.ones((2, 3)), np.ones((2, 2))
+    fc(x)
+    fc.backward(dy)
+    once = fc.grads["weight"]
+    fc(x)
+    fc.backward(dy)
+    assert np.array_equal(fc.grads["weight"], 2 * once)
+    fc.zero_grad()
+    assert not fc.grads["weight"].any() and not fc.grads["bias"].any()
+
+
+def test_linear_state_dict_round_trips_and_keeps_parameter_arrays_in_place():
+    a, b = el.Linear(3, 2, seed=0), el.Linear(3, 2, seed=1)
+    weight_array = b.parameters()[0][0]
+    b.load_state_dict(a.state_dict())
+    assert b.parameters()[0][0] is weight_array
+    assert np.array_equal(b.weight, a.weight) and np.array_equal(b.bias, a.bias)
+
+
+def test_linear_load_state_dict_with_wrong_shape_names_the_key_and_changes_nothing():
+    fc = el.Linear(3, 2, seed=0)
+    before = fc.state_dict()
+    with pytest.raises(ValueError, match=r"Linear.load_state_dict: bias must have shape \(2,\), got \(3,\)"):
+        fc.load_state_dict({"weight": np.zeros((2, 3)), "bias": np.zeros(3)})
+    assert np.array_equal(fc.weight, before["weight"])
+
+
+def test_linear_load_state_dict_with_missing_or_extra_keys_says_which():
+    fc = el.Linear(3, 2, seed=0)
+    with pytest.raises(ValueError, match=r"missing keys \['bias'\]; unexpected keys \['b'\]"):
+        fc.load_state_dict({"weight": np.zeros((2, 3)), "b": np.zeros(2)})
+
+
+def test_linear_forward_with_wrong_feature_count_names_the_expected_shape():
+    with pytest.raises(ValueError, match=r"Linear.forward: x must have shape \(\.\.\., 3\) \(in_features\), got \(2, 4\)"):
+        el.Linear(3, 2)(np.zeros((2, 4)))
+
+
+def test_linear_backward_without_a_training_forward_raises():
+    fc = el.Linear(3, 2).eval()
+    fc(np.zeros((1, 3)))
+    with pytest.raises(RuntimeError, match="Linear.backward: no training-mode forward"):
+        fc.backward(np.zeros((1, 2)))
+
+
+def test_linear_with_bad_sizes_raises_naming_the_argument():
+    with pytest.raises(ValueError, match="Linear: out_features must be >= 1, got 0"):
+        el.Linear(3, 0)
+    with pytest.raises(TypeError, match="Linear: dtype must be float32 or float64"):
+        el.Linear(3, 2, dtype=np.int32)
+
+
+# ---- LSTMModel vs the seed's PyTorch model -----------------------------------------------------
+SEED_KEYS = ["lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0", "lstm.bias_hh_l0",
+             "fc.weight", "fc.bias"]
+
+
+def test_lstm_model_state_dict_keys_are_exactly_the_seed_models():
+    ours = el.LSTMModel(I, H, O, seed=0)
+    theirs = SeedLSTMModel(I, H, O)
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == SEED_KEYS
+    for k, v in theirs.state_dict().items():
+        assert ours.state_dict()[k].shape == tuple(v.shape)
+
+
+def test_seed_example_runs_and_maps_5_by_7_by_10_to_5_by_2():
+    model = el.LSTMModel(input_size=10, hidden_size=20, output_size=2)
+    x = np.random.randn(5, 7, 10)
+    assert model(x).shape == (5, 2)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_weights_from_eigenlstm_give_the_seed_models_outputs_and_gradients(num_layers, float64_default):
+    rng = np.random.default_rng(num_layers)
+    ours = el.LSTMModel(I, H, O, num_layers, dtype=np.float64, seed=3)
+    theirs = SeedLSTMModel(I, H, O, num_layers)
+    theirs.load_state_dict(to_torch(ours.state_dict()))
+    x, dy = rng.standard_normal((N, L, I)), rng.standard_normal((N, O))
+    y = ours(x)
+    dx = ours.backward(dy)
+    xt = torch.from_numpy(x).requires_grad_()
+    yt = theirs(xt)
+    yt.backward(torch.from_numpy(dy))
+    assert_close(y, yt.detach().numpy(), "y")
+    assert_close(dx, xt.grad.numpy(), "dx")
+    grads = ours.grads
+    for k, g in torch_grads(theirs).items():
+        assert_close(grads[k], g, k)
+
+
+def test_weights_from_the_seed_model_load_into_eigenlstm_and_give_its_outputs(float64_default):
+    torch.manual_seed(0)
+    theirs = SeedLSTMModel(I, H, O, num_layers=2)
+    ours = el.LSTMModel(I, H, O, 2, dtype=np.float64)
+    ours.load_state_dict(theirs.state_dict())
+    x = np.random.default_rng(0).standard_normal((N, L, I))
+    assert_close(ours(x), theirs(torch.from_numpy(x)).detach().numpy())
+    back = SeedLSTMModel(I, H, O, num_layers=2)
+    back.load_state_dict(to_torch(ours.state_dict()))
+    for k, v in back.state_dict().items():
+        assert torch.equal(v, theirs.state_dict()[k])
+
+
+def torch_last_step_model(ours, x, lengths, dy):
+    """torch witness for LSTMModel with lengths/bidirectional: pack, unpack, take out[n, len-1]."""
+    lstm = tnn.LSTM(ours.input_size, ours.hidden_size, ours.num_layers, batch_first=True,
+                    bidirectional=ours.bidirectional, dtype=torch.float64)
+    fc = tnn.Linear(ours.fc.in_features, ours.output_size, dtype=torch.float64)
+    state = ours.state_dict()
+    lstm.load_state_dict(to_torch({k[5:]: v for k, v in state.items() if k.startswith("lstm.")}))
+    fc.load_state_dict(to_torch({k[3:]: v for k, v in state.items() if k.startswith("fc.")}))
+    xt = torch.from_numpy(x).requires_grad_()
+    if lengths is None:
+        out, _ = lstm(xt)
+        last = out[:, -1, :]
+    else:
+        packed = pack_padded_sequence(xt, torch.from_numpy(lengths), batch_first=True,
+                                      enforce_sorted=False)
+        out, _ = pad_packed_sequence(lstm(packed)[0], batch_first=True, total_length=x.shape[1])
+        last = out[torch.arange(x.shape[0]), torch.from_numpy(lengths) - 1, :]
+    y = fc(last)
+    y.backward(torch.from_numpy(dy))
+    grads = {**torch_grads(lstm, "lstm."), **torch_grads(fc, "fc.")}
+    return y.detach().numpy(), xt.grad.numpy(), grads
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("lengths", [None, [7, 3, 1, 5, 7]])
+def test_last_step_with_lengths_and_bidirectional_matches_torch(bidirectional, lengths):
+    rng = np.random.default_rng(7)
+    lengths = None if lengths is None else np.array(lengths)
+    ours = el.LSTMModel(4, 3, 2, 2, bidirectional=bidirectional, dtype=np.float64, seed=5)
+    x, dy = rng.standard_normal((N, L, 4)), rng.standard_normal((N, 2))
+    y = ours(x, lengths=lengths)
+    dx = ours.backward(dy)
+    y_ref, dx_ref, grads_ref = torch_last_step_model(ours, x, lengths, dy)
+    assert_close(y, y_ref, "y")
+    assert_close(dx, dx_ref, "dx")
+    grads = ours.grads
+    for k, g in grads_ref.items():
+        assert_close(grads[k], g, k)
+
+
+def test_lstm_model_with_the_same_seed_has_the_same_weights():
+    a, b = el.LSTMModel(3, 4, 2, seed=11), el.LSTMModel(3, 4, 2, seed=11)
+    for k, v in a.state_dict().items():
+        assert np.array_equal(v, b.state_dict()[k])
+    assert a.config() == b.config()
+
+
+def test_lstm_model_forward_with_wrong_input_shape_names_the_expected_shape():
+    model = el.LSTMModel(10, 20, 2)
+    with pytest.raises(ValueError, match=r"LSTMModel.forward: x must have shape \(N, L, 10\) \(batch, steps, input_size\), got \(7, 10\)"):
+        model(np.zeros((7, 10)))
+
+
+def test_lstm_model_rejects_zero_lengths_because_a_sequence_needs_a_last_step():
+    model = el.LSTMModel(2, 3, 1)
+    with pytest.raises(ValueError, match=r"lengths must be in \[1, 4\] \(each sequence needs a last step\), got 0"):
+        model(np.zeros((2, 4, 2)), lengths=[4, 0])
+
+
+def test_lstm_model_backward_without_a_training_forward_raises():
+    model = el.LSTMModel(2, 3, 1)
+    with pytest.raises(RuntimeError, match="LSTMModel.backward: no training-mode forward"):
+        model.backward(np.zeros((1, 1)))
+
+
+def test_lstm_model_load_state_dict_is_all_or_nothing():
+    model = el.LSTMModel(2, 3, 1, seed=0)
+    before = model.state_dict()
+    bad = dict(el.LSTMModel(2, 3, 1, seed=1).state_dict())
+    bad["fc.bias"] = np.zeros(5)
+    with pytest.raises(ValueError, match=r"fc.bias must have shape \(1,\), got \(5,\)"):
+        model.load_state_dict(bad)
+    for k, v in model.state_dict().items():
+        assert np.array_equal(v, before[k])
+
+
+# ---- losses ------------------------------------------------------------------------------------
+def test_mse_loss_value_and_gradient_match_torch():
+    rng = np.random.default_rng(0)
+    p, t = rng.standard_normal((6, 3)), rng.standard_normal((6, 3))
+    value, grad = el.mse_loss(p, t)
+    pt = torch.from_numpy(p).requires_grad_()
+    ref = tnn.MSELoss()(pt, torch.from_numpy(t))
+    ref.backward()
+    assert value == pytest.approx(ref.item(), rel=1e-12)
+    assert_close(grad, pt.grad.numpy())
+
+
+def test_cross_entropy_value_and_gradient_match_torch():
+    rng = np.random.default_rng(1)
+    z, y = rng.standard_normal((8, 5)), rng.integers(0, 5, 8)
+    value, grad = el.cross_entropy(z, y)
+    zt = torch.from_numpy(z).requires_grad_()
+    ref = tnn.CrossEntropyLoss()(zt, torch.from_numpy(y))
+    ref.backward()
+    assert value == pytest.approx(ref.item(), rel=1e-12)
+    assert_close(grad, zt.grad.numpy())
+
+
+def test_cross_entropy_is_finite_for_huge_logits():
+    z = np.array([[1e4, -1e4, 0.0], [3e4, 3e4, 3e4]])
+    value, grad = el.cross_entropy(z, np.array([1, 2]))
+    ref = tnn.CrossEntropyLoss()(torch.from_numpy(z), torch.tensor([1, 2])).item()
+    assert np.isfinite(value) and np.isfinite(grad).all()
+    assert value == pytest.approx(ref, rel=1e-12)
+
+
+def test_cross_entropy_with_a_label_out_of_range_names_the_label_and_the_class_count():
+    with pytest.raises(ValueError, match=r"cross_entropy: labels must be class indices in \[0, 3\) for 3 classes, got 3"):
+        el.cross_entropy(np.zeros((2, 3)), np.array([0, 3]))
+    with pytest.raises(ValueError, match=r"got -1"):
+        el.cross_entropy(np.zeros((2, 3)), np.array([-1, 0]))
+
+
+def test_cross_entropy_with_fractional_labels_raises_type_error():
+    with pytest.raises(TypeError, match="labels must be integer class indices, got dtype float64"):
+        el.cross_entropy(np.zeros((2, 3)), np.array([0.5, 1.0]))
+
+
+def test_cross_entropy_with_mismatched_label_count_raises():
+    with pytest.raises(ValueError, match=r"labels must have shape \(2,\), got \(3,\)"):
+        el.cross_entropy(np.zeros((2, 3)), np.array([0, 1, 2]))
+
+
+def test_mse_loss_with_mismatched_shapes_names_both():
+    with pytest.raises(ValueError, match=r"mse_loss: target must have the prediction's shape \(2, 1\), got \(2,\)"):
+        el.mse_loss(np.zeros((2, 1)), np.zeros(2))
