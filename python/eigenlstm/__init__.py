@@ -26,3 +26,8 @@ __all__ += [
     "losses", "nn", "optim", "mse_loss", "cross_entropy",
     "SGD", "Adam", "AdamW", "clip_grad_norm", "StepLR", "CosineAnnealingLR",
 ]
+
+# Reliability: a callback that checkpoints at epoch ends (composes with fit(resume=True)).
+from .callbacks import ModelCheckpoint
+
+__all__ += ["ModelCheckpoint"]

@@ -1,16 +1,18 @@
-"""What ``LSTMModel.fit`` reports and who may interrupt it: History, Callback, EarlyStopping.
+"""What ``LSTMModel.fit`` reports and who may act on it: History, Callback, EarlyStopping,
+ModelCheckpoint.
 
 The loop itself is in model.py; it calls these hooks once per epoch (and per batch) and reads
-``model.stop_training`` after each epoch.
+``model.stop_training`` after each epoch. Writing files is left to checkpoint.py.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Dict, List, Optional
 
-__all__ = ["History", "Callback", "EarlyStopping"]
+__all__ = ["History", "Callback", "EarlyStopping", "ModelCheckpoint"]
 
 
 class History:
@@ -187,3 +189,136 @@ class EarlyStopping(Callback):
     def on_train_end(self, logs=None) -> None:
         if self.restore_best_weights and self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
+
+
+class ModelCheckpoint(Callback):
+    """Save the model to a checkpoint at the end of each epoch, or only when it improves.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The checkpoint file (``.npz`` by convention), written with :func:`eigenlstm.save` and
+        replaced atomically at each save.
+    monitor : str, optional, keyword-only
+        A key of the epoch logs to watch (``"loss"``, ``"val_loss"``, ``"val_accuracy"``);
+        ``val_*`` keys need ``validation_data``. Required with ``save_best_only``.
+    mode : {"min", "max"}, default "min", keyword-only
+        Whether lower or higher values of ``monitor`` are better.
+    save_best_only : bool, default False, keyword-only
+        Save only after epochs whose ``monitor`` value beats every earlier epoch of the run;
+        otherwise save after every epoch.
+
+    Attributes
+    ----------
+    best : float
+        The best ``monitor`` value of the run so far (``inf`` for "min", ``-inf`` for "max"
+        before any; stays so without ``monitor``).
+    best_epoch : int or None
+        The 0-based epoch of ``best``, when known.
+    last_saved_epoch : int or None
+        The 0-based epoch of the last file this callback wrote.
+
+    Raises
+    ------
+    TypeError
+        If ``path`` is not a str or os.PathLike.
+    ValueError
+        If ``mode`` is not "min" or "max", or ``save_best_only`` is set without ``monitor``;
+        from ``on_epoch_end``, if ``monitor`` is not among the epoch's metrics, or (from
+        :func:`eigenlstm.save`) if a weight is NaN or infinite.
+    OSError
+        From ``on_epoch_end``, if the file cannot be written; the previous file is untouched.
+
+    Notes
+    -----
+    A save holds everything :func:`eigenlstm.save` writes (weights, optimizer and schedule,
+    shuffling RNG, dropout stream, epoch count and history), taken in ``on_epoch_end``, that
+    is after an epoch has completed and ``fit`` has checked its weights are finite. So
+    ``load(path).fit(x, y, epochs=k, resume=True)`` continues the run exactly as if it had
+    never stopped, and no file ever holds a partial epoch: if ``fit`` is interrupted (Ctrl-C)
+    mid-epoch nothing is saved, and if it is interrupted during a save the previous file stays
+    intact (the write goes to a temp file renamed into place).
+
+    Saving also refuses what :func:`eigenlstm.save` refuses: weights holding NaN or infinity
+    are never written over a good file. A NaN or infinite ``monitor`` value never counts as an
+    improvement.
+
+    With ``save_best_only``, ``best`` starts from the ``monitor`` values already in the
+    model's history (a second ``fit(..., resume=True)``, or a model loaded from a checkpoint),
+    so a resumed run never overwrites its best checkpoint with a worse epoch; a fresh
+    ``fit`` starts from scratch. The file then holds the best epoch, not the last one.
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, eigenlstm as el
+    >>> rng = np.random.default_rng(0)
+    >>> x, y = rng.standard_normal((64, 5, 2)), rng.standard_normal((64, 1))
+    >>> path = os.path.join(tempfile.mkdtemp(), "best.npz")
+    >>> model = el.LSTMModel(2, 8, 1, seed=0)
+    >>> save = el.ModelCheckpoint(path, monitor="val_loss", save_best_only=True)
+    >>> h = model.fit(x, y, epochs=5, validation_data=(x[:16], y[:16]), callbacks=[save],
+    ...               progress=False, seed=0)
+    >>> el.load(path).history.history["val_loss"][-1] == min(h.history["val_loss"])
+    True
+    """
+
+    def __init__(self, path, *, monitor: Optional[str] = None, mode: str = "min",
+                 save_best_only: bool = False) -> None:
+        where = "ModelCheckpoint"
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"{where}: path must be a str or os.PathLike, got {type(path).__name__}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"{where}: mode must be 'min' or 'max', got {mode!r}")
+        if save_best_only and monitor is None:
+            raise ValueError(
+                f"{where}: save_best_only=True needs a monitor (e.g. monitor='val_loss') to "
+                "tell which epoch is best"
+            )
+        self.path = os.fspath(path)
+        self.monitor = None if monitor is None else str(monitor)
+        self.mode = mode
+        self.save_best_only = bool(save_best_only)
+        self.last_saved_epoch: Optional[int] = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_epoch: Optional[int] = None
+
+    def _improved(self, value: float) -> bool:
+        # NaN compares False either way: a NaN metric is never an improvement.
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def on_train_begin(self, logs=None) -> None:
+        # Start from the epochs the run already has (resume), so that a resumed run's first
+        # epoch does not replace a better checkpoint; a fresh fit has an empty history.
+        self._reset()
+        history = getattr(self.model, "history", None)
+        if self.monitor is None or history is None:
+            return
+        values = history.history.get(self.monitor, [])
+        epochs = history.epoch if len(history.epoch) == len(values) else [None] * len(values)
+        for epoch, value in zip(epochs, values):
+            if math.isfinite(value) and self._improved(value):
+                self.best, self.best_epoch = float(value), epoch
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        from .checkpoint import save
+
+        logs = logs or {}
+        improved = False
+        if self.monitor is not None:
+            if self.monitor not in logs:
+                hint = "; pass validation_data to fit" if self.monitor.startswith("val_") else ""
+                raise ValueError(
+                    f"ModelCheckpoint: monitor {self.monitor!r} is not among the epoch metrics "
+                    f"{sorted(logs)}{hint}"
+                )
+            value = float(logs[self.monitor])
+            improved = math.isfinite(value) and self._improved(value)
+            if self.save_best_only and not improved:
+                return
+        save(self.model, self.path)  # atomic; refuses NaN or infinite weights
+        self.last_saved_epoch = epoch
+        if improved:  # only once the file holds it: a failed save must not raise the bar
+            self.best, self.best_epoch = value, epoch

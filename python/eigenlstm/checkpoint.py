@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 import zlib
 from typing import Optional
@@ -23,23 +23,43 @@ _MAGIC = "eigenlstm-checkpoint"
 
 
 def _atomic_write_npz(path: str, arrays: dict) -> None:
-    """Write ``arrays`` as an uncompressed .npz at exactly ``path``, atomically."""
+    """Write ``arrays`` as an uncompressed .npz at exactly ``path``, atomically.
+
+    The data goes to a hidden temp file in the same folder, is fsynced, then renamed over
+    ``path``: readers see the old file or the new one, never a mix. Any exception on the way,
+    ``KeyboardInterrupt`` included, removes the temp file and leaves ``path`` untouched.
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    umask = os.umask(0)
-    os.umask(umask)
+    base = os.path.basename(path)
+    # ``tmp`` is named before the file exists, so a Ctrl-C landing anywhere after its creation
+    # (even between ``open`` returning and the assignment) still finds it to delete. ``open(...,
+    # "xb")`` creates it exclusively with the permissions of an ordinary new file (0o666 minus
+    # the umask); reading the umask would mean setting it process-wide, which is neither
+    # thread-safe nor interrupt-safe.
+    tmp = f = None
     try:
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint is an ordinary file
-        with os.fdopen(fd, "wb") as f:
+        for _ in range(100):
+            tmp = os.path.join(folder, f".{base}.{secrets.token_hex(8)}.tmp")
+            try:
+                f = open(tmp, "xb")
+                break
+            except FileExistsError:
+                tmp = None  # someone else's file: never delete it
+        else:
+            raise FileExistsError(f"could not create a temp file next to {path}")
+        with f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if f is not None:
+            f.close()  # already closed after the with block; needed to unlink on Windows
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:  # not created yet, or already renamed to path
+                pass
         raise
     try:  # make the rename itself durable (POSIX; not possible on Windows)
         dir_fd = os.open(folder, os.O_RDONLY)
@@ -77,6 +97,12 @@ def save(model, path, *, metadata: Optional[dict] = None) -> None:
 
     Notes
     -----
+    The file is never half written: the data goes to a hidden temp file in the same folder
+    (``.<name>.<random>.tmp``), is fsynced and renamed over ``path`` with ``os.replace``. An
+    error or a ``KeyboardInterrupt`` at any point before the rename removes the temp file and
+    leaves the previous file byte for byte as it was; after the rename the new file is
+    complete.
+
     The ``.npz`` holds ``meta`` (a JSON string: format version, config, metadata, dropout
     state and the training state's scalars), ``weights/<state_dict key>`` arrays and, after
     training, ``optimizer/<buffer>/<state_dict key>`` arrays in torch layout.
@@ -183,25 +209,41 @@ def load(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{where}: no such checkpoint file: {path}")
     bad = f"{where}: {path} is not a valid eigenlstm checkpoint"
+    # Every way a damaged file fails to parse: zipfile reports a damaged header as BadZipFile,
+    # RuntimeError ("encrypted") or NotImplementedError ("compression method", a RuntimeError);
+    # numpy's .npy reader as ValueError or EOFError.
+    damaged = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, OSError,
+               UnicodeDecodeError, RuntimeError)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+    except damaged as exc:
+        raise ValueError(f"{bad} (corrupted or truncated: {exc})") from exc
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{bad} (it holds a single .npy array of shape {np.shape(z)}, not an "
+                         ".npz archive)")
+    with z:
+        try:
             if "meta" not in z.files:
                 raise ValueError("it has no 'meta' entry")
-            arrays = {k: z[k] for k in z.files}  # reads every member: CRC errors surface here
-        meta = json.loads(str(arrays.pop("meta")[()]))
-        if not isinstance(meta, dict) or meta.get("format") != _MAGIC:
-            raise ValueError("its 'meta' entry is not an eigenlstm header")
-        version = meta.get("format_version")
-        if not isinstance(version, int):
-            raise ValueError(f"format_version must be an int, got {version!r}")
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, OSError,
-            UnicodeDecodeError) as exc:
-        raise ValueError(f"{bad} (corrupted or truncated: {exc})") from exc
-    if version > FORMAT_VERSION:
-        raise ValueError(
-            f"{where}: {path} has checkpoint format version {version}, newer than version "
-            f"{FORMAT_VERSION} that this eigenlstm reads; upgrade eigenlstm to load it"
-        )
+            # The header before anything else: a newer format may hold entries this version
+            # cannot read, and then the useful message is "upgrade", not "corrupted".
+            meta = json.loads(str(z["meta"][()]))
+            if not isinstance(meta, dict) or meta.get("format") != _MAGIC:
+                raise ValueError("its 'meta' entry is not an eigenlstm header")
+            version = meta.get("format_version")
+            if not isinstance(version, int):
+                raise ValueError(f"format_version must be an int, got {version!r}")
+        except damaged as exc:
+            raise ValueError(f"{bad} (corrupted or truncated: {exc})") from exc
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"{where}: {path} has checkpoint format version {version}, newer than version "
+                f"{FORMAT_VERSION} that this eigenlstm reads; upgrade eigenlstm to load it"
+            )
+        try:  # reads every member in full: CRC errors surface here
+            arrays = {k: z[k] for k in z.files if k != "meta"}
+        except damaged as exc:
+            raise ValueError(f"{bad} (corrupted or truncated: {exc})") from exc
     try:
         config = dict(meta["config"])
         model = LSTMModel(**config)

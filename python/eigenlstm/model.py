@@ -7,8 +7,12 @@ The layers are lstm.py and linear.py; optimizers optim.py; checkpoints checkpoin
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import numbers
+import signal
+import threading
 import time
 import warnings
 from typing import Dict, List, Optional
@@ -36,6 +40,71 @@ class _TrainState:
         self.history = history        # History of every epoch so far
         self.epoch = epoch            # epochs completed
         self.settings = settings      # loss name, batch_size, clip_grad_norm, shuffle
+
+
+class _EpochSnapshot:
+    """Copies of everything ``fit`` changes, taken at an epoch boundary to roll back to.
+
+    The optimizer is copied through the attributes every Optimizer has (``state``,
+    ``step_count``, ``lr``) and the scheduler through its attributes (``last_epoch``, ...), so
+    that a user-written subclass without ``state_dict`` support still trains. History is
+    append-only during ``fit``, so it is kept as lengths (truncating restores it) rather than
+    copied each epoch, which would cost O(epochs^2) over a long run.
+    """
+
+    def __init__(self, model: "LSTMModel", state: _TrainState) -> None:
+        h, opt = state.history, state.optimizer
+        self.weights = model.state_dict()                           # copies, torch names
+        self.dropout_state = model.lstm.dropout_state               # (seed, counter)
+        self.opt_state = copy.deepcopy(opt.state)                  # per-parameter buffers
+        self.opt_step_count, self.opt_lr = opt.step_count, opt.lr
+        self.scheduler = None if state.scheduler is None else dict(vars(state.scheduler))
+        self.rng = state.rng.bit_generator.state                    # a fresh dict
+        self.history_lengths = {k: len(v) for k, v in h.history.items()}
+        self.history_epochs = len(h.epoch)
+        self.history_stop_reason = h.stop_reason
+        self.epoch = state.epoch
+
+    def restore(self, model: "LSTMModel", state: _TrainState) -> None:
+        model.load_state_dict(self.weights)
+        model.lstm.set_dropout_state(self.dropout_state)
+        opt = state.optimizer
+        opt.state[:] = self.opt_state  # used once: no need to copy again
+        opt.step_count, opt.lr = self.opt_step_count, self.opt_lr
+        if state.scheduler is not None:
+            vars(state.scheduler).update(self.scheduler)
+        state.rng.bit_generator.state = self.rng
+        h = state.history  # in place: the caller may hold this History or its lists
+        for key in list(h.history):
+            if key in self.history_lengths:
+                del h.history[key][self.history_lengths[key]:]
+            else:
+                del h.history[key]
+        del h.epoch[self.history_epochs:]
+        h.stop_reason = self.history_stop_reason
+        state.epoch = self.epoch
+        model._last = None
+        model.zero_grad()
+
+
+@contextlib.contextmanager
+def _sigint_held():
+    """Hold back Ctrl-C for the duration of the block; yields a list that records it.
+
+    Used while ``fit`` rolls the model back: a second Ctrl-C (users press it twice) must not
+    leave the model half restored. Only possible in the main thread, and only done when
+    Python's default handler is installed (a custom handler is the caller's business).
+    """
+    received: list = []
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield received
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class LSTMModel(Module):
@@ -331,7 +400,7 @@ class LSTMModel(Module):
         progress : bool, default True
             Show a tqdm progress bar with the loss and sequences per second.
         callbacks : list of Callback, optional
-            E.g. ``[EarlyStopping(patience=5)]``.
+            E.g. ``[EarlyStopping(patience=5), ModelCheckpoint("run.npz")]``.
         lengths : array_like of int of shape (N,), optional
             Valid steps of each right-padded sequence (see ``forward``).
         lr_schedule : {"cosine", "step"}, (name, kwargs), LRScheduler or None
@@ -360,6 +429,36 @@ class LSTMModel(Module):
             of range, ``resume=True`` with nothing to resume or different settings.
         TypeError
             On non-numeric data or non-integer labels.
+        KeyboardInterrupt
+            Re-raised after a Ctrl-C, once the model has been rolled back (see Notes); as is
+            any other exception from inside the loop (a callback's, a loss function's).
+
+        Notes
+        -----
+        **Interruption.** If the loop is stopped by an exception, ``KeyboardInterrupt``
+        (Ctrl-C) included, wherever it lands (the engine, the loss, an optimizer step
+        half applied, validation, a callback, a checkpoint being written), then
+
+        1. the model is rolled back to the end of the last completed epoch (to the start of
+           this call if none completed): weights, optimizer state and learning rate,
+           schedule, shuffling RNG, dropout stream, epoch count and history all describe that
+           epoch boundary, exactly as a checkpoint saved there would;
+        2. the progress bar is closed and the callbacks' ``on_train_end`` hooks run (so
+           ``EarlyStopping(restore_best_weights=True)`` still puts back its best weights);
+        3. ``model.stop_reason`` says what stopped training and where it was rolled back to;
+        4. the exception is re-raised, so Ctrl-C stops the program as Python users expect
+           (catch ``KeyboardInterrupt`` around ``fit`` to carry on).
+
+        Rolling back, rather than keeping the weights of the last optimizer step, is what
+        makes ``fit(..., resume=True)`` correct afterwards: a partial epoch's weights,
+        optimizer moments, shuffling order and dropout stream cannot be continued, while from
+        the epoch boundary the resumed run is bitwise the uninterrupted one (a Ctrl-C in
+        epoch ``k`` costs only the work of epoch ``k``). A second Ctrl-C during the rollback
+        (which takes a copy's time) is held until it is done.
+
+        Nothing of an interrupted epoch is ever written: ``ModelCheckpoint`` saves only in
+        ``on_epoch_end``, after an epoch completed, and a save interrupted halfway leaves the
+        previous file intact (:func:`eigenlstm.save` writes a temp file and renames it).
 
         Examples
         --------
@@ -436,14 +535,17 @@ class LSTMModel(Module):
             cb.set_model(self)
             cb.on_train_begin({})
         self.train()
-        last_good = self.state_dict()
-        first_epoch = state.epoch
-        bar = tqdm(total=epochs * n_batches, disable=not progress, unit="batch", leave=True,
-                   dynamic_ncols=True)
+        # What an interruption (or divergence) rolls back to: the last epoch boundary. It is
+        # replaced by one assignment at the end of each epoch, so it is never half updated.
+        snapshot = _EpochSnapshot(self, state)
+        first_epoch = e = state.epoch
+        bar = None
         seen, t0 = 0, time.perf_counter()
         # Overflow on the way to a non-finite loss is reported once, by _diverged.
         with np.errstate(over="ignore", invalid="ignore"):
             try:
+                bar = tqdm(total=epochs * n_batches, disable=not progress, unit="batch",
+                           leave=True, dynamic_ncols=True)
                 for e in range(first_epoch, first_epoch + epochs):
                     for cb in callbacks:
                         cb.on_epoch_begin(e)
@@ -458,14 +560,14 @@ class LSTMModel(Module):
                         value = float(value)
                         if not math.isfinite(value):
                             self._diverged(f"the loss is {value} at epoch {e + 1}, batch {b + 1}",
-                                           last_good, history)
+                                           snapshot.weights, history)
                             return history
                         self.backward(grad)
                         if clip is not None:
                             norm = _optim.clip_grad_norm(self, clip)
                             if not math.isfinite(norm):
                                 self._diverged(f"the gradient norm is {norm} at epoch {e + 1}, "
-                                               f"batch {b + 1}", last_good, history)
+                                               f"batch {b + 1}", snapshot.weights, history)
                                 return history
                         opt.step()
                         total += value * len(idx)
@@ -478,7 +580,7 @@ class LSTMModel(Module):
                                             refresh=False)
                     if not all(np.isfinite(p).all() for p, _ in self.parameters()):
                         self._diverged(f"the weights became NaN or infinite during epoch {e + 1}",
-                                       last_good, history)
+                                       snapshot.weights, history)
                         return history
                     logs = {"loss": total / N}
                     if val is not None:
@@ -488,7 +590,7 @@ class LSTMModel(Module):
                         state.scheduler.step()
                     history.append(e, logs)
                     state.epoch = e + 1
-                    last_good = self.state_dict()
+                    snapshot = _EpochSnapshot(self, state)  # epoch e is complete
                     bar.set_postfix_str(
                         ", ".join(f"{k}={v:.4g}" for k, v in logs.items())
                         + f", {seen / max(time.perf_counter() - t0, 1e-9):.0f} seq/s", refresh=False)
@@ -497,11 +599,29 @@ class LSTMModel(Module):
                     if self.stop_training:
                         history.stop_reason = self.stop_reason or "stopped by a callback"
                         break
+            except BaseException as exc:
+                self._interrupted(exc, snapshot, state, e)
+                raise
             finally:
-                bar.close()
+                if bar is not None:
+                    bar.close()
                 for cb in callbacks:
                     cb.on_train_end({})
         return history
+
+    def _interrupted(self, exc: BaseException, snapshot: _EpochSnapshot, state: _TrainState,
+                     epoch: int) -> None:
+        # Roll back to the last epoch boundary (see fit's Notes), with Ctrl-C held meanwhile.
+        with _sigint_held() as held:
+            snapshot.restore(self, state)
+        done = f"the end of epoch {snapshot.epoch}" if snapshot.epoch else "the start of training"
+        what = "interrupted (KeyboardInterrupt)" if isinstance(exc, KeyboardInterrupt) else (
+            f"stopped by {type(exc).__name__}")
+        self.stop_training = True
+        self.stop_reason = (f"LSTMModel.fit: {what} during epoch {epoch + 1}; the model was "
+                            f"rolled back to {done}")
+        if held and not isinstance(exc, KeyboardInterrupt):
+            raise KeyboardInterrupt from exc  # the Ctrl-C held during the rollback
 
     def _diverged(self, what: str, last_good, history: History) -> None:
         # Put back the weights of the end of the last completed epoch (the start of this fit if
