@@ -46,6 +46,8 @@ def as_real_array(where: str, name: str, value, dtype: np.dtype) -> np.ndarray:
     Integer, boolean and floating inputs are converted (as torch converts on ``.to(dtype)``);
     complex, object, string and other dtypes raise TypeError rather than being cast.
     """
+    if type(value) is np.ndarray and value.dtype == dtype:  # the hot path: nothing to do
+        return value
     arr = np.asarray(value)
     kind = arr.dtype.kind
     if kind not in "fiub":

@@ -287,8 +287,13 @@ class LSTMModel(Module):
         N, L, _ = x.shape
         lengths = self._check_lengths(where, lengths, N, L)
         out, _ = self.lstm(x, lengths=lengths)
-        idx = np.full(N, L - 1, dtype=np.int64) if lengths is None else lengths - 1
-        y = self.fc(out[np.arange(N), idx, :])
+        if lengths is None:  # the common case: a view, no gather
+            idx = L - 1
+            last = out[:, -1, :]
+        else:
+            idx = lengths - 1
+            last = out[np.arange(N), idx, :]
+        y = self.fc(last)
         self._last = (N, L, idx) if self.training else None
         return y
 
@@ -323,7 +328,10 @@ class LSTMModel(Module):
         N, L, idx = self._last
         d_last = self.fc.backward(d_y)
         d_out = np.zeros((N, L, d_last.shape[1]), dtype=self.dtype)
-        d_out[np.arange(N), idx, :] = d_last  # forward: last = out[n, idx[n], :]
+        if np.isscalar(idx):
+            d_out[:, idx, :] = d_last  # forward: last = out[:, L-1, :]
+        else:
+            d_out[np.arange(N), idx, :] = d_last  # forward: last = out[n, idx[n], :]
         dx, _ = self.lstm.backward(d_out)
         self._last = None
         return dx
