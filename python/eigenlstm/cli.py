@@ -202,7 +202,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     Examples
     --------
     >>> from eigenlstm.cli import main
-    >>> main(["train", "--out", "/tmp/airline", "--no-progress"])  # doctest: +SKIP
+    >>> main(["train", "--out", "runs/airline", "--no-progress"])  # doctest: +SKIP
     0
     """
     parser = build_parser()

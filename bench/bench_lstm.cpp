@@ -1,0 +1,309 @@
+// Google Benchmark microbenchmarks of the C++ engine (eigenlstm::core, no Python): forward in
+// eval and training mode, backward, a full training step, and Eigen SGEMM rooflines, over the
+// shapes of bench/compare.py. Comparisons with PyTorch and ONNX Runtime live in compare.py;
+// how to build, run and read this: bench/README.md.
+#include <benchmark/benchmark.h>
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "bench_config.h"
+#include "eigenlstm/lstm.hpp"
+
+namespace {
+
+using eigenlstm::Index;
+using eigenlstm::Param;
+
+// Size letters: T time, B batch, I input size, H hidden, G = 4H gate rows. One layer, one
+// direction, float32, no projection: the configuration of every target in the issue.
+struct Shape {
+    const char* name;
+    Index B, T, I, H;
+};
+
+// Same names and sizes as SHAPES in bench/compare.py.
+const Shape kShapes[] = {
+    {"seed", 5, 7, 10, 20},              // the seed's LSTMModel example
+    {"streaming", 1, 100, 128, 128},     // batch 1, latency bound
+    {"ds_inf_b4", 4, 150, 256, 256},     // DeepBench inference
+    {"ds_inf_b32", 32, 100, 256, 256},   // DeepBench-like inference, larger batch
+    {"ds_train_512", 64, 25, 512, 512},  // DeepBench training
+    {"ds_train_1024", 16, 25, 1024, 1024},
+    {"long_seq", 8, 2000, 128, 128},     // long sequence: cache memory
+};
+
+// FLOPs of one layer-direction forward: the two GEMMs x W_ih^T and h W_hh^T over all steps,
+// 2 * T*B * G * (I + H); the elementwise gate math is ignored. Backward is about 2x forward.
+double forward_flops(const Shape& s) {
+    return 2.0 * double(s.T) * double(s.B) * double(4 * s.H) * double(s.I + s.H);
+}
+
+std::vector<float> random_vector(Index n, float scale, std::uint32_t seed) {
+    std::mt19937 gen(seed);
+    std::uniform_real_distribution<float> dist(-scale, scale);
+    std::vector<float> v(static_cast<std::size_t>(n));
+    for (float& e : v) e = dist(gen);
+    return v;
+}
+
+// An engine with torch's initialisation, U(-1/sqrt(H), 1/sqrt(H)), packed through the public
+// API so the padding of the engine layout stays zero.
+eigenlstm::LSTM<float> make_lstm(const Shape& s) {
+    eigenlstm::Config cfg;
+    cfg.input_size = s.I;
+    cfg.hidden_size = s.H;
+    eigenlstm::LSTM<float> lstm(cfg, 1234);
+    const float k = 1.0f / std::sqrt(float(s.H));
+    std::uint32_t seed = 1;
+    for (Param kind : {Param::weight_ih, Param::weight_hh, Param::bias_ih, Param::bias_hh}) {
+        Index rows = 0, cols = 0;
+        lstm.param_shape(kind, 0, rows, cols);
+        const std::vector<float> w = random_vector(rows * cols, k, seed++);
+        lstm.pack(kind, 0, 0, w.data(), lstm.params());
+    }
+    lstm.params_updated();
+    return lstm;
+}
+
+// All buffers of one shape, allocated once outside the timing loops.
+struct Buffers {
+    std::vector<float> x, y, h_n, c_n;      // x [T, B, I], y [T, B, H], h_n, c_n [1, B, H]
+    std::vector<float> dy, dx, dh0, dc0;    // dy [T, B, H], dx [T, B, I], dh0, dc0 [1, B, H]
+    explicit Buffers(const Shape& s)
+        : x(random_vector(s.T * s.B * s.I, 1.0f, 7)),
+          y(std::size_t(s.T * s.B * s.H)),
+          h_n(std::size_t(s.B * s.H)),
+          c_n(std::size_t(s.B * s.H)),
+          dy(random_vector(s.T * s.B * s.H, 1.0f, 8)),
+          dx(std::size_t(s.T * s.B * s.I)),
+          dh0(std::size_t(s.B * s.H)),
+          dc0(std::size_t(s.B * s.H)) {}
+};
+
+void set_gflops(benchmark::State& state, double flops_per_iteration) {
+    // A rate counter: flops * iterations / elapsed seconds (wall clock: UseRealTime below).
+    state.counters["GFLOP/s"] =
+        benchmark::Counter(flops_per_iteration * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// ---- the cases ------------------------------------------------------------------------------
+
+// fwd_eval: inference forward (training = false: no cache is written).
+void BM_fwd_eval(benchmark::State& state, Shape s) {
+    auto lstm = make_lstm(s);
+    Buffers buf(s);
+    for (auto _ : state) {
+        lstm.forward(buf.y.data(), buf.h_n.data(), buf.c_n.data(), buf.x.data(), nullptr, nullptr,
+                     nullptr, s.T, s.B, /*training=*/false);
+        benchmark::DoNotOptimize(buf.y.data());
+        benchmark::ClobberMemory();
+    }
+    set_gflops(state, forward_flops(s));
+}
+
+// fwd_train: training forward (keeps the cache backward needs; the cache is allocated by the
+// first call and reused by the next ones, as in a training loop).
+void BM_fwd_train(benchmark::State& state, Shape s) {
+    auto lstm = make_lstm(s);
+    Buffers buf(s);
+    for (auto _ : state) {
+        lstm.forward(buf.y.data(), buf.h_n.data(), buf.c_n.data(), buf.x.data(), nullptr, nullptr,
+                     nullptr, s.T, s.B, /*training=*/true);
+        benchmark::DoNotOptimize(buf.y.data());
+        benchmark::ClobberMemory();
+    }
+    set_gflops(state, forward_flops(s));
+}
+
+// bwd_only: backward alone; the training forward it consumes runs with the timer paused
+// (PauseTiming costs ~1 us per iteration, visible only on the tiny seed shape).
+void BM_bwd_only(benchmark::State& state, Shape s) {
+    auto lstm = make_lstm(s);
+    Buffers buf(s);
+    for (auto _ : state) {
+        state.PauseTiming();
+        lstm.forward(buf.y.data(), buf.h_n.data(), buf.c_n.data(), buf.x.data(), nullptr, nullptr,
+                     nullptr, s.T, s.B, /*training=*/true);
+        state.ResumeTiming();
+        lstm.backward(buf.dx.data(), buf.dh0.data(), buf.dc0.data(), buf.dy.data(), nullptr, nullptr);
+        benchmark::DoNotOptimize(buf.dx.data());
+        benchmark::DoNotOptimize(lstm.grads());
+        benchmark::ClobberMemory();
+    }
+    set_gflops(state, 2.0 * forward_flops(s));
+}
+
+// fwd_bwd: one training step, training forward + backward (parameter gradients accumulate,
+// dx is computed), timed together; FLOPs = 3x forward.
+void BM_fwd_bwd(benchmark::State& state, Shape s) {
+    auto lstm = make_lstm(s);
+    Buffers buf(s);
+    for (auto _ : state) {
+        lstm.forward(buf.y.data(), buf.h_n.data(), buf.c_n.data(), buf.x.data(), nullptr, nullptr,
+                     nullptr, s.T, s.B, /*training=*/true);
+        lstm.backward(buf.dx.data(), buf.dh0.data(), buf.dc0.data(), buf.dy.data(), nullptr, nullptr);
+        benchmark::DoNotOptimize(buf.dx.data());
+        benchmark::DoNotOptimize(lstm.grads());
+        benchmark::ClobberMemory();
+    }
+    set_gflops(state, 3.0 * forward_flops(s));
+}
+
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// sgemm_lstm: the forward's FLOPs as ONE Eigen GEMM, [T*B, I+H] x [I+H, G] -> [T*B, G]: what the
+// engine could reach if the recurrence did not split the work into T dependent steps.
+void BM_sgemm_lstm(benchmark::State& state, Shape s) {
+    const Index M = s.T * s.B, K = s.I + s.H, N = 4 * s.H;
+    RowMat a = RowMat::Random(M, K), b = RowMat::Random(K, N), c(M, N);
+    for (auto _ : state) {
+        c.noalias() = a * b;
+        benchmark::DoNotOptimize(c.data());
+        benchmark::ClobberMemory();
+    }
+    set_gflops(state, 2.0 * double(M) * double(K) * double(N));
+}
+
+// sgemm_square: square float32 GEMM, the machine's roofline for this build and thread count.
+void BM_sgemm_square(benchmark::State& state) {
+    const Index n = state.range(0);
+    RowMat a = RowMat::Random(n, n), b = RowMat::Random(n, n), c(n, n);
+    for (auto _ : state) {
+        c.noalias() = a * b;
+        benchmark::DoNotOptimize(c.data());
+        benchmark::ClobberMemory();
+    }
+    set_gflops(state, 2.0 * double(n) * double(n) * double(n));
+}
+
+// ---- the `# config` header ----------------------------------------------------------------
+
+std::string cpu_model() {
+    std::ifstream in("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(in, line))
+        if (line.rfind("model name", 0) == 0) {
+            const auto colon = line.find(':');
+            return colon == std::string::npos ? line : line.substr(colon + 2);
+        }
+    return "unknown";
+}
+
+std::string isa() {
+    std::string s;
+#if defined(__AVX512F__)
+    s += "AVX512F ";
+#endif
+#if defined(__AVX2__)
+    s += "AVX2 ";
+#endif
+#if defined(__FMA__)
+    s += "FMA ";
+#endif
+#if defined(__AVX__) && !defined(__AVX2__)
+    s += "AVX ";
+#endif
+#if !defined(__AVX__)
+    s += "SSE-only ";
+#endif
+    return s.empty() ? s : s.substr(0, s.size() - 1);
+}
+
+std::string compiler() {
+#if defined(__clang__)
+    return std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+    return std::string("gcc ") + __VERSION__;
+#else
+    return "unknown";
+#endif
+}
+
+// CMake spells some options "SHELL:-fopenmp"; print them as the compiler saw them.
+std::string flags(std::string s) {
+    for (std::size_t at; (at = s.find("SHELL:")) != std::string::npos;) s.erase(at, 6);
+    const std::size_t first = s.find_first_not_of(' ');
+    return first == std::string::npos ? std::string() : s.substr(first);
+}
+
+void config(const char* key, const std::string& value) {
+    std::printf("# config %-14s %s\n", key, value.c_str());
+    benchmark::AddCustomContext(key, value);
+}
+
+// Threads: --threads=N (removed from argv before Google Benchmark parses it), else the
+// environment variable EIGENLSTM_THREADS, else the engine's default (OpenMP's maximum).
+int parse_threads(int& argc, char** argv) {
+    int threads = 0;
+    if (const char* env = std::getenv("EIGENLSTM_THREADS")) threads = std::atoi(env);
+    int out = 1;
+    for (int i = 1; i < argc; ++i) {
+        if (std::strncmp(argv[i], "--threads=", 10) == 0)
+            threads = std::atoi(argv[i] + 10);
+        else
+            argv[out++] = argv[i];
+    }
+    argc = out;
+    return threads;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const int threads = parse_threads(argc, argv);
+    if (threads > 0) eigenlstm::set_num_threads(threads);
+    // The engine sets Eigen's GEMM threads in its own translation unit; set them here too so
+    // the SGEMM rooflines use the same count whatever the linker did with Eigen's statics.
+    Eigen::setNbThreads(eigenlstm::get_num_threads());
+
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+
+    config("compiler", compiler());
+    config("build_type", EIGENLSTM_BENCH_BUILD_TYPE);
+    config("flags", flags(EIGENLSTM_BENCH_CXX_FLAGS));
+    config("engine_flags", flags(EIGENLSTM_BENCH_ENGINE_FLAGS));
+    config("eigen", std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) +
+                        "." + std::to_string(EIGEN_MINOR_VERSION) + " (SIMD: " +
+                        Eigen::SimdInstructionSetsInUse() + ")");
+    config("isa", isa());
+    config("cpu", cpu_model());
+#ifdef _OPENMP
+    config("openmp", std::to_string(_OPENMP) + ", omp_get_max_threads=" +
+                         std::to_string(omp_get_max_threads()));
+#else
+    config("openmp", "off");
+#endif
+    config("threads", std::to_string(eigenlstm::get_num_threads()) +
+                          " (eigenlstm::get_num_threads; Eigen::nbThreads=" +
+                          std::to_string(Eigen::nbThreads()) + ")");
+    std::fflush(stdout);
+
+    for (const Shape& s : kShapes) {
+        const std::string suffix = std::string("/") + s.name;
+        benchmark::RegisterBenchmark(("fwd_eval" + suffix).c_str(), BM_fwd_eval, s)->UseRealTime();
+        benchmark::RegisterBenchmark(("fwd_train" + suffix).c_str(), BM_fwd_train, s)->UseRealTime();
+        benchmark::RegisterBenchmark(("bwd_only" + suffix).c_str(), BM_bwd_only, s)->UseRealTime();
+        benchmark::RegisterBenchmark(("fwd_bwd" + suffix).c_str(), BM_fwd_bwd, s)->UseRealTime();
+        benchmark::RegisterBenchmark(("sgemm_lstm" + suffix).c_str(), BM_sgemm_lstm, s)->UseRealTime();
+    }
+    benchmark::RegisterBenchmark("sgemm_square", BM_sgemm_square)->Arg(2048)->UseRealTime();
+
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}
