@@ -48,17 +48,7 @@ DTYPES = (np.float32, np.float64)
 DTYPE_IDS = ("f32", "f64")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def torch_single_threaded():
-    """Run the torch witness on one thread, restoring torch's setting afterwards.
-
-    torch and eigenlstm link separate OpenMP runtimes; with both thread pools spinning on a few
-    cores, small torch calls slow down ~50x. The witness's result does not depend on threads.
-    """
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("torch_single_threaded")
 
 
 def assert_close(actual, expected, rtol, what):
