@@ -136,7 +136,9 @@ def machine_info(el, torch, ort, threads):
         "env": {k: os.environ.get(k, "<unset>") for k in (
             "OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
             "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "EIGENLSTM_THREADS")},
-        "threadpoolctl": threadpoolctl.threadpool_info(),
+        # library file names only: the report should not carry this machine's paths
+        "threadpoolctl": [{**d, "filepath": Path(d.get("filepath", "")).name}
+                          for d in threadpoolctl.threadpool_info()],
         "loadavg_start": os.getloadavg(),
     }
     return info

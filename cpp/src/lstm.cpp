@@ -35,10 +35,6 @@ namespace {
 void require(bool ok, const std::string& what) {
     if (!ok) throw std::invalid_argument(what);
 }
-std::string str(double v) {
-    std::string s = std::to_string(v);
-    return s;
-}
 }  // namespace
 
 void Config::validate() const {
@@ -48,7 +44,7 @@ void Config::validate() const {
     require(proj_size >= 0 && proj_size < hidden_size,
             "proj_size must be in [0, hidden_size=" + std::to_string(hidden_size) + "), got " +
                 std::to_string(proj_size));
-    require(dropout >= 0.0 && dropout <= 1.0, "dropout must be in [0, 1], got " + str(dropout));
+    require(dropout >= 0.0 && dropout <= 1.0, "dropout must be in [0, 1], got " + std::to_string(dropout));
     require(!(reverse && bidirectional), "reverse must be false when bidirectional is true");
 }
 
