@@ -23,15 +23,8 @@ from eigenlstm import checkpoint
 TESTS = pathlib.Path(__file__).resolve().parent
 
 
-# ---- the task (also imported by the child process of the SIGINT test) -------------------------
-def task(N=80, L=6, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((N, L, 3)).astype(np.float32)
-    return x, np.stack([x.sum(axis=(1, 2)), x[:, -1, 0]], axis=1)
-
-
-def new_model():
-    return el.LSTMModel(3, 8, 2, num_layers=2, dropout=0.3, seed=5)
+# the task and model (the child process of the SIGINT test reaches them through this module)
+from training_task import new_model, task  # noqa: E402
 
 
 # Every piece of training state is in play: Adam moments, a schedule, clipping, shuffling, dropout.

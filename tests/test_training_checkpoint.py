@@ -16,14 +16,7 @@ from eigenlstm import checkpoint
 
 
 
-def task(N=80, L=6, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((N, L, 3)).astype(np.float32)
-    return x, np.stack([x.sum(axis=(1, 2)), x[:, -1, 0]], axis=1)
-
-
-def new_model():
-    return el.LSTMModel(3, 8, 2, num_layers=2, dropout=0.3, seed=5)
+from training_task import new_model, task  # noqa: E402
 
 
 FIT = dict(batch_size=16, lr=1e-2, optimizer="adam", clip_grad_norm=1.0,
