@@ -267,14 +267,20 @@ def test_padded_steps_are_exact_zeros_and_a_zero_length_passes_state_and_gradien
 # ---- large sizes and threads ---------------------------------------------------------------------
 
 BIG_B = 12
-BIG_LENGTHS = (7, 0, 3, 7, 1, 5, 6, 2, 7, 4, 0, 7)   # includes zeros and the full length
-BIG_T = 7
+BIG_LENGTHS = (10, 0, 3, 10, 1, 5, 6, 2, 9, 4, 0, 10)   # includes zeros and the full length
+BIG_T = 10
+# At two threads the engine splits these two ways: a bidirectional layer runs its directions
+# on one thread each; a unidirectional one (over 2^20 multiply-adds, W_hh small) gives each
+# thread a slice of the batch rows (see plan_team in cpp/src/lstm.cpp: T*B*4H*(I+H_out) is
+# 1.4M-2.2M multiply-adds here), with and without lengths and projection.
 BIG_CONFIGS = {
     # (num_layers, bidirectional, batch_first, proj_size, bias, layout)
     "L2-bi-tm-noP-bias-ragged": (2, True, False, 0, True, "ragged"),
     "L1-uni-tm-P40-bias-full": (1, False, False, 40, True, "full"),
     "L2-bi-bf-P40-nobias-ragged": (2, True, True, 40, False, "ragged"),
     "L2-uni-bf-noP-bias-full": (2, False, True, 0, True, "full"),
+    "L1-uni-tm-noP-bias-ragged": (1, False, False, 0, True, "ragged"),
+    "L2-uni-bf-P40-bias-ragged": (2, False, True, 40, True, "ragged"),
 }
 
 

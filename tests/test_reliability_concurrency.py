@@ -171,6 +171,26 @@ def overlap_with_long_training_forward(lstm, x_long, calls):
     return outcomes, long_result
 
 
+def test_one_model_in_eval_mode_shared_by_many_threads_matches_a_serial_run_bitwise():
+    # LSTMModel's eval forward runs in per-thread scratch buffers of the engine: threads that
+    # shared them would mix their sequences.
+    model = el.LSTMModel(6, 20, 3, num_layers=2, bidirectional=True, seed=3).eval()
+    rng = np.random.default_rng(1)
+    calls = []
+    for k in range(24):
+        T, N = 2 + k % 6, 1 + (k * 5) % 13
+        calls.append((rng.standard_normal((N, T, 6)), rng.integers(1, T + 1, N)))
+    serial = [model(x, lengths=lengths) for x, lengths in calls]
+
+    def worker(t):
+        order = calls[t:] + calls[:t]
+        return [model(x, lengths=lengths) for x, lengths in order * 3]
+
+    for t, got in enumerate(run_in_threads([lambda t=t: worker(t) for t in range(8)])):
+        want = (serial[t:] + serial[:t]) * 3
+        assert_bitwise_equal(got, want)
+
+
 def test_concurrent_training_calls_on_one_module_are_refused_and_corrupt_nothing():
     I, H = 8, 64
     lstm = el.LSTM(I, H, num_layers=2, seed=3)

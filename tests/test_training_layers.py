@@ -262,6 +262,51 @@ def test_last_step_with_lengths_and_bidirectional_matches_torch(bidirectional, l
         assert_close(grads[k], g, k)
 
 
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-10)])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("lengths", [None, [7, 3, 1, 5, 7]])
+def test_eval_forward_matches_torch_and_the_training_mode_forward(dtype, rtol, bidirectional, lengths):
+    # In eval mode LSTMModel.forward is one engine call (LSTM, last step, Linear in C++).
+    rng = np.random.default_rng(11)
+    lengths = None if lengths is None else np.array(lengths)
+    ours = el.LSTMModel(4, 20, 3, 2, bidirectional=bidirectional, dtype=dtype, seed=5)
+    x = rng.standard_normal((N, L, 4)).astype(dtype)
+    y_train = ours(x, lengths=lengths)
+    y_eval = ours.eval()(x, lengths=lengths)
+    y_ref, _, _ = torch_last_step_model(ours, x.astype(np.float64), lengths, np.zeros((N, 3)))
+    assert y_eval.dtype == dtype and y_eval.shape == (N, 3)
+    np.testing.assert_allclose(y_eval, y_ref, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(y_eval, y_train, rtol=rtol, atol=rtol)
+    with pytest.raises(RuntimeError, match="no training-mode forward"):
+        ours.backward(np.zeros((N, 3)))
+
+
+def test_eval_forward_of_an_empty_batch_has_shape_0_by_o():
+    model = el.LSTMModel(4, 20, 3).eval()
+    y = model(np.zeros((0, 6, 4), np.float32))
+    assert y.shape == (0, 3) and y.dtype == np.float32
+
+
+def test_engine_forward_last_rechecks_the_shapes_that_could_corrupt_memory():
+    # The binding checks again what LSTMModel.forward validated: a direct call with bad
+    # shapes raises ValueError instead of reading out of bounds.
+    model = el.LSTMModel(4, 3, 2)
+    engine, w, b = model.lstm._engine, model.fc.weight, model.fc.bias
+    x = np.zeros((2, 5, 4), np.float32)
+    with pytest.raises(ValueError, match=r"forward_last: x must have shape \(2, 5, 4\), got \(2, 5, 3\)"):
+        engine.forward_last(np.zeros((2, 5, 3), np.float32), None, w, b, True)
+    with pytest.raises(ValueError, match=r"forward_last: weight must have shape \(2, 3\), got \(2, 4\)"):
+        engine.forward_last(x, None, np.zeros((2, 4), np.float32), b, True)
+    with pytest.raises(ValueError, match=r"forward_last: bias must have shape \(2,\), got \(3,\)"):
+        engine.forward_last(x, None, w, np.zeros(3, np.float32), True)
+    with pytest.raises(ValueError, match=r"forward_last: lengths must have shape \(2,\), got \(3,\)"):
+        engine.forward_last(x, np.ones(3, np.int64), w, b, True)
+    with pytest.raises(ValueError, match=r"lengths\[1\] must be in \[1, 5\], got 0"):
+        engine.forward_last(x, np.array([1, 0]), w, b, True)
+    with pytest.raises(ValueError, match=r"T must be >= 1"):
+        engine.forward_last(np.zeros((2, 0, 4), np.float32), None, w, b, True)
+
+
 def test_lstm_model_with_the_same_seed_has_the_same_weights():
     a, b = el.LSTMModel(3, 4, 2, seed=11), el.LSTMModel(3, 4, 2, seed=11)
     for k, v in a.state_dict().items():
@@ -273,6 +318,14 @@ def test_lstm_model_forward_with_wrong_input_shape_names_the_expected_shape():
     model = el.LSTMModel(10, 20, 2)
     with pytest.raises(ValueError, match=r"LSTMModel.forward: x must have shape \(N, L, 10\) \(batch, steps, input_size\), got \(7, 10\)"):
         model(np.zeros((7, 10)))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_lstm_model_rejects_input_without_time_steps_in_both_modes(training):
+    model = el.LSTMModel(10, 20, 2).train(training)
+    with pytest.raises(ValueError, match=r"LSTMModel.forward: x must have at least one time step "
+                                         r"\(the output is read at the last step\), got shape \(3, 0, 10\)"):
+        model(np.zeros((3, 0, 10)))
 
 
 def test_lstm_model_rejects_zero_lengths_because_a_sequence_needs_a_last_step():

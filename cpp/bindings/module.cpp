@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <initializer_list>
 #include <limits>
 #include <mutex>
 #include <new>
@@ -36,18 +37,29 @@ Param param_kind(const std::string& name) {
     throw std::invalid_argument("unknown parameter kind '" + name + "'");
 }
 
-std::string shape_str(const std::vector<Index>& s) {
+std::string shape_str(const Index* s, std::size_t n) {
     std::string out = "(";
-    for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-    return out + (s.size() == 1 ? ",)" : ")");
+    for (std::size_t i = 0; i < n; ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+    return out + (n == 1 ? ",)" : ")");
 }
 
+// Compares without allocating (this runs on every call); builds the message only on failure.
+template <typename A>
+void check_shape(const char* fn, const char* name, const A& a, const Index* want, std::size_t n) {
+    bool same = a.ndim() == py::ssize_t(n);
+    for (std::size_t i = 0; same && i < n; ++i) same = a.shape(i) == want[i];
+    if (!same)
+        throw std::invalid_argument(std::string(fn) + ": " + name + " must have shape " +
+                                    shape_str(want, n) + ", got " +
+                                    shape_str(a.shape(), std::size_t(a.ndim())));
+}
+template <typename A>
+void check_shape(const char* fn, const char* name, const A& a, std::initializer_list<Index> want) {
+    check_shape(fn, name, a, want.begin(), want.size());
+}
 template <typename A>
 void check_shape(const char* fn, const char* name, const A& a, const std::vector<Index>& want) {
-    std::vector<Index> got(a.shape(), a.shape() + a.ndim());
-    if (got != want)
-        throw std::invalid_argument(std::string(fn) + ": " + name + " must have shape " +
-                                    shape_str(want) + ", got " + shape_str(got));
+    check_shape(fn, name, a, want.data(), want.size());
 }
 
 // A new C-contiguous array; std::bad_alloc (MemoryError) if its byte size overflows.
@@ -117,6 +129,36 @@ struct Engine {
             lstm.forward(py_, ph, pc, px, ph0, pc0, pl, T, B, training);
         }
         return py::make_tuple(y, h_n, c_n);
+    }
+
+    // out [B, O] = the top layer's output at each last step, through weight [O, D*Hout] and
+    // bias [O]; x is [B, T, I] when batch_first, else [T, B, I]. Eval: shares the lock.
+    py::array_t<S> forward_last(const Array<S>& x, const std::optional<Lengths>& lengths,
+                                const Array<S>& weight, const std::optional<Array<S>>& bias,
+                                bool batch_first) {
+        const auto& c = lstm.config();
+        if (x.ndim() != 3)
+            throw std::invalid_argument("forward_last: x must be 3-D, got " +
+                                        std::to_string(x.ndim()) + "-D");
+        const Index T = x.shape(batch_first ? 1 : 0), B = x.shape(batch_first ? 0 : 1);
+        if (batch_first) check_shape("forward_last", "x", x, {B, T, c.input_size});
+        if (weight.ndim() != 2)
+            throw std::invalid_argument("forward_last: weight must be 2-D, got " +
+                                        std::to_string(weight.ndim()) + "-D");
+        const Index O = weight.shape(0);
+        check_shape("forward_last", "weight", weight, {O, c.directions() * c.output_size()});
+        if (bias) check_shape("forward_last", "bias", *bias, {O});
+        if (lengths) check_shape("forward_last", "lengths", *lengths, {B});
+        if (!batch_first) check_shape("forward_last", "x", x, {T, B, c.input_size});
+        auto out = empty<S>({B, O});
+        S* po = out.mutable_data();
+        {
+            py::gil_scoped_release release;
+            std::shared_lock<std::shared_mutex> sh(mutex);
+            lstm.forward_last(po, x.data(), lengths ? (*lengths).data() : nullptr, T, B,
+                              batch_first, weight.data(), bias ? (*bias).data() : nullptr, O);
+        }
+        return out;
     }
 
     py::tuple backward(const Array<S>& dy, const std::optional<Array<S>>& dh_n,
@@ -264,6 +306,9 @@ void bind_engine(py::module_& m, const char* name) {
         .def("forward", &E::forward, py::arg("x"), py::arg("h0"), py::arg("c0"),
              py::arg("lengths"), py::arg("training"),
              "x [T, B, I] -> (y [T, B, D*Hout], h_n [D*L, B, Hout], c_n [D*L, B, H])")
+        .def("forward_last", &E::forward_last, py::arg("x"), py::arg("lengths"),
+             py::arg("weight"), py::arg("bias"), py::arg("batch_first"),
+             "Eval forward, then out [B, O] = y[last step] @ weight.T + bias")
         .def("backward", &E::backward, py::arg("d_output"), py::arg("dh_n"), py::arg("dc_n"),
              "-> (dx [T, B, I], dh0, dc0); parameter gradients are added into grads");
 }

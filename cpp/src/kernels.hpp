@@ -7,12 +7,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <new>
 #include <thread>
+#include <type_traits>
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <immintrin.h>
@@ -69,6 +71,7 @@ public:
     }
     void zero() { if (n_) std::memset(p_, 0, std::size_t(n_) * sizeof(S)); }
     Index size() const { return n_; }
+    Index capacity() const { return cap_; }
     S* data() { return p_; }
     const S* data() const { return p_; }
 
@@ -137,80 +140,111 @@ struct Panels {
     }
 };
 
-// C[0:M, cols of panels p0..p1) (= or +=) A[M, K] * panels, A row-major with stride lda,
-// C row-major with stride ldc. One MR x NR register block: each k loads one panel row
-// (two packets), broadcasts MR values of A and issues 2*MR FMAs. With few rows (MR < 4, the
-// batch-1 and small-batch path) the k loop is split over KU independent accumulator sets so
-// that enough FMAs are in flight to hide their latency: a GEMV, not a padded GEMM.
-template <typename S, int MR, bool Accumulate>
-inline void micro_kernel(Index K, const S* A, Index lda, const S* panel, S* C, Index ldc,
-                         Index ncols) {
-    using namespace Eigen::internal;
+// One MR x NR block of C in registers: C[0:MR, 0:NR) = init + A[MR, K] * panel. Each k loads one panel row (two packets), broadcasts MR values of A
+// and issues 2*MR FMAs. With few rows (MR < 4, the batch-1 and small-batch path) the k loop is
+// split over KU independent accumulator sets so that enough FMAs are in flight to hide their
+// latency: a GEMV, not a padded GEMM.
+template <typename S, int MR>
+struct Tile {
     using Packet = typename Simd<S>::Packet;
-    constexpr int PS = Simd<S>::PS, NR = Simd<S>::NR;
-    constexpr int KU = MR >= 4 ? 1 : (MR >= 2 ? 2 : 4);
+    static constexpr int PS = Simd<S>::PS, NR = Simd<S>::NR;
+    static constexpr int KU = MR >= 4 ? 1 : (MR >= 2 ? 2 : 4);
     Packet acc[KU][MR][2];
-    for (int u = 0; u < KU; ++u)
-        for (int m = 0; m < MR; ++m) acc[u][m][0] = acc[u][m][1] = pset1<Packet>(S(0));
-    Index k = 0;
-    for (; k + KU <= K; k += KU) {
-        for (int u = 0; u < KU; ++u) {
-            const S* b = panel + (k + u) * NR;
-            const Packet b0 = pload<Packet>(b), b1 = pload<Packet>(b + PS);
+
+    Tile() {
+        for (int u = 0; u < KU; ++u)
+            for (int m = 0; m < MR; ++m)
+                acc[u][m][0] = acc[u][m][1] = Eigen::internal::pset1<Packet>(S(0));
+    }
+
+    // acc += A[MR, K] * panel, A row-major with stride lda, panel [K, NR].
+    void madd(Index K, const S* A, Index lda, const S* panel) {
+        using namespace Eigen::internal;
+        Index k = 0;
+        for (; k + KU <= K; k += KU)
+            for (int u = 0; u < KU; ++u) step(u, A + k + u, lda, panel + (k + u) * NR);
+        for (; k < K; ++k) step(0, A + k, lda, panel + k * NR);
+    }
+
+    // C[MR, ncols] = (Accumulate ? C : bias, or 0 if bias is nullptr) + acc; bias [ncols].
+    template <bool Accumulate>
+    void store(S* C, Index ldc, Index ncols, const S* bias) {
+        using namespace Eigen::internal;
+        for (int u = 1; u < KU; ++u)
             for (int m = 0; m < MR; ++m) {
-                const Packet a = pset1<Packet>(A[m * lda + k + u]);
-                acc[u][m][0] = pmadd(a, b0, acc[u][m][0]);
-                acc[u][m][1] = pmadd(a, b1, acc[u][m][1]);
+                acc[0][m][0] = padd(acc[0][m][0], acc[u][m][0]);
+                acc[0][m][1] = padd(acc[0][m][1], acc[u][m][1]);
+            }
+        alignas(64) S tmp[NR];
+        if (!Accumulate && bias) {
+            Packet b0, b1;
+            if (ncols == NR) {
+                b0 = ploadu<Packet>(bias);
+                b1 = ploadu<Packet>(bias + PS);
+            } else {  // never read past the end of bias
+                std::fill(tmp, tmp + NR, S(0));
+                std::copy(bias, bias + ncols, tmp);
+                b0 = pload<Packet>(tmp);
+                b1 = pload<Packet>(tmp + PS);
+            }
+            for (int m = 0; m < MR; ++m) {
+                acc[0][m][0] = padd(acc[0][m][0], b0);
+                acc[0][m][1] = padd(acc[0][m][1], b1);
+            }
+        }
+        for (int m = 0; m < MR; ++m) {
+            S* c = C + m * ldc;
+            if (ncols == NR) {
+                if (Accumulate) {
+                    pstoreu(c, padd(ploadu<Packet>(c), acc[0][m][0]));
+                    pstoreu(c + PS, padd(ploadu<Packet>(c + PS), acc[0][m][1]));
+                } else {
+                    pstoreu(c, acc[0][m][0]);
+                    pstoreu(c + PS, acc[0][m][1]);
+                }
+            } else {  // last, partial panel
+                pstore(tmp, acc[0][m][0]);
+                pstore(tmp + PS, acc[0][m][1]);
+                for (Index j = 0; j < ncols; ++j) c[j] = Accumulate ? c[j] + tmp[j] : tmp[j];
             }
         }
     }
-    for (; k < K; ++k) {
-        const S* b = panel + k * NR;
+
+private:
+    void step(int u, const S* a, Index lda, const S* b) {
+        using namespace Eigen::internal;
         const Packet b0 = pload<Packet>(b), b1 = pload<Packet>(b + PS);
         for (int m = 0; m < MR; ++m) {
-            const Packet a = pset1<Packet>(A[m * lda + k]);
-            acc[0][m][0] = pmadd(a, b0, acc[0][m][0]);
-            acc[0][m][1] = pmadd(a, b1, acc[0][m][1]);
+            const Packet am = pset1<Packet>(a[m * lda]);
+            acc[u][m][0] = pmadd(am, b0, acc[u][m][0]);
+            acc[u][m][1] = pmadd(am, b1, acc[u][m][1]);
         }
     }
-    for (int u = 1; u < KU; ++u)
-        for (int m = 0; m < MR; ++m) {
-            acc[0][m][0] = padd(acc[0][m][0], acc[u][m][0]);
-            acc[0][m][1] = padd(acc[0][m][1], acc[u][m][1]);
-        }
-    for (int m = 0; m < MR; ++m) {
-        S* c = C + m * ldc;
-        if (ncols == NR) {
-            if (Accumulate) {
-                pstoreu(c, padd(ploadu<Packet>(c), acc[0][m][0]));
-                pstoreu(c + PS, padd(ploadu<Packet>(c + PS), acc[0][m][1]));
-            } else {
-                pstoreu(c, acc[0][m][0]);
-                pstoreu(c + PS, acc[0][m][1]);
-            }
-        } else {  // last, partial panel
-            alignas(64) S tmp[NR];
-            pstore(tmp, acc[0][m][0]);
-            pstore(tmp + PS, acc[0][m][1]);
-            for (Index j = 0; j < ncols; ++j) c[j] = Accumulate ? c[j] + tmp[j] : tmp[j];
-        }
-    }
-}
+};
 
+// C[0:M, col_begin:col_end) = init + A[M, K] * Bp, A row-major with stride lda, C row-major
+// with stride ldc, init = C itself (Accumulate) or the row bias[col_begin:col_end) (nullptr:
+// zero). col_begin is on a panel boundary. Rows go in blocks of MR, then one block of the
+// leftover rows.
 template <typename S, bool Accumulate>
 void gemm_panels(Index M, const S* A, Index lda, const Panels<S>& Bp, Index col_begin,
-                 Index col_end, S* C, Index ldc) {
+                 Index col_end, S* C, Index ldc, const S* bias = nullptr) {
     constexpr int NR = Simd<S>::NR, MR = Simd<S>::MR;
     const Index K = Bp.K;
     for (Index n0 = col_begin; n0 < col_end; n0 += NR) {
         const S* panel = Bp.data.data() + (n0 / NR) * K * NR;
         const Index w = std::min<Index>(NR, col_end - n0);
+        const S* b = bias ? bias + n0 : nullptr;
+        auto block = [&](auto rows, Index m) {
+            Tile<S, decltype(rows)::value> tile;
+            tile.madd(K, A + m * lda, lda, panel);
+            tile.template store<Accumulate>(C + m * ldc + n0, ldc, w, b);
+        };
         Index m = 0;
-        for (; m + MR <= M; m += MR)
-            micro_kernel<S, MR, Accumulate>(K, A + m * lda, lda, panel, C + m * ldc + n0, ldc, w);
+        for (; m + MR <= M; m += MR) block(std::integral_constant<int, MR>(), m);
         switch (M - m) {  // leftover rows, and the whole batch when B < MR
 #define EIGENLSTM_TAIL(r) \
-    case r: micro_kernel<S, r, Accumulate>(K, A + m * lda, lda, panel, C + m * ldc + n0, ldc, w); break;
+    case r: block(std::integral_constant<int, r>(), m); break;
             EIGENLSTM_TAIL(1) EIGENLSTM_TAIL(2) EIGENLSTM_TAIL(3) EIGENLSTM_TAIL(4)
             EIGENLSTM_TAIL(5) EIGENLSTM_TAIL(6) EIGENLSTM_TAIL(7) EIGENLSTM_TAIL(8)
             EIGENLSTM_TAIL(9) EIGENLSTM_TAIL(10) EIGENLSTM_TAIL(11)
@@ -222,59 +256,101 @@ void gemm_panels(Index M, const S* A, Index lda, const Panels<S>& Bp, Index col_
 
 // ---- activations ---------------------------------------------------------------------------
 
-// sigma(x) = 1 / (1 + exp(-x)) with Eigen's vectorized exp (a range-reduced polynomial, about
-// 1 ulp): the relative error stays small in the tails too, where sigma -> 0 (exp overflows to
-// inf below x ~ -88 in float32 and gives exactly 0, the correct limit). tanh is Eigen's: in
-// float32 a clamped rational approximation, vectorized; in float64 std::tanh, so float64 agrees
-// with a float64 reference to ~1e-15. tests/test_activations.py measures both against float64.
-template <typename X>
-auto sigmoid(const X& x) {
-    using S = typename X::Scalar;
-    return S(1) / (S(1) + (-x).exp());
-}
+// sigma(x) = 1 / (1 + exp(-x)), elementwise, as an Eigen functor (packet and scalar paths).
+// float64: Eigen's vectorized exp. float32: exp(-x) is evaluated here with Eigen's algorithm
+// (Cephes: -x = m ln2 + r, |r| <= ln2/2, ln2 subtracted in two parts, a degree-5 polynomial,
+// about 1 ulp) but 2^m is written straight into the exponent bits (pldexp_fast): Eigen's
+// generic pexp spends a third of its time on a pldexp that handles exponents far outside what
+// the clamped argument can produce, and sigma takes 30% less time this way (bench/README.md).
+// -x is clamped to [-88, 89] so that m + 127 stays in [0, 255]: for x > 88 exp(-x) = 0 and
+// sigma = 1; for x < -88.7 exp(-x) = inf and sigma = 0 exactly, the correct limit (the true
+// value is below float32's smallest normal). A NaN stays NaN: Eigen's pmin/pmax keep a NaN
+// first operand. The relative error stays small in the tails, where sigma -> 0.
+// tanh is Eigen's: in float32 a clamped rational approximation, vectorized; in float64
+// std::tanh. tests/test_activations.py measures both against float64.
+template <typename S>
+struct SigmoidOp {
+    S operator()(const S& x) const { return S(1) / (S(1) + std::exp(-x)); }
+
+    template <typename Packet>
+    Packet packetOp(const Packet& x) const {
+        using namespace Eigen::internal;
+        const Packet one = pset1<Packet>(S(1));
+        if constexpr (std::is_same_v<S, float>) {
+            const Packet t = pmax(pmin(pnegate(x), pset1<Packet>(89.f)), pset1<Packet>(-88.f));
+            const Packet m = pfloor(pmadd(t, pset1<Packet>(1.44269504088896341f), pset1<Packet>(0.5f)));
+            Packet r = pmadd(m, pset1<Packet>(-0.693359375f), t);   // t - m ln2, in two parts
+            r = pmadd(m, pset1<Packet>(2.12194440e-4f), r);
+            const Packet r2 = pmul(r, r);
+            Packet y = pmadd(pset1<Packet>(1.9875691500e-4f), r, pset1<Packet>(1.3981999507e-3f));
+            Packet y1 = pmadd(pset1<Packet>(4.1665795894e-2f), r, pset1<Packet>(1.6666665459e-1f));
+            y = pmadd(y, r, pset1<Packet>(8.3334519073e-3f));
+            y1 = pmadd(y1, r, pset1<Packet>(5.0000001201e-1f));
+            y = pmadd(y, pmul(r2, r), y1);
+            y = pmadd(y, r2, padd(r, one));                          // exp(r)
+            return pdiv(one, padd(one, pldexp_fast_impl<Packet>::run(y, m)));
+        } else {
+            return pdiv(one, padd(one, pexp(pnegate(x))));
+        }
+    }
+};
 
 // ---- the fused cell update ---------------------------------------------------------------
 
-// One gate block of HB = gate_block<S>() values: fixed size, so Eigen unrolls it into whole
-// SIMD packets (2 x 8 floats on AVX2, 1 x 16 on AVX-512) with no loop or size checks.
-template <typename S>
-using BlockArray = Eigen::Array<S, gate_block<S>(), 1>;
-template <typename S>
-using BlockMap = Eigen::Map<BlockArray<S>>;
-template <typename S>
-using ConstBlockMap = Eigen::Map<const BlockArray<S>>;
-
-// Forward for one full block of one batch row.
-//   g       [4*HB]  pre-activations i, f, g, o in; activated gates out (the backward cache)
-//   c_prev  [HB]    c_{t-1}; read only
-//   c       [HB]    c_t = f*c_{t-1} + i*g; overwritten
-//   h       [HB]    o*tanh(c_t); overwritten
-template <typename S>
-inline void cell_forward_full(S* g, const S* c_prev, S* c, S* h) {
-    constexpr Index HB = gate_block<S>();
-    BlockMap<S> i(g), f(g + HB), gg(g + 2 * HB), o(g + 3 * HB), cm(c), hm(h);
-    i = sigmoid(i);
-    f = sigmoid(f);
-    gg = gg.tanh();
-    o = sigmoid(o);
-    cm = f * ConstBlockMap<S>(c_prev) + i * gg;
-    hm = o * cm.tanh();
+// Copies n <= N values (N a power of two) as fixed-size pieces of N/2, N/4, ..., 1, 1: each a
+// register move, and never more than N values. A plain loop of unknown length would be turned
+// into a call to memcpy, which costs more than the copy itself for the few values of a partial
+// gate block.
+template <int N, typename S>
+inline void copy_short(S* dst, const S* src, Index n) {
+    if constexpr (N > 1) {
+        if (n >= N / 2) {
+            std::memcpy(dst, src, (N / 2) * sizeof(S));
+            dst += N / 2;
+            src += N / 2;
+            n -= N / 2;
+        }
+        copy_short<N / 2>(dst, src, n);
+    } else if (n > 0) {
+        *dst = *src;
+    }
 }
 
-// Backward for one full block of one batch row; quotes the forward lines it undoes.
-//   g       [4*HB]  activated i, f, g, o in; d(pre-activation) out
-//   c_t     [HB]    c_t; read only          c_prev [HB]  c_{t-1}; read only
-//   dh      [HB]    dL/dh_t (before any projection); read only
-//   dc      [HB]    dL/dc_t in (from later steps); dL/dc_{t-1} out
-template <typename S>
-inline void cell_backward_full(S* g, const S* c_t, const S* c_prev, const S* dh, S* dc) {
-    constexpr Index HB = gate_block<S>();
-    BlockMap<S> ai(g), af(g + HB), ag(g + 2 * HB), ao(g + 3 * HB), dcm(dc);
-    const BlockArray<S> i = ai, f = af, gg = ag, o = ao;  // values: the maps are overwritten
-    const BlockArray<S> th = ConstBlockMap<S>(c_t).tanh();
-    const ConstBlockMap<S> dhm(dh), cp(c_prev);
+// The cell update of N units of one batch row, gates packed as [i(N) f(N) g(N) o(N)]. N is a
+// compile-time size (a gate block, or half of one), so Eigen unrolls it into whole SIMD
+// packets (N = 16 floats: 2 x 8 on AVX2, 1 x 16 on AVX-512) with no loop or size checks.
+//   g       [4*N]  pre-activations i, f, g, o in; activated gates out (the backward cache)
+//   c_prev  [N]    c_{t-1}; read only
+//   c       [N]    c_t = f*c_{t-1} + i*g; overwritten
+//   h       [N]    o*tanh(c_t); overwritten
+//   y       [N]    a second copy of h (the layer output), or nullptr
+template <typename S, int N>
+inline void cell_forward_n(S* g, const S* c_prev, S* c, S* h, S* y) {
+    using A = Eigen::Array<S, N, 1>;
+    Eigen::Map<A> i(g), f(g + N), gg(g + 2 * N), o(g + 3 * N), cm(c), hm(h);
+    i = i.unaryExpr(SigmoidOp<S>());
+    f = f.unaryExpr(SigmoidOp<S>());
+    gg = gg.tanh();
+    o = o.unaryExpr(SigmoidOp<S>());
+    cm = f * Eigen::Map<const A>(c_prev) + i * gg;
+    hm = o * cm.tanh();
+    if (y) Eigen::Map<A>{y} = hm;  // braces: with parentheses this would declare a variable y
+}
+
+// Backward of the cell update of N units of one batch row; quotes the forward lines it undoes.
+//   g       [4*N]  activated i, f, g, o in; d(pre-activation) out
+//   c_t     [N]    c_t; read only          c_prev [N]  c_{t-1}; read only
+//   dh      [N]    dL/dh_t (before any projection); read only
+//   dc      [N]    dL/dc_t in (from later steps); dL/dc_{t-1} out
+template <typename S, int N>
+inline void cell_backward_n(S* g, const S* c_t, const S* c_prev, const S* dh, S* dc) {
+    using A = Eigen::Array<S, N, 1>;
+    Eigen::Map<A> ai(g), af(g + N), ag(g + 2 * N), ao(g + 3 * N), dcm(dc);
+    const A i = ai, f = af, gg = ag, o = ao;  // values: the maps are overwritten
+    const A th = Eigen::Map<const A>(c_t).tanh();
+    const Eigen::Map<const A> dhm(dh), cp(c_prev);
     // forward: h = o*tanh(c)        ->  do = dh*tanh(c),  dc += dh*o*(1 - tanh(c)^2)
-    const BlockArray<S> dct = dcm + dhm * o * (S(1) - th * th);
+    const A dct = dcm + dhm * o * (S(1) - th * th);
     // forward: o = s(a_o)           ->  da_o = do*o*(1-o)
     ao = dhm * th * o * (S(1) - o);
     // forward: c = f*c_prev + i*g   ->  di = dc*g, df = dc*c_prev, dg = dc*i, dc_prev = dc*f
@@ -285,35 +361,51 @@ inline void cell_backward_full(S* g, const S* c_t, const S* c_prev, const S* dh,
     dcm = dct * f;
 }
 
-// The last block of a layer whose H is not a multiple of HB has w < HB units and its gates
-// packed as [i(w) f(w) g(w) o(w)]. It is padded to HB lanes on the stack (zeros: no NaN or
-// inf in the unused lanes), run through the same SIMD code, and copied back.
+// The last block of a layer whose H is not a multiple of HB = gate_block<S>() has w < HB units
+// and its gates packed as [i(w) f(w) g(w) o(w)]. It is padded on the stack to N lanes (half a
+// block when w <= HB/2: the H = 20 tail of 4 units then costs a quarter of a full block instead
+// of a whole one), zeros in the unused lanes (no NaN or inf), run through the same SIMD code,
+// and copied back.
+template <typename S, int N>
+inline void cell_forward_padded(S* g, Index w, const S* c_prev, S* c, S* h, S* y) {
+    alignas(64) S tg[4 * N] = {}, tcp[N] = {}, tc[N], th[N];
+    for (Index q = 0; q < 4; ++q) copy_short<N>(tg + q * N, g + q * w, w);
+    copy_short<N>(tcp, c_prev, w);
+    cell_forward_n<S, N>(tg, tcp, tc, th, nullptr);
+    for (Index q = 0; q < 4; ++q) copy_short<N>(g + q * w, tg + q * N, w);
+    copy_short<N>(c, tc, w);
+    copy_short<N>(h, th, w);
+    if (y) copy_short<N>(y, th, w);
+}
+
+template <typename S, int N>
+inline void cell_backward_padded(S* g, Index w, const S* c_t, const S* c_prev, const S* dh, S* dc) {
+    alignas(64) S tg[4 * N] = {}, tct[N] = {}, tcp[N] = {}, tdh[N] = {}, tdc[N] = {};
+    for (Index q = 0; q < 4; ++q) copy_short<N>(tg + q * N, g + q * w, w);
+    copy_short<N>(tct, c_t, w);
+    copy_short<N>(tcp, c_prev, w);
+    copy_short<N>(tdh, dh, w);
+    copy_short<N>(tdc, dc, w);
+    cell_backward_n<S, N>(tg, tct, tcp, tdh, tdc);
+    for (Index q = 0; q < 4; ++q) copy_short<N>(g + q * w, tg + q * N, w);
+    copy_short<N>(dc, tdc, w);
+}
+
+// One gate block of w <= HB units (w < HB only for the last block of a layer).
 template <typename S>
-inline void cell_forward(S* g, Index w, const S* c_prev, S* c, S* h) {
-    constexpr Index HB = gate_block<S>();
-    if (w == HB) return cell_forward_full(g, c_prev, c, h);
-    alignas(64) S tg[4 * HB] = {}, tcp[HB] = {}, tc[HB], th[HB];
-    for (Index q = 0; q < 4; ++q) std::copy(g + q * w, g + (q + 1) * w, tg + q * HB);
-    std::copy(c_prev, c_prev + w, tcp);
-    cell_forward_full(tg, tcp, tc, th);
-    for (Index q = 0; q < 4; ++q) std::copy(tg + q * HB, tg + q * HB + w, g + q * w);
-    std::copy(tc, tc + w, c);
-    std::copy(th, th + w, h);
+inline void cell_forward(S* g, Index w, const S* c_prev, S* c, S* h, S* y) {
+    constexpr int HB = int(gate_block<S>());
+    if (w == HB) cell_forward_n<S, HB>(g, c_prev, c, h, y);
+    else if (2 * w <= HB) cell_forward_padded<S, HB / 2>(g, w, c_prev, c, h, y);
+    else cell_forward_padded<S, HB>(g, w, c_prev, c, h, y);
 }
 
 template <typename S>
 inline void cell_backward(S* g, Index w, const S* c_t, const S* c_prev, const S* dh, S* dc) {
-    constexpr Index HB = gate_block<S>();
-    if (w == HB) return cell_backward_full(g, c_t, c_prev, dh, dc);
-    alignas(64) S tg[4 * HB] = {}, tct[HB] = {}, tcp[HB] = {}, tdh[HB] = {}, tdc[HB] = {};
-    for (Index q = 0; q < 4; ++q) std::copy(g + q * w, g + (q + 1) * w, tg + q * HB);
-    std::copy(c_t, c_t + w, tct);
-    std::copy(c_prev, c_prev + w, tcp);
-    std::copy(dh, dh + w, tdh);
-    std::copy(dc, dc + w, tdc);
-    cell_backward_full(tg, tct, tcp, tdh, tdc);
-    for (Index q = 0; q < 4; ++q) std::copy(tg + q * HB, tg + q * HB + w, g + q * w);
-    std::copy(tdc, tdc + w, dc);
+    constexpr int HB = int(gate_block<S>());
+    if (w == HB) cell_backward_n<S, HB>(g, c_t, c_prev, dh, dc);
+    else if (2 * w <= HB) cell_backward_padded<S, HB / 2>(g, w, c_t, c_prev, dh, dc);
+    else cell_backward_padded<S, HB>(g, w, c_t, c_prev, dh, dc);
 }
 
 // ---- a team barrier ------------------------------------------------------------------------
@@ -373,3 +465,9 @@ void apply_dropout(S* y, Index n, double p, std::uint64_t seed, std::uint64_t co
 
 }  // namespace detail
 }  // namespace eigenlstm
+
+// SigmoidOp has a packet path: Eigen vectorizes expressions that use it.
+template <typename S>
+struct Eigen::internal::functor_traits<eigenlstm::detail::SigmoidOp<S>> {
+    enum { Cost = 30 * NumTraits<S>::MulCost, PacketAccess = packet_traits<S>::HasExp };
+};

@@ -31,21 +31,22 @@ using detail::split_range;
 // configuration and threads
 // ============================================================================================
 
-namespace {
-void require(bool ok, const std::string& what) {
-    if (!ok) throw std::invalid_argument(what);
-}
-}  // namespace
+// Throws std::invalid_argument(message) unless cond holds. A macro so that the message, which
+// formats numbers, is only built on failure: these checks run on every call.
+#define EIGENLSTM_REQUIRE(cond, message)                          \
+    do {                                                          \
+        if (!(cond)) throw std::invalid_argument(message);        \
+    } while (false)
 
 void Config::validate() const {
-    require(input_size > 0, "input_size must be > 0, got " + std::to_string(input_size));
-    require(hidden_size > 0, "hidden_size must be > 0, got " + std::to_string(hidden_size));
-    require(num_layers > 0, "num_layers must be > 0, got " + std::to_string(num_layers));
-    require(proj_size >= 0 && proj_size < hidden_size,
+    EIGENLSTM_REQUIRE(input_size > 0, "input_size must be > 0, got " + std::to_string(input_size));
+    EIGENLSTM_REQUIRE(hidden_size > 0, "hidden_size must be > 0, got " + std::to_string(hidden_size));
+    EIGENLSTM_REQUIRE(num_layers > 0, "num_layers must be > 0, got " + std::to_string(num_layers));
+    EIGENLSTM_REQUIRE(proj_size >= 0 && proj_size < hidden_size,
             "proj_size must be in [0, hidden_size=" + std::to_string(hidden_size) + "), got " +
                 std::to_string(proj_size));
-    require(dropout >= 0.0 && dropout <= 1.0, "dropout must be in [0, 1], got " + std::to_string(dropout));
-    require(!(reverse && bidirectional), "reverse must be false when bidirectional is true");
+    EIGENLSTM_REQUIRE(dropout >= 0.0 && dropout <= 1.0, "dropout must be in [0, 1], got " + std::to_string(dropout));
+    EIGENLSTM_REQUIRE(!(reverse && bidirectional), "reverse must be false when bidirectional is true");
 }
 
 namespace {
@@ -63,7 +64,7 @@ std::atomic<int>& thread_setting() {
 }  // namespace
 
 void set_num_threads(int n) {
-    require(n >= 1, "num_threads must be >= 1, got " + std::to_string(n));
+    EIGENLSTM_REQUIRE(n >= 1, "num_threads must be >= 1, got " + std::to_string(n));
     thread_setting().store(n);
 }
 
@@ -117,6 +118,52 @@ void run_teams(int teams, const int* team_size, Body&& body) {
 #endif
     for (int d = 0; d < teams; ++d) body(d, 0, 1);
 }
+
+// ============================================================================================
+// per-thread scratch of the calls that keep nothing
+// ============================================================================================
+
+namespace detail {
+// Scratch of the eval path (and the zero initial state of any forward), one per calling
+// thread: concurrent eval calls share nothing, and a steady stream of small inference calls
+// allocates nothing (a malloc/free per buffer is a visible part of a 10 us call). After a
+// call that needed more than kKeepBytes the buffers are freed, so that a thread does not keep
+// a large buffer it used once; such calls are long enough not to notice the allocation.
+template <typename S>
+struct Scratch {
+    static constexpr Index kKeepBytes = Index(1) << 20;
+    Buffer<S> zeros;   // [D*L, B, max(H, Hout)]   zero h0 / c0
+    Buffer<S> gates;   // [T, B, D*G]              eval gates
+    Buffer<S> io[2];   // [T, B, D*Hout]           eval outputs of the layers below the top
+    Buffer<S> state;   // [D, B, 2*Hout + 3*H]     eval h, c double buffers and r
+    Buffer<S> x;       // [T, B, I]                forward_last: time-major copy of x
+    Buffer<S> y;       // [T, B, D*Hout]           forward_last: the top layer's output
+    Buffer<S> hc;      // [D*L, B, Hout + H]       forward_last: h_n and c_n (unused)
+    Buffer<S> last;    // [B, D*Hout]              forward_last: y at each last step
+
+    static Scratch& local() {
+        thread_local Scratch s;
+        return s;
+    }
+    Index bytes() const {
+        Index n = zeros.capacity() + gates.capacity() + io[0].capacity() + io[1].capacity() +
+                  state.capacity() + x.capacity() + y.capacity() + hc.capacity() + last.capacity();
+        return n * Index(sizeof(S));
+    }
+    // Frees everything when the call that just ended (normally or by an exception) grew the
+    // scratch past kKeepBytes.
+    struct Trim {
+        Scratch& s;
+        explicit Trim(Scratch& scratch) : s(scratch) {}
+        Trim(const Trim&) = delete;
+        Trim& operator=(const Trim&) = delete;
+        ~Trim() {
+            if (s.bytes() > kKeepBytes) s = Scratch();
+        }
+    };
+};
+}  // namespace detail
+using detail::Scratch;
 
 // ============================================================================================
 // implementation state
@@ -254,8 +301,10 @@ struct LSTM<S>::Impl {
             }
     }
 
-    void forward(S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0,
+    void forward(Scratch<S>& ws, S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0,
                  const std::int64_t* lengths, Index T, Index B, bool training);
+    void forward_last(Scratch<S>& ws, S* out, const S* x, const std::int64_t* lengths, Index T,
+                      Index B, bool batch_first, const S* W, const S* bias, Index O);
     void backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, const S* dc_n);
 };
 
@@ -311,6 +360,9 @@ struct DirectionPass {
     S* hbuf;                       // [2, B, Hout]
     S* cbuf;                       // [2, B, H]
     S* rbuf;                       // [B, H] (P > 0)
+    // forward: batch rows this pass computes; B stays the row stride of one time step (the
+    // pointers above start at the pass's first row when a thread owns a slice of the batch)
+    Index rows = 0;
 };
 
 // Forward time loop of one direction for thread `tid` of a team of `n`.
@@ -324,7 +376,8 @@ struct DirectionPass {
 template <typename S>
 void forward_direction(const DirectionPass<S>& a, S* y, const S* h0, const S* c0, S* h_n,
                        S* c_n, int tid, int n, detail::SpinBarrier& barrier) {
-    const Index T = a.T, B = a.B, H = a.H, P = a.P, Hout = a.Hout, HB = gate_block<S>();
+    const Index T = a.T, B = a.B, R = a.rows, H = a.H, P = a.P, Hout = a.Hout,
+                HB = gate_block<S>();
     Index u0, u1;  // this thread's hidden units, and so gate columns [4*u0, 4*u1)
     split_range(H, detail::unit_grain<S>(), tid, n, u0, u1);
     Index q0 = 0, q1 = 0;  // this thread's projection columns
@@ -338,7 +391,7 @@ void forward_direction(const DirectionPass<S>& a, S* y, const S* h0, const S* c0
         S* hs0 = a.hs + s0 * B * Hout;
         S* cs0 = a.cs + s0 * B * H;
         const Index h_lo = P > 0 ? q0 : u0, h_hi = P > 0 ? q1 : u1;
-        for (Index b = 0; b < B; ++b) {
+        for (Index b = 0; b < R; ++b) {
             std::copy(h0 + b * Hout + h_lo, h0 + b * Hout + h_hi, hs0 + b * Hout + h_lo);
             std::copy(c0 + b * H + u0, c0 + b * H + u1, cs0 + b * H + u0);
         }
@@ -352,9 +405,9 @@ void forward_direction(const DirectionPass<S>& a, S* y, const S* h0, const S* c0
         S* r = P > 0 ? (training ? a.rs + t * B * H : a.rbuf) : nullptr;
         S* y_t = y + t * B * a.ldy;
 
-        detail::gemm_panels<S, true>(B, h_prev, Hout, *a.whh_t, 4 * u0, 4 * u1, pre, a.ldg);
+        detail::gemm_panels<S, true>(R, h_prev, Hout, *a.whh_t, 4 * u0, 4 * u1, pre, a.ldg);
 
-        for (Index b = 0; b < B; ++b) {
+        for (Index b = 0; b < R; ++b) {
             const bool on = active(a.lengths, t, b);
             for (Index ub = u0; ub < u1; ub += HB) {
                 const Index w = std::min(HB, H - ub);
@@ -370,14 +423,14 @@ void forward_direction(const DirectionPass<S>& a, S* y, const S* h0, const S* c0
                     continue;
                 }
                 S* h = P == 0 ? h_next + b * Hout + ub : r + b * H + ub;
-                detail::cell_forward(g, w, c_prev + b * H + ub, c_next + b * H + ub, h);
-                if (P == 0) std::copy(h, h + w, y_t + b * a.ldy + ub);
+                detail::cell_forward(g, w, c_prev + b * H + ub, c_next + b * H + ub, h,
+                                     P == 0 ? y_t + b * a.ldy + ub : nullptr);
             }
         }
         if (P > 0) {
             barrier.wait();  // the projection reads all of r_t
-            detail::gemm_panels<S, false>(B, r, H, *a.whr_t, q0, q1, h_next, Hout);
-            for (Index b = 0; b < B; ++b) {
+            detail::gemm_panels<S, false>(R, r, H, *a.whr_t, q0, q1, h_next, Hout);
+            for (Index b = 0; b < R; ++b) {
                 S* yb = y_t + b * a.ldy;
                 if (active(a.lengths, t, b)) {
                     std::copy(h_next + b * Hout + q0, h_next + b * Hout + q1, yb + q0);
@@ -392,7 +445,7 @@ void forward_direction(const DirectionPass<S>& a, S* y, const S* h0, const S* c0
         c_prev = c_next;
     }
     const Index h_lo = P > 0 ? q0 : u0, h_hi = P > 0 ? q1 : u1;
-    for (Index b = 0; b < B; ++b) {
+    for (Index b = 0; b < R; ++b) {
         std::copy(h_prev + b * Hout + h_lo, h_prev + b * Hout + h_hi, h_n + b * Hout + h_lo);
         std::copy(c_prev + b * H + u0, c_prev + b * H + u1, c_n + b * H + u0);
     }
@@ -473,17 +526,35 @@ void backward_direction(const DirectionPass<S>& a, const S* dy, const S* dh_n, c
     }
 }
 
-// Threads per direction team: all that are available, split between directions, but no more
-// than the step has chunks of work, and one when a step is too small to pay for a barrier
-// and the hand-off of h between cores. Measured on 2 cores: at 64K multiply-adds per step
-// (B=1, H=128) two threads already run a step 1.8x faster; below that one thread wins.
+// How the threads of one direction share its time loop.
+//   by_rows: each thread owns a slice of the batch and runs the whole recurrence for it. Rows
+//            are independent through time, so the threads never wait for each other; every
+//            thread reads all of W_hh, which pays when W_hh^T is small enough to stay in each
+//            core's own L2 (G*Hout <= 32K values). Measured on 2 cores, eval forward, against
+//            the unit split: (B, T, I, H) = (32, 100, 64, 64) 4.5 vs 5.5 ms, (64, 50, 32, 32)
+//            1.55 vs 1.91 ms, (16, 100, 128, 64) 2.9 vs 3.5 ms. Only from 2^20 multiply-adds
+//            per call: waking a second thread costs 1-10 us here, and for the seed's model
+//            (84K multiply-adds, 15 us on one thread) two threads took 14 to 25 us.
+//            Forward only (`rows_allowed`); the backward loop splits units.
+//   else:    threads split the hidden units (all four gates of each unit; one barrier per
+//            step). At 64K multiply-adds per step (B=1, H=128) two threads already run a
+//            step 1.8x faster; below that one thread wins.
+struct TeamPlan {
+    int threads = 1;
+    bool by_rows = false;
+};
+
 template <typename S>
-int team_size(Index D, Index B, Index H, Index Hout) {
+TeamPlan plan_team(Index D, Index T, Index B, Index I, Index H, Index Hout, bool rows_allowed) {
     const int total = get_num_threads();
     const int per_dir = std::max(1, total / int(D));
+    const Index G = 4 * H;
+    if (rows_allowed && per_dir > 1 && B >= 2 && G * Hout <= (Index(1) << 15) &&
+        double(T) * double(B) * double(G) * double(I + Hout) >= double(1 << 20))
+        return {int(std::min<Index>(per_dir, B)), true};
     const Index chunks = (H + detail::unit_grain<S>() - 1) / detail::unit_grain<S>();
-    if (B * 4 * H * Hout < (Index(1) << 16)) return 1;
-    return int(std::max<Index>(1, std::min<Index>(per_dir, chunks)));
+    if (B * G * Hout < (Index(1) << 16)) return {1, false};
+    return {int(std::max<Index>(1, std::min<Index>(per_dir, chunks))), false};
 }
 
 // pre[rows, N] = x[rows, K] W + bias, W packed as panels [K, N]. Threads take disjoint row
@@ -495,12 +566,9 @@ void project_inputs(S* pre, const S* x, Index rows, Index K, Index N, const S* b
     constexpr Index MR = detail::Simd<S>::MR;
     const Index MB = std::max<Index>(MR, Index(128 * 1024) / Index(sizeof(S)) / std::max<Index>(K, 1) / MR * MR);
     auto run = [&](Index r0, Index r1) {
-        for (Index r = r0; r < r1; ++r) {
-            if (bias) std::copy(bias, bias + N, pre + r * N);
-            else std::fill(pre + r * N, pre + (r + 1) * N, S(0));
-        }
         for (Index m0 = r0; m0 < r1; m0 += MB)
-            detail::gemm_panels<S, true>(std::min(MB, r1 - m0), x + m0 * K, K, w, 0, N, pre + m0 * N, N);
+            detail::gemm_panels<S, false>(std::min(MB, r1 - m0), x + m0 * K, K, w, 0, N,
+                                          pre + m0 * N, N, bias);
     };
     const int threads = get_num_threads();
     // below ~1M multiply-adds a second thread costs more to wake than it saves
@@ -527,31 +595,29 @@ void project_inputs(S* pre, const S* x, Index rows, Index K, Index N, const S* b
 // ============================================================================================
 
 template <typename S>
-void LSTM<S>::Impl::forward(S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0,
-                            const std::int64_t* lengths, Index T, Index B, bool training) {
-    require(T >= 0, "T must be >= 0, got " + std::to_string(T));
-    require(B >= 0, "B must be >= 0, got " + std::to_string(B));
+void LSTM<S>::Impl::forward(Scratch<S>& ws, S* y, S* h_n, S* c_n, const S* x, const S* h0,
+                            const S* c0, const std::int64_t* lengths, Index T, Index B,
+                            bool training) {
+    EIGENLSTM_REQUIRE(T >= 0, "T must be >= 0, got " + std::to_string(T));
+    EIGENLSTM_REQUIRE(B >= 0, "B must be >= 0, got " + std::to_string(B));
     if (lengths)
         for (Index b = 0; b < B; ++b)
-            require(lengths[b] >= 0 && lengths[b] <= T,
+            EIGENLSTM_REQUIRE(lengths[b] >= 0 && lengths[b] <= T,
                     "lengths[" + std::to_string(b) + "] must be in [0, " + std::to_string(T) +
                         "], got " + std::to_string(lengths[b]));
     const Index TB = checked_mul(T, B), DG = D * G;
-    const int nteam = team_size<S>(D, B, H, Hout);
-    const int teams[2] = {nteam, nteam};
+    const TeamPlan plan = plan_team<S>(D, T, B, cfg.input_size, H, Hout, true);
+    const int teams[2] = {plan.threads, plan.threads};
+    const int nteam = plan.by_rows ? 1 : plan.threads;  // threads that share one step
 
-    // Zero initial states when none are given.
-    Buffer<S> zeros;
+    // Zero initial states when none are given, and the eval buffers, come from the calling
+    // thread's scratch; training uses the cache, allocated once per (T, B) and reused.
     if (!h0 || !c0) {
-        zeros.resize(checked_mul(D * L * B, std::max(H, Hout)));
-        zeros.zero();
-        if (!h0) h0 = zeros.data();
-        if (!c0) c0 = zeros.data();
+        ws.zeros.resize(checked_mul(D * L * B, std::max(H, Hout)));
+        ws.zeros.zero();
+        if (!h0) h0 = ws.zeros.data();
+        if (!c0) c0 = ws.zeros.data();
     }
-
-    // Eval scratch (per call, so that concurrent eval calls share nothing). Training uses the
-    // cache, allocated once per (T, B) and reused.
-    Buffer<S> ws_gates, ws_io[2], ws_state;
     std::uint64_t call_counter = counter;
     if (training) {
         if (cache.layers.size() != std::size_t(L)) cache.layers.resize(std::size_t(L));
@@ -578,22 +644,22 @@ void LSTM<S>::Impl::forward(S* y, S* h_n, S* c_n, const S* x, const S* h0, const
                     }
         if (cfg.dropout > 0 && L > 1) ++counter;
     } else {
-        ws_gates.resize(checked_mul(TB, DG));
+        ws.gates.resize(checked_mul(TB, DG));
         if (L > 1) {
-            ws_io[0].resize(checked_mul(TB, D * Hout));
-            ws_io[1].resize(checked_mul(TB, D * Hout));
+            ws.io[0].resize(checked_mul(TB, D * Hout));
+            ws.io[1].resize(checked_mul(TB, D * Hout));
         }
-        ws_state.resize(checked_mul(D, checked_mul(B, 2 * Hout + 2 * H + H)));
+        ws.state.resize(checked_mul(D, checked_mul(B, 2 * Hout + 2 * H + H)));
     }
     const std::int64_t* lens = training ? (cache.lengths.empty() ? nullptr : cache.lengths.data())
                                         : lengths;
 
     for (Index l = 0; l < L; ++l) {
         LayerCache* lc = training ? &cache.layers[std::size_t(l)] : nullptr;
-        const S* in = training ? lc->x.data() : (l == 0 ? x : ws_io[(l - 1) & 1].data());
+        const S* in = training ? lc->x.data() : (l == 0 ? x : ws.io[(l - 1) & 1].data());
         S* out = l == L - 1 ? y
-                            : (training ? cache.layers[std::size_t(l + 1)].x.data() : ws_io[l & 1].data());
-        S* gates = training ? lc->gates.data() : ws_gates.data();
+                            : (training ? cache.layers[std::size_t(l + 1)].x.data() : ws.io[l & 1].data());
+        S* gates = training ? lc->gates.data() : ws.gates.data();
         const Index I_l = in_size(l);
 
         // One GEMM projects the input of every step for both directions:
@@ -614,20 +680,83 @@ void LSTM<S>::Impl::forward(S* y, S* h_n, S* c_n, const S* x, const S* h0, const
                 a.cs = lc->c.data() + d * (T + 1) * B * H;
                 a.rs = P > 0 ? lc->r.data() + d * T * B * H : nullptr;
             } else {
-                S* st = ws_state.data() + d * B * (2 * Hout + 3 * H);
+                S* st = ws.state.data() + d * B * (2 * Hout + 3 * H);
                 a.hbuf = st;
                 a.cbuf = st + 2 * B * Hout;
                 a.rbuf = st + 2 * B * Hout + 2 * B * H;
             }
             const Index k = l * D + d;
-            forward_direction(a, out + d * Hout, h0 + k * B * Hout, c0 + k * B * H,
-                              h_n + k * B * Hout, c_n + k * B * H, tid, n, *barriers[d]);
+            Index b0 = 0, b1 = B;  // this thread's batch rows
+            if (plan.by_rows) {
+                split_range(B, 1, tid, n, b0, b1);
+                tid = 0;
+                n = 1;
+                a.gates += b0 * DG;
+                if (lens) a.lengths = lens + b0;
+                if (training) {
+                    a.hs += b0 * Hout;
+                    a.cs += b0 * H;
+                    if (P > 0) a.rs += b0 * H;
+                } else {
+                    a.hbuf += b0 * Hout;
+                    a.cbuf += b0 * H;
+                    a.rbuf += b0 * H;
+                }
+            }
+            a.rows = b1 - b0;
+            forward_direction(a, out + d * Hout + b0 * D * Hout, h0 + (k * B + b0) * Hout,
+                              c0 + (k * B + b0) * H, h_n + (k * B + b0) * Hout,
+                              c_n + (k * B + b0) * H, tid, n, *barriers[d]);
         });
 
         if (training && l < L - 1 && cfg.dropout > 0)
             detail::apply_dropout(out, TB * D * Hout, cfg.dropout, seed, call_counter, l);
     }
     if (training) cache.valid = true;
+}
+
+// ============================================================================================
+// inference through a linear head on each sequence's last step
+// ============================================================================================
+
+// out[b] = y[last_b, b, :] W^T + bias, with y the top layer's eval output and last_b =
+// lengths[b] - 1 (T - 1 without lengths). The reverse direction's y[last_b] is its state after
+// its first step (it starts at each sequence's last valid step), as torch's out[:, last, :].
+template <typename S>
+void LSTM<S>::Impl::forward_last(Scratch<S>& ws, S* out, const S* x,
+                                 const std::int64_t* lengths, Index T, Index B,
+                                 bool batch_first, const S* W, const S* bias, Index O) {
+    EIGENLSTM_REQUIRE(T >= 1, "T must be >= 1 (the output is read at a last step), got " + std::to_string(T));
+    EIGENLSTM_REQUIRE(B >= 0, "B must be >= 0, got " + std::to_string(B));
+    EIGENLSTM_REQUIRE(O >= 1, "O must be >= 1, got " + std::to_string(O));
+    if (lengths)
+        for (Index b = 0; b < B; ++b)
+            EIGENLSTM_REQUIRE(lengths[b] >= 1 && lengths[b] <= T,
+                    "lengths[" + std::to_string(b) + "] must be in [1, " + std::to_string(T) +
+                        "], got " + std::to_string(lengths[b]));
+    const Index I = cfg.input_size, DH = D * Hout, TB = checked_mul(T, B);
+    if (batch_first) {  // [B, T, I] -> [T, B, I]: a time step's rows are contiguous
+        ws.x.resize(checked_mul(TB, I));
+        for (Index b = 0; b < B; ++b)
+            for (Index t = 0; t < T; ++t)
+                std::copy(x + (b * T + t) * I, x + (b * T + t + 1) * I, ws.x.data() + (t * B + b) * I);
+        x = ws.x.data();
+    }
+    ws.y.resize(checked_mul(TB, DH));
+    ws.hc.resize(checked_mul(D * L * B, Hout + H));
+    S* h_n = ws.hc.data();
+    forward(ws, ws.y.data(), h_n, h_n + D * L * B * Hout, x, nullptr, nullptr, lengths, T, B,
+            false);
+    ws.last.resize(checked_mul(B, DH));
+    for (Index b = 0; b < B; ++b) {
+        const S* row = ws.y.data() + ((lengths ? lengths[b] - 1 : T - 1) * B + b) * DH;
+        std::copy(row, row + DH, ws.last.data() + b * DH);
+    }
+    CMapRM<S> last(ws.last.data(), B, DH, Eigen::OuterStride<>(DH));
+    CMapRM<S> w(W, O, DH, Eigen::OuterStride<>(DH));
+    MapRM<S> o(out, B, O, Eigen::OuterStride<>(O));
+    o.noalias() = last * w.transpose();
+    if (bias) o.rowwise() += Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(bias, O);
 }
 
 // ============================================================================================
@@ -643,7 +772,7 @@ void LSTM<S>::Impl::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n,
     cache.valid = false;  // the gate buffers are about to hold gradients
     const Index T = cache.T, B = cache.B, TB = T * B, DG = D * G;
     const std::int64_t* lens = cache.lengths.empty() ? nullptr : cache.lengths.data();
-    const int nteam = team_size<S>(D, B, H, Hout);
+    const int nteam = plan_team<S>(D, T, B, cfg.input_size, H, Hout, false).threads;
     const int teams[2] = {nteam, nteam};
 
     // Per-direction running gradients and, with projection, dh_t for every step.
@@ -761,7 +890,7 @@ template <typename S> bool LSTM<S>::has_param(Param kind) const { return impl_->
 
 template <typename S>
 void LSTM<S>::param_shape(Param kind, Index layer, Index& rows, Index& cols) const {
-    require(layer >= 0 && layer < impl_->L, "layer must be in [0, " +
+    EIGENLSTM_REQUIRE(layer >= 0 && layer < impl_->L, "layer must be in [0, " +
                                                 std::to_string(impl_->L) + "), got " +
                                                 std::to_string(layer));
     rows = impl_->rows(kind, layer);
@@ -773,8 +902,8 @@ void LSTM<S>::param_shape(Param kind, Index layer, Index& rows, Index& cols) con
 template <typename S>
 void LSTM<S>::pack(Param kind, Index layer, Index dir, const S* torch, S* flat) const {
     const Impl& m = *impl_;
-    require(m.has(kind), "this LSTM has no such parameter");
-    require(layer >= 0 && layer < m.L && dir >= 0 && dir < m.D, "layer or direction out of range");
+    EIGENLSTM_REQUIRE(m.has(kind), "this LSTM has no such parameter");
+    EIGENLSTM_REQUIRE(layer >= 0 && layer < m.L && dir >= 0 && dir < m.D, "layer or direction out of range");
     const Index rows = m.rows(kind, layer), cols = m.cols(kind, layer);
     S* dst = m.tensor(flat, kind, layer, dir);
     const bool gated = kind != Param::weight_hr;
@@ -787,8 +916,8 @@ void LSTM<S>::pack(Param kind, Index layer, Index dir, const S* torch, S* flat) 
 template <typename S>
 void LSTM<S>::unpack(Param kind, Index layer, Index dir, const S* flat, S* torch) const {
     const Impl& m = *impl_;
-    require(m.has(kind), "this LSTM has no such parameter");
-    require(layer >= 0 && layer < m.L && dir >= 0 && dir < m.D, "layer or direction out of range");
+    EIGENLSTM_REQUIRE(m.has(kind), "this LSTM has no such parameter");
+    EIGENLSTM_REQUIRE(layer >= 0 && layer < m.L && dir >= 0 && dir < m.D, "layer or direction out of range");
     const Index rows = m.rows(kind, layer), cols = m.cols(kind, layer);
     const S* src = m.tensor(flat, kind, layer, dir);
     const bool gated = kind != Param::weight_hr;
@@ -809,7 +938,17 @@ void LSTM<S>::set_rng_state(std::uint64_t seed, std::uint64_t counter) {
 template <typename S>
 void LSTM<S>::forward(S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0,
                       const std::int64_t* lengths, Index T, Index B, bool training) {
-    impl_->forward(y, h_n, c_n, x, h0, c0, lengths, T, B, training);
+    Scratch<S>& ws = Scratch<S>::local();
+    const typename Scratch<S>::Trim trim(ws);
+    impl_->forward(ws, y, h_n, c_n, x, h0, c0, lengths, T, B, training);
+}
+
+template <typename S>
+void LSTM<S>::forward_last(S* out, const S* x, const std::int64_t* lengths, Index T, Index B,
+                           bool batch_first, const S* W, const S* bias, Index O) {
+    Scratch<S>& ws = Scratch<S>::local();
+    const typename Scratch<S>::Trim trim(ws);
+    impl_->forward_last(ws, out, x, lengths, T, B, batch_first, W, bias, O);
 }
 
 template <typename S>

@@ -343,6 +343,15 @@ class LSTM(Module):
             y = y.transpose(1, 0, 2)
         return y, (h_n, c_n)
 
+    def _forward_last(self, x, lengths, weight, bias) -> np.ndarray:
+        """Eval forward from zero states, then ``out[n] = y[n, last_n] @ weight.T + bias``.
+
+        The inference path of ``LSTMModel``: one engine call that returns only ``(N, O)``.
+        ``x`` (batched, in the module's layout and dtype), ``lengths`` (int64, in [1, T]) and
+        the Linear's ``weight`` (O, D*H_out) and ``bias`` (O,) or None are already validated.
+        """
+        return self._engine.forward_last(x, lengths, weight, bias, self.batch_first)
+
     @staticmethod
     def _check_lengths(where: str, lengths, T: int, N: int) -> np.ndarray:
         arr = np.asarray(lengths)

@@ -244,6 +244,11 @@ class LSTMModel(Module):
                 f"{where}: {name} must have shape (N, L, {self.input_size}) (batch, steps, input_size), "
                 f"got {x.shape}"
             )
+        if x.shape[1] == 0:
+            raise ValueError(
+                f"{where}: {name} must have at least one time step (the output is read at the "
+                f"last step), got shape {x.shape}"
+            )
         return x
 
     def _check_lengths(self, where: str, lengths, N: int, L: int) -> Optional[np.ndarray]:
@@ -278,7 +283,8 @@ class LSTMModel(Module):
         Raises
         ------
         ValueError
-            On a wrong shape of ``x`` or ``lengths``, or a length outside [1, L].
+            On a wrong shape of ``x`` or ``lengths``, no time steps (L = 0), or a length
+            outside [1, L].
         TypeError
             On non-real ``x`` or non-integer ``lengths``.
         """
@@ -286,6 +292,9 @@ class LSTMModel(Module):
         x = self._check_x(where, x)
         N, L, _ = x.shape
         lengths = self._check_lengths(where, lengths, N, L)
+        if not self.training:  # inference: one engine call, no (N, L, D*H) output array
+            self._last = None
+            return self.lstm._forward_last(x, lengths, self.fc.weight, self.fc.bias)
         out, _ = self.lstm(x, lengths=lengths)
         if lengths is None:  # the common case: a view, no gather
             idx = L - 1
@@ -294,7 +303,7 @@ class LSTMModel(Module):
             idx = lengths - 1
             last = out[np.arange(N), idx, :]
         y = self.fc(last)
-        self._last = (N, L, idx) if self.training else None
+        self._last = (N, L, idx)
         return y
 
     def backward(self, d_y) -> np.ndarray:

@@ -1,5 +1,6 @@
 // Engine tests through the public C++ API only: finite-difference gradients in float64,
-// torch-layout pack/unpack, determinism across runs and thread counts, and error handling.
+// torch-layout pack/unpack, determinism across runs and thread counts, the last-step linear
+// head (forward_last), and error handling.
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -212,6 +213,51 @@ void test_bad_input_throws_invalid_argument() {
     CHECK_THROWS(m.backward(dx.data(), h.data(), cc.data(), y.data(), nullptr, nullptr), std::logic_error);
 }
 
+// forward_last = the eval forward's output at each sequence's last step through a linear
+// layer, for time-major and batch-first input, with lengths and without.
+void test_forward_last_is_the_last_step_of_forward_through_a_linear_layer() {
+    Config c;
+    c.input_size = 5;
+    c.hidden_size = 20;
+    c.num_layers = 2;
+    c.bidirectional = true;
+    LSTM<double> m(c, 0);
+    std::mt19937_64 rng(11);
+    randomize(m, rng);
+    const Index T = 6, B = 4, I = 5, O = 3, DH = 2 * 20;
+    const std::vector<double> x = randn(std::size_t(T * B * I), rng);
+    const std::vector<double> W = randn(std::size_t(O * DH), rng), bias = randn(std::size_t(O), rng);
+    std::vector<double> xbf(x.size());  // [B, T, I]
+    for (Index t = 0; t < T; ++t)
+        for (Index b = 0; b < B; ++b)
+            for (Index i = 0; i < I; ++i) xbf[std::size_t((b * T + t) * I + i)] = x[std::size_t((t * B + b) * I + i)];
+    const std::int64_t ragged[B] = {6, 1, 4, 6};
+    for (const std::int64_t* lengths : {static_cast<const std::int64_t*>(nullptr), ragged}) {
+        std::vector<double> y(std::size_t(T * B * DH)), h(std::size_t(4 * B * 20)), cc(h.size());
+        m.forward(y.data(), h.data(), cc.data(), x.data(), nullptr, nullptr, lengths, T, B, false);
+        for (bool batch_first : {false, true}) {
+            std::vector<double> out(std::size_t(B * O));
+            m.forward_last(out.data(), batch_first ? xbf.data() : x.data(), lengths, T, B,
+                           batch_first, W.data(), bias.data(), O);
+            for (Index b = 0; b < B; ++b) {
+                const Index last = lengths ? lengths[b] - 1 : T - 1;
+                for (Index o = 0; o < O; ++o) {
+                    double want = bias[std::size_t(o)];
+                    for (Index j = 0; j < DH; ++j)
+                        want += W[std::size_t(o * DH + j)] * y[std::size_t((last * B + b) * DH + j)];
+                    CHECK(std::abs(out[std::size_t(b * O + o)] - want) <= 1e-12 * (1 + std::abs(want)));
+                }
+            }
+        }
+    }
+    std::vector<double> out(std::size_t(B * O));
+    const std::int64_t zero[B] = {6, 0, 4, 6};  // a last step needs a length >= 1
+    CHECK_THROWS(m.forward_last(out.data(), x.data(), zero, T, B, false, W.data(), bias.data(), O),
+                 std::invalid_argument);
+    CHECK_THROWS(m.forward_last(out.data(), x.data(), nullptr, 0, B, false, W.data(), bias.data(), O),
+                 std::invalid_argument);
+}
+
 void test_huge_sizes_throw_bad_alloc() {
     Config c;
     c.input_size = Index(1) << 40;
@@ -226,6 +272,7 @@ int main() {
     test_pack_then_unpack_returns_the_torch_tensor();
     test_results_are_bitwise_identical_across_runs_and_thread_counts();
     test_bad_input_throws_invalid_argument();
+    test_forward_last_is_the_last_step_of_forward_through_a_linear_layer();
     test_huge_sizes_throw_bad_alloc();
     TEST_MAIN_END();
 }

@@ -112,6 +112,20 @@ public:
     void forward(S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0,
                  const std::int64_t* lengths, Index T, Index B, bool training);
 
+    // Inference of a sequence-to-one model (the seed's LSTMModel): eval forward from zero
+    // states, then a linear layer on the top layer's output at each sequence's last step.
+    //   out      [B, O]          out[b] = y[last_b, b, :] W^T + bias; overwritten
+    //   x        [T, B, I]       input, or [B, T, I] when batch_first; read only
+    //   lengths  [B]             valid steps in [1, T] (last_b = lengths[b] - 1), or nullptr
+    //                            (last_b = T - 1); same semantics as in forward
+    //   W        [O, D*Hout]     weight of the linear layer; read only
+    //   bias     [O]             its bias; read only (nullptr: none)
+    // Like an eval forward it touches no member (thread safe) and, for small sizes, allocates
+    // nothing after the first call on a thread. Throws std::invalid_argument for T < 1, O < 1
+    // or lengths outside [1, T], std::bad_alloc when buffers cannot be allocated.
+    void forward_last(S* out, const S* x, const std::int64_t* lengths, Index T, Index B,
+                      bool batch_first, const S* W, const S* bias, Index O);
+
     // Backward through the last training-mode forward (BPTT). Gradients of the parameters
     // are ACCUMULATED (+=) into grads(); dx, dh0 and dc0 are overwritten.
     //   dx       [T, B, I]       gradient of x; overwritten
