@@ -642,3 +642,21 @@ def test_flatten_and_unflatten_convert_between_engine_layout_and_torch_names():
         np.testing.assert_array_equal(back[k], sd[k])
     with pytest.raises(ValueError, match=r"LSTM.flatten: missing key 'weight_hr_l1_reverse'"):
         lstm.flatten({k: v for k, v in sd.items() if k != "weight_hr_l1_reverse"})
+
+
+def test_type_stubs_of_the_compiled_module_name_exactly_its_public_api():
+    import ast
+    from pathlib import Path
+
+    import eigenlstm._core as core
+
+    stub = ast.parse((Path(el.__file__).parent / "_core.pyi").read_text())
+    assert (Path(el.__file__).parent / "py.typed").exists()
+    classes = {n.name: n for n in stub.body if isinstance(n, ast.ClassDef)}
+    methods = {f.name for f in classes["_Engine"].body if isinstance(f, ast.FunctionDef)}
+    public = {a for a in dir(core.EngineF32) if not a.startswith("_")} | {"__init__"}
+    assert methods == public
+    assert {c.name for c in stub.body if isinstance(c, ast.ClassDef)} >= {"EngineF32", "EngineF64"}
+    top = {n.name for n in stub.body if isinstance(n, ast.FunctionDef)}
+    top |= {n.target.id for n in stub.body if isinstance(n, ast.AnnAssign)}
+    assert top == {a for a in dir(core) if not a.startswith("_") and a not in ("EngineF32", "EngineF64")}

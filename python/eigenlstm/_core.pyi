@@ -1,0 +1,58 @@
+"""Type stubs of ``eigenlstm._core``, the compiled engine (cpp/bindings/module.cpp).
+
+EngineF32 and EngineF64 have the same methods; arrays are float32 resp. float64 (lengths
+int64). Shapes use T time, B batch, I input size, H hidden size, H_out (= proj_size or H),
+D directions, L layers, O outputs of a linear layer.
+"""
+
+from typing import Optional, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+_Array = npt.NDArray[np.floating]
+
+class _Engine:
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, bias: bool,
+                 bidirectional: bool, proj_size: int, dropout: float, reverse: bool,
+                 seed: int) -> None: ...
+    @property
+    def num_params(self) -> int: ...
+    @property
+    def params(self) -> _Array:
+        """Writable view of the flat parameter buffer (engine layout)."""
+    @property
+    def grads(self) -> _Array:
+        """Writable view of the flat gradient buffer (engine layout)."""
+    @property
+    def rng_state(self) -> Tuple[int, int]: ...
+    @property
+    def has_cache(self) -> bool: ...
+    def params_updated(self) -> None: ...
+    def zero_grad(self) -> None: ...
+    def has_param(self, kind: str) -> bool: ...
+    def param_shape(self, kind: str, layer: int) -> list[int]: ...
+    def unpack(self, kind: str, layer: int, direction: int, flat: _Array) -> _Array: ...
+    def pack(self, kind: str, layer: int, direction: int, tensor: npt.ArrayLike,
+             flat: _Array) -> None: ...
+    def load_flat(self, flat: npt.ArrayLike) -> None: ...
+    def set_rng_state(self, seed: int, counter: int) -> None: ...
+    def forward(self, x: npt.ArrayLike, h0: Optional[npt.ArrayLike], c0: Optional[npt.ArrayLike],
+                lengths: Optional[npt.ArrayLike], training: bool) -> Tuple[_Array, _Array, _Array]:
+        """x [T, B, I] -> (y [T, B, D*H_out], h_n [D*L, B, H_out], c_n [D*L, B, H])."""
+    def forward_last(self, x: npt.ArrayLike, lengths: Optional[npt.ArrayLike],
+                     weight: npt.ArrayLike, bias: Optional[npt.ArrayLike],
+                     batch_first: bool) -> _Array:
+        """Eval forward, then out [B, O] = y[last step] @ weight.T + bias."""
+    def backward(self, d_output: npt.ArrayLike, dh_n: Optional[npt.ArrayLike],
+                 dc_n: Optional[npt.ArrayLike]) -> Tuple[_Array, _Array, _Array]:
+        """-> (dx [T, B, I], dh0, dc0); parameter gradients are added into grads."""
+
+class EngineF32(_Engine): ...
+class EngineF64(_Engine): ...
+
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
+
+gate_block_float32: int
+gate_block_float64: int
