@@ -141,7 +141,7 @@ struct Engine {
             throw std::invalid_argument("forward_last: x must be 3-D, got " +
                                         std::to_string(x.ndim()) + "-D");
         const Index T = x.shape(batch_first ? 1 : 0), B = x.shape(batch_first ? 0 : 1);
-        if (batch_first) check_shape("forward_last", "x", x, {B, T, c.input_size});
+        check_shape("forward_last", "x", x, {x.shape(0), x.shape(1), c.input_size});
         if (weight.ndim() != 2)
             throw std::invalid_argument("forward_last: weight must be 2-D, got " +
                                         std::to_string(weight.ndim()) + "-D");
@@ -149,7 +149,6 @@ struct Engine {
         check_shape("forward_last", "weight", weight, {O, c.directions() * c.output_size()});
         if (bias) check_shape("forward_last", "bias", *bias, {O});
         if (lengths) check_shape("forward_last", "lengths", *lengths, {B});
-        if (!batch_first) check_shape("forward_last", "x", x, {T, B, c.input_size});
         auto out = empty<S>({B, O});
         S* po = out.mutable_data();
         {

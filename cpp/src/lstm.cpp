@@ -43,8 +43,8 @@ void Config::validate() const {
     EIGENLSTM_REQUIRE(hidden_size > 0, "hidden_size must be > 0, got " + std::to_string(hidden_size));
     EIGENLSTM_REQUIRE(num_layers > 0, "num_layers must be > 0, got " + std::to_string(num_layers));
     EIGENLSTM_REQUIRE(proj_size >= 0 && proj_size < hidden_size,
-            "proj_size must be in [0, hidden_size=" + std::to_string(hidden_size) + "), got " +
-                std::to_string(proj_size));
+                      "proj_size must be in [0, hidden_size=" + std::to_string(hidden_size) +
+                          "), got " + std::to_string(proj_size));
     EIGENLSTM_REQUIRE(dropout >= 0.0 && dropout <= 1.0, "dropout must be in [0, 1], got " + std::to_string(dropout));
     EIGENLSTM_REQUIRE(!(reverse && bidirectional), "reverse must be false when bidirectional is true");
 }
@@ -603,8 +603,8 @@ void LSTM<S>::Impl::forward(Scratch<S>& ws, S* y, S* h_n, S* c_n, const S* x, co
     if (lengths)
         for (Index b = 0; b < B; ++b)
             EIGENLSTM_REQUIRE(lengths[b] >= 0 && lengths[b] <= T,
-                    "lengths[" + std::to_string(b) + "] must be in [0, " + std::to_string(T) +
-                        "], got " + std::to_string(lengths[b]));
+                              "lengths[" + std::to_string(b) + "] must be in [0, " +
+                                  std::to_string(T) + "], got " + std::to_string(lengths[b]));
     const Index TB = checked_mul(T, B), DG = D * G;
     const TeamPlan plan = plan_team<S>(D, T, B, cfg.input_size, H, Hout, true);
     const int teams[2] = {plan.threads, plan.threads};
@@ -732,8 +732,8 @@ void LSTM<S>::Impl::forward_last(Scratch<S>& ws, S* out, const S* x,
     if (lengths)
         for (Index b = 0; b < B; ++b)
             EIGENLSTM_REQUIRE(lengths[b] >= 1 && lengths[b] <= T,
-                    "lengths[" + std::to_string(b) + "] must be in [1, " + std::to_string(T) +
-                        "], got " + std::to_string(lengths[b]));
+                              "lengths[" + std::to_string(b) + "] must be in [1, " +
+                                  std::to_string(T) + "], got " + std::to_string(lengths[b]));
     const Index I = cfg.input_size, DH = D * Hout, TB = checked_mul(T, B);
     if (batch_first) {  // [B, T, I] -> [T, B, I]: a time step's rows are contiguous
         ws.x.resize(checked_mul(TB, I));
@@ -890,9 +890,9 @@ template <typename S> bool LSTM<S>::has_param(Param kind) const { return impl_->
 
 template <typename S>
 void LSTM<S>::param_shape(Param kind, Index layer, Index& rows, Index& cols) const {
-    EIGENLSTM_REQUIRE(layer >= 0 && layer < impl_->L, "layer must be in [0, " +
-                                                std::to_string(impl_->L) + "), got " +
-                                                std::to_string(layer));
+    EIGENLSTM_REQUIRE(layer >= 0 && layer < impl_->L,
+                      "layer must be in [0, " + std::to_string(impl_->L) + "), got " +
+                          std::to_string(layer));
     rows = impl_->rows(kind, layer);
     cols = impl_->cols(kind, layer);
 }

@@ -24,9 +24,10 @@ std::vector<double> randn(std::size_t n, std::mt19937_64& rng, double scale = 1.
     return v;
 }
 
-// Fill every parameter with random values through the torch-layout pack().
+// Fill every parameter with random values (normal, standard deviation `scale`) through the
+// torch-layout pack().
 template <typename S>
-void randomize(LSTM<S>& m, std::mt19937_64& rng) {
+void randomize(LSTM<S>& m, std::mt19937_64& rng, double scale = 0.4) {
     const Config& c = m.config();
     for (Index l = 0; l < c.num_layers; ++l)
         for (Index d = 0; d < c.directions(); ++d)
@@ -35,7 +36,7 @@ void randomize(LSTM<S>& m, std::mt19937_64& rng) {
                 if (!m.has_param(k)) continue;
                 Index rows, cols;
                 m.param_shape(k, l, rows, cols);
-                std::vector<double> v = randn(std::size_t(rows * cols), rng, 0.4);
+                std::vector<double> v = randn(std::size_t(rows * cols), rng, scale);
                 std::vector<S> t(v.begin(), v.end());
                 m.pack(k, l, d, t.data(), m.params());
             }
@@ -156,19 +157,7 @@ void test_results_are_bitwise_identical_across_runs_and_thread_counts() {
     c.bidirectional = true;
     std::mt19937_64 rng(3);
     LSTM<float> m(c, 0);
-    {
-        std::vector<double> v;
-        for (Index l = 0; l < 2; ++l)
-            for (Index d = 0; d < 2; ++d)
-                for (Param k : {Param::weight_ih, Param::weight_hh, Param::bias_ih, Param::bias_hh}) {
-                    Index rows, cols;
-                    m.param_shape(k, l, rows, cols);
-                    v = randn(std::size_t(rows * cols), rng, 0.1);
-                    std::vector<float> t(v.begin(), v.end());
-                    m.pack(k, l, d, t.data(), m.params());
-                }
-        m.params_updated();
-    }
+    randomize(m, rng, 0.1);
     const Index T = 20, B = 16;
     std::vector<double> xv = randn(std::size_t(T * B * 32), rng);
     std::vector<float> x(xv.begin(), xv.end());
