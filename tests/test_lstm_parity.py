@@ -264,6 +264,20 @@ def test_padded_steps_are_exact_zeros_and_a_zero_length_passes_state_and_gradien
     assert np.array_equal(ours["dc0"][:, zero], case["dc_n"][:, zero].astype(dtype))
 
 
+# The cell update runs a layer's last gate block of w = H mod HB units (HB = 16 floats, 8
+# doubles; w = HB when H is a multiple) one of six ways: a whole block; exactly half or a
+# quarter of one, in narrower packets; or padded to a quarter, a half or a whole block.
+# H = 1..16 gives every w in float32 and float64 alike.
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("H", range(1, 17))
+def test_every_width_of_the_last_gate_block_matches_reference(H, dtype):
+    case = rounded(make_case(500 + H, num_layers=1, bidirectional=False, batch_first=False,
+                             proj_size=0, bias=True, layout="ragged", H=H), dtype)
+    ours, ref = run_ours(case, dtype), run_reference(case)
+    assert_forward_matches(ours, ref, RTOL[dtype], "reference")
+    assert_backward_matches(ours, ref, RTOL[dtype], "reference")
+
+
 # ---- large sizes and threads ---------------------------------------------------------------------
 
 BIG_B = 12

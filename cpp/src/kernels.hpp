@@ -257,15 +257,17 @@ void gemm_panels(Index M, const S* A, Index lda, const Panels<S>& Bp, Index col_
 // ---- activations ---------------------------------------------------------------------------
 
 // sigma(x) = 1 / (1 + exp(-x)), elementwise, as an Eigen functor (packet and scalar paths).
-// float64: Eigen's vectorized exp. float32: exp(-x) is evaluated here with Eigen's algorithm
-// (Cephes: -x = m ln2 + r, |r| <= ln2/2, ln2 subtracted in two parts, a degree-5 polynomial,
-// about 1 ulp) but 2^m is written straight into the exponent bits (pldexp_fast): Eigen's
-// generic pexp spends a third of its time on a pldexp that handles exponents far outside what
-// the clamped argument can produce, and sigma takes 30% less time this way (bench/README.md).
-// -x is clamped to [-88, 89] so that m + 127 stays in [0, 255]: for x > 88 exp(-x) = 0 and
-// sigma = 1; for x < -88.7 exp(-x) = inf and sigma = 0 exactly, the correct limit (the true
-// value is below float32's smallest normal). A NaN stays NaN: Eigen's pmin/pmax keep a NaN
-// first operand. The relative error stays small in the tails, where sigma -> 0.
+// float64: Eigen's vectorized exp. float32: exp(-x) by Eigen's algorithm (Cephes: -x = m ln2 + r,
+// |r| <= ln2/2, ln2 in two parts, a degree-5 polynomial, about 1 ulp), arranged to spend as few
+// instructions as possible, as sigma is most of the cell update's arithmetic (bench/README.md):
+//  - x is clamped to [-89, 88]: for x >= 88 exp(-x) < 2^-126 and sigma = 1; for x < -88.7
+//    exp(-x) = inf and sigma = 0 exactly, the correct limit (the true value is below float32's
+//    smallest normal). A NaN stays NaN: Eigen's pmin/pmax keep a NaN first operand.
+//  - m = round(-x / ln2) comes from one multiply-add with K = 1.5 * 2^23 + 127: the sum's low
+//    mantissa bits hold m + 127 in [0, 255], so those bits shifted into the exponent field are
+//    2^m itself (no floor, no float-to-int conversion, no clamp of the exponent).
+//  - with s = x + m ln2 = -r, exp(-x) = 2^m exp(-s), and the polynomial in -s is the one in r
+//    with its odd coefficients negated (no negation of x).
 // tanh is Eigen's: in float32 a clamped rational approximation, vectorized; in float64
 // std::tanh. tests/test_activations.py measures both against float64.
 template <typename S>
@@ -277,18 +279,22 @@ struct SigmoidOp {
         using namespace Eigen::internal;
         const Packet one = pset1<Packet>(S(1));
         if constexpr (std::is_same_v<S, float>) {
-            const Packet t = pmax(pmin(pnegate(x), pset1<Packet>(89.f)), pset1<Packet>(-88.f));
-            const Packet m = pfloor(pmadd(t, pset1<Packet>(1.44269504088896341f), pset1<Packet>(0.5f)));
-            Packet r = pmadd(m, pset1<Packet>(-0.693359375f), t);   // t - m ln2, in two parts
-            r = pmadd(m, pset1<Packet>(2.12194440e-4f), r);
-            const Packet r2 = pmul(r, r);
-            Packet y = pmadd(pset1<Packet>(1.9875691500e-4f), r, pset1<Packet>(1.3981999507e-3f));
-            Packet y1 = pmadd(pset1<Packet>(4.1665795894e-2f), r, pset1<Packet>(1.6666665459e-1f));
-            y = pmadd(y, r, pset1<Packet>(8.3334519073e-3f));
-            y1 = pmadd(y1, r, pset1<Packet>(5.0000001201e-1f));
-            y = pmadd(y, pmul(r2, r), y1);
-            y = pmadd(y, r2, padd(r, one));                          // exp(r)
-            return pdiv(one, padd(one, pldexp_fast_impl<Packet>::run(y, m)));
+            using PacketI = typename unpacket_traits<Packet>::integer_packet;
+            const Packet K = pset1<Packet>(12583039.f);  // 1.5 * 2^23 + 127
+            const Packet xc = pmax(pmin(x, pset1<Packet>(88.f)), pset1<Packet>(-89.f));
+            const Packet k = pmadd(xc, pset1<Packet>(-1.44269504088896341f), K);
+            const Packet m = psub(k, K);
+            const Packet two_m = preinterpret<Packet>(plogical_shift_left<23>(preinterpret<PacketI>(k)));
+            Packet s = pmadd(m, pset1<Packet>(0.693359375f), xc);      // x + m ln2, in two parts
+            s = pmadd(m, pset1<Packet>(-2.12194440e-4f), s);
+            const Packet s2 = pmul(s, s);
+            Packet y = pmadd(pset1<Packet>(-1.9875691500e-4f), s, pset1<Packet>(1.3981999507e-3f));
+            Packet y1 = pmadd(pset1<Packet>(4.1665795894e-2f), s, pset1<Packet>(-1.6666665459e-1f));
+            y = pmadd(y, s, pset1<Packet>(-8.3334519073e-3f));
+            y1 = pmadd(y1, s, pset1<Packet>(5.0000001201e-1f));
+            y = pmadd(y, pmul(s2, s), y1);
+            y = pmadd(y, s2, psub(one, s));                          // exp(-s) = 1 - s + s^2 y
+            return pdiv(one, pmadd(y, two_m, one));
         } else {
             return pdiv(one, padd(one, pexp(pnegate(x))));
         }
@@ -317,8 +323,8 @@ inline void copy_short(S* dst, const S* src, Index n) {
 }
 
 // The cell update of N units of one batch row, gates packed as [i(N) f(N) g(N) o(N)]. N is a
-// compile-time size (a gate block, or half of one), so Eigen unrolls it into whole SIMD
-// packets (N = 16 floats: 2 x 8 on AVX2, 1 x 16 on AVX-512) with no loop or size checks.
+// compile-time size (a gate block, or half or a quarter of one), so Eigen unrolls it into whole
+// SIMD packets (N = 16 floats: 2 x 8 on AVX2, 1 x 16 on AVX-512) with no loop or size checks.
 //   g       [4*N]  pre-activations i, f, g, o in; activated gates out (the backward cache)
 //   c_prev  [N]    c_{t-1}; read only
 //   c       [N]    c_t = f*c_{t-1} + i*g; overwritten
@@ -362,10 +368,11 @@ inline void cell_backward_n(S* g, const S* c_t, const S* c_prev, const S* dh, S*
 }
 
 // The last block of a layer whose H is not a multiple of HB = gate_block<S>() has w < HB units
-// and its gates packed as [i(w) f(w) g(w) o(w)]. It is padded on the stack to N lanes (half a
-// block when w <= HB/2: the H = 20 tail of 4 units then costs a quarter of a full block instead
-// of a whole one), zeros in the unused lanes (no NaN or inf), run through the same SIMD code,
-// and copied back.
+// and its gates packed as [i(w) f(w) g(w) o(w)]. When w is exactly HB/2 or HB/4 that is the
+// layout of a block of w units, and it runs as one, in half- or quarter-width packets (the
+// H = 20 tail of 4 floats: one 128-bit packet per gate, no copies). Any other w is padded on
+// the stack to the nearest of those N lanes, zeros in the unused lanes (no NaN or inf), run
+// through the same SIMD code, and copied back.
 template <typename S, int N>
 inline void cell_forward_padded(S* g, Index w, const S* c_prev, S* c, S* h, S* y) {
     alignas(64) S tg[4 * N] = {}, tcp[N] = {}, tc[N], th[N];
@@ -396,6 +403,9 @@ template <typename S>
 inline void cell_forward(S* g, Index w, const S* c_prev, S* c, S* h, S* y) {
     constexpr int HB = int(gate_block<S>());
     if (w == HB) cell_forward_n<S, HB>(g, c_prev, c, h, y);
+    else if (w == HB / 2) cell_forward_n<S, HB / 2>(g, c_prev, c, h, y);
+    else if (w == HB / 4) cell_forward_n<S, HB / 4>(g, c_prev, c, h, y);
+    else if (4 * w <= HB) cell_forward_padded<S, HB / 4>(g, w, c_prev, c, h, y);
     else if (2 * w <= HB) cell_forward_padded<S, HB / 2>(g, w, c_prev, c, h, y);
     else cell_forward_padded<S, HB>(g, w, c_prev, c, h, y);
 }
@@ -404,6 +414,9 @@ template <typename S>
 inline void cell_backward(S* g, Index w, const S* c_t, const S* c_prev, const S* dh, S* dc) {
     constexpr int HB = int(gate_block<S>());
     if (w == HB) cell_backward_n<S, HB>(g, c_t, c_prev, dh, dc);
+    else if (w == HB / 2) cell_backward_n<S, HB / 2>(g, c_t, c_prev, dh, dc);
+    else if (w == HB / 4) cell_backward_n<S, HB / 4>(g, c_t, c_prev, dh, dc);
+    else if (4 * w <= HB) cell_backward_padded<S, HB / 4>(g, w, c_t, c_prev, dh, dc);
     else if (2 * w <= HB) cell_backward_padded<S, HB / 2>(g, w, c_t, c_prev, dh, dc);
     else cell_backward_padded<S, HB>(g, w, c_t, c_prev, dh, dc);
 }
