@@ -22,11 +22,52 @@ namespace py = pybind11;
 using eigenlstm::Index;
 using eigenlstm::Param;
 
-namespace {
+template <typename T>
+using Array = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
-template <typename S>
-using Array = py::array_t<S, py::array::c_style | py::array::forcecast>;
-using Lengths = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>;
+// An input array argument, read-only: C-contiguous values of T. Its caster (below) borrows the
+// argument when it already is such an array, and only otherwise lets NumPy convert it (a
+// C-ordered copy of the values cast to T; no cast possible: the call's TypeError).
+// pybind11's own array_t caster always goes through PyArray_FromAny and default-constructs an
+// empty array first: on the seed model's inference call that was a fifth of the binding's
+// time.
+template <typename T>
+struct In {
+    py::object ref;  // the array (the argument, or its converted copy); kept alive
+    const T* ptr = nullptr;
+    Index nd = 0;
+    const py::ssize_t* dims = nullptr;
+
+    const T* data() const { return ptr; }
+    Index ndim() const { return nd; }
+    Index shape(Index i) const { return dims[i]; }
+    const py::ssize_t* shape() const { return dims; }
+};
+
+namespace pybind11::detail {
+template <typename T>
+struct type_caster<In<T>> {
+    PYBIND11_TYPE_CASTER(In<T>, handle_type_name<Array<T>>::name);
+
+    bool load(handle src, bool convert) {
+        if (py::array_t<T, py::array::c_style>::check_(src)) {
+            value.ref = reinterpret_borrow<object>(src);
+        } else {
+            if (!convert) return false;
+            value.ref = Array<T>::ensure(src);
+            if (!value.ref) return false;
+        }
+        // A borrowed view as py::array (py::array's default constructor would allocate one).
+        const auto arr = reinterpret_borrow<py::array>(value.ref);
+        value.ptr = static_cast<const T*>(arr.data());
+        value.nd = arr.ndim();
+        value.dims = arr.shape();
+        return true;
+    }
+};
+}  // namespace pybind11::detail
+
+namespace {
 
 Param param_kind(const std::string& name) {
     if (name == "weight_ih") return Param::weight_ih;
@@ -97,8 +138,8 @@ struct Engine {
         return py::array_t<S>({lstm.num_params()}, {Index(sizeof(S))}, data, owner);
     }
 
-    py::tuple forward(const Array<S>& x, const std::optional<Array<S>>& h0,
-                      const std::optional<Array<S>>& c0, const std::optional<Lengths>& lengths,
+    py::tuple forward(const In<S>& x, const std::optional<In<S>>& h0,
+                      const std::optional<In<S>>& c0, const std::optional<In<std::int64_t>>& lengths,
                       bool training) {
         const auto& c = lstm.config();
         const Index DL = c.directions() * c.num_layers, H = c.hidden_size, Hout = c.output_size();
@@ -133,8 +174,8 @@ struct Engine {
 
     // out [B, O] = the top layer's output at each last step, through weight [O, D*Hout] and
     // bias [O]; x is [B, T, I] when batch_first, else [T, B, I]. Eval: shares the lock.
-    py::array_t<S> forward_last(const Array<S>& x, const std::optional<Lengths>& lengths,
-                                const Array<S>& weight, const std::optional<Array<S>>& bias,
+    py::array_t<S> forward_last(const In<S>& x, const std::optional<In<std::int64_t>>& lengths,
+                                const In<S>& weight, const std::optional<In<S>>& bias,
                                 bool batch_first) {
         const auto& c = lstm.config();
         if (x.ndim() != 3)
@@ -160,8 +201,8 @@ struct Engine {
         return out;
     }
 
-    py::tuple backward(const Array<S>& dy, const std::optional<Array<S>>& dh_n,
-                       const std::optional<Array<S>>& dc_n) {
+    py::tuple backward(const In<S>& dy, const std::optional<In<S>>& dh_n,
+                       const std::optional<In<S>>& dc_n) {
         const auto& c = lstm.config();
         const Index DL = c.directions() * c.num_layers, H = c.hidden_size, Hout = c.output_size();
         auto lock = exclusive("backward");
@@ -221,7 +262,7 @@ struct Engine {
 
     // Writes one torch-layout tensor into `flat`. If flat is the parameter buffer, the caller
     // holds the exclusive lock and calls params_updated() after the last tensor.
-    void pack(const std::string& name, Index layer, Index dir, const Array<S>& src,
+    void pack(const std::string& name, Index layer, Index dir, const In<S>& src,
               py::array_t<S>& flat) {
         const Param kind = param_kind(name);
         check_index(kind, layer, dir);
