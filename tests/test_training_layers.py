@@ -402,3 +402,27 @@ def test_cross_entropy_with_mismatched_label_count_raises():
 def test_mse_loss_with_mismatched_shapes_names_both():
     with pytest.raises(ValueError, match=r"mse_loss: target must have the prediction's shape \(2, 1\), got \(2,\)"):
         el.mse_loss(np.zeros((2, 1)), np.zeros(2))
+
+
+def test_calling_a_module_runs_its_own_classes_forward():
+    class Base(el.nn.Module):
+        def forward(self, x, *, scale=1):
+            return ("base", x * scale)
+
+    class Override(Base):
+        def forward(self, x):
+            return ("override", x)
+
+    class Inherit(Base):
+        pass
+
+    class OwnCall(Base):
+        def __call__(self, x):
+            return ("call", x)
+
+    assert Base()(2, scale=3) == ("base", 6)
+    assert Override()(2) == ("override", 2)
+    assert Inherit()(2, scale=2) == ("base", 4)
+    assert OwnCall()(2) == ("call", 2)
+    with pytest.raises(NotImplementedError):
+        el.nn.Module()(1)

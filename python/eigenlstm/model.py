@@ -239,15 +239,16 @@ class LSTMModel(Module):
     # ---- compute ---------------------------------------------------------------------------
     def _check_x(self, where: str, x, name: str = "x") -> np.ndarray:
         x = as_real_array(where, name, x, self.dtype)
-        if x.ndim != 3 or x.shape[2] != self.input_size:
+        shape = x.shape
+        if len(shape) != 3 or shape[2] != self.input_size:
             raise ValueError(
                 f"{where}: {name} must have shape (N, L, {self.input_size}) (batch, steps, input_size), "
-                f"got {x.shape}"
+                f"got {shape}"
             )
-        if x.shape[1] == 0:
+        if shape[1] == 0:
             raise ValueError(
                 f"{where}: {name} must have at least one time step (the output is read at the "
-                f"last step), got shape {x.shape}"
+                f"last step), got shape {shape}"
             )
         return x
 
@@ -290,11 +291,12 @@ class LSTMModel(Module):
         """
         where = "LSTMModel.forward"
         x = self._check_x(where, x)
-        N, L, _ = x.shape
-        lengths = self._check_lengths(where, lengths, N, L)
+        if lengths is not None:
+            lengths = self._check_lengths(where, lengths, x.shape[0], x.shape[1])
         if not self.training:  # inference: one engine call, no (N, L, D*H) output array
             self._last = None
             return self.lstm._forward_last(x, lengths, self.fc.weight, self.fc.bias)
+        N, L, _ = x.shape
         out, _ = self.lstm(x, lengths=lengths)
         if lengths is None:  # the common case: a view, no gather
             idx = L - 1
