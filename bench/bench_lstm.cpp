@@ -1,7 +1,7 @@
 // Google Benchmark microbenchmarks of the C++ engine (eigenlstm::core, no Python): forward in
-// eval and training mode, backward, a full training step, and Eigen SGEMM rooflines, over the
-// shapes of bench/compare.py. Comparisons with PyTorch and ONNX Runtime live in compare.py;
-// how to build, run and read this: bench/README.md.
+// eval and training mode, the seed model's inference call (fwd_last), backward, a full training
+// step, and Eigen SGEMM rooflines, over the shapes of bench/compare.py. Comparisons with
+// PyTorch and ONNX Runtime live in compare.py; how to build, run and read this: bench/README.md.
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Core>
@@ -110,6 +110,22 @@ void BM_fwd_eval(benchmark::State& state, Shape s) {
         lstm.forward(buf.y.data(), buf.h_n.data(), buf.c_n.data(), buf.x.data(), nullptr, nullptr,
                      nullptr, s.T, s.B, /*training=*/false);
         benchmark::DoNotOptimize(buf.y.data());
+        benchmark::ClobberMemory();
+    }
+    set_gflops(state, forward_flops(s));
+}
+
+// fwd_last: the seed model's inference call, LSTMModel.forward in eval mode: batch-first
+// x [B, T, I], eval forward, the last step's h through a Linear(H -> 1) (LSTM::forward_last).
+void BM_fwd_last(benchmark::State& state, Shape s) {
+    auto lstm = make_lstm(s);
+    Buffers buf(s);
+    const std::vector<float> w = random_vector(s.H, 1.0f / std::sqrt(float(s.H)), 9), b(1, 0.1f);
+    std::vector<float> out(std::size_t(s.B));
+    for (auto _ : state) {
+        lstm.forward_last(out.data(), buf.x.data(), nullptr, s.T, s.B, /*batch_first=*/true,
+                          w.data(), b.data(), 1);
+        benchmark::DoNotOptimize(out.data());
         benchmark::ClobberMemory();
     }
     set_gflops(state, forward_flops(s));
@@ -296,6 +312,7 @@ int main(int argc, char** argv) {
     for (const Shape& s : kShapes) {
         const std::string suffix = std::string("/") + s.name;
         benchmark::RegisterBenchmark(("fwd_eval" + suffix).c_str(), BM_fwd_eval, s)->UseRealTime();
+        benchmark::RegisterBenchmark(("fwd_last" + suffix).c_str(), BM_fwd_last, s)->UseRealTime();
         benchmark::RegisterBenchmark(("fwd_train" + suffix).c_str(), BM_fwd_train, s)->UseRealTime();
         benchmark::RegisterBenchmark(("bwd_only" + suffix).c_str(), BM_bwd_only, s)->UseRealTime();
         benchmark::RegisterBenchmark(("fwd_bwd" + suffix).c_str(), BM_fwd_bwd, s)->UseRealTime();
