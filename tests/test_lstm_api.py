@@ -479,6 +479,29 @@ def test_nan_in_x_propagates_to_the_output_of_its_sequence_from_that_step_on(dty
         assert np.all(np.isfinite(h_n[:, [0, 2]])) and np.all(np.isfinite(c_n[:, [0, 2]]))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_an_inf_in_weight_hh_gives_torchs_nan_from_the_first_step_without_initial_state(dtype):
+    # The engine skips the first step's h0 W_hh^T when no initial state is given (it is zero),
+    # but only while W_hh is finite: torch computes 0 * inf = NaN there.
+    torch_lstm = torch.nn.LSTM(I, H).to(TORCH_DTYPE[dtype])
+    state = {k: v.detach().numpy().copy() for k, v in torch_lstm.state_dict().items()}
+    state["weight_hh_l0"][2, 1] = np.inf
+    torch_lstm.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    lstm = el.LSTM(I, H, dtype=dtype)
+    lstm.load_state_dict(state)
+    x = rand(np.random.default_rng(0), (1, B, I), dtype)
+    with torch.no_grad():
+        want, (want_h, want_c) = torch_lstm(torch.from_numpy(x))
+    for mode in (lstm.train, lstm.eval):
+        mode()
+        out, (h_n, c_n) = lstm(x)
+        for got, ref in ((out, want), (h_n, want_h), (c_n, want_c)):
+            ref = ref.numpy()
+            assert np.isnan(ref).any()
+            assert np.array_equal(np.isnan(got), np.isnan(ref))
+            np.testing.assert_allclose(got[~np.isnan(ref)], ref[~np.isnan(ref)], rtol=1e-5)
+
+
 # ---- layouts and dtypes of the inputs ------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

@@ -187,6 +187,7 @@ struct LSTM<S>::Impl {
         Panels<S> whh;     // W_hh    [G, Hout]: backward step dh_prev = dgates W_hh
         Panels<S> whr_t;   // W_hr^T  [H, P]:    forward projection h = r W_hr^T
         Panels<S> whr;     // W_hr    [P, H]:    backward projection dr = dh W_hr
+        bool whh_finite = true;  // no inf or NaN in W_hh: a zero h times W_hh is exactly zero
     };
     std::vector<Packed> packed;     // [L*D]
     std::vector<Panels<S>> wih_t;   // [L] W_ih^T [I_l, D*G], both directions: the input
@@ -287,6 +288,8 @@ struct LSTM<S>::Impl {
                 const S* whh = tensor(params.data(), Param::weight_hh, l, d);   // [G, Hout]
                 pk.whh_t.pack(whh, Hout, G, 1, Hout);
                 pk.whh.pack(whh, G, Hout, Hout, 1);
+                pk.whh_finite =
+                    Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>(whh, G * Hout).allFinite();
                 if (P > 0) {
                     const S* whr = tensor(params.data(), Param::weight_hr, l, d);  // [P, H]
                     pk.whr_t.pack(whr, H, P, 1, H);
@@ -363,6 +366,10 @@ struct DirectionPass {
     // forward: batch rows this pass computes; B stays the row stride of one time step (the
     // pointers above start at the pass's first row when a thread owns a slice of the batch)
     Index rows = 0;
+    // forward: h0 is zero (no initial state given) and W_hh finite, so the first step's
+    // h_{-1} W_hh^T is exactly zero and is skipped (1/T of the recurrent GEMMs: the seed
+    // model's T = 7 spends a seventh of them on it)
+    bool zero_h0 = false;
 };
 
 // Forward time loop of one direction for thread `tid` of a team of `n`.
@@ -405,7 +412,8 @@ void forward_direction(const DirectionPass<S>& a, S* y, const S* h0, const S* c0
         S* r = P > 0 ? (training ? a.rs + t * B * H : a.rbuf) : nullptr;
         S* y_t = y + t * B * a.ldy;
 
-        detail::gemm_panels<S, true>(R, h_prev, Hout, *a.whh_t, 4 * u0, 4 * u1, pre, a.ldg);
+        if (s > 0 || !a.zero_h0)
+            detail::gemm_panels<S, true>(R, h_prev, Hout, *a.whh_t, 4 * u0, 4 * u1, pre, a.ldg);
 
         for (Index b = 0; b < R; ++b) {
             const bool on = active(a.lengths, t, b);
@@ -612,6 +620,7 @@ void LSTM<S>::Impl::forward(Scratch<S>& ws, S* y, S* h_n, S* c_n, const S* x, co
 
     // Zero initial states when none are given, and the eval buffers, come from the calling
     // thread's scratch; training uses the cache, allocated once per (T, B) and reused.
+    const bool zero_h0 = h0 == nullptr;
     if (!h0 || !c0) {
         ws.zeros.resize(checked_mul(D * L * B, std::max(H, Hout)));
         ws.zeros.zero();
@@ -704,6 +713,7 @@ void LSTM<S>::Impl::forward(Scratch<S>& ws, S* y, S* h_n, S* c_n, const S* x, co
                 }
             }
             a.rows = b1 - b0;
+            a.zero_h0 = zero_h0 && pk.whh_finite;
             forward_direction(a, out + d * Hout + b0 * D * Hout, h0 + (k * B + b0) * Hout,
                               c0 + (k * B + b0) * H, h_n + (k * B + b0) * Hout,
                               c_n + (k * B + b0) * H, tid, n, *barriers[d]);
