@@ -420,9 +420,14 @@ def test_calling_a_module_runs_its_own_classes_forward():
         def __call__(self, x):
             return ("call", x)
 
+    class BelowOwnCall(OwnCall):
+        def forward(self, x):
+            return ("below", x)
+
     assert Base()(2, scale=3) == ("base", 6)
     assert Override()(2) == ("override", 2)
     assert Inherit()(2, scale=2) == ("base", 4)
     assert OwnCall()(2) == ("call", 2)
+    assert BelowOwnCall()(2) == ("call", 2)
     with pytest.raises(NotImplementedError):
         el.nn.Module()(1)

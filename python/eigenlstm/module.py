@@ -32,8 +32,15 @@ class Module:
         # whole inference call (bench/README.md). Unlike torch, a forward assigned to an
         # instance is not what calling that instance runs.
         super().__init_subclass__(**kwargs)
-        if "forward" in cls.__dict__ and "__call__" not in cls.__dict__:
-            cls.__call__ = cls.forward
+        if "forward" not in cls.__dict__:
+            return
+        for k in cls.__mro__:  # a __call__ written by this class or a base wins
+            if k is Module:
+                break
+            call = vars(k).get("__call__")
+            if call is not None and call is not vars(k).get("forward"):
+                return
+        cls.__call__ = cls.forward
 
     # ---- mode ------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> "Module":
