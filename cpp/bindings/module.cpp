@@ -139,8 +139,8 @@ struct Engine {
     }
 
     py::tuple forward(const In<S>& x, const std::optional<In<S>>& h0,
-                      const std::optional<In<S>>& c0, const std::optional<In<std::int64_t>>& lengths,
-                      bool training) {
+                      const std::optional<In<S>>& c0,
+                      const std::optional<In<std::int64_t>>& lengths, bool training) {
         const auto& c = lstm.config();
         const Index DL = c.directions() * c.num_layers, H = c.hidden_size, Hout = c.output_size();
         if (x.ndim() != 3)

@@ -284,7 +284,8 @@ struct SigmoidOp {
             const Packet xc = pmax(pmin(x, pset1<Packet>(88.f)), pset1<Packet>(-89.f));
             const Packet k = pmadd(xc, pset1<Packet>(-1.44269504088896341f), K);
             const Packet m = psub(k, K);
-            const Packet two_m = preinterpret<Packet>(plogical_shift_left<23>(preinterpret<PacketI>(k)));
+            const Packet two_m =
+                preinterpret<Packet>(plogical_shift_left<23>(preinterpret<PacketI>(k)));
             Packet s = pmadd(m, pset1<Packet>(0.693359375f), xc);      // x + m ln2, in two parts
             s = pmadd(m, pset1<Packet>(-2.12194440e-4f), s);
             const Packet s2 = pmul(s, s);
@@ -371,8 +372,8 @@ inline void cell_backward_n(S* g, const S* c_t, const S* c_prev, const S* dh, S*
 // and its gates packed as [i(w) f(w) g(w) o(w)]. When w is exactly HB/2 or HB/4 that is the
 // layout of a block of w units, and it runs as one, in half- or quarter-width packets (the
 // H = 20 tail of 4 floats: one 128-bit packet per gate, no copies). Any other w is padded on
-// the stack to the nearest of those N lanes, zeros in the unused lanes (no NaN or inf), run
-// through the same SIMD code, and copied back.
+// the stack to N lanes, the smallest of a quarter, a half or a whole block that holds it,
+// zeros in the unused lanes (no NaN or inf), run through the same SIMD code, and copied back.
 template <typename S, int N>
 inline void cell_forward_padded(S* g, Index w, const S* c_prev, S* c, S* h, S* y) {
     alignas(64) S tg[4 * N] = {}, tcp[N] = {}, tc[N], th[N];
