@@ -379,7 +379,8 @@ struct DirectionPass {
 //   i = s(pre_i), f = s(pre_f), g = tanh(pre_g), o = s(pre_o)
 //   c_t = f * c_{t-1} + i * g
 //   h_t = o * tanh(c_t)              (P > 0: r_t = o * tanh(c_t), h_t = r_t W_hr^T)
-// Rows past their length keep their state and output 0.
+// Rows past their length keep their state and output 0: the cell update runs over all rows
+// (its results for those rows are then replaced; backward zeroes their gate gradients).
 template <typename S>
 void forward_direction(const DirectionPass<S>& a, S* y, const S* h0, const S* c0, S* h_n,
                        S* c_n, int tid, int n, detail::SpinBarrier& barrier) {
@@ -415,24 +416,18 @@ void forward_direction(const DirectionPass<S>& a, S* y, const S* h0, const S* c0
         if (s > 0 || !a.zero_h0)
             detail::gemm_panels<S, true>(R, h_prev, Hout, *a.whh_t, 4 * u0, 4 * u1, pre, a.ldg);
 
+        for (Index ub = u0; ub < u1; ub += HB)
+            detail::cell_forward(pre + 4 * ub, a.ldg, R, std::min(HB, H - ub), c_prev + ub,
+                                 c_next + ub, H, P == 0 ? h_next + ub : r + ub,
+                                 P == 0 ? Hout : H, P == 0 ? y_t + ub : nullptr, a.ldy);
         for (Index b = 0; b < R; ++b) {
-            const bool on = active(a.lengths, t, b);
-            for (Index ub = u0; ub < u1; ub += HB) {
-                const Index w = std::min(HB, H - ub);
-                S* g = pre + b * a.ldg + 4 * ub;
-                if (!on) {
-                    std::copy(c_prev + b * H + ub, c_prev + b * H + ub + w, c_next + b * H + ub);
-                    if (P == 0) {
-                        std::copy(h_prev + b * Hout + ub, h_prev + b * Hout + ub + w, h_next + b * Hout + ub);
-                        std::fill(y_t + b * a.ldy + ub, y_t + b * a.ldy + ub + w, S(0));
-                    } else {  // dW_hr = sum dh^T r reads every row: keep padded rows finite
-                        std::fill(r + b * H + ub, r + b * H + ub + w, S(0));
-                    }
-                    continue;
-                }
-                S* h = P == 0 ? h_next + b * Hout + ub : r + b * H + ub;
-                detail::cell_forward(g, w, c_prev + b * H + ub, c_next + b * H + ub, h,
-                                     P == 0 ? y_t + b * a.ldy + ub : nullptr);
+            if (active(a.lengths, t, b)) continue;
+            std::copy(c_prev + b * H + u0, c_prev + b * H + u1, c_next + b * H + u0);
+            if (P == 0) {
+                std::copy(h_prev + b * Hout + u0, h_prev + b * Hout + u1, h_next + b * Hout + u0);
+                std::fill(y_t + b * a.ldy + u0, y_t + b * a.ldy + u1, S(0));
+            } else {  // dW_hr = sum dh^T r reads every row: keep padded rows finite
+                std::fill(r + b * H + u0, r + b * H + u1, S(0));
             }
         }
         if (P > 0) {
