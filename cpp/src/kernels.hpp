@@ -175,38 +175,39 @@ struct Tile {
                 acc[0][m][0] = padd(acc[0][m][0], acc[u][m][0]);
                 acc[0][m][1] = padd(acc[0][m][1], acc[u][m][1]);
             }
-        alignas(64) S tmp[NR];
-        if (!Accumulate && bias) {
-            Packet b0, b1;
-            if (ncols == NR) {
-                b0 = ploadu<Packet>(bias);
-                b1 = ploadu<Packet>(bias + PS);
-            } else {  // never read past the end of bias
-                std::fill(tmp, tmp + NR, S(0));
-                std::copy(bias, bias + ncols, tmp);
-                b0 = pload<Packet>(tmp);
-                b1 = pload<Packet>(tmp + PS);
-            }
+        if (ncols == NR) {  // a whole panel, straight from the registers
+            const bool add_bias = !Accumulate && bias;
+            const Packet b0 = add_bias ? ploadu<Packet>(bias) : pset1<Packet>(S(0));
+            const Packet b1 = add_bias ? ploadu<Packet>(bias + PS) : pset1<Packet>(S(0));
             for (int m = 0; m < MR; ++m) {
-                acc[0][m][0] = padd(acc[0][m][0], b0);
-                acc[0][m][1] = padd(acc[0][m][1], b1);
+                S* c = C + m * ldc;
+                Packet v0 = acc[0][m][0], v1 = acc[0][m][1];
+                if (Accumulate) {
+                    v0 = padd(ploadu<Packet>(c), v0);
+                    v1 = padd(ploadu<Packet>(c + PS), v1);
+                } else if (add_bias) {
+                    v0 = padd(v0, b0);
+                    v1 = padd(v1, b1);
+                }
+                pstoreu(c, v0);
+                pstoreu(c + PS, v1);
             }
+            return;
+        }
+        // The last, partial panel, through a buffer: reads and writes only ncols columns. The
+        // accumulators go to the buffer in a loop of its own, which the compiler unrolls; read
+        // inside the column loop they were indexed at run time and so kept in memory, on the
+        // whole-panel path too.
+        alignas(64) S tmp[MR * NR];
+        for (int m = 0; m < MR; ++m) {
+            pstore(tmp + m * NR, acc[0][m][0]);
+            pstore(tmp + m * NR + PS, acc[0][m][1]);
         }
         for (int m = 0; m < MR; ++m) {
             S* c = C + m * ldc;
-            if (ncols == NR) {
-                if (Accumulate) {
-                    pstoreu(c, padd(ploadu<Packet>(c), acc[0][m][0]));
-                    pstoreu(c + PS, padd(ploadu<Packet>(c + PS), acc[0][m][1]));
-                } else {
-                    pstoreu(c, acc[0][m][0]);
-                    pstoreu(c + PS, acc[0][m][1]);
-                }
-            } else {  // last, partial panel
-                pstore(tmp, acc[0][m][0]);
-                pstore(tmp + PS, acc[0][m][1]);
-                for (Index j = 0; j < ncols; ++j) c[j] = Accumulate ? c[j] + tmp[j] : tmp[j];
-            }
+            const S* t = tmp + m * NR;
+            for (Index j = 0; j < ncols; ++j)
+                c[j] = Accumulate ? c[j] + t[j] : (bias ? bias[j] + t[j] : t[j]);
         }
     }
 
