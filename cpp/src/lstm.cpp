@@ -50,6 +50,16 @@ void Config::validate() const {
 }
 
 namespace {
+// Every lengths[b], b < B, in [lo, T] (no lengths: nothing to check); std::invalid_argument
+// naming the first that is not.
+void require_lengths(const std::int64_t* lengths, Index B, Index lo, Index T) {
+    if (!lengths) return;
+    for (Index b = 0; b < B; ++b)
+        EIGENLSTM_REQUIRE(lengths[b] >= lo && lengths[b] <= T,
+                          "lengths[" + std::to_string(b) + "] must be in [" + std::to_string(lo) +
+                              ", " + std::to_string(T) + "], got " + std::to_string(lengths[b]));
+}
+
 int default_threads() {
 #ifdef _OPENMP
     return std::max(1, omp_get_max_threads());
@@ -603,11 +613,7 @@ void LSTM<S>::Impl::forward(Scratch<S>& ws, S* y, S* h_n, S* c_n, const S* x, co
                             bool training) {
     EIGENLSTM_REQUIRE(T >= 0, "T must be >= 0, got " + std::to_string(T));
     EIGENLSTM_REQUIRE(B >= 0, "B must be >= 0, got " + std::to_string(B));
-    if (lengths)
-        for (Index b = 0; b < B; ++b)
-            EIGENLSTM_REQUIRE(lengths[b] >= 0 && lengths[b] <= T,
-                              "lengths[" + std::to_string(b) + "] must be in [0, " +
-                                  std::to_string(T) + "], got " + std::to_string(lengths[b]));
+    require_lengths(lengths, B, 0, T);
     const Index TB = checked_mul(T, B), DG = D * G;
     const TeamPlan plan = plan_team<S>(D, T, B, cfg.input_size, H, Hout, true);
     const int teams[2] = {plan.threads, plan.threads};
@@ -734,11 +740,7 @@ void LSTM<S>::Impl::forward_last(Scratch<S>& ws, S* out, const S* x,
     EIGENLSTM_REQUIRE(T >= 1, "T must be >= 1 (the output is read at a last step), got " + std::to_string(T));
     EIGENLSTM_REQUIRE(B >= 0, "B must be >= 0, got " + std::to_string(B));
     EIGENLSTM_REQUIRE(O >= 1, "O must be >= 1, got " + std::to_string(O));
-    if (lengths)
-        for (Index b = 0; b < B; ++b)
-            EIGENLSTM_REQUIRE(lengths[b] >= 1 && lengths[b] <= T,
-                              "lengths[" + std::to_string(b) + "] must be in [1, " +
-                                  std::to_string(T) + "], got " + std::to_string(lengths[b]));
+    require_lengths(lengths, B, 1, T);  // each sequence needs a last step
     const Index I = cfg.input_size, DH = D * Hout, TB = checked_mul(T, B);
     if (batch_first) {  // [B, T, I] -> [T, B, I]: a time step's rows are contiguous
         ws.x.resize(checked_mul(TB, I));
