@@ -255,10 +255,21 @@ def test_fit_with_lengths_of_the_wrong_count_names_the_expected_shape():
 def test_fit_with_an_unknown_loss_or_bad_epochs_raises():
     x, y = sum_task(N=20)
     model = el.LSTMModel(1, 4, 1)
-    with pytest.raises(ValueError, match=r"get_loss: loss must be one of \['cross_entropy', 'mse'\]"):
+    with pytest.raises(ValueError, match=r"^LSTMModel.fit: loss must be one of \['cross_entropy', 'mse'\]"):
         model.fit(x, y, loss="hinge", progress=False)
     with pytest.raises(ValueError, match="LSTMModel.fit: epochs must be >= 0, got -1"):
         model.fit(x, y, epochs=-1, progress=False)
+
+
+def test_fit_errors_name_fit_not_the_helpers_it_calls():
+    x, y = sum_task(N=20)
+    model = el.LSTMModel(1, 4, 1)
+    with pytest.raises(ValueError, match=r"^LSTMModel.fit: optimizer must be one of \['adam', 'adamw', 'sgd'\]"):
+        model.fit(x, y, optimizer="adagrad", progress=False)
+    with pytest.raises(ValueError, match=r"^LSTMModel.fit: lr_schedule must be one of"):
+        model.fit(x, y, lr_schedule="linear", progress=False)
+    with pytest.raises(ValueError, match=r"^LSTMModel.evaluate: loss must be one of"):
+        model.evaluate(x, y, loss="hinge")
 
 
 def test_resume_without_a_previous_run_explains_what_is_missing():

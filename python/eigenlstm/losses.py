@@ -142,8 +142,10 @@ def check_labels(where: str, name: str, labels, N: int, C: int) -> np.ndarray:
 LOSSES = {"mse": mse_loss, "cross_entropy": cross_entropy}
 
 
-def get_loss(name) -> Callable:
+def get_loss(name, *, where: str = "get_loss") -> Callable:
     """Return the loss function called ``name`` (``"mse"`` or ``"cross_entropy"``), or a callable.
+
+    ``where`` is the public function to name in error messages (``LSTMModel.fit``).
 
     Raises
     ------
@@ -156,5 +158,5 @@ def get_loss(name) -> Callable:
     if key in ("crossentropy", "ce"):
         key = "cross_entropy"
     if key not in LOSSES:
-        raise ValueError(f"get_loss: loss must be one of {sorted(LOSSES)} or a callable, got {name!r}")
+        raise ValueError(f"{where}: loss must be one of {sorted(LOSSES)} or a callable, got {name!r}")
     return LOSSES[key]

@@ -497,7 +497,7 @@ class LSTMModel(Module):
                 isinstance(clip_grad_norm, bool) or not isinstance(clip_grad_norm, numbers.Real)
                 or not clip_grad_norm > 0):
             raise ValueError(f"{where}: clip_grad_norm must be a float > 0 or None, got {clip_grad_norm!r}")
-        loss_fn = get_loss(loss)
+        loss_fn = get_loss(loss, where=where)
         loss_name = {mse_loss: "mse", cross_entropy: "cross_entropy"}.get(loss_fn)
         x, y, lengths = self._check_data(where, x, y, lengths, loss_name)
         val = None
@@ -530,11 +530,11 @@ class LSTMModel(Module):
                         f"{key}={value!r}; pass the original settings"
                     )
         else:
-            opt = _optim.make_optimizer(optimizer, self, lr)
+            opt = _optim.make_optimizer(optimizer, self, lr, where=where)
             if opt._module is not self and [id(p) for p, _ in opt._pairs] != [
                     id(p) for p, _ in self.parameters()]:
                 raise ValueError(f"{where}: optimizer must be built on this model's parameters")
-            sched = _optim.make_scheduler(lr_schedule, opt, max(epochs, 1))
+            sched = _optim.make_scheduler(lr_schedule, opt, max(epochs, 1), where=where)
             state = _TrainState(opt, sched, np.random.default_rng(seed), History(), 0, settings)
             self._train_state = state
 
@@ -728,7 +728,7 @@ class LSTMModel(Module):
         if loss is None:
             st = self._train_state
             loss = st.settings["loss"] if st is not None and st.settings["loss"] else "mse"
-        loss_fn = get_loss(loss)
+        loss_fn = get_loss(loss, where=where)
         loss_name = {mse_loss: "mse", cross_entropy: "cross_entropy"}.get(loss_fn)
         x, y, lengths = self._check_data(where, x, y, lengths, loss_name)
         return self._evaluate(x, y, lengths, loss_fn, loss_name, batch_size)

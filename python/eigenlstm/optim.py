@@ -610,7 +610,7 @@ SCHEDULERS = {"step": StepLR, "steplr": StepLR, "cosine": CosineAnnealingLR,
               "cosineannealinglr": CosineAnnealingLR}
 
 
-def make_optimizer(spec, params, lr: float) -> Optimizer:
+def make_optimizer(spec, params, lr: float, *, where: str = "make_optimizer") -> Optimizer:
     """Build an optimizer from a name (``"sgd"``, ``"adam"``, ``"adamw"``) or return an instance.
 
     Parameters
@@ -620,6 +620,8 @@ def make_optimizer(spec, params, lr: float) -> Optimizer:
     params : Module or list of (ndarray, ndarray)
     lr : float
         Learning rate for a named optimizer.
+    where : str, optional
+        The public function to name in error messages (``LSTMModel.fit`` when it calls this).
 
     Raises
     ------
@@ -638,17 +640,18 @@ def make_optimizer(spec, params, lr: float) -> Optimizer:
     key = str(spec).lower()
     if key not in OPTIMIZERS:
         raise ValueError(
-            f"make_optimizer: optimizer must be one of {sorted(OPTIMIZERS)} or an Optimizer, got {spec!r}"
+            f"{where}: optimizer must be one of {sorted(OPTIMIZERS)} or an Optimizer, got {spec!r}"
         )
     return OPTIMIZERS[key](params, lr=lr)
 
 
-def make_scheduler(spec, optimizer: Optimizer, epochs: int) -> Optional[LRScheduler]:
+def make_scheduler(spec, optimizer: Optimizer, epochs: int, *,
+                   where: str = "make_scheduler") -> Optional[LRScheduler]:
     """Build a per-epoch schedule from ``None``, a name, a ``(name, kwargs)`` pair or an instance.
 
     ``"cosine"`` anneals over ``epochs`` (``T_max=epochs``); ``"step"`` decays by 10x every
     third of the run (``step_size=max(1, epochs // 3)``). Pass ``("step", {"step_size": 5,
-    "gamma": 0.5})`` for other settings.
+    "gamma": 0.5})`` for other settings. ``where`` names the caller in error messages.
 
     Raises
     ------
@@ -669,7 +672,7 @@ def make_scheduler(spec, optimizer: Optimizer, epochs: int) -> Optional[LRSchedu
     key = str(name).lower()
     if key not in SCHEDULERS:
         raise ValueError(
-            f"make_scheduler: lr_schedule must be one of ['cosine', 'step'], a (name, kwargs) "
+            f"{where}: lr_schedule must be one of ['cosine', 'step'], a (name, kwargs) "
             f"pair or an LRScheduler, got {spec!r}"
         )
     cls = SCHEDULERS[key]
