@@ -1,7 +1,8 @@
 """The ``eigenlstm`` command line: ``eigenlstm train`` and ``eigenlstm predict``.
 
 Argument parsing, messages and files only; the forecasting itself (data, scaling, training,
-scoring, plotting) is in forecast.py. Also reached as ``python -m eigenlstm``.
+scoring, plotting) is in forecast.py. Also reached as ``python -m eigenlstm``. Every check
+runs before anything is printed, and every error names the command (``eigenlstm train:``).
 """
 
 from __future__ import annotations
@@ -9,44 +10,70 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import warnings
 from typing import List, Optional
 
 __all__ = ["main", "build_parser"]
 
-_EMBEDDED = "embedded airline passengers 1949-1960 (Box & Jenkins series G)"
+
+def _columns(text: str) -> List[str]:
+    names = [c.strip() for c in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated column names, got {text!r}")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``eigenlstm`` command (subcommands ``train``, ``predict``)."""
+    from .forecast import DATASETS
+
     parser = argparse.ArgumentParser(
         prog="eigenlstm",
         description="Train and use LSTM forecasters on the eigenlstm C++ engine.",
     )
     sub = parser.add_subparsers(dest="command", metavar="{train,predict}")
     sub.required = True
+    names = ", ".join(sorted(DATASETS))
 
     tr = sub.add_parser(
-        "train", help="train a forecaster on a CSV column (default: the embedded airline data)",
-        description="Train an LSTM forecaster, score it on the held-out tail against a naive "
-                    "last-value forecast, and write a checkpoint and a PNG to --out.",
+        "train", help="train a forecaster on a CSV column (default: the bundled airline data)",
+        description="Train an LSTM forecaster: training windows, then a validation tail that "
+                    "stops training early and keeps the best weights, then a test tail scored "
+                    "against naive and seasonal-naive forecasts. Writes a checkpoint, "
+                    "metrics.json and a PNG to --out.",
     )
-    tr.add_argument("--data", metavar="CSV", help="CSV file with a header row (default: the "
-                    "embedded monthly airline passengers, 1949-1960)")
-    tr.add_argument("--column", help="column to forecast (default: the last column)")
-    tr.add_argument("--window", type=int, default=12, help="past steps the model reads (default 12)")
-    tr.add_argument("--horizon", type=int, default=1,
-                    help="steps forecast at once (default 1)")
+    src = tr.add_mutually_exclusive_group()
+    src.add_argument("--data", metavar="CSV", help="CSV file with a header row (default: the "
+                     "bundled monthly airline passengers, 1949-1960)")
+    src.add_argument("--dataset", metavar="NAME", help=f"a bundled series: {names}; "
+                     "'--dataset list' describes them")
+    tr.add_argument("--column", "--target", dest="column", metavar="NAME",
+                    help="column to forecast (default: the only numeric column)")
+    tr.add_argument("--columns", type=_columns, metavar="A,B,C",
+                    help="more input columns the model reads besides the target's own past")
+    tr.add_argument("--delimiter", metavar="CHAR",
+                    help="field delimiter (default: detected among , ; tab |)")
+    tr.add_argument("--window", type=int, help="past steps the model reads (default 12, or the "
+                    "season if longer: 52 for weekly data)")
+    tr.add_argument("--horizon", type=int, default=1, help="steps forecast at once (default 1)")
     tr.add_argument("--test-size", type=int, default=24,
-                    help="values held out at the end of the series (default 24)")
+                    help="values held out at the end and scored (default 24)")
+    tr.add_argument("--val-size", type=int, help="values before the test tail that choose "
+                    "when to stop (default: a fifth of the series, at least --test-size; 0: no "
+                    "validation, train all --epochs)")
+    tr.add_argument("--patience", type=int, default=20, help="epochs without a better "
+                    "validation loss before stopping (default 20)")
+    tr.add_argument("--season", type=int, help="steps in a season for the seasonal-naive "
+                    "baseline (default from the dates: daily 7, weekly 52, monthly 12, "
+                    "quarterly 4, otherwise 1)")
     tr.add_argument("--hidden", type=int, default=32, help="LSTM hidden size (default 32)")
     tr.add_argument("--layers", type=int, default=1, help="LSTM layers (default 1)")
-    tr.add_argument("--epochs", type=int, default=150, help="training epochs (default 150)")
+    tr.add_argument("--epochs", type=int, default=300,
+                    help="most training epochs; early stopping usually ends sooner (default 300)")
     tr.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 0.01)")
     tr.add_argument("--batch-size", type=int, default=16, help="windows per batch (default 16)")
-    tr.add_argument("--out", help="output folder (default: runs/airline, or runs/<CSV name>)")
+    tr.add_argument("--out", help="output folder (default: runs/<data set or CSV name>)")
     tr.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     tr.add_argument("--threads", type=int, default=0,
                     help="engine threads (default 0: the engine's default, all usable cores)")
@@ -56,42 +83,80 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser(
         "predict", help="forecast the values after the end of a series from a checkpoint",
         description="Load a checkpoint written by `eigenlstm train` and forecast the values "
-                    "that follow the series in --data; prints CSV (label,forecast).",
+                    "that follow the series in --data. Prints CSV with the header "
+                    "`step,forecast`: step is the date of each forecast value, or t+1, t+2, ... "
+                    "when the data has no dates.",
     )
+    psrc = pr.add_mutually_exclusive_group()
     pr.add_argument("--model", required=True, metavar="CKPT", help="checkpoint (.npz) from train")
-    pr.add_argument("--data", metavar="CSV", help="the observed series (default: embedded data)")
-    pr.add_argument("--column", help="column to read (default: the one the model was trained on)")
+    psrc.add_argument("--data", metavar="CSV", help="the observed series (required unless the "
+                      "model was trained on a bundled data set)")
+    psrc.add_argument("--dataset", metavar="NAME", help=f"a bundled series: {names}")
+    pr.add_argument("--column", "--target", dest="column", metavar="NAME",
+                    help="column to read (default: the one the model was trained on)")
+    pr.add_argument("--delimiter", metavar="CHAR",
+                    help="field delimiter (default: detected among , ; tab |)")
     pr.add_argument("--steps", type=int, help="values to forecast (default: the model's horizon)")
     pr.add_argument("--output", metavar="CSV", help="also write the forecast to this CSV file")
     return parser
 
 
-def _positive(parser, name: str, value: int, minimum: int = 1) -> None:
+def _positive(parser, name: str, value: Optional[int], minimum: int = 1) -> None:
     if value is not None and value < minimum:
         parser.error(f"--{name} must be >= {minimum}, got {value}")
 
 
-def _next_labels(labels: Optional[List[str]], steps: int) -> List[str]:
-    """Labels for the forecast steps: the next months for YYYY-MM labels, else t+1, t+2, ..."""
-    if labels:
-        m = re.fullmatch(r"(\d{4})-(\d{1,2})", labels[-1])
-        if m:
-            y, mo = int(m.group(1)), int(m.group(2))
-            out = []
-            for _ in range(steps):
-                y, mo = (y + 1, 1) if mo == 12 else (y, mo + 1)
-                out.append(f"{y}-{mo:02d}")
-            return out
-    return [f"t+{k}" for k in range(1, steps + 1)]
+def _format_dates(dates, like: str) -> List[str]:
+    """ISO dates written the way ``like`` (a label from the file) is: YYYY-MM, YYYY, slashes."""
+    out = [str(d) for d in dates]
+    if len(like) == 4:
+        out = [d[:4] for d in out]
+    elif len(like) <= 7:
+        out = [d[:7] for d in out]
+    if "/" in like:
+        out = [d.replace("-", "/") for d in out]
+    return out
+
+
+def _list_datasets() -> int:
+    from .forecast import DATASETS
+
+    print("bundled data sets (eigenlstm train --dataset NAME):")
+    for name in sorted(DATASETS):
+        spec = DATASETS[name]
+        cols = f" --columns {','.join(spec['columns'])}" if spec["columns"] else ""
+        print(f"  {name:10s} {spec['about']}; target {spec['target']}{cols}")
+    return 0
+
+
+def _read(args, columns=None, column=None):
+    """The series named by --data or --dataset (default: the airline data set)."""
+    from . import forecast as fc
+
+    if args.data is None:
+        name = args.dataset or "airline"
+        if name not in fc.DATASETS:
+            raise ValueError(f"--dataset must be one of {sorted(fc.DATASETS)} (or list), got "
+                             f"{name!r}")
+        spec = fc.DATASETS[name]
+        series = fc.read_series(fc.dataset_path(name), column or spec["target"],
+                                columns=spec["columns"] if columns is None else columns,
+                                delimiter=args.delimiter)
+        series.dataset = name
+        return series
+    return fc.read_series(args.data, column, columns=columns, delimiter=args.delimiter)
 
 
 def _train(args, parser) -> int:
-    from . import forecast as fc
     from ._core import get_num_threads, set_num_threads
 
-    for name in ("window", "horizon", "hidden", "layers", "epochs", "batch_size", "test_size"):
+    if args.dataset == "list":
+        return _list_datasets()
+    for name in ("horizon", "hidden", "layers", "batch_size", "test_size", "epochs", "window",
+                 "season"):
         _positive(parser, name.replace("_", "-"), getattr(args, name))
-    _positive(parser, "threads", args.threads, minimum=0)
+    for name in ("threads", "val_size", "patience"):
+        _positive(parser, name.replace("_", "-"), getattr(args, name), minimum=0)
     if not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
     if args.threads:
@@ -104,56 +169,94 @@ def _train(args, parser) -> int:
     return _train_with(args)
 
 
+def _hint(report, args, window: int) -> str:
+    """The one change most likely to help a model that lost to a baseline."""
+    season = report.season
+    better = "seasonal-naive" if report.snaive_rmse < report.naive_rmse else "naive"
+    if report.best_epoch is not None and report.best_epoch == report.epochs_run == args.epochs:
+        return (f"the validation loss was still falling at the last epoch: try more --epochs "
+                f"(now {args.epochs})")
+    if better == "seasonal-naive" and window < season:
+        return (f"the seasonal-naive forecast wins and the window ({window}) is shorter than "
+                f"the season ({season}): try --window {season}")
+    if report.best_epoch is not None and report.best_epoch <= 5:
+        return (f"the validation loss was lowest at epoch {report.best_epoch}: the model fits "
+                "noise almost at once; try a smaller --hidden or --lr, or a longer series")
+    if report.best_epoch is None:
+        return "there was no validation tail to stop early: try --val-size with --patience"
+    return ("the best epoch was chosen on the validation tail and still lost: try a smaller "
+            "--hidden, another --window, or a longer series")
+
+
 def _train_with(args) -> int:
     from . import forecast as fc
 
-    path = args.data or fc.default_data_path()
-    series = fc.read_series(path, args.column)
-    out = args.out or os.path.join(
-        "runs", "airline" if args.data is None else os.path.splitext(os.path.basename(path))[0])
+    series = _read(args, columns=args.columns, column=args.column)
+    season = series.season if args.season is None else args.season
+    window = fc.default_window(season) if args.window is None else args.window
+    val_size = fc.default_val_size(len(series), args.test_size) if args.val_size is None \
+        else args.val_size
     n, nt = len(series), args.test_size
-    source = _EMBEDDED if args.data is None else path
-    print(f"eigenlstm train: {n} values of {series.column!r} from {source}")
-    print(f"  training on the first {n - nt}, holding out the last {nt}; window {args.window}, "
-          f"horizon {args.horizon}, LSTM {args.layers}x{args.hidden}, {args.epochs} epochs")
+    fc.check_sizes(n, window=window, horizon=args.horizon, test_size=nt, val_size=val_size,
+                   season=season, where="eigenlstm train", source=series.source,
+                   names={"window": "--window", "horizon": "--horizon",
+                          "test_size": "--test-size", "val_size": "--val-size"})
+    stem = series.dataset or os.path.splitext(os.path.basename(series.source))[0]
+    out = args.out or os.path.join("runs", stem)
+    freq = f"{fc.FREQUENCIES[series.frequency][0]} " if series.frequency else ""
+    inputs = f" with inputs {series.columns[1:]}" if len(series.columns) > 1 else ""
+    print(f"eigenlstm train: {n} {freq}values of {series.column!r}{inputs} from {series.about()}")
+    nv = n - nt - val_size
+    print(f"  training on the first {nv}, validating on the next {val_size}, testing on the "
+          f"last {nt}; window {window}, horizon {args.horizon}, LSTM {args.layers}x{args.hidden}, "
+          f"at most {args.epochs} epochs" + (f", patience {args.patience}" if val_size else ""))
     with warnings.catch_warnings():
         # A diverging run is reported below, once, with what it means for the checkpoint.
         warnings.filterwarnings("ignore", message="LSTMModel.fit:", category=RuntimeWarning)
         model, report = fc.train_forecaster(
-            series, window=args.window, horizon=args.horizon, hidden=args.hidden,
+            series, window=window, horizon=args.horizon, hidden=args.hidden,
             layers=args.layers, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-            test_size=nt, seed=args.seed, progress=not args.no_progress)
+            test_size=nt, val_size=val_size, patience=args.patience, season=season,
+            seed=args.seed, progress=not args.no_progress)
     stop = report.history.stop_reason
     if stop and "early stopping" not in stop:
         print(f"eigenlstm train: {stop}", file=sys.stderr)
         print("eigenlstm train: no checkpoint written (any previous one is kept)", file=sys.stderr)
         return 1
+    if report.best_epoch is not None:
+        print(f"  kept the weights of epoch {report.best_epoch} (lowest validation loss; "
+              f"{report.epochs_run} epochs run)")
     span = f"{len(report.origins)} origins"
     print(f"\nheld-out error on the last {nt} values ({args.horizon}-step forecasts from {span}):")
-    print(f"  {'':24s}{'RMSE':>10s}{'MAE':>10s}")
-    print(f"  {'LSTM':24s}{report.rmse:10.2f}{report.mae:10.2f}")
-    print(f"  {'naive (last value)':24s}{report.naive_rmse:10.2f}{report.naive_mae:10.2f}")
-    if report.beats_naive:
-        gain = 100 * (1 - report.rmse / report.naive_rmse)
-        print(f"  the LSTM beats the naive forecast: RMSE {gain:.0f}% lower")
+    print(f"  {'':34s}{'RMSE':>10s}{'MAE':>10s}")
+    print(f"  {'LSTM':34s}{report.rmse:10.4g}{report.mae:10.4g}")
+    print(f"  {'naive (last value)':34s}{report.naive_rmse:10.4g}{report.naive_mae:10.4g}")
+    if season > 1:
+        label = f"seasonal naive ({season} steps back)"
+        print(f"  {label:34s}{report.snaive_rmse:10.4g}{report.snaive_mae:10.4g}")
+    best = min(report.naive_rmse, report.snaive_rmse)
+    if report.rmse < best:
+        gain = 100 * (1 - report.rmse / best)
+        print(f"  the LSTM beats both baselines: RMSE {gain:.0f}% lower than the better one")
     else:
-        print("  the LSTM does NOT beat the naive forecast: try more --epochs, another --window "
-              "or --lr", file=sys.stderr)
+        lost = "the naive" if report.naive_rmse <= report.snaive_rmse else "the seasonal-naive"
+        print(f"eigenlstm train: the LSTM does NOT beat {lost} forecast: "
+              f"{_hint(report, args, window)}", file=sys.stderr)
     os.makedirs(out, exist_ok=True)
     ckpt = os.path.join(out, "model.npz")
-    model.metadata["holdout"] = {"rmse": report.rmse, "mae": report.mae,
-                                 "naive_rmse": report.naive_rmse, "naive_mae": report.naive_mae}
+    model.metadata["holdout"] = report.to_dict()
     model.save(ckpt)
     with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(dict(model.metadata["holdout"], loss=report.history.history["loss"]), f, indent=1)
+        json.dump(dict(report.to_dict(), loss=report.history.history["loss"],
+                       val_loss=report.history.history.get("val_loss", [])), f, indent=1)
     wrote = [ckpt, os.path.join(out, "metrics.json")]
     if not args.no_plot:
         png = os.path.join(out, "forecast.png")
         fc.plot_report(series, report, png)
         wrote.append(png)
     print("wrote " + ", ".join(wrote))
-    print(f"forecast with: eigenlstm predict --model {ckpt}"
-          + (f" --data {args.data}" if args.data else ""))
+    where = f" --data {args.data}" if args.data else ""
+    print(f"forecast with: eigenlstm predict --model {ckpt}{where}")
     return 0
 
 
@@ -169,15 +272,35 @@ def _predict(args, parser) -> int:
             f"{args.model} holds an LSTMModel without forecasting metadata; `eigenlstm predict` "
             "needs a checkpoint written by `eigenlstm train`"
         )
-    path = args.data or fc.default_data_path()
-    try:
-        series = fc.read_series(path, args.column or meta.get("column"))
-    except fc.CSVError:
-        if args.column is not None:
-            raise
-        series = fc.read_series(path, None)  # the training column is not here: use the last
-    values = fc.forecast(model, series.values, args.steps)
-    labels = _next_labels(series.labels, len(values))
+    columns = list(meta.get("columns") or [meta["column"]])
+    if args.data is None and args.dataset is None:
+        if not meta.get("dataset"):
+            raise ValueError(
+                f"--data is required: {args.model} was trained on {meta.get('source')!r}, not "
+                "on a bundled data set; give the series to forecast from"
+            )
+        args.dataset = meta["dataset"]
+    column = args.column or meta["column"]
+    series = _read(args, columns=columns[1:], column=column)
+    trained = meta.get("frequency")
+    if trained and series.frequency != trained:
+        name = fc.FREQUENCIES[trained][0]
+        got = (f"{fc.FREQUENCIES[series.frequency][0]} dates" if series.frequency
+               else "no dates to check that against")
+        raise ValueError(f"{series.source}: the model was trained on {name} data; this file has "
+                         f"{got}")
+    steps = args.steps or int(meta["horizon"])
+    values = fc.forecast(model, series.inputs, steps)
+    horizon = int(meta["horizon"])
+    if steps > horizon:
+        print(f"eigenlstm predict: warning: the model was validated on {horizon}-step forecasts; "
+              f"the {steps - horizon} values after step {horizon} are forecasts fed back as "
+              "inputs, with errors that grow unchecked", file=sys.stderr)
+    if series.dates is not None:
+        labels = _format_dates(fc.next_dates(series.dates, series.frequency, steps),
+                               series.labels[-1])
+    else:
+        labels = [f"t+{k}" for k in range(1, steps + 1)]
     lines = ["step,forecast"] + [f"{lab},{v:.6g}" for lab, v in zip(labels, values)]
     print("\n".join(lines))
     if args.output:
