@@ -198,7 +198,7 @@ def _train_with(args) -> int:
         else args.val_size
     n, nt = len(series), args.test_size
     fc.check_sizes(n, window=window, horizon=args.horizon, test_size=nt, val_size=val_size,
-                   season=season, where="eigenlstm train", source=series.source,
+                   season=season, where="", source=series.source,
                    names={"window": "--window", "horizon": "--horizon",
                           "test_size": "--test-size", "val_size": "--val-size"})
     stem = series.dataset or os.path.splitext(os.path.basename(series.source))[0]
@@ -252,7 +252,10 @@ def _train_with(args) -> int:
     wrote = [ckpt, os.path.join(out, "metrics.json")]
     if not args.no_plot:
         png = os.path.join(out, "forecast.png")
-        fc.plot_report(series, report, png)
+        overlaps = fc.plot_report(series, report, png)
+        if overlaps:
+            print(f"eigenlstm train: warning: tick labels overlap in {png}: {overlaps}",
+                  file=sys.stderr)
         wrote.append(png)
     print("wrote " + ", ".join(wrote))
     where = f" --data {args.data}" if args.data else ""

@@ -294,10 +294,11 @@ def read_series(path, column: Optional[str] = None, *, columns: Optional[Sequenc
     first = [fields[0] for _, fields in data]
     parsed = [_parse_date(x) for x in first]
     dates = None
-    if names and all(d is not None for d in parsed[:20]) and _DATE.fullmatch(first[0]):
+    # Decided by the first row, so that a later malformed date is an error, not a reason to
+    # read the column as text.
+    if parsed[0] is not None:
         dates = parsed
-    elif names and names[0].strip().lower() in _DATE_NAMES and all(
-            re.fullmatch(r"\d{4}", x) for x in first[:20]):
+    elif names[0].strip().lower() in _DATE_NAMES and re.fullmatch(r"\d{4}", first[0]):
         dates = [np.datetime64(f"{x}-01-01", "D") if re.fullmatch(r"\d{4}", x) else None
                  for x in first]
     if dates is not None:
@@ -705,18 +706,19 @@ def check_sizes(n: int, *, window: int, horizon: int, test_size: int, val_size: 
     a whole horizon; the seasonal-naive forecast needs one season before the test tail.
     ``names`` maps argument names to how the caller spells them (``--test-size``).
     """
+    pre = f"{where}: " if where else ""   # the CLI adds its own "eigenlstm train: error:"
     nm = {k: k for k in ("window", "horizon", "test_size", "val_size")}
     nm.update(names or {})
     if test_size < horizon:
-        raise ValueError(f"{where}: {nm['test_size']} must be >= {nm['horizon']} = {horizon}, "
+        raise ValueError(f"{pre}{nm['test_size']} must be >= {nm['horizon']} = {horizon}, "
                          f"got {test_size}")
     if val_size and val_size < horizon:
-        raise ValueError(f"{where}: {nm['val_size']} must be 0 or >= {nm['horizon']} = "
+        raise ValueError(f"{pre}{nm['val_size']} must be 0 or >= {nm['horizon']} = "
                          f"{horizon}, got {val_size}")
     need = window + horizon + 2 + val_size + test_size
     if n < need or n - test_size < season:
         raise ValueError(
-            f"{where}: {source} has {n} values; with {nm['window']}={window}, {nm['horizon']}="
+            f"{pre}{source} has {n} values; with {nm['window']}={window}, {nm['horizon']}="
             f"{horizon}, {nm['val_size']}={val_size} and {nm['test_size']}={test_size} it needs "
             f"at least {max(need, season + test_size)} values"
         )
