@@ -188,14 +188,21 @@ def _frequency_of(dates: np.ndarray) -> Optional[str]:
 
 
 def _advance(dates: np.ndarray, freq: str, k) -> np.ndarray:
-    """``dates`` moved by ``k`` steps of ``freq`` (calendar months for M, Q and Y)."""
+    """``dates`` moved by ``k`` steps of ``freq``.
+
+    Monthly, quarterly and yearly steps move by calendar months: a month end stays a month
+    end (Jan 31 -> Feb 28), any other day keeps its day of the month, clipped to the month.
+    """
     count, unit = FREQUENCIES[freq][2]
     if unit == "D":
         return dates + np.asarray(k) * count
     months = np.asarray(k) * count * (12 if unit == "Y" else 1)
     start = dates.astype("datetime64[M]")
-    offset = dates - start.astype("datetime64[D]")            # keep the day of the month
-    return (start + months).astype("datetime64[D]") + offset
+    offset = dates - start.astype("datetime64[D]")
+    is_end = dates == (start + 1).astype("datetime64[D]") - 1
+    new_start = (start + months).astype("datetime64[D]")
+    new_end = (start + months + 1).astype("datetime64[D]") - 1
+    return np.where(is_end, new_end, np.minimum(new_start + offset, new_end))
 
 
 def next_dates(dates: np.ndarray, freq: str, steps: int) -> np.ndarray:
