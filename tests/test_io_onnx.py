@@ -15,13 +15,15 @@ import warnings
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-from onnx.reference import ReferenceEvaluator  # noqa: E402
+# Hard imports: the runtimes are the witnesses and must never be silently skipped.
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
-import eigenlstm as el  # noqa: E402
-import eigenlstm.onnx as elonnx  # noqa: E402
+import eigenlstm as el
+import eigenlstm.onnx as elonnx
 
 I, H, P_SIZE = 4, 6, 3
 SIZES = ((1, 1), (3, 5))  # (N, T): a single step of a single sequence, and a small batch
@@ -263,7 +265,7 @@ def test_load_refuses_an_opset_outside_the_supported_range():
 
 
 # ---- import of torch's export ----------------------------------------------------------------
-def _torch_seed_model(torch, num_layers):
+def _torch_seed_model(num_layers):
     nn = torch.nn
 
     class LSTMModel(nn.Module):  # the seed's model, as written (torch.zeros states included)
@@ -286,9 +288,8 @@ def _torch_seed_model(torch, num_layers):
 @pytest.mark.usefixtures("torch_single_threaded")
 @pytest.mark.parametrize("num_layers", (1, 2))
 def test_load_of_torch_legacy_export_of_the_seed_model_matches_torch(num_layers):
-    torch = pytest.importorskip("torch")
     torch.manual_seed(num_layers)
-    model = _torch_seed_model(torch, num_layers)
+    model = _torch_seed_model(num_layers)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's own deprecation notes about the legacy exporter
@@ -305,7 +306,6 @@ def test_load_of_torch_legacy_export_of_the_seed_model_matches_torch(num_layers)
 
 @pytest.mark.usefixtures("torch_single_threaded")
 def test_load_of_torch_legacy_export_of_a_bidirectional_lstm_with_states_matches_torch():
-    torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(I, H, 2, bidirectional=True).eval()
     x, h0, c0 = torch.randn(5, 3, I), torch.randn(4, 3, H), torch.randn(4, 3, H)
