@@ -196,3 +196,19 @@ def test_save_refuses_what_keras_cannot_express(tmp_path):
     with pytest.raises(TypeError, match="model must be an eigenlstm LSTMModel or Sequential, got LSTM"):
         elkeras.save(el.LSTM(I, 4, seed=0), path)
     assert not path.exists()
+
+
+def test_keras_to_onnx_example_loads_fine_tunes_and_serves_in_onnxruntime(tmp_path):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "keras_to_onnx.py"
+    spec = importlib.util.spec_from_file_location("keras_to_onnx", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    result = example.main(tmp_path, keras_epochs=3, finetune_epochs=5, verbose=False)
+    assert result["keras_err"] <= ATOL
+    assert result["ort_err"] <= ATOL
+    # Fine-tuning on the shifted wave must at least halve the held-out error.
+    assert result["loss_after"] < 0.5 * result["loss_before"]
+    assert {p.name for p in tmp_path.iterdir()} == {"forecaster.keras", "forecaster.onnx"}
