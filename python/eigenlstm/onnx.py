@@ -19,13 +19,11 @@ Needs the ``onnx`` package (``pip install "eigenlstm[onnx]"``); the modules are 
 
 from __future__ import annotations
 
-import io
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 
-from .linear import Linear
 from .lstm import LSTM
 from .model import LSTMModel
 
@@ -995,7 +993,6 @@ _FOLDABLE = {"Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze",
              "Gather", "Add", "Sub", "Mul", "Div", "Neg", "Split", "Range", "ConstantOfShape",
              "Expand", "Shape"}
 
-_MAX_LOAD_OPSET = 22
 _MIN_LOAD_OPSET = 7
 
 
@@ -1129,8 +1126,8 @@ def load(f):
 
     Notes
     -----
-    Read: ONNX ``LSTM`` nodes (opsets 7-22) with directions forward and bidirectional, ``B``,
-    ``sequence_lens`` (from a 1-D integer graph input), ``initial_h``/``initial_c`` (zeros, or
+    Read: ONNX ``LSTM`` nodes (opset 7 and newer; the op last changed in opset 22) with
+    directions forward and bidirectional, ``B``, ``sequence_lens`` (from a 1-D integer graph input), ``initial_h``/``initial_c`` (zeros, or
     rows of 3-D graph inputs in torch's (D*L, N, H) order), an all-zero ``P``, ``layout`` 0
     and 1; the glue exporters put around them (Transpose, Squeeze, Reshape, Slice, Concat, and
     Shape/Gather/ConstantOfShape building zero states); constant subgraphs of weights are folded.
