@@ -1127,9 +1127,9 @@ def load(f):
     Notes
     -----
     Read: ONNX ``LSTM`` nodes (opset 7 and newer; the op last changed in opset 22) with
-    directions forward and bidirectional, ``B``, ``sequence_lens`` (from a 1-D integer graph input), ``initial_h``/``initial_c`` (zeros, or
-    rows of 3-D graph inputs in torch's (D*L, N, H) order), an all-zero ``P``, ``layout`` 0
-    and 1; the glue exporters put around them (Transpose, Squeeze, Reshape, Slice, Concat, and
+    directions forward and bidirectional, ``B``, ``sequence_lens`` (from a 1-D integer graph
+    input), ``initial_h``/``initial_c`` (zeros, or rows of 3-D graph inputs in torch's
+    (D*L, N, H) order), an all-zero ``P``, ``layout`` 0 and 1; the glue exporters put around them (Transpose, Squeeze, Reshape, Slice, Concat, and
     Shape/Gather/ConstantOfShape building zero states); constant subgraphs of weights are folded.
     A layout-1 graph keeps its states batch-first, (N, D, H); the loaded module takes and
     returns torch's (D, N, H).
