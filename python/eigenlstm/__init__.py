@@ -31,3 +31,10 @@ __all__ += [
 from .callbacks import ModelCheckpoint
 
 __all__ += ["ModelCheckpoint"]
+
+# Interop: Keras-style stacks, and moving models in and out (ONNX, Keras). The onnx and h5py
+# packages are imported only when a function needs them.
+from . import keras, onnx
+from .sequential import Sequential
+
+__all__ += ["Sequential", "keras", "onnx"]

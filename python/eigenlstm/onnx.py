@@ -1,0 +1,1164 @@
+"""``eigenlstm.onnx``: export ``LSTM`` and ``LSTMModel`` to ONNX graphs, and load such graphs back.
+
+Export writes the ONNX ``LSTM`` operator where it can express the module and a ``Scan`` loop of
+standard ops where it cannot (projection); load reads chains of ONNX ``LSTM`` nodes with the glue
+that exporters put around them (torch's included) and the ``Scan`` layers written here.
+Needs the ``onnx`` package (``pip install "eigenlstm[onnx]"``); the modules are lstm.py, model.py.
+"""
+# Sizes: T time steps, N batch, I input size, H hidden size, P projection size,
+# H_out = P if P > 0 else H, D directions, L layers, G = 4H gate rows, O outputs.
+#
+# Gate layouts (the whole difficulty of moving LSTM weights around):
+#   torch / eigenlstm  weight_ih (G, I), weight_hh (G, H_out), rows in gate order i, f, g, o;
+#                      two biases b_ih, b_hh (G,) that are simply added.
+#   ONNX LSTM          W (D, G, I), R (D, G, H), rows in gate order i, o, f, c (c is torch's g);
+#                      B (D, 2G) = [Wb; Rb], the input and recurrent biases one after another;
+#                      P (D, 3H) peepholes in order i, o, f; no projection at all.
+# So torch -> ONNX takes row blocks [0, 3, 1, 2] of each matrix and bias, and ONNX -> torch
+# takes blocks [0, 2, 3, 1] (the inverse permutation).
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .lstm import LSTM
+from .model import LSTMModel
+
+__all__ = ["export", "load"]
+
+# Row-block permutations between torch's gate order (i, f, g, o) and ONNX's (i, o, f, c).
+_TORCH_TO_ONNX = (0, 3, 1, 2)
+_ONNX_TO_TORCH = (0, 2, 3, 1)
+
+#: Opset written when ``opset`` is None: ONNX Runtime and every maintained converter read it.
+DEFAULT_OPSET = 17
+#: Oldest opset ``export`` writes: it uses Squeeze/Unsqueeze with axes as an input (opset 13).
+MIN_EXPORT_OPSET = 13
+
+
+def _import_onnx(where: str):
+    try:
+        import onnx  # absolute import: the top-level onnx package, not this module
+    except ImportError:
+        raise ImportError(f"{where} needs the onnx package: pip install 'eigenlstm[onnx]'") from None
+    return onnx
+
+
+def _gate_blocks(w: np.ndarray, order) -> np.ndarray:
+    """Reorder the four equal row blocks (gates) of ``w`` (shape (4H, ...) or (4H,))."""
+    blocks = np.split(w, 4, axis=0)
+    return np.concatenate([blocks[k] for k in order], axis=0)
+
+
+# ==== export =================================================================================
+class _Builder:
+    """Collects nodes and initializers of one ONNX graph, with unique value names."""
+
+    def __init__(self, onnx, dtype: np.dtype) -> None:
+        self.onnx = onnx
+        self.helper = onnx.helper
+        self.dtype = dtype
+        self.elem = onnx.TensorProto.FLOAT if dtype == np.float32 else onnx.TensorProto.DOUBLE
+        self.nodes: list = []
+        self.initializers: list = []
+        self._count = 0
+
+    def name(self, stem: str) -> str:
+        self._count += 1
+        return f"{stem}_{self._count}"
+
+    def const(self, value, stem: str = "const", dtype=None) -> str:
+        arr = np.asarray(value, dtype=self.dtype if dtype is None else dtype)
+        name = self.name(stem)
+        self.initializers.append(self.onnx.numpy_helper.from_array(arr, name))
+        return name
+
+    def ints(self, values, stem: str = "ints") -> str:
+        return self.const(np.asarray(values, dtype=np.int64), stem, np.int64)
+
+    def op(self, op_type: str, inputs, n_out: int = 1, out=None, nodes=None, **attrs):
+        outs = list(out) if out is not None else [self.name(op_type.lower()) for _ in range(n_out)]
+        (self.nodes if nodes is None else nodes).append(
+            self.helper.make_node(op_type, list(inputs), outs, **attrs))
+        return outs[0] if len(outs) == 1 else outs
+
+
+def _check_opset(where: str, onnx, opset) -> int:
+    if opset is None:
+        return DEFAULT_OPSET
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)):
+        raise TypeError(f"{where}: opset must be an int, got {type(opset).__name__} {opset!r}")
+    if not MIN_EXPORT_OPSET <= opset <= newest:
+        raise ValueError(f"{where}: opset must be in [{MIN_EXPORT_OPSET}, {newest}], got {opset}")
+    return int(opset)
+
+
+def _lstm_op_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, seq: Optional[str], h0, c0):
+    """One layer as the ONNX LSTM operator; returns (y (T, N, D*H), h_n (D, N, H), c_n)."""
+    D, H = lstm.num_directions, lstm.hidden_size
+    sfx = ["", "_reverse"][:D]
+    W = np.stack([_gate_blocks(sd[f"weight_ih_l{l}{s}"], _TORCH_TO_ONNX) for s in sfx])
+    R = np.stack([_gate_blocks(sd[f"weight_hh_l{l}{s}"], _TORCH_TO_ONNX) for s in sfx])
+    inputs = [x, b.const(W, f"W_l{l}"), b.const(R, f"R_l{l}")]
+    if lstm.bias:  # B = [Wb; Rb]: ONNX adds both halves, as torch adds b_ih and b_hh
+        B = np.stack([np.concatenate([_gate_blocks(sd[f"bias_ih_l{l}{s}"], _TORCH_TO_ONNX),
+                                      _gate_blocks(sd[f"bias_hh_l{l}{s}"], _TORCH_TO_ONNX)])
+                      for s in sfx])
+        inputs.append(b.const(B, f"B_l{l}"))
+    else:
+        inputs.append("")
+    inputs.append(seq or "")
+    if h0 is not None:  # rows l*D .. l*D+D-1 of torch's (D*L, N, H) states belong to layer l
+        rows = (b.ints([l * D]), b.ints([(l + 1) * D]), b.ints([0]))
+        inputs += [b.op("Slice", (h0,) + rows), b.op("Slice", (c0,) + rows)]
+    y, y_h, y_c = b.op("LSTM", inputs, n_out=3, hidden_size=H,
+                       direction="bidirectional" if D == 2 else "forward")
+    # Y is (T, D, N, H); the next layer and torch's output want (T, N, D*H).
+    if D == 1:
+        y = b.op("Squeeze", [y, b.ints([1])])
+    else:
+        y = b.op("Reshape", [b.op("Transpose", [y], perm=[0, 2, 1, 3]), b.ints([0, 0, -1])])
+    return y, y_h, y_c
+
+
+def _scan_body(b: _Builder, H: int, P: int, Rt: str, Whr: str, masked: bool):
+    """The step of a projected LSTM as a Scan body: (h, c, pre_t[, m_t]) -> (h, c, y_t).
+
+    pre_t = x_t W_ih^T + b_ih + b_hh is computed for all steps before the loop (one MatMul);
+    the body adds the recurrent term and applies the cell, in torch's gate order i, f, g, o:
+        gates = pre_t + h W_hh^T;  i, f, g, o = split(gates)
+        c' = sigmoid(f) * c + sigmoid(i) * tanh(g);  h' = (sigmoid(o) * tanh(c')) W_hr^T
+    With lengths, m_t = (t < length) per row: a row past its length keeps its state and
+    outputs zeros, which is what pack_padded_sequence gives (and the reverse direction, read
+    from the end, then starts at the last valid step).
+    """
+    helper, elem = b.helper, b.elem
+    nodes: list = []
+    inputs = [helper.make_tensor_value_info("h_prev", elem, None),
+              helper.make_tensor_value_info("c_prev", elem, None),
+              helper.make_tensor_value_info("pre_t", elem, None)]
+    if masked:
+        inputs.append(helper.make_tensor_value_info("m_t", b.onnx.TensorProto.BOOL, None))
+    gates = b.op("Add", ["pre_t", b.op("MatMul", ["h_prev", Rt], nodes=nodes)], nodes=nodes)
+    split = b.ints([H, H, H, H], "split")
+    gi, gf, gg, go = b.op("Split", [gates, split], n_out=4, nodes=nodes, axis=1)
+    i = b.op("Sigmoid", [gi], nodes=nodes)
+    f = b.op("Sigmoid", [gf], nodes=nodes)
+    g = b.op("Tanh", [gg], nodes=nodes)
+    o = b.op("Sigmoid", [go], nodes=nodes)
+    c_new = b.op("Add", [b.op("Mul", [f, "c_prev"], nodes=nodes), b.op("Mul", [i, g], nodes=nodes)],
+                 nodes=nodes)
+    h_new = b.op("MatMul", [b.op("Mul", [o, b.op("Tanh", [c_new], nodes=nodes)], nodes=nodes), Whr],
+                 nodes=nodes)
+    if masked:
+        b.op("Where", ["m_t", h_new, "h_prev"], out=["h_out"], nodes=nodes)
+        b.op("Where", ["m_t", c_new, "c_prev"], out=["c_out"], nodes=nodes)
+        b.op("Where", ["m_t", h_new, b.const(0.0, "zero")], out=["y_t"], nodes=nodes)
+    else:
+        b.op("Identity", [h_new], out=["h_out"], nodes=nodes)
+        b.op("Identity", [c_new], out=["c_out"], nodes=nodes)
+        b.op("Identity", [h_new], out=["y_t"], nodes=nodes)
+    outputs = [helper.make_tensor_value_info(n, elem, None) for n in ("h_out", "c_out", "y_t")]
+    return helper.make_graph(nodes, b.name("lstm_step"), inputs, outputs)
+
+
+def _flip_time(b: _Builder, v: str) -> str:
+    """``v[::-1]`` along axis 0: Slice from -1 down past the start with step -1."""
+    return b.op("Slice", [v, b.ints([-1]), b.ints([np.iinfo(np.int64).min]), b.ints([0]), b.ints([-1])])
+
+
+def _scan_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, mask: Optional[str], h0, c0, batch):
+    """One projected layer as one Scan per direction; returns (y (T, N, D*P), h_n, c_n)."""
+    D, H, P = lstm.num_directions, lstm.hidden_size, lstm.proj_size
+    ys, hs, cs = [], [], []
+    for d, s in enumerate(["", "_reverse"][:D]):
+        pre = b.op("MatMul", [x, b.const(sd[f"weight_ih_l{l}{s}"].T, f"Wt_l{l}{s}")])
+        if lstm.bias:
+            pre = b.op("Add", [pre, b.const(sd[f"bias_ih_l{l}{s}"] + sd[f"bias_hh_l{l}{s}"], f"b_l{l}{s}")])
+        if h0 is not None:
+            row = l * D + d
+            rows = (b.ints([row]), b.ints([row + 1]), b.ints([0]))
+            h_init = b.op("Squeeze", [b.op("Slice", (h0,) + rows), b.ints([0])])
+            c_init = b.op("Squeeze", [b.op("Slice", (c0,) + rows), b.ints([0])])
+        else:
+            zero = b.onnx.numpy_helper.from_array(np.zeros(1, b.dtype))
+            h_init = b.op("ConstantOfShape", [b.op("Concat", [batch, b.ints([P])], axis=0)], value=zero)
+            c_init = b.op("ConstantOfShape", [b.op("Concat", [batch, b.ints([H])], axis=0)], value=zero)
+        body = _scan_body(b, H, P, b.const(sd[f"weight_hh_l{l}{s}"].T, f"Rt_l{l}{s}"),
+                          b.const(sd[f"weight_hr_l{l}{s}"].T, f"Whr_l{l}{s}"), mask is not None)
+        scans = [pre] + ([mask] if mask is not None else [])
+        # Reverse direction: flip time before the loop and flip y back after it, so that y
+        # lines up with the forward direction's. (Scan's own scan_input_directions would do
+        # the same, but onnx.reference does not implement it, and it is the float64 oracle.)
+        if d:
+            scans = [_flip_time(b, v) for v in scans]
+        h_n, c_n, y = b.op("Scan", [h_init, c_init] + scans, n_out=3, body=body,
+                           num_scan_inputs=len(scans))
+        if d:
+            y = _flip_time(b, y)
+        ys.append(y)
+        hs.append(b.op("Unsqueeze", [h_n, b.ints([0])]))
+        cs.append(b.op("Unsqueeze", [c_n, b.ints([0])]))
+    if D == 1:
+        return ys[0], hs[0], cs[0]
+    return b.op("Concat", ys, axis=2), b.op("Concat", hs, axis=0), b.op("Concat", cs, axis=0)
+
+
+def export(module, f, *, initial_state: bool = False, lengths: bool = False,
+           opset: Optional[int] = None) -> None:
+    """Write an ``LSTM`` or ``LSTMModel`` as an ONNX model (inference, no dropout).
+
+    Parameters
+    ----------
+    module : LSTM or LSTMModel
+    f : str, os.PathLike or binary file object
+        Where to write the serialized ModelProto.
+    initial_state : bool, default False, keyword-only
+        LSTM only: add the inputs ``"h0"`` (D*L, N, H_out) and ``"c0"`` (D*L, N, H); without
+        them the graph starts from zeros.
+    lengths : bool, default False, keyword-only
+        Add the input ``"lengths"``, int64 of shape (N,): the valid steps of each right-padded
+        sequence, as the ``lengths=`` argument of ``forward``. Give lengths >= 1: for a
+        length of 0 ONNX Runtime's LSTM returns zero final states, where eigenlstm (and the
+        Scan graphs of projected layers) return the initial state.
+    opset : int, optional, keyword-only
+        ONNX opset of the default domain, in [13, newest known to the onnx package];
+        default 17.
+
+    Notes
+    -----
+    An ``LSTM`` graph maps ``"input"`` ((T, N, I), or (N, T, I) if batch_first) to ``"output"``,
+    ``"h_n"``, ``"c_n"`` with torch's shapes; an ``LSTMModel`` graph maps ``"input"`` (N, T, I)
+    to ``"output"`` (N, O). Batch and time are dynamic.
+
+    Layers without projection are ONNX ``LSTM`` nodes (layout 0: ONNX Runtime implements no
+    other), with ``Transpose``/``Squeeze``/``Reshape`` glue. ONNX's LSTM has no projection, so
+    layers with ``proj_size > 0`` are a ``Scan`` over time of MatMul/Sigmoid/Tanh ops, one per
+    direction (see ``_scan_body``). ONNX Runtime's LSTM kernel is float32 only; float64
+    graphs are valid ONNX and run in ``onnx.reference.ReferenceEvaluator``.
+
+    Raises
+    ------
+    TypeError
+        If ``module`` is not an LSTM or LSTMModel, or ``opset`` is not an int.
+    ValueError
+        If ``opset`` is out of range, or ``initial_state=True`` for an LSTMModel.
+    ImportError
+        If the onnx package is missing.
+
+    Examples
+    --------
+    >>> import io, eigenlstm as el, eigenlstm.onnx
+    >>> buf = io.BytesIO()
+    >>> el.onnx.export(el.LSTMModel(3, 8, 1, seed=0), buf)
+    >>> len(buf.getvalue()) > 0
+    True
+    """
+    where = "eigenlstm.onnx.export"
+    if isinstance(module, LSTMModel):
+        lstm, fc = module.lstm, module.fc
+        if initial_state:
+            raise ValueError(f"{where}: initial_state must be False for an LSTMModel (its graph "
+                             "starts from zeros, as its forward does), got True")
+    elif isinstance(module, LSTM):
+        lstm, fc = module, None
+    else:
+        raise TypeError(f"{where}: module must be an eigenlstm LSTM or LSTMModel, got {type(module).__name__}")
+    onnx = _import_onnx(where)
+    opset = _check_opset(where, onnx, opset)
+    helper, TP = onnx.helper, onnx.TensorProto
+    b = _Builder(onnx, lstm.dtype)
+    sd = lstm.state_dict()
+    D, L, H, Hout, I = (lstm.num_directions, lstm.num_layers, lstm.hidden_size, lstm.output_size,
+                        lstm.input_size)
+
+    x_dims = ["batch", "time", I] if lstm.batch_first else ["time", "batch", I]
+    graph_inputs = [helper.make_tensor_value_info("input", b.elem, x_dims)]
+    x = b.op("Transpose", ["input"], perm=[1, 0, 2]) if lstm.batch_first else "input"  # (T, N, I)
+    h0 = c0 = None
+    if initial_state:
+        graph_inputs += [helper.make_tensor_value_info("h0", b.elem, [D * L, "batch", Hout]),
+                         helper.make_tensor_value_info("c0", b.elem, [D * L, "batch", H])]
+        h0, c0 = "h0", "c0"
+    seq = mask = None
+    if lengths:
+        graph_inputs.append(helper.make_tensor_value_info("lengths", TP.INT64, ["batch"]))
+        if lstm.proj_size == 0:
+            seq = b.op("Cast", ["lengths"], to=TP.INT32)  # ONNX LSTM's sequence_lens is int32
+        else:  # mask[t, n, 0] = t < lengths[n], for the Scan body
+            T = b.op("Gather", [b.op("Shape", [x]), b.const(0, "zero", np.int64)], axis=0)
+            t = b.op("Range", [b.const(0, "zero", np.int64), T, b.const(1, "one", np.int64)])
+            less = b.op("Less", [b.op("Unsqueeze", [t, b.ints([1])]),
+                                 b.op("Unsqueeze", ["lengths", b.ints([0])])])
+            mask = b.op("Unsqueeze", [less, b.ints([2])])
+    batch = b.op("Slice", [b.op("Shape", [x]), b.ints([1]), b.ints([2])]) if lstm.proj_size else None
+
+    hs, cs = [], []
+    for l in range(L):
+        if lstm.proj_size == 0:
+            x, y_h, y_c = _lstm_op_layer(b, sd, l, lstm, x, seq, h0, c0)
+        else:
+            x, y_h, y_c = _scan_layer(b, sd, l, lstm, x, mask, h0, c0, batch)
+        hs.append(y_h)
+        cs.append(y_c)
+
+    if fc is None:
+        if lstm.batch_first:
+            b.op("Transpose", [x], perm=[1, 0, 2], out=["output"])
+        else:
+            b.op("Identity", [x], out=["output"])
+        b.op("Concat", hs, axis=0, out=["h_n"])
+        b.op("Concat", cs, axis=0, out=["c_n"])
+        out_dims = (["batch", "time", D * Hout] if lstm.batch_first else ["time", "batch", D * Hout])
+        graph_outputs = [helper.make_tensor_value_info("output", b.elem, out_dims),
+                         helper.make_tensor_value_info("h_n", b.elem, [D * L, "batch", Hout]),
+                         helper.make_tensor_value_info("c_n", b.elem, [D * L, "batch", H])]
+    else:
+        if lengths:  # y[n] = out[n, lengths[n] - 1]: GatherND with one index per batch row
+            idx = b.op("Unsqueeze", [b.op("Sub", ["lengths", b.const(1, "one", np.int64)]), b.ints([1])])
+            last = b.op("GatherND", [b.op("Transpose", [x], perm=[1, 0, 2]), idx], batch_dims=1)
+        else:  # out[:, -1, :] of the batch-first output is step -1 of x (T, N, D*H)
+            last = b.op("Gather", [x, b.const(-1, "last", np.int64)], axis=0)
+        inputs = [last, b.const(fc.weight, "fc_weight")]
+        if fc.bias is not None:
+            inputs.append(b.const(fc.bias, "fc_bias"))
+        b.op("Gemm", inputs, out=["output"], transB=1)  # y = last W^T + b
+        graph_outputs = [helper.make_tensor_value_info("output", b.elem, ["batch", fc.out_features])]
+
+    graph = helper.make_graph(b.nodes, "eigenlstm", graph_inputs, graph_outputs, b.initializers)
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="eigenlstm",
+                              ir_version=helper.find_min_ir_version_for(opsets))
+    data = model.SerializeToString()
+    if hasattr(f, "write"):
+        f.write(data)
+    else:
+        with open(os.fspath(f), "wb") as fh:
+            fh.write(data)
+
+
+# ==== load ===================================================================================
+# The loader interprets the graph abstractly: every value gets a kind that says what it holds
+# ("const" array, "sym" shape entries, all-"zeros" state, a "seq" of a layer's outputs with
+# labelled axes, a layer's "final" states, ...). Each recognised op maps kinds to kinds and
+# checks its attributes; anything else stops the load with a ValueError naming the node.
+# Axis labels: the graph input is ("a0", "a1", "F"); an LSTM node names its time and batch
+# axes after its input's, so a Transpose anywhere is tracked and checked at the end.
+
+class _V:
+    """An abstract value: ``kind`` plus kind-specific fields."""
+
+    def __init__(self, kind: str, **fields) -> None:
+        self.kind = kind
+        self.__dict__.update(fields)
+
+    def __repr__(self) -> str:
+        return f"<{self.kind}>"
+
+    def replace(self, **changes) -> "_V":
+        fields = {k: v for k, v in vars(self).items() if k != "kind"}
+        fields.update(changes)
+        return _V(self.kind, **fields)
+
+
+class _Layer:
+    """One LSTM layer as found in the graph (D directions), in torch's layout."""
+
+    def __init__(self, where, D, H, P, weights, src, seq, init, has_bias):
+        self.where = where        # node that defines it, for error messages
+        self.D, self.H, self.P = D, H, P
+        self.weights = weights    # per direction: dict weight_ih, weight_hh, bias_ih, bias_hh[, weight_hr]
+        self.src = src            # the "seq" value it reads
+        self.seq = seq            # None, or "lengths" when it honours the graph's lengths
+        self.init = init          # per direction: None (zeros) or (h, c) "state" values
+        self.has_bias = has_bias
+
+
+class _LoadError(ValueError):
+    pass
+
+
+_INT64_MIN = int(np.iinfo(np.int64).min)
+
+
+class _Interpreter:
+    def __init__(self, onnx, model) -> None:
+        self.onnx = onnx
+        self.model = model
+        self.graph = model.graph
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        self.env: Dict[str, _V] = {}
+        self.halves: dict = {}
+        self.pairs: dict = {}
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def fail(self, node, msg: str):
+        raise _LoadError(f"eigenlstm.onnx.load: node {node.name or node.output[0]!r} ({node.op_type}): {msg}")
+
+    def attrs(self, node) -> dict:
+        get = self.onnx.helper.get_attribute_value
+        out = {}
+        for a in node.attribute:
+            v = get(a)
+            out[a.name] = v.decode() if isinstance(v, bytes) else v
+        return out
+
+    def const(self, node, name: str, what: str) -> np.ndarray:
+        v = self.env[name]
+        if v.kind != "const":
+            self.fail(node, f"{what} must be a constant, got a {v.kind} value")
+        return v.value
+
+    def ints_arg(self, node, attrs, key: str, index: int, default=None):
+        """Read an int list given as an attribute (old opsets) or as input ``index`` (new)."""
+        if key in attrs:
+            return [int(v) for v in attrs[key]]
+        if len(node.input) > index and node.input[index]:
+            return [int(v) for v in np.atleast_1d(self.const(node, node.input[index], key))]
+        return default
+
+    def fold(self, node) -> List[np.ndarray]:
+        """Evaluate a node whose inputs are all constants with onnx's reference runtime."""
+        from onnx.reference import ReferenceEvaluator
+
+        feeds = {n: self.env[n].value for n in node.input if n}
+        ref = ReferenceEvaluator(node, opsets={"": self.opset})
+        return ref.run(None, feeds)
+
+    # ---- the walk --------------------------------------------------------------------------
+    def run(self):
+        g = self.graph
+        numpy_helper = self.onnx.numpy_helper
+        for init in g.initializer:
+            self.env[init.name] = _V("const", value=numpy_helper.to_array(init))
+        inits = set(self.env)
+        inputs = [i for i in g.input if i.name not in inits]
+        self.inputs = inputs
+        elem = self.onnx.TensorProto
+        data_seen = False
+        for i in inputs:
+            t = i.type.tensor_type
+            rank = len(t.shape.dim)
+            if t.elem_type in (elem.INT32, elem.INT64) and rank == 1:
+                self.env[i.name] = _V("lengths", name=i.name)
+            elif t.elem_type in (elem.FLOAT, elem.DOUBLE) and rank == 3 and not data_seen:
+                self.env[i.name] = _V("seq", axes=("a0", "a1", "F"), layer=None, name=i.name)
+                data_seen = True
+            elif t.elem_type in (elem.FLOAT, elem.DOUBLE) and rank == 3:
+                dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+                self.env[i.name] = _V("state", name=i.name, lo=0, hi=dims[0], axes=("S", "a?", "H"),
+                                      raw_dims=dims)
+            else:
+                raise _LoadError(
+                    f"eigenlstm.onnx.load: graph input {i.name!r} must be the (3-D float) "
+                    f"sequence, a 3-D float initial state or 1-D integer lengths, got element "
+                    f"type {elem.DataType.Name(t.elem_type)} of rank {rank}")
+        if not data_seen:
+            raise _LoadError("eigenlstm.onnx.load: the graph has no 3-D float input (the sequence)")
+        for node in g.node:
+            if node.domain not in ("", "ai.onnx"):
+                self.fail(node, f"domain must be the default ONNX domain, got {node.domain!r}")
+            handler = getattr(self, f"op_{node.op_type}", None)
+            missing = [n for n in node.input if n and n not in self.env]
+            if missing:
+                self.fail(node, f"reads {missing[0]!r}, which no earlier node or input defines")
+            ins = [self.env[n] if n else None for n in node.input]
+            if node.op_type not in ("LSTM", "Scan") and ins and all(v is None or v.kind == "const" for v in ins):
+                if node.op_type in _FOLDABLE:
+                    for name, value in zip(node.output, self.fold(node)):
+                        self.env[name] = _V("const", value=np.asarray(value))
+                    continue
+            if node.op_type == "Constant":
+                self.env[node.output[0]] = _V("const", value=np.asarray(self.fold(node)[0]))
+                continue
+            if handler is None:
+                self.fail(node, "this op is outside the pattern eigenlstm reads (chained LSTM "
+                                "layers, their glue, a last-step selection and a Gemm or MatMul+Add head)")
+            outs = handler(node, ins, self.attrs(node))
+            if not isinstance(outs, (list, tuple)):
+                outs = [outs]
+            for name, v in zip(node.output, outs):
+                if name:
+                    self.env[name] = v
+        return [self.env[o.name] for o in g.output]
+
+    # ---- ops on shapes and constants --------------------------------------------------------
+    def op_Identity(self, node, ins, a):
+        return ins[0]
+
+    def op_Shape(self, node, ins, a):
+        v = ins[0]
+        if v.kind != "seq":
+            self.fail(node, f"Shape is read only of the sequence, got a {v.kind} value")
+        return _V("sym", items=tuple(v.axes), scalar=False)
+
+    def op_Cast(self, node, ins, a):
+        v = ins[0]
+        if v.kind in ("sym", "lengths", "zeros"):
+            return v
+        self.fail(node, f"Cast is read only of shapes and lengths, got a {v.kind} value")
+
+    def op_Gather(self, node, ins, a):
+        v, idx = ins
+        axis = int(a.get("axis", 0))
+        if idx.kind != "const":
+            self.fail(node, "indices must be a constant")
+        if v.kind == "sym":
+            sel = [v.items[int(i)] for i in np.atleast_1d(idx.value)]
+            return _V("sym", items=tuple(sel), scalar=idx.value.ndim == 0)
+        if v.kind in ("seq",) and idx.value.ndim == 0:
+            return self._last_step(node, v, axis, int(idx.value))
+        self.fail(node, f"Gather must select the last time step of a layer output, got a {v.kind} value")
+
+    def _last_step(self, node, v, axis, index):
+        v = self.as_seq(node, v)
+        axis = axis % len(v.axes)
+        if v.layer is None or v.axes[axis] != self.time_label(node):
+            self.fail(node, "only the time axis of an LSTM output may be indexed")
+        if index != -1:
+            self.fail(node, f"the time index must be -1 (the last step, for any length), got {index}")
+        return _V("last", axes=tuple(x for k, x in enumerate(v.axes) if k != axis), layer=v.layer,
+                  by_lengths=False)
+
+    def op_Unsqueeze(self, node, ins, a):
+        v = ins[0]
+        axes = self.ints_arg(node, a, "axes", 1)
+        if v.kind == "sym" and v.scalar and axes == [0]:
+            return _V("sym", items=v.items, scalar=False)
+        if v.kind == "zeros":
+            return v
+        if v.kind == "seq_last" and axes == [v.axis]:
+            return v.seq
+        if v.kind == "scan_h" and axes == [0]:
+            return _V("final_half", half=v.half, which=v.which)
+        if v.kind == "lengths" and axes == [0]:
+            return _V("lengths_row")
+        if v.kind == "lengths_m1" and axes in ([1], [-1]):
+            return _V("lengths_idx")
+        if v.kind == "time_range" and axes == [1]:
+            return _V("time_col")
+        if v.kind == "mask2" and axes in ([2], [-1]):
+            return _V("mask", flipped=False)
+        self.fail(node, f"Unsqueeze with axes={axes} of a {v.kind} value is outside the pattern")
+
+    def op_Squeeze(self, node, ins, a):
+        v = ins[0]
+        axes = self.ints_arg(node, a, "axes", 1)
+        if v.kind == "zeros":
+            return v
+        if v.kind == "seq_last" and axes is not None and len(axes) == 1 \
+                and axes[0] % len(v.seq.axes) == v.axis:
+            return self._last_step(node, v.seq, v.axis, -1)
+        if v.kind == "state" and axes == [0] and v.axes[0] == "S":
+            return _V("state", name=v.name, lo=v.lo, hi=v.hi, axes=v.axes[1:], squeezed=True)
+        if v.kind == "seq" and v.layer is not None and axes is not None and len(axes) == 1:
+            ax = axes[0] % len(v.axes)
+            if v.axes[ax] == "D" and v.layer.D == 1:
+                rest = tuple(x for k, x in enumerate(v.axes) if k != ax)
+                return _V("seq", axes=tuple("F" if x == "H" else x for x in rest), layer=v.layer)
+        self.fail(node, f"Squeeze with axes={axes} of a {v.kind} value is outside the pattern "
+                        "(only a direction axis of size 1 may be squeezed)")
+
+    def op_Concat(self, node, ins, a):
+        axis = int(a["axis"])
+        kinds = {v.kind for v in ins}
+        if kinds <= {"sym", "const"}:
+            items = []
+            for v in ins:
+                items += list(v.items) if v.kind == "sym" else [int(x) for x in np.atleast_1d(v.value)]
+            return _V("sym", items=tuple(items), scalar=False)
+        if kinds <= {"final", "final_half"} and axis == 0:
+            return self._concat_finals(node, ins)
+        if kinds == {"scan_y"} and len(ins) == 2 and axis in (2, -1):
+            layer = self._pair(node, ins[0], ins[1])
+            return _V("seq", axes=(self.time_label(node, layer), self.batch_label(layer), "F"), layer=layer)
+        self.fail(node, f"Concat on axis {axis} of {sorted(kinds)} values is outside the pattern")
+
+    def op_ConstantOfShape(self, node, ins, a):
+        value = a.get("value")
+        if value is not None and np.any(self.onnx.numpy_helper.to_array(value) != 0):
+            self.fail(node, "only all-zero initial states are read")
+        return _V("zeros")
+
+    def op_Expand(self, node, ins, a):
+        v = ins[0]
+        if v.kind == "zeros" or (v.kind == "const" and not np.any(v.value)):
+            return _V("zeros")
+        self.fail(node, "only zeros may be expanded (an all-zero initial state)")
+
+    def op_Slice(self, node, ins, a):
+        v = ins[0]
+        starts = self.ints_arg(node, a, "starts", 1)
+        ends = self.ints_arg(node, a, "ends", 2)
+        axes = self.ints_arg(node, a, "axes", 3, default=list(range(len(starts))))
+        steps = self.ints_arg(node, a, "steps", 4, default=[1] * len(starts))
+        if v.kind == "zeros":
+            return v
+        if v.kind == "sym" and axes == [0] and steps == [1]:
+            return _V("sym", items=v.items[starts[0]:ends[0]], scalar=False)
+        flip = axes == [0] and steps == [-1] and starts == [-1] and ends[0] <= -(2**31)
+        if flip and v.kind in ("pre", "mask", "scan_y"):
+            return v.replace(flipped=not v.flipped)
+        if v.kind == "state" and axes == [0] and steps == [1] and v.axes[0] == "S":
+            return _V("state", name=v.name, lo=v.lo + starts[0], hi=v.lo + ends[0], axes=v.axes,
+                      raw_dims=None)
+        if v.kind == "seq" and len(axes) == 1 and steps == [1] and starts == [-1] and ends[0] >= 2**31 - 1:
+            ax = axes[0] % len(v.axes)
+            return _V("seq_last", seq=v, axis=ax)
+        self.fail(node, f"Slice (starts={starts}, ends={ends}, axes={axes}, steps={steps}) of a "
+                        f"{v.kind} value is outside the pattern")
+
+    def op_Transpose(self, node, ins, a):
+        v = ins[0]
+        perm = [int(p) for p in a["perm"]]
+        if v.kind == "scan_y":
+            v = self.as_seq(node, v)
+        if v.kind in ("seq", "state", "final"):
+            if len(perm) != len(v.axes):
+                self.fail(node, f"perm={perm} does not match the rank {len(v.axes)} of its input")
+            return v.replace(axes=tuple(v.axes[p] for p in perm))
+        if v.kind == "zeros":
+            return v
+        self.fail(node, f"Transpose of a {v.kind} value is outside the pattern")
+
+    def op_Reshape(self, node, ins, a):
+        v, shape = ins
+        if v.kind == "zeros":
+            return v
+        if shape.kind != "const":
+            self.fail(node, "the shape must be a constant")
+        shape = [int(s) for s in shape.value]
+        if v.kind == "seq" and v.layer is not None and len(v.axes) == 4 and v.axes[2:] == ("D", "H"):
+            if shape[:2] == [0, 0] and shape[2] in (-1, v.layer.D * v.layer.H_out):
+                return _V("seq", axes=v.axes[:2] + ("F",), layer=v.layer)
+        self.fail(node, f"Reshape to {shape} of a {v.kind} value is outside the pattern (only "
+                        "merging the direction and hidden axes into features is)")
+
+    def op_Range(self, node, ins, a):
+        start, limit, delta = ins
+        if (start.kind == "const" and int(start.value) == 0 and delta.kind == "const"
+                and int(delta.value) == 1 and limit.kind == "sym" and limit.scalar):
+            return _V("time_range", label=limit.items[0])
+        self.fail(node, "only Range(0, T, 1) over the time steps is read")
+
+    def op_Less(self, node, ins, a):
+        x, y = ins
+        if x.kind == "time_col" and y.kind == "lengths_row":
+            return _V("mask2")
+        self.fail(node, "only the mask step < lengths is read")
+
+    def op_Sub(self, node, ins, a):
+        x, y = ins
+        if x.kind == "lengths" and y.kind == "const" and y.value.size == 1 and int(y.value) == 1:
+            return _V("lengths_m1")
+        self.fail(node, "only lengths - 1 is read")
+
+    def op_GatherND(self, node, ins, a):
+        v, idx = ins
+        if int(a.get("batch_dims", 0)) == 1 and idx.kind == "lengths_idx":
+            v = self.as_seq(node, v)
+            if v.layer is not None and v.axes == (self.batch_label(v.layer), self.time_label(node), "F"):
+                return _V("last", axes=(v.axes[0], "F"), layer=v.layer, by_lengths=True)
+        self.fail(node, "only GatherND of each sequence's step lengths - 1 is read")
+
+    # ---- the head --------------------------------------------------------------------------
+    def _head_input(self, node, v):
+        if v.kind == "seq_last":
+            self.fail(node, "a last-step Slice must be squeezed before the head")
+        if v.kind != "last" or v.axes != (self.batch_label(v.layer), "F"):
+            self.fail(node, f"the head must read the last step of the last LSTM layer (N, features), "
+                            f"got a {v.kind} value")
+        return v
+
+    def op_Gemm(self, node, ins, a):
+        last = self._head_input(node, ins[0])
+        if int(a.get("transA", 0)):
+            self.fail(node, "transA must be 0")
+        w = self.const(node, node.input[1], "B (the weight)")
+        w = w.T if int(a.get("transB", 0)) else w        # (F, O) -> torch's Linear weight (O, F)
+        weight = float(a.get("alpha", 1.0)) * w.T
+        bias = None
+        if len(ins) > 2 and ins[2] is not None:
+            c = self.const(node, node.input[2], "C (the bias)")
+            bias = float(a.get("beta", 1.0)) * np.broadcast_to(c, (weight.shape[0],))
+        return _V("head", last=last, weight=weight, bias=bias)
+
+    def op_MatMul(self, node, ins, a):
+        v, w = ins
+        if w.kind != "const":
+            self.fail(node, "the second input must be a constant weight")
+        if v.kind == "last":
+            self._head_input(node, v)
+            return _V("head", last=v, weight=w.value.T, bias=None)
+        if v.kind in ("seq", "scan_y"):
+            v = self.as_seq(node, v)
+            self._fix_axes(node, v.axes, 0)  # a Scan layer reads (T, N, features)
+            return _V("pre", src=v, w_t=w.value, bias=None, flipped=False)
+        self.fail(node, f"MatMul of a {v.kind} value is outside the pattern")
+
+    def op_Add(self, node, ins, a):
+        x, y = ins
+        if x.kind == "const":
+            x, y = y, x
+        if y.kind == "const" and x.kind == "head" and x.bias is None:
+            return _V("head", last=x.last, weight=x.weight,
+                      bias=np.broadcast_to(y.value, (x.weight.shape[0],)))
+        if y.kind == "const" and x.kind == "pre" and x.bias is None and not x.flipped:
+            return _V("pre", src=x.src, w_t=x.w_t, bias=y.value, flipped=False)
+        self.fail(node, f"Add of {x.kind} and {y.kind} values is outside the pattern")
+
+    # ---- LSTM layers -----------------------------------------------------------------------
+    def time_label(self, node, layer=None):
+        if getattr(self, "_time", None) is None:
+            self.fail(node, "a time axis is used before any LSTM node fixed it")
+        return self._time
+
+    def batch_label(self, layer=None):
+        return "a1" if self._time == "a0" else "a0"
+
+    def _fix_axes(self, node, x_axes, layout):
+        t, n = (x_axes[0], x_axes[1]) if layout == 0 else (x_axes[1], x_axes[0])
+        if x_axes[2] != "F" or {t, n} != {"a0", "a1"}:
+            self.fail(node, f"X must be a sequence with features last, got axes {x_axes}")
+        if getattr(self, "_time", None) is None:
+            self._time = t
+        elif self._time != t:
+            self.fail(node, "X has time and batch swapped with respect to the first layer")
+        return t, n
+
+    def _init_state(self, node, v, D, layout, what):
+        if v is None or v.kind == "zeros" or (v.kind == "const" and not np.any(v.value)):
+            return None
+        if v.kind != "state":
+            self.fail(node, f"{what} must be zeros or a slice of a graph input, got a {v.kind} value")
+        want = ("S", "a?", "H") if layout == 0 else ("a?", "S", "H")
+        if layout == 1 and getattr(v, "raw_dims", None) is not None and v.axes[0] == "S":
+            # A graph input used as it is by a layout-1 node is (N, D, H): rows on axis 1.
+            v = v.replace(axes=want, hi=v.raw_dims[1], raw_dims=None)
+        if v.axes != want or (v.hi is not None and v.hi - v.lo != D):
+            self.fail(node, f"{what} must be {D} consecutive rows of a (D*L, N, H) graph input")
+        return v
+
+    def op_LSTM(self, node, ins, a):
+        for key in ("clip", "activation_alpha", "activation_beta"):
+            if key in a:
+                self.fail(node, f"attribute {key} is not supported (eigenlstm's cell has no {key}), got {a[key]}")
+        if int(a.get("input_forget", 0)) != 0:
+            self.fail(node, f"attribute input_forget must be 0 (coupled input-forget gates are "
+                            f"not supported), got {a['input_forget']}")
+        direction = a.get("direction", "forward")
+        if direction not in ("forward", "bidirectional"):
+            self.fail(node, f"attribute direction must be 'forward' or 'bidirectional' (a "
+                            f"reverse-only layer is not an eigenlstm LSTM), got {direction!r}")
+        D = 2 if direction == "bidirectional" else 1
+        acts = [s.lower() for s in a.get("activations", ["Sigmoid", "Tanh", "Tanh"] * D)]
+        if acts != ["sigmoid", "tanh", "tanh"] * D:
+            self.fail(node, f"attribute activations must be {['Sigmoid', 'Tanh', 'Tanh'] * D} "
+                            f"(the standard cell), got {a['activations']}")
+        layout = int(a.get("layout", 0))
+        x = ins[0]
+        if x.kind == "scan_y":
+            x = self.as_seq(node, x)
+        if x.kind != "seq":
+            self.fail(node, f"X must be the sequence or a previous layer's output, got a {x.kind} value")
+        t, n = self._fix_axes(node, x.axes, layout)
+        W = self.const(node, node.input[1], "W")
+        R = self.const(node, node.input[2], "R")
+        H = R.shape[-1]
+        if "hidden_size" in a and int(a["hidden_size"]) != H:
+            self.fail(node, f"attribute hidden_size must match R's last dimension {H}, got {a['hidden_size']}")
+        if W.shape[0] != D or R.shape != (D, 4 * H, H) or W.shape[1] != 4 * H:
+            self.fail(node, f"W must be ({D}, {4 * H}, I) and R ({D}, {4 * H}, {H}), got {W.shape} and {R.shape}")
+        B = ins[3]
+        B = None if B is None else self.const(node, node.input[3], "B")
+        if B is not None and B.shape != (D, 8 * H):
+            self.fail(node, f"B must have shape ({D}, {8 * H}), got {B.shape}")
+        if len(ins) > 7 and ins[7] is not None:
+            P = self.const(node, node.input[7], "P")
+            if np.any(P != 0):
+                self.fail(node, "input P (peephole weights) must be absent or all zeros: peephole "
+                                "LSTMs need a cell variant eigenlstm does not have yet")
+        seq = ins[4] if len(ins) > 4 else None
+        if seq is not None and seq.kind != "lengths":
+            self.fail(node, f"sequence_lens must be the graph's lengths input, got a {seq.kind} value")
+        h0 = self._init_state(node, ins[5] if len(ins) > 5 else None, D, layout, "initial_h")
+        c0 = self._init_state(node, ins[6] if len(ins) > 6 else None, D, layout, "initial_c")
+        if (h0 is None) != (c0 is None):
+            self.fail(node, "initial_h and initial_c must both be zeros or both be graph inputs")
+        weights = []
+        for d in range(D):
+            w = {"weight_ih": _gate_blocks(W[d], _ONNX_TO_TORCH),
+                 "weight_hh": _gate_blocks(R[d], _ONNX_TO_TORCH)}
+            if B is not None:
+                w["bias_ih"] = _gate_blocks(B[d, :4 * H], _ONNX_TO_TORCH)
+                w["bias_hh"] = _gate_blocks(B[d, 4 * H:], _ONNX_TO_TORCH)
+            weights.append(w)
+        init = None if h0 is None else [(h0, c0, d) for d in range(D)]
+        layer = _Layer(node, D, H, 0, weights, x, None if seq is None else "lengths", init, B is not None)
+        layer.H_out = H
+        layer.layout = layout
+        y_axes = (t, "D", n, "H") if layout == 0 else (n, t, "D", "H")
+        f_axes = ("D", n, "H") if layout == 0 else (n, "D", "H")
+        return [_V("seq", axes=y_axes, layer=layer),
+                _V("final", which="h", layers=(layer,), axes=f_axes),
+                _V("final", which="c", layers=(layer,), axes=f_axes)]
+
+    # ---- Scan layers (projection), as export writes them ------------------------------------
+    def op_Scan(self, node, ins, a):
+        n_scan = int(a["num_scan_inputs"])
+        for key in ("scan_input_directions", "scan_output_directions", "scan_input_axes",
+                    "scan_output_axes"):
+            if key in a and any(int(v) for v in a[key]):
+                self.fail(node, f"attribute {key} must be all zeros, got {list(a[key])}")
+        if len(ins) != 2 + n_scan or n_scan not in (1, 2) or len(node.output) != 3:
+            self.fail(node, "the Scan must carry (h, c), scan the pre-activations (and a mask) "
+                            "and output the steps")
+        h_init, c_init, pre = ins[:3]
+        mask = ins[3] if n_scan == 2 else None
+        if pre.kind != "pre" or (mask is not None and (mask.kind != "mask" or mask.flipped != pre.flipped)):
+            self.fail(node, "the scanned inputs must be x W_ih^T (+ b) and the lengths mask")
+        Rt, Whr = self._match_body(node, a["body"], mask is not None)
+        H = Rt.shape[1] // 4
+        P = Whr.shape[1]
+        d = 1 if pre.flipped else 0
+        inits = []
+        for v, what in ((h_init, "the initial h"), (c_init, "the initial c")):
+            if v.kind == "zeros" or (v.kind == "const" and not np.any(v.value)):
+                inits.append(None)
+            elif v.kind == "state" and getattr(v, "squeezed", False) and v.hi is not None and v.hi - v.lo == 1:
+                inits.append(v)
+            else:
+                self.fail(node, f"{what} must be zeros or one row of a graph input, got a {v.kind} value")
+        if (inits[0] is None) != (inits[1] is None):
+            self.fail(node, "the initial h and c must both be zeros or both be graph inputs")
+        w = {"weight_ih": pre.w_t.T, "weight_hh": Rt.T, "weight_hr": Whr.T}
+        if pre.bias is not None:  # one summed bias: all of it goes to b_ih, b_hh is zero
+            w["bias_ih"] = np.broadcast_to(pre.bias, (4 * H,)).copy()
+            w["bias_hh"] = np.zeros(4 * H, dtype=pre.bias.dtype)
+        half = _V("half", d=d, H=H, P=P, weights=w, src=pre.src, seq="lengths" if mask is not None else None,
+                  init=inits, node=node, has_bias=pre.bias is not None)
+        return [_V("scan_h", half=half, which="h"), _V("scan_h", half=half, which="c"),
+                _V("scan_y", half=half, flipped=pre.flipped)]
+
+    def _match_body(self, node, body, masked):
+        """Check a Scan body against the step export writes; return (W_hh^T, W_hr^T)."""
+        env = {}
+        names = [i.name for i in body.input]
+        if len(names) != (4 if masked else 3):
+            self.fail(node, "the Scan body must take (h, c, pre_t[, m_t])")
+        for n_, k in zip(names, ("h", "c", "pre", "m")):
+            env[n_] = ("var", k)
+
+        def val(name):
+            if name in env:
+                return env[name]
+            outer = self.env.get(name)
+            if outer is not None and outer.kind == "const":
+                return ("const", outer.value)
+            self.fail(node, f"the Scan body reads {name!r}, which is neither a body value nor a constant")
+
+        get = self.onnx.helper.get_attribute_value
+        Rt = Whr = None
+        for bn in body.node:
+            args = [val(i) for i in bn.input]
+            keys = [("const",) if x[0] == "const" else x for x in args]  # hashable
+            pair = set(keys[:2])
+            op = bn.op_type
+            out = None
+            if op == "MatMul" and keys[0] == ("var", "h") and keys[1] == ("const",):
+                out, Rt = ("rec",), args[1][1]
+            elif op == "Add" and pair == {("var", "pre"), ("rec",)}:
+                out = ("gates",)
+            elif op == "Split" and keys[0] == ("gates",) and Rt is not None:
+                attrs = {x.name: get(x) for x in bn.attribute}
+                sizes = attrs.get("split")
+                if sizes is None and len(args) > 1:
+                    sizes = [int(v) for v in args[1][1]] if keys[1] == ("const",) else None
+                H = Rt.shape[1] // 4
+                if (int(attrs.get("axis", 0)) not in (1, -1) or len(bn.output) != 4
+                        or (sizes is not None and list(sizes) != [H] * 4)):
+                    self.fail(node, f"the Scan body must split the gates in four blocks of {H} "
+                                    "on the last axis")
+                for k, o in enumerate(bn.output):
+                    env[o] = ("gate", k)
+                continue
+            elif op in ("Sigmoid", "Tanh") and keys[0][0] == "gate":
+                out = (op, keys[0][1])
+            elif op == "Mul" and pair == {("Sigmoid", 1), ("var", "c")}:
+                out = ("fc",)
+            elif op == "Mul" and pair == {("Sigmoid", 0), ("Tanh", 2)}:
+                out = ("ig",)
+            elif op == "Add" and pair == {("fc",), ("ig",)}:
+                out = ("c_new",)
+            elif op == "Tanh" and keys[0] == ("c_new",):
+                out = ("tanh_c",)
+            elif op == "Mul" and pair == {("Sigmoid", 3), ("tanh_c",)}:
+                out = ("h_full",)
+            elif op == "MatMul" and keys[0] == ("h_full",) and keys[1] == ("const",):
+                out, Whr = ("h_new",), args[1][1]
+            elif op == "Where" and masked and keys[0] == ("var", "m"):
+                if keys[1:] == [("h_new",), ("var", "h")]:
+                    out = ("h_out",)
+                elif keys[1:] == [("c_new",), ("var", "c")]:
+                    out = ("c_out",)
+                elif keys[1:] == [("h_new",), ("const",)] and not np.any(args[2][1]):
+                    out = ("y_out",)
+            elif op == "Identity" and not masked and keys[0] in (("h_new",), ("c_new",)):
+                out = keys[0]
+            if out is None:
+                self.fail(node, f"the Scan body's {op} node is not part of the LSTM step export writes")
+            env[bn.output[0]] = out
+        want = [("h_out",), ("c_out",), ("y_out",)] if masked else [("h_new",), ("c_new",), ("h_new",)]
+        got = [env.get(o.name) for o in body.output]
+        if got != want:
+            self.fail(node, "the Scan body's outputs must be the new h, the new c and the step output")
+        return Rt, Whr
+
+    def _layer_of_halves(self, node, halves):
+        h0 = halves[0]
+        for h in halves:
+            if (h.H, h.P, h.seq, h.src is h0.src, h.has_bias) != (h0.H, h0.P, h0.seq, True, h0.has_bias):
+                self.fail(node, "the two directions of a Scan layer must match in sizes, input and lengths")
+            if (h.init[0] is None) != (h0.init[0] is None):
+                self.fail(node, "the two directions must both start from zeros or both from graph inputs")
+        init = None if h0.init[0] is None else [(h.init[0], h.init[1], d) for d, h in enumerate(halves)]
+        layer = _Layer(h0.node, len(halves), h0.H, h0.P, [h.weights for h in halves], h0.src, h0.seq,
+                       init, h0.has_bias)
+        layer.H_out = h0.P
+        layer.layout = 0
+        layer.scan = True
+        return layer
+
+    def _single(self, node, half):
+        if half.d != 0:
+            self.fail(node, "a reverse-only layer is not an eigenlstm LSTM")
+        key = id(half)
+        if key not in self.halves:
+            self.halves[key] = self._layer_of_halves(node, [half])
+        return self.halves[key]
+
+    def _pair(self, node, y0, y1):
+        if y0.flipped or y1.flipped:
+            self.fail(node, "a reverse Scan's output must be flipped back to time order")
+        return self._pair_halves(node, y0.half, y1.half)
+
+    def _pair_halves(self, node, h0, h1):
+        if (h0.d, h1.d) != (0, 1):
+            self.fail(node, "a bidirectional Scan layer must concatenate the forward then the "
+                            "reverse direction")
+        key = (id(h0), id(h1))
+        if key not in self.pairs:
+            self.pairs[key] = self._layer_of_halves(node, [h0, h1])
+        return self.pairs[key]
+
+    def as_seq(self, node, v):
+        if v.kind == "scan_y":
+            if v.flipped:
+                self.fail(node, "a reverse Scan's output must be flipped back to time order")
+            layer = self._single(node, v.half)
+            return _V("seq", axes=(self.time_label(node), self.batch_label(), "F"), layer=layer)
+        return v
+
+    def _concat_finals(self, node, ins):
+        layers, which, k = [], None, 0
+        while k < len(ins):
+            v = ins[k]
+            if v.kind == "final_half":
+                if v.half.d == 0 and k + 1 < len(ins) and ins[k + 1].kind == "final_half" \
+                        and ins[k + 1].half.d == 1:
+                    layers.append(self._pair_halves(node, v.half, ins[k + 1].half))
+                    k += 2
+                else:
+                    layers.append(self._single(node, v.half))
+                    k += 1
+                kind_which = v.which
+            else:
+                if v.axes[0] != "D":
+                    self.fail(node, "final states must be concatenated on the direction axis")
+                layers.extend(v.layers)
+                kind_which = v.which
+                k += 1
+            if which not in (None, kind_which):
+                self.fail(node, "h and c final states must not be mixed")
+            which = kind_which
+        return _V("final", which=which, layers=tuple(layers), axes=("D", self.batch_label(), "H"))
+
+
+# Ops folded on constants (weights that an exporter left as Slice/Concat/Transpose of others).
+_FOLDABLE = {"Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Concat", "Slice",
+             "Gather", "Add", "Sub", "Mul", "Div", "Neg", "Split", "Range", "ConstantOfShape",
+             "Expand", "Shape"}
+
+_MIN_LOAD_OPSET = 7
+
+
+def _chain(out_layer: _Layer) -> List[_Layer]:
+    """The layers that feed ``out_layer``, first to last."""
+    layers = [out_layer]
+    while layers[-1].src.layer is not None:
+        layers.append(layers[-1].src.layer)
+    return layers[::-1]
+
+
+def _assemble(interp: _Interpreter, outputs: List[_V]):
+    where = "eigenlstm.onnx.load"
+    seqs = [v for v in outputs if v.kind in ("seq", "scan_y")]
+    heads = [v for v in outputs if v.kind == "head"]
+    if heads:
+        if len(outputs) != 1:
+            raise _LoadError(f"{where}: a graph with a head must have one output (N, O), got {len(outputs)}")
+        last_layer = heads[0].last.layer
+    elif seqs:
+        seq = seqs[0] if seqs[0].kind == "seq" else interp.as_seq(interp.graph.node[-1], seqs[0])
+        last_layer = seq.layer
+    else:
+        raise _LoadError(f"{where}: the graph's outputs must include the last layer's output "
+                         f"sequence or a head on its last step, got {[v.kind for v in outputs]}")
+    if last_layer is None:
+        raise _LoadError(f"{where}: the graph's output is its input: there is no LSTM layer")
+    layers = _chain(last_layer)
+    first = layers[0]
+    for k, layer in enumerate(layers):
+        what = f"layer {k} ({layer.where.name or layer.where.op_type})"
+        for attr in ("D", "H", "P"):
+            if getattr(layer, attr) != getattr(first, attr):
+                raise _LoadError(f"{where}: {what} has {attr}={getattr(layer, attr)}, layer 0 has "
+                                 f"{getattr(first, attr)}: an eigenlstm LSTM has one size for all layers")
+        if (layer.seq is None) != (first.seq is None):
+            raise _LoadError(f"{where}: {what} and layer 0 disagree on using the lengths input")
+        if (layer.init is None) != (first.init is None):
+            raise _LoadError(f"{where}: {what} and layer 0 disagree on starting from zeros")
+        if k and layer.src.axes != (interp._time, interp.batch_label(), "F"):
+            raise _LoadError(f"{where}: {what} must read the previous layer's (T, N, features) output")
+        if layer.init is not None:
+            for h, c, d in layer.init:
+                row = k * layer.D + d
+                for v, name in ((h, "initial_h"), (c, "initial_c")):
+                    lo = v.lo if getattr(v, "squeezed", False) else v.lo + d
+                    if lo != row:
+                        raise _LoadError(f"{where}: {what}'s {name} must be row {row} of a "
+                                         f"(D*L, N, H) graph input, got row {lo}")
+    D, H, P, L = first.D, first.H, first.P, len(layers)
+    batch_first = interp._time == "a1"
+    dtype = np.dtype(first.weights[0]["weight_ih"].dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise _LoadError(f"{where}: weights must be float32 or float64, got {dtype}")
+    bias = any(layer.has_bias for layer in layers)
+    state = {}
+    for l, layer in enumerate(layers):
+        for d, w in enumerate(layer.weights):
+            sfx = f"_l{l}" + ("_reverse" if d else "")
+            G = 4 * H
+            state["weight_ih" + sfx] = w["weight_ih"]
+            state["weight_hh" + sfx] = w["weight_hh"]
+            if bias:
+                state["bias_ih" + sfx] = w.get("bias_ih", np.zeros(G, dtype))
+                state["bias_hh" + sfx] = w.get("bias_hh", np.zeros(G, dtype))
+            if P:
+                state["weight_hr" + sfx] = w["weight_hr"]
+    I = state["weight_ih_l0"].shape[1]
+    if heads:
+        head = heads[0]
+        if P:
+            raise _LoadError(f"{where}: a head after a projected LSTM (proj_size={P}) is not an "
+                             "LSTMModel, which has no projection")
+        if first.init is not None:
+            raise _LoadError(f"{where}: a model with a head must start from zero states, got "
+                             "initial states from graph inputs")
+        if not batch_first:
+            raise _LoadError(f"{where}: a model with a head must take batch-first (N, T, I) input")
+        if head.last.by_lengths != (first.seq is not None):
+            raise _LoadError(f"{where}: the head must read step lengths - 1 exactly when the LSTM "
+                             "layers use the lengths input")
+        O = head.weight.shape[0]
+        model = LSTMModel(I, H, O, L, bidirectional=D == 2, dtype=dtype, seed=0)
+        sd = {f"lstm.{k}": v for k, v in state.items()}
+        if not bias:
+            for k in list(model.lstm.state_dict()):
+                if k.startswith("bias"):
+                    sd["lstm." + k] = np.zeros(4 * H, dtype)
+        sd["fc.weight"] = head.weight
+        sd["fc.bias"] = head.bias if head.bias is not None else np.zeros(O, dtype)
+        model.load_state_dict(sd)
+        return model.eval()
+    lstm = LSTM(I, H, L, bias=bias, batch_first=batch_first, bidirectional=D == 2, proj_size=P,
+                dtype=dtype, seed=0)
+    out_axes = ("a0", "a1", "F")
+    for v in outputs:
+        if v.kind == "scan_y":
+            v = interp.as_seq(interp.graph.node[-1], v)
+        if v.kind == "seq":
+            if v.layer is not last_layer or v.axes != out_axes:
+                raise _LoadError(f"{where}: an output sequence must be the last layer's, in the "
+                                 f"input's layout")
+        elif v.kind in ("final", "final_half"):
+            # Layout 1 keeps states batch-first, (N, D*L, H); the module returns torch's layout.
+            d_axis = 1 if getattr(first, "layout", 0) == 1 else 0
+            if v.kind == "final_half" or v.layers != tuple(layers) or v.axes[d_axis] != "D":
+                raise _LoadError(f"{where}: a state output must be all layers' final states, "
+                                 "(D*L, N, H), as torch's h_n and c_n")
+        else:
+            raise _LoadError(f"{where}: a graph output holds a {v.kind} value, which an eigenlstm "
+                             "LSTM does not return")
+    lstm.load_state_dict(state)
+    return lstm.eval()
+
+
+def load(f):
+    """Read an ONNX model of chained LSTM layers into an eigenlstm ``LSTM`` or ``LSTMModel``.
+
+    Parameters
+    ----------
+    f : str, os.PathLike, bytes or binary file object
+        The serialized ModelProto.
+
+    Returns
+    -------
+    LSTM or LSTMModel
+        In eval mode. An ``LSTM`` when the graph outputs the last layer's sequence (and
+        optionally all layers' final states, as ``h_n``/``c_n``); an ``LSTMModel`` when the last
+        layer's last step (``out[:, -1, :]``, or step ``lengths - 1``) feeds a Gemm or MatMul+Add
+        head and the graph's only output is that head's.
+
+    Notes
+    -----
+    Read: ONNX ``LSTM`` nodes (opset 7 and newer; the op last changed in opset 22) with
+    directions forward and bidirectional, ``B``, ``sequence_lens`` (from a 1-D integer graph
+    input), ``initial_h``/``initial_c`` (zeros, or rows of 3-D graph inputs in torch's
+    (D*L, N, H) order), an all-zero ``P``, ``layout`` 0 and 1; the glue exporters put around them (Transpose, Squeeze, Reshape, Slice, Concat, and
+    Shape/Gather/ConstantOfShape building zero states); constant subgraphs of weights are folded.
+    A layout-1 graph keeps its states batch-first, (N, D, H); the loaded module takes and
+    returns torch's (D, N, H).
+    The Scan layers that ``export`` writes for projection are read back too. The loaded
+    module's ``forward(x, state=(h0, c0), lengths=...)`` takes the graph's inputs in that order.
+
+    Refused with ``ValueError`` naming the node and the op or attribute: non-default
+    ``activations``, ``clip``, ``input_forget``, ``direction='reverse'``, non-zero peepholes ``P``
+    (they need a cell variant eigenlstm does not have yet), layers of different sizes, and any
+    op outside the pattern.
+
+    Raises
+    ------
+    ValueError
+        On a graph outside the pattern (nothing else happens: no module is returned).
+    ImportError
+        If the onnx package is missing.
+    """
+    where = "eigenlstm.onnx.load"
+    onnx = _import_onnx(where)
+    if isinstance(f, (bytes, bytearray)):
+        model = onnx.load_model_from_string(bytes(f))
+    elif hasattr(f, "read"):
+        model = onnx.load_model_from_string(f.read())
+    else:
+        model = onnx.load_model(os.fspath(f))
+    interp = _Interpreter(onnx, model)
+    if interp.opset is None or not _MIN_LOAD_OPSET <= interp.opset <= onnx.defs.onnx_opset_version():
+        raise ValueError(f"{where}: the default-domain opset must be in [{_MIN_LOAD_OPSET}, "
+                         f"{onnx.defs.onnx_opset_version()}], got {interp.opset}")
+    outputs = interp.run()
+    return _assemble(interp, outputs)
