@@ -14,6 +14,7 @@
 #include <shared_mutex>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "eigenlstm/lstm.hpp"
@@ -26,8 +27,11 @@ template <typename T>
 using Array = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
 // An input array argument, read-only: C-contiguous values of T. Its caster (below) borrows the
-// argument when it already is such an array, and only otherwise lets NumPy convert it (a
-// C-ordered copy of the values cast to T; no cast possible: the call's TypeError).
+// argument when it already is such an array, and only otherwise lets NumPy convert it: a
+// C-ordered copy of the values cast to T. Only value-preserving kinds convert: integers,
+// unsigned integers and floats (and booleans) to a floating T, integers to an integer T; a
+// complex, string or object array, or a float array for an integer T, is a TypeError naming
+// the dtype, never a silent truncation.
 // pybind11's own array_t caster always goes through PyArray_FromAny and default-constructs an
 // empty array first: on the seed model's inference call that was a fifth of the binding's
 // time.
@@ -54,6 +58,19 @@ struct type_caster<In<T>> {
             value.ref = reinterpret_borrow<object>(src);
         } else {
             if (!convert) return false;
+            if (py::isinstance<py::array>(src)) {
+                const char kind = reinterpret_borrow<py::array>(src).dtype().kind();
+                const bool ok = std::is_floating_point_v<T> ? (kind == 'f' || kind == 'i' ||
+                                                               kind == 'u' || kind == 'b')
+                                                            : (kind == 'i' || kind == 'u');
+                if (!ok)
+                    throw py::type_error(
+                        std::string("expected an array of ") +
+                        (std::is_floating_point_v<T> ? "real numbers" : "integers") +
+                        " (converted to " + py::str(py::dtype::of<T>()).cast<std::string>() +
+                        "), got dtype " +
+                        py::str(reinterpret_borrow<py::array>(src).dtype()).cast<std::string>());
+            }
             value.ref = Array<T>::ensure(src);
             if (!value.ref) return false;
         }
@@ -236,11 +253,25 @@ struct Engine {
         return {rows, cols};
     }
 
-    void check_flat(const py::array_t<S>& flat) const {
-        if (flat.ndim() != 1 || flat.shape(0) != lstm.num_params() ||
-            !(flat.flags() & py::array::c_style))
-            throw std::invalid_argument("flat buffer must be a contiguous 1-D array of " +
-                                        std::to_string(lstm.num_params()) + " elements");
+    // A flat buffer to read: any array NumPy converts to S (the In caster), 1-D, all parameters.
+    void check_flat(const char* fn, const In<S>& flat) const {
+        check_shape(fn, "flat", flat, {lstm.num_params()});
+    }
+
+    // A flat buffer to write into: it must already be the array written, a C-contiguous,
+    // writable 1-D array of S. A converted copy would take the values and be thrown away,
+    // leaving the caller's array untouched, so anything else is refused.
+    S* writable_flat(const char* fn, const py::array& flat) const {
+        const std::string prefix = std::string(fn) + ": flat must be ";
+        if (!flat.dtype().is(py::dtype::of<S>()))
+            throw py::type_error(prefix + "a " + py::str(py::dtype::of<S>()).cast<std::string>() +
+                                 " array (it is written in place), got dtype " +
+                                 py::str(flat.dtype()).cast<std::string>());
+        if (!(flat.flags() & py::array::c_style))
+            throw py::type_error(prefix + "C-contiguous (it is written in place)");
+        if (!flat.writeable()) throw py::type_error(prefix + "writable, got a read-only array");
+        check_shape(fn, "flat", flat, {lstm.num_params()});
+        return static_cast<S*>(const_cast<void*>(flat.data()));
     }
 
     void check_index(Param kind, Index layer, Index dir) const {
@@ -251,10 +282,10 @@ struct Engine {
     }
 
     py::array_t<S> unpack(const std::string& name, Index layer, Index dir,
-                          const py::array_t<S>& flat) const {
+                          const In<S>& flat) const {
         const Param kind = param_kind(name);
         check_index(kind, layer, dir);
-        check_flat(flat);
+        check_flat("unpack", flat);
         auto out = empty<S>(shape(kind, layer));
         lstm.unpack(kind, layer, dir, flat.data(), out.mutable_data());
         return out;
@@ -263,12 +294,12 @@ struct Engine {
     // Writes one torch-layout tensor into `flat`. If flat is the parameter buffer, the caller
     // holds the exclusive lock and calls params_updated() after the last tensor.
     void pack(const std::string& name, Index layer, Index dir, const In<S>& src,
-              py::array_t<S>& flat) {
+              const py::array& flat) {
         const Param kind = param_kind(name);
         check_index(kind, layer, dir);
-        check_flat(flat);
+        S* dst = writable_flat("pack", flat);
         check_shape("pack", name.c_str(), src, shape(kind, layer));
-        lstm.pack(kind, layer, dir, src.data(), flat.mutable_data());
+        lstm.pack(kind, layer, dir, src.data(), dst);
     }
 };
 
@@ -326,8 +357,8 @@ void bind_engine(py::module_& m, const char* name) {
         .def("pack", &E::pack, py::arg("kind"), py::arg("layer"), py::arg("direction"),
              py::arg("tensor"), py::arg("flat"),
              "Copy one torch-layout parameter into a flat buffer (engine layout).")
-        .def("load_flat", [](E& e, const Array<S>& flat) {
-            e.check_flat(flat);
+        .def("load_flat", [](E& e, const In<S>& flat) {
+            e.check_flat("load_flat", flat);
             auto lock = e.exclusive("load_state_dict");
             std::copy(flat.data(), flat.data() + flat.shape(0), e.lstm.params());
             e.lstm.params_updated();
@@ -372,6 +403,24 @@ PYBIND11_MODULE(_core, m) {
     bind_engine<double>(m, "EngineF64");
     m.def("set_num_threads", &eigenlstm::set_num_threads, py::arg("n"));
     m.def("get_num_threads", &eigenlstm::get_num_threads);
+    m.def("set_flush_denormal", &eigenlstm::set_flush_denormal, py::arg("on"));
+    m.def("get_flush_denormal", &eigenlstm::flush_denormal);
+    m.def("isa", &eigenlstm::isa, "The instruction-set level of the back end in use.");
+    m.def("isa_available", &eigenlstm::isa_available,
+          "The levels this CPU and this build can run, low to high.");
+    m.def("build_info", [] {
+        const eigenlstm::BuildInfo b = eigenlstm::build_info();
+        py::dict d;
+        d["isa"] = b.isa;
+        d["compiler"] = b.compiler;
+        d["eigen"] = b.eigen;
+        d["simd"] = b.simd;
+        d["openmp"] = b.openmp;
+        d["library"] = b.library;
+        return d;
+    }, "The back end in use: its level, compiler, Eigen version and SIMD, OpenMP, file.");
+    m.def("_fail_next_parallel_region", &eigenlstm::testing::fail_next_parallel_region,
+          "Test hook: the next multi-threaded parallel region fails with std::bad_alloc.");
     m.attr("gate_block_float32") = eigenlstm::gate_block<float>();
     m.attr("gate_block_float64") = eigenlstm::gate_block<double>();
 }

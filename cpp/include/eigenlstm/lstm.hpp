@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <vector>
 
 namespace eigenlstm {
 
@@ -40,6 +42,43 @@ enum class Param { weight_ih, weight_hh, bias_ih, bias_hh, weight_hr };
 // OMP_NUM_THREADS and the process's CPU affinity). Process-wide.
 void set_num_threads(int n);   // n >= 1, else std::invalid_argument
 int get_num_threads();
+
+// ---- instruction-set levels (runtime dispatch) ---------------------------------------------
+// The compute kernels are built once per level, each into its own shared object next to this
+// library (libeigenlstm_<level>.so), and the best level that the CPU and the operating system
+// support is loaded on first use:
+//   "generic"  the architecture's baseline (x86-64: SSE2; aarch64: NEON)
+//   "avx2"     AVX2 + FMA (x86-64-v3)
+//   "avx512"   AVX-512 F/BW/DQ/VL (x86-64-v4)
+// The environment variable EIGENLSTM_MAX_ISA, read once, caps the level (like oneDNN's
+// ONEDNN_MAX_CPU_ISA). An unknown value makes every call below, and the first use of the
+// engine, throw std::invalid_argument naming the variable, the value and the valid values.
+// A missing or unloadable back end throws std::runtime_error naming the file.
+std::string isa();                          // the level in use
+std::vector<std::string> isa_available();   // levels this CPU and this build can run, low to high
+
+struct BuildInfo {
+    std::string isa;        // the level in use
+    std::string compiler;   // compiler of the back end in use, with its version
+    std::string eigen;      // Eigen version, "3.4.0"
+    std::string simd;       // Eigen's SIMD instruction sets in the back end in use
+    int openmp = 0;         // _OPENMP of the back end (yyyymm), 0 if built without OpenMP
+    std::string library;    // path of the back end's shared object
+};
+BuildInfo build_info();
+
+// Flush subnormal numbers to zero in the engine's arithmetic (FTZ and DAZ on x86), like
+// torch.set_flush_denormal. Off by default (IEEE results); applied in every compute thread for
+// the duration of each call, never left set in a caller's thread. Process-wide. Has no effect
+// on architectures other than x86-64.
+void set_flush_denormal(bool on);
+bool flush_denormal();
+
+namespace testing {
+// Test hook: the next multi-threaded parallel region of the engine throws std::bad_alloc in one
+// of its threads, as an allocation failure there would; the call that runs it rethrows it.
+void fail_next_parallel_region();
+}  // namespace testing
 
 // Gate layout. torch stores the four gate blocks [i; f; g; o] one after the other, each H rows.
 // The engine interleaves them in blocks of `gate_block<S>()` hidden units (64 bytes of S):

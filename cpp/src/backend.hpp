@@ -1,0 +1,64 @@
+// The boundary between the front end (lstm.cpp and dispatch.cpp, compiled for the baseline
+// ISA) and the compute back ends, one shared object per ISA level (libeigenlstm_<level>.so),
+// each holding the whole engine compiled for that level. Only this interface crosses it: no
+// Eigen type (whose alignment differs between levels) and no inline function that both sides
+// instantiate with different flags.
+#pragma once
+
+#include <cstdint>
+
+#include "eigenlstm/lstm.hpp"
+#include "layout.hpp"
+
+namespace eigenlstm {
+namespace detail {
+
+// One LSTM's compute state in a back end: packed weights, the training cache, workspaces.
+// The front end owns the parameters, gradients and the dropout stream's state, and passes
+// what each call needs. Arguments and their shapes are documented on LSTM<S> in lstm.hpp.
+template <typename S>
+class Engine {
+public:
+    virtual ~Engine() = default;
+    // Rebuild everything derived from the parameters (packed panels, summed biases).
+    virtual void params_updated() = 0;
+    // seed, counter: the dropout stream position this call uses (training only).
+    virtual void forward(S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0,
+                         const std::int64_t* lengths, Index T, Index B, bool training,
+                         std::uint64_t seed, std::uint64_t counter) = 0;
+    virtual void forward_last(S* out, const S* x, const std::int64_t* lengths, Index T, Index B,
+                              bool batch_first, const S* W, const S* bias, Index O) = 0;
+    virtual void backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, const S* dc_n) = 0;
+    virtual bool cached_sizes(Index& T, Index& B) const = 0;
+};
+
+// A back end's entry points. kBackendAbi changes whenever this struct or Engine changes, so
+// that a stale shared object is refused instead of called with the wrong layout.
+constexpr int kBackendAbi = 1;
+
+struct Backend {
+    int abi;
+    const char* isa;        // the level: "generic", "avx2", "avx512"
+    const char* compiler;   // compiler and version the back end was built with
+    const char* eigen;      // Eigen version, "3.4.0"
+    const char* simd;       // Eigen's SIMD instruction sets in this back end
+    int openmp;             // _OPENMP of the back end (yyyymm), 0 without OpenMP
+    // The engine reads parameters and accumulates gradients through these pointers; they and
+    // the layout outlive the engine.
+    Engine<float>* (*make_f32)(const Layout<float>& layout, const float* params, float* grads);
+    Engine<double>* (*make_f64)(const Layout<double>& layout, const double* params, double* grads);
+    void (*set_num_threads)(int n);
+    int (*get_num_threads)();
+    void (*set_flush_denormal)(bool on);
+    bool (*get_flush_denormal)();
+    // Test hook: the next parallel region throws std::bad_alloc in one of its threads, as an
+    // allocation failure inside it would (tests/test_reliability_memory.py).
+    void (*fail_next_parallel_region)();
+};
+
+}  // namespace detail
+}  // namespace eigenlstm
+
+// Exported by each libeigenlstm_<level>.so; everything else in it is hidden.
+#define EIGENLSTM_BACKEND_SYMBOL "eigenlstm_backend"
+extern "C" const eigenlstm::detail::Backend* eigenlstm_backend();

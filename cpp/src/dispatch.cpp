@@ -1,0 +1,154 @@
+// Runtime dispatch: which instruction-set levels the CPU and the operating system support, the
+// EIGENLSTM_MAX_ISA cap, and loading the back end of the chosen level (libeigenlstm_<level>.so,
+// next to this library) once per process. Compiled for the baseline ISA, like all of the
+// front end: this code must run on any CPU of the architecture.
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
+#include "backend.hpp"
+#include "dispatch.hpp"
+
+namespace eigenlstm {
+namespace detail {
+namespace {
+
+// The levels a build can hold, low to high; a build holds the ones CMake compiled (on other
+// architectures than x86-64 only "generic"). "native" exists only in a build made with
+// EIGENLSTM_NATIVE=ON: compiled with -march=native for the machine that built it, it is
+// assumed to run where it was built.
+const char* const kLevels[] = {"generic", "avx2", "avx512", "native"};
+constexpr int kNumLevels = 4;
+constexpr int kNative = 3;
+
+#if defined(__x86_64__) || defined(__i386__)
+// XCR0: which register states the operating system saves on a context switch. A CPU may have
+// AVX-512 that the OS does not enable; using it then faults.
+unsigned long long xcr0() {
+    unsigned eax, edx;
+    __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+    return (static_cast<unsigned long long>(edx) << 32) | eax;
+}
+
+// Exactly the instructions each back end is compiled to use (CMakeLists.txt: -mavx2 -mfma;
+// -mavx512f -mavx512bw -mavx512dq -mavx512vl), and the OS state they need.
+bool cpu_supports(int level) {
+    if (level == 0 || level == kNative) return true;
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+    const bool osxsave = c & bit_OSXSAVE, avx = c & bit_AVX, fma = c & bit_FMA;
+    if (!(osxsave && avx && fma)) return false;
+    const unsigned long long xcr = xcr0();
+    if ((xcr & 0x6) != 0x6) return false;  // SSE and AVX (YMM) state
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    if (!(b & bit_AVX2)) return false;
+    if (level == 1) return true;
+    if ((xcr & 0xE0) != 0xE0) return false;  // opmask, ZMM0-15 upper halves, ZMM16-31
+    return (b & bit_AVX512F) && (b & bit_AVX512BW) && (b & bit_AVX512DQ) && (b & bit_AVX512VL);
+}
+#else
+bool cpu_supports(int level) { return level == 0 || level == kNative; }
+#endif
+
+std::string library_dir() {
+    Dl_info info{};
+    if (dladdr(reinterpret_cast<void*>(&library_dir), &info) == 0 || !info.dli_fname)
+        throw std::runtime_error("eigenlstm: cannot find the directory of the eigenlstm library");
+    const std::string path = info.dli_fname;
+    const auto slash = path.rfind('/');
+    return slash == std::string::npos ? std::string(".") : path.substr(0, slash);
+}
+
+std::string backend_path(int level) {
+    return library_dir() + "/libeigenlstm_" + kLevels[level] + ".so";
+}
+
+bool backend_exists(int level) { return ::access(backend_path(level).c_str(), R_OK) == 0; }
+
+// The cap from EIGENLSTM_MAX_ISA: the highest level allowed (unset or empty: no cap).
+int max_level() {
+    const char* v = std::getenv("EIGENLSTM_MAX_ISA");
+    if (!v || !*v) return kNumLevels - 1;
+    for (int i = 0; i < kNumLevels; ++i)
+        if (std::string(v) == kLevels[i]) return i;
+    std::string valid;
+    for (int i = 0; i < kNumLevels; ++i) valid += std::string(i ? ", " : "") + kLevels[i];
+    throw std::invalid_argument("EIGENLSTM_MAX_ISA must be one of " + valid + ", got '" +
+                                std::string(v) + "'");
+}
+
+struct Loaded {
+    const Backend* table = nullptr;
+    std::string path;
+};
+
+Loaded load() {
+    const int cap = max_level();
+    int level = -1;
+    for (int i = 0; i <= cap; ++i)
+        if (cpu_supports(i) && backend_exists(i)) level = i;
+    if (level < 0)
+        throw std::runtime_error("eigenlstm: no back end found: " + backend_path(0) +
+                                 " is missing");
+    Loaded out;
+    out.path = backend_path(level);
+    // RTLD_LOCAL: the back end's symbols (its Eigen instantiations among them) never become
+    // visible to other objects, so nothing else can bind to code built for another level.
+    void* handle = ::dlopen(out.path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!handle) throw std::runtime_error("eigenlstm: cannot load " + out.path + ": " + ::dlerror());
+    using Entry = const Backend* (*)();
+    const auto entry = reinterpret_cast<Entry>(::dlsym(handle, EIGENLSTM_BACKEND_SYMBOL));
+    if (!entry) throw std::runtime_error("eigenlstm: " + out.path + " has no entry point");
+    out.table = entry();
+    if (!out.table || out.table->abi != kBackendAbi)
+        throw std::runtime_error("eigenlstm: " + out.path +
+                                 " was built for another version of eigenlstm");
+    return out;
+}
+
+const Loaded& loaded() {
+    static const Loaded l = load();  // a failure throws here, and again on the next call
+    return l;
+}
+
+}  // namespace
+
+const Backend& backend() { return *loaded().table; }
+
+}  // namespace detail
+
+std::string isa() { return detail::backend().isa; }
+
+std::vector<std::string> isa_available() {
+    std::vector<std::string> out;
+    for (int i = 0; i < detail::kNumLevels; ++i)
+        if (detail::cpu_supports(i) && detail::backend_exists(i)) out.emplace_back(detail::kLevels[i]);
+    return out;
+}
+
+BuildInfo build_info() {
+    const detail::Backend& b = detail::backend();
+    BuildInfo info;
+    info.isa = b.isa;
+    info.compiler = b.compiler;
+    info.eigen = b.eigen;
+    info.simd = b.simd;
+    info.openmp = b.openmp;
+    info.library = detail::loaded().path;
+    return info;
+}
+
+void set_flush_denormal(bool on) { detail::backend().set_flush_denormal(on); }
+bool flush_denormal() { return detail::backend().get_flush_denormal(); }
+
+void testing::fail_next_parallel_region() { detail::backend().fail_next_parallel_region(); }
+
+}  // namespace eigenlstm

@@ -1,0 +1,167 @@
+// The fused cell update of one gate block (forward and backward), the unit that the time
+// loops call for each block of hidden units. Fixed-size Eigen arrays, so a block unrolls into
+// whole SIMD packets of the level it is compiled for.
+#pragma once
+
+#include <Eigen/Core>
+
+#include <cstring>
+
+#include "activations.hpp"
+#include "eigenlstm/lstm.hpp"
+
+namespace eigenlstm {
+namespace detail {
+
+
+// Copies n <= N values (N a power of two) as fixed-size pieces of N/2, N/4, ..., 1, 1: each a
+// register move, and never more than N values. A plain loop of unknown length would be turned
+// into a call to memcpy, which costs more than the copy itself for the few values of a partial
+// gate block.
+template <int N, typename S>
+inline void copy_short(S* dst, const S* src, Index n) {
+    if constexpr (N > 1) {
+        if (n >= N / 2) {
+            std::memcpy(dst, src, (N / 2) * sizeof(S));
+            dst += N / 2;
+            src += N / 2;
+            n -= N / 2;
+        }
+        copy_short<N / 2>(dst, src, n);
+    } else if (n > 0) {
+        *dst = *src;
+    }
+}
+
+// The cell update of N units of R batch rows, each row's gates packed as [i(N) f(N) g(N) o(N)].
+// N is a compile-time size (a gate block, or half or a quarter of one), so Eigen unrolls a row
+// into whole SIMD packets (N = 16 floats: 2 x 8 on AVX2, 1 x 16 on AVX-512) with no size
+// checks. Each line below runs over all R rows before the next: R independent dependency
+// chains per line for the core to overlap (the seed's forward: 4% faster than a call per row,
+// bench/README.md).
+//   g       [R, ldg]  first 4*N: pre-activations i, f, g, o in; activated gates out (the
+//                     backward cache)
+//   c_prev  [R, ldc]  first N: c_{t-1}; read only
+//   c       [R, ldc]  first N: c_t = f*c_{t-1} + i*g; overwritten
+//   h       [R, ldh]  first N: o*tanh(c_t); overwritten
+//   y       [R, ldy]  first N: a second copy of h (the layer output), or nullptr
+template <typename S, int N>
+inline void cell_forward_n(S* g, Index ldg, Index R, const S* c_prev, S* c, Index ldc, S* h,
+                           Index ldh, S* y, Index ldy) {
+    using A = Eigen::Array<S, N, Eigen::Dynamic>;
+    using Str = Eigen::OuterStride<>;
+    Eigen::Map<A, 0, Str> i(g, N, R, Str(ldg)), f(g + N, N, R, Str(ldg)),
+        gg(g + 2 * N, N, R, Str(ldg)), o(g + 3 * N, N, R, Str(ldg)), cm(c, N, R, Str(ldc)),
+        hm(h, N, R, Str(ldh));
+    i = i.unaryExpr(SigmoidOp<S>());
+    f = f.unaryExpr(SigmoidOp<S>());
+    gg = gg.tanh();
+    o = o.unaryExpr(SigmoidOp<S>());
+    cm = f * Eigen::Map<const A, 0, Str>(c_prev, N, R, Str(ldc)) + i * gg;
+    hm = o * cm.tanh();
+    if (y) Eigen::Map<A, 0, Str>(y, N, R, Str(ldy)) = hm;
+}
+
+// Backward of the cell update of N units of one batch row; quotes the forward lines it undoes.
+//   g       [4*N]  activated i, f, g, o in; d(pre-activation) out
+//   c_t     [N]    c_t; read only          c_prev [N]  c_{t-1}; read only
+//   dh      [N]    dL/dh_t (before any projection); read only
+//   dc      [N]    dL/dc_t in (from later steps); dL/dc_{t-1} out
+template <typename S, int N>
+inline void cell_backward_n(S* g, const S* c_t, const S* c_prev, const S* dh, S* dc) {
+    using A = Eigen::Array<S, N, 1>;
+    Eigen::Map<A> ai(g), af(g + N), ag(g + 2 * N), ao(g + 3 * N), dcm(dc);
+    const A i = ai, f = af, gg = ag, o = ao;  // values: the maps are overwritten
+    const A th = Eigen::Map<const A>(c_t).tanh();
+    const Eigen::Map<const A> dhm(dh), cp(c_prev);
+    // forward: h = o*tanh(c)        ->  do = dh*tanh(c),  dc += dh*o*(1 - tanh(c)^2)
+    const A dct = dcm + dhm * o * (S(1) - th * th);
+    // forward: o = s(a_o)           ->  da_o = do*o*(1-o)
+    ao = dhm * th * o * (S(1) - o);
+    // forward: c = f*c_prev + i*g   ->  di = dc*g, df = dc*c_prev, dg = dc*i, dc_prev = dc*f
+    // forward: i, f = s(a), g = tanh(a_g)  ->  da = d*s*(1-s), da_g = dg*(1-g^2)
+    ai = dct * gg * i * (S(1) - i);
+    af = dct * cp * f * (S(1) - f);
+    ag = dct * i * (S(1) - gg * gg);
+    dcm = dct * f;
+}
+
+// The last block of a layer whose H is not a multiple of HB = gate_block<S>() has w < HB units
+// and its gates packed as [i(w) f(w) g(w) o(w)]. When w is exactly HB/2 or HB/4 that is the
+// layout of a block of w units, and it runs as one, in half- or quarter-width packets (the
+// H = 20 tail of 4 floats: one 128-bit packet per gate, no copies). Any other w is padded on
+// the stack to N lanes, the smallest of a quarter, a half or a whole block that holds it,
+// zeros in the unused lanes (no NaN or inf), run through the same SIMD code, and copied back.
+template <typename S, int N>
+inline void cell_forward_padded(S* g, Index w, const S* c_prev, S* c, S* h, S* y) {
+    alignas(64) S tg[4 * N] = {}, tcp[N] = {}, tc[N], th[N];
+    for (Index q = 0; q < 4; ++q) copy_short<N>(tg + q * N, g + q * w, w);
+    copy_short<N>(tcp, c_prev, w);
+    cell_forward_n<S, N>(tg, 4 * N, 1, tcp, tc, N, th, N, nullptr, 0);
+    for (Index q = 0; q < 4; ++q) copy_short<N>(g + q * w, tg + q * N, w);
+    copy_short<N>(c, tc, w);
+    copy_short<N>(h, th, w);
+    if (y) copy_short<N>(y, th, w);
+}
+
+template <typename S, int N>
+inline void cell_backward_padded(S* g, Index w, const S* c_t, const S* c_prev, const S* dh, S* dc) {
+    alignas(64) S tg[4 * N] = {}, tct[N] = {}, tcp[N] = {}, tdh[N] = {}, tdc[N] = {};
+    for (Index q = 0; q < 4; ++q) copy_short<N>(tg + q * N, g + q * w, w);
+    copy_short<N>(tct, c_t, w);
+    copy_short<N>(tcp, c_prev, w);
+    copy_short<N>(tdh, dh, w);
+    copy_short<N>(tdc, dc, w);
+    cell_backward_n<S, N>(tg, tct, tcp, tdh, tdc);
+    for (Index q = 0; q < 4; ++q) copy_short<N>(g + q * w, tg + q * N, w);
+    copy_short<N>(dc, tdc, w);
+}
+
+// One gate block of w <= HB units (w < HB only for the last block of a layer) of R batch
+// rows, strides as in cell_forward_n. Padded blocks go one row at a time.
+template <typename S>
+inline void cell_forward(S* g, Index ldg, Index R, Index w, const S* c_prev, S* c, Index ldc,
+                         S* h, Index ldh, S* y, Index ldy) {
+    constexpr int HB = int(gate_block<S>());
+    if (w == HB) return cell_forward_n<S, HB>(g, ldg, R, c_prev, c, ldc, h, ldh, y, ldy);
+    if (w == HB / 2) return cell_forward_n<S, HB / 2>(g, ldg, R, c_prev, c, ldc, h, ldh, y, ldy);
+    if (w == HB / 4) return cell_forward_n<S, HB / 4>(g, ldg, R, c_prev, c, ldc, h, ldh, y, ldy);
+    for (Index b = 0; b < R; ++b) {
+        S* gb = g + b * ldg;
+        const S* cp = c_prev + b * ldc;
+        S* cb = c + b * ldc;
+        S* hb = h + b * ldh;
+        S* yb = y ? y + b * ldy : nullptr;
+        if (4 * w <= HB) cell_forward_padded<S, HB / 4>(gb, w, cp, cb, hb, yb);
+        else if (2 * w <= HB) cell_forward_padded<S, HB / 2>(gb, w, cp, cb, hb, yb);
+        else cell_forward_padded<S, HB>(gb, w, cp, cb, hb, yb);
+    }
+}
+
+template <typename S>
+inline void cell_backward(S* g, Index w, const S* c_t, const S* c_prev, const S* dh, S* dc) {
+    constexpr int HB = int(gate_block<S>());
+    if (w == HB) cell_backward_n<S, HB>(g, c_t, c_prev, dh, dc);
+    else if (w == HB / 2) cell_backward_n<S, HB / 2>(g, c_t, c_prev, dh, dc);
+    else if (w == HB / 4) cell_backward_n<S, HB / 4>(g, c_t, c_prev, dh, dc);
+    else if (4 * w <= HB) cell_backward_padded<S, HB / 4>(g, w, c_t, c_prev, dh, dc);
+    else if (2 * w <= HB) cell_backward_padded<S, HB / 2>(g, w, c_t, c_prev, dh, dc);
+    else cell_backward_padded<S, HB>(g, w, c_t, c_prev, dh, dc);
+}
+// The cell as the time loops see it: one call per gate block of w units (w < HB only for the
+// last block of a layer), forward over R batch rows with strides as in cell_forward_n, backward
+// for one row. This is the seam for cell variants (peepholes, clipping, layer norm, zoneout):
+// a variant is another type with these two members, and the time loops stay as they are.
+template <typename S>
+struct StandardCell {
+    void forward(S* g, Index ldg, Index R, Index w, const S* c_prev, S* c, Index ldc, S* h,
+                 Index ldh, S* y, Index ldy) const {
+        cell_forward(g, ldg, R, w, c_prev, c, ldc, h, ldh, y, ldy);
+    }
+    void backward(S* g, Index w, const S* c_t, const S* c_prev, const S* dh, S* dc) const {
+        cell_backward(g, w, c_t, c_prev, dh, dc);
+    }
+};
+
+}  // namespace detail
+}  // namespace eigenlstm

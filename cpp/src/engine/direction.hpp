@@ -1,0 +1,247 @@
+// One direction of one layer: the forward and backward time loops. Everything a loop reads and
+// writes is named in a DirectionPass, built once per (layer, direction) by the layer stack
+// (engine.cpp); the cell update of each gate block goes through a Cell unit (cell.hpp).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "cell.hpp"
+#include "eigenlstm/lstm.hpp"
+#include "gemm.hpp"
+#include "threads.hpp"
+
+namespace eigenlstm {
+namespace detail {
+
+// Size letters: T time, B batch, H hidden, P projection, Hout = P or H, G = 4H gate rows,
+// HB = gate_block<S>() hidden units per gate block.
+
+// State slots in time order, shared by forward and backward. A direction keeps T+1 states:
+//   forward:  state before step t = slot t,     after = slot t+1   (h0 in slot 0)
+//   reverse:  state before step t = slot t+1,   after = slot t     (h0 in slot T)
+inline Index slot_before(Index t, bool reverse) { return reverse ? t + 1 : t; }
+inline Index slot_after(Index t, bool reverse) { return reverse ? t : t + 1; }
+
+inline bool active(const std::int64_t* lengths, Index t, Index b) {
+    return lengths == nullptr || t < lengths[b];
+}
+
+// Everything one direction's time loop reads and writes. Pointers are already offset to this
+// direction's columns; B stays the row stride of one time step.
+template <typename S>
+struct DirectionPass {
+    Index T = 0, B = 0, H = 0, P = 0, Hout = 0;
+    Index ldg = 0;                     // row stride of gates: D*G
+    Index ldy = 0;                     // row stride of the layer output: D*Hout
+    bool reverse = false;              // runs from t = T-1 down to 0
+    const std::int64_t* lengths = nullptr;  // [B] valid steps, or nullptr (all T)
+    const Panels<S>* whh_t = nullptr;  // W_hh^T [Hout, G]  forward: pre += h_prev W_hh^T
+    const Panels<S>* whr_t = nullptr;  // W_hr^T [H, P]     forward: h = r W_hr^T (P > 0)
+    const Panels<S>* whh = nullptr;    // W_hh   [G, Hout]  backward: dh_prev = da W_hh
+    const Panels<S>* whr = nullptr;    // W_hr   [P, H]     backward: dr = dh W_hr (P > 0)
+    S* gates = nullptr;                // [T, B, ldg] pre-activations in, activated gates out;
+                                       //   backward: d(pre-activation) out
+    // training storage (forward writes, backward reads), slots as above; nullptr in eval
+    S* hs = nullptr;                   // [T+1, B, Hout]
+    S* cs = nullptr;                   // [T+1, B, H]
+    S* rs = nullptr;                   // [T, B, H]  o*tanh(c) before projection (P > 0)
+    // eval storage: double-buffered states
+    S* hbuf = nullptr;                 // [2, B, Hout]
+    S* cbuf = nullptr;                 // [2, B, H]
+    S* rbuf = nullptr;                 // [B, H] (P > 0)
+    // forward: batch rows [row0, row0 + rows) are this pass's (all B unless a thread owns a
+    // slice of the batch: see plan_team)
+    Index rows = 0;
+    // forward: h0 is zero (no initial state given) and W_hh finite, so the first step's
+    // h_{-1} W_hh^T is exactly zero and is skipped (1/T of the recurrent GEMMs: the seed
+    // model's T = 7 spends a seventh of them on it)
+    bool zero_h0 = false;
+
+    bool training() const { return hs != nullptr; }
+
+    // The same pass restricted to batch rows [b0, b1): every per-row pointer moves to row b0.
+    DirectionPass rows_slice(Index b0, Index b1) const {
+        DirectionPass a = *this;
+        a.gates += b0 * ldg;
+        if (lengths) a.lengths += b0;
+        if (a.hs) { a.hs += b0 * Hout; a.cs += b0 * H; }
+        if (a.rs) a.rs += b0 * H;
+        if (a.hbuf) { a.hbuf += b0 * Hout; a.cbuf += b0 * H; }
+        if (a.rbuf) a.rbuf += b0 * H;
+        a.rows = b1 - b0;
+        return a;
+    }
+};
+
+// Forward time loop of one direction for thread `tid` of a team of `n`.
+// Step equations (gate order i, f, g, o; pre = x_t W_ih^T + b_ih + b_hh was computed for all
+// steps by one GEMM and sits in `gates`):
+//   pre_t += h_{t-1} W_hh^T                       (packed GEMM, this thread's gate columns)
+//   i = s(pre_i), f = s(pre_f), g = tanh(pre_g), o = s(pre_o)
+//   c_t = f * c_{t-1} + i * g
+//   h_t = o * tanh(c_t)              (P > 0: r_t = o * tanh(c_t), h_t = r_t W_hr^T)
+// Rows past their length keep their state and output 0: the cell update runs over all rows
+// (its results for those rows are then replaced; backward zeroes their gate gradients).
+//   y     [T, B, ldy]  this direction's output columns; written for the pass's rows
+//   h0    [B, Hout]    c0 [B, H]     initial state of the pass's rows; read only
+//   h_n   [B, Hout]    c_n [B, H]    final state; overwritten
+template <typename S, typename Cell>
+void forward_direction(const DirectionPass<S>& a, const Cell& cell, S* y, const S* h0,
+                       const S* c0, S* h_n, S* c_n, int tid, int n, SpinBarrier& barrier) {
+    const Index T = a.T, B = a.B, R = a.rows, H = a.H, P = a.P, Hout = a.Hout,
+                HB = gate_block<S>();
+    Index u0, u1;  // this thread's hidden units, and so gate columns [4*u0, 4*u1)
+    split_range(H, unit_grain<S>(), tid, n, u0, u1);
+    Index q0 = 0, q1 = 0;  // this thread's projection columns
+    if (P > 0) split_range(P, Simd<S>::NR, tid, n, q0, q1);
+    const bool training = a.training();
+    const Index h_lo = P > 0 ? q0 : u0, h_hi = P > 0 ? q1 : u1;  // this thread's columns of h
+
+    const S* h_prev = h0;
+    const S* c_prev = c0;
+    if (training) {  // slot of the initial state holds a copy of h0 / c0 (dW_hh reads it)
+        const Index s0 = a.reverse ? T : 0;
+        S* hs0 = a.hs + s0 * B * Hout;
+        S* cs0 = a.cs + s0 * B * H;
+        for (Index b = 0; b < R; ++b) {
+            std::copy(h0 + b * Hout + h_lo, h0 + b * Hout + h_hi, hs0 + b * Hout + h_lo);
+            std::copy(c0 + b * H + u0, c0 + b * H + u1, cs0 + b * H + u0);
+        }
+    }
+    for (Index s = 0; s < T; ++s) {
+        const Index t = a.reverse ? T - 1 - s : s;
+        S* pre = a.gates + t * B * a.ldg;
+        S* h_next = training ? a.hs + slot_after(t, a.reverse) * B * Hout : a.hbuf + (s & 1) * B * Hout;
+        S* c_next = training ? a.cs + slot_after(t, a.reverse) * B * H : a.cbuf + (s & 1) * B * H;
+        S* r = P > 0 ? (training ? a.rs + t * B * H : a.rbuf) : nullptr;
+        S* y_t = y + t * B * a.ldy;
+
+        if (s > 0 || !a.zero_h0)
+            gemm_panels<S, true>(R, h_prev, Hout, *a.whh_t, 4 * u0, 4 * u1, pre, a.ldg);
+
+        for (Index ub = u0; ub < u1; ub += HB)
+            cell.forward(pre + 4 * ub, a.ldg, R, std::min(HB, H - ub), c_prev + ub, c_next + ub,
+                         H, P == 0 ? h_next + ub : r + ub, P == 0 ? Hout : H,
+                         P == 0 ? y_t + ub : nullptr, a.ldy);
+        for (Index b = 0; b < R; ++b) {
+            if (active(a.lengths, t, b)) continue;
+            std::copy(c_prev + b * H + u0, c_prev + b * H + u1, c_next + b * H + u0);
+            if (P == 0) {
+                std::copy(h_prev + b * Hout + u0, h_prev + b * Hout + u1, h_next + b * Hout + u0);
+                std::fill(y_t + b * a.ldy + u0, y_t + b * a.ldy + u1, S(0));
+            } else {  // dW_hr = sum dh^T r reads every row: keep padded rows finite
+                std::fill(r + b * H + u0, r + b * H + u1, S(0));
+            }
+        }
+        if (P > 0) {
+            barrier.wait();  // the projection reads all of r_t
+            gemm_panels<S, false>(R, r, H, *a.whr_t, q0, q1, h_next, Hout);
+            for (Index b = 0; b < R; ++b) {
+                S* yb = y_t + b * a.ldy;
+                if (active(a.lengths, t, b)) {
+                    std::copy(h_next + b * Hout + q0, h_next + b * Hout + q1, yb + q0);
+                } else {
+                    std::copy(h_prev + b * Hout + q0, h_prev + b * Hout + q1, h_next + b * Hout + q0);
+                    std::fill(yb + q0, yb + q1, S(0));
+                }
+            }
+        }
+        barrier.wait();  // the next step's GEMM reads all of h_t
+        h_prev = h_next;
+        c_prev = c_next;
+    }
+    for (Index b = 0; b < R; ++b) {
+        std::copy(h_prev + b * Hout + h_lo, h_prev + b * Hout + h_hi, h_n + b * Hout + h_lo);
+        std::copy(c_prev + b * H + u0, c_prev + b * H + u1, c_n + b * H + u0);
+    }
+}
+
+// Workspace of one direction's backward loop (module-owned, reused across calls).
+template <typename S>
+struct BackwardWork {
+    S* dh;    // [2, B, Hout]  running dh and the next dh_prev
+    S* dc;    // [B, H]        running dc
+    S* dr;    // [B, H]        dr = dh W_hr (P > 0)
+    S* dhs;   // [T, B, P]     dh_t of every step, for dW_hr (P > 0)
+};
+
+// Backward time loop of one direction (reverse processing order) for thread `tid` of `n`.
+// Running gradients: dh wrt the state h after the step, dc wrt c after the step.
+//   dh += dy_t                                     (active rows)
+//   P > 0: dr = dh W_hr    [dW_hr later from dh_t and r_t]     else dr = dh
+//   forward: h = o*tanh(c)       ->  do = dr*tanh(c), dc += dr*o*(1 - tanh(c)^2)
+//   forward: c = f*c_prev + i*g  ->  di = dc*g, df = dc*c_prev, dg = dc*i, dc_prev = dc*f
+//   forward: i = s(a_i) etc.     ->  da_i = di*i*(1-i), da_f = df*f*(1-f),
+//                                    da_g = dg*(1-g^2), da_o = do*o*(1-o)
+//   forward: pre += h_prev W_hh^T  ->  dh_prev = da W_hh   (packed GEMM, this thread's columns)
+// da overwrites the gate cache in place; rows past their length pass dh and dc through.
+//   dy    [T, B, ldy]  gradient of this direction's output columns; read only
+//   dh_n  [B, Hout]    dc_n [B, H]   gradient of the final state; read only (nullptr: zeros)
+//   dh0   [B, Hout]    dc0 [B, H]    gradient of the initial state; overwritten
+template <typename S, typename Cell>
+void backward_direction(const DirectionPass<S>& a, const Cell& cell, const S* dy,
+                        const S* dh_n, const S* dc_n, S* dh0, S* dc0, const BackwardWork<S>& w,
+                        int tid, int n, SpinBarrier& barrier) {
+    const Index T = a.T, B = a.B, H = a.H, P = a.P, Hout = a.Hout, HB = gate_block<S>();
+    Index u0, u1;
+    split_range(H, unit_grain<S>(), tid, n, u0, u1);
+    Index q0 = u0, q1 = u1;  // this thread's columns of dh
+    if (P > 0) split_range(P, Simd<S>::NR, tid, n, q0, q1);
+
+    S* dh = w.dh;
+    S* dh_next = w.dh + B * Hout;
+    S* dc = w.dc;
+    for (Index b = 0; b < B; ++b) {
+        for (Index j = q0; j < q1; ++j) dh[b * Hout + j] = dh_n ? dh_n[b * Hout + j] : S(0);
+        for (Index j = u0; j < u1; ++j) dc[b * H + j] = dc_n ? dc_n[b * H + j] : S(0);
+    }
+    for (Index s = T - 1; s >= 0; --s) {
+        const Index t = a.reverse ? T - 1 - s : s;
+        S* da = a.gates + t * B * a.ldg;                 // gates in, d(pre) out
+        const S* c_t = a.cs + slot_after(t, a.reverse) * B * H;
+        const S* c_p = a.cs + slot_before(t, a.reverse) * B * H;
+        const S* dy_t = dy + t * B * a.ldy;
+        for (Index b = 0; b < B; ++b)
+            if (active(a.lengths, t, b))
+                for (Index j = q0; j < q1; ++j) dh[b * Hout + j] += dy_t[b * a.ldy + j];
+        const S* dr = dh;
+        if (P > 0) {
+            S* dhs_t = w.dhs + t * B * P;  // dh_t for dW_hr; zero on inactive rows
+            for (Index b = 0; b < B; ++b) {
+                const bool on = active(a.lengths, t, b);
+                for (Index j = q0; j < q1; ++j) dhs_t[b * P + j] = on ? dh[b * P + j] : S(0);
+            }
+            barrier.wait();  // dr reads all of dh
+            gemm_panels<S, false>(B, dh, P, *a.whr, u0, u1, w.dr, H);
+            dr = w.dr;
+        }
+        const Index ldr = P > 0 ? H : Hout;
+        for (Index b = 0; b < B; ++b) {
+            const bool on = active(a.lengths, t, b);
+            for (Index ub = u0; ub < u1; ub += HB) {
+                const Index wb = std::min(HB, H - ub);
+                S* g = da + b * a.ldg + 4 * ub;
+                if (!on) {
+                    std::fill(g, g + 4 * wb, S(0));
+                    continue;
+                }
+                cell.backward(g, wb, c_t + b * H + ub, c_p + b * H + ub, dr + b * ldr + ub,
+                              dc + b * H + ub);
+            }
+        }
+        barrier.wait();  // dh_prev reads all of da
+        gemm_panels<S, false>(B, da, a.ldg, *a.whh, q0, q1, dh_next, Hout);
+        for (Index b = 0; b < B; ++b)
+            if (!active(a.lengths, t, b))
+                std::copy(dh + b * Hout + q0, dh + b * Hout + q1, dh_next + b * Hout + q0);
+        std::swap(dh, dh_next);
+    }
+    for (Index b = 0; b < B; ++b) {
+        std::copy(dh + b * Hout + q0, dh + b * Hout + q1, dh0 + b * Hout + q0);
+        std::copy(dc + b * H + u0, dc + b * H + u1, dc0 + b * H + u0);
+    }
+}
+
+}  // namespace detail
+}  // namespace eigenlstm

@@ -1,0 +1,527 @@
+// The layer stack of one ISA level's back end: packed weights, the training cache, and the
+// forward and backward passes over layers and directions. Compiled once per level into
+// libeigenlstm_<level>.so (see CMakeLists.txt) with that level's flags; only the entry point
+// eigenlstm_backend() is exported. The big products over all T*B rows go to Eigen's GEMM, the
+// time loops to direction.hpp.
+#include <Eigen/Core>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../backend.hpp"
+#include "../buffer.hpp"
+#include "../layout.hpp"
+#include "cell.hpp"
+#include "direction.hpp"
+#include "dropout.hpp"
+#include "gemm.hpp"
+#include "plan.hpp"
+#include "threads.hpp"
+
+#ifndef EIGENLSTM_ISA
+#error "EIGENLSTM_ISA names the level this back end is compiled for (CMakeLists.txt sets it)"
+#endif
+
+namespace eigenlstm {
+namespace detail {
+namespace {
+
+// Size letters: T time, B batch, I layer input size, H hidden, P projection, Hout = P or H,
+// D directions, L layers, G = 4H gate rows, DG = D*G.
+
+template <typename S>
+using RowMat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <typename S>
+using MapRM = Eigen::Map<RowMat<S>, 0, Eigen::OuterStride<>>;
+template <typename S>
+using CMapRM = Eigen::Map<const RowMat<S>, 0, Eigen::OuterStride<>>;
+template <typename S>
+using RowVec = Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>;
+
+// Throws std::invalid_argument(message) unless cond holds. A macro so that the message, which
+// formats numbers, is only built on failure: these checks run on every call.
+#define EIGENLSTM_REQUIRE(cond, message)                          \
+    do {                                                          \
+        if (!(cond)) throw std::invalid_argument(message);        \
+    } while (false)
+
+// Every lengths[b], b < B, in [lo, T] (no lengths: nothing to check); std::invalid_argument
+// naming the first that is not.
+void require_lengths(const std::int64_t* lengths, Index B, Index lo, Index T) {
+    if (!lengths) return;
+    for (Index b = 0; b < B; ++b)
+        EIGENLSTM_REQUIRE(lengths[b] >= lo && lengths[b] <= T,
+                          "lengths[" + std::to_string(b) + "] must be in [" + std::to_string(lo) +
+                              ", " + std::to_string(T) + "], got " + std::to_string(lengths[b]));
+}
+
+// The engine splits work between threads itself; Eigen's products run single-threaded
+// inside each slice (Eigen's own OpenMP split would nest, and fork for tiny products).
+const bool eigen_single_threaded = (Eigen::setNbThreads(1), true);
+
+// Scratch of the eval path (and the zero initial state of any forward), one per calling
+// thread: concurrent eval calls share nothing, and a steady stream of small inference calls
+// allocates nothing (a malloc/free per buffer is a visible part of a 10 us call). After a
+// call that needed more than kKeepBytes the buffers are freed, so that a thread does not keep
+// a large buffer it used once; such calls are long enough not to notice the allocation.
+template <typename S>
+struct Scratch {
+    static constexpr Index kKeepBytes = Index(1) << 20;
+    Buffer<S> zeros;   // [D*L, B, max(H, Hout)]   zero h0 / c0
+    Buffer<S> gates;   // [T, B, D*G]              eval gates
+    Buffer<S> io[2];   // [T, B, D*Hout]           eval outputs of the layers below the top
+    Buffer<S> state;   // [D, B, 2*Hout + 3*H]     eval h, c double buffers and r
+    Buffer<S> x;       // [T, B, I]                forward_last: time-major copy of x
+    Buffer<S> y;       // [T, B, D*Hout]           forward_last: the top layer's output
+    Buffer<S> hc;      // [D*L, B, Hout + H]       forward_last: h_n and c_n (unused)
+    Buffer<S> last;    // [B, D*Hout]              forward_last: y at each last step
+
+    static Scratch& local() {
+        thread_local Scratch s;
+        return s;
+    }
+    Index bytes() const {
+        Index n = zeros.capacity() + gates.capacity() + io[0].capacity() + io[1].capacity() +
+                  state.capacity() + x.capacity() + y.capacity() + hc.capacity() + last.capacity();
+        return n * Index(sizeof(S));
+    }
+    // Frees everything when the call that just ended (normally or by an exception) grew the
+    // scratch past kKeepBytes.
+    struct Trim {
+        Scratch& s;
+        explicit Trim(Scratch& scratch) : s(scratch) {}
+        Trim(const Trim&) = delete;
+        Trim& operator=(const Trim&) = delete;
+        ~Trim() {
+            if (s.bytes() > kKeepBytes) s = Scratch();
+        }
+    };
+};
+
+template <typename S>
+class EngineImpl final : public Engine<S> {
+public:
+    EngineImpl(const Layout<S>& layout, const S* params, S* grads)
+        : m_(layout), params_(params), grads_(grads), H(layout.H), P(layout.P),
+          Hout(layout.Hout), G(layout.G), D(layout.D), L(layout.L) {
+        packed_.resize(std::size_t(L * D));
+        wih_t_.resize(std::size_t(L));
+        bias_sum_.resize(checked_mul(L, D * G));
+        params_updated();
+    }
+
+    void params_updated() override;
+    void forward(S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0,
+                 const std::int64_t* lengths, Index T, Index B, bool training,
+                 std::uint64_t seed, std::uint64_t counter) override {
+        const DenormalScope denormals;
+        Scratch<S>& ws = Scratch<S>::local();
+        const typename Scratch<S>::Trim trim(ws);
+        run_forward(ws, y, h_n, c_n, x, h0, c0, lengths, T, B, training, seed, counter);
+    }
+    void forward_last(S* out, const S* x, const std::int64_t* lengths, Index T, Index B,
+                      bool batch_first, const S* W, const S* bias, Index O) override;
+    void backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, const S* dc_n) override;
+    bool cached_sizes(Index& T, Index& B) const override {
+        T = cache_.T;
+        B = cache_.B;
+        return cache_.valid;
+    }
+
+private:
+    // Derived from the parameters by params_updated() (the "load-time repack"), per
+    // (layer, direction):
+    struct Packed {
+        Panels<S> whh_t;   // W_hh^T  [Hout, G]: forward step  gates += h_prev W_hh^T
+        Panels<S> whh;     // W_hh    [G, Hout]: backward step dh_prev = dgates W_hh
+        Panels<S> whr_t;   // W_hr^T  [H, P]:    forward projection h = r W_hr^T
+        Panels<S> whr;     // W_hr    [P, H]:    backward projection dr = dh W_hr
+        bool whh_finite = true;  // no inf or NaN in W_hh: a zero h times W_hh is exactly zero
+    };
+
+    // Saved activations of the last training-mode forward (llm.c's ActivationTensors).
+    struct LayerCache {
+        Buffer<S> x;      // [T, B, I_l]        layer input (after dropout for l > 0)
+        Buffer<S> gates;  // [T, B, D*G]        activated i, f, g, o; backward overwrites
+                          //                    them with d(pre-activation)
+        Buffer<S> h;      // [D, T+1, B, Hout]  hidden states in time order (slot_before/after)
+        Buffer<S> c;      // [D, T+1, B, H]     cell states, same slots
+        Buffer<S> r;      // [D, T, B, H]       o*tanh(c) before projection (P > 0 only)
+    };
+    struct Cache {
+        bool valid = false;
+        Index T = 0, B = 0;
+        std::uint64_t seed = 0, counter = 0;  // dropout stream position of that forward
+        std::vector<std::int64_t> lengths;    // empty: all T
+        std::vector<LayerCache> layers;
+    };
+    // Backward's workspaces, kept between calls: a steady-state training step allocates
+    // nothing after the first.
+    struct BackwardBuffers {
+        Buffer<S> state;  // [D, B, 2*Hout + 2*H]  running dh (double-buffered), dc, dr
+        Buffer<S> dhs;    // [D, T, B, P]          dh_t of every step (P > 0)
+        Buffer<S> dio[2]; // [T, B, D*Hout]        d(layer output) below the top layer
+        Buffer<S> db;     // [D*G]                 bias gradient of one layer
+    };
+
+    const S* tensor(Param k, Index l, Index d) const { return m_.tensor(params_, k, l, d); }
+
+    // The DirectionPass of (layer l, direction d) over the call's (T, B) with gate buffer
+    // `gates` (already offset to this layer): training reads and writes the cache, eval the
+    // double-buffered `eval_state` [D, B, 2*Hout + 3*H].
+    DirectionPass<S> direction_pass(Index l, Index d, Index T, Index B,
+                                    const std::int64_t* lengths, S* gates, LayerCache* lc,
+                                    S* eval_state) const {
+        const Packed& pk = packed_[std::size_t(l * D + d)];
+        DirectionPass<S> a;
+        a.T = T; a.B = B; a.H = H; a.P = P; a.Hout = Hout;
+        a.ldg = D * G;
+        a.ldy = D * Hout;
+        a.reverse = m_.cfg.reverse || d == 1;
+        a.lengths = lengths;
+        a.whh_t = &pk.whh_t;
+        a.whh = &pk.whh;
+        if (P > 0) { a.whr_t = &pk.whr_t; a.whr = &pk.whr; }
+        a.gates = gates + d * G;
+        if (lc) {
+            a.hs = lc->h.data() + d * (T + 1) * B * Hout;
+            a.cs = lc->c.data() + d * (T + 1) * B * H;
+            if (P > 0) a.rs = lc->r.data() + d * T * B * H;
+        } else {
+            S* st = eval_state + d * B * (2 * Hout + 3 * H);
+            a.hbuf = st;
+            a.cbuf = st + 2 * B * Hout;
+            a.rbuf = st + 2 * B * Hout + 2 * B * H;
+        }
+        a.rows = B;
+        return a;
+    }
+
+    void run_forward(Scratch<S>& ws, S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0,
+                     const std::int64_t* lengths, Index T, Index B, bool training,
+                     std::uint64_t seed, std::uint64_t counter);
+
+    const Layout<S>& m_;
+    const S* params_;
+    S* grads_;
+    const Index H, P, Hout, G, D, L;
+    std::vector<Packed> packed_;     // [L*D]
+    std::vector<Panels<S>> wih_t_;   // [L] W_ih^T [I_l, D*G], both directions: the input
+                                     //     projection of all steps is one packed GEMM
+    Buffer<S> bias_sum_;             // [L, D*G] b_ih + b_hh, engine order
+    Cache cache_;
+    BackwardBuffers bwd_;
+    const StandardCell<S> cell_{};
+};
+
+template <typename S>
+void EngineImpl<S>::params_updated() {
+    bias_sum_.zero();
+    for (Index l = 0; l < L; ++l) {
+        const S* wih = m_.tensor(params_, Param::weight_ih, l);  // [D*G, I_l]
+        wih_t_[std::size_t(l)].pack(wih, m_.in_size(l), D * G, 1, m_.in_size(l));
+    }
+    for (Index l = 0; l < L; ++l)
+        for (Index d = 0; d < D; ++d) {
+            Packed& pk = packed_[std::size_t(l * D + d)];
+            const S* whh = tensor(Param::weight_hh, l, d);   // [G, Hout]
+            pk.whh_t.pack(whh, Hout, G, 1, Hout);
+            pk.whh.pack(whh, G, Hout, Hout, 1);
+            pk.whh_finite =
+                Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>(whh, G * Hout).allFinite();
+            if (P > 0) {
+                const S* whr = tensor(Param::weight_hr, l, d);  // [P, H]
+                pk.whr_t.pack(whr, H, P, 1, H);
+                pk.whr.pack(whr, P, H, H, 1);
+            }
+            if (m_.cfg.bias) {
+                S* b = bias_sum_.data() + (l * D + d) * G;
+                const S* bi = tensor(Param::bias_ih, l, d);
+                const S* bh = tensor(Param::bias_hh, l, d);
+                for (Index g = 0; g < G; ++g) b[g] = bi[g] + bh[g];
+            }
+        }
+}
+
+// ============================================================================================
+// forward
+// ============================================================================================
+
+template <typename S>
+void EngineImpl<S>::run_forward(Scratch<S>& ws, S* y, S* h_n, S* c_n, const S* x, const S* h0,
+                                const S* c0, const std::int64_t* lengths, Index T, Index B,
+                                bool training, std::uint64_t seed, std::uint64_t counter) {
+    EIGENLSTM_REQUIRE(T >= 0, "T must be >= 0, got " + std::to_string(T));
+    EIGENLSTM_REQUIRE(B >= 0, "B must be >= 0, got " + std::to_string(B));
+    require_lengths(lengths, B, 0, T);
+    const Index I = m_.cfg.input_size, TB = checked_mul(T, B), DG = D * G;
+    const TeamPlan plan = plan_team<S>(D, T, B, I, H, Hout, true);
+    const int teams[2] = {plan.threads, plan.threads};
+
+    // Zero initial states when none are given, and the eval buffers, come from the calling
+    // thread's scratch; training uses the cache, allocated once per (T, B) and reused.
+    const bool zero_h0 = h0 == nullptr;
+    if (!h0 || !c0) {
+        ws.zeros.resize(checked_mul(D * L * B, std::max(H, Hout)));
+        ws.zeros.zero();
+        if (!h0) h0 = ws.zeros.data();
+        if (!c0) c0 = ws.zeros.data();
+    }
+    if (training) {
+        if (cache_.layers.size() != std::size_t(L)) cache_.layers.resize(std::size_t(L));
+        cache_.valid = false;
+        for (Index l = 0; l < L; ++l) {
+            LayerCache& lc = cache_.layers[std::size_t(l)];
+            lc.x.resize(checked_mul(TB, m_.in_size(l)));
+            lc.gates.resize(checked_mul(TB, DG));
+            lc.h.resize(checked_mul(D * (T + 1), checked_mul(B, Hout)));
+            lc.c.resize(checked_mul(D * (T + 1), checked_mul(B, H)));
+            if (P > 0) lc.r.resize(checked_mul(D * T, checked_mul(B, H)));
+        }
+        cache_.lengths.assign(lengths ? lengths : nullptr, lengths ? lengths + B : nullptr);
+        cache_.T = T;
+        cache_.B = B;
+        cache_.seed = seed;
+        cache_.counter = counter;
+        std::copy(x, x + checked_mul(TB, I), cache_.layers[0].x.data());
+        if (lengths)  // padding is never read by torch: zero it so dW_ih = da^T x ignores it
+            for (Index t = 0; t < T; ++t)
+                for (Index b = 0; b < B; ++b)
+                    if (t >= lengths[b]) {
+                        S* row = cache_.layers[0].x.data() + (t * B + b) * I;
+                        std::fill(row, row + I, S(0));
+                    }
+    } else {
+        ws.gates.resize(checked_mul(TB, DG));
+        if (L > 1) {
+            ws.io[0].resize(checked_mul(TB, D * Hout));
+            ws.io[1].resize(checked_mul(TB, D * Hout));
+        }
+        ws.state.resize(checked_mul(D, checked_mul(B, 2 * Hout + 2 * H + H)));
+    }
+    const std::int64_t* lens = training ? (cache_.lengths.empty() ? nullptr : cache_.lengths.data())
+                                        : lengths;
+
+    for (Index l = 0; l < L; ++l) {
+        LayerCache* lc = training ? &cache_.layers[std::size_t(l)] : nullptr;
+        const S* in = training ? lc->x.data() : (l == 0 ? x : ws.io[(l - 1) & 1].data());
+        S* out = l == L - 1 ? y
+                            : (training ? cache_.layers[std::size_t(l + 1)].x.data() : ws.io[l & 1].data());
+        S* gates = training ? lc->gates.data() : ws.gates.data();
+
+        // One GEMM projects the input of every step for both directions:
+        //   pre[T*B, D*G] = x[T*B, I] W_ih[D*G, I]^T + (b_ih + b_hh)
+        project_inputs(gates, in, TB, m_.in_size(l), DG,
+                       m_.cfg.bias ? bias_sum_.data() + l * DG : nullptr, wih_t_[std::size_t(l)]);
+
+        run_teams(int(D), teams, [&](int d, int tid, int n, SpinBarrier& barrier) {
+            DirectionPass<S> a = direction_pass(l, d, T, B, lens, gates, lc, ws.state.data());
+            a.zero_h0 = zero_h0 && packed_[std::size_t(l * D + d)].whh_finite;
+            Index b0 = 0, b1 = B;  // this thread's batch rows
+            if (plan.by_rows) {    // rows are independent: each thread runs its slice alone
+                split_range(B, 1, tid, n, b0, b1);
+                a = a.rows_slice(b0, b1);
+                tid = 0;
+                n = 1;
+            }
+            const Index k = l * D + d;
+            forward_direction(a, cell_, out + d * Hout + b0 * D * Hout, h0 + (k * B + b0) * Hout,
+                              c0 + (k * B + b0) * H, h_n + (k * B + b0) * Hout,
+                              c_n + (k * B + b0) * H, tid, n, barrier);
+        });
+
+        if (training && l < L - 1 && m_.cfg.dropout > 0)
+            apply_dropout(out, TB * D * Hout, m_.cfg.dropout, seed, counter, l);
+    }
+    if (training) cache_.valid = true;
+}
+
+// ============================================================================================
+// inference through a linear head on each sequence's last step
+// ============================================================================================
+
+// out[b] = y[last_b, b, :] W^T + bias, with y the top layer's eval output and last_b =
+// lengths[b] - 1 (T - 1 without lengths). The reverse direction's y[last_b] is its state after
+// its first step (it starts at each sequence's last valid step), as torch's out[:, last, :].
+template <typename S>
+void EngineImpl<S>::forward_last(S* out, const S* x, const std::int64_t* lengths, Index T,
+                                 Index B, bool batch_first, const S* W, const S* bias, Index O) {
+    const DenormalScope denormals;
+    Scratch<S>& ws = Scratch<S>::local();
+    const typename Scratch<S>::Trim trim(ws);
+    EIGENLSTM_REQUIRE(T >= 1, "T must be >= 1 (the output is read at a last step), got " + std::to_string(T));
+    EIGENLSTM_REQUIRE(B >= 0, "B must be >= 0, got " + std::to_string(B));
+    EIGENLSTM_REQUIRE(O >= 1, "O must be >= 1, got " + std::to_string(O));
+    require_lengths(lengths, B, 1, T);  // each sequence needs a last step
+    const Index I = m_.cfg.input_size, DH = D * Hout, TB = checked_mul(T, B);
+    if (batch_first) {  // [B, T, I] -> [T, B, I]: a time step's rows are contiguous
+        ws.x.resize(checked_mul(TB, I));
+        for (Index b = 0; b < B; ++b)
+            for (Index t = 0; t < T; ++t)
+                std::copy(x + (b * T + t) * I, x + (b * T + t + 1) * I, ws.x.data() + (t * B + b) * I);
+        x = ws.x.data();
+    }
+    ws.y.resize(checked_mul(TB, DH));
+    ws.hc.resize(checked_mul(D * L * B, Hout + H));
+    S* h_n = ws.hc.data();
+    run_forward(ws, ws.y.data(), h_n, h_n + D * L * B * Hout, x, nullptr, nullptr, lengths, T, B,
+                false, 0, 0);
+    ws.last.resize(checked_mul(B, DH));
+    for (Index b = 0; b < B; ++b) {
+        const S* row = ws.y.data() + ((lengths ? lengths[b] - 1 : T - 1) * B + b) * DH;
+        std::copy(row, row + DH, ws.last.data() + b * DH);
+    }
+    CMapRM<S> last(ws.last.data(), B, DH, Eigen::OuterStride<>(DH));
+    CMapRM<S> w(W, O, DH, Eigen::OuterStride<>(DH));
+    MapRM<S> o(out, B, O, Eigen::OuterStride<>(O));
+    o.noalias() = last * w.transpose();
+    if (bias) o.rowwise() += Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(bias, O);
+}
+
+// ============================================================================================
+// backward
+// ============================================================================================
+
+template <typename S>
+void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, const S* dc_n) {
+    const DenormalScope denormals;
+    if (!cache_.valid)
+        throw std::logic_error(
+            "backward needs a training-mode forward first (the cache is consumed by backward)");
+    cache_.valid = false;  // the gate buffers are about to hold gradients
+    const Index T = cache_.T, B = cache_.B, TB = T * B, DG = D * G;
+    const std::int64_t* lens = cache_.lengths.empty() ? nullptr : cache_.lengths.data();
+    const int nteam = plan_team<S>(D, T, B, m_.cfg.input_size, H, Hout, false).threads;
+    const int teams[2] = {nteam, nteam};
+
+    bwd_.state.resize(checked_mul(D, checked_mul(B, 2 * Hout + 2 * H)));
+    if (P > 0) bwd_.dhs.resize(checked_mul(D * T, checked_mul(B, P)));
+    if (L > 1) {
+        bwd_.dio[0].resize(checked_mul(TB, D * Hout));
+        bwd_.dio[1].resize(checked_mul(TB, D * Hout));
+    }
+    bwd_.db.resize(DG);
+
+    for (Index l = L - 1; l >= 0; --l) {
+        LayerCache& lc = cache_.layers[std::size_t(l)];
+        const S* dout = l == L - 1 ? dy : bwd_.dio[l & 1].data();
+        S* din = l == 0 ? dx : bwd_.dio[(l - 1) & 1].data();
+        const Index I_l = m_.in_size(l);
+
+        run_teams(int(D), teams, [&](int d, int tid, int n, SpinBarrier& barrier) {
+            const DirectionPass<S> a = direction_pass(l, d, T, B, lens, lc.gates.data(), &lc, nullptr);
+            const Index k = l * D + d;
+            S* st = bwd_.state.data() + d * B * (2 * Hout + 2 * H);
+            const BackwardWork<S> w{st, st + 2 * B * Hout, st + 2 * B * Hout + B * H,
+                                    P > 0 ? bwd_.dhs.data() + d * T * B * P : nullptr};
+            backward_direction(a, cell_, dout + d * Hout, dh_n ? dh_n + k * B * Hout : nullptr,
+                               dc_n ? dc_n + k * B * H : nullptr, dh0 + k * B * Hout,
+                               dc0 + k * B * H, w, tid, n, barrier);
+        });
+
+        // The parameter gradients and dx, each one GEMM over all T*B rows:
+        //   dW_ih += da^T x,  dx = da W_ih,  db_ih = db_hh += sum_rows da,
+        //   dW_hh += da^T h_prev (per direction),  dW_hr += dh^T r (per direction)
+        // Each thread owns a slice of output rows of every product (the same split for any
+        // run with this thread count, so results are reproducible), and Eigen runs each
+        // slice single-threaded.
+        CMapRM<S> dA(lc.gates.data(), TB, DG, Eigen::OuterStride<>(DG));
+        CMapRM<S> X(lc.x.data(), TB, I_l, Eigen::OuterStride<>(I_l));
+        MapRM<S> dWih(m_.tensor(grads_, Param::weight_ih, l), DG, I_l, Eigen::OuterStride<>(I_l));
+        CMapRM<S> Wih(tensor(Param::weight_ih, l, 0), DG, I_l, Eigen::OuterStride<>(I_l));
+        MapRM<S> dX(din, TB, I_l, Eigen::OuterStride<>(I_l));
+        const double work = double(TB) * double(DG) * double(2 * I_l + Hout + P);
+        parallel_slices(work, [&](int tid, int n) {
+            Index r0, r1;
+            split_range(DG, 16, tid, n, r0, r1);
+            dWih.middleRows(r0, r1 - r0).noalias() += dA.middleCols(r0, r1 - r0).transpose() * X;
+            split_range(TB, 16, tid, n, r0, r1);
+            dX.middleRows(r0, r1 - r0).noalias() = dA.middleRows(r0, r1 - r0) * Wih;
+            for (Index d = 0; d < D; ++d) {
+                const bool rev = m_.cfg.reverse || d == 1;
+                CMapRM<S> dAd(lc.gates.data() + d * G, TB, G, Eigen::OuterStride<>(DG));
+                CMapRM<S> Hprev(lc.h.data() + (d * (T + 1) + slot_before(0, rev)) * B * Hout,
+                                TB, Hout, Eigen::OuterStride<>(Hout));
+                MapRM<S> dWhh(m_.tensor(grads_, Param::weight_hh, l, d), G, Hout,
+                              Eigen::OuterStride<>(Hout));
+                split_range(G, 16, tid, n, r0, r1);
+                dWhh.middleRows(r0, r1 - r0).noalias() +=
+                    dAd.middleCols(r0, r1 - r0).transpose() * Hprev;
+                if (P > 0) {
+                    CMapRM<S> dH(bwd_.dhs.data() + d * T * B * P, TB, P, Eigen::OuterStride<>(P));
+                    CMapRM<S> R(lc.r.data() + d * T * B * H, TB, H, Eigen::OuterStride<>(H));
+                    MapRM<S> dWhr(m_.tensor(grads_, Param::weight_hr, l, d), P, H,
+                                  Eigen::OuterStride<>(H));
+                    split_range(P, 8, tid, n, r0, r1);
+                    dWhr.middleRows(r0, r1 - r0).noalias() +=
+                        dH.middleCols(r0, r1 - r0).transpose() * R;
+                }
+            }
+        });
+        if (m_.cfg.bias) {
+            RowVec<S> db(bwd_.db.data(), DG);
+            db.noalias() = dA.colwise().sum();
+            RowVec<S>(m_.tensor(grads_, Param::bias_ih, l), DG) += db;
+            RowVec<S>(m_.tensor(grads_, Param::bias_hh, l), DG) += db;
+        }
+        // The input of layer l > 0 was dropout(y_{l-1}): dy_{l-1} = din * mask, same mask.
+        if (l > 0 && m_.cfg.dropout > 0)
+            apply_dropout(din, TB * D * Hout, m_.cfg.dropout, cache_.seed, cache_.counter, l - 1);
+    }
+}
+
+// ============================================================================================
+// the back end's entry points
+// ============================================================================================
+
+template <typename S>
+Engine<S>* make_engine(const Layout<S>& layout, const S* params, S* grads) {
+    return new EngineImpl<S>(layout, params, grads);
+}
+
+void set_threads(int n) { thread_setting().store(n); }
+int get_threads() { return num_threads(); }
+void set_flush(bool on) { flush_denormal_setting().store(on); }
+bool get_flush() { return flush_denormal_setting().load(); }
+void arm_fault() { fail_next_region().store(true); }
+
+#define EIGENLSTM_STR2(x) #x
+#define EIGENLSTM_STR(x) EIGENLSTM_STR2(x)
+
+#if defined(__clang__)
+#define EIGENLSTM_COMPILER "clang " __clang_version__
+#elif defined(__GNUC__)
+#define EIGENLSTM_COMPILER "gcc " __VERSION__
+#else
+#define EIGENLSTM_COMPILER "unknown"
+#endif
+
+#ifdef _OPENMP
+constexpr int kOpenMP = _OPENMP;
+#else
+constexpr int kOpenMP = 0;
+#endif
+
+constexpr const char* kEigenVersion = EIGENLSTM_STR(EIGEN_WORLD_VERSION) "." EIGENLSTM_STR(
+    EIGEN_MAJOR_VERSION) "." EIGENLSTM_STR(EIGEN_MINOR_VERSION);
+
+const Backend& backend_table() {
+    static const std::string simd = Eigen::SimdInstructionSetsInUse();
+    static const Backend table{kBackendAbi,         EIGENLSTM_STR(EIGENLSTM_ISA),
+                               EIGENLSTM_COMPILER,  kEigenVersion,      simd.c_str(),
+                               kOpenMP,             &make_engine<float>,
+                               &make_engine<double>, &set_threads,
+                               &get_threads,        &set_flush,
+                               &get_flush,          &arm_fault};
+    return table;
+}
+
+}  // namespace
+}  // namespace detail
+}  // namespace eigenlstm
+
+extern "C" __attribute__((visibility("default"))) const eigenlstm::detail::Backend*
+eigenlstm_backend() {
+    return &eigenlstm::detail::backend_table();
+}

@@ -1,0 +1,65 @@
+// The threading plan: how many threads a call's time loop gets and how they share it. Numbers
+// measured on 2 cores; see bench/README.md.
+#pragma once
+
+#include <algorithm>
+
+#include "eigenlstm/lstm.hpp"
+#include "gemm.hpp"
+#include "threads.hpp"
+
+namespace eigenlstm {
+namespace detail {
+
+// How the threads of one direction share its time loop.
+//   by_rows: each thread owns a slice of the batch and runs the whole recurrence for it. Rows
+//            are independent through time, so the threads never wait for each other; every
+//            thread reads all of W_hh, which pays when W_hh^T is small enough to stay in each
+//            core's own L2 (G*Hout <= 32K values). Measured on 2 cores, eval forward, against
+//            the unit split: (B, T, I, H) = (32, 100, 64, 64) 4.5 vs 5.5 ms, (64, 50, 32, 32)
+//            1.55 vs 1.91 ms, (16, 100, 128, 64) 2.9 vs 3.5 ms. Only from 2^20 multiply-adds
+//            per call: waking a second thread costs 1-10 us here, and for the seed's model
+//            (84K multiply-adds, 15 us on one thread) two threads took 14 to 25 us.
+//            Forward only (`rows_allowed`); the backward loop splits units.
+//   else:    threads split the hidden units (all four gates of each unit; one barrier per
+//            step). At 64K multiply-adds per step (B=1, H=128) two threads already run a
+//            step 1.8x faster; below that one thread wins.
+struct TeamPlan {
+    int threads = 1;
+    bool by_rows = false;
+};
+
+template <typename S>
+TeamPlan plan_team(Index D, Index T, Index B, Index I, Index H, Index Hout, bool rows_allowed) {
+    const int per_dir = std::max(1, num_threads() / int(D));
+    const Index G = 4 * H;
+    if (rows_allowed && per_dir > 1 && B >= 2 && G * Hout <= (Index(1) << 15) &&
+        double(T) * double(B) * double(G) * double(I + Hout) >= double(1 << 20))
+        return {int(std::min<Index>(per_dir, B)), true};
+    const Index chunks = (H + unit_grain<S>() - 1) / unit_grain<S>();
+    if (B * G * Hout < (Index(1) << 16)) return {1, false};
+    return {int(std::max<Index>(1, std::min<Index>(per_dir, chunks))), false};
+}
+
+// pre[rows, N] = x[rows, K] W + bias, W packed as panels [K, N]. Threads take disjoint row
+// ranges (so every value is computed by one thread, the same way for any thread count), and
+// rows go through the kernel in blocks whose slice of x stays in L2 while the panels stream.
+template <typename S>
+void project_inputs(S* pre, const S* x, Index rows, Index K, Index N, const S* bias,
+                    const Panels<S>& w) {
+    constexpr Index MR = Simd<S>::MR;
+    const Index MB = std::max<Index>(MR, Index(128 * 1024) / Index(sizeof(S)) / std::max<Index>(K, 1) / MR * MR);
+    // below ~1M multiply-adds a second thread costs more to wake than it saves
+    const bool one = rows < 2 * MR || double(rows) * double(N) * double(K) < 1e6;
+    std::atomic<bool> failed{false};
+    run_parallel(one ? 1 : num_threads(), failed, [&](int tid, int n) {
+        Index r0, r1;
+        split_range(rows, MR, tid, n, r0, r1);
+        for (Index m0 = r0; m0 < r1; m0 += MB)
+            gemm_panels<S, false>(std::min(MB, r1 - m0), x + m0 * K, K, w, 0, N, pre + m0 * N, N,
+                                  bias);
+    });
+}
+
+}  // namespace detail
+}  // namespace eigenlstm

@@ -1,0 +1,83 @@
+// The parameter layout: where each torch tensor lives in the flat buffer, and the
+// permutation between torch's gate order and the engine's interleaved gate blocks. Pure index
+// arithmetic, the same for every ISA level (a gate block is 64 bytes everywhere), shared by
+// the front end (pack/unpack) and the back ends (which read the weights to pack them).
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <vector>
+
+#include "buffer.hpp"
+#include "eigenlstm/lstm.hpp"
+
+namespace eigenlstm {
+namespace detail {
+
+// Size letters: I input size, H hidden, P projection, Hout = P or H, D directions, L layers,
+// G = 4H gate rows, HB = gate_block<S>() hidden units per gate block.
+template <typename S>
+struct Layout {
+    Config cfg;
+    Index H = 0, P = 0, Hout = 0, G = 0, D = 1, L = 1;
+    // perm[e] = torch gate row of engine gate row e. Block j of w <= HB units (u0 = HB*j)
+    // starts at engine row 4*u0 and holds rows [i(u0:u0+w), f(...), g(...), o(...)].
+    std::vector<Index> perm;
+    // Flat layout: per layer, blocks in the order weight_ih [D, G, I_l], weight_hh [D, G, Hout],
+    // bias_ih [D, G], bias_hh [D, G], weight_hr [D, P, H]; each block starts 64-byte aligned.
+    // offset[l][kind] is the block start (-1 if absent); size is the whole buffer's length.
+    std::vector<std::array<Index, 5>> offset;
+    Index size = 0;
+
+    // Throws std::invalid_argument for a bad config, std::bad_alloc for sizes whose buffers
+    // could not exist.
+    explicit Layout(const Config& c) : cfg(c) {
+        cfg.validate();
+        H = cfg.hidden_size; P = cfg.proj_size; Hout = cfg.output_size();
+        G = checked_mul(4, H);
+        D = cfg.directions(); L = cfg.num_layers;
+        // Each (layer, direction) has a few hundred bytes of packed-weight bookkeeping in a back
+        // end: a count whose bytes overflow cannot exist.
+        checked_mul(checked_mul(L, D), 256);
+        const Index HB = gate_block<S>();
+        perm.resize(std::size_t(G));
+        for (Index u0 = 0; u0 < H; u0 += HB) {
+            const Index w = std::min(HB, H - u0);
+            for (Index q = 0; q < 4; ++q)
+                for (Index j = 0; j < w; ++j) perm[std::size_t(4 * u0 + q * w + j)] = q * H + u0 + j;
+        }
+        const Index align = Index(kAlign / sizeof(S));
+        offset.resize(std::size_t(L));
+        for (Index l = 0; l < L; ++l)
+            for (int k = 0; k < 5; ++k) {
+                if (!has(Param(k))) { offset[std::size_t(l)][std::size_t(k)] = -1; continue; }
+                offset[std::size_t(l)][std::size_t(k)] = size;
+                size = round_up(size + checked_mul(D, checked_mul(rows(Param(k)), cols(Param(k), l))), align);
+            }
+    }
+
+    Index in_size(Index l) const { return l == 0 ? cfg.input_size : D * Hout; }
+    Index rows(Param k) const { return k == Param::weight_hr ? P : G; }
+    Index cols(Param k, Index l) const {
+        switch (k) {
+            case Param::weight_ih: return in_size(l);
+            case Param::weight_hh: return Hout;
+            case Param::bias_ih: case Param::bias_hh: return 1;
+            case Param::weight_hr: return H;
+        }
+        return 0;
+    }
+    bool has(Param k) const {
+        if (k == Param::bias_ih || k == Param::bias_hh) return cfg.bias;
+        if (k == Param::weight_hr) return P > 0;
+        return true;
+    }
+    // Start of tensor (k, l, d) in a flat buffer laid out like the parameters.
+    template <typename T>
+    T* tensor(T* flat, Param k, Index l, Index d = 0) const {
+        return flat + offset[std::size_t(l)][std::size_t(k)] + d * rows(k) * cols(k, l);
+    }
+};
+
+}  // namespace detail
+}  // namespace eigenlstm
