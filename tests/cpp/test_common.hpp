@@ -1,13 +1,33 @@
 // A minimal check harness for the C++ tests (no framework needed): CHECK records a failure
 // with file and line and the test binary exits non-zero if any check failed.
 #pragma once
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "eigenlstm/lstm.hpp"
 
 namespace eigenlstm_test {
 inline int& failures() {
     static int n = 0;
     return n;
+}
+
+// ctest runs each test once per level built, with EIGENLSTM_MAX_ISA set to it
+// (tests/cpp/CMakeLists.txt). A level this CPU cannot run would silently fall back to a lower
+// one: such a run is reported as skipped (exit code kSkip) instead. Returns 0 to go on.
+constexpr int kSkip = 77;
+inline int skip_unless_requested_level_runs() {
+    const char* want = std::getenv("EIGENLSTM_MAX_ISA");
+    const std::vector<std::string> levels = eigenlstm::isa_available();
+    if (want && *want && std::find(levels.begin(), levels.end(), want) == levels.end()) {
+        std::printf("level %s: this CPU cannot run it; skipped\n", want);
+        return kSkip;
+    }
+    std::printf("level %s\n", eigenlstm::isa().c_str());
+    return 0;
 }
 }  // namespace eigenlstm_test
 

@@ -257,6 +257,7 @@ void test_huge_sizes_throw_bad_alloc() {
 }  // namespace
 
 int main() {
+    if (const int skip = eigenlstm_test::skip_unless_requested_level_runs()) return skip;
     test_gradients_match_finite_differences_float64();
     test_pack_then_unpack_returns_the_torch_tensor();
     test_results_are_bitwise_identical_across_runs_and_thread_counts();
