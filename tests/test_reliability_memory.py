@@ -236,3 +236,48 @@ def test_a_size_whose_byte_count_overflows_raises_memory_error_without_crashing(
                           timeout=120)
     assert proc.returncode == 0, f"{call} crashed the interpreter (exit {proc.returncode})"
     assert proc.stdout.split("\n")[:2] == ["MemoryError", "alive (2, 1, 4)"], proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("call", ["eval", "training", "backward"])
+def test_an_allocation_failure_inside_a_parallel_region_is_memory_error_and_the_module_still_works(
+        call):
+    """An exception must not leave an OpenMP region (the runtime would terminate the process):
+    each thread catches, and the call rethrows after the region. A test hook makes one thread
+    of the next multi-threaded region throw std::bad_alloc, as an allocation failure would."""
+    from eigenlstm import _core
+
+    el.set_num_threads(2)  # the module fixture restores the setting
+    # Bidirectional: the two directions run as two one-thread teams, a parallel region.
+    lstm = el.LSTM(16, 32, num_layers=2, bidirectional=True, seed=0)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((12, 4, 16)).astype(np.float32)
+    dy = rng.standard_normal((12, 4, 64)).astype(np.float32)
+    lstm.train()
+    y_ref, _ = lstm(x)
+    dx_ref, _ = lstm.backward(dy)
+    grads_ref = {k: v.copy() for k, v in lstm.grads.items()}
+    lstm.zero_grad()
+    lstm.eval()
+    y_eval_ref, _ = lstm(x)
+
+    lstm.train(call != "eval")
+    if call == "backward":
+        lstm(x)
+    try:
+        _core._fail_next_parallel_region(True)
+        with pytest.raises(MemoryError):
+            lstm.backward(dy) if call == "backward" else lstm(x)
+    finally:
+        _core._fail_next_parallel_region(False)
+
+    # Nothing was accumulated, and the module computes exactly what it did before.
+    assert all(not v.any() for v in lstm.grads.values())
+    lstm.eval()
+    y_eval, _ = lstm(x)
+    assert np.array_equal(y_eval, y_eval_ref)
+    lstm.train()
+    y, _ = lstm(x)
+    dx, _ = lstm.backward(dy)
+    assert np.array_equal(y, y_ref) and np.array_equal(dx, dx_ref)
+    for k, v in lstm.grads.items():
+        assert np.array_equal(v, grads_ref[k]), k

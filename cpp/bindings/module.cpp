@@ -420,7 +420,9 @@ PYBIND11_MODULE(_core, m) {
         return d;
     }, "The back end in use: its level, compiler, Eigen version and SIMD, OpenMP, file.");
     m.def("_fail_next_parallel_region", &eigenlstm::testing::fail_next_parallel_region,
-          "Test hook: the next multi-threaded parallel region fails with std::bad_alloc.");
+          py::arg("armed"),
+          "Test hook: armed, the next multi-threaded parallel region fails with "
+          "std::bad_alloc (MemoryError); False disarms.");
     m.attr("gate_block_float32") = eigenlstm::gate_block<float>();
     m.attr("gate_block_float64") = eigenlstm::gate_block<double>();
 }

@@ -51,9 +51,10 @@ struct Backend {
     int (*get_num_threads)();
     void (*set_flush_denormal)(bool on);
     bool (*get_flush_denormal)();
-    // Test hook: the next parallel region throws std::bad_alloc in one of its threads, as an
-    // allocation failure inside it would (tests/test_reliability_memory.py).
-    void (*fail_next_parallel_region)();
+    // Test hook: while armed, the next multi-threaded parallel region throws std::bad_alloc in
+    // one of its threads, as an allocation failure inside it would, and disarms
+    // (tests/test_reliability_memory.py).
+    void (*fail_next_parallel_region)(bool armed);
 };
 
 }  // namespace detail

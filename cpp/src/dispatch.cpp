@@ -146,9 +146,19 @@ BuildInfo build_info() {
     return info;
 }
 
-void set_flush_denormal(bool on) { detail::backend().set_flush_denormal(on); }
+bool set_flush_denormal(bool on) {
+#if defined(__x86_64__) || defined(__i386__)
+    detail::backend().set_flush_denormal(on);  // MXCSR's FTZ and DAZ bits (DenormalScope)
+    return true;
+#else
+    (void)on;  // no such mode here: the setting stays off, as torch.set_flush_denormal does
+    return false;
+#endif
+}
 bool flush_denormal() { return detail::backend().get_flush_denormal(); }
 
-void testing::fail_next_parallel_region() { detail::backend().fail_next_parallel_region(); }
+void testing::fail_next_parallel_region(bool armed) {
+    detail::backend().fail_next_parallel_region(armed);
+}
 
 }  // namespace eigenlstm

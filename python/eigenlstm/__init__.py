@@ -8,8 +8,12 @@ from . import functional
 from ._core import get_num_threads, set_num_threads
 from .lstm import LSTM
 from .module import Module
+from .runtime import config, get_flush_denormal, set_flush_denormal, show_config
 
-__all__ = ["LSTM", "Module", "functional", "get_num_threads", "set_num_threads"]
+__all__ = [
+    "LSTM", "Module", "functional", "get_num_threads", "set_num_threads",
+    "config", "show_config", "set_flush_denormal", "get_flush_denormal",
+]
 __version__ = "0.1.0"
 
 # Training layer: layers on top of the LSTM, losses, optimizers, the fit loop and checkpoints.

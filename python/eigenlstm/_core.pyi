@@ -1,11 +1,12 @@
 """Type stubs of ``eigenlstm._core``, the compiled engine (cpp/bindings/module.cpp).
 
 EngineF32 and EngineF64 have the same methods; arrays are float32 resp. float64 (lengths
-int64). Shapes use T time, B batch, I input size, H hidden size, H_out (= proj_size or H),
+int64). Input arrays of another real dtype are converted (integer lengths only); complex,
+string and object arrays are a TypeError. Shapes use T time, B batch, I input size, H hidden size, H_out (= proj_size or H),
 D directions, L layers, O outputs of a linear layer.
 """
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -32,9 +33,11 @@ class _Engine:
     def zero_grad(self) -> None: ...
     def has_param(self, kind: str) -> bool: ...
     def param_shape(self, kind: str, layer: int) -> list[int]: ...
-    def unpack(self, kind: str, layer: int, direction: int, flat: _Array) -> _Array: ...
+    def unpack(self, kind: str, layer: int, direction: int, flat: npt.ArrayLike) -> _Array: ...
     def pack(self, kind: str, layer: int, direction: int, tensor: npt.ArrayLike,
-             flat: _Array) -> None: ...
+             flat: _Array) -> None:
+        """Write one torch-layout tensor into ``flat`` in place; ``flat`` must be a C-contiguous,
+        writable array of this engine's dtype (TypeError otherwise)."""
     def load_flat(self, flat: npt.ArrayLike) -> None: ...
     def set_rng_state(self, seed: int, counter: int) -> None: ...
     def forward(self, x: npt.ArrayLike, h0: Optional[npt.ArrayLike], c0: Optional[npt.ArrayLike],
@@ -53,6 +56,17 @@ class EngineF64(_Engine): ...
 
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
+def set_flush_denormal(on: bool) -> bool: ...
+def get_flush_denormal() -> bool: ...
+def isa() -> str:
+    """The instruction-set level of the back end in use."""
+def isa_available() -> list[str]:
+    """The levels this CPU and this build can run, low to high."""
+def build_info() -> dict[str, Any]:
+    """The back end in use: isa, compiler, eigen, simd, openmp, library."""
+def _fail_next_parallel_region(armed: bool) -> None:
+    """Test hook: armed, the next multi-threaded parallel region fails with std::bad_alloc
+    (MemoryError); False disarms."""
 
 gate_block_float32: int
 gate_block_float64: int

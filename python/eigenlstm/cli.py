@@ -24,6 +24,26 @@ def _columns(text: str) -> List[str]:
     return names
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the version and the engine's level, read only when asked for (loading the
+    engine's back end is then the point, not a cost of every command)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .runtime import config
+
+        try:
+            cfg = config()
+        except ValueError as exc:  # a bad EIGENLSTM_MAX_ISA
+            parser.exit(2, f"eigenlstm: error: {exc}\n")
+        print(f"eigenlstm {cfg['version']} (isa {cfg['isa']}; available "
+              f"{', '.join(cfg['isa_available'])}; {cfg['compiler']}, Eigen {cfg['eigen']})")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``eigenlstm`` command (subcommands ``train``, ``predict``)."""
     from .forecast import DATASETS
@@ -32,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="eigenlstm",
         description="Train and use LSTM forecasters on the eigenlstm C++ engine.",
     )
+    parser.add_argument("--version", action=_VersionAction,
+                        help="show the version and the instruction-set level in use, then exit")
     sub = parser.add_subparsers(dest="command", metavar="{train,predict}")
     sub.required = True
     names = ", ".join(sorted(DATASETS))

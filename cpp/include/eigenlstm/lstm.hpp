@@ -70,14 +70,16 @@ BuildInfo build_info();
 // Flush subnormal numbers to zero in the engine's arithmetic (FTZ and DAZ on x86), like
 // torch.set_flush_denormal. Off by default (IEEE results); applied in every compute thread for
 // the duration of each call, never left set in a caller's thread. Process-wide. Has no effect
-// on architectures other than x86-64.
-void set_flush_denormal(bool on);
+// on architectures other than x86-64, where it returns false and the setting stays off;
+// returns true where it is supported, like torch.set_flush_denormal.
+bool set_flush_denormal(bool on);
 bool flush_denormal();
 
 namespace testing {
-// Test hook: the next multi-threaded parallel region of the engine throws std::bad_alloc in one
-// of its threads, as an allocation failure there would; the call that runs it rethrows it.
-void fail_next_parallel_region();
+// Test hook. Armed, the next multi-threaded parallel region of the engine throws
+// std::bad_alloc in one of its threads, as an allocation failure there would, and disarms;
+// the call that ran the region rethrows it. false disarms without a failure.
+void fail_next_parallel_region(bool armed);
 }  // namespace testing
 
 // Gate layout. torch stores the four gate blocks [i; f; g; o] one after the other, each H rows.

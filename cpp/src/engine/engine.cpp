@@ -484,7 +484,7 @@ void set_threads(int n) { thread_setting().store(n); }
 int get_threads() { return num_threads(); }
 void set_flush(bool on) { flush_denormal_setting().store(on); }
 bool get_flush() { return flush_denormal_setting().load(); }
-void arm_fault() { fail_next_region().store(true); }
+void arm_fault(bool armed) { fail_next_region().store(armed); }
 
 #define EIGENLSTM_STR2(x) #x
 #define EIGENLSTM_STR(x) EIGENLSTM_STR2(x)

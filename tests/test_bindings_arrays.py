@@ -1,0 +1,187 @@
+"""Every array argument of the compiled engine (eigenlstm._core) either converts correctly or is
+refused with TypeError / ValueError: never read as garbage, never written into a copy.
+
+Each entry point of EngineF32 and EngineF64 is fed, argument by argument, the other float
+dtype, float16, integers, a non-contiguous view, a Fortran-ordered array, a read-only array,
+a complex array and a zero-size array. An input that NumPy can convert without losing its
+meaning gives exactly the result of the same values passed as C-contiguous arrays of the
+engine's dtype; an output buffer (`pack`'s flat) must be the engine's own dtype, C-contiguous
+and writable, because a converted copy would be written and thrown away.
+"""
+# Sizes: T time steps, B batch, I input size, H hidden size, D directions, L layers, O outputs.
+
+import numpy as np
+import pytest
+
+from eigenlstm import _core
+
+T, B, I, H, L, D, O = 5, 3, 4, 6, 2, 2, 2
+ENGINES = {np.float32: _core.EngineF32, np.float64: _core.EngineF64}
+DTYPES = list(ENGINES)
+IDS = ["f32", "f64"]
+
+
+def make_engine(dtype):
+    e = ENGINES[dtype](I, H, L, True, True, 0, 0.0, False, 7)
+    rng = np.random.default_rng(0)
+    e.params[:] = rng.uniform(-0.4, 0.4, e.num_params).astype(dtype)
+    e.params_updated()
+    return e
+
+
+def canonical_args(dtype):
+    """Valid arguments of every entry point, as C-contiguous arrays of the engine's dtype."""
+    rng = np.random.default_rng(1)
+
+    def arr(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    return {
+        "forward": dict(x=arr(T, B, I), h0=arr(D * L, B, H), c0=arr(D * L, B, H),
+                        lengths=np.array([5, 2, 4], np.int64)),
+        "forward_last": dict(x=arr(B, T, I), lengths=np.array([5, 2, 4], np.int64),
+                             weight=arr(O, D * H), bias=arr(O)),
+        "backward": dict(d_output=arr(T, B, D * H), dh_n=arr(D * L, B, H),
+                         dc_n=arr(D * L, B, H)),
+        "unpack": dict(flat=None),  # the engine's params, filled in by call()
+        "pack": dict(tensor=arr(4 * H, H)),
+        "load_flat": dict(flat=None),
+    }
+
+
+def call(engine, name, args):
+    """Run one entry point; returns its arrays (the state it changed included)."""
+    if name == "forward":
+        return engine.forward(args["x"], args["h0"], args["c0"], args["lengths"], True)
+    if name == "forward_last":
+        return (engine.forward_last(args["x"], args["lengths"], args["weight"], args["bias"],
+                                    True),)
+    if name == "backward":
+        engine.zero_grad()
+        engine.forward(*canonical_args(engine.params.dtype.type)["forward"].values(), True)
+        return engine.backward(args["d_output"], args["dh_n"], args["dc_n"]) + (engine.grads.copy(),)
+    if name == "unpack":
+        return (engine.unpack("weight_hh", 1, 1, args["flat"]),)
+    if name == "pack":
+        flat = engine.params.copy()
+        engine.pack("weight_hh", 1, 1, args["tensor"], flat)
+        return (flat,)
+    if name == "load_flat":
+        engine.load_flat(args["flat"])
+        return (engine.params.copy(),)
+    raise AssertionError(name)
+
+
+def with_flat(engine, name, args):
+    if name in ("unpack", "load_flat") and args["flat"] is None:
+        args = dict(args, flat=engine.params[::-1].copy())
+    return args
+
+
+def variants(a, dtype):
+    """(variant id, array, the values the engine must see, or None: must be refused)."""
+    other = np.float64 if dtype == np.float32 else np.float32
+    integer = a.dtype.kind in "iu"
+    out = []
+    if integer:
+        out += [("int32", a.astype(np.int32), a), ("uint16", a.astype(np.uint16), a),
+                ("float64", a.astype(np.float64), None), ("float32", a.astype(np.float32), None)]
+    else:
+        out += [("other-float", a.astype(other), a.astype(other).astype(dtype)),
+                ("float16", a.astype(np.float16), a.astype(np.float16).astype(dtype)),
+                ("int", np.round(a * 3).astype(np.int64), np.round(a * 3).astype(dtype)),
+                ("complex", a.astype(np.complex128), None)]
+    wide = np.repeat(a, 2, axis=-1)[..., ::2]
+    assert not wide.flags.c_contiguous or a.size <= 1
+    readonly = a.copy()
+    readonly.flags.writeable = False
+    out += [("non-contiguous", wide, a), ("fortran", np.asfortranarray(a), a),
+            ("read-only", readonly, a)]
+    return out
+
+
+CASES = [(n, arg) for n, d in canonical_args(np.float32).items() for arg in d]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("name,arg", CASES, ids=[f"{n}-{a}" for n, a in CASES])
+def test_every_input_array_converts_correctly_or_is_refused(name, arg, dtype):
+    engine = make_engine(dtype)
+    base = with_flat(engine, name, canonical_args(dtype)[name])
+    for vid, value, seen in variants(base[arg], dtype):
+        engine = make_engine(dtype)
+        if seen is None:
+            with pytest.raises(TypeError, match="dtype"):
+                call(engine, name, dict(base, **{arg: value}))
+            continue
+        got = call(engine, name, dict(base, **{arg: value}))
+        want = call(make_engine(dtype), name, dict(base, **{arg: np.ascontiguousarray(seen)}))
+        for g, w in zip(got, want):
+            assert g.dtype == dtype, (vid, g.dtype)
+            assert np.array_equal(g, w), f"{name}({arg}={vid}) differs from the converted values"
+
+
+# forward's x with zero steps is valid (the next test); every other zero-size argument has a
+# wrong shape.
+ZERO_SIZE_CASES = [c for c in CASES if c != ("forward", "x")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("name,arg", ZERO_SIZE_CASES, ids=[f"{n}-{a}" for n, a in ZERO_SIZE_CASES])
+def test_a_zero_size_array_of_the_wrong_shape_is_a_value_error_naming_it(name, arg, dtype):
+    engine = make_engine(dtype)
+    base = with_flat(engine, name, canonical_args(dtype)[name])
+    empty = np.empty((0,) + base[arg].shape[1:], base[arg].dtype)
+    with pytest.raises(ValueError, match="must have shape"):
+        call(engine, name, dict(base, **{arg: empty}))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_zero_steps_and_zero_batch_rows_are_valid_and_pass_the_state_through(dtype):
+    args = canonical_args(dtype)["forward"]
+    y, h_n, c_n = make_engine(dtype).forward(args["x"][:0], args["h0"], args["c0"], None, False)
+    assert y.shape == (0, B, D * H)
+    assert np.array_equal(h_n, args["h0"]) and np.array_equal(c_n, args["c0"])
+    y, h_n, c_n = make_engine(dtype).forward(args["x"][:, :0], args["h0"][:, :0],
+                                             args["c0"][:, :0], None, False)
+    assert y.shape == (T, 0, D * H) and h_n.shape == (D * L, 0, H) and c_n.shape == h_n.shape
+
+
+def refused_flats(dtype):
+    n = make_engine(dtype).num_params
+    other = np.float64 if dtype == np.float32 else np.float32
+    readonly = np.zeros(n, dtype)
+    readonly.flags.writeable = False
+    return {
+        "other-float": (np.zeros(n, other), TypeError),
+        "float16": (np.zeros(n, np.float16), TypeError),
+        "int": (np.zeros(n, np.int64), TypeError),
+        "non-contiguous": (np.zeros(2 * n, dtype)[::2], TypeError),
+        "read-only": (readonly, TypeError),
+        "zero-size": (np.zeros(0, dtype), ValueError),
+        "2-D": (np.zeros((1, n), dtype), ValueError),
+    }
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("vid", list(refused_flats(np.float32)))
+def test_pack_refuses_a_flat_buffer_it_cannot_write_in_place(vid, dtype):
+    """Before, a float64 buffer given to the float32 engine was converted to a temporary copy,
+    the tensor written into the copy, and the caller's buffer left as it was: silently."""
+    engine = make_engine(dtype)
+    flat, error = refused_flats(dtype)[vid]
+    before = flat.copy()
+    tensor = canonical_args(dtype)["pack"]["tensor"]
+    with pytest.raises(error, match="flat"):
+        engine.pack("weight_hh", 1, 1, tensor, flat)
+    assert np.array_equal(flat, before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_pack_into_a_fortran_ordered_1d_buffer_writes_in_place(dtype):
+    # A 1-D contiguous array is both C- and Fortran-ordered: it is the buffer written.
+    engine = make_engine(dtype)
+    flat = np.asfortranarray(np.zeros(engine.num_params, dtype))
+    tensor = canonical_args(dtype)["pack"]["tensor"]
+    engine.pack("weight_hh", 1, 1, tensor, flat)
+    assert np.array_equal(engine.unpack("weight_hh", 1, 1, flat), tensor)
