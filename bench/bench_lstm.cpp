@@ -219,7 +219,9 @@ std::string cpu_model() {
     return "unknown";
 }
 
-std::string isa() {
+// The instruction sets this binary (its SGEMM rooflines) was compiled for; the engine reports
+// its own level in the `engine` line.
+std::string roofline_isa() {
     std::string s;
 #if defined(__AVX512F__)
     s += "AVX512F ";
@@ -237,6 +239,12 @@ std::string isa() {
     s += "SSE-only ";
 #endif
     return s.empty() ? s : s.substr(0, s.size() - 1);
+}
+
+std::string levels() {
+    std::string s;
+    for (const std::string& level : eigenlstm::isa_available()) s += (s.empty() ? "" : ", ") + level;
+    return s;
 }
 
 std::string compiler() {
@@ -292,11 +300,13 @@ int main(int argc, char** argv) {
     config("compiler", compiler());
     config("build_type", EIGENLSTM_BENCH_BUILD_TYPE);
     config("flags", flags(EIGENLSTM_BENCH_CXX_FLAGS));
-    config("engine_flags", flags(EIGENLSTM_BENCH_ENGINE_FLAGS));
+    const eigenlstm::BuildInfo engine = eigenlstm::build_info();
+    config("engine", engine.isa + " back end (" + engine.compiler + ", SIMD: " + engine.simd +
+                         "), levels here: " + levels());
     config("eigen", std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) +
                         "." + std::to_string(EIGEN_MINOR_VERSION) + " (SIMD: " +
                         Eigen::SimdInstructionSetsInUse() + ")");
-    config("isa", isa());
+    config("roofline_isa", roofline_isa());
     config("cpu", cpu_model());
 #ifdef _OPENMP
     config("openmp", std::to_string(_OPENMP) + ", omp_get_max_threads=" +

@@ -285,7 +285,7 @@ BIG_LENGTHS = (10, 0, 3, 10, 1, 5, 6, 2, 9, 4, 0, 10)   # includes zeros and the
 BIG_T = 10
 # At two threads the engine splits these two ways: a bidirectional layer runs its directions
 # on one thread each; a unidirectional one (over 2^20 multiply-adds, W_hh small) gives each
-# thread a slice of the batch rows (see plan_team in cpp/src/lstm.cpp: T*B*4H*(I+H_out) is
+# thread a slice of the batch rows (see plan_team in cpp/src/engine/plan.hpp: T*B*4H*(I+H_out) is
 # 1.4M-2.2M multiply-adds here), with and without lengths and projection.
 BIG_CONFIGS = {
     # (num_layers, bidirectional, batch_first, proj_size, bias, layout)

@@ -24,7 +24,7 @@ import eigenlstm as el
 ANOTHER_THREAD = "being used by another thread"
 
 # Two of the modules are big enough that a step is split across a team of engine threads
-# (N*4H*Hout >= 2^18, see team_size in cpp/src/lstm.cpp), with every feature that has per-module state: dropout stream, projection, lengths, layouts.
+# (N*4H*Hout >= 2^16, see plan_team in cpp/src/engine/plan.hpp), with every feature that has per-module state: dropout stream, projection, lengths, layouts.
 MODULES = (
     dict(I=8, H=64, num_layers=2, bidirectional=True, dropout=0.3, dtype=np.float32, N=16, T=12),
     dict(I=5, H=48, num_layers=1, proj_size=20, dtype=np.float64, N=16, T=10, ragged=True),

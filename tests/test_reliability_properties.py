@@ -166,7 +166,7 @@ def test_forward_and_backward_match_the_float64_reference_over_random_configurat
 
 
 # Wider steps (N from 8 to 16, H from 64 up) cross the engine's threshold for splitting one
-# time step across a team of threads (team_size in cpp/src/lstm.cpp: N*4H*Hout >= 2^18), with
+# time step across a team of threads (plan_team in cpp/src/engine/plan.hpp: N*4H*Hout >= 2^16), with
 # unit ranges ending mid-block (65, 97, 130).
 @settings(max_examples=25, **PROFILE)
 @given(case=cases(hidden=st.sampled_from((64, 65, 97, 128, 130)), batch=st.integers(8, 16),
