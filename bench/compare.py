@@ -112,6 +112,13 @@ def loaded_libs(pattern):
         return []
 
 
+def eigenlstm_isa(el):
+    """The instruction-set level of the back end eigenlstm loaded (generic, avx2, avx512, ...), or
+    None for a build without run-time dispatch (those were compiled with -march=native)."""
+    isa = getattr(el._core, "isa", None)
+    return isa() if isa is not None else None
+
+
 def machine_info(el, torch, ort, threads):
     import threadpoolctl
 
@@ -128,6 +135,7 @@ def machine_info(el, torch, ort, threads):
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
         "eigenlstm": getattr(el, "__version__", "?"),
+        "eigenlstm_isa": eigenlstm_isa(el),
         "threads": threads,
         "el_threads": el.get_num_threads(),
         "torch_threads": torch.get_num_threads(),
@@ -653,7 +661,9 @@ def write_markdown(results, path):
              f"ISA: {info['isa']}; Linux {info['kernel']}; load average at start "
              f"{'/'.join(f'{v:.2f}' for v in info['loadavg_start'])}, at end "
              f"{'/'.join(f'{v:.2f}' for v in info.get('loadavg_end', ()))} (shared machine: read medians and ratios)")
-    L.append(f"- **Versions**: eigenlstm {info['eigenlstm']}, numpy {info['numpy']}, "
+    isa = info.get("eigenlstm_isa")
+    L.append(f"- **Versions**: eigenlstm {info['eigenlstm']} "
+             f"({f'back end: {isa}' if isa else 'no run-time dispatch: -march=native build'}), numpy {info['numpy']}, "
              f"torch {info['torch']}, onnxruntime {info['onnxruntime']}, Python {info['python']}")
     L.append(f"- **Threads**: {info['threads']} for every engine (eigenlstm {info['el_threads']}, torch "
              f"{info['torch_threads']} intra-op / {info['torch_interop_threads']} inter-op, ORT intra_op "
