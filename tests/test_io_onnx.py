@@ -24,6 +24,7 @@ from onnx.reference import ReferenceEvaluator
 
 import eigenlstm as el
 import eigenlstm.onnx as elonnx
+from seed_model import SeedLSTMModel
 
 I, H, P_SIZE = 4, 6, 3
 SIZES = ((1, 1), (3, 5))  # (N, T): a single step of a single sequence, and a small batch
@@ -266,23 +267,7 @@ def test_load_refuses_an_opset_outside_the_supported_range():
 
 # ---- import of torch's export ----------------------------------------------------------------
 def _torch_seed_model(num_layers):
-    nn = torch.nn
-
-    class LSTMModel(nn.Module):  # the seed's model, as written (torch.zeros states included)
-        def __init__(self, input_size, hidden_size, output_size, num_layers=1):
-            super().__init__()
-            self.hidden_size = hidden_size
-            self.num_layers = num_layers
-            self.lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True)
-            self.fc = nn.Linear(hidden_size, output_size)
-
-        def forward(self, x):
-            h0 = torch.zeros(self.num_layers, x.size(0), self.hidden_size)
-            c0 = torch.zeros(self.num_layers, x.size(0), self.hidden_size)
-            out, _ = self.lstm(x, (h0, c0))
-            return self.fc(out[:, -1, :])
-
-    return LSTMModel(10, 20, 2, num_layers).eval()
+    return SeedLSTMModel(10, 20, 2, num_layers).eval()
 
 
 @pytest.mark.usefixtures("torch_single_threaded")

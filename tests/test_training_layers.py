@@ -13,33 +13,10 @@ import torch.nn as tnn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import eigenlstm as el
+from seed_model import SeedLSTMModel
 
 N, L, I, H, O = 5, 7, 10, 20, 2
 RTOL, ATOL = 1e-10, 1e-12  # float64 vs float64: only summation order differs
-
-
-
-class SeedLSTMModel(tnn.Module):
-    """The seed's PyTorch model, verbatim (its comments translated)."""
-
-    def __init__(self, input_size, hidden_size, output_size, num_layers=1):
-        super(SeedLSTMModel, self).__init__()
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        # LSTM layer
-        self.lstm = tnn.LSTM(input_size, hidden_size, num_layers, batch_first=True)
-        # fully connected output layer
-        self.fc = tnn.Linear(hidden_size, output_size)
-
-    def forward(self, x):
-        # initial hidden state (h0, c0)
-        h0 = torch.zeros(self.num_layers, x.size(0), self.hidden_size)
-        c0 = torch.zeros(self.num_layers, x.size(0), self.hidden_size)
-        # LSTM forward pass
-        out, _ = self.lstm(x, (h0, c0))
-        # output of the last time step
-        out = self.fc(out[:, -1, :])
-        return out
 
 
 @pytest.fixture
