@@ -16,6 +16,7 @@
 #include "direction.hpp"
 #include "dropout.hpp"
 #include "gemm.hpp"
+#include "gemm_space.hpp"
 #include "plan.hpp"
 #include "threads.hpp"
 
@@ -76,6 +77,7 @@ struct Scratch {
     Buffer<S> y;       // [T, B, D*Hout]           forward_last: the top layer's output
     Buffer<S> hc;      // [D*L, B, Hout + H]       forward_last: h_n and c_n (unused)
     Buffer<S> last;    // [B, D*Hout]              forward_last: y at each last step
+    GemmSpace<S> head; //                          forward_last: Eigen's blocks of the head
 
     static Scratch& local() {
         thread_local Scratch s;
@@ -83,7 +85,8 @@ struct Scratch {
     }
     Index bytes() const {
         Index n = zeros.capacity() + gates.capacity() + io[0].capacity() + io[1].capacity() +
-                  state.capacity() + x.capacity() + y.capacity() + hc.capacity() + last.capacity();
+                  state.capacity() + x.capacity() + y.capacity() + hc.capacity() +
+                  last.capacity() + head.capacity();
         return n * Index(sizeof(S));
     }
     // Frees everything when the call that just ended (normally or by an exception) grew the
@@ -163,6 +166,7 @@ private:
         Buffer<S> dhs;    // [D, T, B, P]          dh_t of every step (P > 0)
         Buffer<S> dio[2]; // [T, B, D*Hout]        d(layer output) below the top layer
         Buffer<S> db;     // [D*G]                 bias gradient of one layer
+        std::vector<GemmSpace<S>> gemm;  // [threads]  Eigen's blocks of each thread's products
     };
 
     const S* tensor(Param k, Index l, Index d) const { return m_.tensor(params_, k, l, d); }
@@ -375,7 +379,8 @@ void EngineImpl<S>::forward_last(S* out, const S* x, const std::int64_t* lengths
     CMapRM<S> last(ws.last.data(), B, DH, Eigen::OuterStride<>(DH));
     CMapRM<S> w(W, O, DH, Eigen::OuterStride<>(DH));
     MapRM<S> o(out, B, O, Eigen::OuterStride<>(O));
-    o.noalias() = last * w.transpose();
+    o.setZero();
+    ws.head.add_product(o, last, w.transpose());
     if (bias) o.rowwise() += Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(bias, O);
 }
 
@@ -402,6 +407,9 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
         bwd_.dio[1].resize(checked_mul(TB, D * Hout));
     }
     bwd_.db.resize(DG);
+    // The products' thread count, read once: each thread multiplies in its own blocks.
+    const int threads = num_threads();
+    if (bwd_.gemm.size() < std::size_t(threads)) bwd_.gemm.resize(std::size_t(threads));
 
     for (Index l = L - 1; l >= 0; --l) {
         LayerCache& lc = cache_.layers[std::size_t(l)];
@@ -424,20 +432,23 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
         //   dW_ih += da^T x,  dx = da W_ih,  db_ih = db_hh += sum_rows da,
         //   dW_hh += da^T h_prev (per direction),  dW_hr += dh^T r (per direction)
         // Each thread owns a slice of output rows of every product (the same split for any
-        // run with this thread count, so results are reproducible), and Eigen runs each
-        // slice single-threaded.
+        // run with this thread count, so results are reproducible) and multiplies it with
+        // Eigen's single-threaded GEMM in its own packing blocks (gemm_space.hpp).
         CMapRM<S> dA(lc.gates.data(), TB, DG, Eigen::OuterStride<>(DG));
         CMapRM<S> X(lc.x.data(), TB, I_l, Eigen::OuterStride<>(I_l));
         MapRM<S> dWih(m_.tensor(grads_, Param::weight_ih, l), DG, I_l, Eigen::OuterStride<>(I_l));
         CMapRM<S> Wih(tensor(Param::weight_ih, l, 0), DG, I_l, Eigen::OuterStride<>(I_l));
         MapRM<S> dX(din, TB, I_l, Eigen::OuterStride<>(I_l));
         const double work = double(TB) * double(DG) * double(2 * I_l + Hout + P);
-        parallel_slices(work, [&](int tid, int n) {
+        parallel_slices(threads, work, [&](int tid, int n) {
+            GemmSpace<S>& space = bwd_.gemm[std::size_t(tid)];
             Index r0, r1;
             split_range(DG, 16, tid, n, r0, r1);
-            dWih.middleRows(r0, r1 - r0).noalias() += dA.middleCols(r0, r1 - r0).transpose() * X;
+            space.add_product(dWih.middleRows(r0, r1 - r0), dA.middleCols(r0, r1 - r0).transpose(),
+                              X);
             split_range(TB, 16, tid, n, r0, r1);
-            dX.middleRows(r0, r1 - r0).noalias() = dA.middleRows(r0, r1 - r0) * Wih;
+            dX.middleRows(r0, r1 - r0).setZero();
+            space.add_product(dX.middleRows(r0, r1 - r0), dA.middleRows(r0, r1 - r0), Wih);
             for (Index d = 0; d < D; ++d) {
                 const bool rev = m_.cfg.reverse || d == 1;
                 CMapRM<S> dAd(lc.gates.data() + d * G, TB, G, Eigen::OuterStride<>(DG));
@@ -446,16 +457,16 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
                 MapRM<S> dWhh(m_.tensor(grads_, Param::weight_hh, l, d), G, Hout,
                               Eigen::OuterStride<>(Hout));
                 split_range(G, 16, tid, n, r0, r1);
-                dWhh.middleRows(r0, r1 - r0).noalias() +=
-                    dAd.middleCols(r0, r1 - r0).transpose() * Hprev;
+                space.add_product(dWhh.middleRows(r0, r1 - r0),
+                                  dAd.middleCols(r0, r1 - r0).transpose(), Hprev);
                 if (P > 0) {
                     CMapRM<S> dH(bwd_.dhs.data() + d * T * B * P, TB, P, Eigen::OuterStride<>(P));
                     CMapRM<S> R(lc.r.data() + d * T * B * H, TB, H, Eigen::OuterStride<>(H));
                     MapRM<S> dWhr(m_.tensor(grads_, Param::weight_hr, l, d), P, H,
                                   Eigen::OuterStride<>(H));
                     split_range(P, 8, tid, n, r0, r1);
-                    dWhr.middleRows(r0, r1 - r0).noalias() +=
-                        dH.middleCols(r0, r1 - r0).transpose() * R;
+                    space.add_product(dWhr.middleRows(r0, r1 - r0),
+                                      dH.middleCols(r0, r1 - r0).transpose(), R);
                 }
             }
         });
