@@ -5,6 +5,7 @@
 // time loops to direction.hpp.
 #include <Eigen/Core>
 
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -61,14 +62,10 @@ void require_lengths(const std::int64_t* lengths, Index B, Index lo, Index T) {
 // inside each slice (Eigen's own OpenMP split would nest, and fork for tiny products).
 const bool eigen_single_threaded = (Eigen::setNbThreads(1), true);
 
-// Scratch of the eval path (and the zero initial state of any forward), one per calling
-// thread: concurrent eval calls share nothing, and a steady stream of small inference calls
-// allocates nothing (a malloc/free per buffer is a visible part of a 10 us call). After a
-// call that needed more than kKeepBytes the buffers are freed, so that a thread does not keep
-// a large buffer it used once; such calls are long enough not to notice the allocation.
+// Scratch of a forward or forward_last call: the zero initial state when none is given, the
+// eval buffers, and forward_last's copies and the packing blocks of its linear head.
 template <typename S>
 struct Scratch {
-    static constexpr Index kKeepBytes = Index(1) << 20;
     Buffer<S> zeros;   // [D*L, B, max(H, Hout)]   zero h0 / c0
     Buffer<S> gates;   // [T, B, D*G]              eval gates
     Buffer<S> io[2];   // [T, B, D*Hout]           eval outputs of the layers below the top
@@ -79,27 +76,44 @@ struct Scratch {
     Buffer<S> last;    // [B, D*Hout]              forward_last: y at each last step
     GemmSpace<S> head; //                          forward_last: Eigen's blocks of the head
 
-    static Scratch& local() {
-        thread_local Scratch s;
-        return s;
-    }
     Index bytes() const {
         Index n = zeros.capacity() + gates.capacity() + io[0].capacity() + io[1].capacity() +
                   state.capacity() + x.capacity() + y.capacity() + hc.capacity() +
                   last.capacity() + head.capacity();
         return n * Index(sizeof(S));
     }
-    // Frees everything when the call that just ended (normally or by an exception) grew the
-    // scratch past kKeepBytes.
-    struct Trim {
-        Scratch& s;
-        explicit Trim(Scratch& scratch) : s(scratch) {}
-        Trim(const Trim&) = delete;
-        Trim& operator=(const Trim&) = delete;
-        ~Trim() {
-            if (s.bytes() > kKeepBytes) s = Scratch();
-        }
-    };
+};
+
+// The scratch a call uses: the module's own when no other call holds it, so that a stream of
+// calls on one module (training steps, and the eval calls of validation and inference)
+// allocates nothing after the first of its sizes. An eval call that runs while another call
+// holds it (one module shared by several threads) takes its thread's scratch instead: a
+// stream of small calls on a thread allocates nothing either (a malloc/free per buffer is a
+// visible part of a 10 us call), and after a call that grew it past kKeepBytes it is freed,
+// so that a thread does not keep a large buffer it used once; such calls are long enough not
+// to notice the allocation.
+template <typename S>
+class ScratchLease {
+public:
+    static constexpr Index kKeepBytes = Index(1) << 20;
+    ScratchLease(Scratch<S>& module_scratch, std::mutex& mutex)
+        : lock_(mutex, std::try_to_lock),
+          s_(lock_.owns_lock() ? module_scratch : thread_scratch()) {}
+    ScratchLease(const ScratchLease&) = delete;
+    ScratchLease& operator=(const ScratchLease&) = delete;
+    // Runs when the call ends, normally or by an exception.
+    ~ScratchLease() {
+        if (!lock_.owns_lock() && s_.bytes() > kKeepBytes) s_ = Scratch<S>();
+    }
+    Scratch<S>& get() { return s_; }
+
+private:
+    static Scratch<S>& thread_scratch() {
+        thread_local Scratch<S> s;
+        return s;
+    }
+    std::unique_lock<std::mutex> lock_;
+    Scratch<S>& s_;
 };
 
 template <typename S>
@@ -119,9 +133,8 @@ public:
                  const std::int64_t* lengths, Index T, Index B, bool training,
                  std::uint64_t seed, std::uint64_t counter) override {
         const DenormalScope denormals;
-        Scratch<S>& ws = Scratch<S>::local();
-        const typename Scratch<S>::Trim trim(ws);
-        run_forward(ws, y, h_n, c_n, x, h0, c0, lengths, T, B, training, seed, counter);
+        ScratchLease<S> ws(scratch_, scratch_mutex_);
+        run_forward(ws.get(), y, h_n, c_n, x, h0, c0, lengths, T, B, training, seed, counter);
     }
     void forward_last(S* out, const S* x, const std::int64_t* lengths, Index T, Index B,
                       bool batch_first, const S* W, const S* bias, Index O) override;
@@ -216,6 +229,8 @@ private:
     Buffer<S> bias_sum_;             // [L, D*G] b_ih + b_hh, engine order
     Cache cache_;
     BackwardBuffers bwd_;
+    Scratch<S> scratch_;         // forward and forward_last, taken through a ScratchLease
+    std::mutex scratch_mutex_;   // held by the call using scratch_
     const StandardCell<S> cell_{};
 };
 
@@ -352,8 +367,8 @@ template <typename S>
 void EngineImpl<S>::forward_last(S* out, const S* x, const std::int64_t* lengths, Index T,
                                  Index B, bool batch_first, const S* W, const S* bias, Index O) {
     const DenormalScope denormals;
-    Scratch<S>& ws = Scratch<S>::local();
-    const typename Scratch<S>::Trim trim(ws);
+    ScratchLease<S> lease(scratch_, scratch_mutex_);
+    Scratch<S>& ws = lease.get();
     EIGENLSTM_REQUIRE(T >= 1, "T must be >= 1 (the output is read at a last step), got " + std::to_string(T));
     EIGENLSTM_REQUIRE(B >= 0, "B must be >= 0, got " + std::to_string(B));
     EIGENLSTM_REQUIRE(O >= 1, "O must be >= 1, got " + std::to_string(O));
