@@ -1,11 +1,14 @@
 """Builds the C++ engine tests with CMake and runs them through ctest.
 
 Two builds: the optimized one, and one under AddressSanitizer + UndefinedBehaviorSanitizer.
-Each ctest run includes the EIGEN_RUNTIME_NO_MALLOC check of the time loops.
+The optimized one also runs tests/cpp/test_no_alloc.cpp, which counts every heap allocation
+of the process with its own malloc and operator new (glibc only), and so cannot run under the
+sanitizers, whose runtime owns malloc.
 """
 
 import os
 import pathlib
+import platform
 import subprocess
 import sys
 
@@ -37,3 +40,5 @@ def test_cpp_engine_tests_pass_under_ctest(tmp_path, sanitize):
     env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
     proc = run(["ctest", "--output-on-failure"], cwd=build, env=env)
     assert "100% tests passed" in proc.stdout
+    if not sanitize and platform.libc_ver()[0] == "glibc":
+        assert "no_alloc_after_warmup" in proc.stdout, "the allocation-counting test did not run"
