@@ -2,11 +2,15 @@
 
 Two builds: the optimized one with every ISA level's back end, whose tests ctest runs once per
 level this CPU can run, and one under AddressSanitizer + UndefinedBehaviorSanitizer with the
-back end of the level in use only (a sanitized Eigen build is slow to compile).
+back end of the level in use only (a sanitized Eigen build is slow to compile). The optimized
+one also runs tests/cpp/test_no_alloc.cpp, which counts every heap allocation of the process
+with its own malloc and operator new (glibc only), and so cannot run under the sanitizers,
+whose runtime owns malloc.
 """
 
 import os
 import pathlib
+import platform
 import subprocess
 import sys
 
@@ -45,3 +49,5 @@ def test_cpp_engine_tests_pass_under_ctest(tmp_path, sanitize):
     for level in _core.isa_available() if not sanitize else [_core.isa()]:
         assert any(f"engine_{level} " in line and "Passed" in line
                    for line in proc.stdout.splitlines()), f"engine_{level} did not pass"
+    if not sanitize and platform.libc_ver()[0] == "glibc":
+        assert "no_alloc_after_warmup" in proc.stdout, "the allocation-counting test did not run"

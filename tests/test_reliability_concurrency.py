@@ -172,8 +172,8 @@ def overlap_with_long_training_forward(lstm, x_long, calls):
 
 
 def test_one_model_in_eval_mode_shared_by_many_threads_matches_a_serial_run_bitwise():
-    # LSTMModel's eval forward runs in per-thread scratch buffers of the engine: threads that
-    # shared them would mix their sequences.
+    # LSTMModel's eval forward runs in the module's buffers, or in its thread's while another
+    # call holds them: threads that shared buffers would mix their sequences.
     model = el.LSTMModel(6, 20, 3, num_layers=2, bidirectional=True, seed=3).eval()
     rng = np.random.default_rng(1)
     calls = []

@@ -95,7 +95,7 @@ def test_training_forward_and_backward_do_not_grow_resident_memory_over_1000_ite
 def test_eval_forward_does_not_grow_resident_memory_over_1000_iterations():
     lstm = small_module().eval()
     rng = np.random.default_rng(1)
-    # Eval scratch is per call: sizes vary so that every call allocates afresh.
+    # Sizes vary, the largest first: the eval buffers, reused by every call, must not grow.
     inputs = [rng.standard_normal((int(T), int(N), 8)).astype(np.float32)
               for T, N in zip(rng.integers(1, 33, 16), rng.integers(1, 17, 16))]
     inputs[0] = rng.standard_normal((32, 16, 8)).astype(np.float32)

@@ -136,6 +136,13 @@ public:
     void set_rng_state(std::uint64_t seed, std::uint64_t counter);
 
     // ---- compute -----------------------------------------------------------------------
+    // The calls below keep their buffers in the module, grown to the largest sizes seen and
+    // freed with it: after a first call, calls with the same sizes and thread count allocate
+    // nothing (with more than two threads, OpenMP's runtime may allocate a team when
+    // consecutive parallel regions differ in size). An eval call that runs while another call
+    // on the same module is in progress uses its thread's buffers instead, freed after the
+    // call if over 1 MiB.
+
     // Forward over a time-major batch.
     //   y        [T, B, D*Hout]  output; overwritten
     //   h_n      [D*L, B, Hout]  final hidden state; overwritten
@@ -147,7 +154,8 @@ public:
     //                            outputs past a length are 0, the final state is the state at
     //                            the last valid step, and the reverse direction starts there
     //   training                 keep what backward needs (replacing any earlier cache) and
-    //                            apply dropout; otherwise touch no member (thread safe)
+    //                            apply dropout; otherwise change nothing that other calls
+    //                            read (eval calls on one module may run concurrently)
     // Throws std::invalid_argument for negative sizes or lengths outside [0, T],
     // std::bad_alloc when buffers cannot be allocated.
     void forward(S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0,
@@ -161,9 +169,8 @@ public:
     //                            (last_b = T - 1); same semantics as in forward
     //   W        [O, D*Hout]     weight of the linear layer; read only
     //   bias     [O]             its bias; read only (nullptr: none)
-    // Like an eval forward it touches no member (thread safe) and, for small sizes, allocates
-    // nothing after the first call on a thread. Throws std::invalid_argument for T < 1, O < 1
-    // or lengths outside [1, T], std::bad_alloc when buffers cannot be allocated.
+    // Thread safe like an eval forward. Throws std::invalid_argument for T < 1, O < 1 or
+    // lengths outside [1, T], std::bad_alloc when buffers cannot be allocated.
     void forward_last(S* out, const S* x, const std::int64_t* lengths, Index T, Index B,
                       bool batch_first, const S* W, const S* bias, Index O);
 

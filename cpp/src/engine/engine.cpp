@@ -5,6 +5,7 @@
 // time loops to direction.hpp.
 #include <Eigen/Core>
 
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "direction.hpp"
 #include "dropout.hpp"
 #include "gemm.hpp"
+#include "gemm_space.hpp"
 #include "plan.hpp"
 #include "threads.hpp"
 
@@ -60,14 +62,10 @@ void require_lengths(const std::int64_t* lengths, Index B, Index lo, Index T) {
 // inside each slice (Eigen's own OpenMP split would nest, and fork for tiny products).
 const bool eigen_single_threaded = (Eigen::setNbThreads(1), true);
 
-// Scratch of the eval path (and the zero initial state of any forward), one per calling
-// thread: concurrent eval calls share nothing, and a steady stream of small inference calls
-// allocates nothing (a malloc/free per buffer is a visible part of a 10 us call). After a
-// call that needed more than kKeepBytes the buffers are freed, so that a thread does not keep
-// a large buffer it used once; such calls are long enough not to notice the allocation.
+// Scratch of a forward or forward_last call: the zero initial state when none is given, the
+// eval buffers, and forward_last's copies and the packing blocks of its linear head.
 template <typename S>
 struct Scratch {
-    static constexpr Index kKeepBytes = Index(1) << 20;
     Buffer<S> zeros;   // [D*L, B, max(H, Hout)]   zero h0 / c0
     Buffer<S> gates;   // [T, B, D*G]              eval gates
     Buffer<S> io[2];   // [T, B, D*Hout]           eval outputs of the layers below the top
@@ -76,27 +74,46 @@ struct Scratch {
     Buffer<S> y;       // [T, B, D*Hout]           forward_last: the top layer's output
     Buffer<S> hc;      // [D*L, B, Hout + H]       forward_last: h_n and c_n (unused)
     Buffer<S> last;    // [B, D*Hout]              forward_last: y at each last step
+    GemmSpace<S> head; //                          forward_last: Eigen's blocks of the head
 
-    static Scratch& local() {
-        thread_local Scratch s;
-        return s;
-    }
     Index bytes() const {
         Index n = zeros.capacity() + gates.capacity() + io[0].capacity() + io[1].capacity() +
-                  state.capacity() + x.capacity() + y.capacity() + hc.capacity() + last.capacity();
+                  state.capacity() + x.capacity() + y.capacity() + hc.capacity() +
+                  last.capacity() + head.capacity();
         return n * Index(sizeof(S));
     }
-    // Frees everything when the call that just ended (normally or by an exception) grew the
-    // scratch past kKeepBytes.
-    struct Trim {
-        Scratch& s;
-        explicit Trim(Scratch& scratch) : s(scratch) {}
-        Trim(const Trim&) = delete;
-        Trim& operator=(const Trim&) = delete;
-        ~Trim() {
-            if (s.bytes() > kKeepBytes) s = Scratch();
-        }
-    };
+};
+
+// The scratch a call uses: the module's own when no other call holds it, so that a stream of
+// calls on one module (training steps, and the eval calls of validation and inference)
+// allocates nothing after the first of its sizes. An eval call that runs while another call
+// holds it (one module shared by several threads) takes its thread's scratch instead: a
+// stream of small calls on a thread allocates nothing either (a malloc/free per buffer is a
+// visible part of a 10 us call), and after a call that grew it past kKeepBytes it is freed,
+// so that a thread does not keep a large buffer it used once; such calls are long enough not
+// to notice the allocation.
+template <typename S>
+class ScratchLease {
+public:
+    static constexpr Index kKeepBytes = Index(1) << 20;
+    ScratchLease(Scratch<S>& module_scratch, std::mutex& mutex)
+        : lock_(mutex, std::try_to_lock),
+          s_(lock_.owns_lock() ? module_scratch : thread_scratch()) {}
+    ScratchLease(const ScratchLease&) = delete;
+    ScratchLease& operator=(const ScratchLease&) = delete;
+    // Runs when the call ends, normally or by an exception.
+    ~ScratchLease() {
+        if (!lock_.owns_lock() && s_.bytes() > kKeepBytes) s_ = Scratch<S>();
+    }
+    Scratch<S>& get() { return s_; }
+
+private:
+    static Scratch<S>& thread_scratch() {
+        thread_local Scratch<S> s;
+        return s;
+    }
+    std::unique_lock<std::mutex> lock_;
+    Scratch<S>& s_;
 };
 
 template <typename S>
@@ -116,9 +133,8 @@ public:
                  const std::int64_t* lengths, Index T, Index B, bool training,
                  std::uint64_t seed, std::uint64_t counter) override {
         const DenormalScope denormals;
-        Scratch<S>& ws = Scratch<S>::local();
-        const typename Scratch<S>::Trim trim(ws);
-        run_forward(ws, y, h_n, c_n, x, h0, c0, lengths, T, B, training, seed, counter);
+        ScratchLease<S> ws(scratch_, scratch_mutex_);
+        run_forward(ws.get(), y, h_n, c_n, x, h0, c0, lengths, T, B, training, seed, counter);
     }
     void forward_last(S* out, const S* x, const std::int64_t* lengths, Index T, Index B,
                       bool batch_first, const S* W, const S* bias, Index O) override;
@@ -163,6 +179,7 @@ private:
         Buffer<S> dhs;    // [D, T, B, P]          dh_t of every step (P > 0)
         Buffer<S> dio[2]; // [T, B, D*Hout]        d(layer output) below the top layer
         Buffer<S> db;     // [D*G]                 bias gradient of one layer
+        std::vector<GemmSpace<S>> gemm;  // [threads]  Eigen's blocks of each thread's products
     };
 
     const S* tensor(Param k, Index l, Index d) const { return m_.tensor(params_, k, l, d); }
@@ -212,6 +229,8 @@ private:
     Buffer<S> bias_sum_;             // [L, D*G] b_ih + b_hh, engine order
     Cache cache_;
     BackwardBuffers bwd_;
+    Scratch<S> scratch_;         // forward and forward_last, taken through a ScratchLease
+    std::mutex scratch_mutex_;   // held by the call using scratch_
     const StandardCell<S> cell_{};
 };
 
@@ -348,8 +367,8 @@ template <typename S>
 void EngineImpl<S>::forward_last(S* out, const S* x, const std::int64_t* lengths, Index T,
                                  Index B, bool batch_first, const S* W, const S* bias, Index O) {
     const DenormalScope denormals;
-    Scratch<S>& ws = Scratch<S>::local();
-    const typename Scratch<S>::Trim trim(ws);
+    ScratchLease<S> lease(scratch_, scratch_mutex_);
+    Scratch<S>& ws = lease.get();
     EIGENLSTM_REQUIRE(T >= 1, "T must be >= 1 (the output is read at a last step), got " + std::to_string(T));
     EIGENLSTM_REQUIRE(B >= 0, "B must be >= 0, got " + std::to_string(B));
     EIGENLSTM_REQUIRE(O >= 1, "O must be >= 1, got " + std::to_string(O));
@@ -375,7 +394,8 @@ void EngineImpl<S>::forward_last(S* out, const S* x, const std::int64_t* lengths
     CMapRM<S> last(ws.last.data(), B, DH, Eigen::OuterStride<>(DH));
     CMapRM<S> w(W, O, DH, Eigen::OuterStride<>(DH));
     MapRM<S> o(out, B, O, Eigen::OuterStride<>(O));
-    o.noalias() = last * w.transpose();
+    o.setZero();
+    ws.head.add_product(o, last, w.transpose());
     if (bias) o.rowwise() += Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(bias, O);
 }
 
@@ -402,6 +422,9 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
         bwd_.dio[1].resize(checked_mul(TB, D * Hout));
     }
     bwd_.db.resize(DG);
+    // The products' thread count, read once: each thread multiplies in its own blocks.
+    const int threads = num_threads();
+    if (bwd_.gemm.size() < std::size_t(threads)) bwd_.gemm.resize(std::size_t(threads));
 
     for (Index l = L - 1; l >= 0; --l) {
         LayerCache& lc = cache_.layers[std::size_t(l)];
@@ -424,20 +447,23 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
         //   dW_ih += da^T x,  dx = da W_ih,  db_ih = db_hh += sum_rows da,
         //   dW_hh += da^T h_prev (per direction),  dW_hr += dh^T r (per direction)
         // Each thread owns a slice of output rows of every product (the same split for any
-        // run with this thread count, so results are reproducible), and Eigen runs each
-        // slice single-threaded.
+        // run with this thread count, so results are reproducible) and multiplies it with
+        // Eigen's single-threaded GEMM in its own packing blocks (gemm_space.hpp).
         CMapRM<S> dA(lc.gates.data(), TB, DG, Eigen::OuterStride<>(DG));
         CMapRM<S> X(lc.x.data(), TB, I_l, Eigen::OuterStride<>(I_l));
         MapRM<S> dWih(m_.tensor(grads_, Param::weight_ih, l), DG, I_l, Eigen::OuterStride<>(I_l));
         CMapRM<S> Wih(tensor(Param::weight_ih, l, 0), DG, I_l, Eigen::OuterStride<>(I_l));
         MapRM<S> dX(din, TB, I_l, Eigen::OuterStride<>(I_l));
         const double work = double(TB) * double(DG) * double(2 * I_l + Hout + P);
-        parallel_slices(work, [&](int tid, int n) {
+        parallel_slices(threads, work, [&](int tid, int n) {
+            GemmSpace<S>& space = bwd_.gemm[std::size_t(tid)];
             Index r0, r1;
             split_range(DG, 16, tid, n, r0, r1);
-            dWih.middleRows(r0, r1 - r0).noalias() += dA.middleCols(r0, r1 - r0).transpose() * X;
+            space.add_product(dWih.middleRows(r0, r1 - r0), dA.middleCols(r0, r1 - r0).transpose(),
+                              X);
             split_range(TB, 16, tid, n, r0, r1);
-            dX.middleRows(r0, r1 - r0).noalias() = dA.middleRows(r0, r1 - r0) * Wih;
+            dX.middleRows(r0, r1 - r0).setZero();
+            space.add_product(dX.middleRows(r0, r1 - r0), dA.middleRows(r0, r1 - r0), Wih);
             for (Index d = 0; d < D; ++d) {
                 const bool rev = m_.cfg.reverse || d == 1;
                 CMapRM<S> dAd(lc.gates.data() + d * G, TB, G, Eigen::OuterStride<>(DG));
@@ -446,16 +472,16 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
                 MapRM<S> dWhh(m_.tensor(grads_, Param::weight_hh, l, d), G, Hout,
                               Eigen::OuterStride<>(Hout));
                 split_range(G, 16, tid, n, r0, r1);
-                dWhh.middleRows(r0, r1 - r0).noalias() +=
-                    dAd.middleCols(r0, r1 - r0).transpose() * Hprev;
+                space.add_product(dWhh.middleRows(r0, r1 - r0),
+                                  dAd.middleCols(r0, r1 - r0).transpose(), Hprev);
                 if (P > 0) {
                     CMapRM<S> dH(bwd_.dhs.data() + d * T * B * P, TB, P, Eigen::OuterStride<>(P));
                     CMapRM<S> R(lc.r.data() + d * T * B * H, TB, H, Eigen::OuterStride<>(H));
                     MapRM<S> dWhr(m_.tensor(grads_, Param::weight_hr, l, d), P, H,
                                   Eigen::OuterStride<>(H));
                     split_range(P, 8, tid, n, r0, r1);
-                    dWhr.middleRows(r0, r1 - r0).noalias() +=
-                        dH.middleCols(r0, r1 - r0).transpose() * R;
+                    space.add_product(dWhr.middleRows(r0, r1 - r0),
+                                      dH.middleCols(r0, r1 - r0).transpose(), R);
                 }
             }
         });

@@ -151,12 +151,12 @@ void run_parallel(int threads, std::atomic<bool>& failed, F&& fn) {
     fn(0, 1);
 }
 
-// Runs fn(tid, n) on the engine's threads, or on one (fn(0, 1)) when `work` (multiply-adds)
-// is below ~4M: a fork/join costs about as much as 1M multiply-adds on one core.
+// Runs fn(tid, n) on `threads` threads (n <= threads), or on one (fn(0, 1)) when `work`
+// (multiply-adds) is below ~4M: a fork/join costs about as much as 1M multiply-adds on one core.
 template <typename F>
-void parallel_slices(double work, F&& fn) {
+void parallel_slices(int threads, double work, F&& fn) {
     std::atomic<bool> failed{false};
-    run_parallel(work >= 4e6 ? num_threads() : 1, failed, fn);
+    run_parallel(work >= 4e6 ? threads : 1, failed, fn);
 }
 
 // Runs body(team, tid, team_size, barrier) for `teams` (1 or 2) teams of `team_size[t]`
