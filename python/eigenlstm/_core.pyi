@@ -5,7 +5,7 @@ int64). Shapes use T time, B batch, I input size, H hidden size, H_out (= proj_s
 D directions, L layers, O outputs of a linear layer.
 """
 
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +53,14 @@ class EngineF64(_Engine): ...
 
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
+def set_flush_denormal(on: bool) -> None: ...
+def get_flush_denormal() -> bool: ...
+def isa() -> str:
+    """The instruction-set level of the back end in use."""
+def isa_available() -> List[str]:
+    """The levels this CPU and this build can run, low to high."""
+def build_info() -> Dict[str, Union[str, int]]:
+    """The back end in use: isa, compiler, eigen, simd (str), openmp (int), library (path)."""
 
 gate_block_float32: int
 gate_block_float64: int
