@@ -1,4 +1,4 @@
-"""Fixtures shared by the test modules that use torch.nn.LSTM as a witness."""
+"""Fixtures shared by the test modules: the torch witness on one thread, one engine build."""
 
 import pytest
 
@@ -16,6 +16,18 @@ def torch_single_threaded():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="session")
+def engine_release_build(tmp_path_factory):
+    """The engine and its C++ tests, built once per session with CMake (Release).
+
+    Returns the build directory: tests/test_cpp.py runs ctest in it and tests/test_packaging.py
+    installs it, so the two share one optimized build.
+    """
+    from cmake_build import build_engine
+
+    return build_engine(tmp_path_factory.mktemp("engine") / "build", sanitize=False)
 
 
 def pytest_terminal_summary(terminalreporter):

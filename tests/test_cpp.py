@@ -1,44 +1,29 @@
 """Builds the C++ engine tests with CMake and runs them through ctest.
 
-Two builds: the optimized one with every ISA level's back end, whose tests ctest runs once per
-level this CPU can run, and one under AddressSanitizer + UndefinedBehaviorSanitizer with the
-back end of the level in use only (a sanitized Eigen build is slow to compile). The optimized
-one also runs tests/cpp/test_no_alloc.cpp, which counts every heap allocation of the process
-with its own malloc and operator new (glibc only), and so cannot run under the sanitizers,
-whose runtime owns malloc.
+Two builds: the optimized one with every ISA level's back end (shared with
+tests/test_packaging.py through the `engine_release_build` fixture), whose tests ctest runs
+once per level this CPU can run, and one under AddressSanitizer + UndefinedBehaviorSanitizer
+with the back end of the level in use only. The optimized one also runs
+tests/cpp/test_no_alloc.cpp, which counts every heap allocation of the process with its own
+malloc and operator new (glibc only), and so cannot run under the sanitizers, whose runtime
+owns malloc.
 """
 
 import os
-import pathlib
 import platform
-import subprocess
-import sys
 
 import pytest
 
+from cmake_build import build_engine, run
 from eigenlstm import _core
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def run(cmd, **kw):
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc
 
 
 @pytest.mark.parametrize("sanitize", [False, True], ids=["release", "asan-ubsan"])
-def test_cpp_engine_tests_pass_under_ctest(tmp_path, sanitize):
-    build = tmp_path / "build"
-    run([
-        "cmake", "-S", str(ROOT), "-B", str(build), "-G", "Ninja",
-        "-DEIGENLSTM_BUILD_TESTS=ON",
-        f"-DEIGENLSTM_SANITIZE={'ON' if sanitize else 'OFF'}",
-        f"-DCMAKE_BUILD_TYPE={'RelWithDebInfo' if sanitize else 'Release'}",
-        f"-DPython_EXECUTABLE={sys.executable}",
-        *([f"-DEIGENLSTM_ISA_LEVELS={_core.isa()}"] if sanitize else []),
-    ])
-    run(["cmake", "--build", str(build), "-j", "2"])
+def test_cpp_engine_tests_pass_under_ctest(request, tmp_path, sanitize):
+    if sanitize:
+        build = build_engine(tmp_path / "build", sanitize=True)
+    else:
+        build = request.getfixturevalue("engine_release_build")
     env = dict(os.environ)
     # leak checks stay on; OpenMP's thread pool lives until exit, which LeakSanitizer accepts
     env["ASAN_OPTIONS"] = "detect_leaks=1:abort_on_error=1"
