@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,35 @@ inline int skip_unless_requested_level_runs() {
     }
     std::printf("level %s\n", eigenlstm::isa().c_str());
     return 0;
+}
+
+// n normal values with standard deviation `scale`.
+inline std::vector<double> randn(std::size_t n, std::mt19937_64& rng, double scale = 1.0) {
+    std::normal_distribution<double> dist(0.0, scale);
+    std::vector<double> v(n);
+    for (double& x : v) x = dist(rng);
+    return v;
+}
+
+// Fill every parameter with random values (normal, standard deviation `scale`) through the
+// torch-layout pack().
+template <typename S>
+void randomize(eigenlstm::LSTM<S>& m, std::mt19937_64& rng, double scale = 0.4) {
+    using eigenlstm::Index;
+    using eigenlstm::Param;
+    const eigenlstm::Config& c = m.config();
+    for (Index l = 0; l < c.num_layers; ++l)
+        for (Index d = 0; d < c.directions(); ++d)
+            for (Param k : {Param::weight_ih, Param::weight_hh, Param::bias_ih, Param::bias_hh,
+                            Param::weight_hr}) {
+                if (!m.has_param(k)) continue;
+                Index rows, cols;
+                m.param_shape(k, l, rows, cols);
+                std::vector<double> v = randn(std::size_t(rows * cols), rng, scale);
+                std::vector<S> t(v.begin(), v.end());
+                m.pack(k, l, d, t.data(), m.params());
+            }
+    m.params_updated();
 }
 }  // namespace eigenlstm_test
 

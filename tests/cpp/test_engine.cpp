@@ -14,34 +14,10 @@ using eigenlstm::Config;
 using eigenlstm::Index;
 using eigenlstm::LSTM;
 using eigenlstm::Param;
+using eigenlstm_test::randn;
+using eigenlstm_test::randomize;
 
 namespace {
-
-std::vector<double> randn(std::size_t n, std::mt19937_64& rng, double scale = 1.0) {
-    std::normal_distribution<double> dist(0.0, scale);
-    std::vector<double> v(n);
-    for (double& x : v) x = dist(rng);
-    return v;
-}
-
-// Fill every parameter with random values (normal, standard deviation `scale`) through the
-// torch-layout pack().
-template <typename S>
-void randomize(LSTM<S>& m, std::mt19937_64& rng, double scale = 0.4) {
-    const Config& c = m.config();
-    for (Index l = 0; l < c.num_layers; ++l)
-        for (Index d = 0; d < c.directions(); ++d)
-            for (Param k : {Param::weight_ih, Param::weight_hh, Param::bias_ih, Param::bias_hh,
-                            Param::weight_hr}) {
-                if (!m.has_param(k)) continue;
-                Index rows, cols;
-                m.param_shape(k, l, rows, cols);
-                std::vector<double> v = randn(std::size_t(rows * cols), rng, scale);
-                std::vector<S> t(v.begin(), v.end());
-                m.pack(k, l, d, t.data(), m.params());
-            }
-    m.params_updated();
-}
 
 struct Problem {
     Index T, B;

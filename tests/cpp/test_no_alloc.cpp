@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <new>
+#include <random>
 #include <vector>
 
 #include "eigenlstm/lstm.hpp"
@@ -121,7 +122,6 @@ long allocations_during(F&& fn) {
 using eigenlstm::Config;
 using eigenlstm::Index;
 using eigenlstm::LSTM;
-using eigenlstm::Param;
 
 // Each allocation function above is the one called, and counts once.
 void test_every_allocation_function_is_counted() {
@@ -191,18 +191,8 @@ void check_no_allocation_after_warmup(const Case& k, int threads) {
     c.bidirectional = k.bidirectional;
     c.dropout = k.dropout;
     LSTM<S> m(c, 1);
-    std::uint64_t seed = 1;
-    for (Index l = 0; l < k.L; ++l)
-        for (Index d = 0; d < c.directions(); ++d)
-            for (Param p : {Param::weight_ih, Param::weight_hh, Param::bias_ih, Param::bias_hh,
-                            Param::weight_hr}) {
-                if (!m.has_param(p)) continue;
-                Index rows, cols;
-                m.param_shape(p, l, rows, cols);
-                const std::vector<S> w = values<S>(std::size_t(rows * cols), 0.1, seed++);
-                m.pack(p, l, d, w.data(), m.params());
-            }
-    m.params_updated();
+    std::mt19937_64 rng(1);
+    eigenlstm_test::randomize(m, rng, 0.1);
 
     const Index T = k.T, B = k.B, DL = c.directions() * k.L, DH = c.directions() * c.output_size();
     const std::vector<S> x = values<S>(std::size_t(T * B * k.I), 1.0, 101);
