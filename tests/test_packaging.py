@@ -1,22 +1,16 @@
 """The package as users get it: the installed back ends, and the installed C++ library.
 
-- Every instruction-set back end this CPU can run loads from the directory of libeigenlstm.so
-  in the installed package (the front end finds them there with dladdr; a wheel repaired by
-  auditwheel must keep them there, with the OpenMP runtime it vendors resolvable) and agrees
-  with the float64 NumPy reference. tools/build_wheel.sh runs this in a fresh venv.
+- The installed package ships libeigenlstm.so with its generic back end beside it (that each
+  back end the CPU runs loads from there and agrees with the reference is
+  tests/test_isa_levels.py; tools/build_wheel.sh runs both in a fresh venv).
 - A ten-line CMake consumer (tests/consumer) finds the library installed by
   `cmake --install` with find_package(eigenlstm CONFIG), links eigenlstm::core, runs a forward
   and matches the reference. It installs the optimized build that tests/test_cpp.py tests.
 """
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
-import pytest
 
 import eigenlstm as el
 from eigenlstm import _core
@@ -25,49 +19,11 @@ from reference import reference_forward
 
 PACKAGE_DIR = pathlib.Path(el.__file__).resolve().parent
 
-# One level's forward in a fresh process (the level is chosen once per process): the level in
-# use, its shared object, and a float64 forward of a seeded model, written to an .npz file.
-FORWARD_AT_LEVEL = """
-import json, sys
-import numpy as np
-import eigenlstm as el
-from eigenlstm import _core
-
-lstm = el.LSTM(input_size=5, hidden_size=20, num_layers=2, bidirectional=True,
-               dtype=np.float64, seed=0)
-x = np.random.default_rng(0).standard_normal((6, 3, 5))
-y, (h_n, c_n) = lstm(x)
-np.savez(sys.argv[1], x=x, y=y, h_n=h_n, c_n=c_n,
-         **{k: np.asarray(v) for k, v in lstm.state_dict().items()})
-print(json.dumps({"isa": _core.isa(), "library": _core.build_info()["library"]}))
-"""
-
 
 def test_the_package_ships_a_generic_back_end_next_to_its_library():
     assert (PACKAGE_DIR / "libeigenlstm.so").is_file()
     assert (PACKAGE_DIR / "libeigenlstm_generic.so").is_file()
     assert "generic" in _core.isa_available()
-
-
-@pytest.mark.parametrize("level", _core.isa_available())
-def test_every_back_end_the_cpu_runs_loads_from_the_package_and_matches_the_reference(
-        tmp_path, level):
-    out = tmp_path / "forward.npz"
-    env = dict(os.environ, EIGENLSTM_MAX_ISA=level)
-    proc = run([sys.executable, "-c", FORWARD_AT_LEVEL, out], env=env, cwd=tmp_path)
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert info["isa"] == level
-    library = pathlib.Path(info["library"])
-    assert library.name == f"libeigenlstm_{level}.so"
-    assert library.resolve().parent == PACKAGE_DIR
-
-    data = dict(np.load(out))
-    x, y, h_n, c_n = (data.pop(k) for k in ("x", "y", "h_n", "c_n"))
-    zeros_h = np.zeros_like(h_n)
-    ref_y, ref_h, ref_c = reference_forward(data, x, zeros_h, np.zeros_like(c_n), num_layers=2,
-                                            bidirectional=True, proj_size=0)[:3]
-    for ours, ref in ((y, ref_y), (h_n, ref_h), (c_n, ref_c)):
-        assert np.linalg.norm(ours - ref) <= 1e-9 * np.linalg.norm(ref)
 
 
 def read_consumer_output(stdout):

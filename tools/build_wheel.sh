@@ -63,7 +63,7 @@ export PATH="$work/venv/bin:$PATH"   # as activating the venv would: its console
 # bundled data, ONNX Runtime in the same process); test_cpp.py and the CMake consumer of
 # test_packaging.py build from the source tree, so they stay with the full suite.
 python -m pytest -p no:cacheprovider -o "markers=slow: long" -q \
-  tests/test_packaging.py \
+  tests/test_packaging.py tests/test_isa_levels.py \
   --deselect tests/test_packaging.py::test_a_cmake_consumer_links_the_installed_library_and_matches_the_reference \
   tests/test_lstm_parity.py tests/test_lstm_gradcheck.py tests/test_lstm_api.py \
   tests/test_lstm_validation.py tests/test_functional.py tests/test_activations.py \
