@@ -1,44 +1,40 @@
 """eigenlstm: a fast CPU LSTM with torch.nn.LSTM's interface, for NumPy.
 
-The math runs in a C++17 Eigen engine (``eigenlstm._core``); this package holds the modules,
-their validation, the functional single-layer API and the training loop.
+The math runs in a C++17 Eigen engine (``eigenlstm._core``). The package is layered, each
+layer importing only those below it (the contract is in pyproject.toml, checked by
+import-linter):
+
+- ``cli``: the ``eigenlstm`` command (train and forecast on a CSV series);
+- ``forecast``: the forecasting job the command runs;
+- ``training``: ``Trainer`` (the fit loop for any module), callbacks, History;
+- ``io``: checkpoints, ONNX and Keras;
+- ``nn`` (modules and losses), ``optim`` (optimizers, schedules, clipping), ``data``
+  (bundled series, CSV reading, windows);
+- ``functional`` (one LSTM layer on weights you own), ``runtime`` (build and CPU facts);
+- ``_validation`` and ``_core``.
 """
 
-from . import functional
+from . import functional, io, nn, optim, training
 from ._core import get_num_threads, set_num_threads
-from .lstm import LSTM
-from .module import Module
+from ._version import __version__
+from .io import keras, load, onnx, save
+from .nn import LSTM, Linear, LSTMModel, Module, Sequential, cross_entropy, losses, mse_loss
+from .optim import SGD, Adam, AdamW, CosineAnnealingLR, StepLR, clip_grad_norm, clip_grad_norm_
 from .runtime import config, get_flush_denormal, set_flush_denormal, show_config
+from .training import Callback, EarlyStopping, History, ModelCheckpoint, Trainer
 
 __all__ = [
-    "LSTM", "Module", "functional", "get_num_threads", "set_num_threads",
-    "config", "show_config", "set_flush_denormal", "get_flush_denormal",
+    "__version__",
+    # modules and the functional API
+    "LSTM", "Linear", "LSTMModel", "Sequential", "Module", "functional", "nn",
+    # training
+    "Trainer", "History", "Callback", "EarlyStopping", "ModelCheckpoint", "training",
+    "losses", "mse_loss", "cross_entropy",
+    "optim", "SGD", "Adam", "AdamW", "StepLR", "CosineAnnealingLR", "clip_grad_norm_",
+    "clip_grad_norm",
+    # files
+    "save", "load", "io", "onnx", "keras",
+    # runtime
+    "get_num_threads", "set_num_threads", "config", "show_config", "set_flush_denormal",
+    "get_flush_denormal",
 ]
-__version__ = "0.1.0"
-
-# Training layer: layers on top of the LSTM, losses, optimizers, the fit loop and checkpoints.
-from . import losses, nn, optim
-from .callbacks import Callback, EarlyStopping, History
-from .checkpoint import load, save
-from .linear import Linear
-from .losses import cross_entropy, mse_loss
-from .model import LSTMModel
-from .optim import SGD, Adam, AdamW, CosineAnnealingLR, StepLR, clip_grad_norm
-
-__all__ += [
-    "Linear", "LSTMModel", "History", "Callback", "EarlyStopping", "save", "load",
-    "losses", "nn", "optim", "mse_loss", "cross_entropy",
-    "SGD", "Adam", "AdamW", "clip_grad_norm", "StepLR", "CosineAnnealingLR",
-]
-
-# Reliability: a callback that checkpoints at epoch ends (composes with fit(resume=True)).
-from .callbacks import ModelCheckpoint
-
-__all__ += ["ModelCheckpoint"]
-
-# Interop: Keras-style stacks, and moving models in and out (ONNX, Keras). The onnx and h5py
-# packages are imported only when a function needs them.
-from . import keras, onnx
-from .sequential import Sequential
-
-__all__ += ["Sequential", "keras", "onnx"]

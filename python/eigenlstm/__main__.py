@@ -1,6 +1,6 @@
 """``python -m eigenlstm``: the same command line as the ``eigenlstm`` console script.
 
-All of it lives in cli.py; this file only hands over the exit status.
+All of it lives in cli/; this file only hands over the exit status.
 """
 
 import sys

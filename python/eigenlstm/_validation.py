@@ -1,16 +1,19 @@
-"""Argument checks shared by the NumPy-facing modules.
+"""Argument checks shared by every public function of the package: each check is written once.
 
-Every check raises ``TypeError`` or ``ValueError`` naming the function, the argument, the
-expected value and the value given; none of them modifies anything.
+Every check raises ``TypeError`` (wrong kind of value) or ``ValueError`` (right kind, wrong
+value) with one message format, ``"<where>: <name> must be <expected>, got <given>"``, where
+``where`` is the public function (``LSTM.forward``); none of them modifies anything.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
 
-__all__ = ["as_real_array", "check_shape", "check_positive_int", "resolve_dtype"]
+__all__ = ["as_real_array", "check_shape", "check_positive_int", "resolve_dtype",
+           "check_lengths", "check_seed", "new_seed", "check_float"]
 
 _SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -61,3 +64,55 @@ def check_shape(where: str, name: str, arr: np.ndarray, expected: tuple) -> None
     """Raise ValueError unless ``arr.shape == expected``."""
     if tuple(arr.shape) != tuple(expected):
         raise ValueError(f"{where}: {name} must have shape {tuple(expected)}, got {tuple(arr.shape)}")
+
+
+def check_lengths(where: str, name: str, lengths, N: int, T: int, *,
+                  minimum: int = 0) -> np.ndarray:
+    """Return ``lengths`` as contiguous int64 of shape (N,), every value in [minimum, T].
+
+    ``minimum`` is 0 for an LSTM (an empty sequence keeps its initial state) and 1 where the
+    output is read at each sequence's last step.
+    """
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{where}: {name} must be integers, got dtype {arr.dtype}")
+    if arr.shape != (N,):
+        raise ValueError(f"{where}: {name} must have shape ({N},), got {arr.shape}")
+    if N and (arr.min() < minimum or arr.max() > T):
+        bad = arr[(arr < minimum) | (arr > T)][0]
+        why = " (each sequence needs a last step)" if minimum > 0 else " (T)"
+        raise ValueError(f"{where}: {name} must be in [{minimum}, {T}]{why}, got {bad}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def new_seed() -> int:
+    """A fresh non-negative 63-bit seed from the operating system's entropy."""
+    return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def check_seed(where: str, seed) -> int:
+    """Return ``seed`` as an int, a fresh one if None; a seed is a non-negative int.
+
+    Raises TypeError for a value that is not an int (bools included), ValueError for a
+    negative one.
+    """
+    if seed is None:
+        return new_seed()
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{where}: seed must be a non-negative int or None, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"{where}: seed must be a non-negative int or None, got {seed}")
+    return int(seed)
+
+
+def check_float(where: str, name: str, value, low=0.0, high=None, high_open=False) -> float:
+    """Return ``value`` as a finite float in [low, high] (or [low, high) if ``high_open``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where}: {name} must be a float, got {type(value).__name__} {value!r}")
+    v = float(value)
+    too_high = high is not None and (v >= high if high_open else v > high)
+    if not math.isfinite(v) or v < low or too_high:
+        bracket = ")" if high_open else "]"
+        rng = f"[{low}, {high}{bracket}" if high is not None else f">= {low}"
+        raise ValueError(f"{where}: {name} must be in {rng}, got {value!r}")
+    return v

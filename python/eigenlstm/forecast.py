@@ -4,7 +4,7 @@ Reads CSV columns (dialect sniffed, dates parsed to ``numpy.datetime64``, every 
 by file, line and column), makes them stationary (log, first differences, standardisation),
 trains on sliding windows with a validation tail and early stopping, scores the held-out test
 tail against naive and seasonal-naive forecasts and plots it with calendar-aware date axes.
-The command-line parsing is in cli.py; the model and training loop in model.py.
+The command-line parsing is in cli/; the model is ``nn.LSTMModel``, trained by ``Trainer``.
 """
 # Sizes: n series length, I input columns (the target first), W window (input steps),
 # Hz horizon (steps forecast at once), N windows, n_val / n_test validation / test values.
@@ -20,8 +20,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .callbacks import EarlyStopping
-from .model import LSTMModel
+from .nn import LSTMModel
+from .training import EarlyStopping, Trainer
 
 __all__ = [
     "CSVError", "Series", "read_series", "as_series", "default_data_path", "DATASETS",
@@ -840,10 +840,10 @@ def train_forecaster(series, *, window: Optional[int] = None, horizon: int = 1, 
         validation = make_windows(z, window, horizon, val_origins)
         stop = EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
         callbacks.append(stop)
-    history = model.fit(x, y, epochs=epochs, batch_size=batch_size, lr=lr, optimizer="adam",
-                        lr_schedule=None if val_size else "cosine", clip_grad_norm=1.0,
-                        seed=seed, progress=progress, validation_data=validation,
-                        callbacks=callbacks)
+    history = Trainer(model).fit(
+        x, y, epochs=epochs, batch_size=batch_size, lr=lr, optimizer="adam",
+        lr_schedule=None if val_size else "cosine", clip_grad_norm=1.0, seed=seed,
+        progress=progress, validation_data=validation, callbacks=callbacks)
     best = None if not val_size or callbacks[0].best_epoch is None else callbacks[0].best_epoch + 1
     report = ForecastReport(*holdout_forecasts(model, v, n_test0, n, season), history, season,
                             best)

@@ -11,7 +11,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from . import _core
-from ._validation import as_real_array, check_shape
+from ._validation import as_real_array, check_lengths, check_shape
 
 __all__ = ["LayerContext", "lstm_layer_forward", "lstm_layer_backward"]
 
@@ -121,9 +121,7 @@ def lstm_layer_forward(
     check_shape(where, "h0", h0, (B, Hout))
     check_shape(where, "c0", c0, (B, H))
     if lengths is not None:
-        from .lstm import LSTM  # the same checks as the module
-
-        lengths = LSTM._check_lengths(where, lengths, T, B)
+        lengths = check_lengths(where, "lengths", lengths, B, T)
 
     bias = bias_ih is not None
     engine_cls = _core.EngineF32 if dtype == np.float32 else _core.EngineF64

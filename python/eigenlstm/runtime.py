@@ -14,6 +14,7 @@ import sys
 from typing import Any, Dict, Optional, TextIO
 
 from . import _core
+from ._version import __version__
 
 __all__ = ["config", "show_config", "set_flush_denormal", "get_flush_denormal"]
 
@@ -42,8 +43,6 @@ def config() -> Dict[str, Any]:
     >>> cfg["isa"] in cfg["isa_available"]
     True
     """
-    from . import __version__
-
     build = _core.build_info()
     return {
         "version": __version__,

@@ -14,6 +14,11 @@ import sys
 import warnings
 from typing import List, Optional
 
+from .. import forecast as fc
+from .._core import get_num_threads, set_num_threads
+from ..io import load, save
+from ..runtime import config
+
 __all__ = ["main", "build_parser"]
 
 
@@ -33,8 +38,6 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from .runtime import config
-
         try:
             cfg = config()
         except ValueError as exc:  # a bad EIGENLSTM_MAX_ISA
@@ -46,8 +49,6 @@ class _VersionAction(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``eigenlstm`` command (subcommands ``train``, ``predict``)."""
-    from .forecast import DATASETS
-
     parser = argparse.ArgumentParser(
         prog="eigenlstm",
         description="Train and use LSTM forecasters on the eigenlstm C++ engine.",
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the version and the instruction-set level in use, then exit")
     sub = parser.add_subparsers(dest="command", metavar="{train,predict}")
     sub.required = True
-    names = ", ".join(sorted(DATASETS))
+    names = ", ".join(sorted(fc.DATASETS))
 
     tr = sub.add_parser(
         "train", help="train a forecaster on a CSV column (default: the bundled airline data)",
@@ -141,11 +142,9 @@ def _format_dates(dates, like: str) -> List[str]:
 
 
 def _list_datasets() -> int:
-    from .forecast import DATASETS
-
     print("bundled data sets (eigenlstm train --dataset NAME):")
-    for name in sorted(DATASETS):
-        spec = DATASETS[name]
+    for name in sorted(fc.DATASETS):
+        spec = fc.DATASETS[name]
         cols = f" --columns {','.join(spec['columns'])}" if spec["columns"] else ""
         print(f"  {name:10s} {spec['about']}; target {spec['target']}{cols}")
     return 0
@@ -153,8 +152,6 @@ def _list_datasets() -> int:
 
 def _read(args, columns=None, column=None):
     """The series named by --data or --dataset (default: the airline data set)."""
-    from . import forecast as fc
-
     if args.data is None:
         name = args.dataset or "airline"
         if name not in fc.DATASETS:
@@ -170,8 +167,6 @@ def _read(args, columns=None, column=None):
 
 
 def _train(args, parser) -> int:
-    from ._core import get_num_threads, set_num_threads
-
     if args.dataset == "list":
         return _list_datasets()
     for name in ("horizon", "hidden", "layers", "batch_size", "test_size", "epochs", "window",
@@ -211,8 +206,6 @@ def _hint(report, args, window: int) -> str:
 
 
 def _train_with(args) -> int:
-    from . import forecast as fc
-
     series = _read(args, columns=args.columns, column=args.column)
     season = series.season if args.season is None else args.season
     window = fc.default_window(season) if args.window is None else args.window
@@ -267,7 +260,7 @@ def _train_with(args) -> int:
     os.makedirs(out, exist_ok=True)
     ckpt = os.path.join(out, "model.npz")
     model.metadata["holdout"] = report.to_dict()
-    model.save(ckpt)
+    save(model, ckpt)
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(dict(report.to_dict(), loss=report.history.history["loss"],
                        val_loss=report.history.history.get("val_loss", [])), f, indent=1)
@@ -286,9 +279,6 @@ def _train_with(args) -> int:
 
 
 def _predict(args, parser) -> int:
-    from . import forecast as fc
-    from .checkpoint import load
-
     _positive(parser, "steps", args.steps)
     model = load(args.model)
     meta = model.metadata

@@ -1,7 +1,10 @@
-"""Checkpoints of ``LSTMModel``: one ``.npz`` with weights, config and training state.
+"""Checkpoints of ``LSTMModel``: one ``.npz`` with weights, config and, optionally, a training run.
 
 ``save`` writes atomically (temp file in the same folder, fsync, ``os.replace``) so a crash never
-damages the previous file; ``load`` validates everything and names the file in its errors.
+damages the previous file; ``load`` validates everything and names the file in its errors. The
+model is read and rebuilt through its public state protocol (``config``, ``state_dict``,
+``get_extra_state`` and their inverses); a training run is whatever ``Trainer.state_dict()``
+returns, stored in the layout documented in :func:`save`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import zlib
 from typing import Optional
 
 import numpy as np
+
+from .._version import __version__
+from ..nn import LSTMModel
 
 __all__ = ["save", "load", "FORMAT_VERSION"]
 
@@ -73,19 +79,22 @@ def _atomic_write_npz(path: str, arrays: dict) -> None:
         os.close(dir_fd)
 
 
-def save(model, path, *, metadata: Optional[dict] = None) -> None:
+def save(model, path, *, metadata: Optional[dict] = None, training: Optional[dict] = None) -> None:
     """Write ``model`` to ``path`` as a checkpoint, replacing any previous file atomically.
 
     Parameters
     ----------
     model : LSTMModel
-        The model; if it has been trained with ``fit``, its optimizer and schedule state,
-        shuffling RNG, dropout stream, epoch count and history are saved too, so that
-        ``load(path).fit(..., resume=True)`` continues bitwise as if never interrupted.
+        The model: its config, weights and dropout stream are saved.
     path : str or os.PathLike
         The file to write (used as given; ``.npz`` is the conventional suffix).
     metadata : dict, optional
         JSON-ready data stored with the model (defaults to ``model.metadata``).
+    training : dict, optional
+        A training run, as ``Trainer.state_dict()`` returns it (``Trainer.save`` passes it):
+        optimizer and schedule state, shuffling RNG, epoch count and history, so that
+        ``Trainer.load(path).fit(..., resume=True)`` continues bitwise as if never
+        interrupted.
 
     Raises
     ------
@@ -104,8 +113,8 @@ def save(model, path, *, metadata: Optional[dict] = None) -> None:
     complete.
 
     The ``.npz`` holds ``meta`` (a JSON string: format version, config, metadata, dropout
-    state and the training state's scalars), ``weights/<state_dict key>`` arrays and, after
-    training, ``optimizer/<buffer>/<state_dict key>`` arrays in torch layout.
+    state and the training run's scalars), ``weights/<state_dict key>`` arrays and, with a
+    training run, ``optimizer/<buffer>/<state_dict key>`` arrays in torch layout.
 
     Examples
     --------
@@ -116,8 +125,6 @@ def save(model, path, *, metadata: Optional[dict] = None) -> None:
     >>> el.load(path).config() == model.config()
     True
     """
-    from .model import LSTMModel
-
     where = "eigenlstm.save"
     if not isinstance(model, LSTMModel):
         raise TypeError(f"{where}: model must be an LSTMModel, got {type(model).__name__}")
@@ -129,8 +136,6 @@ def save(model, path, *, metadata: Optional[dict] = None) -> None:
             f"{where}: refusing to write {path}: weights {bad} hold NaN or infinite values "
             "(the previous file, if any, is left untouched)"
         )
-    from . import __version__
-
     meta = {
         "format": _MAGIC,
         "format_version": FORMAT_VERSION,
@@ -138,28 +143,19 @@ def save(model, path, *, metadata: Optional[dict] = None) -> None:
         "model": "LSTMModel",
         "config": model.config(),
         "metadata": model.metadata if metadata is None else metadata,
-        "dropout_state": [str(v) for v in model.lstm.dropout_state],  # uint64: keep exact
+        # uint64 values as strings: exact in any JSON reader
+        "dropout_state": [str(v) for v in model.get_extra_state()["lstm.dropout_state"]],
         "training": None,
     }
     arrays = {f"weights/{k}": v for k, v in weights.items()}
-    state = model._train_state
-    if state is not None:
-        opt_sd = state.optimizer.state_dict()
-        keys = sorted(opt_sd["state"][0]) if opt_sd["state"] else []
-        if any(sorted(s) != keys for s in opt_sd["state"]):
-            raise ValueError(f"{where}: the optimizer's per-parameter states differ in keys")
-        for key in keys:
-            named = model._named_arrays([s[key] for s in opt_sd["state"]])
+    if training is not None:
+        opt_sd = training["optimizer"]
+        states = opt_sd["state"]  # {buffer: {state_dict key: array}}
+        for key, named in states.items():
             arrays.update({f"optimizer/{key}/{name}": v for name, v in named.items()})
-        meta["training"] = {
-            "optimizer": {"name": opt_sd["name"], "hyperparameters": opt_sd["hyperparameters"],
-                          "step_count": opt_sd["step_count"], "state_keys": keys},
-            "scheduler": None if state.scheduler is None else state.scheduler.state_dict(),
-            "rng_state": state.rng.bit_generator.state,
-            "epoch": state.epoch,
-            "history": state.history.to_dict(),
-            "settings": state.settings,
-        }
+        meta["training"] = dict(training, optimizer={
+            "name": opt_sd["name"], "hyperparameters": opt_sd["hyperparameters"],
+            "step_count": opt_sd["step_count"], "state_keys": sorted(states)})
     try:
         text = json.dumps(meta, allow_nan=True)
     except (TypeError, ValueError) as exc:
@@ -168,19 +164,20 @@ def save(model, path, *, metadata: Optional[dict] = None) -> None:
     _atomic_write_npz(path, arrays)
 
 
-def load(path):
-    """Read a checkpoint written by :func:`save` and return the model, ready to use or resume.
+def load(path, *, with_training: bool = False):
+    """Read a checkpoint written by :func:`save` and return the model.
 
     Parameters
     ----------
     path : str or os.PathLike
+    with_training : bool, default False, keyword-only
+        Also return the training run saved with the model (None if there is none), in the
+        form ``Trainer.state_dict()`` has: ``Trainer.load(path)`` is the way to resume it.
 
     Returns
     -------
-    LSTMModel
-        With its weights, ``metadata``, dropout stream and, if the checkpoint was saved after
-        training, its optimizer, schedule, RNG and history: call ``fit(..., resume=True)``
-        to continue training exactly where it stopped.
+    LSTMModel, or (LSTMModel, dict or None) with ``with_training``
+        With its weights, ``metadata`` and dropout stream.
 
     Raises
     ------
@@ -195,15 +192,11 @@ def load(path):
     >>> import os, tempfile, numpy as np, eigenlstm as el
     >>> model = el.LSTMModel(3, 8, 1, seed=0)
     >>> path = os.path.join(tempfile.mkdtemp(), "model.npz")
-    >>> model.save(path)
+    >>> el.save(model, path)
     >>> x = np.ones((2, 4, 3))
     >>> bool(np.array_equal(el.load(path).predict(x), model.predict(x)))
     True
     """
-    from .callbacks import History
-    from .model import LSTMModel, _TrainState
-    from . import optim as _optim
-
     path = os.fspath(path)
     where = "eigenlstm.load"
     if not os.path.exists(path):
@@ -249,29 +242,18 @@ def load(path):
         model = LSTMModel(**config)
         weights = {k[len("weights/"):]: v for k, v in arrays.items() if k.startswith("weights/")}
         model.load_state_dict(weights)
-        model.lstm.set_dropout_state(tuple(int(v) for v in meta["dropout_state"]))
+        model.set_extra_state({"lstm.dropout_state": [int(v) for v in meta["dropout_state"]]})
         model.metadata = meta.get("metadata") or {}
         training = meta.get("training")
         if training is not None:
             ometa = training["optimizer"]
-            states = [{} for _ in model.parameters()]
+            states = {}
             for key in ometa["state_keys"]:
                 prefix = f"optimizer/{key}/"
-                named = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-                for i, arr in enumerate(model._flat_arrays(named)):
-                    states[i][key] = arr
-            opt = _optim.optimizer_from_state_dict(model, {
+                states[key] = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            training = dict(training, optimizer={
                 "name": ometa["name"], "hyperparameters": ometa["hyperparameters"],
                 "step_count": ometa["step_count"], "state": states})
-            sched = None
-            if training["scheduler"] is not None:
-                sched = _optim.scheduler_from_state_dict(opt, training["scheduler"])
-            rng = np.random.Generator(np.random.PCG64())
-            rng.bit_generator.state = training["rng_state"]
-            h = training["history"]
-            history = History(h["history"], h["epoch"], h.get("stop_reason"))
-            model._train_state = _TrainState(opt, sched, rng, history, int(training["epoch"]),
-                                             dict(training["settings"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{bad} (inconsistent contents: {exc})") from exc
-    return model
+    return (model, training) if with_training else model

@@ -1,8 +1,8 @@
-"""What ``LSTMModel.fit`` reports and who may act on it: History, Callback, EarlyStopping,
+"""What ``Trainer.fit`` reports and who may act on it: History, Callback, EarlyStopping,
 ModelCheckpoint.
 
-The loop itself is in model.py; it calls these hooks once per epoch (and per batch) and reads
-``model.stop_training`` after each epoch. Writing files is left to checkpoint.py.
+The loop itself is in trainer.py; it calls these hooks once per epoch (and per batch) and reads
+``trainer.stop_training`` after each epoch. Files are written by ``Trainer.save`` (io/).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ __all__ = ["History", "Callback", "EarlyStopping", "ModelCheckpoint"]
 
 
 class History:
-    """Per-epoch metrics of a training run, as returned by ``LSTMModel.fit``.
+    """Per-epoch metrics of a training run, as returned by ``Trainer.fit``.
 
     Attributes
     ----------
@@ -61,16 +61,19 @@ class History:
 class Callback:
     """Base class of training callbacks; override the hooks you need.
 
-    ``fit`` calls, in order: ``set_model(model)``, ``on_train_begin(logs)``, then per epoch
-    ``on_epoch_begin(epoch)``, ``on_batch_end(batch, logs)`` for each batch and
-    ``on_epoch_end(epoch, logs)``, and finally ``on_train_end(logs)``. Set
-    ``self.model.stop_training = True`` to stop after the current epoch.
+    ``Trainer.fit`` calls, in order: ``set_trainer(trainer)``, ``on_train_begin(logs)``, then
+    per epoch ``on_epoch_begin(epoch)``, ``on_batch_end(batch, logs)`` for each batch and
+    ``on_epoch_end(epoch, logs)``, and finally ``on_train_end(logs)``. ``self.trainer`` is the
+    trainer and ``self.model`` its model; set ``self.trainer.stop_training = True`` to stop
+    after the current epoch.
     """
 
+    trainer = None
     model = None
 
-    def set_model(self, model) -> None:
-        self.model = model
+    def set_trainer(self, trainer) -> None:
+        self.trainer = trainer
+        self.model = trainer.model
 
     def on_train_begin(self, logs: Optional[dict] = None) -> None:
         """Called once before the first epoch."""
@@ -122,10 +125,10 @@ class EarlyStopping(Callback):
     >>> import numpy as np, eigenlstm as el
     >>> rng = np.random.default_rng(0)
     >>> x, y = rng.standard_normal((64, 5, 2)), rng.standard_normal((64, 1))
-    >>> model = el.LSTMModel(2, 8, 1, seed=0)
+    >>> trainer = el.Trainer(el.LSTMModel(2, 8, 1, seed=0))
     >>> stop = el.EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)
-    >>> h = model.fit(x, y, epochs=50, validation_data=(x[:16], y[:16]), callbacks=[stop],
-    ...               progress=False, seed=0)
+    >>> h = trainer.fit(x, y, epochs=50, validation_data=(x[:16], y[:16]), callbacks=[stop],
+    ...                 progress=False, seed=0)
     >>> len(h.history["val_loss"]) <= 50
     True
     """
@@ -180,8 +183,8 @@ class EarlyStopping(Callback):
         self.wait += 1
         if self.wait >= self.patience:
             self.stopped_epoch = epoch
-            self.model.stop_training = True
-            self.model.stop_reason = (
+            self.trainer.stop_training = True
+            self.trainer.stop_reason = (
                 f"early stopping: {self.monitor} did not improve for {self.patience} epochs "
                 f"(best {self.best:.6g} at epoch {self.best_epoch})"
             )
@@ -197,8 +200,8 @@ class ModelCheckpoint(Callback):
     Parameters
     ----------
     path : str or os.PathLike
-        The checkpoint file (``.npz`` by convention), written with :func:`eigenlstm.save` and
-        replaced atomically at each save.
+        The checkpoint file (``.npz`` by convention), written with ``Trainer.save`` (the model
+        and the run) and replaced atomically at each save.
     monitor : str, optional, keyword-only
         A key of the epoch logs to watch (``"loss"``, ``"val_loss"``, ``"val_accuracy"``);
         ``val_*`` keys need ``validation_data``. Required with ``save_best_only``.
@@ -225,16 +228,16 @@ class ModelCheckpoint(Callback):
     ValueError
         If ``mode`` is not "min" or "max", or ``save_best_only`` is set without ``monitor``;
         from ``on_epoch_end``, if ``monitor`` is not among the epoch's metrics, or (from
-        :func:`eigenlstm.save`) if a weight is NaN or infinite.
+        ``Trainer.save``) if a weight is NaN or infinite.
     OSError
         From ``on_epoch_end``, if the file cannot be written; the previous file is untouched.
 
     Notes
     -----
-    A save holds everything :func:`eigenlstm.save` writes (weights, optimizer and schedule,
+    A save holds everything ``Trainer.save`` writes (weights, optimizer and schedule,
     shuffling RNG, dropout stream, epoch count and history), taken in ``on_epoch_end``, that
     is after an epoch has completed and ``fit`` has checked its weights are finite. So
-    ``load(path).fit(x, y, epochs=k, resume=True)`` continues the run exactly as if it had
+    ``Trainer.load(path).fit(x, y, epochs=k, resume=True)`` continues the run exactly as if it had
     never stopped, and no file ever holds a partial epoch: if ``fit`` is interrupted (Ctrl-C)
     mid-epoch nothing is saved, and if it is interrupted during a save the previous file stays
     intact (the write goes to a temp file renamed into place).
@@ -244,7 +247,7 @@ class ModelCheckpoint(Callback):
     improvement.
 
     With ``save_best_only``, ``best`` starts from the ``monitor`` values already in the
-    model's history (a second ``fit(..., resume=True)``, or a model loaded from a checkpoint),
+    run's history (a second ``fit(..., resume=True)``, or a trainer loaded from a checkpoint),
     so a resumed run never overwrites its best checkpoint with a worse epoch; a fresh
     ``fit`` starts from scratch. The file then holds the best epoch, not the last one.
 
@@ -254,11 +257,11 @@ class ModelCheckpoint(Callback):
     >>> rng = np.random.default_rng(0)
     >>> x, y = rng.standard_normal((64, 5, 2)), rng.standard_normal((64, 1))
     >>> path = os.path.join(tempfile.mkdtemp(), "best.npz")
-    >>> model = el.LSTMModel(2, 8, 1, seed=0)
+    >>> trainer = el.Trainer(el.LSTMModel(2, 8, 1, seed=0))
     >>> save = el.ModelCheckpoint(path, monitor="val_loss", save_best_only=True)
-    >>> h = model.fit(x, y, epochs=5, validation_data=(x[:16], y[:16]), callbacks=[save],
-    ...               progress=False, seed=0)
-    >>> el.load(path).history.history["val_loss"][-1] == min(h.history["val_loss"])
+    >>> h = trainer.fit(x, y, epochs=5, validation_data=(x[:16], y[:16]), callbacks=[save],
+    ...                 progress=False, seed=0)
+    >>> el.Trainer.load(path).history.history["val_loss"][-1] == min(h.history["val_loss"])
     True
     """
 
@@ -293,7 +296,7 @@ class ModelCheckpoint(Callback):
         # Start from the epochs the run already has (resume), so that a resumed run's first
         # epoch does not replace a better checkpoint; a fresh fit has an empty history.
         self._reset()
-        history = getattr(self.model, "history", None)
+        history = self.trainer.history
         if self.monitor is None or history is None:
             return
         values = history.history.get(self.monitor, [])
@@ -303,8 +306,6 @@ class ModelCheckpoint(Callback):
                 self.best, self.best_epoch = float(value), epoch
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        from .checkpoint import save
-
         logs = logs or {}
         improved = False
         if self.monitor is not None:
@@ -318,7 +319,7 @@ class ModelCheckpoint(Callback):
             improved = math.isfinite(value) and self._improved(value)
             if self.save_best_only and not improved:
                 return
-        save(self.model, self.path)  # atomic; refuses NaN or infinite weights
+        self.trainer.save(self.path)  # atomic; refuses NaN or infinite weights
         self.last_saved_epoch = epoch
         if improved:  # only once the file holds it: a failed save must not raise the bar
             self.best, self.best_epoch = value, epoch

@@ -24,8 +24,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .lstm import LSTM
-from .model import LSTMModel
+from ..nn import LSTM, LSTMModel
 
 __all__ = ["export", "load"]
 
@@ -252,7 +251,7 @@ def export(module, f, *, initial_state: bool = False, lengths: bool = False,
 
     Examples
     --------
-    >>> import io, eigenlstm as el, eigenlstm.onnx
+    >>> import io, eigenlstm as el
     >>> buf = io.BytesIO()
     >>> el.onnx.export(el.LSTMModel(3, 8, 1, seed=0), buf)
     >>> len(buf.getvalue()) > 0

@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from ._validation import as_real_array, check_positive_int
+from .._validation import as_real_array, check_positive_int
 from .linear import Linear
 from .lstm import LSTM
 from .module import Module

@@ -27,10 +27,7 @@ from typing import List
 
 import numpy as np
 
-from .linear import Linear
-from .lstm import LSTM
-from .model import LSTMModel
-from .sequential import Sequential
+from ..nn import LSTM, Linear, LSTMModel, Sequential
 
 __all__ = ["load", "save"]
 

@@ -106,6 +106,80 @@ class Module:
         commit = self._prepare_load(dict(state_dict), f"{type(self).__name__}.load_state_dict", "")
         commit()
 
+    def get_extra_state(self) -> Dict[str, object]:
+        """State that is not a parameter (the dropout stream), JSON-ready, keyed like state_dict.
+
+        Checkpoints and the trainer's rollback save it with the weights, so that a model
+        restored from them draws the same dropout masks as the original would have.
+        """
+        out: Dict[str, object] = {}
+        for name, child in self._named_children():
+            for key, value in child.get_extra_state().items():
+                out[f"{name}.{key}"] = value
+        return out
+
+    def set_extra_state(self, state) -> None:
+        """Restore what ``get_extra_state()`` returned; all or nothing.
+
+        Raises
+        ------
+        ValueError
+            On missing or unexpected keys, or a value that does not fit.
+        """
+        where = f"{type(self).__name__}.set_extra_state"
+        if not hasattr(state, "items"):
+            raise TypeError(f"{where}: state must be a mapping, got {type(state).__name__}")
+        expected = set(self.get_extra_state())
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or extra:
+            raise ValueError(f"{where}: state must have keys {sorted(expected)}, got missing "
+                             f"{missing} and unexpected {extra}")
+        commits = [child._prepare_extra_state(
+            {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}, where)
+            for name, child in self._named_children()]
+        for commit in commits:
+            commit()
+
+    def _prepare_extra_state(self, state: dict, where: str):
+        """Check ``state`` (keys relative to this module) and return a function that applies it."""
+        commits = [child._prepare_extra_state(
+            {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}, where)
+            for name, child in self._named_children()]
+
+        def commit():
+            for c in commits:
+                c()
+
+        return commit
+
+    def name_parameter_arrays(self, arrays: List[np.ndarray]) -> Dict[str, np.ndarray]:
+        """Name arrays shaped like ``parameters()`` values (an optimizer's moments, say).
+
+        Returns copies keyed, shaped and ordered like ``state_dict()``.
+        """
+        out: Dict[str, np.ndarray] = {}
+        i = 0
+        for name, child in self._named_children():
+            n = len(child.parameters())
+            for key, value in child.name_parameter_arrays(arrays[i:i + n]).items():
+                out[f"{name}.{key}"] = value
+            i += n
+        return out
+
+    def parameter_arrays_from_names(self, named) -> List[np.ndarray]:
+        """Inverse of ``name_parameter_arrays``.
+
+        Raises
+        ------
+        ValueError
+            If a key is missing or an array has the wrong shape.
+        """
+        out: List[np.ndarray] = []
+        for name, child in self._named_children():
+            out.extend(child.parameter_arrays_from_names(
+                {k[len(name) + 1:]: v for k, v in named.items() if k.startswith(name + ".")}))
+        return out
+
     def _prepare_load(self, state: dict, where: str, prefix: str):
         """Check ``state`` (keys relative to ``prefix``) and return a function that applies it."""
         children = self._named_children()

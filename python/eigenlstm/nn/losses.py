@@ -39,7 +39,7 @@ def mse_loss(prediction, target) -> Tuple[float, np.ndarray]:
     Examples
     --------
     >>> import numpy as np
-    >>> from eigenlstm.losses import mse_loss
+    >>> from eigenlstm.nn.losses import mse_loss
     >>> value, grad = mse_loss(np.array([[1.0, 2.0]]), np.array([[0.0, 2.0]]))
     >>> value, grad.tolist()
     (0.5, [[1.0, 0.0]])
@@ -101,7 +101,7 @@ def cross_entropy(logits, labels) -> Tuple[float, np.ndarray]:
     Examples
     --------
     >>> import numpy as np
-    >>> from eigenlstm.losses import cross_entropy
+    >>> from eigenlstm.nn.losses import cross_entropy
     >>> value, grad = cross_entropy(np.array([[0.0, 0.0]]), np.array([1]))
     >>> round(value, 6), grad.tolist()
     (0.693147, [[0.5, -0.5]])

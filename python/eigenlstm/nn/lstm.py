@@ -12,8 +12,9 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from . import _core
-from ._validation import as_real_array, check_positive_int, check_shape, resolve_dtype
+from .. import _core
+from .._validation import (as_real_array, check_lengths, check_positive_int, check_seed,
+                          check_shape, resolve_dtype)
 from .module import Module
 
 __all__ = ["LSTM", "param_names"]
@@ -42,10 +43,6 @@ def _check_pair(where: str, name: str, expected: str, value) -> None:
             f"{where}: {name} must be a tuple {expected}, got a {type(value).__name__} of "
             f"length {len(value)}"
         )
-
-
-def _new_seed() -> int:
-    return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 class LSTM(Module):
@@ -142,13 +139,7 @@ class LSTM(Module):
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
         self.dtype = resolve_dtype(where, dtype)
-        if seed is None:
-            seed = _new_seed()
-        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"{where}: seed must be a non-negative int or None, got {seed!r}")
-        elif seed < 0:
-            raise ValueError(f"{where}: seed must be a non-negative int or None, got {seed}")
-        self.seed = int(seed)
+        self.seed = check_seed(where, seed)
         self.training = True
 
         engine_cls = _core.EngineF32 if self.dtype == np.float32 else _core.EngineF64
@@ -259,6 +250,12 @@ class LSTM(Module):
         """One (value, gradient) pair: flat views of the engine's buffers, in its layout."""
         return [(self._engine.params, self._engine.grads)]
 
+    def name_parameter_arrays(self, arrays):
+        return self.unflatten(arrays[0])
+
+    def parameter_arrays_from_names(self, named):
+        return [self.flatten(named)]
+
     def params_updated(self) -> None:
         self._engine.params_updated()
 
@@ -271,8 +268,23 @@ class LSTM(Module):
         return tuple(int(v) for v in self._engine.rng_state)
 
     def set_dropout_state(self, state) -> None:
-        seed, counter = state
-        self._engine.set_rng_state(int(seed), int(counter))
+        self._prepare_extra_state({"dropout_state": state}, "LSTM.set_dropout_state")()
+
+    def get_extra_state(self):
+        """``{"dropout_state": [seed, counter]}``: where the dropout stream stands."""
+        return {"dropout_state": list(self.dropout_state)}
+
+    def _prepare_extra_state(self, state: dict, where: str):
+        value = state.get("dropout_state")
+        ok = isinstance(value, (tuple, list)) and len(value) == 2
+        try:
+            seed, counter = (int(v) for v in value) if ok else (-1, -1)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok or not (0 <= seed < 2**64 and 0 <= counter < 2**64):
+            raise ValueError(f"{where}: dropout_state must be a pair of uint64 (seed, counter), "
+                             f"got {value!r}")
+        return lambda: self._engine.set_rng_state(seed, counter)
 
     # ---- compute ---------------------------------------------------------------------------
     def forward(self, x, state=None, *, lengths=None):
@@ -332,7 +344,7 @@ class LSTM(Module):
         if lengths is not None:
             if not batched:
                 raise ValueError(f"{where}: lengths needs batched (3-D) input, got 2-D x")
-            lengths = self._check_lengths(where, lengths, T, N)
+            lengths = check_lengths(where, "lengths", lengths, N, T)
         x = np.ascontiguousarray(x)
         y, h_n, c_n = self._engine.forward(x, h0, c0, lengths, self.training)
         if self.training:
@@ -351,18 +363,6 @@ class LSTM(Module):
         the Linear's ``weight`` (O, D*H_out) and ``bias`` (O,) or None are already validated.
         """
         return self._engine.forward_last(x, lengths, weight, bias, self.batch_first)
-
-    @staticmethod
-    def _check_lengths(where: str, lengths, T: int, N: int) -> np.ndarray:
-        arr = np.asarray(lengths)
-        if arr.dtype.kind not in "iu":
-            raise TypeError(f"{where}: lengths must be integers, got dtype {arr.dtype}")
-        if arr.shape != (N,):
-            raise ValueError(f"{where}: lengths must have shape ({N},), got {arr.shape}")
-        if N and (arr.min() < 0 or arr.max() > T):
-            bad = arr[(arr < 0) | (arr > T)][0]
-            raise ValueError(f"{where}: lengths must be in [0, {T}] (T), got {bad}")
-        return np.ascontiguousarray(arr, dtype=np.int64)
 
     def backward(self, d_output, d_state=None):
         """Backpropagate through the last training-mode forward.

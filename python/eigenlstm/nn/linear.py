@@ -12,7 +12,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from ._validation import as_real_array, check_positive_int, check_shape, resolve_dtype
+from .._validation import as_real_array, check_positive_int, check_seed, check_shape, resolve_dtype
 from .module import Module
 
 __all__ = ["Linear"]
@@ -70,11 +70,8 @@ class Linear(Module):
         self.in_features = check_positive_int(where, "in_features", in_features)
         self.out_features = check_positive_int(where, "out_features", out_features)
         self.dtype = resolve_dtype(where, dtype)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
-                                 or seed < 0):
-            raise TypeError(f"{where}: seed must be a non-negative int or None, got {seed!r}")
         self.training = True
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(check_seed(where, seed))
         # torch: kaiming_uniform_(a=sqrt(5)) -> gain sqrt(2/(1+5)), bound gain*sqrt(3/fan_in)
         # = 1/sqrt(fan_in); the bias uses the same bound.
         bound = 1.0 / math.sqrt(self.in_features)
@@ -102,6 +99,20 @@ class Linear(Module):
 
     def params_updated(self) -> None:
         """Nothing is derived from the parameters, so there is nothing to refresh."""
+
+    def name_parameter_arrays(self, arrays):
+        return {name: np.array(a, copy=True) for name, a in zip(self.state_dict(), arrays)}
+
+    def parameter_arrays_from_names(self, named):
+        where = "Linear.parameter_arrays_from_names"
+        out = []
+        for name, ref in self.state_dict().items():
+            if name not in named:
+                raise ValueError(f"{where}: missing key {name!r}")
+            value = as_real_array(where, name, named[name], self.dtype)
+            check_shape(where, name, value, ref.shape)
+            out.append(np.array(value, copy=True))
+        return out
 
     def zero_grad(self) -> None:
         self._dweight.fill(0)

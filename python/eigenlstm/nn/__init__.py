@@ -1,0 +1,17 @@
+"""``eigenlstm.nn``: the layers under torch.nn's names, so ``import eigenlstm.nn as nn`` ports code.
+
+``Module`` (module.py) is the base of ``LSTM`` (lstm.py, over the C++ engine), ``Linear``
+(linear.py), the seed's ``LSTMModel`` (model.py) and the Keras-style stack ``Sequential``
+(sequential.py); ``losses`` holds the loss functions, which return the loss and its gradient.
+"""
+
+from . import losses
+from .linear import Linear
+from .losses import cross_entropy, mse_loss
+from .lstm import LSTM
+from .model import LSTMModel
+from .module import Module
+from .sequential import Sequential
+
+__all__ = ["Module", "LSTM", "Linear", "LSTMModel", "Sequential", "losses", "mse_loss",
+           "cross_entropy"]

@@ -1,0 +1,773 @@
+"""``eigenlstm.Trainer``: mini-batch training of any module, with rollback, resume and checkpoints.
+
+The loop asks only for torch's module protocol plus an explicit backward: ``train``/``eval``,
+``model(x)`` (or ``model(x, lengths=...)``), ``backward(d_output)``, ``zero_grad``,
+``parameters``, ``state_dict``/``load_state_dict`` and ``get_extra_state``/``set_extra_state``
+(the dropout stream). Everything else a run owns (optimizer, schedule, shuffling RNG, epoch
+count, history) lives here, and goes into checkpoints through ``state_dict()``.
+"""
+# Sizes: N samples, B batch.
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import numbers
+import signal
+import threading
+import time
+import warnings
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from .. import io as _io
+from .. import optim as _optim
+from .._validation import as_real_array, check_lengths, check_positive_int
+from ..nn.losses import check_labels, cross_entropy, get_loss, mse_loss
+from ..optim import lr_scheduler as _sched
+from ..optim.clip import clip_grad_norm_
+from .callbacks import Callback, History
+
+__all__ = ["Trainer", "make_optimizer", "make_scheduler"]
+
+OPTIMIZERS = {"sgd": _optim.SGD, "adam": _optim.Adam, "adamw": _optim.AdamW}
+SCHEDULERS = {"step": _sched.StepLR, "steplr": _sched.StepLR, "cosine": _sched.CosineAnnealingLR,
+              "cosineannealinglr": _sched.CosineAnnealingLR}
+
+
+def make_optimizer(spec, params, lr: float, *, where: str = "make_optimizer") -> _optim.Optimizer:
+    """Build an optimizer from a name (``"sgd"``, ``"adam"``, ``"adamw"``) or return an instance.
+
+    Parameters
+    ----------
+    spec : str or Optimizer
+        The name, or an optimizer already built on ``params``.
+    params : Module or iterable of parameters
+    lr : float
+        Learning rate for a named optimizer.
+    where : str, optional
+        The public function to name in error messages.
+
+    Raises
+    ------
+    ValueError
+        On an unknown name.
+
+    Examples
+    --------
+    >>> import eigenlstm as el
+    >>> model = el.LSTMModel(2, 4, 1, seed=0)
+    >>> make_optimizer("adamw", model, lr=1e-3)
+    AdamW(lr=0.001, betas=[0.9, 0.999], eps=1e-08, weight_decay=0.01, amsgrad=False)
+    """
+    if isinstance(spec, _optim.Optimizer):
+        return spec
+    key = str(spec).lower()
+    if key not in OPTIMIZERS:
+        raise ValueError(
+            f"{where}: optimizer must be one of {sorted(OPTIMIZERS)} or an Optimizer, got {spec!r}"
+        )
+    return OPTIMIZERS[key](params, lr=lr)
+
+
+def make_scheduler(spec, optimizer: _optim.Optimizer, epochs: int, *,
+                   where: str = "make_scheduler") -> Optional[_sched.LRScheduler]:
+    """Build a per-epoch schedule from ``None``, a name, a ``(name, kwargs)`` pair or an instance.
+
+    ``"cosine"`` anneals over ``epochs`` (``T_max=epochs``); ``"step"`` decays by 10x every
+    third of the run (``step_size=max(1, epochs // 3)``). Pass ``("step", {"step_size": 5,
+    "gamma": 0.5})`` for other settings. ``where`` names the caller in error messages.
+
+    Raises
+    ------
+    ValueError
+        On an unknown name.
+
+    Examples
+    --------
+    >>> import numpy as np, eigenlstm as el
+    >>> opt = el.optim.SGD([(np.zeros(1), np.zeros(1))], lr=1.0)
+    >>> sched = make_scheduler(("step", {"step_size": 5, "gamma": 0.5}), opt, epochs=20)
+    >>> type(sched).__name__, sched.step_size, sched.gamma
+    ('StepLR', 5, 0.5)
+    """
+    if spec is None or isinstance(spec, _sched.LRScheduler):
+        return spec
+    name, kwargs = (spec, {}) if isinstance(spec, str) else (spec[0], dict(spec[1]))
+    key = str(name).lower()
+    if key not in SCHEDULERS:
+        raise ValueError(
+            f"{where}: lr_schedule must be one of ['cosine', 'step'], a (name, kwargs) "
+            f"pair or an LRScheduler, got {spec!r}"
+        )
+    cls = SCHEDULERS[key]
+    if cls is _sched.CosineAnnealingLR:
+        kwargs.setdefault("T_max", epochs)
+    else:
+        kwargs.setdefault("step_size", max(1, epochs // 3))
+    return cls(optimizer, **kwargs)
+
+
+class _Run:
+    """Everything ``fit(resume=True)`` and checkpoints need to continue a run exactly."""
+
+    def __init__(self, optimizer, scheduler, rng, history, epoch, settings):
+        self.optimizer = optimizer    # Optimizer bound to the model's parameters
+        self.scheduler = scheduler    # LRScheduler or None, stepped once per epoch
+        self.rng = rng                # np.random.Generator that shuffles the batches
+        self.history = history        # History of every epoch so far
+        self.epoch = epoch            # epochs completed
+        self.settings = settings      # loss name, batch_size, clip_grad_norm, shuffle
+
+
+class _EpochSnapshot:
+    """Copies of everything ``fit`` changes, taken at an epoch boundary to roll back to.
+
+    The optimizer is copied through the attributes every Optimizer has (``state``,
+    ``step_count``, ``lr``) and the scheduler through its attributes (``last_epoch``, ...), so
+    that a user-written subclass without ``state_dict`` support still trains. History is
+    append-only during ``fit``, so it is kept as lengths (truncating restores it) rather than
+    copied each epoch, which would cost O(epochs^2) over a long run.
+    """
+
+    def __init__(self, model, run: _Run) -> None:
+        h, opt = run.history, run.optimizer
+        self.weights = model.state_dict()                          # copies, torch names
+        self.extra_state = model.get_extra_state()                 # the dropout stream
+        self.opt_state = copy.deepcopy(opt.state)                  # per-parameter buffers
+        self.opt_step_count, self.opt_lr = opt.step_count, opt.lr
+        self.scheduler = None if run.scheduler is None else dict(vars(run.scheduler))
+        self.rng = run.rng.bit_generator.state                     # a fresh dict
+        self.history_lengths = {k: len(v) for k, v in h.history.items()}
+        self.history_epochs = len(h.epoch)
+        self.history_stop_reason = h.stop_reason
+        self.epoch = run.epoch
+
+    def restore(self, model, run: _Run) -> None:
+        model.load_state_dict(self.weights)
+        model.set_extra_state(self.extra_state)
+        opt = run.optimizer
+        opt.state[:] = self.opt_state  # used once: no need to copy again
+        opt.step_count, opt.lr = self.opt_step_count, self.opt_lr
+        if run.scheduler is not None:
+            vars(run.scheduler).update(self.scheduler)
+        run.rng.bit_generator.state = self.rng
+        h = run.history  # in place: the caller may hold this History or its lists
+        for key in list(h.history):
+            if key in self.history_lengths:
+                del h.history[key][self.history_lengths[key]:]
+            else:
+                del h.history[key]
+        del h.epoch[self.history_epochs:]
+        h.stop_reason = self.history_stop_reason
+        run.epoch = self.epoch
+        model.zero_grad()
+
+
+@contextlib.contextmanager
+def _sigint_held():
+    """Hold back Ctrl-C for the duration of the block; yields a list that records it.
+
+    Used while ``fit`` rolls the model back: a second Ctrl-C (users press it twice) must not
+    leave the model half restored. Only possible in the main thread, and only done when
+    Python's default handler is installed (a custom handler is the caller's business).
+    """
+    received: list = []
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield received
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _progress_bar(progress: bool, total: int):
+    """A tqdm bar, or a silent stand-in when ``progress`` is off or tqdm is not installed."""
+    if progress:
+        try:
+            from tqdm.auto import tqdm  # optional: the eigenlstm[cli] extra
+        except ImportError:
+            warnings.warn("progress=True needs tqdm (pip install 'eigenlstm[cli]'); training "
+                          "without a progress bar", RuntimeWarning, stacklevel=4)
+        else:
+            return tqdm(total=total, unit="batch", leave=True, dynamic_ncols=True)
+    return _NoBar()
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_description(self, text: str, refresh: bool = True) -> None:
+        pass
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Trainer:
+    r"""Trains a module on ``(x, y)`` with mini-batches: ``Trainer(model).fit(x, y)``.
+
+    Parameters
+    ----------
+    model : Module
+        Anything with torch's module protocol and an explicit backward: ``train()``,
+        ``eval()``, ``model(x)`` (and ``model(x, lengths=...)`` if ``lengths`` are given),
+        ``backward(d_output)``, ``zero_grad()``, ``parameters()``, ``state_dict()``,
+        ``load_state_dict()``, ``get_extra_state()`` and ``set_extra_state()``; for example
+        :class:`eigenlstm.LSTMModel` or :class:`eigenlstm.Sequential`.
+
+    Attributes
+    ----------
+    model : Module
+    optimizer : Optimizer or None
+        The optimizer of the current run (None before ``fit``).
+    scheduler : LRScheduler or None
+    history : History or None
+        Every epoch of the current run, across resumes.
+    epoch : int
+        Epochs completed in the current run.
+    stop_training : bool
+        Set it to True (from a callback) to stop after the current epoch.
+    stop_reason : str or None
+        Why the last ``fit`` ended before its last epoch.
+
+    Examples
+    --------
+    >>> import numpy as np, eigenlstm as el
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((256, 8, 1))
+    >>> y = x.sum(axis=1)
+    >>> trainer = el.Trainer(el.LSTMModel(1, 16, 1, seed=0))
+    >>> h = trainer.fit(x, y, epochs=20, lr=1e-2, progress=False, seed=0)
+    >>> h.history["loss"][-1] < h.history["loss"][0]
+    True
+    """
+
+    _PROTOCOL = ("train", "eval", "backward", "zero_grad", "parameters", "state_dict",
+                 "load_state_dict", "get_extra_state", "set_extra_state")
+
+    def __init__(self, model) -> None:
+        missing = [m for m in self._PROTOCOL if not callable(getattr(model, m, None))]
+        if missing or not callable(model):
+            raise TypeError(
+                f"Trainer: model must be a module with forward, {', '.join(self._PROTOCOL)}; "
+                f"got {type(model).__name__}, which lacks {missing or ['__call__']}"
+            )
+        self.model = model
+        self.stop_training = False
+        self.stop_reason: Optional[str] = None
+        self._run: Optional[_Run] = None
+
+    # ---- the current run -------------------------------------------------------------------
+    @property
+    def optimizer(self) -> Optional[_optim.Optimizer]:
+        return None if self._run is None else self._run.optimizer
+
+    @property
+    def scheduler(self) -> Optional[_sched.LRScheduler]:
+        return None if self._run is None else self._run.scheduler
+
+    @property
+    def history(self) -> Optional[History]:
+        return None if self._run is None else self._run.history
+
+    @property
+    def epoch(self) -> int:
+        return 0 if self._run is None else self._run.epoch
+
+    def __repr__(self) -> str:
+        return f"Trainer({type(self.model).__name__}, epoch={self.epoch}, optimizer={self.optimizer!r})"
+
+    # ---- data checks -----------------------------------------------------------------------
+    def _check_data(self, where: str, x, y, lengths, loss_name, suffix: str = ""):
+        """Convert and check one data set, all before anything is trained.
+
+        ``x`` is checked by the model itself: an evaluation-mode forward of the sequences with
+        the shortest and the longest length (of the first one without lengths) raises the
+        model's own error for a wrong shape or length, and gives the output shape that ``y``
+        must match.
+        """
+        dtype = getattr(self.model, "dtype", None)
+        x = as_real_array(where, f"x{suffix}", x, np.dtype(dtype) if dtype is not None else
+                          np.asarray(x).dtype if np.asarray(x).dtype.kind == "f" else np.float64)
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise ValueError(f"{where}: x{suffix} must hold at least one sample, got shape {x.shape}")
+        N = x.shape[0]
+        y_arr = np.asarray(y)
+        if y_arr.ndim == 0 or y_arr.shape[0] != N:
+            got = "a scalar" if y_arr.ndim == 0 else f"{y_arr.shape[0]}"
+            raise ValueError(
+                f"{where}: x{suffix} and y{suffix} must have the same number of samples, got {N} "
+                f"in x{suffix} and {got} in y{suffix}"
+            )
+        if lengths is not None:
+            lengths = check_lengths(where, f"lengths{suffix}", lengths, N, x.shape[1] if x.ndim > 1 else 0)
+            probe = np.unique([int(np.argmin(lengths)), int(np.argmax(lengths))])
+        else:
+            probe = np.array([0])
+        out = self._predict(x[probe], None if lengths is None else lengths[probe], None)
+        y = self._check_targets(where, f"y{suffix}", y_arr, N, out.shape[1:], loss_name, x.dtype)
+        return x, y, lengths
+
+    @staticmethod
+    def _check_targets(where, name, y, N, out_shape, loss_name, dtype):
+        if loss_name == "cross_entropy":
+            return check_labels(where, name, y, N, int(np.prod(out_shape)))
+        if y.dtype.kind not in "fiub":
+            raise TypeError(f"{where}: {name} must hold real numbers, got dtype {y.dtype}")
+        if loss_name is None:  # a callable loss checks its own targets
+            return y
+        if y.ndim == 1 and out_shape == (1,):
+            y = y[:, None]
+        if y.shape[1:] != out_shape:
+            raise ValueError(
+                f"{where}: {name} must have shape {(N,) + tuple(out_shape)} (samples, outputs), "
+                f"got {y.shape}"
+            )
+        return y.astype(dtype)
+
+    # ---- training --------------------------------------------------------------------------
+    def fit(self, x, y, *, epochs: int = 10, batch_size: int = 32, loss="mse", optimizer="adam",
+            lr: float = 1e-3, clip_grad_norm: Optional[float] = None, validation_data=None,
+            shuffle: bool = True, seed: Optional[int] = None, progress: bool = True,
+            callbacks: Optional[List[Callback]] = None, lengths=None, lr_schedule=None,
+            resume: bool = False) -> History:
+        """Train on ``(x, y)`` with mini-batches.
+
+        Parameters
+        ----------
+        x : array_like of shape (N, ...)
+            Inputs, ``(N, L, I)`` sequences for an LSTMModel.
+        y : array_like of shape (N, O) for "mse" ((N,) if O = 1), or int of shape (N,)
+            Targets, or class indices in [0, O) for "cross_entropy".
+        epochs : int, default 10
+            Epochs to run in this call (with ``resume=True``: epochs to add).
+        batch_size : int, default 32
+        loss : {"mse", "cross_entropy"} or callable, default "mse"
+            A callable takes ``(prediction, y_batch)`` and returns ``(value, gradient)``.
+        optimizer : {"adam", "adamw", "sgd"} or Optimizer, default "adam"
+            A name (built with ``lr``), or an optimizer built on the model's parameters.
+        lr : float, default 1e-3
+        clip_grad_norm : float, optional
+            Clip the global gradient norm of every batch to this value.
+        validation_data : tuple (x_val, y_val) or (x_val, y_val, lengths_val), optional
+            Evaluated after each epoch: adds ``val_loss`` (and ``val_accuracy`` for
+            cross-entropy) to the history.
+        shuffle : bool, default True
+            Reshuffle the samples each epoch.
+        seed : int, optional
+            Seeds the shuffling (the dropout masks are seeded by the model's own ``seed``).
+        progress : bool, default True
+            Show a tqdm progress bar with the loss and samples per second (needs the
+            ``eigenlstm[cli]`` extra; without tqdm a warning says so and training goes on).
+        callbacks : list of Callback, optional
+            E.g. ``[EarlyStopping(patience=5), ModelCheckpoint("run.npz")]``.
+        lengths : array_like of int of shape (N,), optional
+            Valid steps of each right-padded sequence, passed to ``model(x, lengths=...)``.
+        lr_schedule : {"cosine", "step"}, (name, kwargs), LRScheduler or None
+            Per-epoch learning-rate schedule (see :func:`make_scheduler`).
+        resume : bool, default False
+            Continue this trainer's run (or the run of the checkpoint it was loaded from with
+            :meth:`load`): the optimizer state, learning rate and schedule, shuffling RNG,
+            dropout stream, epoch count and history carry on, so training 2 + 2 epochs this
+            way gives bitwise the same weights as 4 epochs in one call. ``optimizer``,
+            ``lr``, ``lr_schedule`` and ``seed`` are then ignored, and ``loss``,
+            ``batch_size``, ``clip_grad_norm`` and ``shuffle`` must equal the original run's.
+
+        Returns
+        -------
+        History
+            ``history.history["loss"]`` etc., one value per epoch (all epochs of the run when
+            resuming). If a batch loss (or, with clipping, the gradient norm) is NaN or
+            infinite, training stops: a RuntimeWarning says where, ``history.stop_reason``
+            records it and the weights are put back to those of the end of the last completed
+            epoch (or of the start of this call). Such a run cannot be resumed exactly.
+
+        Raises
+        ------
+        ValueError
+            On shape or length mismatches between ``x``, ``y`` and ``lengths``, labels out
+            of range, ``resume=True`` with nothing to resume or different settings.
+        TypeError
+            On non-numeric data or non-integer labels.
+        KeyboardInterrupt
+            Re-raised after a Ctrl-C, once the model has been rolled back (see Notes); as is
+            any other exception from inside the loop (a callback's, a loss function's).
+
+        Notes
+        -----
+        **Interruption.** If the loop is stopped by an exception, ``KeyboardInterrupt``
+        (Ctrl-C) included, wherever it lands (the engine, the loss, an optimizer step
+        half applied, validation, a callback, a checkpoint being written), then
+
+        1. the model is rolled back to the end of the last completed epoch (to the start of
+           this call if none completed): weights, optimizer state and learning rate,
+           schedule, shuffling RNG, dropout stream, epoch count and history all describe that
+           epoch boundary, exactly as a checkpoint saved there would;
+        2. the progress bar is closed and the callbacks' ``on_train_end`` hooks run (so
+           ``EarlyStopping(restore_best_weights=True)`` still puts back its best weights);
+        3. ``trainer.stop_reason`` says what stopped training and where it was rolled back to;
+        4. the exception is re-raised, so Ctrl-C stops the program as Python users expect
+           (catch ``KeyboardInterrupt`` around ``fit`` to carry on).
+
+        Rolling back, rather than keeping the weights of the last optimizer step, is what
+        makes ``fit(..., resume=True)`` correct afterwards: a partial epoch's weights,
+        optimizer moments, shuffling order and dropout stream cannot be continued, while from
+        the epoch boundary the resumed run is bitwise the uninterrupted one (a Ctrl-C in
+        epoch ``k`` costs only the work of epoch ``k``). A second Ctrl-C during the rollback
+        (which takes a copy's time) is held until it is done.
+
+        Nothing of an interrupted epoch is ever written: ``ModelCheckpoint`` saves only in
+        ``on_epoch_end``, after an epoch completed, and a save interrupted halfway leaves the
+        previous file intact (:func:`eigenlstm.save` writes a temp file and renames it).
+        """
+        where = "Trainer.fit"
+        epochs = check_positive_int(where, "epochs", epochs, minimum=0)
+        batch_size = check_positive_int(where, "batch_size", batch_size)
+        if clip_grad_norm is not None and (
+                isinstance(clip_grad_norm, bool) or not isinstance(clip_grad_norm, numbers.Real)
+                or not clip_grad_norm > 0):
+            raise ValueError(f"{where}: clip_grad_norm must be a float > 0 or None, got {clip_grad_norm!r}")
+        loss_fn = get_loss(loss, where=where)
+        loss_name = {mse_loss: "mse", cross_entropy: "cross_entropy"}.get(loss_fn)
+        x, y, lengths = self._check_data(where, x, y, lengths, loss_name)
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise TypeError(
+                    f"{where}: validation_data must be a tuple (x_val, y_val) or "
+                    f"(x_val, y_val, lengths_val), got {type(validation_data).__name__}"
+                )
+            xv, yv, lv = (tuple(validation_data) + (None,))[:3]
+            val = self._check_data(where, xv, yv, lv, loss_name, suffix="_val")
+        settings = {"loss": loss_name, "batch_size": batch_size,
+                    "clip_grad_norm": None if clip_grad_norm is None else float(clip_grad_norm),
+                    "shuffle": bool(shuffle)}
+
+        if resume:
+            run = self._run
+            if run is None:
+                raise ValueError(
+                    f"{where}: resume=True but this trainer has no run to resume; train with "
+                    "fit first or load a checkpoint saved after training with Trainer.load"
+                )
+            for key, value in settings.items():
+                old = run.settings.get(key)
+                if key == "loss" and (old is None or value is None):
+                    continue
+                if old != value:
+                    raise ValueError(
+                        f"{where}: resume=True continues a run that used {key}={old!r}, got "
+                        f"{key}={value!r}; pass the original settings"
+                    )
+        else:
+            opt = make_optimizer(optimizer, self.model, lr, where=where)
+            if not opt.updates(self.model):
+                raise ValueError(f"{where}: optimizer must be built on this model's parameters")
+            sched = make_scheduler(lr_schedule, opt, max(epochs, 1), where=where)
+            run = _Run(opt, sched, np.random.default_rng(seed), History(), 0, settings)
+            self._run = run
+
+        return self._loop(x, y, lengths, val, loss_fn, loss_name, run, epochs, progress,
+                          list(callbacks or []))
+
+    def _forward(self, x, lengths):
+        return self.model(x) if lengths is None else self.model(x, lengths=lengths)
+
+    def _loop(self, x, y, lengths, val, loss_fn, loss_name, run, epochs, progress, callbacks):
+        model = self.model
+        N = x.shape[0]
+        bs = run.settings["batch_size"]
+        clip = run.settings["clip_grad_norm"]
+        n_batches = math.ceil(N / bs)
+        opt, history = run.optimizer, run.history
+        self.stop_training, self.stop_reason = False, None
+        for cb in callbacks:
+            cb.set_trainer(self)
+            cb.on_train_begin({})
+        model.train()
+        # What an interruption (or divergence) rolls back to: the last epoch boundary. It is
+        # replaced by one assignment at the end of each epoch, so it is never half updated.
+        snapshot = _EpochSnapshot(model, run)
+        first_epoch = e = run.epoch
+        bar = None
+        seen, t0 = 0, time.perf_counter()
+        # Overflow on the way to a non-finite loss is reported once, by _diverged.
+        with np.errstate(over="ignore", invalid="ignore"):
+            try:
+                bar = _progress_bar(progress, epochs * n_batches)
+                for e in range(first_epoch, first_epoch + epochs):
+                    for cb in callbacks:
+                        cb.on_epoch_begin(e)
+                    bar.set_description(f"epoch {e + 1}/{first_epoch + epochs}", refresh=False)
+                    order = run.rng.permutation(N) if run.settings["shuffle"] else np.arange(N)
+                    total = 0.0
+                    for b in range(n_batches):
+                        idx = order[b * bs:(b + 1) * bs]
+                        model.zero_grad()
+                        pred = self._forward(x[idx], None if lengths is None else lengths[idx])
+                        value, grad = loss_fn(pred, y[idx])
+                        value = float(value)
+                        if not math.isfinite(value):
+                            self._diverged(f"the loss is {value} at epoch {e + 1}, batch {b + 1}",
+                                           snapshot.weights, history)
+                            return history
+                        model.backward(grad)
+                        if clip is not None:
+                            norm = clip_grad_norm_(model, clip)
+                            if not math.isfinite(norm):
+                                self._diverged(f"the gradient norm is {norm} at epoch {e + 1}, "
+                                               f"batch {b + 1}", snapshot.weights, history)
+                                return history
+                        opt.step()
+                        total += value * len(idx)
+                        seen += len(idx)
+                        for cb in callbacks:
+                            cb.on_batch_end(b, {"loss": value, "size": len(idx)})
+                        bar.update(1)
+                        rate = seen / max(time.perf_counter() - t0, 1e-9)
+                        bar.set_postfix_str(f"loss={total / min(N, (b + 1) * bs):.4g}, {rate:.0f} seq/s",
+                                            refresh=False)
+                    if not all(np.isfinite(p).all() for p in _values(model.parameters())):
+                        self._diverged(f"the weights became NaN or infinite during epoch {e + 1}",
+                                       snapshot.weights, history)
+                        return history
+                    logs = {"loss": total / N}
+                    if val is not None:
+                        metrics = self._evaluate(val[0], val[1], val[2], loss_fn, loss_name, None)
+                        logs.update({f"val_{k}": v for k, v in metrics.items()})
+                    if run.scheduler is not None:
+                        run.scheduler.step()
+                    history.append(e, logs)
+                    run.epoch = e + 1
+                    snapshot = _EpochSnapshot(model, run)  # epoch e is complete
+                    bar.set_postfix_str(
+                        ", ".join(f"{k}={v:.4g}" for k, v in logs.items())
+                        + f", {seen / max(time.perf_counter() - t0, 1e-9):.0f} seq/s", refresh=False)
+                    for cb in callbacks:
+                        cb.on_epoch_end(e, logs)
+                    if self.stop_training:
+                        history.stop_reason = self.stop_reason or "stopped by a callback"
+                        break
+            except BaseException as exc:
+                self._interrupted(exc, snapshot, run, e)
+                raise
+            finally:
+                if bar is not None:
+                    bar.close()
+                for cb in callbacks:
+                    cb.on_train_end({})
+        return history
+
+    def _interrupted(self, exc: BaseException, snapshot: _EpochSnapshot, run: _Run,
+                     epoch: int) -> None:
+        # Roll back to the last epoch boundary (see fit's Notes), with Ctrl-C held meanwhile.
+        with _sigint_held() as held:
+            snapshot.restore(self.model, run)
+        done = f"the end of epoch {snapshot.epoch}" if snapshot.epoch else "the start of training"
+        what = "interrupted (KeyboardInterrupt)" if isinstance(exc, KeyboardInterrupt) else (
+            f"stopped by {type(exc).__name__}")
+        self.stop_training = True
+        self.stop_reason = (f"Trainer.fit: {what} during epoch {epoch + 1}; the model was "
+                            f"rolled back to {done}")
+        if held and not isinstance(exc, KeyboardInterrupt):
+            raise KeyboardInterrupt from exc  # the Ctrl-C held during the rollback
+
+    def _diverged(self, what: str, last_good, history: History) -> None:
+        # Put back the weights of the end of the last completed epoch (the start of this fit if
+        # none), so that the weights match the history and are never NaN or absurdly large.
+        self.model.load_state_dict(last_good)
+        done = f"the end of epoch {history.epoch[-1] + 1}" if history.epoch else "the start of fit"
+        msg = (f"Trainer.fit: {what}; training stopped and the weights were restored to those "
+               f"of {done}. Try a smaller lr or clip_grad_norm.")
+        self.stop_training, self.stop_reason = True, msg
+        history.stop_reason = msg
+        self.model.zero_grad()
+        warnings.warn(msg, RuntimeWarning, stacklevel=4)
+
+    # ---- evaluation ------------------------------------------------------------------------
+    def _predict(self, x, lengths, batch_size: Optional[int]) -> np.ndarray:
+        """Outputs in evaluation mode, ``batch_size`` samples per call; the mode is restored."""
+        model = self.model
+        N = x.shape[0]
+        bs = N if batch_size is None else batch_size
+        was_training = model.training
+        model.eval()
+        try:
+            parts = [self._forward(x[i:i + bs], None if lengths is None else lengths[i:i + bs])
+                     for i in range(0, N, max(bs, 1))]
+        finally:
+            model.train(was_training)
+        return np.concatenate(parts)
+
+    def evaluate(self, x, y, *, loss=None, batch_size: Optional[int] = None, lengths=None) -> dict:
+        """Loss (and accuracy, for cross-entropy) on ``(x, y)`` in evaluation mode.
+
+        Parameters
+        ----------
+        x : array_like of shape (N, ...)
+        y : array_like
+            Targets as for ``fit``.
+        loss : {"mse", "cross_entropy"} or callable, optional
+            Defaults to the loss of the current run (``"mse"`` if none).
+        batch_size : int, optional
+            Samples per forward call (all at once when None).
+        lengths : array_like of int of shape (N,), optional
+
+        Returns
+        -------
+        dict
+            ``{"loss": float}``, plus ``"accuracy"`` for cross-entropy.
+
+        Raises
+        ------
+        ValueError
+            On mismatched shapes or labels out of range.
+
+        Examples
+        --------
+        >>> import numpy as np, eigenlstm as el
+        >>> trainer = el.Trainer(el.LSTMModel(3, 8, 4, seed=0))
+        >>> sorted(trainer.evaluate(np.zeros((10, 5, 3)), np.arange(10) % 4, loss="cross_entropy"))
+        ['accuracy', 'loss']
+        """
+        where = "Trainer.evaluate"
+        if loss is None:
+            run = self._run
+            loss = run.settings["loss"] if run is not None and run.settings["loss"] else "mse"
+        loss_fn = get_loss(loss, where=where)
+        loss_name = {mse_loss: "mse", cross_entropy: "cross_entropy"}.get(loss_fn)
+        if batch_size is not None:
+            batch_size = check_positive_int(where, "batch_size", batch_size)
+        x, y, lengths = self._check_data(where, x, y, lengths, loss_name)
+        return self._evaluate(x, y, lengths, loss_fn, loss_name, batch_size)
+
+    def _evaluate(self, x, y, lengths, loss_fn, loss_name, batch_size) -> dict:
+        pred = self._predict(x, lengths, batch_size)
+        value, _ = loss_fn(pred, y)
+        out = {"loss": float(value)}
+        if loss_name == "cross_entropy":
+            out["accuracy"] = float(np.mean(pred.argmax(axis=1) == y))
+        return out
+
+    # ---- state and checkpoints -------------------------------------------------------------
+    def state_dict(self) -> Optional[Dict[str, Any]]:
+        """The run's state, or None before ``fit``: what a checkpoint needs to resume exactly.
+
+        Returns
+        -------
+        dict or None
+            ``{"optimizer": {"name", "hyperparameters", "step_count", "state"}, "scheduler",
+            "rng_state", "epoch", "history", "settings"}``: the optimizer's buffers as
+            ``state[buffer][state_dict name]`` arrays in torch layout, everything else
+            JSON-ready.
+        """
+        run = self._run
+        if run is None:
+            return None
+        opt_sd = run.optimizer.state_dict()
+        keys = sorted(opt_sd["state"][0]) if opt_sd["state"] else []
+        if any(sorted(s) != keys for s in opt_sd["state"]):
+            raise ValueError("Trainer.state_dict: the optimizer's per-parameter states differ in keys")
+        named = {key: self.model.name_parameter_arrays([s[key] for s in opt_sd["state"]])
+                 for key in keys}
+        return {
+            "optimizer": dict(opt_sd, state=named),
+            "scheduler": None if run.scheduler is None else run.scheduler.state_dict(),
+            "rng_state": run.rng.bit_generator.state,
+            "epoch": run.epoch,
+            "history": run.history.to_dict(),
+            "settings": dict(run.settings),
+        }
+
+    def load_state_dict(self, state: Optional[Dict[str, Any]]) -> None:
+        """Restore a run saved with ``state_dict()`` (None clears it); all or nothing.
+
+        Raises
+        ------
+        ValueError
+            If the state does not fit this trainer's model.
+        """
+        where = "Trainer.load_state_dict"
+        if state is None:
+            self._run = None
+            return
+        try:
+            ometa = dict(state["optimizer"])
+            per_param: List[Dict[str, np.ndarray]] = [{} for _ in self.model.parameters()]
+            for key, named in dict(ometa["state"]).items():
+                for i, arr in enumerate(self.model.parameter_arrays_from_names(named)):
+                    per_param[i][key] = arr
+            ometa["state"] = per_param
+            name = str(ometa.get("name", "")).lower()
+            if name not in OPTIMIZERS:
+                raise ValueError(f"unknown optimizer {ometa.get('name')!r}")
+            opt = OPTIMIZERS[name](self.model, **dict(ometa["hyperparameters"]))
+            opt.load_state_dict(ometa)
+            sched = None
+            if state["scheduler"] is not None:
+                sname = str(state["scheduler"].get("name", "")).lower()
+                if sname not in SCHEDULERS:
+                    raise ValueError(f"unknown schedule {state['scheduler'].get('name')!r}")
+                sched = SCHEDULERS[sname](opt, **dict(state["scheduler"]["hyperparameters"]))
+                sched.load_state_dict(state["scheduler"])
+            rng = np.random.Generator(np.random.PCG64())
+            rng.bit_generator.state = state["rng_state"]
+            h = state["history"]
+            history = History(h["history"], h["epoch"], h.get("stop_reason"))
+            run = _Run(opt, sched, rng, history, int(state["epoch"]), dict(state["settings"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: not a training state of this model ({exc})") from exc
+        self._run = run
+
+    def save(self, path, *, metadata: Optional[dict] = None) -> None:
+        """Write the model and this run to one checkpoint (see :func:`eigenlstm.save`).
+
+        ``Trainer.load(path).fit(..., resume=True)`` then continues bitwise as if never
+        interrupted.
+        """
+        _io.save(self.model, path, metadata=metadata, training=self.state_dict())
+
+    @classmethod
+    def load(cls, path) -> "Trainer":
+        """Read a checkpoint: a trainer on its model, with its run if it was saved after training.
+
+        Raises
+        ------
+        FileNotFoundError, ValueError
+            As :func:`eigenlstm.load`.
+
+        Examples
+        --------
+        >>> import os, tempfile, numpy as np, eigenlstm as el
+        >>> rng = np.random.default_rng(0)
+        >>> x, y = rng.standard_normal((32, 4, 2)), rng.standard_normal(32)
+        >>> trainer = el.Trainer(el.LSTMModel(2, 8, 1, seed=0))
+        >>> _ = trainer.fit(x, y, epochs=2, progress=False, seed=0)
+        >>> path = os.path.join(tempfile.mkdtemp(), "run.npz")
+        >>> trainer.save(path)
+        >>> el.Trainer.load(path).epoch
+        2
+        """
+        model, training = _io.load(path, with_training=True)
+        trainer = cls(model)
+        try:
+            trainer.load_state_dict(training)
+        except ValueError as exc:
+            raise ValueError(f"Trainer.load: {path} is not a valid eigenlstm checkpoint "
+                             f"(inconsistent training state: {exc})") from exc
+        return trainer
+
+
+def _values(params):
+    """The arrays of ``parameters()``, whether it yields arrays or (value, gradient) pairs."""
+    return [p[0] if isinstance(p, tuple) else p for p in params]
