@@ -8,6 +8,7 @@ runs before anything is printed, and every error names the command (``eigenlstm 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -176,6 +177,13 @@ def _train(args, parser) -> int:
         _positive(parser, name.replace("_", "-"), getattr(args, name), minimum=0)
     if not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
+    # Before any training: the plot and the progress bar need the eigenlstm[cli] extra.
+    missing = [m for m, wanted in (("matplotlib", not args.no_plot), ("tqdm", not args.no_progress))
+               if wanted and importlib.util.find_spec(m) is None]
+    if missing:
+        flags = " and ".join({"matplotlib": "--no-plot", "tqdm": "--no-progress"}[m] for m in missing)
+        parser.error(f"{' and '.join(missing)} not installed: pip install 'eigenlstm[cli]', or "
+                     f"pass {flags}")
     if args.threads:
         before = get_num_threads()
         set_num_threads(args.threads)
