@@ -355,12 +355,26 @@ class LSTM(Module):
             y = y.transpose(1, 0, 2)
         return y, (h_n, c_n)
 
-    def _forward_last(self, x, lengths, weight, bias) -> np.ndarray:
-        """Eval forward from zero states, then ``out[n] = y[n, last_n] @ weight.T + bias``.
+    def forward_last(self, x, weight, bias=None, *, lengths=None) -> np.ndarray:
+        """Evaluation-mode forward from zero states, read through a linear layer at the last step.
 
-        The inference path of ``LSTMModel``: one engine call that returns only ``(N, O)``.
-        ``x`` (batched, in the module's layout and dtype), ``lengths`` (int64, in [1, T]) and
-        the Linear's ``weight`` (O, D*H_out) and ``bias`` (O,) or None are already validated.
+        ``out[n] = y[n, last_n] @ weight.T + bias`` with ``last_n = lengths[n] - 1`` (``T - 1``
+        without lengths), in one engine call that never builds the ``(T, N, D*H_out)`` output:
+        the inference path of ``LSTMModel``, whose own checks run before it. This method
+        leaves the checks to the engine (shapes and lengths are checked there before any
+        memory is touched; errors name the argument, the expected and the given value).
+
+        Parameters
+        ----------
+        x : ndarray of shape (T, N, I), or (N, T, I) if batch_first
+        weight : ndarray of shape (O, D*H_out)
+        bias : ndarray of shape (O,), optional
+        lengths : ndarray of int64 of shape (N,), optional
+            In [1, T].
+
+        Returns
+        -------
+        ndarray of shape (N, O)
         """
         return self._engine.forward_last(x, lengths, weight, bias, self.batch_first)
 

@@ -169,7 +169,7 @@ class LSTMModel(Module):
             lengths = check_lengths(where, "lengths", lengths, x.shape[0], x.shape[1], minimum=1)
         if not self.training:  # inference: one engine call, no (N, L, D*H) output array
             self._last = None
-            return self.lstm._forward_last(x, lengths, self.fc.weight, self.fc.bias)
+            return self.lstm.forward_last(x, self.fc.weight, self.fc.bias, lengths=lengths)
         N, L, _ = x.shape
         out, _ = self.lstm(x, lengths=lengths)
         if lengths is None:  # the common case: a view, no gather
