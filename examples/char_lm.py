@@ -49,8 +49,9 @@ def train(epochs: int = 40, seed: int = 0, progress: bool = True):
     """Train the model; returns (model, vocab, history)."""
     x, y, vocab = dataset(zen_text())
     model = el.LSTMModel(input_size=len(vocab), hidden_size=96, output_size=len(vocab), seed=seed)
-    history = model.fit(x, y, epochs=epochs, batch_size=64, loss="cross_entropy", lr=1e-2,
-                        lr_schedule="cosine", clip_grad_norm=1.0, seed=seed, progress=progress)
+    trainer = el.Trainer(model)
+    history = trainer.fit(x, y, epochs=epochs, batch_size=64, loss="cross_entropy", lr=1e-2,
+                          lr_schedule="cosine", clip_grad_norm=1.0, seed=seed, progress=progress)
     return model, vocab, history
 
 

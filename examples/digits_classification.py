@@ -1,7 +1,7 @@
 """Classify scikit-learn's bundled 8x8 digits with an LSTM: the 8 image rows are 8 time steps.
 
-Uses ``el.LSTMModel`` with the cross-entropy loss, a validation split, early stopping and a
-cosine schedule; nothing is downloaded. Run: ``python examples/digits_classification.py``.
+Trains ``el.LSTMModel`` with ``el.Trainer``: the cross-entropy loss, a validation split, early
+stopping and a cosine schedule; nothing is downloaded. Run: ``python examples/digits_classification.py``.
 """
 
 import numpy as np
@@ -24,12 +24,13 @@ def train(seed=0, epochs=40, progress=True):
     x_train, x_test, y_train, y_test = load(seed)
     model = el.LSTMModel(input_size=8, hidden_size=64, output_size=10, seed=seed)
     stop = el.EarlyStopping(monitor="val_loss", patience=8, restore_best_weights=True)
-    history = model.fit(
+    trainer = el.Trainer(model)
+    history = trainer.fit(
         x_train, y_train, epochs=epochs, batch_size=32, loss="cross_entropy", lr=1e-2,
         lr_schedule="cosine", clip_grad_norm=1.0, validation_data=(x_test, y_test),
         callbacks=[stop], seed=seed, progress=progress,
     )
-    accuracy = model.evaluate(x_test, y_test, loss="cross_entropy")["accuracy"]
+    accuracy = trainer.evaluate(x_test, y_test)["accuracy"]  # the run's loss: cross-entropy
     return model, history, accuracy
 
 

@@ -3,7 +3,7 @@
 1. Keras (torch backend) trains an LSTM -> Dense forecaster of a sine wave and saves it (.keras).
 2. ``el.keras.load`` reads it (no Keras needed) as an ``el.LSTMModel`` that predicts what Keras
    predicts.
-3. ``fit`` fine-tunes it on a shifted wave (another frequency and amplitude).
+3. ``el.Trainer(model).fit`` fine-tunes it on a shifted wave (another frequency and amplitude).
 4. ``el.onnx.export`` writes it as ONNX, and ONNX Runtime serves it with eigenlstm's outputs.
 
 Run: ``python examples/keras_to_onnx.py [OUT_DIR]`` (default runs/keras_to_onnx). Needs keras,
@@ -58,9 +58,10 @@ def main(out_dir="runs/keras_to_onnx", keras_epochs=8, finetune_epochs=15, verbo
     # 3. Fine-tune on a shifted wave.
     x_new, y_new = windows(freq=0.45, amp=1.5, n=512, seed=2)
     x_val, y_val = windows(freq=0.45, amp=1.5, n=128, seed=3)
-    before = model.evaluate(x_val, y_val)["loss"]
-    model.fit(x_new, y_new, epochs=finetune_epochs, batch_size=32, lr=3e-3, seed=0, progress=False)
-    after = model.evaluate(x_val, y_val)["loss"]
+    trainer = el.Trainer(model)
+    before = trainer.evaluate(x_val, y_val)["loss"]
+    trainer.fit(x_new, y_new, epochs=finetune_epochs, batch_size=32, lr=3e-3, seed=0, progress=False)
+    after = trainer.evaluate(x_val, y_val)["loss"]
     say(f"held-out MSE on the shifted wave: {before:.4f} before fine-tuning, {after:.4f} after")
 
     # 4. Export to ONNX and serve with ONNX Runtime.

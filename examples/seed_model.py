@@ -13,7 +13,7 @@ import eigenlstm.nn as nn  # in place of: import torch; import torch.nn as nn
 # 定义 LSTM 模型 (define the LSTM model)
 class LSTMModel(nn.Module):
     def __init__(self, input_size, hidden_size, output_size, num_layers=1):
-        super(LSTMModel, self).__init__()
+        super().__init__()
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         # LSTM 层 (LSTM layer)
@@ -38,8 +38,8 @@ x = np.random.randn(5, 7, 10).astype(np.float32)  # (batch=5, seq_len=7, input_s
 y = model(x)
 print(y.shape)  # 输出: (5, 2)
 
-# The same model ships as el.LSTMModel, with backward, fit, predict and checkpoints; its
-# state_dict keys are the seed's (lstm.weight_ih_l0, ..., fc.weight, fc.bias).
+# The same model ships as el.LSTMModel, with backward, predict and checkpoints (el.Trainer
+# trains it); its state_dict keys are the seed's (lstm.weight_ih_l0, ..., fc.weight, fc.bias).
 builtin = el.LSTMModel(input_size=10, hidden_size=20, output_size=2)
 builtin.load_state_dict(model.state_dict())
 assert np.allclose(builtin(x), y, rtol=1e-6, atol=1e-6)
