@@ -12,12 +12,8 @@ import numpy as np
 import pytest
 
 import eigenlstm as el
-from eigenlstm import checkpoint
-
-
-
+from eigenlstm.io import checkpoint
 from training_task import new_model, task  # noqa: E402
-
 
 FIT = dict(batch_size=16, lr=1e-2, optimizer="adam", clip_grad_norm=1.0,
            lr_schedule=("cosine", {"T_max": 4}), progress=False)
@@ -32,44 +28,75 @@ def assert_same_weights(a, b):
 
 @pytest.fixture
 def trained(tmp_path):
+    """A trainer after 2 epochs, and the checkpoint of its model and run."""
     x, y = task()
-    model = new_model()
-    model.fit(x, y, epochs=2, seed=3, **FIT)
+    trainer = el.Trainer(new_model())
+    trainer.fit(x, y, epochs=2, seed=3, **FIT)
     path = tmp_path / "model.npz"
-    model.save(path, metadata={"note": "two epochs"})
-    return model, path
+    trainer.save(path, metadata={"note": "two epochs"})
+    return trainer, path
 
 
 # ---- round trip and resume ---------------------------------------------------------------------
 def test_load_returns_the_same_config_weights_metadata_and_predictions(trained):
-    model, path = trained
+    trainer, path = trained
+    model = trainer.model
     loaded = el.load(path)
+    assert type(loaded) is el.LSTMModel
     assert loaded.config() == model.config()
     assert loaded.metadata == {"note": "two epochs"}
     assert_same_weights(loaded, model)
     x, _ = task(N=5, seed=1)
     assert np.array_equal(loaded.predict(x), model.predict(x))
-    assert loaded.history.history == model.history.history
-    assert loaded.optimizer.state_dict()["step_count"] == model.optimizer.state_dict()["step_count"]
+    assert loaded.lstm.dropout_state == model.lstm.dropout_state
+
+
+def test_trainer_load_returns_the_model_and_the_run_of_a_trainer_save(trained):
+    trainer, path = trained
+    loaded = el.Trainer.load(path)
+    assert isinstance(loaded, el.Trainer) and loaded.epoch == 2
+    assert loaded.model.metadata == {"note": "two epochs"}
+    assert_same_weights(loaded.model, trainer.model)
+    assert loaded.history.history == trainer.history.history
+    assert loaded.history.epoch == trainer.history.epoch == [0, 1]
+    assert loaded.optimizer.state_dict()["step_count"] == trainer.optimizer.state_dict()["step_count"]
+    assert type(loaded.optimizer) is type(trainer.optimizer)
+    assert type(loaded.scheduler) is type(trainer.scheduler)
+    assert loaded.scheduler.state_dict() == trainer.scheduler.state_dict()
+
+
+def test_io_load_with_training_returns_the_model_and_the_run_state(trained):
+    trainer, path = trained
+    model, run = el.io.load(path, with_training=True)
+    assert_same_weights(model, trainer.model)
+    expected = trainer.state_dict()
+    assert run["epoch"] == expected["epoch"] == 2
+    assert run["history"] == expected["history"]
+    assert run["settings"] == expected["settings"]
+    assert run["optimizer"]["step_count"] == expected["optimizer"]["step_count"]
+    assert sorted(run["optimizer"]["state"]) == sorted(expected["optimizer"]["state"])
+    for buffer, named in expected["optimizer"]["state"].items():
+        for name, value in named.items():
+            assert np.array_equal(run["optimizer"]["state"][buffer][name], value), (buffer, name)
 
 
 def test_resume_after_save_and_load_is_bitwise_identical_to_training_straight_through(tmp_path):
     x, y = task()
-    straight = new_model()
+    straight = el.Trainer(new_model())
     h_straight = straight.fit(x, y, epochs=4, seed=3, **FIT)
 
-    first = new_model()
+    first = el.Trainer(new_model())
     first.fit(x, y, epochs=2, seed=3, **FIT)
     first.save(tmp_path / "half.npz")
     del first
-    resumed = el.load(tmp_path / "half.npz")
+    resumed = el.Trainer.load(tmp_path / "half.npz")
     h_resumed = resumed.fit(x, y, epochs=2, resume=True, **FIT)
 
-    assert_same_weights(resumed, straight)
+    assert_same_weights(resumed.model, straight.model)
     assert h_resumed.history == h_straight.history
     assert h_resumed.epoch == [0, 1, 2, 3]
     assert resumed.optimizer.lr == straight.optimizer.lr
-    assert resumed.lstm.dropout_state == straight.lstm.dropout_state
+    assert resumed.model.lstm.dropout_state == straight.model.lstm.dropout_state
     for a, b in zip(resumed.optimizer.state, straight.optimizer.state):
         for key in a:
             assert np.array_equal(a[key], b[key]), key
@@ -77,12 +104,12 @@ def test_resume_after_save_and_load_is_bitwise_identical_to_training_straight_th
 
 def test_resume_in_the_same_process_equals_training_straight_through():
     x, y = task()
-    straight = new_model()
+    straight = el.Trainer(new_model())
     straight.fit(x, y, epochs=3, seed=1, **FIT)
-    parts = new_model()
+    parts = el.Trainer(new_model())
     parts.fit(x, y, epochs=1, seed=1, **FIT)
     parts.fit(x, y, epochs=2, resume=True, **FIT)
-    assert_same_weights(parts, straight)
+    assert_same_weights(parts.model, straight.model)
 
 
 def test_optimizer_state_is_stored_under_torch_names_and_shapes(trained):
@@ -97,17 +124,31 @@ def test_optimizer_state_is_stored_under_torch_names_and_shapes(trained):
     assert meta["config"]["num_layers"] == 2 and meta["training"]["epoch"] == 2
 
 
-def test_an_untrained_model_saves_and_loads_without_training_state(tmp_path):
+def test_an_untrained_model_saves_and_loads_without_training_state(tmp_path, trained):
     model = el.LSTMModel(2, 3, 1, dtype=np.float64, seed=0)
-    model.save(tmp_path / "fresh.npz")
+    el.save(model, tmp_path / "fresh.npz")
     loaded = el.load(tmp_path / "fresh.npz")
-    assert loaded.optimizer is None and loaded.dtype == np.float64
+    assert loaded.dtype == np.float64
     assert_same_weights(loaded, model)
+    assert el.io.load(tmp_path / "fresh.npz", with_training=True)[1] is None
+    assert el.Trainer.load(tmp_path / "fresh.npz").optimizer is None
+    # el.save writes the model only, even the model of a trained run
+    trainer, _ = trained
+    el.save(trainer.model, tmp_path / "model_only.npz")
+    assert el.io.load(tmp_path / "model_only.npz", with_training=True)[1] is None
+
+
+def test_an_untrained_trainer_saves_its_model_without_training_state(tmp_path):
+    trainer = el.Trainer(el.LSTMModel(2, 3, 1, seed=0))
+    trainer.save(tmp_path / "fresh.npz")
+    loaded = el.Trainer.load(tmp_path / "fresh.npz")
+    assert loaded.optimizer is None and loaded.history is None and loaded.epoch == 0
+    assert_same_weights(loaded.model, trainer.model)
 
 
 # ---- atomic writes ----------------------------------------------------------------------------
 def test_a_failure_during_save_leaves_the_previous_file_intact_and_no_temp_file(trained, monkeypatch):
-    model, path = trained
+    trainer, path = trained
     before = path.read_bytes()
 
     def crash_midway(f, **arrays):
@@ -115,22 +156,27 @@ def test_a_failure_during_save_leaves_the_previous_file_intact_and_no_temp_file(
         raise OSError("disk full (simulated)")
 
     monkeypatch.setattr(checkpoint.np, "savez", crash_midway)
-    model.fit(*task(), epochs=1, resume=True, **FIT)
+    trainer.fit(*task(), epochs=1, resume=True, **FIT)
     with pytest.raises(OSError, match="disk full"):
-        model.save(path)
+        trainer.save(path)
+    with pytest.raises(OSError, match="disk full"):
+        el.save(trainer.model, path)
     assert path.read_bytes() == before
     assert sorted(os.listdir(path.parent)) == ["model.npz"]
-    assert el.load(path).history.epoch == [0, 1]
+    assert el.Trainer.load(path).history.epoch == [0, 1]
 
 
 def test_save_refuses_nan_weights_and_keeps_the_good_checkpoint(trained):
-    model, path = trained
+    trainer, path = trained
+    model = trainer.model
     before = path.read_bytes()
     state = model.state_dict()
     state["fc.weight"][0, 0] = np.nan
     model.load_state_dict(state)
     with pytest.raises(ValueError, match=r"eigenlstm.save: refusing to write .*model.npz: weights \['fc.weight'\] hold NaN"):
-        model.save(path)
+        trainer.save(path)
+    with pytest.raises(ValueError, match=r"eigenlstm.save: refusing to write .*model.npz: weights \['fc.weight'\] hold NaN"):
+        el.save(model, path)
     assert path.read_bytes() == before
 
 
