@@ -12,10 +12,8 @@ import pytest
 import torch  # a hard import on purpose: the torch witness must never be silently skipped
 
 import eigenlstm as el
-from eigenlstm.optim import (
-    Adam, AdamW, CosineAnnealingLR, SGD, StepLR, clip_grad_norm, make_optimizer,
-    optimizer_from_state_dict,
-)
+from eigenlstm.optim import Adam, AdamW, CosineAnnealingLR, SGD, StepLR, clip_grad_norm_
+from eigenlstm.training import make_optimizer, make_scheduler
 
 STEPS = 6
 SHAPES = [(4, 3), (5,), (2, 2, 2)]
@@ -119,7 +117,9 @@ def test_optimizer_state_dict_restores_an_identical_continuation(name):
             g[...] = new
         a.step()
     b_pairs = [(p.copy(), g.copy()) for p, g in a_pairs]
-    b = optimizer_from_state_dict(b_pairs, a.state_dict())
+    b = ours_cls(b_pairs)  # default hyperparameters: load_state_dict restores a's
+    b.load_state_dict(a.state_dict())
+    assert b.state_dict()["hyperparameters"] == a.state_dict()["hyperparameters"]
     for step_grads in grads[3:]:
         for (_, ga), (_, gb), new in zip(a_pairs, b_pairs, step_grads):
             ga[...] = new
@@ -173,7 +173,7 @@ def test_clip_grad_norm_matches_torch_and_returns_the_total_norm(max_norm, norm_
     tparams = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True) for g in grads]
     for tp, g in zip(tparams, grads):
         tp.grad = torch.tensor(g)
-    total = clip_grad_norm(pairs, max_norm, norm_type)
+    total = clip_grad_norm_(pairs, max_norm, norm_type)
     ref = torch.nn.utils.clip_grad_norm_(tparams, max_norm, norm_type)
     assert total == pytest.approx(ref.item(), rel=1e-12)
     for (_, g), tp in zip(pairs, tparams):
@@ -185,7 +185,7 @@ def test_clip_grad_norm_on_a_model_bounds_the_joint_norm():
     model.zero_grad()
     y = model(np.random.default_rng(0).standard_normal((4, 5, 3)))
     model.backward(100 * np.ones_like(y))
-    total = el.clip_grad_norm(model, 1.0)
+    total = el.clip_grad_norm_(model, 1.0)
     after = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for _, g in model.parameters()))
     assert total > 1.0
     assert after == pytest.approx(1.0, rel=1e-5)
@@ -193,8 +193,20 @@ def test_clip_grad_norm_on_a_model_bounds_the_joint_norm():
 
 def test_clip_grad_norm_with_error_if_nonfinite_raises_on_nan():
     pairs = [(np.zeros(2), np.array([np.nan, 1.0]))]
-    with pytest.raises(RuntimeError, match="clip_grad_norm: the total norm of order 2.0 of the gradients is nan"):
-        clip_grad_norm(pairs, 1.0, error_if_nonfinite=True)
+    with pytest.raises(RuntimeError, match="clip_grad_norm_: the total norm of order 2.0 of the gradients is nan"):
+        clip_grad_norm_(pairs, 1.0, error_if_nonfinite=True)
+
+
+def test_the_deprecated_name_clip_grad_norm_warns_and_clips_as_clip_grad_norm_():
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal(s) for s in SHAPES]
+    old = [(np.zeros_like(g), g.copy()) for g in grads]
+    new = [(np.zeros_like(g), g.copy()) for g in grads]
+    with pytest.warns(DeprecationWarning, match="eigenlstm.clip_grad_norm is deprecated; use clip_grad_norm_"):
+        total_old = el.clip_grad_norm(old, 0.5)
+    assert total_old == clip_grad_norm_(new, 0.5)
+    for (_, a), (_, b) in zip(old, new):
+        assert np.array_equal(a, b)
 
 
 # ---- schedules --------------------------------------------------------------------------------
@@ -243,3 +255,51 @@ def test_lr_schedule_with_bad_arguments_raises_naming_them():
         StepLR(opt, step_size=0)
     with pytest.raises(TypeError, match="CosineAnnealingLR: optimizer must be an eigenlstm Optimizer"):
         CosineAnnealingLR(object(), T_max=3)
+
+
+def test_make_scheduler_builds_schedules_by_name_with_their_defaults():
+    opt = SGD([(np.zeros(1), np.zeros(1))], lr=0.1)
+    cosine = make_scheduler("cosine", opt, epochs=12)
+    assert type(cosine) is CosineAnnealingLR and cosine.T_max == 12
+    step = make_scheduler("step", opt, epochs=12)
+    assert type(step) is StepLR and step.step_size == 4 and step.gamma == 0.1
+    assert make_scheduler(None, opt, epochs=12) is None
+    assert make_scheduler(step, opt, epochs=12) is step
+    with pytest.raises(ValueError, match=r"^make_scheduler: lr_schedule must be one of \['cosine', 'step'\]"):
+        make_scheduler("linear", opt, epochs=12)
+
+
+# ---- the optimizer and schedule of a training run ----------------------------------------------
+def test_trainer_load_state_dict_rebuilds_the_optimizer_and_schedule_and_continues_identically():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((24, 5, 2)), rng.standard_normal((24, 1))
+    fit = {"batch_size": 8, "clip_grad_norm": None, "progress": False}
+    a = el.Trainer(el.LSTMModel(2, 4, 1, dtype=np.float64, seed=0))
+    a.fit(x, y, epochs=2, optimizer=SGD(a.model, lr=0.1, momentum=0.9, nesterov=True),
+          lr_schedule=("step", {"step_size": 1, "gamma": 0.5}), seed=1, **fit)
+
+    b = el.Trainer(el.LSTMModel(2, 4, 1, dtype=np.float64, seed=7))
+    b.model.load_state_dict(a.model.state_dict())
+    b.load_state_dict(a.state_dict())
+    assert type(b.optimizer) is SGD and b.optimizer is not a.optimizer
+    assert b.optimizer.state_dict()["hyperparameters"] == a.optimizer.state_dict()["hyperparameters"]
+    assert b.optimizer.lr == a.optimizer.lr == 0.025
+    assert type(b.scheduler) is StepLR and b.scheduler.state_dict() == a.scheduler.state_dict()
+    assert b.epoch == 2 and b.history.history == a.history.history
+
+    a.fit(x, y, epochs=2, resume=True, **fit)
+    b.fit(x, y, epochs=2, resume=True, **fit)
+    for k, v in a.model.state_dict().items():
+        assert np.array_equal(b.model.state_dict()[k], v), k
+    assert b.optimizer.lr == a.optimizer.lr
+
+
+def test_trainer_load_state_dict_of_another_model_raises_and_changes_nothing():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 3, 2)), rng.standard_normal(8)
+    a = el.Trainer(el.LSTMModel(2, 4, 1, seed=0))
+    a.fit(x, y, epochs=1, progress=False)
+    other = el.Trainer(el.LSTMModel(2, 5, 1, seed=0))
+    with pytest.raises(ValueError, match=r"^Trainer.load_state_dict: not a training state of this model"):
+        other.load_state_dict(a.state_dict())
+    assert other.optimizer is None and other.history is None and other.epoch == 0
