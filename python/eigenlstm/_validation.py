@@ -12,8 +12,16 @@ import numbers
 
 import numpy as np
 
-__all__ = ["as_real_array", "check_shape", "check_positive_int", "resolve_dtype",
-           "check_lengths", "check_seed", "new_seed", "check_float"]
+__all__ = [
+    "as_real_array",
+    "check_shape",
+    "check_positive_int",
+    "resolve_dtype",
+    "check_lengths",
+    "check_seed",
+    "new_seed",
+    "check_float",
+]
 
 _SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -63,11 +71,14 @@ def as_real_array(where: str, name: str, value, dtype: np.dtype) -> np.ndarray:
 def check_shape(where: str, name: str, arr: np.ndarray, expected: tuple) -> None:
     """Raise ValueError unless ``arr.shape == expected``."""
     if tuple(arr.shape) != tuple(expected):
-        raise ValueError(f"{where}: {name} must have shape {tuple(expected)}, got {tuple(arr.shape)}")
+        raise ValueError(
+            f"{where}: {name} must have shape {tuple(expected)}, got {tuple(arr.shape)}"
+        )
 
 
-def check_lengths(where: str, name: str, lengths, N: int, T: int, *,
-                  minimum: int = 0) -> np.ndarray:
+def check_lengths(
+    where: str, name: str, lengths, N: int, T: int, *, minimum: int = 0
+) -> np.ndarray:
     """Return ``lengths`` as contiguous int64 of shape (N,), every value in [minimum, T].
 
     ``minimum`` is 0 for an LSTM (an empty sequence keeps its initial state) and 1 where the

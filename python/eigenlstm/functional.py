@@ -6,8 +6,6 @@ layout for that call only; ``eigenlstm.LSTM`` is the faster choice when weights 
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
-
 import numpy as np
 
 from . import _core
@@ -17,13 +15,24 @@ __all__ = ["LayerContext", "lstm_layer_forward", "lstm_layer_backward"]
 
 
 class LayerContext:
-    """What ``lstm_layer_backward`` needs from ``lstm_layer_forward``; opaque to callers."""
+    """What ``lstm_layer_backward`` needs from ``lstm_layer_forward``.
+
+    Attributes
+    ----------
+    engine : the engine that ran the forward (its cache is what backward differentiates)
+    names : tuple of str
+        The weight names the gradients are returned under.
+    out_shape, state_shapes : tuple
+        The shapes ``d_output`` and ``(dh_n, dc_n)`` must have.
+    consumed : bool
+        True once ``lstm_layer_backward`` used it (a context is good for one backward).
+    """
 
     def __init__(self, engine, names, out_shape, state_shapes) -> None:
-        self._engine = engine
-        self._names = names
-        self._out_shape = out_shape
-        self._state_shapes = state_shapes
+        self.engine = engine
+        self.names = names
+        self.out_shape = out_shape
+        self.state_shapes = state_shapes
         self.consumed = False
 
 
@@ -99,7 +108,9 @@ def lstm_layer_forward(
     w_ih = as_real_array(where, "weight_ih", weight_ih, dtype)
     w_hh = as_real_array(where, "weight_hh", weight_hh, dtype)
     if w_ih.ndim != 2 or w_ih.shape[0] % 4 or w_ih.shape[0] == 0:
-        raise ValueError(f"{where}: weight_ih must have shape (4H, I) with H >= 1, got {w_ih.shape}")
+        raise ValueError(
+            f"{where}: weight_ih must have shape (4H, I) with H >= 1, got {w_ih.shape}"
+        )
     G, I = w_ih.shape
     H = G // 4
     P = 0
@@ -140,16 +151,19 @@ def lstm_layer_forward(
     engine.load_flat(flat)
 
     y, h_n, c_n = engine.forward(
-        np.ascontiguousarray(x), np.ascontiguousarray(h0[None]), np.ascontiguousarray(c0[None]),
-        lengths, bool(training),
+        np.ascontiguousarray(x),
+        np.ascontiguousarray(h0[None]),
+        np.ascontiguousarray(c0[None]),
+        lengths,
+        bool(training),
     )
     ctx = LayerContext(engine, tuple(tensors), y.shape, ((B, Hout), (B, H))) if training else None
     return y, (h_n[0], c_n[0]), ctx
 
 
 def lstm_layer_backward(
-    ctx: LayerContext, d_output, d_state: Optional[Tuple] = None
-) -> Tuple[np.ndarray, Tuple[np.ndarray, np.ndarray], Dict[str, np.ndarray]]:
+    ctx: LayerContext, d_output, d_state: tuple | None = None
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], dict[str, np.ndarray]]:
     """Backpropagate through one ``lstm_layer_forward`` call.
 
     Parameters
@@ -176,24 +190,26 @@ def lstm_layer_backward(
     """
     where = "lstm_layer_backward"
     if not isinstance(ctx, LayerContext):
-        raise TypeError(f"{where}: ctx must be the LayerContext from lstm_layer_forward, got {type(ctx).__name__}")
+        raise TypeError(
+            f"{where}: ctx must be the LayerContext from lstm_layer_forward, got {type(ctx).__name__}"
+        )
     if ctx.consumed:
         raise RuntimeError(f"{where}: this context was already used; run lstm_layer_forward again")
-    engine = ctx._engine
+    engine = ctx.engine
     dtype = engine.params.dtype
     dy = as_real_array(where, "d_output", d_output, dtype)
-    check_shape(where, "d_output", dy, ctx._out_shape)
+    check_shape(where, "d_output", dy, ctx.out_shape)
     dh_n = dc_n = None
     if d_state is not None:
         if d_state[0] is not None:
             dh_n = as_real_array(where, "dh_n", d_state[0], dtype)
-            check_shape(where, "dh_n", dh_n, ctx._state_shapes[0])
+            check_shape(where, "dh_n", dh_n, ctx.state_shapes[0])
             dh_n = np.ascontiguousarray(dh_n[None])
         if d_state[1] is not None:
             dc_n = as_real_array(where, "dc_n", d_state[1], dtype)
-            check_shape(where, "dc_n", dc_n, ctx._state_shapes[1])
+            check_shape(where, "dc_n", dc_n, ctx.state_shapes[1])
             dc_n = np.ascontiguousarray(dc_n[None])
     dx, dh0, dc0 = engine.backward(np.ascontiguousarray(dy), dh_n, dc_n)
     ctx.consumed = True
-    grads = {name: engine.unpack(name, 0, 0, engine.grads) for name in ctx._names}
+    grads = {name: engine.unpack(name, 0, 0, engine.grads) for name in ctx.names}
     return dx, (dh0[0], dc0[0]), grads

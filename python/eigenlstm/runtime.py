@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import platform
 import sys
-from typing import Any, Dict, Optional, TextIO
+from typing import Any, TextIO
 
 from . import _core
 from ._version import __version__
@@ -19,7 +19,7 @@ from ._version import __version__
 __all__ = ["config", "show_config", "set_flush_denormal", "get_flush_denormal"]
 
 
-def config() -> Dict[str, Any]:
+def config() -> dict[str, Any]:
     """The engine's build and the level it runs at, as a dict.
 
     Returns
@@ -59,7 +59,7 @@ def config() -> Dict[str, Any]:
     }
 
 
-def show_config(file: Optional[TextIO] = None) -> None:
+def show_config(file: TextIO | None = None) -> None:
     """Print :func:`config` readably, as ``numpy.show_config()`` does.
 
     Parameters
@@ -72,8 +72,11 @@ def show_config(file: Optional[TextIO] = None) -> None:
     openmp = f"yes ({cfg['openmp']})" if cfg["openmp"] else "no"
     rows = [
         ("version", cfg["version"]),
-        ("isa", f"{cfg['isa']} (available: {', '.join(cfg['isa_available'])}; "
-                "cap with EIGENLSTM_MAX_ISA)"),
+        (
+            "isa",
+            f"{cfg['isa']} (available: {', '.join(cfg['isa_available'])}; "
+            "cap with EIGENLSTM_MAX_ISA)",
+        ),
         ("machine", cfg["machine"]),
         ("compiler", cfg["compiler"]),
         ("eigen", f"{cfg['eigen']} ({cfg['simd']})"),

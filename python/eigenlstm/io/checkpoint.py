@@ -9,12 +9,12 @@ returns, stored in the layout documented in :func:`save`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import zipfile
 import zlib
-from typing import Optional
 
 import numpy as np
 
@@ -47,7 +47,9 @@ def _atomic_write_npz(path: str, arrays: dict) -> None:
         for _ in range(100):
             tmp = os.path.join(folder, f".{base}.{secrets.token_hex(8)}.tmp")
             try:
-                f = open(tmp, "xb")
+                # Not a with block: the handle must exist before the block that writes it, so
+                # that an interrupt between open and with still closes and removes it.
+                f = open(tmp, "xb")  # noqa: SIM115
                 break
             except FileExistsError:
                 tmp = None  # someone else's file: never delete it
@@ -62,10 +64,8 @@ def _atomic_write_npz(path: str, arrays: dict) -> None:
         if f is not None:
             f.close()  # already closed after the with block; needed to unlink on Windows
         if tmp is not None:
-            try:
+            with contextlib.suppress(OSError):  # not created yet, or already renamed to path
                 os.unlink(tmp)
-            except OSError:  # not created yet, or already renamed to path
-                pass
         raise
     try:  # make the rename itself durable (POSIX; not possible on Windows)
         dir_fd = os.open(folder, os.O_RDONLY)
@@ -79,7 +79,7 @@ def _atomic_write_npz(path: str, arrays: dict) -> None:
         os.close(dir_fd)
 
 
-def save(model, path, *, metadata: Optional[dict] = None, training: Optional[dict] = None) -> None:
+def save(model, path, *, metadata: dict | None = None, training: dict | None = None) -> None:
     """Write ``model`` to ``path`` as a checkpoint, replacing any previous file atomically.
 
     Parameters
@@ -153,9 +153,15 @@ def save(model, path, *, metadata: Optional[dict] = None, training: Optional[dic
         states = opt_sd["state"]  # {buffer: {state_dict key: array}}
         for key, named in states.items():
             arrays.update({f"optimizer/{key}/{name}": v for name, v in named.items()})
-        meta["training"] = dict(training, optimizer={
-            "name": opt_sd["name"], "hyperparameters": opt_sd["hyperparameters"],
-            "step_count": opt_sd["step_count"], "state_keys": sorted(states)})
+        meta["training"] = dict(
+            training,
+            optimizer={
+                "name": opt_sd["name"],
+                "hyperparameters": opt_sd["hyperparameters"],
+                "step_count": opt_sd["step_count"],
+                "state_keys": sorted(states),
+            },
+        )
     try:
         text = json.dumps(meta, allow_nan=True)
     except (TypeError, ValueError) as exc:
@@ -205,15 +211,24 @@ def load(path, *, with_training: bool = False):
     # Every way a damaged file fails to parse: zipfile reports a damaged header as BadZipFile,
     # RuntimeError ("encrypted") or NotImplementedError ("compression method", a RuntimeError);
     # numpy's .npy reader as ValueError or EOFError.
-    damaged = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, OSError,
-               UnicodeDecodeError, RuntimeError)
+    damaged = (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        ValueError,
+        KeyError,
+        OSError,
+        UnicodeDecodeError,
+        RuntimeError,
+    )
     try:
         z = np.load(path, allow_pickle=False)
     except damaged as exc:
         raise ValueError(f"{bad} (corrupted or truncated: {exc})") from exc
     if not isinstance(z, np.lib.npyio.NpzFile):
-        raise ValueError(f"{bad} (it holds a single .npy array of shape {np.shape(z)}, not an "
-                         ".npz archive)")
+        raise ValueError(
+            f"{bad} (it holds a single .npy array of shape {np.shape(z)}, not an .npz archive)"
+        )
     with z:
         try:
             if "meta" not in z.files:
@@ -240,7 +255,7 @@ def load(path, *, with_training: bool = False):
     try:
         config = dict(meta["config"])
         model = LSTMModel(**config)
-        weights = {k[len("weights/"):]: v for k, v in arrays.items() if k.startswith("weights/")}
+        weights = {k[len("weights/") :]: v for k, v in arrays.items() if k.startswith("weights/")}
         model.load_state_dict(weights)
         model.set_extra_state({"lstm.dropout_state": [int(v) for v in meta["dropout_state"]]})
         model.metadata = meta.get("metadata") or {}
@@ -250,10 +265,18 @@ def load(path, *, with_training: bool = False):
             states = {}
             for key in ometa["state_keys"]:
                 prefix = f"optimizer/{key}/"
-                states[key] = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-            training = dict(training, optimizer={
-                "name": ometa["name"], "hyperparameters": ometa["hyperparameters"],
-                "step_count": ometa["step_count"], "state": states})
+                states[key] = {
+                    k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)
+                }
+            training = dict(
+                training,
+                optimizer={
+                    "name": ometa["name"],
+                    "hyperparameters": ometa["hyperparameters"],
+                    "step_count": ometa["step_count"],
+                    "state": states,
+                },
+            )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{bad} (inconsistent contents: {exc})") from exc
     return (model, training) if with_training else model

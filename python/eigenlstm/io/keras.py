@@ -23,7 +23,6 @@ import json
 import os
 import secrets
 import zipfile
-from typing import List
 
 import numpy as np
 
@@ -50,8 +49,8 @@ class _Spec:
     """One Keras layer as read from the config, checked, with its weights still to be read."""
 
     def __init__(self, kind, name, cfg, **fields):
-        self.kind = kind      # "lstm" or "dense"
-        self.name = name      # the Keras layer name (its weights' group)
+        self.kind = kind  # "lstm" or "dense"
+        self.name = name  # the Keras layer name (its weights' group)
         self.cfg = cfg
         self.__dict__.update(fields)
 
@@ -76,8 +75,14 @@ def _check_dtype(name, cls, cfg) -> np.dtype:
 
 def _check_lstm(name: str, cls: str, cfg: dict) -> None:
     """Refuse every LSTM option eigenlstm's cell does not compute, naming it."""
-    expected = {"activation": "tanh", "recurrent_activation": "sigmoid", "return_state": False,
-                "go_backwards": False, "stateful": False, "time_major": False}
+    expected = {
+        "activation": "tanh",
+        "recurrent_activation": "sigmoid",
+        "return_state": False,
+        "go_backwards": False,
+        "stateful": False,
+        "time_major": False,
+    }
     for key, want in expected.items():
         got = cfg.get(key, want)
         if got != want:
@@ -88,10 +93,16 @@ def _lstm_spec(layer: dict, name: str) -> _Spec:
     cls, cfg = layer["class_name"], layer["config"]
     if cls == "LSTM":
         _check_lstm(name, cls, cfg)
-        return _Spec("lstm", name, cfg, units=int(cfg["units"]), bidirectional=False,
-                     use_bias=bool(cfg.get("use_bias", True)),
-                     return_sequences=bool(cfg.get("return_sequences", False)),
-                     dtype=_check_dtype(name, cls, cfg))
+        return _Spec(
+            "lstm",
+            name,
+            cfg,
+            units=int(cfg["units"]),
+            bidirectional=False,
+            use_bias=bool(cfg.get("use_bias", True)),
+            return_sequences=bool(cfg.get("return_sequences", False)),
+            dtype=_check_dtype(name, cls, cfg),
+        )
     inner = cfg.get("layer", {})
     if inner.get("class_name") != "LSTM":
         _refuse(name, cls, f"the wrapped layer must be an LSTM, got {inner.get('class_name')!r}")
@@ -109,12 +120,22 @@ def _lstm_spec(layer: dict, name: str) -> _Spec:
         _check_lstm(name, cls, bcfg)
         for key in ("units", "use_bias", "return_sequences"):
             if bcfg.get(key) != fwd.get(key):
-                _refuse(name, cls, f"backward_layer's {key} must equal the forward layer's "
-                                   f"{fwd.get(key)!r}, got {bcfg.get(key)!r}")
-    return _Spec("lstm", name, cfg, units=int(fwd["units"]), bidirectional=True,
-                 use_bias=bool(fwd.get("use_bias", True)),
-                 return_sequences=bool(fwd.get("return_sequences", False)),
-                 dtype=_check_dtype(name, cls, cfg))
+                _refuse(
+                    name,
+                    cls,
+                    f"backward_layer's {key} must equal the forward layer's "
+                    f"{fwd.get(key)!r}, got {bcfg.get(key)!r}",
+                )
+    return _Spec(
+        "lstm",
+        name,
+        cfg,
+        units=int(fwd["units"]),
+        bidirectional=True,
+        use_bias=bool(fwd.get("use_bias", True)),
+        return_sequences=bool(fwd.get("return_sequences", False)),
+        dtype=_check_dtype(name, cls, cfg),
+    )
 
 
 def _dense_spec(layer: dict, name: str) -> _Spec:
@@ -122,11 +143,17 @@ def _dense_spec(layer: dict, name: str) -> _Spec:
     act = cfg.get("activation", "linear")
     if act not in ("linear", None):
         _refuse(name, "Dense", f"activation must be 'linear', got {act!r}")
-    return _Spec("dense", name, cfg, units=int(cfg["units"]), use_bias=bool(cfg.get("use_bias", True)),
-                 dtype=_check_dtype(name, "Dense", cfg))
+    return _Spec(
+        "dense",
+        name,
+        cfg,
+        units=int(cfg["units"]),
+        use_bias=bool(cfg.get("use_bias", True)),
+        dtype=_check_dtype(name, "Dense", cfg),
+    )
 
 
-def _inbound_names(layer: dict) -> List[str]:
+def _inbound_names(layer: dict) -> list[str]:
     """Names of the layers feeding ``layer`` in a functional config (Keras 3 and Keras 2)."""
     names = []
 
@@ -149,10 +176,15 @@ def _inbound_names(layer: dict) -> List[str]:
     return names
 
 
-_SNAKE = {"InputLayer": "input_layer", "LSTM": "lstm", "Bidirectional": "bidirectional", "Dense": "dense"}
+_SNAKE = {
+    "InputLayer": "input_layer",
+    "LSTM": "lstm",
+    "Bidirectional": "bidirectional",
+    "Dense": "dense",
+}
 
 
-def _storage_keys(layers: List[dict]) -> List[str]:
+def _storage_keys(layers: list[dict]) -> list[str]:
     """Where Keras 3 stores each layer's weights: not under its name but under its class name
     in snake case, numbered in order within the container ("lstm", "lstm_1", ...)."""
     used: dict = {}
@@ -166,7 +198,7 @@ def _storage_keys(layers: List[dict]) -> List[str]:
     return keys
 
 
-def _layer_list(config: dict) -> List[dict]:
+def _layer_list(config: dict) -> list[dict]:
     """The model's layers in order (each with its storage key), after checking that it is
     one linear chain."""
     cls = config.get("class_name")
@@ -177,7 +209,9 @@ def _layer_list(config: dict) -> List[dict]:
         return [dict(l, _key=k) for l, k in zip(layers, _storage_keys(layers))]
     layers = [dict(l, _key=k) for l, k in zip(layers, _storage_keys(layers))]
     if cls not in ("Functional", "Model"):
-        raise ValueError(f"{_LOAD}: the model must be a Sequential or a functional Model, got {cls!r}")
+        raise ValueError(
+            f"{_LOAD}: the model must be a Sequential or a functional Model, got {cls!r}"
+        )
     by_name = {l.get("name", l["config"].get("name")): l for l in layers}
     outs = cfg.get("output_layers", [])
     if outs and isinstance(outs[0], str):  # Keras 3 writes one output as [name, node, tensor]
@@ -193,16 +227,20 @@ def _layer_list(config: dict) -> List[dict]:
         chain.append(layer)
         inbound = _inbound_names(layer)
         if len(inbound) != 1:
-            raise ValueError(f"{_LOAD}: a functional model must be a linear chain; layer {name!r} "
-                             f"has {len(inbound)} inputs")
+            raise ValueError(
+                f"{_LOAD}: a functional model must be a linear chain; layer {name!r} "
+                f"has {len(inbound)} inputs"
+            )
         name = inbound[0]
     if len(chain) != len(layers) - 1:
-        raise ValueError(f"{_LOAD}: a functional model must be a linear chain from its input to its "
-                         f"output; {len(layers) - 1 - len(chain)} layers are off it")
+        raise ValueError(
+            f"{_LOAD}: a functional model must be a linear chain from its input to its "
+            f"output; {len(layers) - 1 - len(chain)} layers are off it"
+        )
     return chain[::-1]
 
 
-def _specs(config: dict) -> List[_Spec]:
+def _specs(config: dict) -> list[_Spec]:
     specs = []
     for layer in _layer_list(config):
         cls = layer["class_name"]
@@ -218,11 +256,13 @@ def _specs(config: dict) -> List[_Spec]:
         raise ValueError(f"{_LOAD}: the model has no layers")
     dtypes = {s.dtype for s in specs}
     if len(dtypes) != 1:
-        raise ValueError(f"{_LOAD}: all layers must share one dtype, got {sorted(map(str, dtypes))}")
+        raise ValueError(
+            f"{_LOAD}: all layers must share one dtype, got {sorted(map(str, dtypes))}"
+        )
     return specs
 
 
-def _weights_keras(h5, spec: _Spec) -> List[np.ndarray]:
+def _weights_keras(h5, spec: _Spec) -> list[np.ndarray]:
     """The layer's arrays from a Keras 3 model.weights.h5, in Keras's order."""
     base = h5["layers"][spec.key]
     if spec.kind == "dense":
@@ -234,15 +274,15 @@ def _weights_keras(h5, spec: _Spec) -> List[np.ndarray]:
     return [np.array(g[str(k)]) for g in groups for k in range(len(g))]
 
 
-def _weights_h5(h5, spec: _Spec) -> List[np.ndarray]:
+def _weights_h5(h5, spec: _Spec) -> list[np.ndarray]:
     """The layer's arrays from a legacy .h5, in the order of its ``weight_names``."""
-    root = h5["model_weights"] if "model_weights" in h5 else h5
+    root = h5.get("model_weights", h5)
     group = root[spec.name]
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs["weight_names"]]
     return [np.array(group[n]) for n in names]
 
 
-def _to_torch(spec: _Spec, arrays: List[np.ndarray], I: int) -> dict:
+def _to_torch(spec: _Spec, arrays: list[np.ndarray], I: int) -> dict:
     """Check shapes and map one layer's Keras arrays to torch-named tensors (see the top)."""
     u = spec.units
     per = 3 if spec.use_bias else 2
@@ -250,10 +290,13 @@ def _to_torch(spec: _Spec, arrays: List[np.ndarray], I: int) -> dict:
         shapes = [(I, u)] + ([(u,)] if spec.use_bias else [])
     else:
         shapes = ([(I, 4 * u), (u, 4 * u)] + ([(4 * u,)] if spec.use_bias else [])) * (
-            2 if spec.bidirectional else 1)
+            2 if spec.bidirectional else 1
+        )
     got = [a.shape for a in arrays]
     if got != shapes:
-        raise ValueError(f"{_LOAD}: layer {spec.name!r}: weights must have shapes {shapes}, got {got}")
+        raise ValueError(
+            f"{_LOAD}: layer {spec.name!r}: weights must have shapes {shapes}, got {got}"
+        )
     if spec.kind == "dense":
         out = {"weight": arrays[0].T}
         if spec.use_bias:
@@ -271,14 +314,20 @@ def _to_torch(spec: _Spec, arrays: List[np.ndarray], I: int) -> dict:
     return out
 
 
-def _as_lstm_model(specs: List[_Spec]) -> bool:
+def _as_lstm_model(specs: list[_Spec]) -> bool:
     """Whether the layers are exactly an LSTMModel: a stack of equal unidirectional LSTMs,
     sequences between them and the last step into one Dense with a bias."""
     *lstms, head = specs
-    return (bool(lstms) and head.kind == "dense" and head.use_bias
-            and all(s.kind == "lstm" and not s.bidirectional and s.units == lstms[0].units
-                    for s in lstms)
-            and all(s.return_sequences for s in lstms[:-1]) and not lstms[-1].return_sequences)
+    return (
+        bool(lstms)
+        and head.kind == "dense"
+        and head.use_bias
+        and all(
+            s.kind == "lstm" and not s.bidirectional and s.units == lstms[0].units for s in lstms
+        )
+        and all(s.return_sequences for s in lstms[:-1])
+        and not lstms[-1].return_sequences
+    )
 
 
 def _read(path):
@@ -289,8 +338,10 @@ def _read(path):
         with zipfile.ZipFile(path) as z:
             names = set(z.namelist())
             if "config.json" not in names or "model.weights.h5" not in names:
-                raise ValueError(f"{_LOAD}: {path} is a zip file but not a .keras archive "
-                                 f"(config.json and model.weights.h5), it holds {sorted(names)}")
+                raise ValueError(
+                    f"{_LOAD}: {path} is a zip file but not a .keras archive "
+                    f"(config.json and model.weights.h5), it holds {sorted(names)}"
+                )
             config = json.loads(z.read("config.json"))
             h5 = h5py.File(io.BytesIO(z.read("model.weights.h5")), "r")
         return config, _weights_keras, h5
@@ -299,7 +350,9 @@ def _read(path):
         raw = h5.attrs.get("model_config")
         if raw is None:
             h5.close()
-            raise ValueError(f"{_LOAD}: {path} is an HDF5 file without a model_config (weights only?)")
+            raise ValueError(
+                f"{_LOAD}: {path} is an HDF5 file without a model_config (weights only?)"
+            )
         config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
         return config, _weights_h5, h5
     raise ValueError(f"{_LOAD}: {path} must be a .keras archive or a legacy .h5 file")
@@ -369,8 +422,15 @@ def load(path):
     layers, flags, features = [], [], I
     for spec, t in zip(specs, tensors):
         if spec.kind == "lstm":
-            layer = LSTM(features, spec.units, bias=spec.use_bias, batch_first=True,
-                         bidirectional=spec.bidirectional, dtype=dtype, seed=0)
+            layer = LSTM(
+                features,
+                spec.units,
+                bias=spec.use_bias,
+                batch_first=True,
+                bidirectional=spec.bidirectional,
+                dtype=dtype,
+                seed=0,
+            )
             flags.append(spec.return_sequences)
             features = spec.units * layer.num_directions
         else:
@@ -390,14 +450,33 @@ def _policy(dtype: str) -> dict:
     return _ser("keras", "DTypePolicy", {"name": dtype})
 
 
-def _lstm_config(name: str, units: int, use_bias: bool, return_sequences: bool, dtype: str,
-                 go_backwards: bool = False) -> dict:
-    return {"name": name, "trainable": True, "dtype": _policy(dtype),
-            "return_sequences": return_sequences, "return_state": False,
-            "go_backwards": go_backwards, "stateful": False, "unroll": False,
-            "zero_output_for_mask": False, "units": units, "activation": "tanh",
-            "recurrent_activation": "sigmoid", "use_bias": use_bias, "unit_forget_bias": True,
-            "dropout": 0.0, "recurrent_dropout": 0.0, "seed": None}
+def _lstm_config(
+    name: str,
+    units: int,
+    use_bias: bool,
+    return_sequences: bool,
+    dtype: str,
+    go_backwards: bool = False,
+) -> dict:
+    return {
+        "name": name,
+        "trainable": True,
+        "dtype": _policy(dtype),
+        "return_sequences": return_sequences,
+        "return_state": False,
+        "go_backwards": go_backwards,
+        "stateful": False,
+        "unroll": False,
+        "zero_output_for_mask": False,
+        "units": units,
+        "activation": "tanh",
+        "recurrent_activation": "sigmoid",
+        "use_bias": use_bias,
+        "unit_forget_bias": True,
+        "dropout": 0.0,
+        "recurrent_dropout": 0.0,
+        "seed": None,
+    }
 
 
 def _keras_layers(model):
@@ -408,13 +487,16 @@ def _keras_layers(model):
             raise ValueError(
                 f"{_SAVE}: a bidirectional LSTMModel cannot be written: it reads both directions "
                 "at the last step (torch's out[:, -1, :]), while Keras's Bidirectional(LSTM) "
-                "gives the reverse direction's final state; use an el.Sequential")
+                "gives the reverse direction's final state; use an el.Sequential"
+            )
         items = [(model.lstm, False), (model.fc, None)]
     elif isinstance(model, Sequential):
         flags = iter(model.return_sequences)
         items = [(l, next(flags) if isinstance(l, LSTM) else None) for l in model.layers]
     else:
-        raise TypeError(f"{_SAVE}: model must be an eigenlstm LSTMModel or Sequential, got {type(model).__name__}")
+        raise TypeError(
+            f"{_SAVE}: model must be an eigenlstm LSTMModel or Sequential, got {type(model).__name__}"
+        )
     dtype = model.dtype.name
     layers, weights, used = [], [], {}
 
@@ -426,16 +508,32 @@ def _keras_layers(model):
     for layer, rs in items:
         if isinstance(layer, Linear):
             name = fresh("dense")
-            cfg = {"name": name, "trainable": True, "dtype": _policy(dtype), "units": layer.out_features,
-                   "activation": "linear", "use_bias": layer.bias is not None}
-            layers.append(_ser("keras.layers", "Dense", cfg,
-                               build_config={"input_shape": [None, layer.in_features]}))
+            cfg = {
+                "name": name,
+                "trainable": True,
+                "dtype": _policy(dtype),
+                "units": layer.out_features,
+                "activation": "linear",
+                "use_bias": layer.bias is not None,
+            }
+            layers.append(
+                _ser(
+                    "keras.layers",
+                    "Dense",
+                    cfg,
+                    build_config={"input_shape": [None, layer.in_features]},
+                )
+            )
             sd = layer.state_dict()
-            weights.append((f"layers/{name}/vars", [sd["weight"].T] + ([sd["bias"]] if "bias" in sd else [])))
+            weights.append(
+                (f"layers/{name}/vars", [sd["weight"].T] + ([sd["bias"]] if "bias" in sd else []))
+            )
             continue
         if layer.proj_size:
-            raise ValueError(f"{_SAVE}: an LSTM with proj_size={layer.proj_size} cannot be written: "
-                             "Keras's LSTM has no projection")
+            raise ValueError(
+                f"{_SAVE}: an LSTM with proj_size={layer.proj_size} cannot be written: "
+                "Keras's LSTM has no projection"
+            )
         sd, H = layer.state_dict(), layer.hidden_size
         features = layer.input_size
         for l in range(layer.num_layers):
@@ -443,19 +541,26 @@ def _keras_layers(model):
             seqs = True if l < layer.num_layers - 1 else rs
             shape = {"input_shape": [None, None, features]}
 
-            def cell(sfx):
+            def cell(sfx, sd=sd, l=l, bias=layer.bias):
                 arrs = [sd[f"weight_ih_l{l}{sfx}"].T, sd[f"weight_hh_l{l}{sfx}"].T]
-                if layer.bias:
+                if bias:
                     arrs.append(sd[f"bias_ih_l{l}{sfx}"] + sd[f"bias_hh_l{l}{sfx}"])
                 return arrs
 
             if layer.bidirectional:
                 name = fresh("bidirectional")
                 fwd = _lstm_config(f"forward_{name}", H, layer.bias, seqs, dtype)
-                bwd = _lstm_config(f"backward_{name}", H, layer.bias, seqs, dtype, go_backwards=True)
-                cfg = {"name": name, "trainable": True, "dtype": _policy(dtype), "merge_mode": "concat",
-                       "layer": _ser("keras.layers", "LSTM", fwd, build_config=shape),
-                       "backward_layer": _ser("keras.layers", "LSTM", bwd, build_config=shape)}
+                bwd = _lstm_config(
+                    f"backward_{name}", H, layer.bias, seqs, dtype, go_backwards=True
+                )
+                cfg = {
+                    "name": name,
+                    "trainable": True,
+                    "dtype": _policy(dtype),
+                    "merge_mode": "concat",
+                    "layer": _ser("keras.layers", "LSTM", fwd, build_config=shape),
+                    "backward_layer": _ser("keras.layers", "LSTM", bwd, build_config=shape),
+                }
                 layers.append(_ser("keras.layers", "Bidirectional", cfg, build_config=shape))
                 weights.append((f"layers/{name}/forward_layer/cell/vars", cell("")))
                 weights.append((f"layers/{name}/backward_layer/cell/vars", cell("_reverse")))
@@ -498,15 +603,35 @@ def save(model, path) -> None:
     layers, weights = _keras_layers(model)
     dtype = model.dtype.name
     input_size = model.input_size
-    input_layer = _ser("keras.layers", "InputLayer",
-                       {"batch_shape": [None, None, input_size], "dtype": dtype, "sparse": False,
-                        "ragged": False, "name": "input_layer", "optional": False})
-    config = _ser("keras", "Sequential",
-                  {"name": "sequential", "trainable": True, "dtype": _policy(dtype),
-                   "layers": [input_layer] + layers, "build_input_shape": [None, None, input_size]},
-                  build_config={"input_shape": [None, None, input_size]}, compile_config=None)
-    metadata = {"keras_version": KERAS_FORMAT_VERSION,
-                "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}
+    input_layer = _ser(
+        "keras.layers",
+        "InputLayer",
+        {
+            "batch_shape": [None, None, input_size],
+            "dtype": dtype,
+            "sparse": False,
+            "ragged": False,
+            "name": "input_layer",
+            "optional": False,
+        },
+    )
+    config = _ser(
+        "keras",
+        "Sequential",
+        {
+            "name": "sequential",
+            "trainable": True,
+            "dtype": _policy(dtype),
+            "layers": [input_layer] + layers,
+            "build_input_shape": [None, None, input_size],
+        },
+        build_config={"input_shape": [None, None, input_size]},
+        compile_config=None,
+    )
+    metadata = {
+        "keras_version": KERAS_FORMAT_VERSION,
+        "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
+    }
     buf = io.BytesIO()
     with h5py.File(buf, "w") as h5:
         h5.create_group("vars").attrs["name"] = "sequential"
@@ -516,8 +641,10 @@ def save(model, path) -> None:
             for k, a in enumerate(arrays):
                 group.create_dataset(str(k), data=np.ascontiguousarray(a, dtype=dtype))
     path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                       f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
+    tmp = os.path.join(
+        os.path.dirname(os.path.abspath(path)),
+        f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp",
+    )
     try:
         with zipfile.ZipFile(tmp, "w") as z:
             z.writestr("metadata.json", json.dumps(metadata))

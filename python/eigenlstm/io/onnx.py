@@ -20,7 +20,6 @@ Needs the ``onnx`` package (``pip install "eigenlstm[onnx]"``); the modules are 
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -42,7 +41,9 @@ def _import_onnx(where: str):
     try:
         import onnx  # absolute import: the top-level onnx package, not this module
     except ImportError:
-        raise ImportError(f"{where} needs the onnx package: pip install 'eigenlstm[onnx]'") from None
+        raise ImportError(
+            f"{where} needs the onnx package: pip install 'eigenlstm[onnx]'"
+        ) from None
     return onnx
 
 
@@ -81,7 +82,8 @@ class _Builder:
     def op(self, op_type: str, inputs, n_out: int = 1, out=None, nodes=None, **attrs):
         outs = list(out) if out is not None else [self.name(op_type.lower()) for _ in range(n_out)]
         (self.nodes if nodes is None else nodes).append(
-            self.helper.make_node(op_type, list(inputs), outs, **attrs))
+            self.helper.make_node(op_type, list(inputs), outs, **attrs)
+        )
         return outs[0] if len(outs) == 1 else outs
 
 
@@ -96,7 +98,7 @@ def _check_opset(where: str, onnx, opset) -> int:
     return int(opset)
 
 
-def _lstm_op_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, seq: Optional[str], h0, c0):
+def _lstm_op_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, seq: str | None, h0, c0):
     """One layer as the ONNX LSTM operator; returns (y (T, N, D*H), h_n (D, N, H), c_n)."""
     D, H = lstm.num_directions, lstm.hidden_size
     sfx = ["", "_reverse"][:D]
@@ -104,9 +106,17 @@ def _lstm_op_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, seq: Optional[st
     R = np.stack([_gate_blocks(sd[f"weight_hh_l{l}{s}"], _TORCH_TO_ONNX) for s in sfx])
     inputs = [x, b.const(W, f"W_l{l}"), b.const(R, f"R_l{l}")]
     if lstm.bias:  # B = [Wb; Rb]: ONNX adds both halves, as torch adds b_ih and b_hh
-        B = np.stack([np.concatenate([_gate_blocks(sd[f"bias_ih_l{l}{s}"], _TORCH_TO_ONNX),
-                                      _gate_blocks(sd[f"bias_hh_l{l}{s}"], _TORCH_TO_ONNX)])
-                      for s in sfx])
+        B = np.stack(
+            [
+                np.concatenate(
+                    [
+                        _gate_blocks(sd[f"bias_ih_l{l}{s}"], _TORCH_TO_ONNX),
+                        _gate_blocks(sd[f"bias_hh_l{l}{s}"], _TORCH_TO_ONNX),
+                    ]
+                )
+                for s in sfx
+            ]
+        )
         inputs.append(b.const(B, f"B_l{l}"))
     else:
         inputs.append("")
@@ -114,8 +124,9 @@ def _lstm_op_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, seq: Optional[st
     if h0 is not None:  # rows l*D .. l*D+D-1 of torch's (D*L, N, H) states belong to layer l
         rows = (b.ints([l * D]), b.ints([(l + 1) * D]), b.ints([0]))
         inputs += [b.op("Slice", (h0,) + rows), b.op("Slice", (c0,) + rows)]
-    y, y_h, y_c = b.op("LSTM", inputs, n_out=3, hidden_size=H,
-                       direction="bidirectional" if D == 2 else "forward")
+    y, y_h, y_c = b.op(
+        "LSTM", inputs, n_out=3, hidden_size=H, direction="bidirectional" if D == 2 else "forward"
+    )
     # Y is (T, D, N, H); the next layer and torch's output want (T, N, D*H).
     if D == 1:
         y = b.op("Squeeze", [y, b.ints([1])])
@@ -137,9 +148,11 @@ def _scan_body(b: _Builder, H: int, P: int, Rt: str, Whr: str, masked: bool):
     """
     helper, elem = b.helper, b.elem
     nodes: list = []
-    inputs = [helper.make_tensor_value_info("h_prev", elem, None),
-              helper.make_tensor_value_info("c_prev", elem, None),
-              helper.make_tensor_value_info("pre_t", elem, None)]
+    inputs = [
+        helper.make_tensor_value_info("h_prev", elem, None),
+        helper.make_tensor_value_info("c_prev", elem, None),
+        helper.make_tensor_value_info("pre_t", elem, None),
+    ]
     if masked:
         inputs.append(helper.make_tensor_value_info("m_t", b.onnx.TensorProto.BOOL, None))
     gates = b.op("Add", ["pre_t", b.op("MatMul", ["h_prev", Rt], nodes=nodes)], nodes=nodes)
@@ -149,10 +162,16 @@ def _scan_body(b: _Builder, H: int, P: int, Rt: str, Whr: str, masked: bool):
     f = b.op("Sigmoid", [gf], nodes=nodes)
     g = b.op("Tanh", [gg], nodes=nodes)
     o = b.op("Sigmoid", [go], nodes=nodes)
-    c_new = b.op("Add", [b.op("Mul", [f, "c_prev"], nodes=nodes), b.op("Mul", [i, g], nodes=nodes)],
-                 nodes=nodes)
-    h_new = b.op("MatMul", [b.op("Mul", [o, b.op("Tanh", [c_new], nodes=nodes)], nodes=nodes), Whr],
-                 nodes=nodes)
+    c_new = b.op(
+        "Add",
+        [b.op("Mul", [f, "c_prev"], nodes=nodes), b.op("Mul", [i, g], nodes=nodes)],
+        nodes=nodes,
+    )
+    h_new = b.op(
+        "MatMul",
+        [b.op("Mul", [o, b.op("Tanh", [c_new], nodes=nodes)], nodes=nodes), Whr],
+        nodes=nodes,
+    )
     if masked:
         b.op("Where", ["m_t", h_new, "h_prev"], out=["h_out"], nodes=nodes)
         b.op("Where", ["m_t", c_new, "c_prev"], out=["c_out"], nodes=nodes)
@@ -167,17 +186,21 @@ def _scan_body(b: _Builder, H: int, P: int, Rt: str, Whr: str, masked: bool):
 
 def _flip_time(b: _Builder, v: str) -> str:
     """``v[::-1]`` along axis 0: Slice from -1 down past the start with step -1."""
-    return b.op("Slice", [v, b.ints([-1]), b.ints([np.iinfo(np.int64).min]), b.ints([0]), b.ints([-1])])
+    return b.op(
+        "Slice", [v, b.ints([-1]), b.ints([np.iinfo(np.int64).min]), b.ints([0]), b.ints([-1])]
+    )
 
 
-def _scan_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, mask: Optional[str], h0, c0, batch):
+def _scan_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, mask: str | None, h0, c0, batch):
     """One projected layer as one Scan per direction; returns (y (T, N, D*P), h_n, c_n)."""
     D, H, P = lstm.num_directions, lstm.hidden_size, lstm.proj_size
     ys, hs, cs = [], [], []
     for d, s in enumerate(["", "_reverse"][:D]):
         pre = b.op("MatMul", [x, b.const(sd[f"weight_ih_l{l}{s}"].T, f"Wt_l{l}{s}")])
         if lstm.bias:
-            pre = b.op("Add", [pre, b.const(sd[f"bias_ih_l{l}{s}"] + sd[f"bias_hh_l{l}{s}"], f"b_l{l}{s}")])
+            pre = b.op(
+                "Add", [pre, b.const(sd[f"bias_ih_l{l}{s}"] + sd[f"bias_hh_l{l}{s}"], f"b_l{l}{s}")]
+            )
         if h0 is not None:
             row = l * D + d
             rows = (b.ints([row]), b.ints([row + 1]), b.ints([0]))
@@ -185,18 +208,29 @@ def _scan_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, mask: Optional[str]
             c_init = b.op("Squeeze", [b.op("Slice", (c0,) + rows), b.ints([0])])
         else:
             zero = b.onnx.numpy_helper.from_array(np.zeros(1, b.dtype))
-            h_init = b.op("ConstantOfShape", [b.op("Concat", [batch, b.ints([P])], axis=0)], value=zero)
-            c_init = b.op("ConstantOfShape", [b.op("Concat", [batch, b.ints([H])], axis=0)], value=zero)
-        body = _scan_body(b, H, P, b.const(sd[f"weight_hh_l{l}{s}"].T, f"Rt_l{l}{s}"),
-                          b.const(sd[f"weight_hr_l{l}{s}"].T, f"Whr_l{l}{s}"), mask is not None)
+            h_init = b.op(
+                "ConstantOfShape", [b.op("Concat", [batch, b.ints([P])], axis=0)], value=zero
+            )
+            c_init = b.op(
+                "ConstantOfShape", [b.op("Concat", [batch, b.ints([H])], axis=0)], value=zero
+            )
+        body = _scan_body(
+            b,
+            H,
+            P,
+            b.const(sd[f"weight_hh_l{l}{s}"].T, f"Rt_l{l}{s}"),
+            b.const(sd[f"weight_hr_l{l}{s}"].T, f"Whr_l{l}{s}"),
+            mask is not None,
+        )
         scans = [pre] + ([mask] if mask is not None else [])
         # Reverse direction: flip time before the loop and flip y back after it, so that y
         # lines up with the forward direction's. (Scan's own scan_input_directions would do
         # the same, but onnx.reference does not implement it, and it is the float64 oracle.)
         if d:
             scans = [_flip_time(b, v) for v in scans]
-        h_n, c_n, y = b.op("Scan", [h_init, c_init] + scans, n_out=3, body=body,
-                           num_scan_inputs=len(scans))
+        h_n, c_n, y = b.op(
+            "Scan", [h_init, c_init] + scans, n_out=3, body=body, num_scan_inputs=len(scans)
+        )
         if d:
             y = _flip_time(b, y)
         ys.append(y)
@@ -207,8 +241,9 @@ def _scan_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, mask: Optional[str]
     return b.op("Concat", ys, axis=2), b.op("Concat", hs, axis=0), b.op("Concat", cs, axis=0)
 
 
-def export(module, f, *, initial_state: bool = False, lengths: bool = False,
-           opset: Optional[int] = None) -> None:
+def export(
+    module, f, *, initial_state: bool = False, lengths: bool = False, opset: int | None = None
+) -> None:
     """Write an ``LSTM`` or ``LSTMModel`` as an ONNX model (inference, no dropout).
 
     Parameters
@@ -261,27 +296,38 @@ def export(module, f, *, initial_state: bool = False, lengths: bool = False,
     if isinstance(module, LSTMModel):
         lstm, fc = module.lstm, module.fc
         if initial_state:
-            raise ValueError(f"{where}: initial_state must be False for an LSTMModel (its graph "
-                             "starts from zeros, as its forward does), got True")
+            raise ValueError(
+                f"{where}: initial_state must be False for an LSTMModel (its graph "
+                "starts from zeros, as its forward does), got True"
+            )
     elif isinstance(module, LSTM):
         lstm, fc = module, None
     else:
-        raise TypeError(f"{where}: module must be an eigenlstm LSTM or LSTMModel, got {type(module).__name__}")
+        raise TypeError(
+            f"{where}: module must be an eigenlstm LSTM or LSTMModel, got {type(module).__name__}"
+        )
     onnx = _import_onnx(where)
     opset = _check_opset(where, onnx, opset)
     helper, TP = onnx.helper, onnx.TensorProto
     b = _Builder(onnx, lstm.dtype)
     sd = lstm.state_dict()
-    D, L, H, Hout, I = (lstm.num_directions, lstm.num_layers, lstm.hidden_size, lstm.output_size,
-                        lstm.input_size)
+    D, L, H, Hout, I = (
+        lstm.num_directions,
+        lstm.num_layers,
+        lstm.hidden_size,
+        lstm.output_size,
+        lstm.input_size,
+    )
 
     x_dims = ["batch", "time", I] if lstm.batch_first else ["time", "batch", I]
     graph_inputs = [helper.make_tensor_value_info("input", b.elem, x_dims)]
     x = b.op("Transpose", ["input"], perm=[1, 0, 2]) if lstm.batch_first else "input"  # (T, N, I)
     h0 = c0 = None
     if initial_state:
-        graph_inputs += [helper.make_tensor_value_info("h0", b.elem, [D * L, "batch", Hout]),
-                         helper.make_tensor_value_info("c0", b.elem, [D * L, "batch", H])]
+        graph_inputs += [
+            helper.make_tensor_value_info("h0", b.elem, [D * L, "batch", Hout]),
+            helper.make_tensor_value_info("c0", b.elem, [D * L, "batch", H]),
+        ]
         h0, c0 = "h0", "c0"
     seq = mask = None
     if lengths:
@@ -291,10 +337,14 @@ def export(module, f, *, initial_state: bool = False, lengths: bool = False,
         else:  # mask[t, n, 0] = t < lengths[n], for the Scan body
             T = b.op("Gather", [b.op("Shape", [x]), b.const(0, "zero", np.int64)], axis=0)
             t = b.op("Range", [b.const(0, "zero", np.int64), T, b.const(1, "one", np.int64)])
-            less = b.op("Less", [b.op("Unsqueeze", [t, b.ints([1])]),
-                                 b.op("Unsqueeze", ["lengths", b.ints([0])])])
+            less = b.op(
+                "Less",
+                [b.op("Unsqueeze", [t, b.ints([1])]), b.op("Unsqueeze", ["lengths", b.ints([0])])],
+            )
             mask = b.op("Unsqueeze", [less, b.ints([2])])
-    batch = b.op("Slice", [b.op("Shape", [x]), b.ints([1]), b.ints([2])]) if lstm.proj_size else None
+    batch = (
+        b.op("Slice", [b.op("Shape", [x]), b.ints([1]), b.ints([2])]) if lstm.proj_size else None
+    )
 
     hs, cs = [], []
     for l in range(L):
@@ -312,13 +362,17 @@ def export(module, f, *, initial_state: bool = False, lengths: bool = False,
             b.op("Identity", [x], out=["output"])
         b.op("Concat", hs, axis=0, out=["h_n"])
         b.op("Concat", cs, axis=0, out=["c_n"])
-        out_dims = (["batch", "time", D * Hout] if lstm.batch_first else ["time", "batch", D * Hout])
-        graph_outputs = [helper.make_tensor_value_info("output", b.elem, out_dims),
-                         helper.make_tensor_value_info("h_n", b.elem, [D * L, "batch", Hout]),
-                         helper.make_tensor_value_info("c_n", b.elem, [D * L, "batch", H])]
+        out_dims = ["batch", "time", D * Hout] if lstm.batch_first else ["time", "batch", D * Hout]
+        graph_outputs = [
+            helper.make_tensor_value_info("output", b.elem, out_dims),
+            helper.make_tensor_value_info("h_n", b.elem, [D * L, "batch", Hout]),
+            helper.make_tensor_value_info("c_n", b.elem, [D * L, "batch", H]),
+        ]
     else:
         if lengths:  # y[n] = out[n, lengths[n] - 1]: GatherND with one index per batch row
-            idx = b.op("Unsqueeze", [b.op("Sub", ["lengths", b.const(1, "one", np.int64)]), b.ints([1])])
+            idx = b.op(
+                "Unsqueeze", [b.op("Sub", ["lengths", b.const(1, "one", np.int64)]), b.ints([1])]
+            )
             last = b.op("GatherND", [b.op("Transpose", [x], perm=[1, 0, 2]), idx], batch_dims=1)
         else:  # out[:, -1, :] of the batch-first output is step -1 of x (T, N, D*H)
             last = b.op("Gather", [x, b.const(-1, "last", np.int64)], axis=0)
@@ -326,12 +380,18 @@ def export(module, f, *, initial_state: bool = False, lengths: bool = False,
         if fc.bias is not None:
             inputs.append(b.const(fc.bias, "fc_bias"))
         b.op("Gemm", inputs, out=["output"], transB=1)  # y = last W^T + b
-        graph_outputs = [helper.make_tensor_value_info("output", b.elem, ["batch", fc.out_features])]
+        graph_outputs = [
+            helper.make_tensor_value_info("output", b.elem, ["batch", fc.out_features])
+        ]
 
     graph = helper.make_graph(b.nodes, "eigenlstm", graph_inputs, graph_outputs, b.initializers)
     opsets = [helper.make_opsetid("", opset)]
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="eigenlstm",
-                              ir_version=helper.find_min_ir_version_for(opsets))
+    model = helper.make_model(
+        graph,
+        opset_imports=opsets,
+        producer_name="eigenlstm",
+        ir_version=helper.find_min_ir_version_for(opsets),
+    )
     data = model.SerializeToString()
     if hasattr(f, "write"):
         f.write(data)
@@ -348,6 +408,7 @@ def export(module, f, *, initial_state: bool = False, lengths: bool = False,
 # Axis labels: the graph input is ("a0", "a1", "F"); an LSTM node names its time and batch
 # axes after its input's, so a Transpose anywhere is tracked and checked at the end.
 
+
 class _V:
     """An abstract value: ``kind`` plus kind-specific fields."""
 
@@ -358,7 +419,7 @@ class _V:
     def __repr__(self) -> str:
         return f"<{self.kind}>"
 
-    def replace(self, **changes) -> "_V":
+    def replace(self, **changes) -> _V:
         fields = {k: v for k, v in vars(self).items() if k != "kind"}
         fields.update(changes)
         return _V(self.kind, **fields)
@@ -368,12 +429,14 @@ class _Layer:
     """One LSTM layer as found in the graph (D directions), in torch's layout."""
 
     def __init__(self, where, D, H, P, weights, src, seq, init, has_bias):
-        self.where = where        # node that defines it, for error messages
+        self.where = where  # node that defines it, for error messages
         self.D, self.H, self.P = D, H, P
-        self.weights = weights    # per direction: dict weight_ih, weight_hh, bias_ih, bias_hh[, weight_hr]
-        self.src = src            # the "seq" value it reads
-        self.seq = seq            # None, or "lengths" when it honours the graph's lengths
-        self.init = init          # per direction: None (zeros) or (h, c) "state" values
+        self.weights = (
+            weights  # per direction: dict weight_ih, weight_hh, bias_ih, bias_hh[, weight_hr]
+        )
+        self.src = src  # the "seq" value it reads
+        self.seq = seq  # None, or "lengths" when it honours the graph's lengths
+        self.init = init  # per direction: None (zeros) or (h, c) "state" values
         self.has_bias = has_bias
 
 
@@ -388,15 +451,20 @@ class _Interpreter:
     def __init__(self, onnx, model) -> None:
         self.onnx = onnx
         self.model = model
+        self.time_axis: str | None = None  # "a0" or "a1", fixed by the first LSTM node
         self.graph = model.graph
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-        self.env: Dict[str, _V] = {}
+        self.opset = next(
+            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None
+        )
+        self.env: dict[str, _V] = {}
         self.halves: dict = {}
         self.pairs: dict = {}
 
     # ---- helpers ---------------------------------------------------------------------------
     def fail(self, node, msg: str):
-        raise _LoadError(f"eigenlstm.onnx.load: node {node.name or node.output[0]!r} ({node.op_type}): {msg}")
+        raise _LoadError(
+            f"eigenlstm.onnx.load: node {node.name or node.output[0]!r} ({node.op_type}): {msg}"
+        )
 
     def attrs(self, node) -> dict:
         get = self.onnx.helper.get_attribute_value
@@ -420,7 +488,7 @@ class _Interpreter:
             return [int(v) for v in np.atleast_1d(self.const(node, node.input[index], key))]
         return default
 
-    def fold(self, node) -> List[np.ndarray]:
+    def fold(self, node) -> list[np.ndarray]:
         """Evaluate a node whose inputs are all constants with onnx's reference runtime."""
         from onnx.reference import ReferenceEvaluator
 
@@ -449,13 +517,15 @@ class _Interpreter:
                 data_seen = True
             elif t.elem_type in (elem.FLOAT, elem.DOUBLE) and rank == 3:
                 dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-                self.env[i.name] = _V("state", name=i.name, lo=0, hi=dims[0], axes=("S", "a?", "H"),
-                                      raw_dims=dims)
+                self.env[i.name] = _V(
+                    "state", name=i.name, lo=0, hi=dims[0], axes=("S", "a?", "H"), raw_dims=dims
+                )
             else:
                 raise _LoadError(
                     f"eigenlstm.onnx.load: graph input {i.name!r} must be the (3-D float) "
                     f"sequence, a 3-D float initial state or 1-D integer lengths, got element "
-                    f"type {elem.DataType.Name(t.elem_type)} of rank {rank}")
+                    f"type {elem.DataType.Name(t.elem_type)} of rank {rank}"
+                )
         if not data_seen:
             raise _LoadError("eigenlstm.onnx.load: the graph has no 3-D float input (the sequence)")
         for node in g.node:
@@ -466,17 +536,23 @@ class _Interpreter:
             if missing:
                 self.fail(node, f"reads {missing[0]!r}, which no earlier node or input defines")
             ins = [self.env[n] if n else None for n in node.input]
-            if node.op_type not in ("LSTM", "Scan") and ins and all(v is None or v.kind == "const" for v in ins):
-                if node.op_type in _FOLDABLE:
-                    for name, value in zip(node.output, self.fold(node)):
-                        self.env[name] = _V("const", value=np.asarray(value))
-                    continue
+            if (
+                node.op_type in _FOLDABLE
+                and ins
+                and all(v is None or v.kind == "const" for v in ins)
+            ):
+                for name, value in zip(node.output, self.fold(node)):
+                    self.env[name] = _V("const", value=np.asarray(value))
+                continue
             if node.op_type == "Constant":
                 self.env[node.output[0]] = _V("const", value=np.asarray(self.fold(node)[0]))
                 continue
             if handler is None:
-                self.fail(node, "this op is outside the pattern eigenlstm reads (chained LSTM "
-                                "layers, their glue, a last-step selection and a Gemm or MatMul+Add head)")
+                self.fail(
+                    node,
+                    "this op is outside the pattern eigenlstm reads (chained LSTM "
+                    "layers, their glue, a last-step selection and a Gemm or MatMul+Add head)",
+                )
             outs = handler(node, ins, self.attrs(node))
             if not isinstance(outs, (list, tuple)):
                 outs = [outs]
@@ -511,7 +587,9 @@ class _Interpreter:
             return _V("sym", items=tuple(sel), scalar=idx.value.ndim == 0)
         if v.kind in ("seq",) and idx.value.ndim == 0:
             return self._last_step(node, v, axis, int(idx.value))
-        self.fail(node, f"Gather must select the last time step of a layer output, got a {v.kind} value")
+        self.fail(
+            node, f"Gather must select the last time step of a layer output, got a {v.kind} value"
+        )
 
     def _last_step(self, node, v, axis, index):
         v = self.as_seq(node, v)
@@ -519,9 +597,15 @@ class _Interpreter:
         if v.layer is None or v.axes[axis] != self.time_label(node):
             self.fail(node, "only the time axis of an LSTM output may be indexed")
         if index != -1:
-            self.fail(node, f"the time index must be -1 (the last step, for any length), got {index}")
-        return _V("last", axes=tuple(x for k, x in enumerate(v.axes) if k != axis), layer=v.layer,
-                  by_lengths=False)
+            self.fail(
+                node, f"the time index must be -1 (the last step, for any length), got {index}"
+            )
+        return _V(
+            "last",
+            axes=tuple(x for k, x in enumerate(v.axes) if k != axis),
+            layer=v.layer,
+            by_lengths=False,
+        )
 
     def op_Unsqueeze(self, node, ins, a):
         v = ins[0]
@@ -549,8 +633,12 @@ class _Interpreter:
         axes = self.ints_arg(node, a, "axes", 1)
         if v.kind == "zeros":
             return v
-        if v.kind == "seq_last" and axes is not None and len(axes) == 1 \
-                and axes[0] % len(v.seq.axes) == v.axis:
+        if (
+            v.kind == "seq_last"
+            and axes is not None
+            and len(axes) == 1
+            and axes[0] % len(v.seq.axes) == v.axis
+        ):
             return self._last_step(node, v.seq, v.axis, -1)
         if v.kind == "state" and axes == [0] and v.axes[0] == "S":
             return _V("state", name=v.name, lo=v.lo, hi=v.hi, axes=v.axes[1:], squeezed=True)
@@ -559,8 +647,11 @@ class _Interpreter:
             if v.axes[ax] == "D" and v.layer.D == 1:
                 rest = tuple(x for k, x in enumerate(v.axes) if k != ax)
                 return _V("seq", axes=tuple("F" if x == "H" else x for x in rest), layer=v.layer)
-        self.fail(node, f"Squeeze with axes={axes} of a {v.kind} value is outside the pattern "
-                        "(only a direction axis of size 1 may be squeezed)")
+        self.fail(
+            node,
+            f"Squeeze with axes={axes} of a {v.kind} value is outside the pattern "
+            "(only a direction axis of size 1 may be squeezed)",
+        )
 
     def op_Concat(self, node, ins, a):
         axis = int(a["axis"])
@@ -568,13 +659,19 @@ class _Interpreter:
         if kinds <= {"sym", "const"}:
             items = []
             for v in ins:
-                items += list(v.items) if v.kind == "sym" else [int(x) for x in np.atleast_1d(v.value)]
+                items += (
+                    list(v.items) if v.kind == "sym" else [int(x) for x in np.atleast_1d(v.value)]
+                )
             return _V("sym", items=tuple(items), scalar=False)
         if kinds <= {"final", "final_half"} and axis == 0:
             return self._concat_finals(node, ins)
         if kinds == {"scan_y"} and len(ins) == 2 and axis in (2, -1):
             layer = self._pair(node, ins[0], ins[1])
-            return _V("seq", axes=(self.time_label(node, layer), self.batch_label(layer), "F"), layer=layer)
+            return _V(
+                "seq",
+                axes=(self.time_label(node, layer), self.batch_label(layer), "F"),
+                layer=layer,
+            )
         self.fail(node, f"Concat on axis {axis} of {sorted(kinds)} values is outside the pattern")
 
     def op_ConstantOfShape(self, node, ins, a):
@@ -598,18 +695,33 @@ class _Interpreter:
         if v.kind == "zeros":
             return v
         if v.kind == "sym" and axes == [0] and steps == [1]:
-            return _V("sym", items=v.items[starts[0]:ends[0]], scalar=False)
+            return _V("sym", items=v.items[starts[0] : ends[0]], scalar=False)
         flip = axes == [0] and steps == [-1] and starts == [-1] and ends[0] <= -(2**31)
         if flip and v.kind in ("pre", "mask", "scan_y"):
             return v.replace(flipped=not v.flipped)
         if v.kind == "state" and axes == [0] and steps == [1] and v.axes[0] == "S":
-            return _V("state", name=v.name, lo=v.lo + starts[0], hi=v.lo + ends[0], axes=v.axes,
-                      raw_dims=None)
-        if v.kind == "seq" and len(axes) == 1 and steps == [1] and starts == [-1] and ends[0] >= 2**31 - 1:
+            return _V(
+                "state",
+                name=v.name,
+                lo=v.lo + starts[0],
+                hi=v.lo + ends[0],
+                axes=v.axes,
+                raw_dims=None,
+            )
+        if (
+            v.kind == "seq"
+            and len(axes) == 1
+            and steps == [1]
+            and starts == [-1]
+            and ends[0] >= 2**31 - 1
+        ):
             ax = axes[0] % len(v.axes)
             return _V("seq_last", seq=v, axis=ax)
-        self.fail(node, f"Slice (starts={starts}, ends={ends}, axes={axes}, steps={steps}) of a "
-                        f"{v.kind} value is outside the pattern")
+        self.fail(
+            node,
+            f"Slice (starts={starts}, ends={ends}, axes={axes}, steps={steps}) of a "
+            f"{v.kind} value is outside the pattern",
+        )
 
     def op_Transpose(self, node, ins, a):
         v = ins[0]
@@ -631,16 +743,31 @@ class _Interpreter:
         if shape.kind != "const":
             self.fail(node, "the shape must be a constant")
         shape = [int(s) for s in shape.value]
-        if v.kind == "seq" and v.layer is not None and len(v.axes) == 4 and v.axes[2:] == ("D", "H"):
-            if shape[:2] == [0, 0] and shape[2] in (-1, v.layer.D * v.layer.H_out):
-                return _V("seq", axes=v.axes[:2] + ("F",), layer=v.layer)
-        self.fail(node, f"Reshape to {shape} of a {v.kind} value is outside the pattern (only "
-                        "merging the direction and hidden axes into features is)")
+        if (
+            v.kind == "seq"
+            and v.layer is not None
+            and len(v.axes) == 4
+            and v.axes[2:] == ("D", "H")
+            and shape[:2] == [0, 0]
+            and shape[2] in (-1, v.layer.D * v.layer.H_out)
+        ):
+            return _V("seq", axes=v.axes[:2] + ("F",), layer=v.layer)
+        self.fail(
+            node,
+            f"Reshape to {shape} of a {v.kind} value is outside the pattern (only "
+            "merging the direction and hidden axes into features is)",
+        )
 
     def op_Range(self, node, ins, a):
         start, limit, delta = ins
-        if (start.kind == "const" and int(start.value) == 0 and delta.kind == "const"
-                and int(delta.value) == 1 and limit.kind == "sym" and limit.scalar):
+        if (
+            start.kind == "const"
+            and int(start.value) == 0
+            and delta.kind == "const"
+            and int(delta.value) == 1
+            and limit.kind == "sym"
+            and limit.scalar
+        ):
             return _V("time_range", label=limit.items[0])
         self.fail(node, "only Range(0, T, 1) over the time steps is read")
 
@@ -660,7 +787,11 @@ class _Interpreter:
         v, idx = ins
         if int(a.get("batch_dims", 0)) == 1 and idx.kind == "lengths_idx":
             v = self.as_seq(node, v)
-            if v.layer is not None and v.axes == (self.batch_label(v.layer), self.time_label(node), "F"):
+            if v.layer is not None and v.axes == (
+                self.batch_label(v.layer),
+                self.time_label(node),
+                "F",
+            ):
                 return _V("last", axes=(v.axes[0], "F"), layer=v.layer, by_lengths=True)
         self.fail(node, "only GatherND of each sequence's step lengths - 1 is read")
 
@@ -669,8 +800,11 @@ class _Interpreter:
         if v.kind == "seq_last":
             self.fail(node, "a last-step Slice must be squeezed before the head")
         if v.kind != "last" or v.axes != (self.batch_label(v.layer), "F"):
-            self.fail(node, f"the head must read the last step of the last LSTM layer (N, features), "
-                            f"got a {v.kind} value")
+            self.fail(
+                node,
+                f"the head must read the last step of the last LSTM layer (N, features), "
+                f"got a {v.kind} value",
+            )
         return v
 
     def op_Gemm(self, node, ins, a):
@@ -678,7 +812,7 @@ class _Interpreter:
         if int(a.get("transA", 0)):
             self.fail(node, "transA must be 0")
         w = self.const(node, node.input[1], "B (the weight)")
-        w = w.T if int(a.get("transB", 0)) else w        # (F, O) -> torch's Linear weight (O, F)
+        w = w.T if int(a.get("transB", 0)) else w  # (F, O) -> torch's Linear weight (O, F)
         weight = float(a.get("alpha", 1.0)) * w.T
         bias = None
         if len(ins) > 2 and ins[2] is not None:
@@ -704,28 +838,32 @@ class _Interpreter:
         if x.kind == "const":
             x, y = y, x
         if y.kind == "const" and x.kind == "head" and x.bias is None:
-            return _V("head", last=x.last, weight=x.weight,
-                      bias=np.broadcast_to(y.value, (x.weight.shape[0],)))
+            return _V(
+                "head",
+                last=x.last,
+                weight=x.weight,
+                bias=np.broadcast_to(y.value, (x.weight.shape[0],)),
+            )
         if y.kind == "const" and x.kind == "pre" and x.bias is None and not x.flipped:
             return _V("pre", src=x.src, w_t=x.w_t, bias=y.value, flipped=False)
         self.fail(node, f"Add of {x.kind} and {y.kind} values is outside the pattern")
 
     # ---- LSTM layers -----------------------------------------------------------------------
     def time_label(self, node, layer=None):
-        if getattr(self, "_time", None) is None:
+        if self.time_axis is None:
             self.fail(node, "a time axis is used before any LSTM node fixed it")
-        return self._time
+        return self.time_axis
 
     def batch_label(self, layer=None):
-        return "a1" if self._time == "a0" else "a0"
+        return "a1" if self.time_axis == "a0" else "a0"
 
     def _fix_axes(self, node, x_axes, layout):
         t, n = (x_axes[0], x_axes[1]) if layout == 0 else (x_axes[1], x_axes[0])
         if x_axes[2] != "F" or {t, n} != {"a0", "a1"}:
             self.fail(node, f"X must be a sequence with features last, got axes {x_axes}")
-        if getattr(self, "_time", None) is None:
-            self._time = t
-        elif self._time != t:
+        if self.time_axis is None:
+            self.time_axis = t
+        elif self.time_axis != t:
             self.fail(node, "X has time and batch swapped with respect to the first layer")
         return t, n
 
@@ -733,7 +871,9 @@ class _Interpreter:
         if v is None or v.kind == "zeros" or (v.kind == "const" and not np.any(v.value)):
             return None
         if v.kind != "state":
-            self.fail(node, f"{what} must be zeros or a slice of a graph input, got a {v.kind} value")
+            self.fail(
+                node, f"{what} must be zeros or a slice of a graph input, got a {v.kind} value"
+            )
         want = ("S", "a?", "H") if layout == 0 else ("a?", "S", "H")
         if layout == 1 and getattr(v, "raw_dims", None) is not None and v.axes[0] == "S":
             # A graph input used as it is by a layout-1 node is (N, D, H): rows on axis 1.
@@ -745,33 +885,53 @@ class _Interpreter:
     def op_LSTM(self, node, ins, a):
         for key in ("clip", "activation_alpha", "activation_beta"):
             if key in a:
-                self.fail(node, f"attribute {key} is not supported (eigenlstm's cell has no {key}), got {a[key]}")
+                self.fail(
+                    node,
+                    f"attribute {key} is not supported (eigenlstm's cell has no {key}), got {a[key]}",
+                )
         if int(a.get("input_forget", 0)) != 0:
-            self.fail(node, f"attribute input_forget must be 0 (coupled input-forget gates are "
-                            f"not supported), got {a['input_forget']}")
+            self.fail(
+                node,
+                f"attribute input_forget must be 0 (coupled input-forget gates are "
+                f"not supported), got {a['input_forget']}",
+            )
         direction = a.get("direction", "forward")
         if direction not in ("forward", "bidirectional"):
-            self.fail(node, f"attribute direction must be 'forward' or 'bidirectional' (a "
-                            f"reverse-only layer is not an eigenlstm LSTM), got {direction!r}")
+            self.fail(
+                node,
+                f"attribute direction must be 'forward' or 'bidirectional' (a "
+                f"reverse-only layer is not an eigenlstm LSTM), got {direction!r}",
+            )
         D = 2 if direction == "bidirectional" else 1
         acts = [s.lower() for s in a.get("activations", ["Sigmoid", "Tanh", "Tanh"] * D)]
         if acts != ["sigmoid", "tanh", "tanh"] * D:
-            self.fail(node, f"attribute activations must be {['Sigmoid', 'Tanh', 'Tanh'] * D} "
-                            f"(the standard cell), got {a['activations']}")
+            self.fail(
+                node,
+                f"attribute activations must be {['Sigmoid', 'Tanh', 'Tanh'] * D} "
+                f"(the standard cell), got {a['activations']}",
+            )
         layout = int(a.get("layout", 0))
         x = ins[0]
         if x.kind == "scan_y":
             x = self.as_seq(node, x)
         if x.kind != "seq":
-            self.fail(node, f"X must be the sequence or a previous layer's output, got a {x.kind} value")
+            self.fail(
+                node, f"X must be the sequence or a previous layer's output, got a {x.kind} value"
+            )
         t, n = self._fix_axes(node, x.axes, layout)
         W = self.const(node, node.input[1], "W")
         R = self.const(node, node.input[2], "R")
         H = R.shape[-1]
         if "hidden_size" in a and int(a["hidden_size"]) != H:
-            self.fail(node, f"attribute hidden_size must match R's last dimension {H}, got {a['hidden_size']}")
+            self.fail(
+                node,
+                f"attribute hidden_size must match R's last dimension {H}, got {a['hidden_size']}",
+            )
         if W.shape[0] != D or R.shape != (D, 4 * H, H) or W.shape[1] != 4 * H:
-            self.fail(node, f"W must be ({D}, {4 * H}, I) and R ({D}, {4 * H}, {H}), got {W.shape} and {R.shape}")
+            self.fail(
+                node,
+                f"W must be ({D}, {4 * H}, I) and R ({D}, {4 * H}, {H}), got {W.shape} and {R.shape}",
+            )
         B = ins[3]
         B = None if B is None else self.const(node, node.input[3], "B")
         if B is not None and B.shape != (D, 8 * H):
@@ -779,46 +939,66 @@ class _Interpreter:
         if len(ins) > 7 and ins[7] is not None:
             P = self.const(node, node.input[7], "P")
             if np.any(P != 0):
-                self.fail(node, "input P (peephole weights) must be absent or all zeros: peephole "
-                                "LSTMs need a cell variant eigenlstm does not have yet")
+                self.fail(
+                    node,
+                    "input P (peephole weights) must be absent or all zeros: peephole "
+                    "LSTMs need a cell variant eigenlstm does not have yet",
+                )
         seq = ins[4] if len(ins) > 4 else None
         if seq is not None and seq.kind != "lengths":
-            self.fail(node, f"sequence_lens must be the graph's lengths input, got a {seq.kind} value")
+            self.fail(
+                node, f"sequence_lens must be the graph's lengths input, got a {seq.kind} value"
+            )
         h0 = self._init_state(node, ins[5] if len(ins) > 5 else None, D, layout, "initial_h")
         c0 = self._init_state(node, ins[6] if len(ins) > 6 else None, D, layout, "initial_c")
         if (h0 is None) != (c0 is None):
             self.fail(node, "initial_h and initial_c must both be zeros or both be graph inputs")
         weights = []
         for d in range(D):
-            w = {"weight_ih": _gate_blocks(W[d], _ONNX_TO_TORCH),
-                 "weight_hh": _gate_blocks(R[d], _ONNX_TO_TORCH)}
+            w = {
+                "weight_ih": _gate_blocks(W[d], _ONNX_TO_TORCH),
+                "weight_hh": _gate_blocks(R[d], _ONNX_TO_TORCH),
+            }
             if B is not None:
-                w["bias_ih"] = _gate_blocks(B[d, :4 * H], _ONNX_TO_TORCH)
-                w["bias_hh"] = _gate_blocks(B[d, 4 * H:], _ONNX_TO_TORCH)
+                w["bias_ih"] = _gate_blocks(B[d, : 4 * H], _ONNX_TO_TORCH)
+                w["bias_hh"] = _gate_blocks(B[d, 4 * H :], _ONNX_TO_TORCH)
             weights.append(w)
         init = None if h0 is None else [(h0, c0, d) for d in range(D)]
-        layer = _Layer(node, D, H, 0, weights, x, None if seq is None else "lengths", init, B is not None)
+        layer = _Layer(
+            node, D, H, 0, weights, x, None if seq is None else "lengths", init, B is not None
+        )
         layer.H_out = H
         layer.layout = layout
         y_axes = (t, "D", n, "H") if layout == 0 else (n, t, "D", "H")
         f_axes = ("D", n, "H") if layout == 0 else (n, "D", "H")
-        return [_V("seq", axes=y_axes, layer=layer),
-                _V("final", which="h", layers=(layer,), axes=f_axes),
-                _V("final", which="c", layers=(layer,), axes=f_axes)]
+        return [
+            _V("seq", axes=y_axes, layer=layer),
+            _V("final", which="h", layers=(layer,), axes=f_axes),
+            _V("final", which="c", layers=(layer,), axes=f_axes),
+        ]
 
     # ---- Scan layers (projection), as export writes them ------------------------------------
     def op_Scan(self, node, ins, a):
         n_scan = int(a["num_scan_inputs"])
-        for key in ("scan_input_directions", "scan_output_directions", "scan_input_axes",
-                    "scan_output_axes"):
+        for key in (
+            "scan_input_directions",
+            "scan_output_directions",
+            "scan_input_axes",
+            "scan_output_axes",
+        ):
             if key in a and any(int(v) for v in a[key]):
                 self.fail(node, f"attribute {key} must be all zeros, got {list(a[key])}")
         if len(ins) != 2 + n_scan or n_scan not in (1, 2) or len(node.output) != 3:
-            self.fail(node, "the Scan must carry (h, c), scan the pre-activations (and a mask) "
-                            "and output the steps")
+            self.fail(
+                node,
+                "the Scan must carry (h, c), scan the pre-activations (and a mask) "
+                "and output the steps",
+            )
         h_init, c_init, pre = ins[:3]
         mask = ins[3] if n_scan == 2 else None
-        if pre.kind != "pre" or (mask is not None and (mask.kind != "mask" or mask.flipped != pre.flipped)):
+        if pre.kind != "pre" or (
+            mask is not None and (mask.kind != "mask" or mask.flipped != pre.flipped)
+        ):
             self.fail(node, "the scanned inputs must be x W_ih^T (+ b) and the lengths mask")
         Rt, Whr = self._match_body(node, a["body"], mask is not None)
         H = Rt.shape[1] // 4
@@ -828,20 +1008,40 @@ class _Interpreter:
         for v, what in ((h_init, "the initial h"), (c_init, "the initial c")):
             if v.kind == "zeros" or (v.kind == "const" and not np.any(v.value)):
                 inits.append(None)
-            elif v.kind == "state" and getattr(v, "squeezed", False) and v.hi is not None and v.hi - v.lo == 1:
+            elif (
+                v.kind == "state"
+                and getattr(v, "squeezed", False)
+                and v.hi is not None
+                and v.hi - v.lo == 1
+            ):
                 inits.append(v)
             else:
-                self.fail(node, f"{what} must be zeros or one row of a graph input, got a {v.kind} value")
+                self.fail(
+                    node, f"{what} must be zeros or one row of a graph input, got a {v.kind} value"
+                )
         if (inits[0] is None) != (inits[1] is None):
             self.fail(node, "the initial h and c must both be zeros or both be graph inputs")
         w = {"weight_ih": pre.w_t.T, "weight_hh": Rt.T, "weight_hr": Whr.T}
         if pre.bias is not None:  # one summed bias: all of it goes to b_ih, b_hh is zero
             w["bias_ih"] = np.broadcast_to(pre.bias, (4 * H,)).copy()
             w["bias_hh"] = np.zeros(4 * H, dtype=pre.bias.dtype)
-        half = _V("half", d=d, H=H, P=P, weights=w, src=pre.src, seq="lengths" if mask is not None else None,
-                  init=inits, node=node, has_bias=pre.bias is not None)
-        return [_V("scan_h", half=half, which="h"), _V("scan_h", half=half, which="c"),
-                _V("scan_y", half=half, flipped=pre.flipped)]
+        half = _V(
+            "half",
+            d=d,
+            H=H,
+            P=P,
+            weights=w,
+            src=pre.src,
+            seq="lengths" if mask is not None else None,
+            init=inits,
+            node=node,
+            has_bias=pre.bias is not None,
+        )
+        return [
+            _V("scan_h", half=half, which="h"),
+            _V("scan_h", half=half, which="c"),
+            _V("scan_y", half=half, flipped=pre.flipped),
+        ]
 
     def _match_body(self, node, body, masked):
         """Check a Scan body against the step export writes; return (W_hh^T, W_hr^T)."""
@@ -858,7 +1058,9 @@ class _Interpreter:
             outer = self.env.get(name)
             if outer is not None and outer.kind == "const":
                 return ("const", outer.value)
-            self.fail(node, f"the Scan body reads {name!r}, which is neither a body value nor a constant")
+            self.fail(
+                node, f"the Scan body reads {name!r}, which is neither a body value nor a constant"
+            )
 
         get = self.onnx.helper.get_attribute_value
         Rt = Whr = None
@@ -878,10 +1080,16 @@ class _Interpreter:
                 if sizes is None and len(args) > 1:
                     sizes = [int(v) for v in args[1][1]] if keys[1] == ("const",) else None
                 H = Rt.shape[1] // 4
-                if (int(attrs.get("axis", 0)) not in (1, -1) or len(bn.output) != 4
-                        or (sizes is not None and list(sizes) != [H] * 4)):
-                    self.fail(node, f"the Scan body must split the gates in four blocks of {H} "
-                                    "on the last axis")
+                if (
+                    int(attrs.get("axis", 0)) not in (1, -1)
+                    or len(bn.output) != 4
+                    or (sizes is not None and list(sizes) != [H] * 4)
+                ):
+                    self.fail(
+                        node,
+                        f"the Scan body must split the gates in four blocks of {H} "
+                        "on the last axis",
+                    )
                 for k, o in enumerate(bn.output):
                     env[o] = ("gate", k)
                 continue
@@ -909,24 +1117,54 @@ class _Interpreter:
             elif op == "Identity" and not masked and keys[0] in (("h_new",), ("c_new",)):
                 out = keys[0]
             if out is None:
-                self.fail(node, f"the Scan body's {op} node is not part of the LSTM step export writes")
+                self.fail(
+                    node, f"the Scan body's {op} node is not part of the LSTM step export writes"
+                )
             env[bn.output[0]] = out
-        want = [("h_out",), ("c_out",), ("y_out",)] if masked else [("h_new",), ("c_new",), ("h_new",)]
+        want = (
+            [("h_out",), ("c_out",), ("y_out",)] if masked else [("h_new",), ("c_new",), ("h_new",)]
+        )
         got = [env.get(o.name) for o in body.output]
         if got != want:
-            self.fail(node, "the Scan body's outputs must be the new h, the new c and the step output")
+            self.fail(
+                node, "the Scan body's outputs must be the new h, the new c and the step output"
+            )
         return Rt, Whr
 
     def _layer_of_halves(self, node, halves):
         h0 = halves[0]
         for h in halves:
-            if (h.H, h.P, h.seq, h.src is h0.src, h.has_bias) != (h0.H, h0.P, h0.seq, True, h0.has_bias):
-                self.fail(node, "the two directions of a Scan layer must match in sizes, input and lengths")
+            if (h.H, h.P, h.seq, h.src is h0.src, h.has_bias) != (
+                h0.H,
+                h0.P,
+                h0.seq,
+                True,
+                h0.has_bias,
+            ):
+                self.fail(
+                    node,
+                    "the two directions of a Scan layer must match in sizes, input and lengths",
+                )
             if (h.init[0] is None) != (h0.init[0] is None):
-                self.fail(node, "the two directions must both start from zeros or both from graph inputs")
-        init = None if h0.init[0] is None else [(h.init[0], h.init[1], d) for d, h in enumerate(halves)]
-        layer = _Layer(h0.node, len(halves), h0.H, h0.P, [h.weights for h in halves], h0.src, h0.seq,
-                       init, h0.has_bias)
+                self.fail(
+                    node, "the two directions must both start from zeros or both from graph inputs"
+                )
+        init = (
+            None
+            if h0.init[0] is None
+            else [(h.init[0], h.init[1], d) for d, h in enumerate(halves)]
+        )
+        layer = _Layer(
+            h0.node,
+            len(halves),
+            h0.H,
+            h0.P,
+            [h.weights for h in halves],
+            h0.src,
+            h0.seq,
+            init,
+            h0.has_bias,
+        )
         layer.H_out = h0.P
         layer.layout = 0
         layer.scan = True
@@ -947,8 +1185,11 @@ class _Interpreter:
 
     def _pair_halves(self, node, h0, h1):
         if (h0.d, h1.d) != (0, 1):
-            self.fail(node, "a bidirectional Scan layer must concatenate the forward then the "
-                            "reverse direction")
+            self.fail(
+                node,
+                "a bidirectional Scan layer must concatenate the forward then the "
+                "reverse direction",
+            )
         key = (id(h0), id(h1))
         if key not in self.pairs:
             self.pairs[key] = self._layer_of_halves(node, [h0, h1])
@@ -967,8 +1208,12 @@ class _Interpreter:
         while k < len(ins):
             v = ins[k]
             if v.kind == "final_half":
-                if v.half.d == 0 and k + 1 < len(ins) and ins[k + 1].kind == "final_half" \
-                        and ins[k + 1].half.d == 1:
+                if (
+                    v.half.d == 0
+                    and k + 1 < len(ins)
+                    and ins[k + 1].kind == "final_half"
+                    and ins[k + 1].half.d == 1
+                ):
                     layers.append(self._pair_halves(node, v.half, ins[k + 1].half))
                     k += 2
                 else:
@@ -988,14 +1233,32 @@ class _Interpreter:
 
 
 # Ops folded on constants (weights that an exporter left as Slice/Concat/Transpose of others).
-_FOLDABLE = {"Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Concat", "Slice",
-             "Gather", "Add", "Sub", "Mul", "Div", "Neg", "Split", "Range", "ConstantOfShape",
-             "Expand", "Shape"}
+_FOLDABLE = {
+    "Identity",
+    "Cast",
+    "Transpose",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+    "Concat",
+    "Slice",
+    "Gather",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Neg",
+    "Split",
+    "Range",
+    "ConstantOfShape",
+    "Expand",
+    "Shape",
+}
 
 _MIN_LOAD_OPSET = 7
 
 
-def _chain(out_layer: _Layer) -> List[_Layer]:
+def _chain(out_layer: _Layer) -> list[_Layer]:
     """The layers that feed ``out_layer``, first to last."""
     layers = [out_layer]
     while layers[-1].src.layer is not None:
@@ -1003,20 +1266,24 @@ def _chain(out_layer: _Layer) -> List[_Layer]:
     return layers[::-1]
 
 
-def _assemble(interp: _Interpreter, outputs: List[_V]):
+def _assemble(interp: _Interpreter, outputs: list[_V]):
     where = "eigenlstm.onnx.load"
     seqs = [v for v in outputs if v.kind in ("seq", "scan_y")]
     heads = [v for v in outputs if v.kind == "head"]
     if heads:
         if len(outputs) != 1:
-            raise _LoadError(f"{where}: a graph with a head must have one output (N, O), got {len(outputs)}")
+            raise _LoadError(
+                f"{where}: a graph with a head must have one output (N, O), got {len(outputs)}"
+            )
         last_layer = heads[0].last.layer
     elif seqs:
         seq = seqs[0] if seqs[0].kind == "seq" else interp.as_seq(interp.graph.node[-1], seqs[0])
         last_layer = seq.layer
     else:
-        raise _LoadError(f"{where}: the graph's outputs must include the last layer's output "
-                         f"sequence or a head on its last step, got {[v.kind for v in outputs]}")
+        raise _LoadError(
+            f"{where}: the graph's outputs must include the last layer's output "
+            f"sequence or a head on its last step, got {[v.kind for v in outputs]}"
+        )
     if last_layer is None:
         raise _LoadError(f"{where}: the graph's output is its input: there is no LSTM layer")
     layers = _chain(last_layer)
@@ -1025,24 +1292,30 @@ def _assemble(interp: _Interpreter, outputs: List[_V]):
         what = f"layer {k} ({layer.where.name or layer.where.op_type})"
         for attr in ("D", "H", "P"):
             if getattr(layer, attr) != getattr(first, attr):
-                raise _LoadError(f"{where}: {what} has {attr}={getattr(layer, attr)}, layer 0 has "
-                                 f"{getattr(first, attr)}: an eigenlstm LSTM has one size for all layers")
+                raise _LoadError(
+                    f"{where}: {what} has {attr}={getattr(layer, attr)}, layer 0 has "
+                    f"{getattr(first, attr)}: an eigenlstm LSTM has one size for all layers"
+                )
         if (layer.seq is None) != (first.seq is None):
             raise _LoadError(f"{where}: {what} and layer 0 disagree on using the lengths input")
         if (layer.init is None) != (first.init is None):
             raise _LoadError(f"{where}: {what} and layer 0 disagree on starting from zeros")
-        if k and layer.src.axes != (interp._time, interp.batch_label(), "F"):
-            raise _LoadError(f"{where}: {what} must read the previous layer's (T, N, features) output")
+        if k and layer.src.axes != (interp.time_axis, interp.batch_label(), "F"):
+            raise _LoadError(
+                f"{where}: {what} must read the previous layer's (T, N, features) output"
+            )
         if layer.init is not None:
             for h, c, d in layer.init:
                 row = k * layer.D + d
                 for v, name in ((h, "initial_h"), (c, "initial_c")):
                     lo = v.lo if getattr(v, "squeezed", False) else v.lo + d
                     if lo != row:
-                        raise _LoadError(f"{where}: {what}'s {name} must be row {row} of a "
-                                         f"(D*L, N, H) graph input, got row {lo}")
+                        raise _LoadError(
+                            f"{where}: {what}'s {name} must be row {row} of a "
+                            f"(D*L, N, H) graph input, got row {lo}"
+                        )
     D, H, P, L = first.D, first.H, first.P, len(layers)
-    batch_first = interp._time == "a1"
+    batch_first = interp.time_axis == "a1"
     dtype = np.dtype(first.weights[0]["weight_ih"].dtype)
     if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise _LoadError(f"{where}: weights must be float32 or float64, got {dtype}")
@@ -1063,16 +1336,22 @@ def _assemble(interp: _Interpreter, outputs: List[_V]):
     if heads:
         head = heads[0]
         if P:
-            raise _LoadError(f"{where}: a head after a projected LSTM (proj_size={P}) is not an "
-                             "LSTMModel, which has no projection")
+            raise _LoadError(
+                f"{where}: a head after a projected LSTM (proj_size={P}) is not an "
+                "LSTMModel, which has no projection"
+            )
         if first.init is not None:
-            raise _LoadError(f"{where}: a model with a head must start from zero states, got "
-                             "initial states from graph inputs")
+            raise _LoadError(
+                f"{where}: a model with a head must start from zero states, got "
+                "initial states from graph inputs"
+            )
         if not batch_first:
             raise _LoadError(f"{where}: a model with a head must take batch-first (N, T, I) input")
         if head.last.by_lengths != (first.seq is not None):
-            raise _LoadError(f"{where}: the head must read step lengths - 1 exactly when the LSTM "
-                             "layers use the lengths input")
+            raise _LoadError(
+                f"{where}: the head must read step lengths - 1 exactly when the LSTM "
+                "layers use the lengths input"
+            )
         O = head.weight.shape[0]
         model = LSTMModel(I, H, O, L, bidirectional=D == 2, dtype=dtype, seed=0)
         sd = {f"lstm.{k}": v for k, v in state.items()}
@@ -1084,25 +1363,39 @@ def _assemble(interp: _Interpreter, outputs: List[_V]):
         sd["fc.bias"] = head.bias if head.bias is not None else np.zeros(O, dtype)
         model.load_state_dict(sd)
         return model.eval()
-    lstm = LSTM(I, H, L, bias=bias, batch_first=batch_first, bidirectional=D == 2, proj_size=P,
-                dtype=dtype, seed=0)
+    lstm = LSTM(
+        I,
+        H,
+        L,
+        bias=bias,
+        batch_first=batch_first,
+        bidirectional=D == 2,
+        proj_size=P,
+        dtype=dtype,
+        seed=0,
+    )
     out_axes = ("a0", "a1", "F")
     for v in outputs:
         if v.kind == "scan_y":
             v = interp.as_seq(interp.graph.node[-1], v)
         if v.kind == "seq":
             if v.layer is not last_layer or v.axes != out_axes:
-                raise _LoadError(f"{where}: an output sequence must be the last layer's, in the "
-                                 f"input's layout")
+                raise _LoadError(
+                    f"{where}: an output sequence must be the last layer's, in the input's layout"
+                )
         elif v.kind in ("final", "final_half"):
             # Layout 1 keeps states batch-first, (N, D*L, H); the module returns torch's layout.
             d_axis = 1 if getattr(first, "layout", 0) == 1 else 0
             if v.kind == "final_half" or v.layers != tuple(layers) or v.axes[d_axis] != "D":
-                raise _LoadError(f"{where}: a state output must be all layers' final states, "
-                                 "(D*L, N, H), as torch's h_n and c_n")
+                raise _LoadError(
+                    f"{where}: a state output must be all layers' final states, "
+                    "(D*L, N, H), as torch's h_n and c_n"
+                )
         else:
-            raise _LoadError(f"{where}: a graph output holds a {v.kind} value, which an eigenlstm "
-                             "LSTM does not return")
+            raise _LoadError(
+                f"{where}: a graph output holds a {v.kind} value, which an eigenlstm "
+                "LSTM does not return"
+            )
     lstm.load_state_dict(state)
     return lstm.eval()
 
@@ -1128,8 +1421,9 @@ def load(f):
     Read: ONNX ``LSTM`` nodes (opset 7 and newer; the op last changed in opset 22) with
     directions forward and bidirectional, ``B``, ``sequence_lens`` (from a 1-D integer graph
     input), ``initial_h``/``initial_c`` (zeros, or rows of 3-D graph inputs in torch's
-    (D*L, N, H) order), an all-zero ``P``, ``layout`` 0 and 1; the glue exporters put around them (Transpose, Squeeze, Reshape, Slice, Concat, and
-    Shape/Gather/ConstantOfShape building zero states); constant subgraphs of weights are folded.
+    (D*L, N, H) order), an all-zero ``P``, ``layout`` 0 and 1; the glue exporters put around
+    them (Transpose, Squeeze, Reshape, Slice, Concat, and Shape/Gather/ConstantOfShape
+    building zero states); constant subgraphs of weights are folded.
     A layout-1 graph keeps its states batch-first, (N, D, H); the loaded module takes and
     returns torch's (D, N, H).
     The Scan layers that ``export`` writes for projection are read back too. The loaded
@@ -1156,8 +1450,13 @@ def load(f):
     else:
         model = onnx.load_model(os.fspath(f))
     interp = _Interpreter(onnx, model)
-    if interp.opset is None or not _MIN_LOAD_OPSET <= interp.opset <= onnx.defs.onnx_opset_version():
-        raise ValueError(f"{where}: the default-domain opset must be in [{_MIN_LOAD_OPSET}, "
-                         f"{onnx.defs.onnx_opset_version()}], got {interp.opset}")
+    if (
+        interp.opset is None
+        or not _MIN_LOAD_OPSET <= interp.opset <= onnx.defs.onnx_opset_version()
+    ):
+        raise ValueError(
+            f"{where}: the default-domain opset must be in [{_MIN_LOAD_OPSET}, "
+            f"{onnx.defs.onnx_opset_version()}], got {interp.opset}"
+        )
     outputs = interp.run()
     return _assemble(interp, outputs)

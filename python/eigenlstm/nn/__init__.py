@@ -13,5 +13,13 @@ from .model import LSTMModel
 from .module import Module
 from .sequential import Sequential
 
-__all__ = ["Module", "LSTM", "Linear", "LSTMModel", "Sequential", "losses", "mse_loss",
-           "cross_entropy"]
+__all__ = [
+    "Module",
+    "LSTM",
+    "Linear",
+    "LSTMModel",
+    "Sequential",
+    "losses",
+    "mse_loss",
+    "cross_entropy",
+]

@@ -8,7 +8,6 @@ enough that NumPy's matmul is the whole engine. Optimizers and the training loop
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
 
 import numpy as np
 
@@ -64,8 +63,15 @@ class Linear(Module):
     ((5, 20), (2, 20))
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 dtype=np.float32, seed: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        dtype=np.float32,
+        seed: int | None = None,
+    ) -> None:
         where = "Linear"
         self.in_features = check_positive_int(where, "in_features", in_features)
         self.out_features = check_positive_int(where, "out_features", out_features)
@@ -75,8 +81,12 @@ class Linear(Module):
         # torch: kaiming_uniform_(a=sqrt(5)) -> gain sqrt(2/(1+5)), bound gain*sqrt(3/fan_in)
         # = 1/sqrt(fan_in); the bias uses the same bound.
         bound = 1.0 / math.sqrt(self.in_features)
-        self.weight = rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(self.dtype)
+        self.weight = rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(
+            self.dtype
+        )
         self._dweight = np.zeros_like(self.weight)
+        self.bias: np.ndarray | None
+        self._dbias: np.ndarray | None
         if bias:
             self.bias = rng.uniform(-bound, bound, (self.out_features,)).astype(self.dtype)
             self._dbias = np.zeros_like(self.bias)
@@ -86,8 +96,10 @@ class Linear(Module):
         self._x = None  # input of the last training-mode forward, flattened to (N, I)
 
     def __repr__(self) -> str:
-        return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, dtype={self.dtype.name})")
+        return (
+            f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, dtype={self.dtype.name})"
+        )
 
     # ---- parameters --------------------------------------------------------------------------
     def parameters(self):
@@ -119,7 +131,7 @@ class Linear(Module):
         if self._dbias is not None:
             self._dbias.fill(0)
 
-    def state_dict(self) -> Dict[str, np.ndarray]:
+    def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the parameters, keyed ``weight`` and ``bias`` as in torch."""
         out = {"weight": self.weight.copy()}
         if self.bias is not None:
@@ -127,7 +139,7 @@ class Linear(Module):
         return out
 
     @property
-    def grads(self) -> Dict[str, np.ndarray]:
+    def grads(self) -> dict[str, np.ndarray]:
         """Copies of the accumulated gradients, keyed like ``state_dict()``."""
         out = {"weight": self._dweight.copy()}
         if self._dbias is not None:
@@ -142,7 +154,8 @@ class Linear(Module):
         extra = sorted(prefix + k for k in state if k not in shapes)
         if missing or extra:
             parts = ([f"missing keys {missing}"] if missing else []) + (
-                [f"unexpected keys {extra}"] if extra else [])
+                [f"unexpected keys {extra}"] if extra else []
+            )
             raise ValueError(f"{where}: " + "; ".join(parts))
         values = {}
         for name, shape in shapes.items():

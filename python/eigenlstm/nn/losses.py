@@ -7,14 +7,14 @@ respect to the prediction, ready for ``model.backward``. Validation of labels li
 
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Callable
 
 import numpy as np
 
 __all__ = ["mse_loss", "cross_entropy", "log_softmax", "check_labels", "get_loss", "LOSSES"]
 
 
-def mse_loss(prediction, target) -> Tuple[float, np.ndarray]:
+def mse_loss(prediction, target) -> tuple[float, np.ndarray]:
     r"""Mean squared error and its gradient, like ``torch.nn.MSELoss()``.
 
     Parameters
@@ -47,7 +47,9 @@ def mse_loss(prediction, target) -> Tuple[float, np.ndarray]:
     p = np.asarray(prediction)
     t = np.asarray(target)
     if p.shape != t.shape:
-        raise ValueError(f"mse_loss: target must have the prediction's shape {p.shape}, got {t.shape}")
+        raise ValueError(
+            f"mse_loss: target must have the prediction's shape {p.shape}, got {t.shape}"
+        )
     dtype = p.dtype if p.dtype.kind == "f" else np.dtype(np.float64)
     diff = p.astype(np.float64) - t.astype(np.float64)
     n = max(diff.size, 1)
@@ -73,7 +75,7 @@ def log_softmax(logits) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def cross_entropy(logits, labels) -> Tuple[float, np.ndarray]:
+def cross_entropy(logits, labels) -> tuple[float, np.ndarray]:
     r"""Cross-entropy of integer class labels given logits, like ``torch.nn.CrossEntropyLoss()``.
 
     Parameters
@@ -158,5 +160,7 @@ def get_loss(name, *, where: str = "get_loss") -> Callable:
     if key in ("crossentropy", "ce"):
         key = "cross_entropy"
     if key not in LOSSES:
-        raise ValueError(f"{where}: loss must be one of {sorted(LOSSES)} or a callable, got {name!r}")
+        raise ValueError(
+            f"{where}: loss must be one of {sorted(LOSSES)} or a callable, got {name!r}"
+        )
     return LOSSES[key]

@@ -8,11 +8,15 @@ linear.py. Training it is ``eigenlstm.Trainer``'s job (training/), saving it ``e
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
-
 import numpy as np
 
-from .._validation import as_real_array, check_lengths, check_positive_int, check_seed, resolve_dtype
+from .._validation import (
+    as_real_array,
+    check_lengths,
+    check_positive_int,
+    check_seed,
+    resolve_dtype,
+)
 from .linear import Linear
 from .lstm import LSTM
 from .module import Module
@@ -73,9 +77,18 @@ class LSTMModel(Module):
     (5, 2)
     """
 
-    def __init__(self, input_size: int, hidden_size: int, output_size: int, num_layers: int = 1,
-                 *, dropout: float = 0.0, bidirectional: bool = False, dtype=np.float32,
-                 seed: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        output_size: int,
+        num_layers: int = 1,
+        *,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        dtype=np.float32,
+        seed: int | None = None,
+    ) -> None:
         where = "LSTMModel"
         self.input_size = check_positive_int(where, "input_size", input_size)
         self.hidden_size = check_positive_int(where, "hidden_size", hidden_size)
@@ -83,16 +96,26 @@ class LSTMModel(Module):
         self.num_layers = check_positive_int(where, "num_layers", num_layers)
         self.dtype = resolve_dtype(where, dtype)
         self.seed = check_seed(where, seed)
-        lstm_seed, fc_seed = (int(s >> np.uint64(1)) for s in
-                              np.random.SeedSequence(self.seed).generate_state(2, np.uint64))
+        lstm_seed, fc_seed = (
+            int(s >> np.uint64(1))
+            for s in np.random.SeedSequence(self.seed).generate_state(2, np.uint64)
+        )
         self.training = True
-        self.lstm = LSTM(self.input_size, self.hidden_size, self.num_layers, batch_first=True,
-                         dropout=dropout, bidirectional=bidirectional, dtype=self.dtype,
-                         seed=lstm_seed)
+        self.lstm = LSTM(
+            self.input_size,
+            self.hidden_size,
+            self.num_layers,
+            batch_first=True,
+            dropout=dropout,
+            bidirectional=bidirectional,
+            dtype=self.dtype,
+            seed=lstm_seed,
+        )
         D = 2 if self.lstm.bidirectional else 1
         self.fc = Linear(D * self.hidden_size, self.output_size, dtype=self.dtype, seed=fc_seed)
         self.metadata: dict = {}
-        self._last = None          # (N, L, last-step index) of the last training-mode forward
+        # (N, L, last-step index) of the last training-mode forward
+        self._last: tuple[int, int, int | np.ndarray] | None = None
 
     @property
     def dropout(self) -> float:
@@ -104,22 +127,28 @@ class LSTMModel(Module):
 
     def config(self) -> dict:
         """The constructor arguments, JSON-ready; ``LSTMModel(**config)`` rebuilds the model."""
-        return {"input_size": self.input_size, "hidden_size": self.hidden_size,
-                "output_size": self.output_size, "num_layers": self.num_layers,
-                "dropout": self.dropout, "bidirectional": self.bidirectional,
-                "dtype": self.dtype.name, "seed": self.seed}
+        return {
+            "input_size": self.input_size,
+            "hidden_size": self.hidden_size,
+            "output_size": self.output_size,
+            "num_layers": self.num_layers,
+            "dropout": self.dropout,
+            "bidirectional": self.bidirectional,
+            "dtype": self.dtype.name,
+            "seed": self.seed,
+        }
 
     def __repr__(self) -> str:
-        return (f"LSTMModel(\n  (lstm): {self.lstm!r}\n  (fc): {self.fc!r}\n)")
+        return f"LSTMModel(\n  (lstm): {self.lstm!r}\n  (fc): {self.fc!r}\n)"
 
-    def children(self) -> List[Module]:
+    def children(self) -> list[Module]:
         return [self.lstm, self.fc]
 
     def _named_children(self):
         return [("lstm", self.lstm), ("fc", self.fc)]
 
     @property
-    def grads(self) -> Dict[str, np.ndarray]:
+    def grads(self) -> dict[str, np.ndarray]:
         """Copies of the accumulated gradients, keyed like ``state_dict()``."""
         out = {f"lstm.{k}": v for k, v in self.lstm.grads.items()}
         out.update({f"fc.{k}": v for k, v in self.fc.grads.items()})
@@ -213,7 +242,7 @@ class LSTMModel(Module):
         N, L, idx = self._last
         d_last = self.fc.backward(d_y)
         d_out = np.zeros((N, L, d_last.shape[1]), dtype=self.dtype)
-        if np.isscalar(idx):
+        if isinstance(idx, int):
             d_out[:, idx, :] = d_last  # forward: last = out[:, L-1, :]
         else:
             d_out[np.arange(N), idx, :] = d_last  # forward: last = out[n, idx[n], :]
@@ -221,7 +250,7 @@ class LSTMModel(Module):
         self._last = None
         return dx
 
-    def predict(self, x, batch_size: Optional[int] = None, *, lengths=None) -> np.ndarray:
+    def predict(self, x, batch_size: int | None = None, *, lengths=None) -> np.ndarray:
         """Outputs for ``x`` in evaluation mode (no dropout, nothing kept for backward).
 
         Parameters
@@ -256,8 +285,12 @@ class LSTMModel(Module):
         was_training = self.training
         self.eval()
         try:
-            parts = [self.forward(x[i:i + bs], lengths=None if lengths is None else lengths[i:i + bs])
-                     for i in range(0, N, max(bs, 1))]
+            parts = [
+                self.forward(
+                    x[i : i + bs], lengths=None if lengths is None else lengths[i : i + bs]
+                )
+                for i in range(0, N, max(bs, 1))
+            ]
         finally:
             self.train(was_training)
         return np.concatenate(parts) if parts else np.zeros((0, self.output_size), self.dtype)

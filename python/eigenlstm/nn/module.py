@@ -7,7 +7,7 @@ module can refresh anything derived from its parameters (the engine's packed wei
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -43,25 +43,25 @@ class Module:
         cls.__call__ = cls.forward
 
     # ---- mode ------------------------------------------------------------------------------
-    def train(self, mode: bool = True) -> "Module":
+    def train(self, mode: bool = True) -> Module:
         """Set training mode (forward keeps what backward needs; dropout is active)."""
         self.training = bool(mode)
         for child in self.children():
             child.train(mode)
         return self
 
-    def eval(self) -> "Module":
+    def eval(self) -> Module:
         """Set evaluation mode (the fast inference path: forward keeps nothing)."""
         return self.train(False)
 
-    def children(self) -> List["Module"]:
+    def children(self) -> list[Module]:
         """Direct sub-modules, in registration order."""
         return [v for v in vars(self).values() if isinstance(v, Module)]
 
     # ---- parameters --------------------------------------------------------------------------
-    def parameters(self) -> List[Tuple[np.ndarray, np.ndarray]]:
+    def parameters(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """(value, gradient) array pairs that optimizers update in place."""
-        pairs: List[Tuple[np.ndarray, np.ndarray]] = []
+        pairs: list[tuple[np.ndarray, np.ndarray]] = []
         for child in self.children():
             pairs.extend(child.parameters())
         return pairs
@@ -76,9 +76,9 @@ class Module:
         for child in self.children():
             child.zero_grad()
 
-    def state_dict(self) -> Dict[str, np.ndarray]:
+    def state_dict(self) -> dict[str, np.ndarray]:
         """A dict of copies of the parameters, keyed as torch keys them."""
-        out: Dict[str, np.ndarray] = {}
+        out: dict[str, np.ndarray] = {}
         for name, child in self._named_children():
             for key, value in child.state_dict().items():
                 out[f"{name}.{key}"] = value
@@ -106,13 +106,13 @@ class Module:
         commit = self._prepare_load(dict(state_dict), f"{type(self).__name__}.load_state_dict", "")
         commit()
 
-    def get_extra_state(self) -> Dict[str, object]:
+    def get_extra_state(self) -> dict[str, Any]:
         """State that is not a parameter (the dropout stream), JSON-ready, keyed like state_dict.
 
         Checkpoints and the trainer's rollback save it with the weights, so that a model
         restored from them draws the same dropout masks as the original would have.
         """
-        out: Dict[str, object] = {}
+        out: dict[str, Any] = {}
         for name, child in self._named_children():
             for key, value in child.get_extra_state().items():
                 out[f"{name}.{key}"] = value
@@ -132,19 +132,27 @@ class Module:
         expected = set(self.get_extra_state())
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or extra:
-            raise ValueError(f"{where}: state must have keys {sorted(expected)}, got missing "
-                             f"{missing} and unexpected {extra}")
-        commits = [child._prepare_extra_state(
-            {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}, where)
-            for name, child in self._named_children()]
+            raise ValueError(
+                f"{where}: state must have keys {sorted(expected)}, got missing "
+                f"{missing} and unexpected {extra}"
+            )
+        commits = [
+            child._prepare_extra_state(  # noqa: SLF001 - a hook of this class
+                {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}, where
+            )
+            for name, child in self._named_children()
+        ]
         for commit in commits:
             commit()
 
     def _prepare_extra_state(self, state: dict, where: str):
         """Check ``state`` (keys relative to this module) and return a function that applies it."""
-        commits = [child._prepare_extra_state(
-            {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}, where)
-            for name, child in self._named_children()]
+        commits = [
+            child._prepare_extra_state(  # noqa: SLF001 - a hook of this class
+                {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}, where
+            )
+            for name, child in self._named_children()
+        ]
 
         def commit():
             for c in commits:
@@ -152,21 +160,21 @@ class Module:
 
         return commit
 
-    def name_parameter_arrays(self, arrays: List[np.ndarray]) -> Dict[str, np.ndarray]:
+    def name_parameter_arrays(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Name arrays shaped like ``parameters()`` values (an optimizer's moments, say).
 
         Returns copies keyed, shaped and ordered like ``state_dict()``.
         """
-        out: Dict[str, np.ndarray] = {}
+        out: dict[str, np.ndarray] = {}
         i = 0
         for name, child in self._named_children():
             n = len(child.parameters())
-            for key, value in child.name_parameter_arrays(arrays[i:i + n]).items():
+            for key, value in child.name_parameter_arrays(arrays[i : i + n]).items():
                 out[f"{name}.{key}"] = value
             i += n
         return out
 
-    def parameter_arrays_from_names(self, named) -> List[np.ndarray]:
+    def parameter_arrays_from_names(self, named) -> list[np.ndarray]:
         """Inverse of ``name_parameter_arrays``.
 
         Raises
@@ -174,10 +182,13 @@ class Module:
         ValueError
             If a key is missing or an array has the wrong shape.
         """
-        out: List[np.ndarray] = []
+        out: list[np.ndarray] = []
         for name, child in self._named_children():
-            out.extend(child.parameter_arrays_from_names(
-                {k[len(name) + 1:]: v for k, v in named.items() if k.startswith(name + ".")}))
+            out.extend(
+                child.parameter_arrays_from_names(
+                    {k[len(name) + 1 :]: v for k, v in named.items() if k.startswith(name + ".")}
+                )
+            )
         return out
 
     def _prepare_load(self, state: dict, where: str, prefix: str):
@@ -189,8 +200,8 @@ class Module:
             raise ValueError(f"{where}: unexpected keys {extra}")
         commits = []
         for name, child in children:
-            sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
-            commits.append(child._prepare_load(sub, where, f"{prefix}{name}."))
+            sub = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+            commits.append(child._prepare_load(sub, where, f"{prefix}{name}."))  # noqa: SLF001
 
         def commit():
             for c in commits:

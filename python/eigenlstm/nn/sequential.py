@@ -7,7 +7,7 @@ into (see keras.py); inference only. The layers themselves are lstm.py and linea
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -53,36 +53,56 @@ class Sequential(Module):
     (4, 2)
     """
 
-    def __init__(self, layers: Sequence[Module], return_sequences: Optional[Sequence[bool]] = None) -> None:
+    def __init__(
+        self, layers: Sequence[Module], return_sequences: Sequence[bool] | None = None
+    ) -> None:
         where = "Sequential"
-        layers = list(layers)
-        if not layers:
+        given = list(layers)
+        if not given:
             raise ValueError(f"{where}: layers must hold at least one layer, got none")
+        for k, layer in enumerate(given):
+            if not isinstance(layer, (LSTM, Linear)):
+                raise TypeError(
+                    f"{where}: layers[{k}] must be an LSTM or a Linear, got {type(layer).__name__}"
+                )
+        checked: list[LSTM | Linear] = [g for g in given if isinstance(g, (LSTM, Linear))]
+        layers = checked
         n_lstm = 0
         for k, layer in enumerate(layers):
-            if not isinstance(layer, (LSTM, Linear)):
-                raise TypeError(f"{where}: layers[{k}] must be an LSTM or a Linear, got {type(layer).__name__}")
             if isinstance(layer, LSTM):
                 n_lstm += 1
                 if not layer.batch_first:
-                    raise ValueError(f"{where}: layers[{k}] must be an LSTM with batch_first=True, got batch_first=False")
+                    raise ValueError(
+                        f"{where}: layers[{k}] must be an LSTM with batch_first=True, got batch_first=False"
+                    )
             if layer.dtype != layers[0].dtype:
-                raise TypeError(f"{where}: layers[{k}] must have dtype {layers[0].dtype}, got {layer.dtype}")
+                raise TypeError(
+                    f"{where}: layers[{k}] must have dtype {layers[0].dtype}, got {layer.dtype}"
+                )
         flags = [True] * n_lstm if return_sequences is None else [bool(v) for v in return_sequences]
         if len(flags) != n_lstm:
-            raise ValueError(f"{where}: return_sequences must have one flag per LSTM ({n_lstm}), got {len(flags)}")
+            raise ValueError(
+                f"{where}: return_sequences must have one flag per LSTM ({n_lstm}), got {len(flags)}"
+            )
         # Sizes must chain: each layer's input is the previous layer's output features.
         features = None
         for k, layer in enumerate(layers):
             size = layer.input_size if isinstance(layer, LSTM) else layer.in_features
             if features is not None and size != features:
-                raise ValueError(f"{where}: layers[{k}] must take {features} input features, got {size}")
-            features = (layer.num_directions * layer.output_size if isinstance(layer, LSTM)
-                        else layer.out_features)
-        self.layers: List[Module] = layers
-        self.return_sequences: List[bool] = flags
+                raise ValueError(
+                    f"{where}: layers[{k}] must take {features} input features, got {size}"
+                )
+            features = (
+                layer.num_directions * layer.output_size
+                if isinstance(layer, LSTM)
+                else layer.out_features
+            )
+        self.layers: list[LSTM | Linear] = layers
+        self.return_sequences: list[bool] = flags
         self.dtype = layers[0].dtype
-        self.input_size = layers[0].input_size if isinstance(layers[0], LSTM) else layers[0].in_features
+        self.input_size = (
+            layers[0].input_size if isinstance(layers[0], LSTM) else layers[0].in_features
+        )
         self.output_size = features
         self.training = True
 
@@ -94,7 +114,7 @@ class Sequential(Module):
             lines.append(f"  ({k}): {layer!r}{extra}")
         return "Sequential(\n" + "\n".join(lines) + "\n)"
 
-    def children(self) -> List[Module]:
+    def children(self) -> list[Module]:
         return list(self.layers)
 
     def _named_children(self):
@@ -138,7 +158,7 @@ class Sequential(Module):
                 x = layer(x)
         return x
 
-    def predict(self, x, batch_size: Optional[int] = None) -> np.ndarray:
+    def predict(self, x, batch_size: int | None = None) -> np.ndarray:
         """Outputs for ``x`` in evaluation mode, ``batch_size`` sequences at a time.
 
         Parameters
@@ -160,7 +180,7 @@ class Sequential(Module):
         was_training = self.training
         self.eval()
         try:
-            parts = [self.forward(x[i:i + bs]) for i in range(0, N, max(bs, 1))]
+            parts = [self.forward(x[i : i + bs]) for i in range(0, N, max(bs, 1))]
         finally:
             self.train(was_training)
         if parts:

@@ -9,5 +9,15 @@ from .clip import clip_grad_norm, clip_grad_norm_
 from .lr_scheduler import CosineAnnealingLR, LRScheduler, StepLR
 from .optimizer import SGD, Adam, AdamW, Optimizer
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "lr_scheduler", "LRScheduler", "StepLR",
-           "CosineAnnealingLR", "clip_grad_norm_", "clip_grad_norm"]
+__all__ = [
+    "Optimizer",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "lr_scheduler",
+    "LRScheduler",
+    "StepLR",
+    "CosineAnnealingLR",
+    "clip_grad_norm_",
+    "clip_grad_norm",
+]

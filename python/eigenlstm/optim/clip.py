@@ -13,8 +13,9 @@ from .optimizer import resolve_params
 __all__ = ["clip_grad_norm_", "clip_grad_norm"]
 
 
-def clip_grad_norm_(module_or_params, max_norm: float, norm_type: float = 2.0,
-                    error_if_nonfinite: bool = False) -> float:
+def clip_grad_norm_(
+    module_or_params, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False
+) -> float:
     r"""Scale all gradients so that their joint norm is at most ``max_norm``, in place.
 
     Like ``torch.nn.utils.clip_grad_norm_``: the norm is taken over all gradients as one vector
@@ -68,8 +69,11 @@ def clip_grad_norm_(module_or_params, max_norm: float, norm_type: float = 2.0,
         # Sums, not np.linalg.norm: that calls BLAS dot, whose threads stall on a busy machine.
         def pnorm(v: np.ndarray) -> float:
             v = np.abs(v.astype(np.float64, copy=False))
-            return float(np.sqrt(np.sum(v * v))) if norm_type == 2 else \
-                float(np.sum(v ** norm_type) ** (1.0 / norm_type))
+            return (
+                float(np.sqrt(np.sum(v * v)))
+                if norm_type == 2
+                else float(np.sum(v**norm_type) ** (1.0 / norm_type))
+            )
 
         total = pnorm(np.array([pnorm(g.ravel()) for g in grads]))
     if error_if_nonfinite and not math.isfinite(total):
@@ -84,9 +88,13 @@ def clip_grad_norm_(module_or_params, max_norm: float, norm_type: float = 2.0,
     return total
 
 
-def clip_grad_norm(module_or_params, max_norm: float, norm_type: float = 2.0,
-                   error_if_nonfinite: bool = False) -> float:
+def clip_grad_norm(
+    module_or_params, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False
+) -> float:
     """Deprecated alias of :func:`clip_grad_norm_` (torch's name), kept for one release."""
-    warnings.warn("eigenlstm.clip_grad_norm is deprecated; use clip_grad_norm_ (torch's name)",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "eigenlstm.clip_grad_norm is deprecated; use clip_grad_norm_ (torch's name)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return clip_grad_norm_(module_or_params, max_norm, norm_type, error_if_nonfinite)

@@ -52,8 +52,12 @@ class LRScheduler:
 
     def state_dict(self) -> dict:
         """``{"name", "hyperparameters", "base_lr", "last_epoch"}`` as plain Python values."""
-        return {"name": self.name, "hyperparameters": self.hyperparameters(),
-                "base_lr": self.base_lr, "last_epoch": self.last_epoch}
+        return {
+            "name": self.name,
+            "hyperparameters": self.hyperparameters(),
+            "base_lr": self.base_lr,
+            "last_epoch": self.last_epoch,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore a ``state_dict()`` (the optimizer's lr is restored with the optimizer).
@@ -108,10 +112,14 @@ class StepLR(LRScheduler):
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
         super().__init__(optimizer)
-        if isinstance(step_size, bool) or not isinstance(step_size, numbers.Integral) or step_size < 1:
+        if (
+            isinstance(step_size, bool)
+            or not isinstance(step_size, numbers.Integral)
+            or step_size < 1
+        ):
             raise ValueError(f"StepLR: step_size must be an int >= 1, got {step_size!r}")
-        self.step_size = int(step_size)
-        self.gamma = check_float("StepLR", "gamma", gamma)
+        self.step_size: int = int(step_size)
+        self.gamma: float = check_float("StepLR", "gamma", gamma)
 
     def hyperparameters(self) -> dict:
         return {"step_size": self.step_size, "gamma": self.gamma}
@@ -159,8 +167,8 @@ class CosineAnnealingLR(LRScheduler):
         super().__init__(optimizer)
         if isinstance(T_max, bool) or not isinstance(T_max, numbers.Integral) or T_max < 1:
             raise ValueError(f"CosineAnnealingLR: T_max must be an int >= 1, got {T_max!r}")
-        self.T_max = int(T_max)
-        self.eta_min = check_float("CosineAnnealingLR", "eta_min", eta_min)
+        self.T_max: int = int(T_max)
+        self.eta_min: float = check_float("CosineAnnealingLR", "eta_min", eta_min)
 
     def hyperparameters(self) -> dict:
         return {"T_max": self.T_max, "eta_min": self.eta_min}
@@ -171,5 +179,6 @@ class CosineAnnealingLR(LRScheduler):
             return lr
         if (e - 1 - T) % (2 * T) == 0:
             return lr + (self.base_lr - eta_min) * (1 - math.cos(math.pi / T)) / 2
-        return ((1 + math.cos(math.pi * e / T)) / (1 + math.cos(math.pi * (e - 1) / T))
-                * (lr - eta_min) + eta_min)
+        return (1 + math.cos(math.pi * e / T)) / (1 + math.cos(math.pi * (e - 1) / T)) * (
+            lr - eta_min
+        ) + eta_min

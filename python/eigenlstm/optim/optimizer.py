@@ -7,8 +7,6 @@ Each follows torch.optim's single-tensor update rule line by line and updates a 
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
-
 import numpy as np
 
 from .._validation import check_float
@@ -21,8 +19,11 @@ def resolve_params(where: str, params):
     module = params if callable(getattr(params, "parameters", None)) else None
     pairs = list(module.parameters() if module is not None else params)
     for i, pair in enumerate(pairs):
-        ok = isinstance(pair, (tuple, list)) and len(pair) == 2 and all(
-            isinstance(a, np.ndarray) for a in pair)
+        ok = (
+            isinstance(pair, (tuple, list))
+            and len(pair) == 2
+            and all(isinstance(a, np.ndarray) for a in pair)
+        )
         if not ok:
             raise TypeError(
                 f"{where}: params must be a Module or a list of (value, gradient) ndarray pairs, "
@@ -50,14 +51,14 @@ class Optimizer:
     """
 
     name = "Optimizer"
-    _state_keys: Tuple[str, ...] = ()
+    _state_keys: tuple[str, ...] = ()
 
     def __init__(self, params, lr: float) -> None:
         where = type(self).__name__
         self._module, self._pairs = resolve_params(where, params)
         self.lr = check_float(where, "lr", lr)
         self.step_count = 0
-        self.state: List[Dict[str, np.ndarray]] = [{} for _ in self._pairs]
+        self.state: list[dict[str, np.ndarray]] = [{} for _ in self._pairs]
 
     def hyperparameters(self) -> dict:
         """The constructor's arguments (with the current ``lr``), as plain Python values."""
@@ -160,7 +161,7 @@ class Optimizer:
         self.state = new_states
         self.step_count = step_count
 
-    def _required_state(self, hyper: dict) -> Tuple[str, ...]:
+    def _required_state(self, hyper: dict) -> tuple[str, ...]:
         return self._state_keys
 
 
@@ -207,8 +208,15 @@ class SGD(Optimizer):
 
     name = "SGD"
 
-    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
         super().__init__(params, lr)
         self.momentum = check_float("SGD", "momentum", momentum)
         self.dampening = check_float("SGD", "dampening", dampening)
@@ -221,8 +229,13 @@ class SGD(Optimizer):
             )
 
     def hyperparameters(self) -> dict:
-        return {"lr": self.lr, "momentum": self.momentum, "dampening": self.dampening,
-                "weight_decay": self.weight_decay, "nesterov": self.nesterov}
+        return {
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "dampening": self.dampening,
+            "weight_decay": self.weight_decay,
+            "nesterov": self.nesterov,
+        }
 
     def _required_state(self, hyper: dict):
         return ("momentum_buffer",) if hyper.get("momentum", 0) != 0 else ()
@@ -284,21 +297,35 @@ class Adam(Optimizer):
     name = "Adam"
     _decoupled = False
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+    ) -> None:
         where = type(self).__name__
         super().__init__(params, lr)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"{where}: betas must be a pair of floats, got {betas!r}")
-        self.betas = (check_float(where, "betas[0]", betas[0], 0.0, 1.0, high_open=True),
-                      check_float(where, "betas[1]", betas[1], 0.0, 1.0, high_open=True))
+        self.betas = (
+            check_float(where, "betas[0]", betas[0], 0.0, 1.0, high_open=True),
+            check_float(where, "betas[1]", betas[1], 0.0, 1.0, high_open=True),
+        )
         self.eps = check_float(where, "eps", eps)
         self.weight_decay = check_float(where, "weight_decay", weight_decay)
         self.amsgrad = bool(amsgrad)
 
     def hyperparameters(self) -> dict:
-        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
-                "weight_decay": self.weight_decay, "amsgrad": self.amsgrad}
+        return {
+            "lr": self.lr,
+            "betas": list(self.betas),
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "amsgrad": self.amsgrad,
+        }
 
     def _required_state(self, hyper: dict):
         base = ("exp_avg", "exp_avg_sq")
@@ -324,10 +351,10 @@ class Adam(Optimizer):
         exp_avg_sq *= beta2
         exp_avg_sq += (1 - beta2) * grad * grad
         step = self.step_count
-        bias_correction1 = 1 - beta1 ** step
-        bias_correction2 = 1 - beta2 ** step
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
         step_size = self.lr / bias_correction1
-        bias_correction2_sqrt = bias_correction2 ** 0.5
+        bias_correction2_sqrt = bias_correction2**0.5
         if self.amsgrad:
             np.maximum(s["max_exp_avg_sq"], exp_avg_sq, out=s["max_exp_avg_sq"])
             denom = np.sqrt(s["max_exp_avg_sq"]) / bias_correction2_sqrt + self.eps
@@ -364,6 +391,13 @@ class AdamW(Adam):
     name = "AdamW"
     _decoupled = True
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+    ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad)

@@ -8,5 +8,12 @@ through io/; ``callbacks.py`` holds History and the hooks (EarlyStopping, ModelC
 from .callbacks import Callback, EarlyStopping, History, ModelCheckpoint
 from .trainer import Trainer, make_optimizer, make_scheduler
 
-__all__ = ["Trainer", "History", "Callback", "EarlyStopping", "ModelCheckpoint",
-           "make_optimizer", "make_scheduler"]
+__all__ = [
+    "Trainer",
+    "History",
+    "Callback",
+    "EarlyStopping",
+    "ModelCheckpoint",
+    "make_optimizer",
+    "make_scheduler",
+]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from typing import Dict, List, Optional
+from typing import Any
 
 __all__ = ["History", "Callback", "EarlyStopping", "ModelCheckpoint"]
 
@@ -36,13 +36,19 @@ class History:
     {'loss': [1.5]}
     """
 
-    def __init__(self, history: Optional[Dict[str, List[float]]] = None,
-                 epoch: Optional[List[int]] = None, stop_reason: Optional[str] = None) -> None:
-        self.history: Dict[str, List[float]] = {k: [float(v) for v in vs] for k, vs in (history or {}).items()}
-        self.epoch: List[int] = [int(e) for e in (epoch or [])]
+    def __init__(
+        self,
+        history: dict[str, list[float]] | None = None,
+        epoch: list[int] | None = None,
+        stop_reason: str | None = None,
+    ) -> None:
+        self.history: dict[str, list[float]] = {
+            k: [float(v) for v in vs] for k, vs in (history or {}).items()
+        }
+        self.epoch: list[int] = [int(e) for e in (epoch or [])]
         self.stop_reason = stop_reason
 
-    def append(self, epoch: int, logs: Dict[str, float]) -> None:
+    def append(self, epoch: int, logs: dict[str, float]) -> None:
         """Record the metrics of one finished epoch."""
         self.epoch.append(int(epoch))
         for key, value in logs.items():
@@ -50,8 +56,11 @@ class History:
 
     def to_dict(self) -> dict:
         """A JSON-ready copy (used by checkpoints)."""
-        return {"history": {k: list(v) for k, v in self.history.items()},
-                "epoch": list(self.epoch), "stop_reason": self.stop_reason}
+        return {
+            "history": {k: list(v) for k, v in self.history.items()},
+            "epoch": list(self.epoch),
+            "stop_reason": self.stop_reason,
+        }
 
     def __repr__(self) -> str:
         last = {k: round(v[-1], 6) for k, v in self.history.items() if v}
@@ -68,26 +77,26 @@ class Callback:
     after the current epoch.
     """
 
-    trainer = None
-    model = None
+    trainer: Any = None  # the Trainer running fit (set by set_trainer)
+    model: Any = None  # its model
 
     def set_trainer(self, trainer) -> None:
         self.trainer = trainer
         self.model = trainer.model
 
-    def on_train_begin(self, logs: Optional[dict] = None) -> None:
+    def on_train_begin(self, logs: dict | None = None) -> None:
         """Called once before the first epoch."""
 
     def on_epoch_begin(self, epoch: int) -> None:
         """Called before each epoch (0-based, counting resumed epochs)."""
 
-    def on_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+    def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
         """Called after each optimizer step with ``{"loss": batch loss, "size": batch size}``."""
 
-    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         """Called after each epoch with that epoch's metrics (``loss``, ``val_loss``, ...)."""
 
-    def on_train_end(self, logs: Optional[dict] = None) -> None:
+    def on_train_end(self, logs: dict | None = None) -> None:
         """Called once when training ends, however it ends."""
 
 
@@ -133,8 +142,14 @@ class EarlyStopping(Callback):
     True
     """
 
-    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
-                 mode: str = "auto", restore_best_weights: bool = False) -> None:
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        patience: int = 5,
+        min_delta: float = 0.0,
+        mode: str = "auto",
+        restore_best_weights: bool = False,
+    ) -> None:
         where = "EarlyStopping"
         if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 0:
             raise ValueError(f"{where}: patience must be an int >= 0, got {patience!r}")
@@ -142,20 +157,20 @@ class EarlyStopping(Callback):
             raise ValueError(f"{where}: min_delta must be a float >= 0, got {min_delta!r}")
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"{where}: mode must be 'auto', 'min' or 'max', got {mode!r}")
-        self.monitor = str(monitor)
-        self.patience = int(patience)
-        self.min_delta = float(min_delta)
+        self.monitor: str = str(monitor)
+        self.patience: int = int(patience)
+        self.min_delta: float = float(min_delta)
         if mode == "auto":
             mode = "max" if "acc" in self.monitor else "min"
-        self.mode = mode
-        self.restore_best_weights = bool(restore_best_weights)
+        self.mode: str = mode
+        self.restore_best_weights: bool = bool(restore_best_weights)
         self._reset()
 
     def _reset(self) -> None:
         self.best = math.inf if self.mode == "min" else -math.inf
-        self.best_epoch: Optional[int] = None
+        self.best_epoch: int | None = None
         self.best_weights = None
-        self.stopped_epoch: Optional[int] = None
+        self.stopped_epoch: int | None = None
         self.wait = 0
 
     def on_train_begin(self, logs=None) -> None:
@@ -265,11 +280,14 @@ class ModelCheckpoint(Callback):
     True
     """
 
-    def __init__(self, path, *, monitor: Optional[str] = None, mode: str = "min",
-                 save_best_only: bool = False) -> None:
+    def __init__(
+        self, path, *, monitor: str | None = None, mode: str = "min", save_best_only: bool = False
+    ) -> None:
         where = "ModelCheckpoint"
         if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"{where}: path must be a str or os.PathLike, got {type(path).__name__}")
+            raise TypeError(
+                f"{where}: path must be a str or os.PathLike, got {type(path).__name__}"
+            )
         if mode not in ("min", "max"):
             raise ValueError(f"{where}: mode must be 'min' or 'max', got {mode!r}")
         if save_best_only and monitor is None:
@@ -281,12 +299,12 @@ class ModelCheckpoint(Callback):
         self.monitor = None if monitor is None else str(monitor)
         self.mode = mode
         self.save_best_only = bool(save_best_only)
-        self.last_saved_epoch: Optional[int] = None
+        self.last_saved_epoch: int | None = None
         self._reset()
 
     def _reset(self) -> None:
         self.best = math.inf if self.mode == "min" else -math.inf
-        self.best_epoch: Optional[int] = None
+        self.best_epoch: int | None = None
 
     def _improved(self, value: float) -> bool:
         # NaN compares False either way: a NaN metric is never an improvement.

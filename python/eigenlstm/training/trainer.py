@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable
 
 import numpy as np
 
@@ -32,9 +32,17 @@ from .callbacks import Callback, History
 
 __all__ = ["Trainer", "make_optimizer", "make_scheduler"]
 
-OPTIMIZERS = {"sgd": _optim.SGD, "adam": _optim.Adam, "adamw": _optim.AdamW}
-SCHEDULERS = {"step": _sched.StepLR, "steplr": _sched.StepLR, "cosine": _sched.CosineAnnealingLR,
-              "cosineannealinglr": _sched.CosineAnnealingLR}
+OPTIMIZERS: dict[str, Callable[..., _optim.Optimizer]] = {
+    "sgd": _optim.SGD,
+    "adam": _optim.Adam,
+    "adamw": _optim.AdamW,
+}
+SCHEDULERS: dict[str, Callable[..., _sched.LRScheduler]] = {
+    "step": _sched.StepLR,
+    "steplr": _sched.StepLR,
+    "cosine": _sched.CosineAnnealingLR,
+    "cosineannealinglr": _sched.CosineAnnealingLR,
+}
 
 
 def make_optimizer(spec, params, lr: float, *, where: str = "make_optimizer") -> _optim.Optimizer:
@@ -72,8 +80,9 @@ def make_optimizer(spec, params, lr: float, *, where: str = "make_optimizer") ->
     return OPTIMIZERS[key](params, lr=lr)
 
 
-def make_scheduler(spec, optimizer: _optim.Optimizer, epochs: int, *,
-                   where: str = "make_scheduler") -> Optional[_sched.LRScheduler]:
+def make_scheduler(
+    spec, optimizer: _optim.Optimizer, epochs: int, *, where: str = "make_scheduler"
+) -> _sched.LRScheduler | None:
     """Build a per-epoch schedule from ``None``, a name, a ``(name, kwargs)`` pair or an instance.
 
     ``"cosine"`` anneals over ``epochs`` (``T_max=epochs``); ``"step"`` decays by 10x every
@@ -114,12 +123,12 @@ class _Run:
     """Everything ``fit(resume=True)`` and checkpoints need to continue a run exactly."""
 
     def __init__(self, optimizer, scheduler, rng, history, epoch, settings):
-        self.optimizer = optimizer    # Optimizer bound to the model's parameters
-        self.scheduler = scheduler    # LRScheduler or None, stepped once per epoch
-        self.rng = rng                # np.random.Generator that shuffles the batches
-        self.history = history        # History of every epoch so far
-        self.epoch = epoch            # epochs completed
-        self.settings = settings      # loss name, batch_size, clip_grad_norm, shuffle
+        self.optimizer = optimizer  # Optimizer bound to the model's parameters
+        self.scheduler = scheduler  # LRScheduler or None, stepped once per epoch
+        self.rng = rng  # np.random.Generator that shuffles the batches
+        self.history = history  # History of every epoch so far
+        self.epoch = epoch  # epochs completed
+        self.settings = settings  # loss name, batch_size, clip_grad_norm, shuffle
 
 
 class _EpochSnapshot:
@@ -134,12 +143,12 @@ class _EpochSnapshot:
 
     def __init__(self, model, run: _Run) -> None:
         h, opt = run.history, run.optimizer
-        self.weights = model.state_dict()                          # copies, torch names
-        self.extra_state = model.get_extra_state()                 # the dropout stream
-        self.opt_state = copy.deepcopy(opt.state)                  # per-parameter buffers
+        self.weights = model.state_dict()  # copies, torch names
+        self.extra_state = model.get_extra_state()  # the dropout stream
+        self.opt_state = copy.deepcopy(opt.state)  # per-parameter buffers
         self.opt_step_count, self.opt_lr = opt.step_count, opt.lr
         self.scheduler = None if run.scheduler is None else dict(vars(run.scheduler))
-        self.rng = run.rng.bit_generator.state                     # a fresh dict
+        self.rng = run.rng.bit_generator.state  # a fresh dict
         self.history_lengths = {k: len(v) for k, v in h.history.items()}
         self.history_epochs = len(h.epoch)
         self.history_stop_reason = h.stop_reason
@@ -157,10 +166,10 @@ class _EpochSnapshot:
         h = run.history  # in place: the caller may hold this History or its lists
         for key in list(h.history):
             if key in self.history_lengths:
-                del h.history[key][self.history_lengths[key]:]
+                del h.history[key][self.history_lengths[key] :]
             else:
                 del h.history[key]
-        del h.epoch[self.history_epochs:]
+        del h.epoch[self.history_epochs :]
         h.stop_reason = self.history_stop_reason
         run.epoch = self.epoch
         model.zero_grad()
@@ -175,8 +184,10 @@ def _sigint_held():
     Python's default handler is installed (a custom handler is the caller's business).
     """
     received: list = []
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
         yield received
         return
     previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
@@ -192,8 +203,12 @@ def _progress_bar(progress: bool, total: int):
         try:
             from tqdm.auto import tqdm  # optional: the eigenlstm[cli] extra
         except ImportError:
-            warnings.warn("progress=True needs tqdm (pip install 'eigenlstm[cli]'); training "
-                          "without a progress bar", RuntimeWarning, stacklevel=4)
+            warnings.warn(
+                "progress=True needs tqdm (pip install 'eigenlstm[cli]'); training "
+                "without a progress bar",
+                RuntimeWarning,
+                stacklevel=4,
+            )
         else:
             return tqdm(total=total, unit="batch", leave=True, dynamic_ncols=True)
     return _NoBar()
@@ -252,8 +267,17 @@ class Trainer:
     True
     """
 
-    _PROTOCOL = ("train", "eval", "backward", "zero_grad", "parameters", "state_dict",
-                 "load_state_dict", "get_extra_state", "set_extra_state")
+    _PROTOCOL = (
+        "train",
+        "eval",
+        "backward",
+        "zero_grad",
+        "parameters",
+        "state_dict",
+        "load_state_dict",
+        "get_extra_state",
+        "set_extra_state",
+    )
 
     def __init__(self, model) -> None:
         missing = [m for m in self._PROTOCOL if not callable(getattr(model, m, None))]
@@ -264,20 +288,20 @@ class Trainer:
             )
         self.model = model
         self.stop_training = False
-        self.stop_reason: Optional[str] = None
-        self._run: Optional[_Run] = None
+        self.stop_reason: str | None = None
+        self._run: _Run | None = None
 
     # ---- the current run -------------------------------------------------------------------
     @property
-    def optimizer(self) -> Optional[_optim.Optimizer]:
+    def optimizer(self) -> _optim.Optimizer | None:
         return None if self._run is None else self._run.optimizer
 
     @property
-    def scheduler(self) -> Optional[_sched.LRScheduler]:
+    def scheduler(self) -> _sched.LRScheduler | None:
         return None if self._run is None else self._run.scheduler
 
     @property
-    def history(self) -> Optional[History]:
+    def history(self) -> History | None:
         return None if self._run is None else self._run.history
 
     @property
@@ -296,11 +320,18 @@ class Trainer:
         model's own error for a wrong shape or length, and gives the output shape that ``y``
         must match.
         """
-        dtype = getattr(self.model, "dtype", None)
-        x = as_real_array(where, f"x{suffix}", x, np.dtype(dtype) if dtype is not None else
-                          np.asarray(x).dtype if np.asarray(x).dtype.kind == "f" else np.float64)
+        # Converted once to the model's dtype (a module without one gets floats as given).
+        x = np.asarray(x)
+        model_dtype = getattr(self.model, "dtype", None)
+        if model_dtype is not None:
+            dtype = np.dtype(model_dtype)
+        else:
+            dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+        x = as_real_array(where, f"x{suffix}", x, dtype)
         if x.ndim == 0 or x.shape[0] == 0:
-            raise ValueError(f"{where}: x{suffix} must hold at least one sample, got shape {x.shape}")
+            raise ValueError(
+                f"{where}: x{suffix} must hold at least one sample, got shape {x.shape}"
+            )
         N = x.shape[0]
         y_arr = np.asarray(y)
         if y_arr.ndim == 0 or y_arr.shape[0] != N:
@@ -310,7 +341,9 @@ class Trainer:
                 f"in x{suffix} and {got} in y{suffix}"
             )
         if lengths is not None:
-            lengths = check_lengths(where, f"lengths{suffix}", lengths, N, x.shape[1] if x.ndim > 1 else 0)
+            lengths = check_lengths(
+                where, f"lengths{suffix}", lengths, N, x.shape[1] if x.ndim > 1 else 0
+            )
             probe = np.unique([int(np.argmin(lengths)), int(np.argmax(lengths))])
         else:
             probe = np.array([0])
@@ -336,11 +369,26 @@ class Trainer:
         return y.astype(dtype)
 
     # ---- training --------------------------------------------------------------------------
-    def fit(self, x, y, *, epochs: int = 10, batch_size: int = 32, loss="mse", optimizer="adam",
-            lr: float = 1e-3, clip_grad_norm: Optional[float] = None, validation_data=None,
-            shuffle: bool = True, seed: Optional[int] = None, progress: bool = True,
-            callbacks: Optional[List[Callback]] = None, lengths=None, lr_schedule=None,
-            resume: bool = False) -> History:
+    def fit(
+        self,
+        x,
+        y,
+        *,
+        epochs: int = 10,
+        batch_size: int = 32,
+        loss="mse",
+        optimizer="adam",
+        lr: float = 1e-3,
+        clip_grad_norm: float | None = None,
+        validation_data=None,
+        shuffle: bool = True,
+        seed: int | None = None,
+        progress: bool = True,
+        callbacks: list[Callback] | None = None,
+        lengths=None,
+        lr_schedule=None,
+        resume: bool = False,
+    ) -> History:
         """Train on ``(x, y)`` with mini-batches.
 
         Parameters
@@ -434,9 +482,13 @@ class Trainer:
         epochs = check_positive_int(where, "epochs", epochs, minimum=0)
         batch_size = check_positive_int(where, "batch_size", batch_size)
         if clip_grad_norm is not None and (
-                isinstance(clip_grad_norm, bool) or not isinstance(clip_grad_norm, numbers.Real)
-                or not clip_grad_norm > 0):
-            raise ValueError(f"{where}: clip_grad_norm must be a float > 0 or None, got {clip_grad_norm!r}")
+            isinstance(clip_grad_norm, bool)
+            or not isinstance(clip_grad_norm, numbers.Real)
+            or not clip_grad_norm > 0
+        ):
+            raise ValueError(
+                f"{where}: clip_grad_norm must be a float > 0 or None, got {clip_grad_norm!r}"
+            )
         loss_fn = get_loss(loss, where=where)
         loss_name = {mse_loss: "mse", cross_entropy: "cross_entropy"}.get(loss_fn)
         x, y, lengths = self._check_data(where, x, y, lengths, loss_name)
@@ -449,9 +501,12 @@ class Trainer:
                 )
             xv, yv, lv = (tuple(validation_data) + (None,))[:3]
             val = self._check_data(where, xv, yv, lv, loss_name, suffix="_val")
-        settings = {"loss": loss_name, "batch_size": batch_size,
-                    "clip_grad_norm": None if clip_grad_norm is None else float(clip_grad_norm),
-                    "shuffle": bool(shuffle)}
+        settings = {
+            "loss": loss_name,
+            "batch_size": batch_size,
+            "clip_grad_norm": None if clip_grad_norm is None else float(clip_grad_norm),
+            "shuffle": bool(shuffle),
+        }
 
         if resume:
             run = self._run
@@ -477,8 +532,9 @@ class Trainer:
             run = _Run(opt, sched, np.random.default_rng(seed), History(), 0, settings)
             self._run = run
 
-        return self._loop(x, y, lengths, val, loss_fn, loss_name, run, epochs, progress,
-                          list(callbacks or []))
+        return self._loop(
+            x, y, lengths, val, loss_fn, loss_name, run, epochs, progress, list(callbacks or [])
+        )
 
     def _forward(self, x, lengths):
         return self.model(x) if lengths is None else self.model(x, lengths=lengths)
@@ -512,21 +568,27 @@ class Trainer:
                     order = run.rng.permutation(N) if run.settings["shuffle"] else np.arange(N)
                     total = 0.0
                     for b in range(n_batches):
-                        idx = order[b * bs:(b + 1) * bs]
+                        idx = order[b * bs : (b + 1) * bs]
                         model.zero_grad()
                         pred = self._forward(x[idx], None if lengths is None else lengths[idx])
                         value, grad = loss_fn(pred, y[idx])
                         value = float(value)
                         if not math.isfinite(value):
-                            self._diverged(f"the loss is {value} at epoch {e + 1}, batch {b + 1}",
-                                           snapshot.weights, history)
+                            self._diverged(
+                                f"the loss is {value} at epoch {e + 1}, batch {b + 1}",
+                                snapshot.weights,
+                                history,
+                            )
                             return history
                         model.backward(grad)
                         if clip is not None:
                             norm = clip_grad_norm_(model, clip)
                             if not math.isfinite(norm):
-                                self._diverged(f"the gradient norm is {norm} at epoch {e + 1}, "
-                                               f"batch {b + 1}", snapshot.weights, history)
+                                self._diverged(
+                                    f"the gradient norm is {norm} at epoch {e + 1}, batch {b + 1}",
+                                    snapshot.weights,
+                                    history,
+                                )
                                 return history
                         opt.step()
                         total += value * len(idx)
@@ -535,11 +597,16 @@ class Trainer:
                             cb.on_batch_end(b, {"loss": value, "size": len(idx)})
                         bar.update(1)
                         rate = seen / max(time.perf_counter() - t0, 1e-9)
-                        bar.set_postfix_str(f"loss={total / min(N, (b + 1) * bs):.4g}, {rate:.0f} seq/s",
-                                            refresh=False)
+                        bar.set_postfix_str(
+                            f"loss={total / min(N, (b + 1) * bs):.4g}, {rate:.0f} seq/s",
+                            refresh=False,
+                        )
                     if not all(np.isfinite(p).all() for p in _values(model.parameters())):
-                        self._diverged(f"the weights became NaN or infinite during epoch {e + 1}",
-                                       snapshot.weights, history)
+                        self._diverged(
+                            f"the weights became NaN or infinite during epoch {e + 1}",
+                            snapshot.weights,
+                            history,
+                        )
                         return history
                     logs = {"loss": total / N}
                     if val is not None:
@@ -552,7 +619,9 @@ class Trainer:
                     snapshot = _EpochSnapshot(model, run)  # epoch e is complete
                     bar.set_postfix_str(
                         ", ".join(f"{k}={v:.4g}" for k, v in logs.items())
-                        + f", {seen / max(time.perf_counter() - t0, 1e-9):.0f} seq/s", refresh=False)
+                        + f", {seen / max(time.perf_counter() - t0, 1e-9):.0f} seq/s",
+                        refresh=False,
+                    )
                     for cb in callbacks:
                         cb.on_epoch_end(e, logs)
                     if self.stop_training:
@@ -568,17 +637,22 @@ class Trainer:
                     cb.on_train_end({})
         return history
 
-    def _interrupted(self, exc: BaseException, snapshot: _EpochSnapshot, run: _Run,
-                     epoch: int) -> None:
+    def _interrupted(
+        self, exc: BaseException, snapshot: _EpochSnapshot, run: _Run, epoch: int
+    ) -> None:
         # Roll back to the last epoch boundary (see fit's Notes), with Ctrl-C held meanwhile.
         with _sigint_held() as held:
             snapshot.restore(self.model, run)
         done = f"the end of epoch {snapshot.epoch}" if snapshot.epoch else "the start of training"
-        what = "interrupted (KeyboardInterrupt)" if isinstance(exc, KeyboardInterrupt) else (
-            f"stopped by {type(exc).__name__}")
+        what = (
+            "interrupted (KeyboardInterrupt)"
+            if isinstance(exc, KeyboardInterrupt)
+            else (f"stopped by {type(exc).__name__}")
+        )
         self.stop_training = True
-        self.stop_reason = (f"Trainer.fit: {what} during epoch {epoch + 1}; the model was "
-                            f"rolled back to {done}")
+        self.stop_reason = (
+            f"Trainer.fit: {what} during epoch {epoch + 1}; the model was rolled back to {done}"
+        )
         if held and not isinstance(exc, KeyboardInterrupt):
             raise KeyboardInterrupt from exc  # the Ctrl-C held during the rollback
 
@@ -587,15 +661,17 @@ class Trainer:
         # none), so that the weights match the history and are never NaN or absurdly large.
         self.model.load_state_dict(last_good)
         done = f"the end of epoch {history.epoch[-1] + 1}" if history.epoch else "the start of fit"
-        msg = (f"Trainer.fit: {what}; training stopped and the weights were restored to those "
-               f"of {done}. Try a smaller lr or clip_grad_norm.")
+        msg = (
+            f"Trainer.fit: {what}; training stopped and the weights were restored to those "
+            f"of {done}. Try a smaller lr or clip_grad_norm."
+        )
         self.stop_training, self.stop_reason = True, msg
         history.stop_reason = msg
         self.model.zero_grad()
         warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
     # ---- evaluation ------------------------------------------------------------------------
-    def _predict(self, x, lengths, batch_size: Optional[int]) -> np.ndarray:
+    def _predict(self, x, lengths, batch_size: int | None) -> np.ndarray:
         """Outputs in evaluation mode, ``batch_size`` samples per call; the mode is restored."""
         model = self.model
         N = x.shape[0]
@@ -603,13 +679,15 @@ class Trainer:
         was_training = model.training
         model.eval()
         try:
-            parts = [self._forward(x[i:i + bs], None if lengths is None else lengths[i:i + bs])
-                     for i in range(0, N, max(bs, 1))]
+            parts = [
+                self._forward(x[i : i + bs], None if lengths is None else lengths[i : i + bs])
+                for i in range(0, N, max(bs, 1))
+            ]
         finally:
             model.train(was_training)
         return np.concatenate(parts)
 
-    def evaluate(self, x, y, *, loss=None, batch_size: Optional[int] = None, lengths=None) -> dict:
+    def evaluate(self, x, y, *, loss=None, batch_size: int | None = None, lengths=None) -> dict:
         """Loss (and accuracy, for cross-entropy) on ``(x, y)`` in evaluation mode.
 
         Parameters
@@ -660,7 +738,7 @@ class Trainer:
         return out
 
     # ---- state and checkpoints -------------------------------------------------------------
-    def state_dict(self) -> Optional[Dict[str, Any]]:
+    def state_dict(self) -> dict[str, Any] | None:
         """The run's state, or None before ``fit``: what a checkpoint needs to resume exactly.
 
         Returns
@@ -677,9 +755,12 @@ class Trainer:
         opt_sd = run.optimizer.state_dict()
         keys = sorted(opt_sd["state"][0]) if opt_sd["state"] else []
         if any(sorted(s) != keys for s in opt_sd["state"]):
-            raise ValueError("Trainer.state_dict: the optimizer's per-parameter states differ in keys")
-        named = {key: self.model.name_parameter_arrays([s[key] for s in opt_sd["state"]])
-                 for key in keys}
+            raise ValueError(
+                "Trainer.state_dict: the optimizer's per-parameter states differ in keys"
+            )
+        named = {
+            key: self.model.name_parameter_arrays([s[key] for s in opt_sd["state"]]) for key in keys
+        }
         return {
             "optimizer": dict(opt_sd, state=named),
             "scheduler": None if run.scheduler is None else run.scheduler.state_dict(),
@@ -689,7 +770,7 @@ class Trainer:
             "settings": dict(run.settings),
         }
 
-    def load_state_dict(self, state: Optional[Dict[str, Any]]) -> None:
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Restore a run saved with ``state_dict()`` (None clears it); all or nothing.
 
         Raises
@@ -703,7 +784,7 @@ class Trainer:
             return
         try:
             ometa = dict(state["optimizer"])
-            per_param: List[Dict[str, np.ndarray]] = [{} for _ in self.model.parameters()]
+            per_param: list[dict[str, np.ndarray]] = [{} for _ in self.model.parameters()]
             for key, named in dict(ometa["state"]).items():
                 for i, arr in enumerate(self.model.parameter_arrays_from_names(named)):
                     per_param[i][key] = arr
@@ -729,7 +810,7 @@ class Trainer:
             raise ValueError(f"{where}: not a training state of this model ({exc})") from exc
         self._run = run
 
-    def save(self, path, *, metadata: Optional[dict] = None) -> None:
+    def save(self, path, *, metadata: dict | None = None) -> None:
         """Write the model and this run to one checkpoint (see :func:`eigenlstm.save`).
 
         ``Trainer.load(path).fit(..., resume=True)`` then continues bitwise as if never
@@ -738,7 +819,7 @@ class Trainer:
         _io.save(self.model, path, metadata=metadata, training=self.state_dict())
 
     @classmethod
-    def load(cls, path) -> "Trainer":
+    def load(cls, path) -> Trainer:
         """Read a checkpoint: a trainer on its model, with its run if it was saved after training.
 
         Raises
@@ -763,8 +844,10 @@ class Trainer:
         try:
             trainer.load_state_dict(training)
         except ValueError as exc:
-            raise ValueError(f"Trainer.load: {path} is not a valid eigenlstm checkpoint "
-                             f"(inconsistent training state: {exc})") from exc
+            raise ValueError(
+                f"Trainer.load: {path} is not a valid eigenlstm checkpoint "
+                f"(inconsistent training state: {exc})"
+            ) from exc
         return trainer
 
 
