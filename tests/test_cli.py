@@ -214,7 +214,7 @@ def test_train_with_a_non_positive_option_is_a_usage_error(capsys):
 
 def test_predict_with_a_checkpoint_that_is_not_a_forecaster_says_so(tmp_path, capsys):
     path = tmp_path / "plain.npz"
-    el.LSTMModel(1, 4, 1, seed=0).save(path)
+    el.save(el.LSTMModel(1, 4, 1, seed=0), path)
     status, err = error_of(["predict", "--model", str(path)], capsys)
     assert status == 2
     assert "needs a checkpoint written by `eigenlstm train`" in err
