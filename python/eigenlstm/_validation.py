@@ -13,6 +13,7 @@ import numbers
 import numpy as np
 
 __all__ = [
+    "as_array",
     "as_real_array",
     "check_shape",
     "check_positive_int",
@@ -59,13 +60,33 @@ def as_real_array(where: str, name: str, value, dtype: np.dtype) -> np.ndarray:
     """
     if type(value) is np.ndarray and value.dtype == dtype:  # the hot path: nothing to do
         return value
-    arr = np.asarray(value)
+    arr = as_array(where, name, value)
     kind = arr.dtype.kind
     if kind not in "fiub":
         raise TypeError(
             f"{where}: {name} must hold real numbers (float or int), got dtype {arr.dtype}"
         )
     return arr.astype(dtype, copy=False)
+
+
+def as_array(where: str, name: str, value) -> np.ndarray:
+    """``np.asarray(value)``, with the two torch inputs NumPy cannot take said plainly.
+
+    A tensor that requires grad is detached (eigenlstm computes its own gradients; torch's
+    would not flow through NumPy anyway). A ``PackedSequence`` is refused with what to pass
+    instead: NumPy would fail on it with "setting an array element with a sequence".
+    """
+    kind = type(value)
+    if kind.__module__.startswith("torch"):
+        if kind.__name__ == "PackedSequence":
+            raise TypeError(
+                f"{where}: {name} must be an array, got a torch PackedSequence; pass the padded "
+                "batch and its lengths instead (x, lengths = "
+                "torch.nn.utils.rnn.pad_packed_sequence(packed), then lengths=lengths)"
+            )
+        if getattr(value, "requires_grad", False):
+            value = value.detach()
+    return np.asarray(value)
 
 
 def check_shape(where: str, name: str, arr: np.ndarray, expected: tuple) -> None:
@@ -84,7 +105,7 @@ def check_lengths(
     ``minimum`` is 0 for an LSTM (an empty sequence keeps its initial state) and 1 where the
     output is read at each sequence's last step.
     """
-    arr = np.asarray(lengths)
+    arr = as_array(where, name, lengths)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{where}: {name} must be integers, got dtype {arr.dtype}")
     if arr.shape != (N,):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from ._validation import as_real_array, check_lengths, check_shape
+from ._validation import as_array, as_real_array, check_lengths, check_shape
 
 __all__ = ["LayerContext", "lstm_layer_forward", "lstm_layer_backward"]
 
@@ -37,7 +37,7 @@ class LayerContext:
 
 
 def _weights_dtype(w) -> np.dtype:
-    dt = np.asarray(w).dtype
+    dt = as_array("lstm_layer_forward", "weight_ih", w).dtype
     return dt if dt in (np.float32, np.float64) else np.dtype(np.float64)
 
 

@@ -11,6 +11,8 @@ from typing import Callable
 
 import numpy as np
 
+from .._validation import as_array
+
 __all__ = ["mse_loss", "cross_entropy", "log_softmax", "check_labels", "get_loss", "LOSSES"]
 
 
@@ -44,8 +46,8 @@ def mse_loss(prediction, target) -> tuple[float, np.ndarray]:
     >>> value, grad.tolist()
     (0.5, [[1.0, 0.0]])
     """
-    p = np.asarray(prediction)
-    t = np.asarray(target)
+    p = as_array("mse_loss", "prediction", prediction)
+    t = as_array("mse_loss", "target", target)
     if p.shape != t.shape:
         raise ValueError(
             f"mse_loss: target must have the prediction's shape {p.shape}, got {t.shape}"
@@ -70,7 +72,7 @@ def log_softmax(logits) -> np.ndarray:
         :math:`z - m - \log\sum_j e^{z_j - m}` with :math:`m = \max_j z_j`, so no exponent
         overflows however large the logits are.
     """
-    z = np.asarray(logits, dtype=np.float64)
+    z = as_array("log_softmax", "logits", logits).astype(np.float64)
     shifted = z - z.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
@@ -109,7 +111,7 @@ def cross_entropy(logits, labels) -> tuple[float, np.ndarray]:
     (0.693147, [[0.5, -0.5]])
     """
     where = "cross_entropy"
-    z = np.asarray(logits)
+    z = as_array(where, "logits", logits)
     if z.ndim != 2:
         raise ValueError(f"{where}: logits must have shape (N, C), got {z.shape}")
     N, C = z.shape
@@ -125,7 +127,7 @@ def cross_entropy(logits, labels) -> tuple[float, np.ndarray]:
 
 def check_labels(where: str, name: str, labels, N: int, C: int) -> np.ndarray:
     """Return ``labels`` as int64 of shape (N,), all in [0, C), or raise naming the problem."""
-    y = np.asarray(labels)
+    y = as_array(where, name, labels)
     if y.dtype.kind == "f" and y.size and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
         y = y.astype(np.int64)  # whole-number floats (e.g. from a CSV) are accepted
     if y.dtype.kind not in "iu":

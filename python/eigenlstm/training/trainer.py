@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import io as _io
 from .. import optim as _optim
-from .._validation import as_real_array, check_lengths, check_positive_int
+from .._validation import as_array, as_real_array, check_lengths, check_positive_int
 from ..nn.losses import check_labels, cross_entropy, get_loss, mse_loss
 from ..optim import lr_scheduler as _sched
 from ..optim.clip import clip_grad_norm_
@@ -321,7 +321,7 @@ class Trainer:
         must match.
         """
         # Converted once to the model's dtype (a module without one gets floats as given).
-        x = np.asarray(x)
+        x = as_array(where, f"x{suffix}", x)
         model_dtype = getattr(self.model, "dtype", None)
         if model_dtype is not None:
             dtype = np.dtype(model_dtype)
@@ -333,7 +333,7 @@ class Trainer:
                 f"{where}: x{suffix} must hold at least one sample, got shape {x.shape}"
             )
         N = x.shape[0]
-        y_arr = np.asarray(y)
+        y_arr = as_array(where, f"y{suffix}", y)
         if y_arr.ndim == 0 or y_arr.shape[0] != N:
             got = "a scalar" if y_arr.ndim == 0 else f"{y_arr.shape[0]}"
             raise ValueError(
