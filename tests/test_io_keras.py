@@ -1,5 +1,5 @@
-"""eigenlstm.keras: Keras models load with Keras's own predictions, in .keras and legacy .h5
-files; what eigenlstm writes, keras.saving.load_model opens with the same predictions.
+"""eigenlstm.io.keras (el.keras): Keras models load with Keras's own predictions, in .keras and
+legacy .h5 files; what eigenlstm writes, keras.saving.load_model opens with the same predictions.
 
 Keras runs on its torch backend (no TensorFlow); the witness is Keras's ``model.predict``.
 """
@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 import keras  # noqa: E402  a hard import: the Keras witness must never be silently skipped
 
 import eigenlstm as el  # noqa: E402
-import eigenlstm.keras as elkeras  # noqa: E402
+from eigenlstm.io import keras as elkeras  # noqa: E402
 
 L = keras.layers
 I = 3
@@ -31,7 +31,7 @@ I = 3
 ATOL = 1e-5
 
 ARCHITECTURES = {
-    # Exactly the seed's model: loads as an LSTMModel (which can fit).
+    # Exactly the seed's model: loads as an LSTMModel (which el.Trainer trains).
     "lstm_dense": (lambda: [L.LSTM(8), L.Dense(2)], el.LSTMModel),
     "stacked_lstms_of_two_sizes": (lambda: [L.LSTM(8, return_sequences=True), L.LSTM(5), L.Dense(3)],
                                    el.Sequential),
@@ -143,7 +143,7 @@ def test_load_needs_neither_keras_nor_tensorflow(tmp_path):
         sys.modules["keras"] = None
         sys.modules["tensorflow"] = None
         import numpy as np
-        import eigenlstm.keras as elkeras
+        from eigenlstm.io import keras as elkeras
         x, want = np.load({str(tmp_path / "x.npy")!r}), np.load({str(tmp_path / "want.npy")!r})
         for fmt in ("keras", "h5"):
             got = elkeras.load({str(tmp_path)!r} + "/m." + fmt).predict(x)

@@ -1,5 +1,6 @@
-"""eigenlstm.onnx: exported graphs run in ONNX Runtime (float32) and onnx.reference (float64) with
-eigenlstm's results; loading reads back our graphs, a hand-built LSTM node and torch's export.
+"""eigenlstm.io.onnx (el.onnx): exported graphs run in ONNX Runtime (float32) and onnx.reference
+(float64) with eigenlstm's results; loading reads back our graphs, a hand-built LSTM node and
+torch's export.
 
 The witnesses are the real runtimes: ONNX Runtime's LSTM kernel, onnx's reference evaluator and
 torch itself. Every configuration of the parity grid (layers, directions, batch_first,
@@ -23,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import eigenlstm as el
-import eigenlstm.onnx as elonnx
+from eigenlstm.io import onnx as elonnx
 from seed_model import SeedLSTMModel
 
 I, H, P_SIZE = 4, 6, 3
