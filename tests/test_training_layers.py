@@ -291,6 +291,19 @@ def test_lstm_model_with_the_same_seed_has_the_same_weights():
     assert a.config() == b.config()
 
 
+@pytest.mark.parametrize("make", [lambda seed: el.LSTMModel(3, 4, 2, seed=seed),
+                                  lambda seed: el.Linear(3, 2, seed=seed)],
+                         ids=["LSTMModel", "Linear"])
+def test_a_negative_seed_is_a_value_error_and_a_seed_that_is_not_an_int_a_type_error(make):
+    # As LSTM's (test_lstm_validation.py): one message for every module with a seed.
+    name = make(0).__class__.__name__
+    with pytest.raises(ValueError, match=rf"^{name}: seed must be a non-negative int or None, got -1$"):
+        make(-1)
+    for seed, shown in [(1.5, "1.5"), ("1", "'1'"), (True, "True")]:
+        with pytest.raises(TypeError, match=rf"^{name}: seed must be a non-negative int or None, got {shown}$"):
+            make(seed)
+
+
 def test_lstm_model_forward_with_wrong_input_shape_names_the_expected_shape():
     model = el.LSTMModel(10, 20, 2)
     with pytest.raises(ValueError, match=r"LSTMModel.forward: x must have shape \(N, L, 10\) \(batch, steps, input_size\), got \(7, 10\)"):
