@@ -10,6 +10,8 @@ returns, stored in the layout documented in :func:`save`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import os
 import secrets
@@ -24,8 +26,41 @@ from ..nn import LSTMModel
 __all__ = ["save", "load", "FORMAT_VERSION"]
 
 #: Version of the checkpoint layout written by this eigenlstm; ``load`` refuses newer ones.
-FORMAT_VERSION = 1
+#: 2 added the checksum (below); version 1 files are read as before.
+FORMAT_VERSION = 2
 _MAGIC = "eigenlstm-checkpoint"
+
+# From version 2 the archive's comment (the last bytes of a zip file) is the SHA-256 of every
+# byte before it. A zip's CRC-32s cover only the members' data; the digest also covers the
+# headers, names and central directory, so that any damaged byte is found, not three in four.
+_DIGEST_PREFIX = b"eigenlstm-sha256:"
+_DIGEST_LEN = len(_DIGEST_PREFIX) + 64
+
+
+def _write_archive(f, arrays: dict) -> None:
+    """Write ``arrays`` to the open file ``f`` (read-write) as np.savez does, plus the digest."""
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+        # Only the comment's length goes into the bytes before it, so a placeholder of the
+        # final length lets the digest of everything else be computed, then written over it.
+        zf.comment = b"\0" * _DIGEST_LEN
+    end = f.seek(0, os.SEEK_END)
+    f.seek(0)
+    digest = hashlib.sha256(f.read(end - _DIGEST_LEN)).hexdigest().encode()
+    f.seek(end - _DIGEST_LEN)
+    f.write(_DIGEST_PREFIX + digest)
+
+
+def _has_valid_digest(data: bytes) -> bool:
+    """Whether ``data`` ends with a digest comment (version 2); ValueError if it does not match."""
+    tail = data[-_DIGEST_LEN:]
+    if len(data) < _DIGEST_LEN or not tail.startswith(_DIGEST_PREFIX):
+        return False
+    if hashlib.sha256(data[:-_DIGEST_LEN]).hexdigest().encode() != tail[len(_DIGEST_PREFIX) :]:
+        raise ValueError("its SHA-256 checksum does not match its contents")
+    return True
 
 
 def _atomic_write_npz(path: str, arrays: dict) -> None:
@@ -39,7 +74,7 @@ def _atomic_write_npz(path: str, arrays: dict) -> None:
     base = os.path.basename(path)
     # ``tmp`` is named before the file exists, so a Ctrl-C landing anywhere after its creation
     # (even between ``open`` returning and the assignment) still finds it to delete. ``open(...,
-    # "xb")`` creates it exclusively with the permissions of an ordinary new file (0o666 minus
+    # "x+b")`` creates it exclusively with the permissions of an ordinary new file (0o666 minus
     # the umask); reading the umask would mean setting it process-wide, which is neither
     # thread-safe nor interrupt-safe.
     tmp = f = None
@@ -49,14 +84,14 @@ def _atomic_write_npz(path: str, arrays: dict) -> None:
             try:
                 # Not a with block: the handle must exist before the block that writes it, so
                 # that an interrupt between open and with still closes and removes it.
-                f = open(tmp, "xb")  # noqa: SIM115
+                f = open(tmp, "x+b")  # noqa: SIM115
                 break
             except FileExistsError:
                 tmp = None  # someone else's file: never delete it
         else:
             raise FileExistsError(f"could not create a temp file next to {path}")
         with f:
-            np.savez(f, **arrays)
+            _write_archive(f, arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -114,7 +149,9 @@ def save(model, path, *, metadata: dict | None = None, training: dict | None = N
 
     The ``.npz`` holds ``meta`` (a JSON string: format version, config, metadata, dropout
     state and the training run's scalars), ``weights/<state_dict key>`` arrays and, with a
-    training run, ``optimizer/<buffer>/<state_dict key>`` arrays in torch layout.
+    training run, ``optimizer/<buffer>/<state_dict key>`` arrays in torch layout. The zip
+    comment is ``eigenlstm-sha256:`` and the SHA-256 (hex) of every byte before it; ``load``
+    checks it before reading anything (``numpy.load`` reads the file as any ``.npz``).
 
     Examples
     --------
@@ -222,7 +259,10 @@ def load(path, *, with_training: bool = False):
         RuntimeError,
     )
     try:
-        z = np.load(path, allow_pickle=False)
+        with open(path, "rb") as fh:
+            data = fh.read()
+        checked = _has_valid_digest(data)
+        z = np.load(io.BytesIO(data), allow_pickle=False)
     except damaged as exc:
         raise ValueError(f"{bad} (corrupted or truncated: {exc})") from exc
     if not isinstance(z, np.lib.npyio.NpzFile):
@@ -241,6 +281,8 @@ def load(path, *, with_training: bool = False):
             version = meta.get("format_version")
             if not isinstance(version, int):
                 raise ValueError(f"format_version must be an int, got {version!r}")
+            if version >= 2 and not checked:
+                raise ValueError("its checksum is missing")
         except damaged as exc:
             raise ValueError(f"{bad} (corrupted or truncated: {exc})") from exc
         if version > FORMAT_VERSION:

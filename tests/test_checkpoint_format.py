@@ -1,0 +1,87 @@
+"""The checkpoint format: its checksum catches every damaged byte, numpy still reads it, and
+files of the previous format version (1, before the checksum) still load and resume."""
+
+import pathlib
+
+import numpy as np
+import pytest
+
+import eigenlstm as el
+from eigenlstm.io.checkpoint import FORMAT_VERSION
+
+DATA = pathlib.Path(__file__).parent / "data"
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((32, 5, 3))
+Y = X.sum(axis=1)[:, :2]
+# What tests/data/checkpoint_v1_*.npz were made from, with eigenlstm 0.1.0 (format version 1):
+# the model saved untrained, and saved after two epochs of this run.
+CONFIG = dict(input_size=3, hidden_size=6, output_size=2, num_layers=2, dropout=0.25, seed=0)
+RUN = dict(batch_size=8, lr=1e-2, progress=False, seed=0, lr_schedule="cosine")
+
+
+def _saved_run(path):
+    trainer = el.Trainer(el.LSTMModel(**CONFIG))
+    trainer.fit(X, Y, epochs=1, **RUN)
+    trainer.save(path)
+    return path.read_bytes()
+
+
+def test_every_single_byte_flip_of_a_checkpoint_is_a_value_error_naming_the_file(tmp_path):
+    path = tmp_path / "run.npz"
+    data = _saved_run(path)
+    for i in range(len(data)):
+        path.write_bytes(data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :])
+        with pytest.raises(
+            ValueError, match=rf"^eigenlstm\.load: {path} is not a valid eigenlstm checkpoint"
+        ):
+            el.load(path)
+
+
+def test_a_checkpoint_without_its_checksum_is_refused(tmp_path):
+    path = tmp_path / "run.npz"
+    data = _saved_run(path)
+    comment_start = len(data) - len(b"eigenlstm-sha256:") - 64
+    # The same archive with an empty comment (what a zip tool that drops comments writes):
+    # the two bytes before the comment hold its length.
+    stripped = data[: comment_start - 2] + b"\0\0"
+    path.write_bytes(stripped)
+    assert set(np.load(path).files) >= {"meta"}  # a valid zip, for numpy
+    with pytest.raises(
+        ValueError,
+        match=r"is not a valid eigenlstm checkpoint \(corrupted or truncated: its checksum is missing\)",
+    ):
+        el.load(path)
+
+
+def test_numpy_reads_a_checkpoint_as_any_npz(tmp_path):
+    path = tmp_path / "model.npz"
+    model = el.LSTMModel(**CONFIG)
+    el.save(model, path)
+    with np.load(path) as z:
+        assert np.array_equal(
+            z["weights/lstm.weight_ih_l0"], model.state_dict()["lstm.weight_ih_l0"]
+        )
+        assert f'"format_version": {FORMAT_VERSION}' in str(z["meta"][()])
+
+
+def test_a_version_1_model_file_loads_with_its_weights_metadata_and_dropout_stream():
+    model = el.load(DATA / "checkpoint_v1_model.npz")
+    fresh = el.LSTMModel(**CONFIG)  # seeded: the weights the file was written with
+    assert model.config() == fresh.config()
+    for key, value in fresh.state_dict().items():
+        assert np.array_equal(model.state_dict()[key], value), key
+    assert model.get_extra_state() == fresh.get_extra_state()
+    assert model.metadata == {"note": "written by format version 1"}
+
+
+def test_a_version_1_training_run_resumes_bitwise_as_if_never_saved():
+    resumed = el.Trainer.load(DATA / "checkpoint_v1_trained.npz")
+    assert resumed.epoch == 2 and len(resumed.history.history["loss"]) == 2
+    resumed.fit(X, Y, epochs=2, resume=True, **RUN)
+    # The same run kept in memory: two epochs (the cosine schedule spans them), two more.
+    straight = el.Trainer(el.LSTMModel(**CONFIG))
+    straight.fit(X, Y, epochs=2, **RUN)
+    straight.fit(X, Y, epochs=2, resume=True, **RUN)
+    for key, value in straight.model.state_dict().items():
+        assert np.array_equal(resumed.model.state_dict()[key], value), key
+    assert resumed.history.history == straight.history.history
