@@ -23,6 +23,8 @@ import json
 import os
 import secrets
 import zipfile
+from dataclasses import dataclass
+from typing import Any, Callable, NoReturn
 
 import numpy as np
 
@@ -36,7 +38,7 @@ _SAVE = "eigenlstm.keras.save"
 KERAS_FORMAT_VERSION = "3.0.0"
 
 
-def _import_h5py(where: str):
+def _import_h5py(where: str) -> Any:
     try:
         import h5py
     except ImportError:
@@ -45,28 +47,33 @@ def _import_h5py(where: str):
 
 
 # ==== load ===================================================================================
+@dataclass(eq=False)
 class _Spec:
     """One Keras layer as read from the config, checked, with its weights still to be read."""
 
-    def __init__(self, kind, name, cfg, **fields):
-        self.kind = kind  # "lstm" or "dense"
-        self.name = name  # the Keras layer name (its weights' group)
-        self.cfg = cfg
-        self.__dict__.update(fields)
+    kind: str  # "lstm" or "dense"
+    name: str  # the Keras layer name (its weights' group in a legacy .h5)
+    cfg: dict[str, Any]  # the layer's Keras config
+    units: int  # LSTM units H, or Dense units O
+    use_bias: bool
+    dtype: np.dtype  # float32 or float64
+    bidirectional: bool = False  # LSTM only: a Bidirectional(LSTM) with merge_mode='concat'
+    return_sequences: bool = False  # LSTM only
+    key: str = ""  # where a Keras 3 archive stores its weights (see _storage_keys)
 
 
-def _refuse(layer: str, cls: str, msg: str):
+def _refuse(layer: str, cls: str, msg: str) -> NoReturn:
     raise ValueError(f"{_LOAD}: layer {layer!r} ({cls}): {msg}")
 
 
-def _dtype_name(cfg) -> str:
+def _dtype_name(cfg: dict[str, Any]) -> str:
     dt = cfg.get("dtype", "float32")
     if isinstance(dt, dict):  # Keras 3: a serialized DTypePolicy
         dt = dt.get("config", {}).get("name", "float32")
     return dt or "float32"
 
 
-def _check_dtype(name, cls, cfg) -> np.dtype:
+def _check_dtype(name: str, cls: str, cfg: dict[str, Any]) -> np.dtype:
     dt = _dtype_name(cfg)
     if dt not in ("float32", "float64"):
         _refuse(name, cls, f"dtype must be 'float32' or 'float64', got {dt!r}")
@@ -157,7 +164,7 @@ def _inbound_names(layer: dict) -> list[str]:
     """Names of the layers feeding ``layer`` in a functional config (Keras 3 and Keras 2)."""
     names = []
 
-    def walk(obj):
+    def walk(obj: Any) -> None:
         if isinstance(obj, dict):
             hist = obj.get("config", {}).get("keras_history") if "config" in obj else None
             if obj.get("class_name") == "__keras_tensor__" and hist:
@@ -204,6 +211,8 @@ def _layer_list(config: dict) -> list[dict]:
     cls = config.get("class_name")
     cfg = config.get("config", {})
     layers = cfg.get("layers") if isinstance(cfg, dict) else cfg
+    if layers is None:
+        raise ValueError(f"{_LOAD}: the model config has no list of layers")
     if cls == "Sequential":  # Sequential.layers leaves the InputLayer out
         layers = [l for l in layers if l["class_name"] != "InputLayer"]
         return [dict(l, _key=k) for l, k in zip(layers, _storage_keys(layers))]
@@ -282,7 +291,11 @@ def _weights_h5(h5, spec: _Spec) -> list[np.ndarray]:
     return [np.array(group[n]) for n in names]
 
 
-def _to_torch(spec: _Spec, arrays: list[np.ndarray], I: int) -> dict:
+#: Reads one layer's arrays from an open h5 file: _weights_keras or _weights_h5.
+_Reader = Callable[[Any, _Spec], list[np.ndarray]]
+
+
+def _to_torch(spec: _Spec, arrays: list[np.ndarray], I: int) -> dict[str, np.ndarray]:
     """Check shapes and map one layer's Keras arrays to torch-named tensors (see the top)."""
     u = spec.units
     per = 3 if spec.use_bias else 2
@@ -330,7 +343,7 @@ def _as_lstm_model(specs: list[_Spec]) -> bool:
     )
 
 
-def _read(path):
+def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], _Reader, Any]:
     """(config dict, weight reader, open h5 file) of a .keras archive or a legacy .h5 file."""
     h5py = _import_h5py(_LOAD)
     path = os.fspath(path)
@@ -358,7 +371,7 @@ def _read(path):
     raise ValueError(f"{_LOAD}: {path} must be a .keras archive or a legacy .h5 file")
 
 
-def load(path):
+def load(path: str | os.PathLike[str]) -> LSTMModel | Sequential:
     """Read a Keras model of ``LSTM``, ``Bidirectional(LSTM)`` and ``Dense`` layers.
 
     Parameters
@@ -406,7 +419,7 @@ def load(path):
     tensors, features = [], I
     for spec, arrs in zip(specs, arrays):
         tensors.append(_to_torch(spec, arrs, features))
-        features = spec.units * (2 if getattr(spec, "bidirectional", False) else 1)
+        features = spec.units * (2 if spec.bidirectional else 1)
     if _as_lstm_model(specs):
         *lstms, head = specs
         model = LSTMModel(I, lstms[0].units, head.units, len(lstms), dtype=dtype, seed=0)
@@ -418,9 +431,13 @@ def load(path):
             if key not in state:
                 state[key] = np.zeros_like(value)
         model.load_state_dict(state)
-        return model.eval()
-    layers, flags, features = [], [], I
+        model.eval()
+        return model
+    layers: list[LSTM | Linear] = []
+    flags: list[bool] = []
+    features = I
     for spec, t in zip(specs, tensors):
+        layer: LSTM | Linear
         if spec.kind == "lstm":
             layer = LSTM(
                 features,
@@ -438,15 +455,17 @@ def load(path):
             features = spec.units
         layer.load_state_dict(t)
         layers.append(layer)
-    return Sequential(layers, return_sequences=flags).eval()
+    seq = Sequential(layers, return_sequences=flags)
+    seq.eval()
+    return seq
 
 
 # ==== save ===================================================================================
-def _ser(module: str, cls: str, config: dict, **extra) -> dict:
+def _ser(module: str, cls: str, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"module": module, "class_name": cls, "config": config, "registered_name": None, **extra}
 
 
-def _policy(dtype: str) -> dict:
+def _policy(dtype: str) -> dict[str, Any]:
     return _ser("keras", "DTypePolicy", {"name": dtype})
 
 
@@ -573,7 +592,7 @@ def _keras_layers(model):
     return layers, weights
 
 
-def save(model, path) -> None:
+def save(model: LSTMModel | Sequential, path: str | os.PathLike[str]) -> None:
     """Write an ``LSTMModel`` or ``Sequential`` as a Keras 3 ``.keras`` archive.
 
     Parameters

@@ -19,11 +19,16 @@ Needs the ``onnx`` package (``pip install "eigenlstm[onnx]"``); the modules are 
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, cast
 
 import numpy as np
 
 from ..nn import LSTM, LSTMModel
+
+if TYPE_CHECKING:
+    from onnx import ModelProto, NodeProto
 
 __all__ = ["export", "load"]
 
@@ -37,7 +42,7 @@ DEFAULT_OPSET = 17
 MIN_EXPORT_OPSET = 13
 
 
-def _import_onnx(where: str):
+def _import_onnx(where: str) -> Any:
     try:
         import onnx  # absolute import: the top-level onnx package, not this module
     except ImportError:
@@ -409,35 +414,76 @@ def export(
 # axes after its input's, so a Transpose anywhere is tracked and checked at the end.
 
 
+# Identity semantics (eq=False) for the three classes below: values are told apart with ``is``
+# and id(), and their fields hold arrays.
+@dataclasses.dataclass(eq=False, repr=False)
 class _V:
-    """An abstract value: ``kind`` plus kind-specific fields."""
+    """An abstract value: ``kind`` plus the fields that kind uses (the others keep their defaults)."""
 
-    def __init__(self, kind: str, **fields) -> None:
-        self.kind = kind
-        self.__dict__.update(fields)
+    kind: str
+    value: np.ndarray | None = None  # const: the array
+    name: str | None = None  # lengths, seq, state: the graph input it is
+    axes: tuple[str, ...] = ()  # seq, state, final, last: one label per axis
+    layer: _Layer | None = None  # seq, last: the layer that writes it (None: the graph input)
+    lo: int = 0  # state: first row of the graph input it reads
+    hi: int | None = None  # state: end row, None when the input's first dimension is dynamic
+    raw_dims: list[int | None] | None = None  # state: the graph input's dims, while unsliced
+    squeezed: bool = False  # state: the row axis is squeezed away
+    items: tuple[str | int, ...] = ()  # sym: the shape entries (axis labels or constants)
+    scalar: bool = False  # sym: one entry as a 0-D value
+    seq: _V | None = None  # seq_last: the sequence a last step is sliced from
+    axis: int = 0  # seq_last: the sliced axis
+    half: _Half | None = None  # scan_h, scan_y, final_half: the Scan direction
+    which: str | None = None  # scan_h, final, final_half: "h" or "c"
+    layers: tuple[_Layer, ...] = ()  # final: the layers whose states are concatenated
+    label: str | int | None = None  # time_range: the time axis's shape entry
+    flipped: bool = False  # pre, mask, scan_y: in reversed time order
+    by_lengths: bool = False  # last: selected at step lengths - 1 (not at -1)
+    last: _V | None = None  # head: the last-step value it reads
+    weight: np.ndarray | None = None  # head: (O, F), torch's Linear weight
+    bias: np.ndarray | None = None  # head: (O,); pre: the summed (4H,) bias
+    src: _V | None = None  # pre: the sequence it projects
+    w_t: np.ndarray | None = None  # pre: W_ih^T (I, 4H)
 
     def __repr__(self) -> str:
         return f"<{self.kind}>"
 
-    def replace(self, **changes) -> _V:
-        fields = {k: v for k, v in vars(self).items() if k != "kind"}
-        fields.update(changes)
-        return _V(self.kind, **fields)
+    def replace(self, **changes: Any) -> _V:
+        return dataclasses.replace(self, **changes)
 
 
+@dataclasses.dataclass(eq=False)
 class _Layer:
     """One LSTM layer as found in the graph (D directions), in torch's layout."""
 
-    def __init__(self, where, D, H, P, weights, src, seq, init, has_bias):
-        self.where = where  # node that defines it, for error messages
-        self.D, self.H, self.P = D, H, P
-        self.weights = (
-            weights  # per direction: dict weight_ih, weight_hh, bias_ih, bias_hh[, weight_hr]
-        )
-        self.src = src  # the "seq" value it reads
-        self.seq = seq  # None, or "lengths" when it honours the graph's lengths
-        self.init = init  # per direction: None (zeros) or (h, c) "state" values
-        self.has_bias = has_bias
+    where: NodeProto  # node that defines it, for error messages
+    D: int
+    H: int
+    P: int
+    # per direction: dict weight_ih, weight_hh, bias_ih, bias_hh[, weight_hr]
+    weights: list[dict[str, np.ndarray]]
+    src: _V  # the "seq" value it reads
+    seq: str | None  # None, or "lengths" when it honours the graph's lengths
+    init: list[tuple[_V, _V, int]] | None  # None (zeros), or per direction (h, c) "state" values
+    has_bias: bool
+    H_out: int = 0  # width of one direction's output: P if P > 0 else H
+    layout: int = 0  # the ONNX LSTM layout attribute (0 for a Scan layer)
+    scan: bool = False  # read from the Scan loop export writes (projection)
+
+
+@dataclasses.dataclass(eq=False)
+class _Half:
+    """One direction of a Scan layer, until its partner direction (if any) is found."""
+
+    d: int  # 0 forward, 1 reverse
+    H: int
+    P: int
+    weights: dict[str, np.ndarray]  # weight_ih, weight_hh, weight_hr[, bias_ih, bias_hh]
+    src: _V  # the "seq" value it reads
+    seq: str | None  # None, or "lengths" when it honours the graph's lengths
+    init: list[_V | None]  # the (h, c) "state" values, or None for zeros
+    node: NodeProto  # the Scan node
+    has_bias: bool
 
 
 class _LoadError(ValueError):
@@ -448,25 +494,23 @@ _INT64_MIN = int(np.iinfo(np.int64).min)
 
 
 class _Interpreter:
-    def __init__(self, onnx, model) -> None:
+    def __init__(self, onnx: Any, model: ModelProto, opset: int) -> None:
         self.onnx = onnx
         self.model = model
         self.time_axis: str | None = None  # "a0" or "a1", fixed by the first LSTM node
         self.graph = model.graph
-        self.opset = next(
-            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None
-        )
+        self.opset = opset  # of the default domain, checked by load
         self.env: dict[str, _V] = {}
-        self.halves: dict = {}
-        self.pairs: dict = {}
+        self.halves: dict[int, _Layer] = {}  # id of a _Half -> its one-direction layer
+        self.pairs: dict[tuple[int, int], _Layer] = {}  # ids of two _Halves -> their layer
 
     # ---- helpers ---------------------------------------------------------------------------
-    def fail(self, node, msg: str):
+    def fail(self, node: NodeProto, msg: str) -> NoReturn:
         raise _LoadError(
             f"eigenlstm.onnx.load: node {node.name or node.output[0]!r} ({node.op_type}): {msg}"
         )
 
-    def attrs(self, node) -> dict:
+    def attrs(self, node: NodeProto) -> dict[str, Any]:
         get = self.onnx.helper.get_attribute_value
         out = {}
         for a in node.attribute:
@@ -474,11 +518,12 @@ class _Interpreter:
             out[a.name] = v.decode() if isinstance(v, bytes) else v
         return out
 
-    def const(self, node, name: str, what: str) -> np.ndarray:
+    def const(self, node: NodeProto, name: str, what: str) -> np.ndarray:
         v = self.env[name]
-        if v.kind != "const":
+        value = v.value if v.kind == "const" else None
+        if value is None:
             self.fail(node, f"{what} must be a constant, got a {v.kind} value")
-        return v.value
+        return value
 
     def ints_arg(self, node, attrs, key: str, index: int, default=None):
         """Read an int list given as an attribute (old opsets) or as input ``index`` (new)."""
@@ -488,16 +533,17 @@ class _Interpreter:
             return [int(v) for v in np.atleast_1d(self.const(node, node.input[index], key))]
         return default
 
-    def fold(self, node) -> list[np.ndarray]:
+    def fold(self, node: NodeProto) -> list[np.ndarray]:
         """Evaluate a node whose inputs are all constants with onnx's reference runtime."""
         from onnx.reference import ReferenceEvaluator
 
         feeds = {n: self.env[n].value for n in node.input if n}
         ref = ReferenceEvaluator(node, opsets={"": self.opset})
-        return ref.run(None, feeds)
+        # run returns a dict only for intermediate=True; its annotation does not say so.
+        return cast("list[np.ndarray]", ref.run(None, feeds))
 
     # ---- the walk --------------------------------------------------------------------------
-    def run(self):
+    def run(self) -> list[_V]:
         g = self.graph
         numpy_helper = self.onnx.numpy_helper
         for init in g.initializer:
@@ -875,7 +921,7 @@ class _Interpreter:
                 node, f"{what} must be zeros or a slice of a graph input, got a {v.kind} value"
             )
         want = ("S", "a?", "H") if layout == 0 else ("a?", "S", "H")
-        if layout == 1 and getattr(v, "raw_dims", None) is not None and v.axes[0] == "S":
+        if layout == 1 and v.raw_dims is not None and v.axes[0] == "S":
             # A graph input used as it is by a layout-1 node is (N, D, H): rows on axis 1.
             v = v.replace(axes=want, hi=v.raw_dims[1], raw_dims=None)
         if v.axes != want or (v.hi is not None and v.hi - v.lo != D):
@@ -965,10 +1011,18 @@ class _Interpreter:
             weights.append(w)
         init = None if h0 is None else [(h0, c0, d) for d in range(D)]
         layer = _Layer(
-            node, D, H, 0, weights, x, None if seq is None else "lengths", init, B is not None
+            node,
+            D,
+            H,
+            0,
+            weights,
+            x,
+            None if seq is None else "lengths",
+            init,
+            B is not None,
+            H_out=H,
+            layout=layout,
         )
-        layer.H_out = H
-        layer.layout = layout
         y_axes = (t, "D", n, "H") if layout == 0 else (n, t, "D", "H")
         f_axes = ("D", n, "H") if layout == 0 else (n, "D", "H")
         return [
@@ -1008,12 +1062,7 @@ class _Interpreter:
         for v, what in ((h_init, "the initial h"), (c_init, "the initial c")):
             if v.kind == "zeros" or (v.kind == "const" and not np.any(v.value)):
                 inits.append(None)
-            elif (
-                v.kind == "state"
-                and getattr(v, "squeezed", False)
-                and v.hi is not None
-                and v.hi - v.lo == 1
-            ):
+            elif v.kind == "state" and v.squeezed and v.hi is not None and v.hi - v.lo == 1:
                 inits.append(v)
             else:
                 self.fail(
@@ -1025,8 +1074,7 @@ class _Interpreter:
         if pre.bias is not None:  # one summed bias: all of it goes to b_ih, b_hh is zero
             w["bias_ih"] = np.broadcast_to(pre.bias, (4 * H,)).copy()
             w["bias_hh"] = np.zeros(4 * H, dtype=pre.bias.dtype)
-        half = _V(
-            "half",
+        half = _Half(
             d=d,
             H=H,
             P=P,
@@ -1164,10 +1212,10 @@ class _Interpreter:
             h0.seq,
             init,
             h0.has_bias,
+            H_out=h0.P,
+            layout=0,
+            scan=True,
         )
-        layer.H_out = h0.P
-        layer.layout = 0
-        layer.scan = True
         return layer
 
     def _single(self, node, half):
@@ -1261,12 +1309,21 @@ _MIN_LOAD_OPSET = 7
 def _chain(out_layer: _Layer) -> list[_Layer]:
     """The layers that feed ``out_layer``, first to last."""
     layers = [out_layer]
-    while layers[-1].src.layer is not None:
-        layers.append(layers[-1].src.layer)
+    src_layer = out_layer.src.layer
+    while src_layer is not None:
+        layers.append(src_layer)
+        src_layer = src_layer.src.layer
     return layers[::-1]
 
 
-def _assemble(interp: _Interpreter, outputs: list[_V]):
+def _head_parts(v: _V) -> tuple[_V, np.ndarray, np.ndarray | None]:
+    """(the last step it reads, weight (O, F), bias (O,) or None) of a "head" value."""
+    if v.last is None or v.weight is None:  # op_Gemm, op_MatMul and op_Add set both
+        raise _LoadError(f"eigenlstm.onnx.load: the head {v!r} lacks its input or its weight")
+    return v.last, v.weight, v.bias
+
+
+def _assemble(interp: _Interpreter, outputs: list[_V]) -> LSTM | LSTMModel:
     where = "eigenlstm.onnx.load"
     seqs = [v for v in outputs if v.kind in ("seq", "scan_y")]
     heads = [v for v in outputs if v.kind == "head"]
@@ -1275,7 +1332,7 @@ def _assemble(interp: _Interpreter, outputs: list[_V]):
             raise _LoadError(
                 f"{where}: a graph with a head must have one output (N, O), got {len(outputs)}"
             )
-        last_layer = heads[0].last.layer
+        last_layer = _head_parts(heads[0])[0].layer
     elif seqs:
         seq = seqs[0] if seqs[0].kind == "seq" else interp.as_seq(interp.graph.node[-1], seqs[0])
         last_layer = seq.layer
@@ -1308,7 +1365,7 @@ def _assemble(interp: _Interpreter, outputs: list[_V]):
             for h, c, d in layer.init:
                 row = k * layer.D + d
                 for v, name in ((h, "initial_h"), (c, "initial_c")):
-                    lo = v.lo if getattr(v, "squeezed", False) else v.lo + d
+                    lo = v.lo if v.squeezed else v.lo + d
                     if lo != row:
                         raise _LoadError(
                             f"{where}: {what}'s {name} must be row {row} of a "
@@ -1334,7 +1391,7 @@ def _assemble(interp: _Interpreter, outputs: list[_V]):
                 state["weight_hr" + sfx] = w["weight_hr"]
     I = state["weight_ih_l0"].shape[1]
     if heads:
-        head = heads[0]
+        head_last, head_weight, head_bias = _head_parts(heads[0])
         if P:
             raise _LoadError(
                 f"{where}: a head after a projected LSTM (proj_size={P}) is not an "
@@ -1347,22 +1404,23 @@ def _assemble(interp: _Interpreter, outputs: list[_V]):
             )
         if not batch_first:
             raise _LoadError(f"{where}: a model with a head must take batch-first (N, T, I) input")
-        if head.last.by_lengths != (first.seq is not None):
+        if head_last.by_lengths != (first.seq is not None):
             raise _LoadError(
                 f"{where}: the head must read step lengths - 1 exactly when the LSTM "
                 "layers use the lengths input"
             )
-        O = head.weight.shape[0]
+        O = head_weight.shape[0]
         model = LSTMModel(I, H, O, L, bidirectional=D == 2, dtype=dtype, seed=0)
         sd = {f"lstm.{k}": v for k, v in state.items()}
         if not bias:
-            for k in list(model.lstm.state_dict()):
-                if k.startswith("bias"):
-                    sd["lstm." + k] = np.zeros(4 * H, dtype)
-        sd["fc.weight"] = head.weight
-        sd["fc.bias"] = head.bias if head.bias is not None else np.zeros(O, dtype)
+            for key in list(model.lstm.state_dict()):
+                if key.startswith("bias"):
+                    sd["lstm." + key] = np.zeros(4 * H, dtype)
+        sd["fc.weight"] = head_weight
+        sd["fc.bias"] = head_bias if head_bias is not None else np.zeros(O, dtype)
         model.load_state_dict(sd)
-        return model.eval()
+        model.eval()
+        return model
     lstm = LSTM(
         I,
         H,
@@ -1385,7 +1443,7 @@ def _assemble(interp: _Interpreter, outputs: list[_V]):
                 )
         elif v.kind in ("final", "final_half"):
             # Layout 1 keeps states batch-first, (N, D*L, H); the module returns torch's layout.
-            d_axis = 1 if getattr(first, "layout", 0) == 1 else 0
+            d_axis = 1 if first.layout == 1 else 0
             if v.kind == "final_half" or v.layers != tuple(layers) or v.axes[d_axis] != "D":
                 raise _LoadError(
                     f"{where}: a state output must be all layers' final states, "
@@ -1397,10 +1455,11 @@ def _assemble(interp: _Interpreter, outputs: list[_V]):
                 "LSTM does not return"
             )
     lstm.load_state_dict(state)
-    return lstm.eval()
+    lstm.eval()
+    return lstm
 
 
-def load(f):
+def load(f: str | os.PathLike[str] | bytes | bytearray | BinaryIO) -> LSTM | LSTMModel:
     """Read an ONNX model of chained LSTM layers into an eigenlstm ``LSTM`` or ``LSTMModel``.
 
     Parameters
@@ -1449,14 +1508,12 @@ def load(f):
         model = onnx.load_model_from_string(f.read())
     else:
         model = onnx.load_model(os.fspath(f))
-    interp = _Interpreter(onnx, model)
-    if (
-        interp.opset is None
-        or not _MIN_LOAD_OPSET <= interp.opset <= onnx.defs.onnx_opset_version()
-    ):
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or not _MIN_LOAD_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise ValueError(
             f"{where}: the default-domain opset must be in [{_MIN_LOAD_OPSET}, "
-            f"{onnx.defs.onnx_opset_version()}], got {interp.opset}"
+            f"{onnx.defs.onnx_opset_version()}], got {opset}"
         )
+    interp = _Interpreter(onnx, model, opset)
     outputs = interp.run()
     return _assemble(interp, outputs)
