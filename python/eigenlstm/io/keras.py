@@ -408,10 +408,14 @@ def load(path: str | os.PathLike[str]) -> LSTMModel | Sequential:
     """
     config, reader, h5 = _read(path)
     try:
-        specs = _specs(config)
-        arrays = [reader(h5, spec) for spec in specs]
-    except KeyError as e:
-        raise ValueError(f"{_LOAD}: {os.fspath(path)} lacks the weights entry {e}") from None
+        try:
+            specs = _specs(config)
+        except KeyError as e:
+            raise ValueError(f"{_LOAD}: {os.fspath(path)} has a model config without {e}") from None
+        try:
+            arrays = [reader(h5, spec) for spec in specs]
+        except KeyError as e:
+            raise ValueError(f"{_LOAD}: {os.fspath(path)} lacks the weights entry {e}") from None
     finally:
         h5.close()
     dtype = specs[0].dtype

@@ -468,7 +468,6 @@ class _Layer:
     has_bias: bool
     H_out: int = 0  # width of one direction's output: P if P > 0 else H
     layout: int = 0  # the ONNX LSTM layout attribute (0 for a Scan layer)
-    scan: bool = False  # read from the Scan loop export writes (projection)
 
 
 @dataclasses.dataclass(eq=False)
@@ -1214,7 +1213,6 @@ class _Interpreter:
             h0.has_bias,
             H_out=h0.P,
             layout=0,
-            scan=True,
         )
         return layer
 
