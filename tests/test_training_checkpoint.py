@@ -11,6 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 
+import checkpoint_file
 import eigenlstm as el
 from eigenlstm.io import checkpoint
 from training_task import new_model, task  # noqa: E402
@@ -151,11 +152,11 @@ def test_a_failure_during_save_leaves_the_previous_file_intact_and_no_temp_file(
     trainer, path = trained
     before = path.read_bytes()
 
-    def crash_midway(f, **arrays):
-        f.write(b"PK\x03\x04 partial data")
+    def crash_midway(f, array, *args, **kwargs):  # in the first array's data
+        f.write(b"\x93NUMPY partial data")
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(checkpoint.np, "savez", crash_midway)
+    monkeypatch.setattr(np.lib.format, "write_array", crash_midway)
     trainer.fit(*task(), epochs=1, resume=True, **FIT)
     with pytest.raises(OSError, match="disk full"):
         trainer.save(path)
@@ -215,20 +216,21 @@ def test_loading_an_npz_without_a_header_says_it_is_not_a_checkpoint(tmp_path):
         el.load(path)
 
 
-def rewrite_meta(path, **changes):
-    with np.load(path) as z:
-        arrays = {k: z[k] for k in z.files}
-    meta = json.loads(str(arrays["meta"][()]))
+def rewrite_meta(path, signed=True, **changes):
+    """Rewrite the header of a checkpoint; with ``signed``, with a valid checksum."""
+    meta, arrays = checkpoint_file.contents(path)
     meta.update(changes)
-    arrays["meta"] = np.array(json.dumps(meta))
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
+    checkpoint_file.write(path, meta, arrays, signed=signed)
 
 
-def test_loading_a_checkpoint_from_a_newer_format_version_asks_to_upgrade(trained):
+# A newer version may check its contents differently: without this version's checksum too, the
+# useful message is "upgrade", not "corrupted".
+@pytest.mark.parametrize("signed", [True, False], ids=["with_checksum", "without_checksum"])
+def test_loading_a_checkpoint_from_a_newer_format_version_asks_to_upgrade(trained, signed):
     _, path = trained
-    rewrite_meta(path, format_version=checkpoint.FORMAT_VERSION + 1)
-    with pytest.raises(ValueError, match=rf"eigenlstm.load: {path} has checkpoint format version 2, newer than version 1 that this eigenlstm reads; upgrade eigenlstm"):
+    new, current = checkpoint.FORMAT_VERSION + 1, checkpoint.FORMAT_VERSION
+    rewrite_meta(path, signed=signed, format_version=new)
+    with pytest.raises(ValueError, match=rf"eigenlstm.load: {path} has checkpoint format version {new}, newer than version {current} that this eigenlstm reads; upgrade eigenlstm"):
         el.load(path)
 
 
