@@ -17,7 +17,7 @@ import pytest
 
 import eigenlstm as el
 from eigenlstm.cli import main
-from eigenlstm.forecast import CSVError, read_series
+from eigenlstm.data import CSVError, read_series
 
 AIRLINE = str(importlib.resources.files("eigenlstm").joinpath("data", "airline_passengers.csv"))
 

@@ -1,8 +1,9 @@
 """The ``eigenlstm`` command line: ``eigenlstm train`` and ``eigenlstm predict``.
 
-Argument parsing, messages and files only; the forecasting itself (data, scaling, training,
-scoring, plotting) is in forecast.py. Also reached as ``python -m eigenlstm``. Every check
-runs before anything is printed, and every error names the command (``eigenlstm train:``).
+Argument parsing, messages and files only: reading the series is eigenlstm.data's, the
+forecasting itself (scaling, training, scoring, plotting) eigenlstm.forecast's. Also reached as
+``python -m eigenlstm``. Every check runs before anything is printed, and every error names
+the command (``eigenlstm train:``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import warnings
 from typing import List, Optional
 
+from .. import data
 from .. import forecast as fc
 from .._core import get_num_threads, set_num_threads
 from ..io import load, save
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the version and the instruction-set level in use, then exit")
     sub = parser.add_subparsers(dest="command", metavar="{train,predict}")
     sub.required = True
-    names = ", ".join(sorted(fc.DATASETS))
+    names = ", ".join(sorted(data.DATASETS))
 
     tr = sub.add_parser(
         "train", help="train a forecaster on a CSV column (default: the bundled airline data)",
@@ -144,8 +146,8 @@ def _format_dates(dates, like: str) -> List[str]:
 
 def _list_datasets() -> int:
     print("bundled data sets (eigenlstm train --dataset NAME):")
-    for name in sorted(fc.DATASETS):
-        spec = fc.DATASETS[name]
+    for name in sorted(data.DATASETS):
+        spec = data.DATASETS[name]
         cols = f" --columns {','.join(spec['columns'])}" if spec["columns"] else ""
         print(f"  {name:10s} {spec['about']}; target {spec['target']}{cols}")
     return 0
@@ -155,16 +157,16 @@ def _read(args, columns=None, column=None):
     """The series named by --data or --dataset (default: the airline data set)."""
     if args.data is None:
         name = args.dataset or "airline"
-        if name not in fc.DATASETS:
-            raise ValueError(f"--dataset must be one of {sorted(fc.DATASETS)} (or list), got "
+        if name not in data.DATASETS:
+            raise ValueError(f"--dataset must be one of {sorted(data.DATASETS)} (or list), got "
                              f"{name!r}")
-        spec = fc.DATASETS[name]
-        series = fc.read_series(fc.dataset_path(name), column or spec["target"],
+        spec = data.DATASETS[name]
+        series = data.read_series(data.dataset_path(name), column or spec["target"],
                                 columns=spec["columns"] if columns is None else columns,
                                 delimiter=args.delimiter)
         series.dataset = name
         return series
-    return fc.read_series(args.data, column, columns=columns, delimiter=args.delimiter)
+    return data.read_series(args.data, column, columns=columns, delimiter=args.delimiter)
 
 
 def _train(args, parser) -> int:
@@ -226,7 +228,7 @@ def _train_with(args) -> int:
                           "test_size": "--test-size", "val_size": "--val-size"})
     stem = series.dataset or os.path.splitext(os.path.basename(series.source))[0]
     out = args.out or os.path.join("runs", stem)
-    freq = f"{fc.FREQUENCIES[series.frequency][0]} " if series.frequency else ""
+    freq = f"{data.FREQUENCIES[series.frequency][0]} " if series.frequency else ""
     inputs = f" with inputs {series.columns[1:]}" if len(series.columns) > 1 else ""
     print(f"eigenlstm train: {n} {freq}values of {series.column!r}{inputs} from {series.about()}")
     nv = n - nt - val_size
@@ -307,8 +309,8 @@ def _predict(args, parser) -> int:
     series = _read(args, columns=columns[1:], column=column)
     trained = meta.get("frequency")
     if trained and series.frequency != trained:
-        name = fc.FREQUENCIES[trained][0]
-        got = (f"{fc.FREQUENCIES[series.frequency][0]} dates" if series.frequency
+        name = data.FREQUENCIES[trained][0]
+        got = (f"{data.FREQUENCIES[series.frequency][0]} dates" if series.frequency
                else "no dates to check that against")
         raise ValueError(f"{series.source}: the model was trained on {name} data; this file has "
                          f"{got}")
@@ -320,7 +322,7 @@ def _predict(args, parser) -> int:
               f"the {steps - horizon} values after step {horizon} are forecasts fed back as "
               "inputs, with errors that grow unchecked", file=sys.stderr)
     if series.dates is not None:
-        labels = _format_dates(fc.next_dates(series.dates, series.frequency, steps),
+        labels = _format_dates(data.next_dates(series.dates, series.frequency, steps),
                                series.labels[-1])
     else:
         labels = [f"t+{k}" for k in range(1, steps + 1)]
