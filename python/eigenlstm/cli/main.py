@@ -14,7 +14,10 @@ import json
 import os
 import sys
 import warnings
-from typing import List, Optional
+from typing import List, Literal, Optional
+
+import numpy as np
+import numpy.typing as npt
 
 from .. import data
 from .. import forecast as fc
@@ -134,14 +137,10 @@ def _positive(parser, name: str, value: Optional[int], minimum: int = 1) -> None
 
 def _format_dates(dates, like: str) -> List[str]:
     """ISO dates written the way ``like`` (a label from the file) is: YYYY-MM, YYYY, slashes."""
-    out = [str(d) for d in dates]
-    if len(like) == 4:
-        out = [d[:4] for d in out]
-    elif len(like) <= 7:
-        out = [d[:7] for d in out]
-    if "/" in like:
-        out = [d.replace("-", "/") for d in out]
-    return out
+    unit: Literal["Y", "M", "D"] = "Y" if len(like) == 4 else "M" if len(like) <= 7 else "D"
+    days: npt.NDArray[np.datetime64] = np.asarray(dates, dtype="datetime64[D]")
+    text = np.datetime_as_string(days, unit=unit)
+    return [str(d).replace("-", "/") if "/" in like else str(d) for d in text]
 
 
 def _list_datasets() -> int:
