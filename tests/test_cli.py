@@ -147,6 +147,13 @@ def test_a_diverging_run_exits_1_and_keeps_the_previous_checkpoint(tmp_path, cap
     assert (tmp_path / "run" / "model.npz").read_bytes() == before
 
 
+def test_a_diverging_run_is_reported_once_not_also_as_a_python_warning(tmp_path, recwarn):
+    status = main(["train", "--out", str(tmp_path), "--epochs", "2", "--lr", "1e30",
+                   "--no-progress", "--no-plot"])
+    assert status == 1
+    assert [str(w.message) for w in recwarn if w.category is RuntimeWarning] == []
+
+
 # ---- bad input ----------------------------------------------------------------------------
 def error_of(argv, capsys):
     status = main(argv)

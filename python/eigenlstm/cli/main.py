@@ -338,7 +338,7 @@ def _train_with(args) -> int:
     )
     with warnings.catch_warnings():
         # A diverging run is reported below, once, with what it means for the checkpoint.
-        warnings.filterwarnings("ignore", message="LSTMModel.fit:", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message="Trainer.fit:", category=RuntimeWarning)
         model, report = fc.train_forecaster(
             series,
             window=window,
