@@ -8,7 +8,7 @@ Run: ``python examples/forecast_airline.py [OUT_DIR]`` (default runs/airline).
 import sys
 
 import eigenlstm as el
-from eigenlstm import forecast
+from eigenlstm import data, forecast
 from eigenlstm.cli import main
 
 out = sys.argv[1] if len(sys.argv) > 1 else "runs/airline"
@@ -23,5 +23,5 @@ main(["predict", "--model", f"{out}/model.npz", "--steps", "12"])
 
 # 3. The same from Python: load the checkpoint and forecast from the embedded series.
 model = el.load(f"{out}/model.npz")
-series = forecast.read_series(forecast.default_data_path())
+series = data.load_dataset("airline")
 print("next 3 months:", forecast.forecast(model, series.values, steps=3).round(1))

@@ -17,7 +17,7 @@ import pytest
 
 import eigenlstm as el
 from eigenlstm.cli import main
-from eigenlstm.forecast import CSVError, read_series
+from eigenlstm.data import CSVError, read_series
 
 AIRLINE = str(importlib.resources.files("eigenlstm").joinpath("data", "airline_passengers.csv"))
 
@@ -147,6 +147,13 @@ def test_a_diverging_run_exits_1_and_keeps_the_previous_checkpoint(tmp_path, cap
     assert (tmp_path / "run" / "model.npz").read_bytes() == before
 
 
+def test_a_diverging_run_is_reported_once_not_also_as_a_python_warning(tmp_path, recwarn):
+    status = main(["train", "--out", str(tmp_path), "--epochs", "2", "--lr", "1e30",
+                   "--no-progress", "--no-plot"])
+    assert status == 1
+    assert [str(w.message) for w in recwarn if w.category is RuntimeWarning] == []
+
+
 # ---- bad input ----------------------------------------------------------------------------
 def error_of(argv, capsys):
     status = main(argv)
@@ -179,7 +186,7 @@ def test_train_with_a_missing_column_lists_the_columns(tmp_path, capsys):
     csv.write_text("month,y\n1,10\n")
     status, err = error_of(["train", "--data", str(csv), "--column", "sales"], capsys)
     assert status == 2
-    assert f"{csv}: no column 'sales' (the target); the columns are ['month', 'y']" in err
+    assert f"{csv}:1: no column 'sales' (the target); the columns are ['month', 'y']" in err
 
 
 def test_train_with_a_ragged_row_names_the_line(tmp_path, capsys):
@@ -193,7 +200,7 @@ def test_train_with_a_binary_file_says_it_is_not_text(tmp_path, capsys):
     csv = tmp_path / "binary.csv"
     csv.write_bytes(b"\xff\xfe\x00\x81garbage")
     status, err = error_of(["train", "--data", str(csv)], capsys)
-    assert status == 2 and f"{csv}: not a UTF-8 text file" in err
+    assert status == 2 and f"{csv}:1: not a UTF-8 text file (invalid start byte: byte 0xff" in err
 
 
 def test_train_on_a_series_too_short_for_the_window_explains_the_need(tmp_path, capsys):
@@ -292,7 +299,7 @@ def test_predict_refuses_a_file_without_the_trained_column_naming_file_column_an
     csv.write_text("month,price\n" + "".join(f"1990-{m:02d},{10 + m}\n" for m in range(1, 13)))
     status, err = error_of(["predict", "--model", str(out / "model.npz"), "--data", str(csv)], capsys)
     assert status == 2
-    assert err == (f"eigenlstm predict: error: {csv}: no column 'Passengers' (the target); "
+    assert err == (f"eigenlstm predict: error: {csv}:1: no column 'Passengers' (the target); "
                    "the columns are ['month', 'price']\n")
 
 

@@ -1,5 +1,5 @@
 """Tests of eigenlstm.forecast: date axes on every calendar, the bundled series against the
-naive baselines, pandas input, and the README's figures.
+naive baselines, pandas input, and the README's figures. Reading series: test_data.py.
 
 Plots are drawn with the Agg backend and checked with the renderer's bounding boxes.
 """
@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 
+from eigenlstm import data
 from eigenlstm import forecast as fc
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -17,9 +18,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def dated_series(freq, n, start):
     """A real bundled series' values laid on ``n`` dates of frequency ``freq`` from ``start``."""
-    values = fc.load_dataset("births").values[:n]
-    dates = fc._advance(np.array([np.datetime64(start, "D")]), freq, np.arange(n))
-    return fc.Series(values, [str(d) for d in dates], "births", "test", dates=dates,
+    values = data.load_dataset("births").values[:n]
+    dates = data.shift_dates(np.array([np.datetime64(start, "D")]), freq, np.arange(n))
+    return data.Series(values, [str(d) for d in dates], "births", "test", dates=dates,
                      frequency=freq)
 
 
@@ -49,19 +50,8 @@ def test_the_overlap_check_finds_overlapping_labels():
     fig, ax = plt.subplots(figsize=(3, 2))
     ax.set_xticks(range(30))
     ax.set_xticklabels([f"2020-01-{d:02d}" for d in range(1, 31)])
-    assert len(fc._tick_labels_overlap(fig)) > 20
+    assert len(fc.tick_label_overlaps(fig)) > 20
     plt.close(fig)
-
-
-def test_next_dates_follow_each_calendar():
-    def after(last, freq, steps):
-        return [str(d) for d in fc.next_dates(np.array([last], dtype="datetime64[D]"), freq, steps)]
-
-    assert after("2020-01-03", "W", 2) == ["2020-01-10", "2020-01-17"]
-    assert after("2020-12-31", "D", 1) == ["2021-01-01"]
-    assert after("2020-11-01", "M", 3) == ["2020-12-01", "2021-01-01", "2021-02-01"]
-    assert after("2020-10-01", "Q", 1) == ["2021-01-01"]
-    assert after("1999-01-01", "Y", 2) == ["2000-01-01", "2001-01-01"]
 
 
 def test_seasonal_naive_repeats_the_value_one_season_back():
@@ -73,7 +63,7 @@ def test_seasonal_naive_repeats_the_value_one_season_back():
 # ---- the defaults on the bundled series -----------------------------------------------------
 @pytest.mark.parametrize("name", ["airline", "gasoline", "births", "usmacro"])
 def test_the_defaults_beat_naive_and_seasonal_naive_on_every_bundled_series(name):
-    model, report = fc.train_forecaster(fc.load_dataset(name), progress=False)
+    model, report = fc.train_forecaster(data.load_dataset(name), progress=False)
     assert report.rmse < report.naive_rmse
     assert report.rmse < report.snaive_rmse
 
@@ -84,7 +74,7 @@ def test_the_readme_table_is_what_the_defaults_measure():
                       text, flags=re.M)
     assert {r[0] for r in rows} == {"airline", "gasoline", "births", "usmacro"}
     for name, n, rmse, naive, snaive in rows:
-        series = fc.load_dataset(name)
+        series = data.load_dataset(name)
         _, report = fc.train_forecaster(series, progress=False)
         assert len(series) == int(n)
         # The baselines involve no training: exact to the README's rounding. The LSTM's RMSE
@@ -99,7 +89,7 @@ def test_the_readme_states_the_airline_figure_as_a_range_that_holds():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     m = re.search(r"RMSE about (\d+)–(\d+) against ([\d.]+) \(naive\) and ([\d.]+) \(seasonal naive\)", text)
     assert m, "the README states the airline figure as a range"
-    _, report = fc.train_forecaster(fc.load_dataset("airline"), progress=False)
+    _, report = fc.train_forecaster(data.load_dataset("airline"), progress=False)
     assert int(m.group(1)) <= report.rmse <= int(m.group(2))
     assert float(m.group(3)) == pytest.approx(report.naive_rmse, abs=0.05)
     assert float(m.group(4)) == pytest.approx(report.snaive_rmse, abs=0.05)
@@ -108,7 +98,7 @@ def test_the_readme_states_the_airline_figure_as_a_range_that_holds():
 # ---- pandas, when it is installed ---------------------------------------------------------
 def test_forecast_and_train_accept_pandas_and_check_the_column_name():
     pd = pytest.importorskip("pandas")
-    series = fc.load_dataset("airline")
+    series = data.load_dataset("airline")
     idx = pd.DatetimeIndex(series.dates)
     s = pd.Series(series.values, index=idx, name="Passengers")
     model, report = fc.train_forecaster(s, progress=False, epochs=3)
@@ -130,8 +120,9 @@ def test_pandas_is_not_a_dependency():
 
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert not any(d.startswith("pandas") for d in meta["project"]["dependencies"])
-    source = (ROOT / "python" / "eigenlstm" / "forecast.py").read_text()
-    assert "import pandas" not in source
+    package = ROOT / "python" / "eigenlstm"
+    for path in [package / "forecast.py", *(package / "data").glob("*.py")]:
+        assert "import pandas" not in path.read_text(), path.name
 
 
 def test_the_examples_extra_installs_what_the_examples_import():

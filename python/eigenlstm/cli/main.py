@@ -1,8 +1,9 @@
 """The ``eigenlstm`` command line: ``eigenlstm train`` and ``eigenlstm predict``.
 
-Argument parsing, messages and files only; the forecasting itself (data, scaling, training,
-scoring, plotting) is in forecast.py. Also reached as ``python -m eigenlstm``. Every check
-runs before anything is printed, and every error names the command (``eigenlstm train:``).
+Argument parsing, messages and files only: reading the series is eigenlstm.data's, the
+forecasting itself (scaling, training, scoring, plotting) eigenlstm.forecast's. Also reached as
+``python -m eigenlstm``. Every check runs before anything is printed, and every error names
+the command (``eigenlstm train:``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ import json
 import os
 import sys
 import warnings
-from typing import List, Optional
+from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
+
+from .. import data
 from .. import forecast as fc
 from .._core import get_num_threads, set_num_threads
 from ..io import load, save
@@ -23,7 +28,7 @@ from ..runtime import config
 __all__ = ["main", "build_parser"]
 
 
-def _columns(text: str) -> List[str]:
+def _columns(text: str) -> list[str]:
     names = [c.strip() for c in text.split(",")]
     if not all(names):
         raise argparse.ArgumentTypeError(f"expected comma-separated column names, got {text!r}")
@@ -34,8 +39,9 @@ class _VersionAction(argparse.Action):
     """``--version``: the version and the engine's level, read only when asked for (loading the
     engine's back end is then the point, not a cost of every command)."""
 
-    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
-                 help=None):
+    def __init__(
+        self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None
+    ):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
@@ -43,8 +49,10 @@ class _VersionAction(argparse.Action):
             cfg = config()
         except ValueError as exc:  # a bad EIGENLSTM_MAX_ISA
             parser.exit(2, f"eigenlstm: error: {exc}\n")
-        print(f"eigenlstm {cfg['version']} (isa {cfg['isa']}; available "
-              f"{', '.join(cfg['isa_available'])}; {cfg['compiler']}, Eigen {cfg['eigen']})")
+        print(
+            f"eigenlstm {cfg['version']} (isa {cfg['isa']}; available "
+            f"{', '.join(cfg['isa_available'])}; {cfg['compiler']}, Eigen {cfg['eigen']})"
+        )
         parser.exit(0)
 
 
@@ -54,98 +62,152 @@ def build_parser() -> argparse.ArgumentParser:
         prog="eigenlstm",
         description="Train and use LSTM forecasters on the eigenlstm C++ engine.",
     )
-    parser.add_argument("--version", action=_VersionAction,
-                        help="show the version and the instruction-set level in use, then exit")
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="show the version and the instruction-set level in use, then exit",
+    )
     sub = parser.add_subparsers(dest="command", metavar="{train,predict}")
     sub.required = True
-    names = ", ".join(sorted(fc.DATASETS))
+    names = ", ".join(sorted(data.DATASETS))
 
     tr = sub.add_parser(
-        "train", help="train a forecaster on a CSV column (default: the bundled airline data)",
+        "train",
+        help="train a forecaster on a CSV column (default: the bundled airline data)",
         description="Train an LSTM forecaster: training windows, then a validation tail that "
-                    "stops training early and keeps the best weights, then a test tail scored "
-                    "against naive and seasonal-naive forecasts. Writes a checkpoint, "
-                    "metrics.json and a PNG to --out.",
+        "stops training early and keeps the best weights, then a test tail scored "
+        "against naive and seasonal-naive forecasts. Writes a checkpoint, "
+        "metrics.json and a PNG to --out.",
     )
     src = tr.add_mutually_exclusive_group()
-    src.add_argument("--data", metavar="CSV", help="CSV file with a header row (default: the "
-                     "bundled monthly airline passengers, 1949-1960)")
-    src.add_argument("--dataset", metavar="NAME", help=f"a bundled series: {names}; "
-                     "'--dataset list' describes them")
-    tr.add_argument("--column", "--target", dest="column", metavar="NAME",
-                    help="column to forecast (default: the only numeric column)")
-    tr.add_argument("--columns", type=_columns, metavar="A,B,C",
-                    help="more input columns the model reads besides the target's own past")
-    tr.add_argument("--delimiter", metavar="CHAR",
-                    help="field delimiter (default: detected among , ; tab |)")
-    tr.add_argument("--window", type=int, help="past steps the model reads (default 12, or the "
-                    "season if longer: 52 for weekly data)")
+    src.add_argument(
+        "--data",
+        metavar="CSV",
+        help="CSV file with a header row (default: the "
+        "bundled monthly airline passengers, 1949-1960)",
+    )
+    src.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help=f"a bundled series: {names}; '--dataset list' describes them",
+    )
+    tr.add_argument(
+        "--column",
+        "--target",
+        dest="column",
+        metavar="NAME",
+        help="column to forecast (default: the only numeric column)",
+    )
+    tr.add_argument(
+        "--columns",
+        type=_columns,
+        metavar="A,B,C",
+        help="more input columns the model reads besides the target's own past",
+    )
+    tr.add_argument(
+        "--delimiter", metavar="CHAR", help="field delimiter (default: detected among , ; tab |)"
+    )
+    tr.add_argument(
+        "--window",
+        type=int,
+        help="past steps the model reads (default 12, or the season if longer: 52 for weekly data)",
+    )
     tr.add_argument("--horizon", type=int, default=1, help="steps forecast at once (default 1)")
-    tr.add_argument("--test-size", type=int, default=24,
-                    help="values held out at the end and scored (default 24)")
-    tr.add_argument("--val-size", type=int, help="values before the test tail that choose "
-                    "when to stop (default: a fifth of the series, at least --test-size; 0: no "
-                    "validation, train all --epochs)")
-    tr.add_argument("--patience", type=int, default=20, help="epochs without a better "
-                    "validation loss before stopping (default 20)")
-    tr.add_argument("--season", type=int, help="steps in a season for the seasonal-naive "
-                    "baseline (default from the dates: daily 7, weekly 52, monthly 12, "
-                    "quarterly 4, otherwise 1)")
+    tr.add_argument(
+        "--test-size",
+        type=int,
+        default=24,
+        help="values held out at the end and scored (default 24)",
+    )
+    tr.add_argument(
+        "--val-size",
+        type=int,
+        help="values before the test tail that choose "
+        "when to stop (default: a fifth of the series, at least --test-size; 0: no "
+        "validation, train all --epochs)",
+    )
+    tr.add_argument(
+        "--patience",
+        type=int,
+        default=20,
+        help="epochs without a better validation loss before stopping (default 20)",
+    )
+    tr.add_argument(
+        "--season",
+        type=int,
+        help="steps in a season for the seasonal-naive "
+        "baseline (default from the dates: daily 7, weekly 52, monthly 12, "
+        "quarterly 4, otherwise 1)",
+    )
     tr.add_argument("--hidden", type=int, default=32, help="LSTM hidden size (default 32)")
     tr.add_argument("--layers", type=int, default=1, help="LSTM layers (default 1)")
-    tr.add_argument("--epochs", type=int, default=300,
-                    help="most training epochs; early stopping usually ends sooner (default 300)")
+    tr.add_argument(
+        "--epochs",
+        type=int,
+        default=300,
+        help="most training epochs; early stopping usually ends sooner (default 300)",
+    )
     tr.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 0.01)")
     tr.add_argument("--batch-size", type=int, default=16, help="windows per batch (default 16)")
     tr.add_argument("--out", help="output folder (default: runs/<data set or CSV name>)")
     tr.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    tr.add_argument("--threads", type=int, default=0,
-                    help="engine threads (default 0: the engine's default, all usable cores)")
+    tr.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="engine threads (default 0: the engine's default, all usable cores)",
+    )
     tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     tr.add_argument("--no-plot", action="store_true", help="do not write the PNG")
 
     pr = sub.add_parser(
-        "predict", help="forecast the values after the end of a series from a checkpoint",
+        "predict",
+        help="forecast the values after the end of a series from a checkpoint",
         description="Load a checkpoint written by `eigenlstm train` and forecast the values "
-                    "that follow the series in --data. Prints CSV with the header "
-                    "`step,forecast`: step is the date of each forecast value, or t+1, t+2, ... "
-                    "when the data has no dates.",
+        "that follow the series in --data. Prints CSV with the header "
+        "`step,forecast`: step is the date of each forecast value, or t+1, t+2, ... "
+        "when the data has no dates.",
     )
     psrc = pr.add_mutually_exclusive_group()
     pr.add_argument("--model", required=True, metavar="CKPT", help="checkpoint (.npz) from train")
-    psrc.add_argument("--data", metavar="CSV", help="the observed series (required unless the "
-                      "model was trained on a bundled data set)")
+    psrc.add_argument(
+        "--data",
+        metavar="CSV",
+        help="the observed series (required unless the model was trained on a bundled data set)",
+    )
     psrc.add_argument("--dataset", metavar="NAME", help=f"a bundled series: {names}")
-    pr.add_argument("--column", "--target", dest="column", metavar="NAME",
-                    help="column to read (default: the one the model was trained on)")
-    pr.add_argument("--delimiter", metavar="CHAR",
-                    help="field delimiter (default: detected among , ; tab |)")
+    pr.add_argument(
+        "--column",
+        "--target",
+        dest="column",
+        metavar="NAME",
+        help="column to read (default: the one the model was trained on)",
+    )
+    pr.add_argument(
+        "--delimiter", metavar="CHAR", help="field delimiter (default: detected among , ; tab |)"
+    )
     pr.add_argument("--steps", type=int, help="values to forecast (default: the model's horizon)")
     pr.add_argument("--output", metavar="CSV", help="also write the forecast to this CSV file")
     return parser
 
 
-def _positive(parser, name: str, value: Optional[int], minimum: int = 1) -> None:
+def _positive(parser, name: str, value: int | None, minimum: int = 1) -> None:
     if value is not None and value < minimum:
         parser.error(f"--{name} must be >= {minimum}, got {value}")
 
 
-def _format_dates(dates, like: str) -> List[str]:
+def _format_dates(dates, like: str) -> list[str]:
     """ISO dates written the way ``like`` (a label from the file) is: YYYY-MM, YYYY, slashes."""
-    out = [str(d) for d in dates]
-    if len(like) == 4:
-        out = [d[:4] for d in out]
-    elif len(like) <= 7:
-        out = [d[:7] for d in out]
-    if "/" in like:
-        out = [d.replace("-", "/") for d in out]
-    return out
+    unit: Literal["Y", "M", "D"] = "Y" if len(like) == 4 else "M" if len(like) <= 7 else "D"
+    days: npt.NDArray[np.datetime64] = np.asarray(dates, dtype="datetime64[D]")
+    text = np.datetime_as_string(days, unit=unit)
+    return [str(d).replace("-", "/") if "/" in like else str(d) for d in text]
 
 
 def _list_datasets() -> int:
     print("bundled data sets (eigenlstm train --dataset NAME):")
-    for name in sorted(fc.DATASETS):
-        spec = fc.DATASETS[name]
+    for name in sorted(data.DATASETS):
+        spec = data.DATASETS[name]
         cols = f" --columns {','.join(spec['columns'])}" if spec["columns"] else ""
         print(f"  {name:10s} {spec['about']}; target {spec['target']}{cols}")
     return 0
@@ -155,35 +217,53 @@ def _read(args, columns=None, column=None):
     """The series named by --data or --dataset (default: the airline data set)."""
     if args.data is None:
         name = args.dataset or "airline"
-        if name not in fc.DATASETS:
-            raise ValueError(f"--dataset must be one of {sorted(fc.DATASETS)} (or list), got "
-                             f"{name!r}")
-        spec = fc.DATASETS[name]
-        series = fc.read_series(fc.dataset_path(name), column or spec["target"],
-                                columns=spec["columns"] if columns is None else columns,
-                                delimiter=args.delimiter)
+        if name not in data.DATASETS:
+            raise ValueError(
+                f"--dataset must be one of {sorted(data.DATASETS)} (or list), got {name!r}"
+            )
+        spec = data.DATASETS[name]
+        series = data.read_series(
+            data.dataset_path(name),
+            column or spec["target"],
+            columns=spec["columns"] if columns is None else columns,
+            delimiter=args.delimiter,
+        )
         series.dataset = name
         return series
-    return fc.read_series(args.data, column, columns=columns, delimiter=args.delimiter)
+    return data.read_series(args.data, column, columns=columns, delimiter=args.delimiter)
 
 
 def _train(args, parser) -> int:
     if args.dataset == "list":
         return _list_datasets()
-    for name in ("horizon", "hidden", "layers", "batch_size", "test_size", "epochs", "window",
-                 "season"):
+    for name in (
+        "horizon",
+        "hidden",
+        "layers",
+        "batch_size",
+        "test_size",
+        "epochs",
+        "window",
+        "season",
+    ):
         _positive(parser, name.replace("_", "-"), getattr(args, name))
     for name in ("threads", "val_size", "patience"):
         _positive(parser, name.replace("_", "-"), getattr(args, name), minimum=0)
     if not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
     # Before any training: the plot and the progress bar need the eigenlstm[cli] extra.
-    missing = [m for m, wanted in (("matplotlib", not args.no_plot), ("tqdm", not args.no_progress))
-               if wanted and importlib.util.find_spec(m) is None]
+    missing = [
+        m
+        for m, wanted in (("matplotlib", not args.no_plot), ("tqdm", not args.no_progress))
+        if wanted and importlib.util.find_spec(m) is None
+    ]
     if missing:
-        flags = " and ".join({"matplotlib": "--no-plot", "tqdm": "--no-progress"}[m] for m in missing)
-        parser.error(f"{' and '.join(missing)} not installed: pip install 'eigenlstm[cli]', or "
-                     f"pass {flags}")
+        flags = " and ".join(
+            {"matplotlib": "--no-plot", "tqdm": "--no-progress"}[m] for m in missing
+        )
+        parser.error(
+            f"{' and '.join(missing)} not installed: pip install 'eigenlstm[cli]', or pass {flags}"
+        )
     if args.threads:
         before = get_num_threads()
         set_num_threads(args.threads)
@@ -199,56 +279,92 @@ def _hint(report, args, window: int) -> str:
     season = report.season
     better = "seasonal-naive" if report.snaive_rmse < report.naive_rmse else "naive"
     if report.best_epoch is not None and report.best_epoch == report.epochs_run == args.epochs:
-        return (f"the validation loss was still falling at the last epoch: try more --epochs "
-                f"(now {args.epochs})")
+        return (
+            f"the validation loss was still falling at the last epoch: try more --epochs "
+            f"(now {args.epochs})"
+        )
     if better == "seasonal-naive" and window < season:
-        return (f"the seasonal-naive forecast wins and the window ({window}) is shorter than "
-                f"the season ({season}): try --window {season}")
+        return (
+            f"the seasonal-naive forecast wins and the window ({window}) is shorter than "
+            f"the season ({season}): try --window {season}"
+        )
     if report.best_epoch is not None and report.best_epoch <= 5:
-        return (f"the validation loss was lowest at epoch {report.best_epoch}: the model fits "
-                "noise almost at once; try a smaller --hidden or --lr, or a longer series")
+        return (
+            f"the validation loss was lowest at epoch {report.best_epoch}: the model fits "
+            "noise almost at once; try a smaller --hidden or --lr, or a longer series"
+        )
     if report.best_epoch is None:
         return "there was no validation tail to stop early: try --val-size with --patience"
-    return ("the best epoch was chosen on the validation tail and still lost: try a smaller "
-            "--hidden, another --window, or a longer series")
+    return (
+        "the best epoch was chosen on the validation tail and still lost: try a smaller "
+        "--hidden, another --window, or a longer series"
+    )
 
 
 def _train_with(args) -> int:
     series = _read(args, columns=args.columns, column=args.column)
     season = series.season if args.season is None else args.season
     window = fc.default_window(season) if args.window is None else args.window
-    val_size = fc.default_val_size(len(series), args.test_size) if args.val_size is None \
-        else args.val_size
+    val_size = (
+        fc.default_val_size(len(series), args.test_size) if args.val_size is None else args.val_size
+    )
     n, nt = len(series), args.test_size
-    fc.check_sizes(n, window=window, horizon=args.horizon, test_size=nt, val_size=val_size,
-                   season=season, where="", source=series.source,
-                   names={"window": "--window", "horizon": "--horizon",
-                          "test_size": "--test-size", "val_size": "--val-size"})
+    fc.check_sizes(
+        n,
+        window=window,
+        horizon=args.horizon,
+        test_size=nt,
+        val_size=val_size,
+        season=season,
+        where="",
+        source=series.source,
+        names={
+            "window": "--window",
+            "horizon": "--horizon",
+            "test_size": "--test-size",
+            "val_size": "--val-size",
+        },
+    )
     stem = series.dataset or os.path.splitext(os.path.basename(series.source))[0]
     out = args.out or os.path.join("runs", stem)
-    freq = f"{fc.FREQUENCIES[series.frequency][0]} " if series.frequency else ""
+    freq = f"{data.FREQUENCIES[series.frequency][0]} " if series.frequency else ""
     inputs = f" with inputs {series.columns[1:]}" if len(series.columns) > 1 else ""
     print(f"eigenlstm train: {n} {freq}values of {series.column!r}{inputs} from {series.about()}")
     nv = n - nt - val_size
-    print(f"  training on the first {nv}, validating on the next {val_size}, testing on the "
-          f"last {nt}; window {window}, horizon {args.horizon}, LSTM {args.layers}x{args.hidden}, "
-          f"at most {args.epochs} epochs" + (f", patience {args.patience}" if val_size else ""))
+    print(
+        f"  training on the first {nv}, validating on the next {val_size}, testing on the "
+        f"last {nt}; window {window}, horizon {args.horizon}, LSTM {args.layers}x{args.hidden}, "
+        f"at most {args.epochs} epochs" + (f", patience {args.patience}" if val_size else "")
+    )
     with warnings.catch_warnings():
         # A diverging run is reported below, once, with what it means for the checkpoint.
-        warnings.filterwarnings("ignore", message="LSTMModel.fit:", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message="Trainer.fit:", category=RuntimeWarning)
         model, report = fc.train_forecaster(
-            series, window=window, horizon=args.horizon, hidden=args.hidden,
-            layers=args.layers, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-            test_size=nt, val_size=val_size, patience=args.patience, season=season,
-            seed=args.seed, progress=not args.no_progress)
+            series,
+            window=window,
+            horizon=args.horizon,
+            hidden=args.hidden,
+            layers=args.layers,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            test_size=nt,
+            val_size=val_size,
+            patience=args.patience,
+            season=season,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
     stop = report.history.stop_reason
     if stop and "early stopping" not in stop:
         print(f"eigenlstm train: {stop}", file=sys.stderr)
         print("eigenlstm train: no checkpoint written (any previous one is kept)", file=sys.stderr)
         return 1
     if report.best_epoch is not None:
-        print(f"  kept the weights of epoch {report.best_epoch} (lowest validation loss; "
-              f"{report.epochs_run} epochs run)")
+        print(
+            f"  kept the weights of epoch {report.best_epoch} (lowest validation loss; "
+            f"{report.epochs_run} epochs run)"
+        )
     span = f"{len(report.origins)} origins"
     print(f"\nheld-out error on the last {nt} values ({args.horizon}-step forecasts from {span}):")
     print(f"  {'':34s}{'RMSE':>10s}{'MAE':>10s}")
@@ -263,22 +379,34 @@ def _train_with(args) -> int:
         print(f"  the LSTM beats both baselines: RMSE {gain:.0f}% lower than the better one")
     else:
         lost = "the naive" if report.naive_rmse <= report.snaive_rmse else "the seasonal-naive"
-        print(f"eigenlstm train: the LSTM does NOT beat {lost} forecast: "
-              f"{_hint(report, args, window)}", file=sys.stderr)
+        print(
+            f"eigenlstm train: the LSTM does NOT beat {lost} forecast: "
+            f"{_hint(report, args, window)}",
+            file=sys.stderr,
+        )
     os.makedirs(out, exist_ok=True)
     ckpt = os.path.join(out, "model.npz")
     model.metadata["holdout"] = report.to_dict()
     save(model, ckpt)
     with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(dict(report.to_dict(), loss=report.history.history["loss"],
-                       val_loss=report.history.history.get("val_loss", [])), f, indent=1)
+        json.dump(
+            dict(
+                report.to_dict(),
+                loss=report.history.history["loss"],
+                val_loss=report.history.history.get("val_loss", []),
+            ),
+            f,
+            indent=1,
+        )
     wrote = [ckpt, os.path.join(out, "metrics.json")]
     if not args.no_plot:
         png = os.path.join(out, "forecast.png")
         overlaps = fc.plot_report(series, report, png)
         if overlaps:
-            print(f"eigenlstm train: warning: tick labels overlap in {png}: {overlaps}",
-                  file=sys.stderr)
+            print(
+                f"eigenlstm train: warning: tick labels overlap in {png}: {overlaps}",
+                file=sys.stderr,
+            )
         wrote.append(png)
     print("wrote " + ", ".join(wrote))
     where = f" --data {args.data}" if args.data else ""
@@ -307,21 +435,29 @@ def _predict(args, parser) -> int:
     series = _read(args, columns=columns[1:], column=column)
     trained = meta.get("frequency")
     if trained and series.frequency != trained:
-        name = fc.FREQUENCIES[trained][0]
-        got = (f"{fc.FREQUENCIES[series.frequency][0]} dates" if series.frequency
-               else "no dates to check that against")
-        raise ValueError(f"{series.source}: the model was trained on {name} data; this file has "
-                         f"{got}")
+        name = data.FREQUENCIES[trained][0]
+        got = (
+            f"{data.FREQUENCIES[series.frequency][0]} dates"
+            if series.frequency
+            else "no dates to check that against"
+        )
+        raise ValueError(
+            f"{series.source}: the model was trained on {name} data; this file has {got}"
+        )
     steps = args.steps or int(meta["horizon"])
     values = fc.forecast(model, series.inputs, steps)
     horizon = int(meta["horizon"])
     if steps > horizon:
-        print(f"eigenlstm predict: warning: the model was validated on {horizon}-step forecasts; "
-              f"the {steps - horizon} values after step {horizon} are forecasts fed back as "
-              "inputs, with errors that grow unchecked", file=sys.stderr)
+        print(
+            f"eigenlstm predict: warning: the model was validated on {horizon}-step forecasts; "
+            f"the {steps - horizon} values after step {horizon} are forecasts fed back as "
+            "inputs, with errors that grow unchecked",
+            file=sys.stderr,
+        )
     if series.dates is not None:
-        labels = _format_dates(fc.next_dates(series.dates, series.frequency, steps),
-                               series.labels[-1])
+        labels = _format_dates(
+            data.next_dates(series.dates, series.frequency, steps), series.labels[-1]
+        )
     else:
         labels = [f"t+{k}" for k in range(1, steps + 1)]
     lines = ["step,forecast"] + [f"{lab},{v:.6g}" for lab, v in zip(labels, values)]
@@ -332,7 +468,7 @@ def _predict(args, parser) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the ``eigenlstm`` command; returns the exit status.
 
     Parameters
