@@ -14,7 +14,7 @@ import-linter):
 - ``_validation`` and ``_core``.
 """
 
-from . import functional, io, nn, optim, training
+from . import data, functional, io, nn, optim, training
 from ._core import get_num_threads, set_num_threads
 from ._version import __version__
 from .io import keras, load, onnx, save
@@ -57,6 +57,8 @@ __all__ = [
     "io",
     "onnx",
     "keras",
+    # data
+    "data",
     # runtime
     "get_num_threads",
     "set_num_threads",
