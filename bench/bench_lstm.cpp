@@ -6,6 +6,7 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -60,8 +61,8 @@ std::vector<float> random_vector(Index n, float scale, std::uint32_t seed) {
     return v;
 }
 
-// An engine with torch's initialisation, U(-1/sqrt(H), 1/sqrt(H)), packed through the public
-// API so the padding of the engine layout stays zero.
+// An engine with torch's initialisation, U(-1/sqrt(H), 1/sqrt(H)), each tensor written at its
+// param_offset() (the padding between tensors stays zero).
 eigenlstm::LSTM<float> make_lstm(const Shape& s) {
     eigenlstm::Config cfg;
     cfg.input_size = s.I;
@@ -73,7 +74,7 @@ eigenlstm::LSTM<float> make_lstm(const Shape& s) {
         Index rows = 0, cols = 0;
         lstm.param_shape(kind, 0, rows, cols);
         const std::vector<float> w = random_vector(rows * cols, k, seed++);
-        lstm.pack(kind, 0, 0, w.data(), lstm.params());
+        std::copy(w.begin(), w.end(), lstm.params() + lstm.param_offset(kind, 0, 0));
     }
     lstm.params_updated();
     return lstm;

@@ -185,3 +185,33 @@ def test_pack_into_a_fortran_ordered_1d_buffer_writes_in_place(dtype):
     tensor = canonical_args(dtype)["pack"]["tensor"]
     engine.pack("weight_hh", 1, 1, tensor, flat)
     assert np.array_equal(engine.unpack("weight_hh", 1, 1, flat), tensor)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_pack_and_unpack_copy_the_tensor_at_its_param_offset_unchanged(dtype):
+    # The flat layout is torch's: pack and unpack are plain copies of a row-major tensor.
+    engine = make_engine(dtype)
+    flat = np.zeros(engine.num_params, dtype)
+    tensor = canonical_args(dtype)["pack"]["tensor"]
+    engine.pack("weight_hh", 1, 1, tensor, flat)
+    offset = engine.param_offset("weight_hh", 1, 1)
+    assert np.array_equal(flat[offset:offset + tensor.size], tensor.ravel())
+    assert not np.delete(flat, np.s_[offset:offset + tensor.size]).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("bias, args, message", [
+    (True, ("weight_xx", 0, 0),
+     r"param_offset: kind must be one of 'weight_ih', 'weight_hh', 'bias_ih', 'bias_hh', "
+     r"'weight_hr', got 'weight_xx'"),
+    (True, ("weight_hr", 0, 0), r"param_offset: this LSTM has no weight_hr \(proj_size is 0\)"),
+    (False, ("bias_ih", 0, 0), r"param_offset: this LSTM has no bias_ih \(bias is false\)"),
+    (True, ("weight_ih", 2, 0), r"param_offset: layer must be in \[0, 2\), got 2"),
+    (True, ("weight_ih", -1, 0), r"param_offset: layer must be in \[0, 2\), got -1"),
+    (True, ("bias_hh", 1, 2), r"param_offset: direction must be in \[0, 2\), got 2"),
+    (True, ("bias_hh", 1, -1), r"param_offset: direction must be in \[0, 2\), got -1"),
+], ids=["kind", "no-proj", "no-bias", "layer", "layer<0", "direction", "direction<0"])
+def test_param_offset_refuses_a_bad_kind_layer_or_direction_naming_it(bias, args, message, dtype):
+    engine = ENGINES[dtype](I, H, L, bias, True, 0, 0.0, False, 7)
+    with pytest.raises(ValueError, match=message):
+        engine.param_offset(*args)

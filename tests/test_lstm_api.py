@@ -667,6 +667,84 @@ def test_flatten_and_unflatten_convert_between_engine_layout_and_torch_names():
         lstm.flatten({k: v for k, v in sd.items() if k != "weight_hr_l1_reverse"})
 
 
+def torch_layout_views(lstm, flat):
+    """{state_dict key: flat[offset:offset + size].reshape(torch shape)}, views at param_offset."""
+    engine, views = lstm._engine, {}
+    padding = np.ones(flat.shape, bool)
+    for name, kind, layer, d in el.lstm.param_names(lstm.num_layers, lstm.bidirectional,
+                                                    lstm.proj_size, lstm.bias):
+        shape = tuple(engine.param_shape(kind, layer))
+        offset = engine.param_offset(kind, layer, d)
+        span = slice(offset, offset + int(np.prod(shape)))
+        assert padding[span].all(), f"{name} overlaps another tensor"
+        padding[span] = False
+        views[name] = flat[span].reshape(shape)
+        assert np.shares_memory(views[name], flat), name
+    assert not flat[padding].any(), "padding between tensors must stay zero"
+    return views
+
+
+def torch_twin(lstm, dtype):
+    """torch.nn.LSTM of the same configuration and dtype, with lstm's weights."""
+    net = torch.nn.LSTM(lstm.input_size, lstm.hidden_size, lstm.num_layers,
+                        bidirectional=lstm.bidirectional, proj_size=lstm.proj_size,
+                        dtype=TORCH_DTYPE[dtype])
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in lstm.state_dict().items()})
+    return net
+
+
+# H = 19: a full and a partial gate block of the engine's internal layout, in both dtypes.
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_the_flat_parameter_buffer_holds_every_tensor_as_torch_does_and_writes_to_views_count(dtype):
+    rng = np.random.default_rng(3)
+    lstm = el.LSTM(4, 19, num_layers=2, bidirectional=True, proj_size=3, dtype=dtype, seed=0)
+    lstm.load_state_dict({k: rand(rng, v.shape, dtype) for k, v in lstm.state_dict().items()})
+    net = torch_twin(lstm, dtype)
+    views = torch_layout_views(lstm, lstm._engine.params)
+    for name, tensor in net.state_dict().items():
+        np.testing.assert_array_equal(views[name], tensor.numpy(), err_msg=name)
+
+    # Write every tensor through its view, as an optimizer does, then params_updated(): the
+    # module computes exactly what loading the same tensors through load_state_dict gives.
+    changed = {k: rand(rng, v.shape, dtype) for k, v in views.items()}
+    for name, value in changed.items():
+        views[name][...] = value
+    lstm.params_updated()
+    loaded = el.LSTM(4, 19, num_layers=2, bidirectional=True, proj_size=3, dtype=dtype, seed=1)
+    loaded.load_state_dict(changed)
+    x = rand(rng, (T, B, 4), dtype)
+    for module in (lstm, loaded):
+        module.eval()
+    y, (h_n, c_n) = lstm(x)
+    y_ref, (h_ref, c_ref) = loaded(x)
+    assert np.array_equal(y, y_ref) and np.array_equal(h_n, h_ref) and np.array_equal(c_n, c_ref)
+    assert_same_state(lstm.state_dict(), changed)
+    torch_layout_views(lstm, lstm._engine.params)  # the padding is still zero
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_the_flat_gradient_buffer_holds_torchs_grad_of_every_tensor_at_its_offset(dtype):
+    rng = np.random.default_rng(4)
+    lstm = el.LSTM(4, 19, num_layers=2, bidirectional=True, proj_size=3, dtype=dtype, seed=0)
+    lstm.load_state_dict({k: rand(rng, v.shape, dtype) for k, v in lstm.state_dict().items()})
+    net = torch_twin(lstm, dtype)
+    x, dy = rand(rng, (T, B, 4), dtype), rand(rng, (T, B, 2 * 3), dtype)
+    lstm.train()
+    lstm.zero_grad()
+    lstm(x)
+    lstm.backward(dy)
+    y_t, _ = net(torch.from_numpy(x))
+    y_t.backward(torch.from_numpy(dy))
+    grads = torch_layout_views(lstm, lstm._engine.grads)
+    for name, param in net.named_parameters():
+        assert_close(grads[name], param.grad.numpy(), RTOL[dtype], f"grad {name}")
+    # backward adds into the buffer: a second identical step doubles every gradient.
+    before = lstm._engine.grads.copy()
+    lstm(x)
+    lstm.backward(dy)
+    assert_close(lstm._engine.grads, 2 * before, RTOL[dtype], "accumulated grads")
+
+
 def test_type_stubs_of_the_compiled_module_name_exactly_its_public_api():
     import ast
     from pathlib import Path

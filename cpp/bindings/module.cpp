@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <initializer_list>
 #include <limits>
 #include <mutex>
@@ -86,13 +87,15 @@ struct type_caster<In<T>> {
 
 namespace {
 
-Param param_kind(const std::string& name) {
+Param param_kind(const char* fn, const std::string& name) {
     if (name == "weight_ih") return Param::weight_ih;
     if (name == "weight_hh") return Param::weight_hh;
     if (name == "bias_ih") return Param::bias_ih;
     if (name == "bias_hh") return Param::bias_hh;
     if (name == "weight_hr") return Param::weight_hr;
-    throw std::invalid_argument("unknown parameter kind '" + name + "'");
+    throw std::invalid_argument(std::string(fn) +
+                                ": kind must be one of 'weight_ih', 'weight_hh', 'bias_ih', "
+                                "'bias_hh', 'weight_hr', got '" + name + "'");
 }
 
 std::string shape_str(const Index* s, std::size_t n) {
@@ -274,32 +277,51 @@ struct Engine {
         return static_cast<S*>(const_cast<void*>(flat.data()));
     }
 
-    void check_index(Param kind, Index layer, Index dir) const {
+    // The kind named `name`, checked to exist in this LSTM with layer in [0, L) and dir in
+    // [0, D); std::invalid_argument naming fn, the argument, the valid values and the given one.
+    Param check_index(const char* fn, const std::string& name, Index layer, Index dir) const {
         const auto& c = lstm.config();
-        if (!lstm.has_param(kind)) throw std::invalid_argument("this LSTM has no such parameter");
-        if (layer < 0 || layer >= c.num_layers || dir < 0 || dir >= c.directions())
-            throw std::invalid_argument("layer or direction out of range");
+        const Param kind = param_kind(fn, name);
+        if (!lstm.has_param(kind))
+            throw std::invalid_argument(std::string(fn) + ": this LSTM has no " + name +
+                                        (kind == Param::weight_hr ? " (proj_size is 0)"
+                                                                  : " (bias is false)"));
+        if (layer < 0 || layer >= c.num_layers)
+            throw std::invalid_argument(std::string(fn) + ": layer must be in [0, " +
+                                        std::to_string(c.num_layers) + "), got " +
+                                        std::to_string(layer));
+        if (dir < 0 || dir >= c.directions())
+            throw std::invalid_argument(std::string(fn) + ": direction must be in [0, " +
+                                        std::to_string(c.directions()) + "), got " +
+                                        std::to_string(dir));
+        return kind;
     }
 
+    Index param_offset(const std::string& name, Index layer, Index dir) const {
+        return lstm.param_offset(check_index("param_offset", name, layer, dir), layer, dir);
+    }
+
+    // Plain copies of one tensor out of and into a flat buffer (the flat layout is torch's).
     py::array_t<S> unpack(const std::string& name, Index layer, Index dir,
                           const In<S>& flat) const {
-        const Param kind = param_kind(name);
-        check_index(kind, layer, dir);
+        const Param kind = check_index("unpack", name, layer, dir);
         check_flat("unpack", flat);
         auto out = empty<S>(shape(kind, layer));
-        lstm.unpack(kind, layer, dir, flat.data(), out.mutable_data());
+        const S* src = flat.data() + lstm.param_offset(kind, layer, dir);
+        std::copy(src, src + out.size(), out.mutable_data());
         return out;
     }
 
-    // Writes one torch-layout tensor into `flat`. If flat is the parameter buffer, the caller
-    // holds the exclusive lock and calls params_updated() after the last tensor.
+    // If flat is the parameter buffer, the caller holds the exclusive lock and calls
+    // params_updated() after the last tensor.
     void pack(const std::string& name, Index layer, Index dir, const In<S>& src,
               const py::array& flat) {
-        const Param kind = param_kind(name);
-        check_index(kind, layer, dir);
+        const Param kind = check_index("pack", name, layer, dir);
         S* dst = writable_flat("pack", flat);
-        check_shape("pack", name.c_str(), src, shape(kind, layer));
-        lstm.pack(kind, layer, dir, src.data(), dst);
+        const std::vector<Index> want = shape(kind, layer);
+        check_shape("pack", name.c_str(), src, want);
+        const Index n = want.size() == 1 ? want[0] : want[0] * want[1];
+        std::copy(src.data(), src.data() + n, dst + lstm.param_offset(kind, layer, dir));
     }
 };
 
@@ -330,14 +352,14 @@ void bind_engine(py::module_& m, const char* name) {
                 E& e = self.cast<E&>();
                 return e.flat_view(e.lstm.params(), self);
             },
-            "Writable view of the flat parameter buffer (engine layout). Call params_updated() "
-            "after writing it.")
+            "Writable view of the flat parameter buffer, in torch layout (param_offset). Call "
+            "params_updated() after writing it.")
         .def_property_readonly(
             "grads", [](py::object self) {
                 E& e = self.cast<E&>();
                 return e.flat_view(e.lstm.grads(), self);
             },
-            "Writable view of the flat gradient buffer (engine layout).")
+            "Writable view of the flat gradient buffer, laid out like params.")
         .def("params_updated", [](E& e) {
             auto lock = e.exclusive("params_updated");
             e.lstm.params_updated();
@@ -346,23 +368,27 @@ void bind_engine(py::module_& m, const char* name) {
             auto lock = e.exclusive("zero_grad");
             e.lstm.zero_grad();
         })
-        .def("has_param", [](const E& e, const std::string& k) { return e.lstm.has_param(param_kind(k)); })
-        .def("param_shape", [](const E& e, const std::string& k, Index layer) {
-            const Param kind = param_kind(k);
-            e.check_index(kind, layer, 0);
-            return e.shape(kind, layer);
+        .def("has_param", [](const E& e, const std::string& k) {
+            return e.lstm.has_param(param_kind("has_param", k));
         })
+        .def("param_shape", [](const E& e, const std::string& k, Index layer) {
+            return e.shape(e.check_index("param_shape", k, layer, 0), layer);
+        })
+        .def("param_offset", &E::param_offset, py::arg("kind"), py::arg("layer"),
+             py::arg("direction"),
+             "Element offset of one parameter in params, grads or any buffer laid out like them: "
+             "flat[offset:offset + rows*cols].reshape(param_shape(kind, layer)) is the torch "
+             "tensor (a view).")
         .def("unpack", &E::unpack, py::arg("kind"), py::arg("layer"), py::arg("direction"),
-             py::arg("flat"), "Copy one parameter out of a flat buffer, in torch layout.")
+             py::arg("flat"), "Copy one parameter out of a flat buffer.")
         .def("pack", &E::pack, py::arg("kind"), py::arg("layer"), py::arg("direction"),
-             py::arg("tensor"), py::arg("flat"),
-             "Copy one torch-layout parameter into a flat buffer (engine layout).")
+             py::arg("tensor"), py::arg("flat"), "Copy one parameter into a flat buffer.")
         .def("load_flat", [](E& e, const In<S>& flat) {
             e.check_flat("load_flat", flat);
             auto lock = e.exclusive("load_state_dict");
             std::copy(flat.data(), flat.data() + flat.shape(0), e.lstm.params());
             e.lstm.params_updated();
-        }, "Replace all parameters at once from a flat buffer (engine layout).")
+        }, "Replace all parameters at once from a flat buffer laid out like params.")
         .def_property_readonly("rng_state", [](const E& e) {
             return py::make_tuple(e.lstm.rng_seed(), e.lstm.rng_counter());
         })

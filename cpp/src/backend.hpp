@@ -20,7 +20,8 @@ template <typename S>
 class Engine {
 public:
     virtual ~Engine() = default;
-    // Rebuild everything derived from the parameters (packed panels, summed biases).
+    // Rebuild everything derived from the parameters (the engine-order copy, packed panels,
+    // summed biases).
     virtual void params_updated() = 0;
     // seed, counter: the dropout stream position this call uses (training only).
     virtual void forward(S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0,
@@ -34,7 +35,7 @@ public:
 
 // A back end's entry points. kBackendAbi changes whenever this struct or Engine changes, so
 // that a stale shared object is refused instead of called with the wrong layout.
-constexpr int kBackendAbi = 1;
+constexpr int kBackendAbi = 2;
 
 struct Backend {
     int abi;
@@ -43,8 +44,8 @@ struct Backend {
     const char* eigen;      // Eigen version, "3.4.0"
     const char* simd;       // Eigen's SIMD instruction sets in this back end
     int openmp;             // _OPENMP of the back end (yyyymm), 0 without OpenMP
-    // The engine reads parameters and accumulates gradients through these pointers; they and
-    // the layout outlive the engine.
+    // The engine reads parameters and accumulates gradients through these pointers, both in
+    // torch's layout (layout.hpp); they and the layout outlive the engine.
     Engine<float>* (*make_f32)(const Layout<float>& layout, const float* params, float* grads);
     Engine<double>* (*make_f64)(const Layout<double>& layout, const double* params, double* grads);
     void (*set_num_threads)(int n);

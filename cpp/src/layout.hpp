@@ -1,7 +1,7 @@
 // The parameter layout: where each torch tensor lives in the flat buffer, and the
 // permutation between torch's gate order and the engine's interleaved gate blocks. Pure index
 // arithmetic, the same for every ISA level (a gate block is 64 bytes everywhere), shared by
-// the front end (pack/unpack) and the back ends (which read the weights to pack them).
+// the front end (param_offset) and the back ends (which keep engine-order copies).
 #pragma once
 
 #include <algorithm>
@@ -26,6 +26,10 @@ struct Layout {
     // Flat layout: per layer, blocks in the order weight_ih [D, G, I_l], weight_hh [D, G, Hout],
     // bias_ih [D, G], bias_hh [D, G], weight_hr [D, P, H]; each block starts 64-byte aligned.
     // offset[l][kind] is the block start (-1 if absent); size is the whole buffer's length.
+    // The public buffers (parameters, gradients) hold every tensor as torch does, row-major
+    // with gate rows i, f, g, o; a back end's engine-order copies use the same offsets with
+    // the gate rows of weight_ih, weight_hh and the biases permuted (engine row e = torch
+    // row perm[e]; weight_hr has no gate rows and is the same in both).
     std::vector<std::array<Index, 5>> offset;
     Index size = 0;
 
@@ -72,10 +76,14 @@ struct Layout {
         if (k == Param::weight_hr) return P > 0;
         return true;
     }
-    // Start of tensor (k, l, d) in a flat buffer laid out like the parameters.
+    // Element offset of tensor (k, l, d) in a flat buffer laid out like the parameters.
+    Index tensor_offset(Param k, Index l, Index d = 0) const {
+        return offset[std::size_t(l)][std::size_t(k)] + d * rows(k) * cols(k, l);
+    }
+    // Start of tensor (k, l, d) in a flat buffer laid out like the parameters (either order).
     template <typename T>
     T* tensor(T* flat, Param k, Index l, Index d = 0) const {
-        return flat + offset[std::size_t(l)][std::size_t(k)] + d * rows(k) * cols(k, l);
+        return flat + tensor_offset(k, l, d);
     }
 };
 

@@ -1,4 +1,4 @@
-// The front end of the engine: configuration, the parameter buffers and their torch layout,
+// The front end of the engine: configuration, the parameter buffers (in torch's layout),
 // the dropout stream's state, and the public LSTM<S> methods, which hand the compute to the
 // back end chosen at run time (dispatch.cpp). Compiled for the baseline ISA: nothing here
 // runs vector code of a higher level.
@@ -41,7 +41,7 @@ int get_num_threads() { return detail::backend().get_num_threads(); }
 template <typename S>
 struct LSTM<S>::Impl {
     detail::Layout<S> layout;
-    detail::Buffer<S> params, grads;   // [layout.size] engine layout, padding zero
+    detail::Buffer<S> params, grads;   // [layout.size] torch layout, padding zero
     std::uint64_t seed = 0, counter = 0;
     std::unique_ptr<detail::Engine<S>> engine;
 
@@ -55,12 +55,6 @@ struct LSTM<S>::Impl {
             engine.reset(b.make_f32(layout, params.data(), grads.data()));
         else
             engine.reset(b.make_f64(layout, params.data(), grads.data()));
-    }
-
-    void check_tensor(Param kind, Index layer, Index dir) const {
-        EIGENLSTM_REQUIRE(layout.has(kind), "this LSTM has no such parameter");
-        EIGENLSTM_REQUIRE(layer >= 0 && layer < layout.L && dir >= 0 && dir < layout.D,
-                          "layer or direction out of range");
     }
 };
 
@@ -91,32 +85,20 @@ void LSTM<S>::param_shape(Param kind, Index layer, Index& rows, Index& cols) con
     cols = m.cols(kind, layer);
 }
 
-// weight_ih, weight_hh and the biases have their gate rows permuted (Layout::perm);
-// weight_hr is stored as torch stores it.
 template <typename S>
-void LSTM<S>::pack(Param kind, Index layer, Index dir, const S* torch, S* flat) const {
-    impl_->check_tensor(kind, layer, dir);
+Index LSTM<S>::param_offset(Param kind, Index layer, Index dir) const {
     const detail::Layout<S>& m = impl_->layout;
-    const Index rows = m.rows(kind), cols = m.cols(kind, layer);
-    S* dst = m.tensor(flat, kind, layer, dir);
-    const bool gated = kind != Param::weight_hr;
-    for (Index e = 0; e < rows; ++e) {
-        const Index src_row = gated ? m.perm[std::size_t(e)] : e;
-        std::copy(torch + src_row * cols, torch + (src_row + 1) * cols, dst + e * cols);
-    }
-}
-
-template <typename S>
-void LSTM<S>::unpack(Param kind, Index layer, Index dir, const S* flat, S* torch) const {
-    impl_->check_tensor(kind, layer, dir);
-    const detail::Layout<S>& m = impl_->layout;
-    const Index rows = m.rows(kind), cols = m.cols(kind, layer);
-    const S* src = m.tensor(flat, kind, layer, dir);
-    const bool gated = kind != Param::weight_hr;
-    for (Index e = 0; e < rows; ++e) {
-        const Index dst_row = gated ? m.perm[std::size_t(e)] : e;
-        std::copy(src + e * cols, src + (e + 1) * cols, torch + dst_row * cols);
-    }
+    static const char* const names[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"};
+    EIGENLSTM_REQUIRE(m.has(kind), std::string("param_offset: this LSTM has no ") +
+                                       names[int(kind)] +
+                                       (kind == Param::weight_hr ? " (proj_size is 0)" : " (bias is false)"));
+    EIGENLSTM_REQUIRE(layer >= 0 && layer < m.L,
+                      "param_offset: layer must be in [0, " + std::to_string(m.L) + "), got " +
+                          std::to_string(layer));
+    EIGENLSTM_REQUIRE(dir >= 0 && dir < m.D,
+                      "param_offset: direction must be in [0, " + std::to_string(m.D) + "), got " +
+                          std::to_string(dir));
+    return m.tensor_offset(kind, layer, dir);
 }
 
 template <typename S> std::uint64_t LSTM<S>::rng_seed() const { return impl_->seed; }

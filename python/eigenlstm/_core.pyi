@@ -21,10 +21,10 @@ class _Engine:
     def num_params(self) -> int: ...
     @property
     def params(self) -> _Array:
-        """Writable view of the flat parameter buffer (engine layout)."""
+        """Writable view of the flat parameter buffer, in torch layout (``param_offset``)."""
     @property
     def grads(self) -> _Array:
-        """Writable view of the flat gradient buffer (engine layout)."""
+        """Writable view of the flat gradient buffer, laid out like ``params``."""
     @property
     def rng_state(self) -> Tuple[int, int]: ...
     @property
@@ -33,11 +33,14 @@ class _Engine:
     def zero_grad(self) -> None: ...
     def has_param(self, kind: str) -> bool: ...
     def param_shape(self, kind: str, layer: int) -> list[int]: ...
+    def param_offset(self, kind: str, layer: int, direction: int) -> int:
+        """Element offset of one tensor in ``params``, ``grads`` or a buffer laid out like them:
+        ``flat[offset:offset + size].reshape(param_shape(kind, layer))`` is the torch tensor."""
     def unpack(self, kind: str, layer: int, direction: int, flat: npt.ArrayLike) -> _Array: ...
     def pack(self, kind: str, layer: int, direction: int, tensor: npt.ArrayLike,
              flat: _Array) -> None:
-        """Write one torch-layout tensor into ``flat`` in place; ``flat`` must be a C-contiguous,
-        writable array of this engine's dtype (TypeError otherwise)."""
+        """Copy one tensor into ``flat`` in place; ``flat`` must be a C-contiguous, writable
+        array of this engine's dtype (TypeError otherwise)."""
     def load_flat(self, flat: npt.ArrayLike) -> None: ...
     def set_rng_state(self, seed: int, counter: int) -> None: ...
     def forward(self, x: npt.ArrayLike, h0: Optional[npt.ArrayLike], c0: Optional[npt.ArrayLike],

@@ -1,6 +1,8 @@
 // A downstream program of the installed C++ library: a tiny float32 forward through
-// eigenlstm::LSTM with weights set through pack() in torch layout. It prints the weights, the
-// input and the results ("name v0 v1 ..." lines) for tests/test_packaging.py to recompute.
+// eigenlstm::LSTM with weights written in torch layout at their param_offset(). It prints the
+// weights, the input and the results ("name v0 v1 ..." lines) for tests/test_packaging.py to
+// recompute.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <vector>
@@ -33,7 +35,7 @@ int main() {
         lstm.param_shape(kinds[p], 0, rows, cols);
         std::vector<float> w(std::size_t(rows * cols));
         fill(w);
-        lstm.pack(kinds[p], 0, 0, w.data(), lstm.params());
+        std::copy(w.begin(), w.end(), lstm.params() + lstm.param_offset(kinds[p], 0, 0));
         print(names[p], w);
     }
     lstm.params_updated();

@@ -39,8 +39,8 @@ inline std::vector<double> randn(std::size_t n, std::mt19937_64& rng, double sca
     return v;
 }
 
-// Fill every parameter with random values (normal, standard deviation `scale`) through the
-// torch-layout pack().
+// Fill every parameter with random values (normal, standard deviation `scale`), each tensor
+// written in torch layout at its param_offset().
 template <typename S>
 void randomize(eigenlstm::LSTM<S>& m, std::mt19937_64& rng, double scale = 0.4) {
     using eigenlstm::Index;
@@ -53,9 +53,8 @@ void randomize(eigenlstm::LSTM<S>& m, std::mt19937_64& rng, double scale = 0.4) 
                 if (!m.has_param(k)) continue;
                 Index rows, cols;
                 m.param_shape(k, l, rows, cols);
-                std::vector<double> v = randn(std::size_t(rows * cols), rng, scale);
-                std::vector<S> t(v.begin(), v.end());
-                m.pack(k, l, d, t.data(), m.params());
+                const std::vector<double> v = randn(std::size_t(rows * cols), rng, scale);
+                std::copy(v.begin(), v.end(), m.params() + m.param_offset(k, l, d));
             }
     m.params_updated();
 }

@@ -1,10 +1,12 @@
-// Engine tests through the public C++ API only: finite-difference gradients in float64,
-// torch-layout pack/unpack, determinism across runs and thread counts, the last-step linear
-// head (forward_last), and error handling.
+// Engine tests through the public C++ API only: finite-difference gradients in float64, the
+// torch layout of the parameter buffer, determinism across runs and thread counts, the
+// last-step linear head (forward_last), and error handling.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "eigenlstm/lstm.hpp"
@@ -105,7 +107,10 @@ void test_gradients_match_finite_differences_float64() {
     check_gradients(r, true);
 }
 
-void test_pack_then_unpack_returns_the_torch_tensor() {
+// Each tensor is rows x cols contiguous values at its param_offset: inside the buffer, apart
+// from every other, the directions of a kind one after the other, each kind's block 64-byte
+// aligned.
+void test_param_offsets_give_disjoint_tensors_with_aligned_kind_blocks() {
     Config c;
     c.input_size = 5;
     c.hidden_size = 37;
@@ -113,16 +118,65 @@ void test_pack_then_unpack_returns_the_torch_tensor() {
     c.bidirectional = true;
     c.proj_size = 6;
     LSTM<float> m(c, 0);
-    std::mt19937_64 rng(1);
-    for (Param k : {Param::weight_ih, Param::weight_hh, Param::bias_ih, Param::weight_hr}) {
-        Index rows, cols;
-        m.param_shape(k, 1, rows, cols);
-        std::vector<double> v = randn(std::size_t(rows * cols), rng);
-        std::vector<float> t(v.begin(), v.end()), back(t.size());
-        m.pack(k, 1, 1, t.data(), m.params());
-        m.unpack(k, 1, 1, m.params(), back.data());
-        CHECK(back == t);
-    }
+    std::vector<int> owner(std::size_t(m.num_params()), 0);
+    for (Index l = 0; l < 2; ++l)
+        for (Param k : {Param::weight_ih, Param::weight_hh, Param::bias_ih, Param::bias_hh,
+                        Param::weight_hr}) {
+            Index rows, cols;
+            m.param_shape(k, l, rows, cols);
+            const Index first = m.param_offset(k, l, 0);
+            CHECK(first * Index(sizeof(float)) % 64 == 0);
+            CHECK(m.param_offset(k, l, 1) == first + rows * cols);
+            for (Index d = 0; d < 2; ++d) {
+                const Index off = m.param_offset(k, l, d);
+                CHECK(off >= 0 && off + rows * cols <= m.num_params());
+                for (Index i = off; i < off + rows * cols && i < m.num_params(); ++i)
+                    ++owner[std::size_t(i)];
+            }
+        }
+    CHECK(std::all_of(owner.begin(), owner.end(), [](int n) { return n <= 1; }));
+    CHECK_THROWS(m.param_offset(Param::weight_ih, 2, 0), std::invalid_argument);
+    CHECK_THROWS(m.param_offset(Param::weight_ih, 0, 2), std::invalid_argument);
+    CHECK_THROWS(m.param_offset(Param::weight_ih, -1, 0), std::invalid_argument);
+    c.proj_size = 0;
+    c.bias = false;
+    LSTM<float> plain(c, 0);
+    CHECK_THROWS(plain.param_offset(Param::weight_hr, 0, 0), std::invalid_argument);
+    CHECK_THROWS(plain.param_offset(Param::bias_hh, 0, 0), std::invalid_argument);
+}
+
+// The gate rows of params() are torch's i, f, g, o, H rows each: with zero weights and states,
+// one step gives c = sigmoid(b_i) tanh(b_g) and h = sigmoid(b_o) tanh(c) for b = b_ih + b_hh.
+// H = 20 spans a full and a partial gate block of the engine in float32 and in float64.
+template <typename S>
+void check_gate_rows_are_in_torch_order() {
+    Config c;
+    c.input_size = 3;
+    c.hidden_size = 20;
+    LSTM<S> m(c, 0);
+    const Index H = 20, B = 2;
+    std::mt19937_64 rng(5);
+    const std::vector<double> bi = randn(std::size_t(4 * H), rng), bh = randn(std::size_t(4 * H), rng);
+    std::copy(bi.begin(), bi.end(), m.params() + m.param_offset(Param::bias_ih, 0, 0));
+    std::copy(bh.begin(), bh.end(), m.params() + m.param_offset(Param::bias_hh, 0, 0));
+    m.params_updated();
+    std::vector<S> x(std::size_t(B * 3), S(0)), y(std::size_t(B * H)), h(y.size()), cn(y.size());
+    m.forward(y.data(), h.data(), cn.data(), x.data(), nullptr, nullptr, nullptr, 1, B, false);
+    auto sigmoid = [](double v) { return 1 / (1 + std::exp(-v)); };
+    const double tol = std::is_same_v<S, float> ? 1e-6 : 1e-12;
+    for (Index b = 0; b < B; ++b)
+        for (Index u = 0; u < H; ++u) {
+            auto gate = [&](Index q) { return bi[std::size_t(q * H + u)] + bh[std::size_t(q * H + u)]; };
+            const double cw = sigmoid(gate(0)) * std::tanh(gate(2));
+            const double hw = sigmoid(gate(3)) * std::tanh(cw);
+            CHECK(std::abs(double(cn[std::size_t(b * H + u)]) - cw) <= tol);
+            CHECK(std::abs(double(h[std::size_t(b * H + u)]) - hw) <= tol);
+        }
+}
+
+void test_gate_rows_of_the_parameters_are_in_torch_order() {
+    check_gate_rows_are_in_torch_order<float>();
+    check_gate_rows_are_in_torch_order<double>();
 }
 
 void test_results_are_bitwise_identical_across_runs_and_thread_counts() {
@@ -235,7 +289,8 @@ void test_huge_sizes_throw_bad_alloc() {
 int main() {
     if (const int skip = eigenlstm_test::skip_unless_requested_level_runs()) return skip;
     test_gradients_match_finite_differences_float64();
-    test_pack_then_unpack_returns_the_torch_tensor();
+    test_param_offsets_give_disjoint_tensors_with_aligned_kind_blocks();
+    test_gate_rows_of_the_parameters_are_in_torch_order();
     test_results_are_bitwise_identical_across_runs_and_thread_counts();
     test_bad_input_throws_invalid_argument();
     test_forward_last_is_the_last_step_of_forward_through_a_linear_layer();

@@ -82,8 +82,10 @@ namespace testing {
 void fail_next_parallel_region(bool armed);
 }  // namespace testing
 
-// Gate layout. torch stores the four gate blocks [i; f; g; o] one after the other, each H rows.
-// The engine interleaves them in blocks of `gate_block<S>()` hidden units (64 bytes of S):
+// Gate layout inside the engine. torch stores the four gate blocks [i; f; g; o] one after the
+// other, each H rows, and so do params() and grads(). The engine's compute works on its own
+// copy of the weights with the gates interleaved in blocks of `gate_block<S>()` hidden units
+// (64 bytes of S):
 //   rows [i(u0:u1) f(u0:u1) g(u0:u1) o(u0:u1)] for each block [u0, u1) of hidden units,
 // so that one time step's four gate values for a block of units are contiguous and aligned:
 // a thread that owns a range of blocks owns a contiguous range of gate columns, computes them
@@ -106,10 +108,13 @@ public:
     const Config& config() const;
 
     // ---- parameters --------------------------------------------------------------------
-    // All parameters live in one flat, 64-byte aligned buffer in the engine layout (gate rows
-    // interleaved as described above, padding entries zero); gradients mirror it exactly.
-    // Elementwise optimizers (SGD, Adam) can update params() in place from grads(); they must
-    // then call params_updated() so the derived, packed copies of the weights are rebuilt.
+    // All parameters live in one flat, 64-byte aligned buffer in torch's layout: each tensor
+    // (see param_offset) is stored contiguously, row-major, with the gate rows in torch's
+    // order i, f, g, o, exactly as torch.nn.LSTM holds it; padding between tensors is zero.
+    // Gradients mirror it exactly. Elementwise optimizers (SGD, Adam) can update params() in
+    // place from grads(); they must then call params_updated() so the engine's own copies of
+    // the weights (gate-interleaved, packed) are rebuilt: until then it computes with the
+    // parameters of the last params_updated().
     Index num_params() const;
     S* params();
     const S* params() const;
@@ -122,11 +127,15 @@ public:
     bool has_param(Param kind) const;
     // torch shape (rows, cols) of a parameter; a bias has cols == 1.
     void param_shape(Param kind, Index layer, Index& rows, Index& cols) const;
-    // Copy one parameter between torch layout (row-major rows x cols, `torch`) and any flat
-    // buffer laid out like params() (`flat`: params(), grads(), or an optimizer moment).
-    //   pack:   flat <- torch       unpack: torch <- flat
-    void pack(Param kind, Index layer, Index dir, const S* torch, S* flat) const;
-    void unpack(Param kind, Index layer, Index dir, const S* flat, S* torch) const;
+    // Element offset of one parameter tensor in params(), grads() or any buffer laid out like
+    // them (an optimizer moment): its rows x cols values (param_shape) start there, row-major,
+    // as in torch. Blocks in the order weight_ih, weight_hh, bias_ih, bias_hh, weight_hr per
+    // layer, each kind's block [D, rows, cols] starting 64-byte aligned.
+    //   kind   a parameter this LSTM has (has_param)
+    //   layer  in [0, num_layers)
+    //   dir    in [0, directions()); 1 is torch's "_reverse"
+    // Throws std::invalid_argument naming the argument, the valid range and the given value.
+    Index param_offset(Param kind, Index layer, Index dir) const;
 
     // ---- dropout random stream ---------------------------------------------------------
     // Masks come from a counter-based generator: (seed, counter) is the whole state, and each

@@ -125,6 +125,10 @@ public:
         packed_.resize(std::size_t(L * D));
         wih_t_.resize(std::size_t(L));
         bias_sum_.resize(checked_mul(L, D * G));
+        weights_.resize(layout.size);
+        weights_.zero();
+        dweights_.resize(layout.size);
+        dweights_.zero();
         params_updated();
     }
 
@@ -146,8 +150,8 @@ public:
     }
 
 private:
-    // Derived from the parameters by params_updated() (the "load-time repack"), per
-    // (layer, direction):
+    // Derived from the parameters by params_updated() (the "load-time repack"), besides the
+    // engine-order copy weights_, per (layer, direction):
     struct Packed {
         Panels<S> whh_t;   // W_hh^T  [Hout, G]: forward step  gates += h_prev W_hh^T
         Panels<S> whh;     // W_hh    [G, Hout]: backward step dh_prev = dgates W_hh
@@ -178,11 +182,30 @@ private:
         Buffer<S> state;  // [D, B, 2*Hout + 2*H]  running dh (double-buffered), dc, dr
         Buffer<S> dhs;    // [D, T, B, P]          dh_t of every step (P > 0)
         Buffer<S> dio[2]; // [T, B, D*Hout]        d(layer output) below the top layer
-        Buffer<S> db;     // [D*G]                 bias gradient of one layer
         std::vector<GemmSpace<S>> gemm;  // [threads]  Eigen's blocks of each thread's products
     };
 
-    const S* tensor(Param k, Index l, Index d) const { return m_.tensor(params_, k, l, d); }
+    // Tensor (k, l, d) of the engine-order copy of the weights: what the compute reads.
+    const S* tensor(Param k, Index l, Index d) const { return m_.tensor(weights_.data(), k, l, d); }
+
+    // fn(e, t, n) for every row of every parameter tensor: the n values at offset e of a buffer
+    // in engine order are the n values at offset t of one in torch order (layout.hpp: the gate
+    // rows of weight_ih, weight_hh and the biases are permuted, weight_hr's rows are not).
+    template <typename F>
+    void for_each_row(F&& fn) const {
+        for (Index l = 0; l < L; ++l)
+            for (Param k : {Param::weight_ih, Param::weight_hh, Param::bias_ih, Param::bias_hh,
+                            Param::weight_hr}) {
+                if (!m_.has(k)) continue;
+                const Index rows = m_.rows(k), n = m_.cols(k, l);
+                const bool gated = k != Param::weight_hr;
+                for (Index d = 0; d < D; ++d) {
+                    const Index base = m_.tensor_offset(k, l, d);
+                    for (Index e = 0; e < rows; ++e)
+                        fn(base + e * n, base + (gated ? m_.perm[std::size_t(e)] : e) * n, n);
+                }
+            }
+    }
 
     // The DirectionPass of (layer l, direction d) over the call's (T, B) with gate buffer
     // `gates` (already offset to this layer): training reads and writes the cache, eval the
@@ -220,9 +243,13 @@ private:
                      std::uint64_t seed, std::uint64_t counter);
 
     const Layout<S>& m_;
-    const S* params_;
-    S* grads_;
+    const S* params_;                // [m_.size] the parameters, torch order (the front end's)
+    S* grads_;                       // [m_.size] their gradients, torch order; backward adds
     const Index H, P, Hout, G, D, L;
+    Buffer<S> weights_;              // [m_.size] the parameters in engine order (gate rows
+                                     //           interleaved), gathered by params_updated()
+    Buffer<S> dweights_;             // [m_.size] one backward's parameter gradients in engine
+                                     //           order, added to grads_ when it succeeds
     std::vector<Packed> packed_;     // [L*D]
     std::vector<Panels<S>> wih_t_;   // [L] W_ih^T [I_l, D*G], both directions: the input
                                      //     projection of all steps is one packed GEMM
@@ -236,9 +263,14 @@ private:
 
 template <typename S>
 void EngineImpl<S>::params_updated() {
+    // The compute reads gate rows in engine order: gather them from torch's order once here
+    // instead of permuting in every product.
+    for_each_row([&](Index e, Index t, Index n) {
+        std::copy(params_ + t, params_ + t + n, weights_.data() + e);
+    });
     bias_sum_.zero();
     for (Index l = 0; l < L; ++l) {
-        const S* wih = m_.tensor(params_, Param::weight_ih, l);  // [D*G, I_l]
+        const S* wih = tensor(Param::weight_ih, l, 0);  // [D*G, I_l]
         wih_t_[std::size_t(l)].pack(wih, m_.in_size(l), D * G, 1, m_.in_size(l));
     }
     for (Index l = 0; l < L; ++l)
@@ -421,7 +453,6 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
         bwd_.dio[0].resize(checked_mul(TB, D * Hout));
         bwd_.dio[1].resize(checked_mul(TB, D * Hout));
     }
-    bwd_.db.resize(DG);
     // The products' thread count, read once: each thread multiplies in its own blocks.
     const int threads = num_threads();
     if (bwd_.gemm.size() < std::size_t(threads)) bwd_.gemm.resize(std::size_t(threads));
@@ -444,14 +475,17 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
         });
 
         // The parameter gradients and dx, each one GEMM over all T*B rows:
-        //   dW_ih += da^T x,  dx = da W_ih,  db_ih = db_hh += sum_rows da,
-        //   dW_hh += da^T h_prev (per direction),  dW_hr += dh^T r (per direction)
-        // Each thread owns a slice of output rows of every product (the same split for any
-        // run with this thread count, so results are reproducible) and multiplies it with
-        // Eigen's single-threaded GEMM in its own packing blocks (gemm_space.hpp).
+        //   dW_ih = da^T x,  dx = da W_ih,  db_ih = db_hh = sum_rows da,
+        //   dW_hh = da^T h_prev (per direction),  dW_hr = dh^T r (per direction)
+        // The gradients are this backward's alone, in engine order (dweights_): they are added
+        // to grads_ in torch order once every layer is done, so a backward that fails adds
+        // nothing. Each thread owns a slice of output rows of every product (the same split
+        // for any run with this thread count, so results are reproducible) and multiplies it
+        // with Eigen's single-threaded GEMM in its own packing blocks (gemm_space.hpp).
         CMapRM<S> dA(lc.gates.data(), TB, DG, Eigen::OuterStride<>(DG));
         CMapRM<S> X(lc.x.data(), TB, I_l, Eigen::OuterStride<>(I_l));
-        MapRM<S> dWih(m_.tensor(grads_, Param::weight_ih, l), DG, I_l, Eigen::OuterStride<>(I_l));
+        MapRM<S> dWih(m_.tensor(dweights_.data(), Param::weight_ih, l), DG, I_l,
+                      Eigen::OuterStride<>(I_l));
         CMapRM<S> Wih(tensor(Param::weight_ih, l, 0), DG, I_l, Eigen::OuterStride<>(I_l));
         MapRM<S> dX(din, TB, I_l, Eigen::OuterStride<>(I_l));
         const double work = double(TB) * double(DG) * double(2 * I_l + Hout + P);
@@ -459,6 +493,7 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
             GemmSpace<S>& space = bwd_.gemm[std::size_t(tid)];
             Index r0, r1;
             split_range(DG, 16, tid, n, r0, r1);
+            dWih.middleRows(r0, r1 - r0).setZero();
             space.add_product(dWih.middleRows(r0, r1 - r0), dA.middleCols(r0, r1 - r0).transpose(),
                               X);
             split_range(TB, 16, tid, n, r0, r1);
@@ -469,32 +504,38 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
                 CMapRM<S> dAd(lc.gates.data() + d * G, TB, G, Eigen::OuterStride<>(DG));
                 CMapRM<S> Hprev(lc.h.data() + (d * (T + 1) + slot_before(0, rev)) * B * Hout,
                                 TB, Hout, Eigen::OuterStride<>(Hout));
-                MapRM<S> dWhh(m_.tensor(grads_, Param::weight_hh, l, d), G, Hout,
+                MapRM<S> dWhh(m_.tensor(dweights_.data(), Param::weight_hh, l, d), G, Hout,
                               Eigen::OuterStride<>(Hout));
                 split_range(G, 16, tid, n, r0, r1);
+                dWhh.middleRows(r0, r1 - r0).setZero();
                 space.add_product(dWhh.middleRows(r0, r1 - r0),
                                   dAd.middleCols(r0, r1 - r0).transpose(), Hprev);
                 if (P > 0) {
                     CMapRM<S> dH(bwd_.dhs.data() + d * T * B * P, TB, P, Eigen::OuterStride<>(P));
                     CMapRM<S> R(lc.r.data() + d * T * B * H, TB, H, Eigen::OuterStride<>(H));
-                    MapRM<S> dWhr(m_.tensor(grads_, Param::weight_hr, l, d), P, H,
+                    MapRM<S> dWhr(m_.tensor(dweights_.data(), Param::weight_hr, l, d), P, H,
                                   Eigen::OuterStride<>(H));
                     split_range(P, 8, tid, n, r0, r1);
+                    dWhr.middleRows(r0, r1 - r0).setZero();
                     space.add_product(dWhr.middleRows(r0, r1 - r0),
                                       dH.middleCols(r0, r1 - r0).transpose(), R);
                 }
             }
         });
         if (m_.cfg.bias) {
-            RowVec<S> db(bwd_.db.data(), DG);
+            RowVec<S> db(m_.tensor(dweights_.data(), Param::bias_ih, l), DG);
             db.noalias() = dA.colwise().sum();
-            RowVec<S>(m_.tensor(grads_, Param::bias_ih, l), DG) += db;
-            RowVec<S>(m_.tensor(grads_, Param::bias_hh, l), DG) += db;
+            RowVec<S>(m_.tensor(dweights_.data(), Param::bias_hh, l), DG) = db;
         }
         // The input of layer l > 0 was dropout(y_{l-1}): dy_{l-1} = din * mask, same mask.
         if (l > 0 && m_.cfg.dropout > 0)
             apply_dropout(din, TB * D * Hout, m_.cfg.dropout, cache_.seed, cache_.counter, l - 1);
     }
+    // grads += dweights, each engine row added to its torch row.
+    using Vec = Eigen::Array<S, Eigen::Dynamic, 1>;
+    for_each_row([&](Index e, Index t, Index n) {
+        Eigen::Map<Vec>(grads_ + t, n) += Eigen::Map<const Vec>(dweights_.data() + e, n);
+    });
 }
 
 // ============================================================================================

@@ -172,6 +172,15 @@ class LSTM(Module):
         return {name: tuple(self._engine.param_shape(kind, layer))
                 for name, kind, layer, _ in self._names()}
 
+    def _slices(self) -> Dict[str, slice]:
+        """Where each tensor lives in a flat buffer: ``flat[s].reshape(shape)`` is it, a view."""
+        slices = {}
+        for name, kind, layer, d in self._names():
+            rows, *cols = self._engine.param_shape(kind, layer)
+            offset = self._engine.param_offset(kind, layer, d)
+            slices[name] = slice(offset, offset + rows * math.prod(cols))
+        return slices
+
     def __repr__(self) -> str:
         extra = "".join(
             f", {k}={v!r}" for k, v, default in (
@@ -210,10 +219,12 @@ class LSTM(Module):
             Keys, shapes and order of ``state_dict()``; copies.
         """
         flat = np.ascontiguousarray(flat, dtype=self.dtype)
-        return {name: self._engine.unpack(kind, layer, d, flat) for name, kind, layer, d in self._names()}
+        check_shape("LSTM.unflatten", "flat", flat, (self._engine.num_params,))
+        shapes = self._shapes()
+        return {name: flat[s].reshape(shapes[name]).copy() for name, s in self._slices().items()}
 
     def flatten(self, tensors) -> np.ndarray:
-        """Inverse of ``unflatten``: torch-named tensors to one flat array in engine layout.
+        """Inverse of ``unflatten``: torch-named tensors to one flat array (zero padding).
 
         Raises
         ------
@@ -223,12 +234,12 @@ class LSTM(Module):
         where = "LSTM.flatten"
         flat = np.zeros(self._engine.num_params, dtype=self.dtype)
         shapes = self._shapes()
-        for name, kind, layer, d in self._names():
+        for name, s in self._slices().items():
             if name not in tensors:
                 raise ValueError(f"{where}: missing key {name!r}")
             value = as_real_array(where, name, tensors[name], self.dtype)
             check_shape(where, name, value, shapes[name])
-            self._engine.pack(kind, layer, d, value, flat)
+            flat[s] = value.reshape(-1)
         return flat
 
     def _prepare_load(self, state: dict, where: str, prefix: str):
@@ -240,14 +251,14 @@ class LSTM(Module):
                 [f"unexpected keys {extra}"] if extra else [])
             raise ValueError(f"{where}: " + "; ".join(parts))
         flat = np.array(self._engine.params, copy=True)
-        for name, kind, layer, d in self._names():
+        for name, s in self._slices().items():
             value = as_real_array(where, prefix + name, state[name], self.dtype)
             check_shape(where, prefix + name, value, shapes[name])
-            self._engine.pack(kind, layer, d, value, flat)
+            flat[s] = value.reshape(-1)
         return lambda: self._engine.load_flat(flat)
 
     def parameters(self):
-        """One (value, gradient) pair: flat views of the engine's buffers, in its layout."""
+        """One (value, gradient) pair: flat views of the engine's buffers, in torch layout."""
         return [(self._engine.params, self._engine.grads)]
 
     def name_parameter_arrays(self, arrays):
