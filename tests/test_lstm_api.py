@@ -654,11 +654,11 @@ def test_a_forward_on_a_gigantic_broadcast_input_raises_memory_error_and_keeps_t
         assert dx.shape == (3, 2, 4)
 
 
-def test_flatten_and_unflatten_convert_between_engine_layout_and_torch_names():
+def test_flatten_and_unflatten_convert_between_the_flat_buffer_and_torch_names():
     lstm = el.LSTM(4, 19, num_layers=2, bidirectional=True, proj_size=3, seed=0)
     sd = lstm.state_dict()
     flat = lstm.flatten(sd)
-    np.testing.assert_array_equal(flat, lstm.parameters()[0][0])
+    np.testing.assert_array_equal(flat, lstm.flat_buffers()[0])
     back = lstm.unflatten(flat)
     assert list(back) == list(sd)
     for k in sd:
@@ -671,7 +671,7 @@ def torch_layout_views(lstm, flat):
     """{state_dict key: flat[offset:offset + size].reshape(torch shape)}, views at param_offset."""
     engine, views = lstm._engine, {}
     padding = np.ones(flat.shape, bool)
-    for name, kind, layer, d in el.lstm.param_names(lstm.num_layers, lstm.bidirectional,
+    for name, kind, layer, d in el.nn.lstm.param_names(lstm.num_layers, lstm.bidirectional,
                                                     lstm.proj_size, lstm.bias):
         shape = tuple(engine.param_shape(kind, layer))
         offset = engine.param_offset(kind, layer, d)

@@ -264,7 +264,7 @@ def test_fit_with_the_wrong_input_size_names_the_expected_shape():
     x, y = sum_task(N=20)
     trainer = el.Trainer(el.LSTMModel(3, 4, 1))
     before = trainer.model.state_dict()
-    with pytest.raises(ValueError, match=r"LSTMModel.forward: x must have shape \(N, L, 3\) \(batch, steps, input_size\), got \(20, 8, 1\)"):
+    with pytest.raises(ValueError, match=r"^Trainer.fit: x of shape \(20, 8, 1\) does not fit the model: LSTMModel.forward: x must have shape \(N, L, 3\) \(batch, steps, input_size\)"):
         trainer.fit(x, y, progress=False)
     assert_nothing_trained(trainer, before)
 
@@ -273,7 +273,7 @@ def test_fit_with_validation_inputs_of_the_wrong_size_names_x_val():
     x, y = sum_task(N=20)
     trainer = el.Trainer(el.LSTMModel(1, 4, 1))
     before = trainer.model.state_dict()
-    with pytest.raises(ValueError, match=r"x_val must have shape \(N, L, 1\) \(batch, steps, input_size\), got \(5, 8, 2\)"):
+    with pytest.raises(ValueError, match=r"^Trainer.fit: x_val of shape \(5, 8, 2\) does not fit the model: LSTMModel.forward: x must have shape \(N, L, 1\) \(batch, steps, input_size\)"):
         trainer.fit(x, y, validation_data=(np.zeros((5, 8, 2)), y[:5]), progress=False)
     assert_nothing_trained(trainer, before)
 

@@ -109,9 +109,9 @@ def test_linear_backward_adds_into_gradients_and_zero_grad_clears_them():
 
 def test_linear_state_dict_round_trips_and_keeps_parameter_arrays_in_place():
     a, b = el.Linear(3, 2, seed=0), el.Linear(3, 2, seed=1)
-    weight_array = b.parameters()[0][0]
+    weight_array = next(b.parameters())
     b.load_state_dict(a.state_dict())
-    assert b.parameters()[0][0] is weight_array
+    assert next(b.parameters()) is weight_array and b.weight is weight_array
     assert np.array_equal(b.weight, a.weight) and np.array_equal(b.bias, a.bias)
 
 

@@ -6,7 +6,7 @@ string and object arrays are a TypeError. Shapes use T time, B batch, I input si
 D directions, L layers, O outputs of a linear layer.
 """
 
-from typing import Any, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -14,9 +14,18 @@ import numpy.typing as npt
 _Array = npt.NDArray[np.floating]
 
 class _Engine:
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int, bias: bool,
-                 bidirectional: bool, proj_size: int, dropout: float, reverse: bool,
-                 seed: int) -> None: ...
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        bias: bool,
+        bidirectional: bool,
+        proj_size: int,
+        dropout: float,
+        reverse: bool,
+        seed: int,
+    ) -> None: ...
     @property
     def num_params(self) -> int: ...
     @property
@@ -26,7 +35,7 @@ class _Engine:
     def grads(self) -> _Array:
         """Writable view of the flat gradient buffer, laid out like ``params``."""
     @property
-    def rng_state(self) -> Tuple[int, int]: ...
+    def rng_state(self) -> tuple[int, int]: ...
     @property
     def has_cache(self) -> bool: ...
     def params_updated(self) -> None: ...
@@ -37,21 +46,34 @@ class _Engine:
         """Element offset of one tensor in ``params``, ``grads`` or a buffer laid out like them:
         ``flat[offset:offset + size].reshape(param_shape(kind, layer))`` is the torch tensor."""
     def unpack(self, kind: str, layer: int, direction: int, flat: npt.ArrayLike) -> _Array: ...
-    def pack(self, kind: str, layer: int, direction: int, tensor: npt.ArrayLike,
-             flat: _Array) -> None:
+    def pack(
+        self, kind: str, layer: int, direction: int, tensor: npt.ArrayLike, flat: _Array
+    ) -> None:
         """Copy one tensor into ``flat`` in place; ``flat`` must be a C-contiguous, writable
         array of this engine's dtype (TypeError otherwise)."""
     def load_flat(self, flat: npt.ArrayLike) -> None: ...
     def set_rng_state(self, seed: int, counter: int) -> None: ...
-    def forward(self, x: npt.ArrayLike, h0: Optional[npt.ArrayLike], c0: Optional[npt.ArrayLike],
-                lengths: Optional[npt.ArrayLike], training: bool) -> Tuple[_Array, _Array, _Array]:
+    def forward(
+        self,
+        x: npt.ArrayLike,
+        h0: npt.ArrayLike | None,
+        c0: npt.ArrayLike | None,
+        lengths: npt.ArrayLike | None,
+        training: bool,
+    ) -> tuple[_Array, _Array, _Array]:
         """x [T, B, I] -> (y [T, B, D*H_out], h_n [D*L, B, H_out], c_n [D*L, B, H])."""
-    def forward_last(self, x: npt.ArrayLike, lengths: Optional[npt.ArrayLike],
-                     weight: npt.ArrayLike, bias: Optional[npt.ArrayLike],
-                     batch_first: bool) -> _Array:
+    def forward_last(
+        self,
+        x: npt.ArrayLike,
+        lengths: npt.ArrayLike | None,
+        weight: npt.ArrayLike,
+        bias: npt.ArrayLike | None,
+        batch_first: bool,
+    ) -> _Array:
         """Eval forward, then out [B, O] = y[last step] @ weight.T + bias."""
-    def backward(self, d_output: npt.ArrayLike, dh_n: Optional[npt.ArrayLike],
-                 dc_n: Optional[npt.ArrayLike]) -> Tuple[_Array, _Array, _Array]:
+    def backward(
+        self, d_output: npt.ArrayLike, dh_n: npt.ArrayLike | None, dc_n: npt.ArrayLike | None
+    ) -> tuple[_Array, _Array, _Array]:
         """-> (dx [T, B, I], dh0, dc0); parameter gradients are added into grads."""
 
 class EngineF32(_Engine): ...
@@ -63,10 +85,13 @@ def set_flush_denormal(on: bool) -> bool: ...
 def get_flush_denormal() -> bool: ...
 def isa() -> str:
     """The instruction-set level of the back end in use."""
+
 def isa_available() -> list[str]:
     """The levels this CPU and this build can run, low to high."""
+
 def build_info() -> dict[str, Any]:
     """The back end in use: isa, compiler, eigen, simd, openmp, library."""
+
 def _fail_next_parallel_region(armed: bool) -> None:
     """Test hook: armed, the next multi-threaded parallel region fails with std::bad_alloc
     (MemoryError); False disarms."""

@@ -281,8 +281,6 @@ def load(path, *, with_training: bool = False):
             version = meta.get("format_version")
             if not isinstance(version, int):
                 raise ValueError(f"format_version must be an int, got {version!r}")
-            if version >= 2 and not checked:
-                raise ValueError("its checksum is missing")
         except damaged as exc:
             raise ValueError(f"{bad} (corrupted or truncated: {exc})") from exc
         if version > FORMAT_VERSION:
@@ -290,6 +288,8 @@ def load(path, *, with_training: bool = False):
                 f"{where}: {path} has checkpoint format version {version}, newer than version "
                 f"{FORMAT_VERSION} that this eigenlstm reads; upgrade eigenlstm to load it"
             )
+        if version >= 2 and not checked:
+            raise ValueError(f"{bad} (corrupted or truncated: its checksum is missing)")
         try:  # reads every member in full: CRC errors surface here
             arrays = {k: z[k] for k in z.files if k != "meta"}
         except damaged as exc:

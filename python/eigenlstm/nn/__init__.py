@@ -11,10 +11,12 @@ from .losses import cross_entropy, mse_loss
 from .lstm import LSTM
 from .model import LSTMModel
 from .module import Module
+from .parameter import Parameter
 from .sequential import Sequential
 
 __all__ = [
     "Module",
+    "Parameter",
     "LSTM",
     "Linear",
     "LSTMModel",

@@ -13,6 +13,7 @@ import numpy as np
 
 from .._validation import as_real_array, check_positive_int, check_seed, check_shape, resolve_dtype
 from .module import Module
+from .parameter import Parameter
 
 __all__ = ["Linear"]
 
@@ -81,18 +82,18 @@ class Linear(Module):
         # torch: kaiming_uniform_(a=sqrt(5)) -> gain sqrt(2/(1+5)), bound gain*sqrt(3/fan_in)
         # = 1/sqrt(fan_in); the bias uses the same bound.
         bound = 1.0 / math.sqrt(self.in_features)
-        self.weight = rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(
-            self.dtype
-        )
-        self._dweight = np.zeros_like(self.weight)
-        self.bias: np.ndarray | None
-        self._dbias: np.ndarray | None
+        # The parameters, and plain views of the same memory for the arithmetic (no subclass
+        # dispatch on the hot path).
+        w = rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(self.dtype)
+        self._w, self._dw = w, np.zeros_like(w)
+        self.weight = Parameter(self._w, self._dw, self)
+        self.bias: Parameter | None = None
+        self._b: np.ndarray | None = None
+        self._db: np.ndarray | None = None
         if bias:
-            self.bias = rng.uniform(-bound, bound, (self.out_features,)).astype(self.dtype)
-            self._dbias = np.zeros_like(self.bias)
-        else:
-            self.bias = None
-            self._dbias = None
+            b = rng.uniform(-bound, bound, (self.out_features,)).astype(self.dtype)
+            self._b, self._db = b, np.zeros_like(b)
+            self.bias = Parameter(self._b, self._db, self)
         self._x = None  # input of the last training-mode forward, flattened to (N, I)
 
     def __repr__(self) -> str:
@@ -102,49 +103,28 @@ class Linear(Module):
         )
 
     # ---- parameters --------------------------------------------------------------------------
-    def parameters(self):
-        """(value, gradient) pairs: the weight, then the bias if there is one."""
-        pairs = [(self.weight, self._dweight)]
+    def named_parameters(self, prefix: str = ""):
+        """``(name, Parameter)``: ``weight``, then ``bias`` if there is one, as torch's."""
+        yield prefix + "weight", self.weight
         if self.bias is not None:
-            pairs.append((self.bias, self._dbias))
-        return pairs
+            yield prefix + "bias", self.bias
 
     def params_updated(self) -> None:
         """Nothing is derived from the parameters, so there is nothing to refresh."""
 
-    def name_parameter_arrays(self, arrays):
-        return {name: np.array(a, copy=True) for name, a in zip(self.state_dict(), arrays)}
-
-    def parameter_arrays_from_names(self, named):
-        where = "Linear.parameter_arrays_from_names"
-        out = []
-        for name, ref in self.state_dict().items():
-            if name not in named:
-                raise ValueError(f"{where}: missing key {name!r}")
-            value = as_real_array(where, name, named[name], self.dtype)
-            check_shape(where, name, value, ref.shape)
-            out.append(np.array(value, copy=True))
-        return out
-
     def zero_grad(self) -> None:
-        self._dweight.fill(0)
-        if self._dbias is not None:
-            self._dbias.fill(0)
+        self._dw.fill(0)
+        if self._db is not None:
+            self._db.fill(0)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the parameters, keyed ``weight`` and ``bias`` as in torch."""
-        out = {"weight": self.weight.copy()}
-        if self.bias is not None:
-            out["bias"] = self.bias.copy()
-        return out
+        return {name: np.array(p, copy=True) for name, p in self.named_parameters()}
 
     @property
     def grads(self) -> dict[str, np.ndarray]:
         """Copies of the accumulated gradients, keyed like ``state_dict()``."""
-        out = {"weight": self._dweight.copy()}
-        if self._dbias is not None:
-            out["bias"] = self._dbias.copy()
-        return out
+        return {name: np.array(p.grad, copy=True) for name, p in self.named_parameters()}
 
     def _prepare_load(self, state: dict, where: str, prefix: str):
         shapes = {"weight": self.weight.shape}
@@ -165,9 +145,9 @@ class Linear(Module):
 
         def commit():
             # In place: optimizers hold references to these arrays.
-            self.weight[...] = values["weight"]
-            if self.bias is not None:
-                self.bias[...] = values["bias"]
+            self._w[...] = values["weight"]
+            if self._b is not None:
+                self._b[...] = values["bias"]
 
         return commit
 
@@ -198,9 +178,9 @@ class Linear(Module):
                 f"{where}: x must have shape (..., {self.in_features}) (in_features), got {x.shape}"
             )
         x2 = x.reshape(-1, self.in_features)
-        y = x2 @ self.weight.T
-        if self.bias is not None:
-            y += self.bias
+        y = x2 @ self._w.T
+        if self._b is not None:
+            y += self._b
         self._x = (np.array(x2, copy=True), x.shape) if self.training else None
         return y.reshape(x.shape[:-1] + (self.out_features,))
 
@@ -237,8 +217,8 @@ class Linear(Module):
         dy = as_real_array(where, "d_y", d_y, self.dtype)
         check_shape(where, "d_y", dy, x_shape[:-1] + (self.out_features,))
         dy2 = dy.reshape(-1, self.out_features)
-        self._dweight += dy2.T @ x2
-        if self._dbias is not None:
-            self._dbias += dy2.sum(axis=0)
+        self._dw += dy2.T @ x2
+        if self._db is not None:
+            self._db += dy2.sum(axis=0)
         self._x = None
-        return (dy2 @ self.weight).reshape(x_shape)
+        return (dy2 @ self._w).reshape(x_shape)

@@ -6,16 +6,23 @@ the caches and the threads live in the engine (cpp/src), reached through ``eigen
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 from .. import _core
-from .._validation import (as_real_array, check_lengths, check_positive_int, check_seed,
-                          check_shape, resolve_dtype)
+from .._validation import (
+    as_real_array,
+    check_lengths,
+    check_positive_int,
+    check_seed,
+    check_shape,
+    resolve_dtype,
+)
 from .module import Module
+from .parameter import Parameter
 
 __all__ = ["LSTM", "param_names"]
 
@@ -113,7 +120,7 @@ class LSTM(Module):
         proj_size: int = 0,
         *,
         dtype=np.float32,
-        seed: Optional[int] = None,
+        seed: int | None = None,
     ) -> None:
         where = "LSTM"
         self.input_size = check_positive_int(where, "input_size", input_size)
@@ -124,8 +131,12 @@ class LSTM(Module):
             raise ValueError(
                 f"{where}: proj_size must be < hidden_size={self.hidden_size}, got {self.proj_size}"
             )
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating, np.integer)):
-            raise TypeError(f"{where}: dropout must be a float, got {type(dropout).__name__} {dropout!r}")
+        if isinstance(dropout, bool) or not isinstance(
+            dropout, (int, float, np.floating, np.integer)
+        ):
+            raise TypeError(
+                f"{where}: dropout must be a float, got {type(dropout).__name__} {dropout!r}"
+            )
         if not 0.0 <= float(dropout) <= 1.0:
             raise ValueError(f"{where}: dropout must be in [0, 1], got {dropout}")
         if dropout > 0 and self.num_layers == 1:
@@ -145,9 +156,26 @@ class LSTM(Module):
         engine_cls = _core.EngineF32 if self.dtype == np.float32 else _core.EngineF64
         rng = np.random.default_rng(self.seed)
         self._engine = engine_cls(
-            self.input_size, self.hidden_size, self.num_layers, self.bias, self.bidirectional,
-            self.proj_size, self.dropout, False, int(rng.integers(0, 2**63)),
+            self.input_size,
+            self.hidden_size,
+            self.num_layers,
+            self.bias,
+            self.bidirectional,
+            self.proj_size,
+            self.dropout,
+            False,
+            int(rng.integers(0, 2**63)),
         )
+        # The engine's flat buffers hold every tensor in torch's layout, so each parameter is
+        # a view of them (made once: optimizers and users hold these objects).
+        self._flat, self._grad_flat = self._engine.params, self._engine.grads
+        shapes = self._shapes()
+        self._params = {
+            name: Parameter(
+                self._flat[s].reshape(shapes[name]), self._grad_flat[s].reshape(shapes[name]), self
+            )
+            for name, s in self._slices().items()
+        }
         # torch: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), drawn in state_dict order.
         k = 1.0 / math.sqrt(self.hidden_size)
         self.load_state_dict(
@@ -168,11 +196,13 @@ class LSTM(Module):
     def _names(self):
         return param_names(self.num_layers, self.bidirectional, self.proj_size, self.bias)
 
-    def _shapes(self) -> Dict[str, tuple]:
-        return {name: tuple(self._engine.param_shape(kind, layer))
-                for name, kind, layer, _ in self._names()}
+    def _shapes(self) -> dict[str, tuple]:
+        return {
+            name: tuple(self._engine.param_shape(kind, layer))
+            for name, kind, layer, _ in self._names()
+        }
 
-    def _slices(self) -> Dict[str, slice]:
+    def _slices(self) -> dict[str, slice]:
         """Where each tensor lives in a flat buffer: ``flat[s].reshape(shape)`` is it, a view."""
         slices = {}
         for name, kind, layer, d in self._names():
@@ -183,40 +213,65 @@ class LSTM(Module):
 
     def __repr__(self) -> str:
         extra = "".join(
-            f", {k}={v!r}" for k, v, default in (
-                ("num_layers", self.num_layers, 1), ("bias", self.bias, True),
-                ("batch_first", self.batch_first, False), ("dropout", self.dropout, 0.0),
-                ("bidirectional", self.bidirectional, False), ("proj_size", self.proj_size, 0),
-            ) if v != default
+            f", {k}={v!r}"
+            for k, v, default in (
+                ("num_layers", self.num_layers, 1),
+                ("bias", self.bias, True),
+                ("batch_first", self.batch_first, False),
+                ("dropout", self.dropout, 0.0),
+                ("bidirectional", self.bidirectional, False),
+                ("proj_size", self.proj_size, 0),
+            )
+            if v != default
         )
         return f"LSTM({self.input_size}, {self.hidden_size}{extra}, dtype={self.dtype.name})"
 
     # ---- parameters --------------------------------------------------------------------------
-    def state_dict(self) -> Dict[str, np.ndarray]:
+    def __getattr__(self, name: str):
+        # torch's attribute names for the tensors: lstm.weight_ih_l0, ... (only called when
+        # normal lookup fails, so it costs nothing elsewhere).
+        params = self.__dict__.get("_params")
+        if params is not None and name in params:
+            return params[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def named_parameters(self, prefix: str = ""):
+        """``(name, Parameter)`` in torch.nn.LSTM's state_dict order: views of the engine's buffers.
+
+        Each parameter's ``grad`` is the matching view of the gradient buffer. After writing
+        into a parameter in place, call ``params_updated()`` (optimizers do).
+        """
+        for name, p in self._params.items():
+            yield prefix + name, p
+
+    def flat_buffers(self) -> tuple[np.ndarray, np.ndarray]:
+        """The engine's parameter and gradient buffers, of which every parameter is a view.
+
+        1-D, in torch's layout with zero padding between tensors (``param_offset``); an
+        optimizer given all of this module's parameters updates them as one array.
+        """
+        return self._flat, self._grad_flat
+
+    def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the parameters, with torch.nn.LSTM's keys, shapes and order."""
-        return self.unflatten(self._engine.params)
+        return {name: np.array(p, copy=True) for name, p in self._params.items()}
 
     @property
-    def grads(self) -> Dict[str, np.ndarray]:
+    def grads(self) -> dict[str, np.ndarray]:
         """Copies of the accumulated gradients, keyed like ``state_dict()``.
 
         ``backward`` adds into the gradients; ``zero_grad()`` clears them. The dict is a
-        snapshot: read it again after the next backward.
+        snapshot (``named_parameters()`` gives the live ``grad`` views).
         """
-        return self.unflatten(self._engine.grads)
+        return {name: np.array(p.grad, copy=True) for name, p in self._params.items()}
 
-    def unflatten(self, flat) -> Dict[str, np.ndarray]:
-        """Split a flat array laid out like the engine's parameters into torch-named tensors.
+    def unflatten(self, flat) -> dict[str, np.ndarray]:
+        """Split a flat array laid out like ``flat_buffers()`` into torch-named tensors (copies).
 
-        Parameters
-        ----------
-        flat : ndarray of shape (n,)
-            Laid out like ``parameters()[0][0]``: an optimizer moment, say.
-
-        Returns
-        -------
-        dict of ndarray
-            Keys, shapes and order of ``state_dict()``; copies.
+        Raises
+        ------
+        ValueError
+            If ``flat`` does not have the buffers' length.
         """
         flat = np.ascontiguousarray(flat, dtype=self.dtype)
         check_shape("LSTM.unflatten", "flat", flat, (self._engine.num_params,))
@@ -248,24 +303,18 @@ class LSTM(Module):
         extra = sorted(prefix + k for k in state if k not in shapes)
         if missing or extra:
             parts = ([f"missing keys {missing}"] if missing else []) + (
-                [f"unexpected keys {extra}"] if extra else [])
+                [f"unexpected keys {extra}"] if extra else []
+            )
             raise ValueError(f"{where}: " + "; ".join(parts))
-        flat = np.array(self._engine.params, copy=True)
+        flat = np.array(self._flat, copy=True)
         for name, s in self._slices().items():
             value = as_real_array(where, prefix + name, state[name], self.dtype)
             check_shape(where, prefix + name, value, shapes[name])
             flat[s] = value.reshape(-1)
+
+        # Copied into the same buffer (the parameters are views of it) under the engine's lock,
+        # with the repack: a load that overlaps a call is refused whole.
         return lambda: self._engine.load_flat(flat)
-
-    def parameters(self):
-        """One (value, gradient) pair: flat views of the engine's buffers, in torch layout."""
-        return [(self._engine.params, self._engine.grads)]
-
-    def name_parameter_arrays(self, arrays):
-        return self.unflatten(arrays[0])
-
-    def parameter_arrays_from_names(self, named):
-        return [self.flatten(named)]
 
     def params_updated(self) -> None:
         self._engine.params_updated()
@@ -274,9 +323,10 @@ class LSTM(Module):
         self._engine.zero_grad()
 
     @property
-    def dropout_state(self) -> Tuple[int, int]:
+    def dropout_state(self) -> tuple[int, int]:
         """(seed, counter) of the dropout stream; restore with ``set_dropout_state``."""
-        return tuple(int(v) for v in self._engine.rng_state)
+        seed, counter = self._engine.rng_state
+        return int(seed), int(counter)
 
     def set_dropout_state(self, state) -> None:
         self._prepare_extra_state({"dropout_state": state}, "LSTM.set_dropout_state")()
@@ -287,14 +337,14 @@ class LSTM(Module):
 
     def _prepare_extra_state(self, state: dict, where: str):
         value = state.get("dropout_state")
-        ok = isinstance(value, (tuple, list)) and len(value) == 2
-        try:
-            seed, counter = (int(v) for v in value) if ok else (-1, -1)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok or not (0 <= seed < 2**64 and 0 <= counter < 2**64):
-            raise ValueError(f"{where}: dropout_state must be a pair of uint64 (seed, counter), "
-                             f"got {value!r}")
+        seed = counter = -1
+        if isinstance(value, (tuple, list)) and len(value) == 2:
+            with contextlib.suppress(TypeError, ValueError):
+                seed, counter = int(value[0]), int(value[1])
+        if not (0 <= seed < 2**64 and 0 <= counter < 2**64):
+            raise ValueError(
+                f"{where}: dropout_state must be a pair of uint64 (seed, counter), got {value!r}"
+            )
         return lambda: self._engine.set_rng_state(seed, counter)
 
     # ---- compute ---------------------------------------------------------------------------
@@ -339,7 +389,9 @@ class LSTM(Module):
             x = x.transpose(1, 0, 2)
         T, N, I = x.shape
         if I != self.input_size:
-            raise ValueError(f"{where}: x must have {self.input_size} features (input_size), got {I}")
+            raise ValueError(
+                f"{where}: x must have {self.input_size} features (input_size), got {I}"
+            )
         DL = self.num_directions * self.num_layers
         h0 = c0 = None
         if state is not None:

@@ -1,15 +1,19 @@
 """The base class of eigenlstm's layers: mode, parameters and their gradients.
 
-A module exposes its parameters to optimizers as (value, gradient) pairs of NumPy arrays that
-are updated in place; after an update the optimizer calls ``params_updated()`` so that the
-module can refresh anything derived from its parameters (the engine's packed weights).
+A module exposes its parameters as torch does: ``named_parameters()`` yields
+:class:`~eigenlstm.nn.Parameter` arrays (with ``grad``) that optimizers update in place; after
+an update the optimizer calls ``params_updated()`` so that the module can refresh anything
+derived from its parameters (the engine's packed weights).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
+from .parameter import Parameter
 
 __all__ = ["Module"]
 
@@ -59,12 +63,28 @@ class Module:
         return [v for v in vars(self).values() if isinstance(v, Module)]
 
     # ---- parameters --------------------------------------------------------------------------
-    def parameters(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(value, gradient) array pairs that optimizers update in place."""
-        pairs: list[tuple[np.ndarray, np.ndarray]] = []
-        for child in self.children():
-            pairs.extend(child.parameters())
-        return pairs
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        """``(name, Parameter)`` pairs, named as ``state_dict()`` names them, as torch's.
+
+        The parameters are the module's own arrays (not copies): ``p.grad`` is the gradient
+        by the same name. After writing into one in place, call ``params_updated()``.
+        """
+        for name, child in self._named_children():
+            yield from child.named_parameters(f"{prefix}{name}.")
+
+    def parameters(self) -> Iterator[Parameter]:
+        """The parameters, as torch's ``parameters()``: pass them to an optimizer.
+
+        Examples
+        --------
+        >>> import eigenlstm as el
+        >>> model = el.LSTMModel(3, 8, 1, seed=0)
+        >>> opt = el.optim.Adam(model.parameters(), lr=1e-3)
+        >>> [p.shape for p in model.parameters()]
+        [(32, 3), (32, 8), (32,), (32,), (1, 8), (1,)]
+        """
+        for _, p in self.named_parameters():
+            yield p
 
     def params_updated(self) -> None:
         """Tell the module its parameter arrays were modified in place."""
@@ -159,37 +179,6 @@ class Module:
                 c()
 
         return commit
-
-    def name_parameter_arrays(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Name arrays shaped like ``parameters()`` values (an optimizer's moments, say).
-
-        Returns copies keyed, shaped and ordered like ``state_dict()``.
-        """
-        out: dict[str, np.ndarray] = {}
-        i = 0
-        for name, child in self._named_children():
-            n = len(child.parameters())
-            for key, value in child.name_parameter_arrays(arrays[i : i + n]).items():
-                out[f"{name}.{key}"] = value
-            i += n
-        return out
-
-    def parameter_arrays_from_names(self, named) -> list[np.ndarray]:
-        """Inverse of ``name_parameter_arrays``.
-
-        Raises
-        ------
-        ValueError
-            If a key is missing or an array has the wrong shape.
-        """
-        out: list[np.ndarray] = []
-        for name, child in self._named_children():
-            out.extend(
-                child.parameter_arrays_from_names(
-                    {k[len(name) + 1 :]: v for k, v in named.items() if k.startswith(name + ".")}
-                )
-            )
-        return out
 
     def _prepare_load(self, state: dict, where: str, prefix: str):
         """Check ``state`` (keys relative to ``prefix``) and return a function that applies it."""

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 
 from .._validation import check_float
-from .optimizer import resolve_params
+from .optimizer import make_slots, resolve_params
 
 __all__ = ["clip_grad_norm_", "clip_grad_norm"]
 
@@ -23,7 +23,7 @@ def clip_grad_norm_(
 
     Parameters
     ----------
-    module_or_params : Module or list of (ndarray, ndarray)
+    module_or_params : Module, or iterable of parameters or of (ndarray, ndarray) pairs
         Whose gradients to clip.
     max_norm : float
         The largest allowed norm.
@@ -55,14 +55,14 @@ def clip_grad_norm_(
     [0.6, 0.8]
     """
     where = "clip_grad_norm_"
-    _, pairs = resolve_params(where, module_or_params)
+    # One array per module that keeps its parameters in one buffer (see optimizer.Slot).
+    grads = [slot.grad for slot in make_slots(resolve_params(where, module_or_params))]
     max_norm = check_float(where, "max_norm", max_norm)
     norm_type = float(norm_type)
     if not norm_type > 0:
         raise ValueError(f"{where}: norm_type must be > 0 (or inf), got {norm_type}")
-    if not pairs:
+    if not grads:
         return 0.0
-    grads = [g for _, g in pairs]
     if math.isinf(norm_type):
         total = max(float(np.max(np.abs(g))) if g.size else 0.0 for g in grads)
     else:

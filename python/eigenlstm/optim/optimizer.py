@@ -1,53 +1,130 @@
 """Optimizers (SGD, Adam, AdamW) for NumPy, as torch.optim has them.
 
-Each follows torch.optim's single-tensor update rule line by line and updates a module's
-(value, gradient) pairs in place, then calls ``module.params_updated()``. The trainer
-(training/) drives them; their state goes into checkpoints through ``state_dict()``.
+Each follows torch.optim's single-tensor update rule line by line and updates parameters in
+place from their gradients (``p.grad`` of a :class:`~eigenlstm.nn.Parameter`, or the second
+array of a ``(value, gradient)`` pair), then calls ``params_updated()`` on the modules that
+own them. The trainer (training/) drives them; their state goes into checkpoints through
+``state_dict()``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 from .._validation import check_float
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "resolve_params"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "resolve_params", "Slot"]
 
 
-def resolve_params(where: str, params):
-    """Return (module or None, list of (value, grad) pairs) from a module or a list of pairs."""
-    module = params if callable(getattr(params, "parameters", None)) else None
-    pairs = list(module.parameters() if module is not None else params)
-    for i, pair in enumerate(pairs):
-        ok = (
-            isinstance(pair, (tuple, list))
-            and len(pair) == 2
-            and all(isinstance(a, np.ndarray) for a in pair)
-        )
-        if not ok:
+def resolve_params(where: str, params) -> list[tuple[np.ndarray, np.ndarray, Any]]:
+    """``(value, gradient, owner or None)`` for each parameter, in order.
+
+    ``params`` is a module (its ``parameters()``), or an iterable of parameters (arrays with
+    ``grad`` and ``owner``, as ``Module.parameters()`` yields) or of ``(value, gradient)``
+    pairs of arrays you own.
+    """
+    if callable(getattr(params, "parameters", None)):
+        params = params.parameters()
+    try:
+        items = list(params)
+    except TypeError:
+        raise TypeError(
+            f"{where}: params must be a Module or an iterable of parameters, got "
+            f"{type(params).__name__}"
+        ) from None
+    out = []
+    for i, item in enumerate(items):
+        item_grad = getattr(item, "grad", None)
+        if isinstance(item, np.ndarray) and isinstance(item_grad, np.ndarray):
+            value, grad, owner = item, item_grad, getattr(item, "owner", None)
+        elif (
+            isinstance(item, (tuple, list))
+            and len(item) == 2
+            and all(isinstance(a, np.ndarray) for a in item)
+        ):
+            (value, grad), owner = item, None
+        else:
             raise TypeError(
-                f"{where}: params must be a Module or a list of (value, gradient) ndarray pairs, "
-                f"got {type(pair).__name__} at index {i}"
+                f"{where}: params[{i}] must be a parameter (an array with .grad, from "
+                f"Module.parameters()) or a (value, gradient) pair of arrays, got "
+                f"{type(item).__name__}"
             )
-        value, grad = pair
         if value.shape != grad.shape or value.dtype.kind != "f" or not value.flags.writeable:
             raise ValueError(
-                f"{where}: pair {i} must be a writable float value and a gradient of the same "
+                f"{where}: params[{i}] must be a writable float array with a gradient of its "
                 f"shape, got shapes {value.shape} and {grad.shape}, dtype {value.dtype}"
             )
-    return module, pairs
+        out.append((value, grad, owner))
+    return out
+
+
+class Slot:
+    """What one update runs on: a parameter, or all of a module's parameters as one array.
+
+    A module whose parameters are views of one flat buffer (``LSTM``: the engine's, with zero
+    padding between tensors) offers it through ``flat_buffers()``. When an optimizer is given
+    every parameter of such a module, one update runs over the whole buffer instead of one
+    per tensor (the padding is zero in values and gradients, and every update rule keeps a
+    zero at zero), which is what keeps a training step's Python cost flat in the number of
+    layers. ``members`` maps the slot back to the parameters: (index, offset, shape).
+    """
+
+    def __init__(
+        self, value: np.ndarray, grad: np.ndarray, members: list[tuple[int, int, tuple[int, ...]]]
+    ) -> None:
+        self.value, self.grad, self.members = value, grad, members
+
+
+def _address(a: np.ndarray) -> int:
+    return int(a.__array_interface__["data"][0])
+
+
+def make_slots(entries: list[tuple[np.ndarray, np.ndarray, Any]]) -> list[Slot]:
+    """Group ``resolve_params`` entries into slots (see :class:`Slot`)."""
+    slots: list[Slot] = []
+    done: set[int] = set()
+    for i, (value, grad, owner) in enumerate(entries):
+        if i in done:
+            continue
+        flat = getattr(owner, "flat_buffers", None)
+        if flat is not None:
+            members = [j for j, e in enumerate(entries) if e[2] is owner]
+            own = {id(p) for p in owner.parameters()}
+            if own == {id(entries[j][0]) for j in members}:
+                values, grads = flat()
+                base, size = _address(values), values.itemsize
+                layout = [
+                    (j, (_address(entries[j][0]) - base) // size, entries[j][0].shape)
+                    for j in members
+                ]
+                slots.append(Slot(values, grads, layout))
+                done.update(members)
+                continue
+        # Plain views: buffers derived from the slot (np.zeros_like) must not be parameters.
+        slots.append(Slot(value.view(np.ndarray), grad.view(np.ndarray), [(i, 0, value.shape)]))
+        done.add(i)
+    return slots
 
 
 class Optimizer:
-    """Base class: holds the parameter pairs, the learning rate and per-parameter state.
+    """Base class: holds the parameters, the learning rate and per-parameter state.
 
     Parameters
     ----------
-    params : Module or list of (ndarray, ndarray)
-        A module (its ``parameters()`` are used, and ``params_updated()`` is called after each
-        step) or (value, gradient) pairs updated in place.
+    params : Module, or iterable of parameters or of (ndarray, ndarray) pairs
+        ``model.parameters()`` (or the model itself), as torch.optim takes them; or
+        ``(value, gradient)`` pairs of arrays you own, updated in place.
     lr : float
         Learning rate; schedulers change ``optimizer.lr`` between epochs.
+
+    Attributes
+    ----------
+    params : list of ndarray
+        The parameters, in the order given.
+    state : list of dict of ndarray
+        Per parameter, its buffers (``exp_avg``, ...) by name; empty before the first step.
     """
 
     name = "Optimizer"
@@ -55,10 +132,21 @@ class Optimizer:
 
     def __init__(self, params, lr: float) -> None:
         where = type(self).__name__
-        self._module, self._pairs = resolve_params(where, params)
+        module = params if callable(getattr(params, "parameters", None)) else None
+        entries = resolve_params(where, params)
+        self.params: list[np.ndarray] = [value for value, _, _ in entries]
+        self._grads = [grad for _, grad, _ in entries]
+        self._slots = make_slots(entries)
+        # Told after each step: the module given, else the modules that own the parameters.
+        self._owners = (
+            [module]
+            if module is not None
+            else list({id(o): o for _, _, o in entries if o is not None}.values())
+        )
+        # Buffers per slot; per-parameter views of them make up ``state``.
+        self._slot_state: list[dict[str, np.ndarray]] = [{} for _ in self._slots]
         self.lr = check_float(where, "lr", lr)
         self.step_count = 0
-        self.state: list[dict[str, np.ndarray]] = [{} for _ in self._pairs]
 
     def hyperparameters(self) -> dict:
         """The constructor's arguments (with the current ``lr``), as plain Python values."""
@@ -68,32 +156,44 @@ class Optimizer:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
         return f"{type(self).__name__}({args})"
 
+    @property
+    def state(self) -> list[dict[str, np.ndarray]]:
+        out: list[dict[str, np.ndarray]] = [{} for _ in self.params]
+        for slot, buffers in zip(self._slots, self._slot_state):
+            for i, offset, shape in slot.members:
+                n = int(np.prod(shape))
+                out[i] = {
+                    k: v.reshape(-1)[offset : offset + n].reshape(shape) for k, v in buffers.items()
+                }
+        return out
+
     def updates(self, params) -> bool:
         """Whether this optimizer updates exactly ``params`` (a module or its parameters).
 
-        Compares memory, not array objects: each ``parameters()`` call may return new views.
+        Compares memory, not array objects, so that views made apart count as the same.
         """
-        _, pairs = resolve_params(f"{type(self).__name__}.updates", params)
-
-        def where(a: np.ndarray):
-            return a.__array_interface__["data"][0], a.shape
-
-        return [where(v) for v, _ in self._pairs] == [where(v) for v, _ in pairs]
+        entries = resolve_params(f"{type(self).__name__}.updates", params)
+        return [(_address(v), v.shape) for v in self.params] == [
+            (_address(v), v.shape) for v, _, _ in entries
+        ]
 
     def zero_grad(self) -> None:
         """Set every gradient to zero."""
-        for _, grad in self._pairs:
-            grad.fill(0)
+        for slot in self._slots:
+            slot.grad.fill(0)
 
     def step(self) -> None:
-        """Apply one update to every parameter, in place, then call ``params_updated()``."""
+        """Apply one update to every parameter, in place, then tell the modules that own them."""
         self.step_count += 1
-        for i, (param, grad) in enumerate(self._pairs):
-            self._update(i, param, grad)
-        if self._module is not None:
-            self._module.params_updated()
+        for k, slot in enumerate(self._slots):
+            self._update(k, slot.value, slot.grad)
+        for owner in self._owners:
+            owner.params_updated()
 
-    def _update(self, i: int, param: np.ndarray, grad: np.ndarray) -> None:  # pragma: no cover
+    def _update(
+        self, k: int, param: np.ndarray, grad: np.ndarray
+    ) -> None:  # pragma: no cover - abstract
+        """One update of slot ``k`` (its buffers are ``self._slot_state[k]``)."""
         raise NotImplementedError
 
     # ---- state -----------------------------------------------------------------------------
@@ -104,8 +204,8 @@ class Optimizer:
         -------
         dict
             ``{"name": str, "hyperparameters": dict, "step_count": int,
-            "state": list of dict of ndarray}`` (one dict per parameter pair, empty before
-            the first step).
+            "state": list of dict of ndarray}`` (one dict per parameter, in the order given,
+            empty before the first step).
         """
         return {
             "name": self.name,
@@ -133,32 +233,47 @@ class Optimizer:
             raise ValueError(f"{where}: not an optimizer state_dict ({exc!r})") from None
         if name != self.name:
             raise ValueError(f"{where}: state_dict is for {name}, expected {self.name}")
-        if len(states) != len(self._pairs):
+        if len(states) != len(self.params):
             raise ValueError(
-                f"{where}: state_dict has {len(states)} parameter states, expected {len(self._pairs)}"
+                f"{where}: state_dict must have {len(self.params)} parameter states, got "
+                f"{len(states)}"
             )
-        new_states = []
-        for i, (s, (param, _)) in enumerate(zip(states, self._pairs)):
+        required = set(self._required_state(hyper))
+        for i, (s, param) in enumerate(zip(states, self.params)):
             keys = set(s)
-            if keys and keys != set(self._required_state(hyper)):
+            if keys and keys != required:
                 raise ValueError(
-                    f"{where}: state {i} must have keys {sorted(self._required_state(hyper))}, "
-                    f"got {sorted(keys)}"
+                    f"{where}: state {i} must have keys {sorted(required)}, got {sorted(keys)}"
                 )
-            entry = {}
             for k, v in s.items():
-                v = np.asarray(v)
-                if v.shape != param.shape:
+                if np.shape(v) != param.shape:
                     raise ValueError(
-                        f"{where}: state {i} {k!r} must have shape {param.shape}, got {v.shape}"
+                        f"{where}: state {i} {k!r} must have shape {param.shape}, got {np.shape(v)}"
                     )
-                entry[k] = np.array(v, dtype=param.dtype, copy=True)
-            new_states.append(entry)
-        fresh = type(self)(list(self._pairs), **hyper)  # validates the hyperparameters
+        new_slot_state = []
+        for slot in self._slots:
+            given = [bool(states[i]) for i, _, _ in slot.members]
+            if any(given) and not all(given):
+                raise ValueError(
+                    f"{where}: the states of parameters {[i for i, _, _ in slot.members]} must "
+                    "all be empty or all be set (they are updated together)"
+                )
+            buffers: dict[str, np.ndarray] = {}
+            if all(given):
+                for key in required:
+                    flat = np.zeros_like(slot.value)
+                    for i, offset, shape in slot.members:
+                        n = int(np.prod(shape))
+                        flat.reshape(-1)[offset : offset + n] = np.asarray(
+                            states[i][key], dtype=slot.value.dtype
+                        ).reshape(-1)
+                    buffers[key] = flat
+            new_slot_state.append(buffers)
+        fresh = type(self)(list(zip(self.params, self._grads)), **hyper)  # checks them
         for k, v in vars(fresh).items():
-            if k not in ("_module", "_pairs", "state", "step_count"):
+            if k not in ("params", "_grads", "_slots", "_owners", "_slot_state", "step_count"):
                 setattr(self, k, v)
-        self.state = new_states
+        self._slot_state = new_slot_state
         self.step_count = step_count
 
     def _required_state(self, hyper: dict) -> tuple[str, ...]:
@@ -170,7 +285,7 @@ class SGD(Optimizer):
 
     Parameters
     ----------
-    params : Module or list of (ndarray, ndarray)
+    params : Module, or iterable of parameters or of (ndarray, ndarray) pairs
         What to optimize (see :class:`Optimizer`).
     lr : float, default 1e-3
     momentum : float, default 0
@@ -240,13 +355,14 @@ class SGD(Optimizer):
     def _required_state(self, hyper: dict):
         return ("momentum_buffer",) if hyper.get("momentum", 0) != 0 else ()
 
-    def _update(self, i, param, grad):
+    def _update(self, k, param, grad):
+        state = self._slot_state[k]
         if self.weight_decay != 0:
             grad = grad + self.weight_decay * param  # a new array: p.grad is left alone
         if self.momentum != 0:
-            buf = self.state[i].get("momentum_buffer")
+            buf = state.get("momentum_buffer")
             if buf is None:
-                buf = self.state[i]["momentum_buffer"] = np.array(grad, copy=True)
+                buf = state["momentum_buffer"] = np.array(grad, copy=True)
             else:
                 buf *= self.momentum
                 buf += (1 - self.dampening) * grad
@@ -259,7 +375,7 @@ class Adam(Optimizer):
 
     Parameters
     ----------
-    params : Module or list of (ndarray, ndarray)
+    params : Module, or iterable of parameters or of (ndarray, ndarray) pairs
         What to optimize (see :class:`Optimizer`).
     lr : float, default 1e-3
     betas : tuple of float, default (0.9, 0.999)
@@ -331,9 +447,9 @@ class Adam(Optimizer):
         base = ("exp_avg", "exp_avg_sq")
         return base + ("max_exp_avg_sq",) if hyper.get("amsgrad") else base
 
-    def _update(self, i, param, grad):
+    def _update(self, k, param, grad):
         beta1, beta2 = self.betas
-        s = self.state[i]
+        s = self._slot_state[k]
         if not s:
             s["exp_avg"] = np.zeros_like(param)
             s["exp_avg_sq"] = np.zeros_like(param)
@@ -369,7 +485,7 @@ class AdamW(Adam):
 
     Parameters
     ----------
-    params : Module or list of (ndarray, ndarray)
+    params : Module, or iterable of parameters or of (ndarray, ndarray) pairs
         What to optimize (see :class:`Optimizer`).
     lr : float, default 1e-3
     betas : tuple of float, default (0.9, 0.999)

@@ -11,7 +11,6 @@ count, history) lives here, and goes into checkpoints through ``state_dict()``.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import numbers
 import signal
@@ -134,19 +133,17 @@ class _Run:
 class _EpochSnapshot:
     """Copies of everything ``fit`` changes, taken at an epoch boundary to roll back to.
 
-    The optimizer is copied through the attributes every Optimizer has (``state``,
-    ``step_count``, ``lr``) and the scheduler through its attributes (``last_epoch``, ...), so
-    that a user-written subclass without ``state_dict`` support still trains. History is
-    append-only during ``fit``, so it is kept as lengths (truncating restores it) rather than
-    copied each epoch, which would cost O(epochs^2) over a long run.
+    The optimizer is copied through its ``state_dict`` (buffers, step count, learning rate)
+    and the scheduler through its attributes (``last_epoch``, ...). History is append-only
+    during ``fit``, so it is kept as lengths (truncating restores it) rather than copied each
+    epoch, which would cost O(epochs^2) over a long run.
     """
 
     def __init__(self, model, run: _Run) -> None:
         h, opt = run.history, run.optimizer
         self.weights = model.state_dict()  # copies, torch names
         self.extra_state = model.get_extra_state()  # the dropout stream
-        self.opt_state = copy.deepcopy(opt.state)  # per-parameter buffers
-        self.opt_step_count, self.opt_lr = opt.step_count, opt.lr
+        self.optimizer = opt.state_dict()  # copies
         self.scheduler = None if run.scheduler is None else dict(vars(run.scheduler))
         self.rng = run.rng.bit_generator.state  # a fresh dict
         self.history_lengths = {k: len(v) for k, v in h.history.items()}
@@ -157,9 +154,7 @@ class _EpochSnapshot:
     def restore(self, model, run: _Run) -> None:
         model.load_state_dict(self.weights)
         model.set_extra_state(self.extra_state)
-        opt = run.optimizer
-        opt.state[:] = self.opt_state  # used once: no need to copy again
-        opt.step_count, opt.lr = self.opt_step_count, self.opt_lr
+        run.optimizer.load_state_dict(self.optimizer)
         if run.scheduler is not None:
             vars(run.scheduler).update(self.scheduler)
         run.rng.bit_generator.state = self.rng
@@ -347,7 +342,14 @@ class Trainer:
             probe = np.unique([int(np.argmin(lengths)), int(np.argmax(lengths))])
         else:
             probe = np.array([0])
-        out = self._predict(x[probe], None if lengths is None else lengths[probe], None)
+        try:
+            out = self._predict(x[probe], None if lengths is None else lengths[probe], None)
+        except (ValueError, TypeError) as exc:
+            # The model's own message, said of the whole array (it saw one or two samples).
+            what = f"x{suffix} of shape {x.shape}" + (
+                "" if lengths is None else f" with lengths{suffix}"
+            )
+            raise type(exc)(f"{where}: {what} does not fit the model: {exc}") from None
         y = self._check_targets(where, f"y{suffix}", y_arr, N, out.shape[1:], loss_name, x.dtype)
         return x, y, lengths
 
@@ -601,7 +603,7 @@ class Trainer:
                             f"loss={total / min(N, (b + 1) * bs):.4g}, {rate:.0f} seq/s",
                             refresh=False,
                         )
-                    if not all(np.isfinite(p).all() for p in _values(model.parameters())):
+                    if not all(np.isfinite(p).all() for p in model.parameters()):
                         self._diverged(
                             f"the weights became NaN or infinite during epoch {e + 1}",
                             snapshot.weights,
@@ -753,14 +755,14 @@ class Trainer:
         if run is None:
             return None
         opt_sd = run.optimizer.state_dict()
+        names = [name for name, _ in self.model.named_parameters()]
         keys = sorted(opt_sd["state"][0]) if opt_sd["state"] else []
         if any(sorted(s) != keys for s in opt_sd["state"]):
             raise ValueError(
                 "Trainer.state_dict: the optimizer's per-parameter states differ in keys"
             )
-        named = {
-            key: self.model.name_parameter_arrays([s[key] for s in opt_sd["state"]]) for key in keys
-        }
+        # Keyed by buffer, then by state_dict name (fit checked it runs on the model's parameters).
+        named = {key: {n: st[key] for n, st in zip(names, opt_sd["state"])} for key in keys}
         return {
             "optimizer": dict(opt_sd, state=named),
             "scheduler": None if run.scheduler is None else run.scheduler.state_dict(),
@@ -784,11 +786,11 @@ class Trainer:
             return
         try:
             ometa = dict(state["optimizer"])
-            per_param: list[dict[str, np.ndarray]] = [{} for _ in self.model.parameters()]
-            for key, named in dict(ometa["state"]).items():
-                for i, arr in enumerate(self.model.parameter_arrays_from_names(named)):
-                    per_param[i][key] = arr
-            ometa["state"] = per_param
+            buffers = dict(ometa["state"])  # {buffer: {state_dict name: array}}
+            ometa["state"] = [
+                {key: named[name] for key, named in buffers.items()}
+                for name, _ in self.model.named_parameters()
+            ]
             name = str(ometa.get("name", "")).lower()
             if name not in OPTIMIZERS:
                 raise ValueError(f"unknown optimizer {ometa.get('name')!r}")
@@ -849,8 +851,3 @@ class Trainer:
                 f"(inconsistent training state: {exc})"
             ) from exc
         return trainer
-
-
-def _values(params):
-    """The arrays of ``parameters()``, whether it yields arrays or (value, gradient) pairs."""
-    return [p[0] if isinstance(p, tuple) else p for p in params]
