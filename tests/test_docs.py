@@ -31,28 +31,51 @@ def test_backward_derivation_snippet_matches_finite_differences():
     exec(compile(blocks[0], str(DOC), "exec"), {})
 
 
-def test_readme_using_it_example_runs_as_written():
-    blocks = python_blocks(readme_section("Using it"))
-    assert len(blocks) == 1
-    ns = {}
-    exec(compile(blocks[0], str(README), "exec"), ns)
-    assert ns["output"].shape == (5, 7, 20) and ns["dx"].shape == (5, 7, 10)
-
-
-def test_readme_training_example_runs_and_resumes_the_saved_run(tmp_path, monkeypatch):
-    # The block uses data it does not define: give it a small learnable task.
-    blocks = python_blocks(readme_section("Training"))
-    assert len(blocks) == 1
+def test_readme_python_blocks_run_in_order_as_written(tmp_path, monkeypatch):
+    # Every ```python block of the README, in order, in one namespace (a later block may use
+    # what an earlier one made, as a reader would), in a scratch folder. The training blocks
+    # use data they do not define: a small learnable task stands in for it.
+    text = README.read_text(encoding="utf-8")
+    sections = {
+        title: python_blocks(readme_section(title))
+        for title in ("Using it", "Training", "Moving models in and out")
+    }
+    assert [len(b) for b in sections.values()] == [1, 2, 1]
+    assert len(python_blocks(text)) == 4  # a new block gets a place in this test
     rng = np.random.default_rng(0)
     x = rng.standard_normal((96, 8, 1)).astype(np.float32)
     y = x.sum(axis=1)
-    ns = {"el": el, "np": np, "x_train": x[:64], "y_train": y[:64], "x_val": x[64:80],
-          "y_val": y[64:80], "x_test": x[80:], "y_test": y[80:]}
+    ns = {
+        "x_train": x[:64],
+        "y_train": y[:64],
+        "x_val": x[64:80],
+        "y_val": y[64:80],
+        "x_test": x[80:],
+        "y_test": y[80:],
+    }
     monkeypatch.chdir(tmp_path)
-    exec(compile(blocks[0], str(README), "exec"), ns)
+
+    def run(block):
+        exec(compile(block, str(README), "exec"), ns)
+
+    run(sections["Using it"][0])
+    assert ns["output"].shape == (5, 7, 20) and ns["dx"].shape == (5, 7, 10)
+
+    torch_loop, trainer_block = sections["Training"]
+    run(torch_loop)
+    # The loop trained: five Adam steps on the whole set lower the loss of the first step.
+    first, _ = el.mse_loss(el.LSTMModel(1, 32, 1, seed=0)(x[:64]), y[:64])
+    assert ns["loss"] < first
+    run(trainer_block)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.npz", "model.npz", "run.npz"]
     assert isinstance(ns["model"], el.LSTMModel) and isinstance(ns["trainer"], el.Trainer)
-    first = len(el.Trainer.load(tmp_path / "run.npz").history.epoch)
-    assert 1 <= first <= 50
-    assert ns["history"].epoch == list(range(first + 10))
+    epochs = len(el.Trainer.load(tmp_path / "run.npz").history.epoch)
+    assert 1 <= epochs <= 50
+    assert ns["history"].epoch == list(range(epochs + 10))
     assert ns["y_pred"].shape == (16, 1)
+
+    saved = ns["model"].predict(x[80:])
+    run(sections["Moving models in and out"][0])
+    assert {"model.onnx", "lstm.onnx", "model.keras"} <= {p.name for p in tmp_path.iterdir()}
+    # ONNX then Keras and back: the same model.
+    np.testing.assert_allclose(ns["model"].predict(x[80:]), saved, rtol=1e-5, atol=1e-6)
