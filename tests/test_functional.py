@@ -87,7 +87,7 @@ def test_layer_backward_refuses_a_used_context():
     [
         (dict(weight_ih=np.zeros((7, 3))), r"weight_ih must have shape \(4H, I\)"),
         (dict(weight_hh=np.zeros((8, 3))), r"weight_hh must have shape \(8, 2\), got \(8, 3\)"),
-        (dict(bias_ih=np.zeros(8)), "both bias_ih and bias_hh or neither"),
+        (dict(bias_ih=np.zeros(8)), "bias_ih and bias_hh must be given together or not at all, got bias_ih only"),
         (dict(x=np.zeros((4, 1, 5))), r"x must have shape \(T, B, 3\), got \(4, 1, 5\)"),
         (dict(h0=np.zeros((2, 2))), r"h0 must have shape \(1, 2\), got \(2, 2\)"),
         (dict(c0=np.zeros((1, 3))), r"c0 must have shape \(1, 2\), got \(1, 3\)"),

@@ -225,7 +225,7 @@ def test_forward_refuses_lengths_that_are_not_integers(lengths, dtype):
 def test_forward_refuses_lengths_with_unbatched_x():
     lstm = make()
     x, _, _ = good()
-    with pytest.raises(ValueError, match=r"^LSTM.forward: lengths needs batched \(3-D\) input, got 2-D x$"):
+    with pytest.raises(ValueError, match=r"^LSTM.forward: x must be 3-D \(batched\) when lengths are given, got 2-D$"):
         lstm(x[:, 0], lengths=[T])
 
 

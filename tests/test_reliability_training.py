@@ -429,7 +429,7 @@ def test_model_checkpoint_validates_its_arguments_and_the_monitored_metric(tmp_p
         el.ModelCheckpoint(tmp_path / "a.npz", save_best_only=True)
     x, y = task(N=16)
     cb = el.ModelCheckpoint(tmp_path / "a.npz", monitor="val_loss", save_best_only=True)
-    with pytest.raises(ValueError, match=r"ModelCheckpoint: monitor 'val_loss' is not among the epoch metrics \['loss'\]; pass validation_data"):
+    with pytest.raises(ValueError, match=r"^ModelCheckpoint: monitor must be one of the epoch metrics \['loss'\]; pass validation_data to fit, got 'val_loss'$"):
         el.Trainer(new_model()).fit(x, y, epochs=1, callbacks=[cb], **FIT)
     assert not (tmp_path / "a.npz").exists()
 

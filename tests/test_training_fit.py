@@ -166,7 +166,7 @@ def test_early_stopping_stops_when_val_loss_stops_improving_and_restores_the_bes
 def test_early_stopping_on_a_missing_metric_says_to_pass_validation_data():
     x, y = sum_task(N=16)
     trainer = el.Trainer(el.LSTMModel(1, 4, 1))
-    with pytest.raises(ValueError, match=r"EarlyStopping: monitor 'val_loss' is not among the epoch metrics \['loss'\]; pass validation_data"):
+    with pytest.raises(ValueError, match=r"^EarlyStopping: monitor must be one of the epoch metrics \['loss'\]; pass validation_data to fit, got 'val_loss'$"):
         trainer.fit(x, y, epochs=2, callbacks=[el.EarlyStopping()], progress=False)
 
 

@@ -154,7 +154,7 @@ def test_optimizer_with_bad_hyperparameters_raises_naming_them():
     pairs = [(np.zeros(2), np.zeros(2))]
     with pytest.raises(ValueError, match=r"Adam: betas\[1\] must be in \[0.0, 1.0\), got 1.0"):
         Adam(pairs, betas=(0.9, 1.0))
-    with pytest.raises(ValueError, match="SGD: nesterov needs momentum > 0 and dampening = 0"):
+    with pytest.raises(ValueError, match=r"^SGD: momentum must be > 0 and dampening 0 with nesterov=True, got momentum=0.0, dampening=0.0$"):
         SGD(pairs, nesterov=True)
     with pytest.raises(ValueError, match="SGD: lr must be in >= 0.0, got -1"):
         SGD(pairs, lr=-1)

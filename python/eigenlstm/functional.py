@@ -122,7 +122,10 @@ def lstm_layer_forward(
     Hout = P if P else H
     check_shape(where, "weight_hh", w_hh, (G, Hout))
     if (bias_ih is None) != (bias_hh is None):
-        raise ValueError(f"{where}: give both bias_ih and bias_hh or neither")
+        given = "bias_ih" if bias_hh is None else "bias_hh"
+        raise ValueError(
+            f"{where}: bias_ih and bias_hh must be given together or not at all, got {given} only"
+        )
     x = as_real_array(where, "x", x, dtype)
     if x.ndim != 3 or x.shape[2] != I:
         raise ValueError(f"{where}: x must have shape (T, B, {I}), got {x.shape}")

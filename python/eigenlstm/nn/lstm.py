@@ -406,7 +406,9 @@ class LSTM(Module):
             c0 = np.ascontiguousarray(c0.reshape(DL, N, self.hidden_size))
         if lengths is not None:
             if not batched:
-                raise ValueError(f"{where}: lengths needs batched (3-D) input, got 2-D x")
+                raise ValueError(
+                    f"{where}: x must be 3-D (batched) when lengths are given, got 2-D"
+                )
             lengths = check_lengths(where, "lengths", lengths, N, T)
         x = np.ascontiguousarray(x)
         y, h_n, c_n = self._engine.forward(x, h0, c0, lengths, self.training)

@@ -339,8 +339,8 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError(
-                f"SGD: nesterov needs momentum > 0 and dampening = 0, got momentum={momentum}, "
-                f"dampening={dampening}"
+                f"SGD: momentum must be > 0 and dampening 0 with nesterov=True, got "
+                f"momentum={momentum}, dampening={dampening}"
             )
 
     def hyperparameters(self) -> dict:

@@ -186,8 +186,8 @@ class EarlyStopping(Callback):
         if self.monitor not in logs:
             hint = "; pass validation_data to fit" if self.monitor.startswith("val_") else ""
             raise ValueError(
-                f"EarlyStopping: monitor {self.monitor!r} is not among the epoch metrics "
-                f"{sorted(logs)}{hint}"
+                f"EarlyStopping: monitor must be one of the epoch metrics {sorted(logs)}{hint}, "
+                f"got {self.monitor!r}"
             )
         value = float(logs[self.monitor])
         if self._improved(value):
@@ -330,8 +330,8 @@ class ModelCheckpoint(Callback):
             if self.monitor not in logs:
                 hint = "; pass validation_data to fit" if self.monitor.startswith("val_") else ""
                 raise ValueError(
-                    f"ModelCheckpoint: monitor {self.monitor!r} is not among the epoch metrics "
-                    f"{sorted(logs)}{hint}"
+                    f"ModelCheckpoint: monitor must be one of the epoch metrics {sorted(logs)}"
+                    f"{hint}, got {self.monitor!r}"
                 )
             value = float(logs[self.monitor])
             improved = math.isfinite(value) and self._improved(value)
