@@ -1,12 +1,13 @@
 """Every array argument of the compiled engine (eigenlstm._core) either converts correctly or is
-refused with TypeError / ValueError: never read as garbage, never written into a copy.
+refused with TypeError / ValueError: never read as garbage.
 
-Each entry point of EngineF32 and EngineF64 is fed, argument by argument, the other float
-dtype, float16, integers, a non-contiguous view, a Fortran-ordered array, a read-only array,
-a complex array and a zero-size array. An input that NumPy can convert without losing its
-meaning gives exactly the result of the same values passed as C-contiguous arrays of the
-engine's dtype; an output buffer (`pack`'s flat) must be the engine's own dtype, C-contiguous
-and writable, because a converted copy would be written and thrown away.
+Each entry point of EngineF32 and EngineF64 that takes arrays (forward, forward_last, backward,
+load_flat) is fed, argument by argument, the other float dtype, float16, integers, a
+non-contiguous view, a Fortran-ordered array, a read-only array, a complex array and a
+zero-size array. An input that NumPy can convert without losing its meaning gives exactly the
+result of the same values passed as C-contiguous arrays of the engine's dtype. Every array
+argument is an input: the engine writes only into the arrays it returns and into its own
+buffers (``params``, ``grads``).
 """
 # Sizes: T time steps, B batch, I input size, H hidden size, D directions, L layers, O outputs.
 
@@ -43,9 +44,7 @@ def canonical_args(dtype):
                              weight=arr(O, D * H), bias=arr(O)),
         "backward": dict(d_output=arr(T, B, D * H), dh_n=arr(D * L, B, H),
                          dc_n=arr(D * L, B, H)),
-        "unpack": dict(flat=None),  # the engine's params, filled in by call()
-        "pack": dict(tensor=arr(4 * H, H)),
-        "load_flat": dict(flat=None),
+        "load_flat": dict(flat=None),  # the engine's params reversed, filled in by with_flat()
     }
 
 
@@ -60,12 +59,6 @@ def call(engine, name, args):
         engine.zero_grad()
         engine.forward(*canonical_args(engine.params.dtype.type)["forward"].values(), True)
         return engine.backward(args["d_output"], args["dh_n"], args["dc_n"]) + (engine.grads.copy(),)
-    if name == "unpack":
-        return (engine.unpack("weight_hh", 1, 1, args["flat"]),)
-    if name == "pack":
-        flat = engine.params.copy()
-        engine.pack("weight_hh", 1, 1, args["tensor"], flat)
-        return (flat,)
     if name == "load_flat":
         engine.load_flat(args["flat"])
         return (engine.params.copy(),)
@@ -73,7 +66,7 @@ def call(engine, name, args):
 
 
 def with_flat(engine, name, args):
-    if name in ("unpack", "load_flat") and args["flat"] is None:
+    if name == "load_flat" and args["flat"] is None:
         args = dict(args, flat=engine.params[::-1].copy())
     return args
 
@@ -147,56 +140,19 @@ def test_zero_steps_and_zero_batch_rows_are_valid_and_pass_the_state_through(dty
     assert y.shape == (T, 0, D * H) and h_n.shape == (D * L, 0, H) and c_n.shape == h_n.shape
 
 
-def refused_flats(dtype):
-    n = make_engine(dtype).num_params
-    other = np.float64 if dtype == np.float32 else np.float32
-    readonly = np.zeros(n, dtype)
-    readonly.flags.writeable = False
-    return {
-        "other-float": (np.zeros(n, other), TypeError),
-        "float16": (np.zeros(n, np.float16), TypeError),
-        "int": (np.zeros(n, np.int64), TypeError),
-        "non-contiguous": (np.zeros(2 * n, dtype)[::2], TypeError),
-        "read-only": (readonly, TypeError),
-        "zero-size": (np.zeros(0, dtype), ValueError),
-        "2-D": (np.zeros((1, n), dtype), ValueError),
-    }
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
-@pytest.mark.parametrize("vid", list(refused_flats(np.float32)))
-def test_pack_refuses_a_flat_buffer_it_cannot_write_in_place(vid, dtype):
-    """Before, a float64 buffer given to the float32 engine was converted to a temporary copy,
-    the tensor written into the copy, and the caller's buffer left as it was: silently."""
+@pytest.mark.parametrize("shape", [(1, -1), (2, -1), (-2,), (0,)],
+                         ids=["2-D", "2-D-wide", "one-short", "zero-size"])
+def test_load_flat_refuses_a_buffer_of_the_wrong_shape_and_changes_nothing(shape, dtype):
     engine = make_engine(dtype)
-    flat, error = refused_flats(dtype)[vid]
-    before = flat.copy()
-    tensor = canonical_args(dtype)["pack"]["tensor"]
-    with pytest.raises(error, match="flat"):
-        engine.pack("weight_hh", 1, 1, tensor, flat)
-    assert np.array_equal(flat, before)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
-def test_pack_into_a_fortran_ordered_1d_buffer_writes_in_place(dtype):
-    # A 1-D contiguous array is both C- and Fortran-ordered: it is the buffer written.
-    engine = make_engine(dtype)
-    flat = np.asfortranarray(np.zeros(engine.num_params, dtype))
-    tensor = canonical_args(dtype)["pack"]["tensor"]
-    engine.pack("weight_hh", 1, 1, tensor, flat)
-    assert np.array_equal(engine.unpack("weight_hh", 1, 1, flat), tensor)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
-def test_pack_and_unpack_copy_the_tensor_at_its_param_offset_unchanged(dtype):
-    # The flat layout is torch's: pack and unpack are plain copies of a row-major tensor.
-    engine = make_engine(dtype)
-    flat = np.zeros(engine.num_params, dtype)
-    tensor = canonical_args(dtype)["pack"]["tensor"]
-    engine.pack("weight_hh", 1, 1, tensor, flat)
-    offset = engine.param_offset("weight_hh", 1, 1)
-    assert np.array_equal(flat[offset:offset + tensor.size], tensor.ravel())
-    assert not np.delete(flat, np.s_[offset:offset + tensor.size]).any()
+    before = engine.params.copy()
+    n = engine.num_params
+    flat = np.zeros(tuple({-1: n, -2: n - 1}.get(s, s) for s in shape), dtype)
+    with pytest.raises(ValueError, match=rf"load_flat: flat must have shape \({n},\)"):
+        engine.load_flat(flat)
+    with pytest.raises(TypeError, match="dtype"):
+        engine.load_flat(np.zeros(n, np.complex128))
+    assert np.array_equal(engine.params, before)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)

@@ -745,6 +745,33 @@ def test_the_flat_gradient_buffer_holds_torchs_grad_of_every_tensor_at_its_offse
     assert_close(lstm._engine.grads, 2 * before, RTOL[dtype], "accumulated grads")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_tensor_slice_gives_each_tensor_its_own_span_at_param_offset_and_torchs_shape(dtype):
+    # What LSTM's parameters and the functional API locate their tensors with.
+    from eigenlstm import _core
+    from eigenlstm._layout import tensor_slice
+
+    engine_cls = _core.EngineF32 if dtype == np.float32 else _core.EngineF64
+    engine = engine_cls(4, 19, 2, True, True, 3, 0.0, False, 0)
+    net = torch.nn.LSTM(4, 19, 2, bidirectional=True, proj_size=3)
+    used = np.zeros(engine.num_params, bool)
+    for name, kind, layer, d in el.nn.lstm.param_names(2, True, 3, True):
+        span, shape = tensor_slice(engine, kind, layer, d)
+        assert shape == tuple(getattr(net, name).shape), name
+        assert all(type(n) is int for n in shape), name
+        assert span.start == engine.param_offset(kind, layer, d), name
+        assert span.stop - span.start == int(np.prod(shape)) and span.stop <= engine.num_params
+        assert not used[span].any(), f"{name} overlaps another tensor"
+        used[span] = True
+    plain = engine_cls(4, 19, 1, False, False, 0, 0.0, False, 0)
+    with pytest.raises(ValueError, match=r"this LSTM has no weight_hr \(proj_size is 0\)"):
+        tensor_slice(plain, "weight_hr", 0, 0)
+    with pytest.raises(ValueError, match=r"this LSTM has no bias_ih \(bias is false\)"):
+        tensor_slice(plain, "bias_ih", 0, 0)
+    with pytest.raises(ValueError, match=r"direction must be in \[0, 1\), got 1"):
+        tensor_slice(plain, "weight_ih", 0, 1)
+
+
 def test_type_stubs_of_the_compiled_module_name_exactly_its_public_api():
     import ast
     from pathlib import Path

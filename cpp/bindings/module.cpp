@@ -118,10 +118,6 @@ template <typename A>
 void check_shape(const char* fn, const char* name, const A& a, std::initializer_list<Index> want) {
     check_shape(fn, name, a, want.begin(), want.size());
 }
-template <typename A>
-void check_shape(const char* fn, const char* name, const A& a, const std::vector<Index>& want) {
-    check_shape(fn, name, a, want.data(), want.size());
-}
 
 // A new C-contiguous array; std::bad_alloc (MemoryError) if its byte size overflows.
 template <typename S>
@@ -261,22 +257,6 @@ struct Engine {
         check_shape(fn, "flat", flat, {lstm.num_params()});
     }
 
-    // A flat buffer to write into: it must already be the array written, a C-contiguous,
-    // writable 1-D array of S. A converted copy would take the values and be thrown away,
-    // leaving the caller's array untouched, so anything else is refused.
-    S* writable_flat(const char* fn, const py::array& flat) const {
-        const std::string prefix = std::string(fn) + ": flat must be ";
-        if (!flat.dtype().is(py::dtype::of<S>()))
-            throw py::type_error(prefix + "a " + py::str(py::dtype::of<S>()).cast<std::string>() +
-                                 " array (it is written in place), got dtype " +
-                                 py::str(flat.dtype()).cast<std::string>());
-        if (!(flat.flags() & py::array::c_style))
-            throw py::type_error(prefix + "C-contiguous (it is written in place)");
-        if (!flat.writeable()) throw py::type_error(prefix + "writable, got a read-only array");
-        check_shape(fn, "flat", flat, {lstm.num_params()});
-        return static_cast<S*>(const_cast<void*>(flat.data()));
-    }
-
     // The kind named `name`, checked to exist in this LSTM with layer in [0, L) and dir in
     // [0, D); std::invalid_argument naming fn, the argument, the valid values and the given one.
     Param check_index(const char* fn, const std::string& name, Index layer, Index dir) const {
@@ -299,29 +279,6 @@ struct Engine {
 
     Index param_offset(const std::string& name, Index layer, Index dir) const {
         return lstm.param_offset(check_index("param_offset", name, layer, dir), layer, dir);
-    }
-
-    // Plain copies of one tensor out of and into a flat buffer (the flat layout is torch's).
-    py::array_t<S> unpack(const std::string& name, Index layer, Index dir,
-                          const In<S>& flat) const {
-        const Param kind = check_index("unpack", name, layer, dir);
-        check_flat("unpack", flat);
-        auto out = empty<S>(shape(kind, layer));
-        const S* src = flat.data() + lstm.param_offset(kind, layer, dir);
-        std::copy(src, src + out.size(), out.mutable_data());
-        return out;
-    }
-
-    // If flat is the parameter buffer, the caller holds the exclusive lock and calls
-    // params_updated() after the last tensor.
-    void pack(const std::string& name, Index layer, Index dir, const In<S>& src,
-              const py::array& flat) {
-        const Param kind = check_index("pack", name, layer, dir);
-        S* dst = writable_flat("pack", flat);
-        const std::vector<Index> want = shape(kind, layer);
-        check_shape("pack", name.c_str(), src, want);
-        const Index n = want.size() == 1 ? want[0] : want[0] * want[1];
-        std::copy(src.data(), src.data() + n, dst + lstm.param_offset(kind, layer, dir));
     }
 };
 
@@ -379,10 +336,6 @@ void bind_engine(py::module_& m, const char* name) {
              "Element offset of one parameter in params, grads or any buffer laid out like them: "
              "flat[offset:offset + rows*cols].reshape(param_shape(kind, layer)) is the torch "
              "tensor (a view).")
-        .def("unpack", &E::unpack, py::arg("kind"), py::arg("layer"), py::arg("direction"),
-             py::arg("flat"), "Copy one parameter out of a flat buffer.")
-        .def("pack", &E::pack, py::arg("kind"), py::arg("layer"), py::arg("direction"),
-             py::arg("tensor"), py::arg("flat"), "Copy one parameter into a flat buffer.")
         .def("load_flat", [](E& e, const In<S>& flat) {
             e.check_flat("load_flat", flat);
             auto lock = e.exclusive("load_state_dict");

@@ -45,12 +45,6 @@ class _Engine:
     def param_offset(self, kind: str, layer: int, direction: int) -> int:
         """Element offset of one tensor in ``params``, ``grads`` or a buffer laid out like them:
         ``flat[offset:offset + size].reshape(param_shape(kind, layer))`` is the torch tensor."""
-    def unpack(self, kind: str, layer: int, direction: int, flat: npt.ArrayLike) -> _Array: ...
-    def pack(
-        self, kind: str, layer: int, direction: int, tensor: npt.ArrayLike, flat: _Array
-    ) -> None:
-        """Copy one tensor into ``flat`` in place; ``flat`` must be a C-contiguous, writable
-        array of this engine's dtype (TypeError otherwise)."""
     def load_flat(self, flat: npt.ArrayLike) -> None: ...
     def set_rng_state(self, seed: int, counter: int) -> None: ...
     def forward(

@@ -1,7 +1,7 @@
 """Functional API: one LSTM layer in one direction, for callers who own their weight arrays.
 
-Weights are given in torch.nn.LSTM's layout on every call and are packed into the engine's
-layout for that call only; ``eigenlstm.LSTM`` is the faster choice when weights persist.
+Weights are given in torch.nn.LSTM's layout on every call and are copied into a new engine for
+that call only; ``eigenlstm.LSTM`` is the faster choice when weights persist.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
+from ._layout import tensor_slice
 from ._validation import as_array, as_real_array, check_lengths, check_shape
 
 __all__ = ["LayerContext", "lstm_layer_forward", "lstm_layer_backward"]
@@ -150,7 +151,8 @@ def lstm_layer_forward(
         tensors["weight_hr"] = w_hr
     flat = np.zeros(engine.num_params, dtype=dtype)
     for name, value in tensors.items():
-        engine.pack(name, 0, 0, value, flat)
+        span, _ = tensor_slice(engine, name, 0, 0)
+        flat[span] = value.reshape(-1)
     engine.load_flat(flat)
 
     y, h_n, c_n = engine.forward(
@@ -214,5 +216,9 @@ def lstm_layer_backward(
             dc_n = np.ascontiguousarray(dc_n[None])
     dx, dh0, dc0 = engine.backward(np.ascontiguousarray(dy), dh_n, dc_n)
     ctx.consumed = True
-    grads = {name: engine.unpack(name, 0, 0, engine.grads) for name in ctx.names}
+    dflat = engine.grads
+    grads: dict[str, np.ndarray] = {}
+    for name in ctx.names:
+        span, shape = tensor_slice(engine, name, 0, 0)
+        grads[name] = dflat[span].reshape(shape).copy()
     return dx, (dh0[0], dc0[0]), grads

@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 
 from .. import _core
+from .._layout import tensor_slice
 from .._validation import (
     as_real_array,
     check_lengths,
@@ -204,12 +205,10 @@ class LSTM(Module):
 
     def _slices(self) -> dict[str, slice]:
         """Where each tensor lives in a flat buffer: ``flat[s].reshape(shape)`` is it, a view."""
-        slices = {}
-        for name, kind, layer, d in self._names():
-            rows, *cols = self._engine.param_shape(kind, layer)
-            offset = self._engine.param_offset(kind, layer, d)
-            slices[name] = slice(offset, offset + rows * math.prod(cols))
-        return slices
+        return {
+            name: tensor_slice(self._engine, kind, layer, d)[0]
+            for name, kind, layer, d in self._names()
+        }
 
     def __repr__(self) -> str:
         extra = "".join(
