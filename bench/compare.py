@@ -13,6 +13,7 @@ and compare.json into --out (default bench/results/). Method and columns: bench/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import gc
@@ -67,17 +68,16 @@ def forward_flops(B, T, I, H):
 def import_engines(threads):
     """Import all engines with `threads` threads each. eigenlstm is imported first so the process
     uses the libgomp it was built against (torch then shares it; see the header's libgomp line)."""
-    import eigenlstm as el
     import onnxruntime as ort
     import torch
     from threadpoolctl import threadpool_limits
 
+    import eigenlstm as el
+
     el.set_num_threads(threads)
     torch.set_num_threads(threads)
-    try:
+    with contextlib.suppress(RuntimeError):  # already set (or inter-op work already ran)
         torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set (or inter-op work already ran)
-        pass
     # numpy's BLAS (the SGEMM reference and the Linear of the overhead case) gets the same count.
     threadpool_limits(limits=threads, user_api="blas")
     return el, torch, ort
@@ -98,7 +98,17 @@ def cpu_flags():
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
-                wanted = ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "amx_tile"]
+                wanted = [
+                    "sse4_2",
+                    "avx",
+                    "avx2",
+                    "fma",
+                    "f16c",
+                    "avx512f",
+                    "avx512bw",
+                    "avx512_vnni",
+                    "amx_tile",
+                ]
                 return " ".join(f.upper() for f in wanted if f in flags)
     except OSError:
         pass
@@ -107,7 +117,13 @@ def cpu_flags():
 
 def loaded_libs(pattern):
     try:
-        return sorted({l.split()[-1] for l in Path("/proc/self/maps").read_text().splitlines() if pattern in l and "/" in l})
+        return sorted(
+            {
+                l.split()[-1]
+                for l in Path("/proc/self/maps").read_text().splitlines()
+                if pattern in l and "/" in l
+            }
+        )
     except OSError:
         return []
 
@@ -115,7 +131,7 @@ def loaded_libs(pattern):
 def eigenlstm_isa(el):
     """The instruction-set level of the back end eigenlstm loaded (generic, avx2, avx512, ...), or
     None for a build without run-time dispatch (those were compiled with -march=native)."""
-    isa = getattr(el._core, "isa", None)
+    isa = getattr(el._core, "isa", None)  # noqa: SLF001 - builds older than el.config() too
     return isa() if isa is not None else None
 
 
@@ -141,12 +157,23 @@ def machine_info(el, torch, ort, threads):
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "libgomp": [Path(lib).name for lib in loaded_libs("libgomp")],
-        "env": {k: os.environ.get(k, "<unset>") for k in (
-            "OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
-            "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "EIGENLSTM_THREADS")},
+        "env": {
+            k: os.environ.get(k, "<unset>")
+            for k in (
+                "OPENBLAS_CORETYPE",
+                "OMP_NUM_THREADS",
+                "OMP_WAIT_POLICY",
+                "GOMP_SPINCOUNT",
+                "MKL_NUM_THREADS",
+                "OPENBLAS_NUM_THREADS",
+                "EIGENLSTM_THREADS",
+            )
+        },
         # library file names only: the report should not carry this machine's paths
-        "threadpoolctl": [{**d, "filepath": Path(d.get("filepath", "")).name}
-                          for d in threadpoolctl.threadpool_info()],
+        "threadpoolctl": [
+            {**d, "filepath": Path(d.get("filepath", "")).name}
+            for d in threadpoolctl.threadpool_info()
+        ],
         "loadavg_start": os.getloadavg(),
     }
     return info
@@ -181,20 +208,26 @@ def onnx_lstm_model(torch_lstm, I, H):
     order = [0, 3, 1, 2]  # ONNX block q takes torch block order[q]: i<-i, o<-o, f<-f, c<-g
 
     def permute(w):
-        return np.concatenate([w[q * H:(q + 1) * H] for q in order], axis=0)
+        return np.concatenate([w[q * H : (q + 1) * H] for q in order], axis=0)
 
     W = permute(sd["weight_ih_l0"])[None]
     R = permute(sd["weight_hh_l0"])[None]
     Bias = np.concatenate([permute(sd["bias_ih_l0"]), permute(sd["bias_hh_l0"])])[None]
     node = helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y", "Y_h", "Y_c"], hidden_size=H)
     graph = helper.make_graph(
-        [node], "lstm",
+        [node],
+        "lstm",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "N", I])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", 1, "N", H]),
-         helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [1, "N", H]),
-         helper.make_tensor_value_info("Y_c", TensorProto.FLOAT, [1, "N", H])],
-        initializer=[numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R"),
-                     numpy_helper.from_array(Bias, "B")],
+        [
+            helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", 1, "N", H]),
+            helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [1, "N", H]),
+            helper.make_tensor_value_info("Y_c", TensorProto.FLOAT, [1, "N", H]),
+        ],
+        initializer=[
+            numpy_helper.from_array(W, "W"),
+            numpy_helper.from_array(R, "R"),
+            numpy_helper.from_array(Bias, "B"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = min(model.ir_version, 10)  # an IR every recent onnxruntime reads
@@ -229,7 +262,9 @@ def calibrate(fn, target_s, warmup):
     return max(1, math.ceil(target_s / max(per_call, 1e-9))), per_call
 
 
-def measure(fns, *, repeats, budget_s, batch_s, warmup, min_repeats=5, max_repeats=200, settle=None):
+def measure(
+    fns, *, repeats, budget_s, batch_s, warmup, min_repeats=5, max_repeats=200, settle=None
+):
     """Median seconds per call of each fn in `fns` (name -> callable).
 
     Each round times one batch of calls of every engine, in an order rotated every round, so
@@ -269,9 +304,18 @@ def measure(fns, *, repeats, budget_s, batch_s, warmup, min_repeats=5, max_repea
     finally:
         if gc_was_enabled:
             gc.enable()
-    return {n: {"median": statistics.median(s), "min": min(s),
-                "q1": float(np.percentile(s, 25)), "q3": float(np.percentile(s, 75)),
-                "repeats": len(s), "inner": inner[n], "samples": s} for n, s in samples.items()}
+    return {
+        n: {
+            "median": statistics.median(s),
+            "min": min(s),
+            "q1": float(np.percentile(s, 25)),
+            "q3": float(np.percentile(s, 75)),
+            "repeats": len(s),
+            "inner": inner[n],
+            "samples": s,
+        }
+        for n, s in samples.items()
+    }
 
 
 SGEMM_N = 2048
@@ -284,8 +328,11 @@ SETTLE_S = 0.02
 
 def sgemm_operands(n=SGEMM_N):
     rng = np.random.default_rng(0)
-    return (rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32),
-            np.empty((n, n), np.float32))
+    return (
+        rng.standard_normal((n, n), dtype=np.float32),
+        rng.standard_normal((n, n), dtype=np.float32),
+        np.empty((n, n), np.float32),
+    )
 
 
 def measure_sgemm(torch, repeats, n=SGEMM_N):
@@ -293,9 +340,15 @@ def measure_sgemm(torch, repeats, n=SGEMM_N):
     a, b, out = sgemm_operands(n)
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     tout = torch.empty(n, n)
-    res = measure({"numpy": lambda: np.matmul(a, b, out=out), "torch": lambda: torch.mm(ta, tb, out=tout)},
-                  repeats=repeats, budget_s=None, batch_s=0.0, warmup=2, settle={"numpy": OPENBLAS_SETTLE_S})
-    flops = 2.0 * n ** 3
+    res = measure(
+        {"numpy": lambda: np.matmul(a, b, out=out), "torch": lambda: torch.mm(ta, tb, out=tout)},
+        repeats=repeats,
+        budget_s=None,
+        batch_s=0.0,
+        warmup=2,
+        settle={"numpy": OPENBLAS_SETTLE_S},
+    )
+    flops = 2.0 * n**3
     return {k: {**v, "gflops": flops / v["median"] / 1e9} for k, v in res.items()}
 
 
@@ -313,7 +366,9 @@ def run_shape(name, el, torch, ort, threads, args):
     ell = make_el_lstm(el, tl, I, H)
     sess = ort_session(ort, onnx_lstm_model(tl, I, H), threads)
     xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
-    xt_grad = torch.from_numpy(x.copy()).requires_grad_(True)  # torch computes dx too, as eigenlstm does
+    xt_grad = torch.from_numpy(x.copy()).requires_grad_(
+        True
+    )  # torch computes dx too, as eigenlstm does
 
     # ---- correctness, once, before timing -------------------------------------------------
     tl.eval()
@@ -324,7 +379,9 @@ def run_shape(name, el, torch, ort, threads, args):
     y_e, (h_e, c_e) = ell(x)
     y_o, h_o, c_o = sess.run(None, {"X": x})
     check = {
-        "ort_vs_torch_max_abs": float(max(np.abs(y_o[:, 0] - y_t).max(), np.abs(c_o - c_t.numpy()).max())),
+        "ort_vs_torch_max_abs": float(
+            max(np.abs(y_o[:, 0] - y_t).max(), np.abs(c_o - c_t.numpy()).max())
+        ),
         "el_vs_torch_max_abs": float(max(np.abs(y_e - y_t).max(), np.abs(c_e - c_t.numpy()).max())),
     }
     tl.train()
@@ -336,13 +393,21 @@ def run_shape(name, el, torch, ort, threads, args):
     ell(x)
     dx_e, _ = ell.backward(dy)
     g_e = ell.grads
-    check["el_vs_torch_grad_max_rel"] = float(max(
-        np.abs(g_e[k] - p.grad.numpy()).max() / max(1e-6, np.abs(p.grad.numpy()).max())
-        for k, p in tl.named_parameters()))
+    check["el_vs_torch_grad_max_rel"] = float(
+        max(
+            np.abs(g_e[k] - p.grad.numpy()).max() / max(1e-6, np.abs(p.grad.numpy()).max())
+            for k, p in tl.named_parameters()
+        )
+    )
     check["el_vs_torch_dx_max_rel"] = float(
-        np.abs(dx_e - xt_grad.grad.numpy()).max() / max(1e-6, np.abs(xt_grad.grad.numpy()).max()))
-    for key, tol in (("ort_vs_torch_max_abs", 1e-5), ("el_vs_torch_max_abs", 1e-5),
-                     ("el_vs_torch_grad_max_rel", 1e-3), ("el_vs_torch_dx_max_rel", 1e-3)):
+        np.abs(dx_e - xt_grad.grad.numpy()).max() / max(1e-6, np.abs(xt_grad.grad.numpy()).max())
+    )
+    for key, tol in (
+        ("ort_vs_torch_max_abs", 1e-5),
+        ("el_vs_torch_max_abs", 1e-5),
+        ("el_vs_torch_grad_max_rel", 1e-3),
+        ("el_vs_torch_dx_max_rel", 1e-3),
+    ):
         if not check[key] <= tol:
             print(f"  WARNING {name}: {key} = {check[key]:.3g} > {tol:g}", file=sys.stderr)
     del y_t, y_e, y_o, y_tt, dx_e, g_e
@@ -388,8 +453,14 @@ def run_shape(name, el, torch, ort, threads, args):
         a, b, c = sgemm_operands()
         fns["sgemm/numpy"] = lambda: np.matmul(a, b, out=c)
         settle["sgemm/numpy"] = OPENBLAS_SETTLE_S
-    res = measure(fns, repeats=args.repeats, budget_s=args.budget, batch_s=args.batch, warmup=args.warmup,
-                  settle=settle)
+    res = measure(
+        fns,
+        repeats=args.repeats,
+        budget_s=args.budget,
+        batch_s=args.batch,
+        warmup=args.warmup,
+        settle=settle,
+    )
     fwd = {k.split("/")[1]: v for k, v in res.items() if k.startswith("fwd/")}
     train = {k.split("/")[1]: v for k, v in res.items() if k.startswith("train/")}
 
@@ -400,9 +471,15 @@ def run_shape(name, el, torch, ort, threads, args):
     sgemm = None
     if "sgemm/numpy" in res:
         sgemm = res["sgemm/numpy"]
-        sgemm["gflops"] = 2.0 * SGEMM_N ** 3 / sgemm["median"] / 1e9
-    return {"shape": (B, T, I, H), "check": check, "fwd": fwd, "train": train, "fwd_flops": flops,
-            "sgemm": sgemm}
+        sgemm["gflops"] = 2.0 * SGEMM_N**3 / sgemm["median"] / 1e9
+    return {
+        "shape": (B, T, I, H),
+        "check": check,
+        "fwd": fwd,
+        "train": train,
+        "fwd_flops": flops,
+        "sgemm": sgemm,
+    }
 
 
 # ============================================================================================
@@ -452,7 +529,9 @@ def run_overhead(el, torch, ort, threads, args):
         return out[:, -1, :] @ w_fc.T + b_fc
 
     el_call = (lambda: el_model(x)) if el_model is not None else el_composed
-    assert np.allclose(np.asarray(el_call()), ref, atol=1e-5), "overhead: eigenlstm and torch disagree"
+    assert np.allclose(np.asarray(el_call()), ref, atol=1e-5), (
+        "overhead: eigenlstm and torch disagree"
+    )
 
     sess = ort_session(ort, onnx_lstm_model(tm.lstm, I, H), threads)
     x_tm = np.ascontiguousarray(x.transpose(1, 0, 2))
@@ -462,17 +541,23 @@ def run_overhead(el, torch, ort, threads, args):
         return y[-1, 0] @ w_fc.T + b_fc
 
     assert np.allclose(ort_composed(), ref, atol=1e-5), "overhead: onnxruntime and torch disagree"
-    engine = lstm._engine
+    engine = lstm._engine  # noqa: SLF001 - the raw engine call is the floor being measured
 
     with torch.inference_mode():
-        res = measure({
-            "eigenlstm": el_call,
-            "torch": lambda: tm(xt),
-            "onnxruntime": ort_composed,
-            # the binding alone (no Python validation, time-major input): what the engine +
-            # pybind11 cost; the difference to "eigenlstm" is the Python layer.
-            "eigenlstm_binding": lambda: engine.forward(x_tm, None, None, None, False),
-        }, repeats=args.repeats, budget_s=min(20.0, args.budget * 0.3), batch_s=args.batch, warmup=args.warmup * 20)
+        res = measure(
+            {
+                "eigenlstm": el_call,
+                "torch": lambda: tm(xt),
+                "onnxruntime": ort_composed,
+                # the binding alone (no Python validation, time-major input): what the engine +
+                # pybind11 cost; the difference to "eigenlstm" is the Python layer.
+                "eigenlstm_binding": lambda: engine.forward(x_tm, None, None, None, False),
+            },
+            repeats=args.repeats,
+            budget_s=min(20.0, args.budget * 0.3),
+            batch_s=args.batch,
+            warmup=args.warmup * 20,
+        )
     return {"how": how, "results": res}
 
 
@@ -534,7 +619,9 @@ def memprobe(engine, name, threads):
 
     def inputs(B, T, I, H):
         rng = np.random.default_rng(1)
-        return rng.standard_normal((T, B, I), dtype=np.float32), rng.standard_normal((T, B, H), dtype=np.float32)
+        return rng.standard_normal((T, B, I), dtype=np.float32), rng.standard_normal(
+            (T, B, H), dtype=np.float32
+        )
 
     sb, st, si, sh = SHAPES["seed"]
     m = build(si, sh)
@@ -550,9 +637,20 @@ def memprobe(engine, name, threads):
     after_reset = _status_kb("VmHWM")
     out = step(m, x, dy)
     peak = _status_kb("VmHWM")
-    print(json.dumps({"engine": engine, "shape": name, "base_kb": base, "model_kb": model,
-                      "hwm_after_reset_kb": after_reset, "peak_kb": peak,
-                      "model_plus_step_mb": (peak - base) / 1024, "step_mb": (peak - model) / 1024}))
+    print(
+        json.dumps(
+            {
+                "engine": engine,
+                "shape": name,
+                "base_kb": base,
+                "model_kb": model,
+                "hwm_after_reset_kb": after_reset,
+                "peak_kb": peak,
+                "model_plus_step_mb": (peak - base) / 1024,
+                "step_mb": (peak - model) / 1024,
+            }
+        )
+    )
     del out
 
 
@@ -560,7 +658,15 @@ def run_memory(names, threads):
     res = {}
     for name in names:
         for engine in ("eigenlstm", "torch"):
-            cmd = [sys.executable, os.path.abspath(__file__), "--_memprobe", engine, name, "--threads", str(threads)]
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--_memprobe",
+                engine,
+                name,
+                "--threads",
+                str(threads),
+            ]
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
             if p.returncode != 0:
                 print(f"  memory probe {engine}/{name} failed:\n{p.stderr}", file=sys.stderr)
@@ -594,7 +700,14 @@ def verdict(ok):
 def summarize(results):
     shapes = [n for n in SHAPES if n in results["shapes"]]
     R = results["shapes"]
-    s = {"fwd_vs_torch": {}, "fwd_vs_ort": {}, "train_vs_torch": {}, "fwd_frac": {}, "train_frac": {}, "sgemm_ref": {}}
+    s = {
+        "fwd_vs_torch": {},
+        "fwd_vs_ort": {},
+        "train_vs_torch": {},
+        "fwd_frac": {},
+        "train_frac": {},
+        "sgemm_ref": {},
+    }
     for n in shapes:
         f, t = R[n]["fwd"], R[n]["train"]
         s["fwd_vs_torch"][n] = f["torch"]["median"] / f["eigenlstm"]["median"]
@@ -614,34 +727,85 @@ def targets_table(results, s):
     rows = []
     if s["fwd_vs_ort"]:
         worst = min(s["fwd_vs_ort"], key=s["fwd_vs_ort"].get)
-        rows.append(("forward vs ORT, geomean", f"≥ {TARGETS['fwd_vs_ort_geomean']}x",
-                     f"{s['fwd_vs_ort_geomean']:.2f}x", s["fwd_vs_ort_geomean"] >= TARGETS["fwd_vs_ort_geomean"]))
-        rows.append(("forward vs ORT, worst shape", f"≥ {TARGETS['fwd_vs_ort_min']}x",
-                     f"{s['fwd_vs_ort'][worst]:.2f}x ({worst})", s["fwd_vs_ort"][worst] >= TARGETS["fwd_vs_ort_min"]))
-        rows.append(("forward vs torch, geomean", f"≥ {TARGETS['fwd_vs_torch_geomean']}x",
-                     f"{s['fwd_vs_torch_geomean']:.2f}x", s["fwd_vs_torch_geomean"] >= TARGETS["fwd_vs_torch_geomean"]))
+        rows.append(
+            (
+                "forward vs ORT, geomean",
+                f"≥ {TARGETS['fwd_vs_ort_geomean']}x",
+                f"{s['fwd_vs_ort_geomean']:.2f}x",
+                s["fwd_vs_ort_geomean"] >= TARGETS["fwd_vs_ort_geomean"],
+            )
+        )
+        rows.append(
+            (
+                "forward vs ORT, worst shape",
+                f"≥ {TARGETS['fwd_vs_ort_min']}x",
+                f"{s['fwd_vs_ort'][worst]:.2f}x ({worst})",
+                s["fwd_vs_ort"][worst] >= TARGETS["fwd_vs_ort_min"],
+            )
+        )
+        rows.append(
+            (
+                "forward vs torch, geomean",
+                f"≥ {TARGETS['fwd_vs_torch_geomean']}x",
+                f"{s['fwd_vs_torch_geomean']:.2f}x",
+                s["fwd_vs_torch_geomean"] >= TARGETS["fwd_vs_torch_geomean"],
+            )
+        )
     for n in DEEPBENCH_TRAINING:
         if n in s["fwd_frac"]:
             fr, tr = s["fwd_frac"][n], s["train_frac"][n]
-            rows.append((f"% of SGEMM, {n} (fwd / train step)", f"≥ {TARGETS['sgemm_fraction_deepbench_training']:.0%}",
-                         f"{fr:.0%} / {tr:.0%}", min(fr, tr) >= TARGETS["sgemm_fraction_deepbench_training"]))
+            rows.append(
+                (
+                    f"% of SGEMM, {n} (fwd / train step)",
+                    f"≥ {TARGETS['sgemm_fraction_deepbench_training']:.0%}",
+                    f"{fr:.0%} / {tr:.0%}",
+                    min(fr, tr) >= TARGETS["sgemm_fraction_deepbench_training"],
+                )
+            )
     if s["train_vs_torch"]:
         worst = min(s["train_vs_torch"], key=s["train_vs_torch"].get)
-        rows.append(("training step vs torch, geomean", f"≥ {TARGETS['train_vs_torch_geomean']}x",
-                     f"{s['train_vs_torch_geomean']:.2f}x", s["train_vs_torch_geomean"] >= TARGETS["train_vs_torch_geomean"]))
-        rows.append(("training step vs torch, worst shape", f"≥ {TARGETS['train_vs_torch_min']}x",
-                     f"{s['train_vs_torch'][worst]:.2f}x ({worst})", s["train_vs_torch"][worst] >= TARGETS["train_vs_torch_min"]))
+        rows.append(
+            (
+                "training step vs torch, geomean",
+                f"≥ {TARGETS['train_vs_torch_geomean']}x",
+                f"{s['train_vs_torch_geomean']:.2f}x",
+                s["train_vs_torch_geomean"] >= TARGETS["train_vs_torch_geomean"],
+            )
+        )
+        rows.append(
+            (
+                "training step vs torch, worst shape",
+                f"≥ {TARGETS['train_vs_torch_min']}x",
+                f"{s['train_vs_torch'][worst]:.2f}x ({worst})",
+                s["train_vs_torch"][worst] >= TARGETS["train_vs_torch_min"],
+            )
+        )
     if results.get("overhead"):
         us = results["overhead"]["results"]["eigenlstm"]["median"] * 1e6
-        rows.append(("seed model forward from Python", f"≤ {TARGETS['seed_forward_us']:g} µs", f"{us:.1f} µs",
-                     us <= TARGETS["seed_forward_us"]))
+        rows.append(
+            (
+                "seed model forward from Python",
+                f"≤ {TARGETS['seed_forward_us']:g} µs",
+                f"{us:.1f} µs",
+                us <= TARGETS["seed_forward_us"],
+            )
+        )
     mem = results.get("memory") or {}
-    ratios = {n: m["eigenlstm"]["model_plus_step_mb"] / m["torch"]["model_plus_step_mb"]
-              for n, m in mem.items() if "eigenlstm" in m and "torch" in m and m["torch"]["model_plus_step_mb"] > 0}
+    ratios = {
+        n: m["eigenlstm"]["model_plus_step_mb"] / m["torch"]["model_plus_step_mb"]
+        for n, m in mem.items()
+        if "eigenlstm" in m and "torch" in m and m["torch"]["model_plus_step_mb"] > 0
+    }
     if ratios:
         worst = max(ratios, key=ratios.get)
-        rows.append(("training peak memory / torch's, worst shape", "≤ 1.00", f"{ratios[worst]:.2f} ({worst})",
-                     ratios[worst] <= TARGETS["train_peak_vs_torch"]))
+        rows.append(
+            (
+                "training peak memory / torch's, worst shape",
+                "≤ 1.00",
+                f"{ratios[worst]:.2f} ({worst})",
+                ratios[worst] <= TARGETS["train_peak_vs_torch"],
+            )
+        )
     lines = ["| target | goal | measured | |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {verdict(ok)} |" for a, b, c, ok in rows]
     return lines
@@ -657,75 +821,117 @@ def write_markdown(results, path):
     L.append("")
     L.append(f"Generated by `{results['command']}` on {info['date']}.")
     L.append("")
-    L.append(f"- **Machine**: {info['cpu']}, {info['cores']} logical cores ({info['affinity']} usable), "
-             f"ISA: {info['isa']}; Linux {info['kernel']}; load average at start "
-             f"{'/'.join(f'{v:.2f}' for v in info['loadavg_start'])}, at end "
-             f"{'/'.join(f'{v:.2f}' for v in info.get('loadavg_end', ()))} (shared machine: read medians and ratios)")
+    L.append(
+        f"- **Machine**: {info['cpu']}, {info['cores']} logical cores ({info['affinity']} usable), "
+        f"ISA: {info['isa']}; Linux {info['kernel']}; load average at start "
+        f"{'/'.join(f'{v:.2f}' for v in info['loadavg_start'])}, at end "
+        f"{'/'.join(f'{v:.2f}' for v in info.get('loadavg_end', ()))} (shared machine: read medians and ratios)"
+    )
     isa = info.get("eigenlstm_isa")
-    L.append(f"- **Versions**: eigenlstm {info['eigenlstm']} "
-             f"({f'back end: {isa}' if isa else 'no run-time dispatch: -march=native build'}), numpy {info['numpy']}, "
-             f"torch {info['torch']}, onnxruntime {info['onnxruntime']}, Python {info['python']}")
-    L.append(f"- **Threads**: {info['threads']} for every engine (eigenlstm {info['el_threads']}, torch "
-             f"{info['torch_threads']} intra-op / {info['torch_interop_threads']} inter-op, ORT intra_op "
-             f"{info['threads']} / inter_op 1, numpy BLAS {info['threads']}); libgomp in use: "
-             f"{', '.join(info['libgomp']) or 'none'}")
+    L.append(
+        f"- **Versions**: eigenlstm {info['eigenlstm']} "
+        f"({f'back end: {isa}' if isa else 'no run-time dispatch: -march=native build'}), numpy {info['numpy']}, "
+        f"torch {info['torch']}, onnxruntime {info['onnxruntime']}, Python {info['python']}"
+    )
+    L.append(
+        f"- **Threads**: {info['threads']} for every engine (eigenlstm {info['el_threads']}, torch "
+        f"{info['torch_threads']} intra-op / {info['torch_interop_threads']} inter-op, ORT intra_op "
+        f"{info['threads']} / inter_op 1, numpy BLAS {info['threads']}); libgomp in use: "
+        f"{', '.join(info['libgomp']) or 'none'}"
+    )
     env = ", ".join(f"{k}={v}" for k, v in info["env"].items())
     L.append(f"- **Environment**: {env}")
-    blas = "; ".join(f"{d.get('internal_api')} {d.get('version')} ({d.get('architecture', '-')}, "
-                     f"{d.get('threading_layer', '-')}, num_threads={d.get('num_threads')}, {Path(d.get('filepath', '')).name})"
-                     for d in info["threadpoolctl"])
+    blas = "; ".join(
+        f"{d.get('internal_api')} {d.get('version')} ({d.get('architecture', '-')}, "
+        f"{d.get('threading_layer', '-')}, num_threads={d.get('num_threads')}, {Path(d.get('filepath', '')).name})"
+        for d in info["threadpoolctl"]
+    )
     L.append(f"- **threadpoolctl**: {blas}")
-    L.append(f"- **SGEMM reference** (float32 2048x2048, same process and threads): numpy "
-             f"**{sg['numpy']['gflops']:.1f} GFLOP/s** (median of {sg['numpy']['repeats']}), torch.mm "
-             f"{sg['torch']['gflops']:.1f} GFLOP/s (start {sg['numpy']['start_gflops']:.1f}, end {sg['numpy']['end_gflops']:.1f}). "
-             f"\"% SGEMM\" below = engine GFLOP/s / numpy SGEMM GFLOP/s; the DeepBench training shapes time "
-             f"the same numpy SGEMM inside their own rounds and use it ("
-             + ", ".join(f"{n}: {R[n]['sgemm']['gflops']:.1f} GFLOP/s" for n in shapes if R[n].get("sgemm")) + ").")
-    L.append(f"- **Timing**: median of `repeats` rounds; each round times a batch of calls of every engine, "
-             f"engine order rotated per round; {results['settings']}.")
+    L.append(
+        f"- **SGEMM reference** (float32 2048x2048, same process and threads): numpy "
+        f"**{sg['numpy']['gflops']:.1f} GFLOP/s** (median of {sg['numpy']['repeats']}), torch.mm "
+        f"{sg['torch']['gflops']:.1f} GFLOP/s (start {sg['numpy']['start_gflops']:.1f}, end {sg['numpy']['end_gflops']:.1f}). "
+        f'"% SGEMM" below = engine GFLOP/s / numpy SGEMM GFLOP/s; the DeepBench training shapes time '
+        f"the same numpy SGEMM inside their own rounds and use it ("
+        + ", ".join(
+            f"{n}: {R[n]['sgemm']['gflops']:.1f} GFLOP/s" for n in shapes if R[n].get("sgemm")
+        )
+        + ")."
+    )
+    L.append(
+        f"- **Timing**: median of `repeats` rounds; each round times a batch of calls of every engine, "
+        f"engine order rotated per round; {results['settings']}."
+    )
     L.append("")
-    L.append("## Summary (speedup = other engine's median time / eigenlstm's; > 1 means eigenlstm is faster)")
+    L.append(
+        "## Summary (speedup = other engine's median time / eigenlstm's; > 1 means eigenlstm is faster)"
+    )
     L.append("")
-    L.append("| shape (B, T, I, H) | fwd vs torch | fwd vs ORT | train vs torch | fwd GFLOP/s el / torch / ORT | fwd % SGEMM | train GFLOP/s el / torch | train % SGEMM | train peak MB el / torch |")
+    L.append(
+        "| shape (B, T, I, H) | fwd vs torch | fwd vs ORT | train vs torch | fwd GFLOP/s el / torch / ORT | fwd % SGEMM | train GFLOP/s el / torch | train % SGEMM | train peak MB el / torch |"
+    )
     L.append("|---|---|---|---|---|---|---|---|---|")
     mem = results.get("memory") or {}
     for n in shapes:
         f, t = R[n]["fwd"], R[n]["train"]
         m = mem.get(n, {})
-        mm = (f"{m['eigenlstm']['model_plus_step_mb']:.1f} / {m['torch']['model_plus_step_mb']:.1f}"
-              if "eigenlstm" in m and "torch" in m else "-")
-        L.append(f"| {n} {tuple(R[n]['shape'])} | {s['fwd_vs_torch'][n]:.2f}x | {s['fwd_vs_ort'][n]:.2f}x | "
-                 f"{s['train_vs_torch'][n]:.2f}x | {f['eigenlstm']['gflops']:.1f} / {f['torch']['gflops']:.1f} / "
-                 f"{f['onnxruntime']['gflops']:.1f} | {s['fwd_frac'][n]:.0%} | {t['eigenlstm']['gflops']:.1f} / "
-                 f"{t['torch']['gflops']:.1f} | {s['train_frac'][n]:.0%} | {mm} |")
+        mm = (
+            f"{m['eigenlstm']['model_plus_step_mb']:.1f} / {m['torch']['model_plus_step_mb']:.1f}"
+            if "eigenlstm" in m and "torch" in m
+            else "-"
+        )
+        L.append(
+            f"| {n} {tuple(R[n]['shape'])} | {s['fwd_vs_torch'][n]:.2f}x | {s['fwd_vs_ort'][n]:.2f}x | "
+            f"{s['train_vs_torch'][n]:.2f}x | {f['eigenlstm']['gflops']:.1f} / {f['torch']['gflops']:.1f} / "
+            f"{f['onnxruntime']['gflops']:.1f} | {s['fwd_frac'][n]:.0%} | {t['eigenlstm']['gflops']:.1f} / "
+            f"{t['torch']['gflops']:.1f} | {s['train_frac'][n]:.0%} | {mm} |"
+        )
     if shapes:
-        L.append(f"| **geomean** | **{s['fwd_vs_torch_geomean']:.2f}x** | **{s['fwd_vs_ort_geomean']:.2f}x** | "
-                 f"**{s['train_vs_torch_geomean']:.2f}x** | | | | | |")
+        L.append(
+            f"| **geomean** | **{s['fwd_vs_torch_geomean']:.2f}x** | **{s['fwd_vs_ort_geomean']:.2f}x** | "
+            f"**{s['train_vs_torch_geomean']:.2f}x** | | | | | |"
+        )
         rest = [n for n in shapes if n != "seed"]
         if "seed" in shapes and rest:
             # The seed shape's µs-scale calls swing the geomean most (torch's OpenMP team stalls
             # on a loaded machine); this row shows the geomean without it.
-            L.append("| geomean without seed | " + " | ".join(
-                f"{geomean([s[k][n] for n in rest]):.2f}x" for k in ("fwd_vs_torch", "fwd_vs_ort", "train_vs_torch"))
-                + " | | | | | |")
+            L.append(
+                "| geomean without seed | "
+                + " | ".join(
+                    f"{geomean([s[k][n] for n in rest]):.2f}x"
+                    for k in ("fwd_vs_torch", "fwd_vs_ort", "train_vs_torch")
+                )
+                + " | | | | | |"
+            )
     L.append("")
-    L.append("Noise floor: the same speedups from each engine's *minimum* time over the rounds (the least "
-             "disturbed call; closer to a quiet machine, but not what the targets use):")
+    L.append(
+        "Noise floor: the same speedups from each engine's *minimum* time over the rounds (the least "
+        "disturbed call; closer to a quiet machine, but not what the targets use):"
+    )
     L.append("")
     L.append("| shape | fwd vs torch (min) | fwd vs ORT (min) | train vs torch (min) |")
     L.append("|---|---|---|---|")
     mins = {k: [] for k in ("ft", "fo", "tt")}
     for n in shapes:
         f, t = R[n]["fwd"], R[n]["train"]
-        ft, fo = f["torch"]["min"] / f["eigenlstm"]["min"], f["onnxruntime"]["min"] / f["eigenlstm"]["min"]
+        ft, fo = (
+            f["torch"]["min"] / f["eigenlstm"]["min"],
+            f["onnxruntime"]["min"] / f["eigenlstm"]["min"],
+        )
         tt = t["torch"]["min"] / t["eigenlstm"]["min"]
         for k, v in (("ft", ft), ("fo", fo), ("tt", tt)):
             mins[k].append(v)
         L.append(f"| {n} | {ft:.2f}x | {fo:.2f}x | {tt:.2f}x |")
     if shapes:
-        L.append(f"| geomean | {geomean(mins['ft']):.2f}x | {geomean(mins['fo']):.2f}x | {geomean(mins['tt']):.2f}x |")
+        L.append(
+            f"| geomean | {geomean(mins['ft']):.2f}x | {geomean(mins['fo']):.2f}x | {geomean(mins['tt']):.2f}x |"
+        )
         if "seed" in shapes and len(shapes) > 1:
-            L.append("| geomean without seed | " + " | ".join(f"{geomean(v[1:]):.2f}x" for v in mins.values()) + " |")
+            L.append(
+                "| geomean without seed | "
+                + " | ".join(f"{geomean(v[1:]):.2f}x" for v in mins.values())
+                + " |"
+            )
     L.append("")
     L.append("## Targets")
     L.append("")
@@ -733,61 +939,94 @@ def write_markdown(results, path):
     L.append("")
     L.append("## Forward (inference): median time per call [Q1–Q3] (min)")
     L.append("")
-    L.append("| shape | eigenlstm | torch (inference_mode) | onnxruntime | rounds × calls (el / torch / ORT) |")
+    L.append(
+        "| shape | eigenlstm | torch (inference_mode) | onnxruntime | rounds × calls (el / torch / ORT) |"
+    )
     L.append("|---|---|---|---|---|")
     for n in shapes:
         f = R[n]["fwd"]
-        cells = [f"{fmt_t(f[e]['median'])} [{fmt_t(f[e]['q1'])}–{fmt_t(f[e]['q3'])}] ({fmt_t(f[e]['min'])})" for e in ("eigenlstm", "torch", "onnxruntime")]
-        rc = " / ".join(f"{f[e]['repeats']}×{f[e]['inner']}" for e in ("eigenlstm", "torch", "onnxruntime"))
+        cells = [
+            f"{fmt_t(f[e]['median'])} [{fmt_t(f[e]['q1'])}–{fmt_t(f[e]['q3'])}] ({fmt_t(f[e]['min'])})"
+            for e in ("eigenlstm", "torch", "onnxruntime")
+        ]
+        rc = " / ".join(
+            f"{f[e]['repeats']}×{f[e]['inner']}" for e in ("eigenlstm", "torch", "onnxruntime")
+        )
         L.append(f"| {n} | " + " | ".join(cells) + f" | {rc} |")
     L.append("")
-    L.append("## Training step (zero_grad + training forward + backward of a fixed dy, with dx and parameter gradients): median time [Q1–Q3] (min)")
+    L.append(
+        "## Training step (zero_grad + training forward + backward of a fixed dy, with dx and parameter gradients): median time [Q1–Q3] (min)"
+    )
     L.append("")
     L.append("| shape | eigenlstm | torch | rounds × calls (el / torch) |")
     L.append("|---|---|---|---|")
     for n in shapes:
         t = R[n]["train"]
-        cells = [f"{fmt_t(t[e]['median'])} [{fmt_t(t[e]['q1'])}–{fmt_t(t[e]['q3'])}] ({fmt_t(t[e]['min'])})" for e in ("eigenlstm", "torch")]
+        cells = [
+            f"{fmt_t(t[e]['median'])} [{fmt_t(t[e]['q1'])}–{fmt_t(t[e]['q3'])}] ({fmt_t(t[e]['min'])})"
+            for e in ("eigenlstm", "torch")
+        ]
         rc = " / ".join(f"{t[e]['repeats']}×{t[e]['inner']}" for e in ("eigenlstm", "torch"))
         L.append(f"| {n} | " + " | ".join(cells) + f" | {rc} |")
     L.append("")
     if mem:
         L.append("## Training-step peak memory (fresh subprocess per engine and shape)")
         L.append("")
-        L.append("`model + step` = VmHWM during one training step − VmRSS before the model was built "
-                 "(weights, gradients, activation cache, outputs, dx); `step` = VmHWM − VmRSS after the "
-                 "model was built. VmHWM is reset with `echo 5 > /proc/self/clear_refs` just before the step.")
+        L.append(
+            "`model + step` = VmHWM during one training step − VmRSS before the model was built "
+            "(weights, gradients, activation cache, outputs, dx); `step` = VmHWM − VmRSS after the "
+            "model was built. VmHWM is reset with `echo 5 > /proc/self/clear_refs` just before the step."
+        )
         L.append("")
-        L.append("| shape | eigenlstm model + step (MB) | torch model + step (MB) | el / torch | eigenlstm step (MB) | torch step (MB) |")
+        L.append(
+            "| shape | eigenlstm model + step (MB) | torch model + step (MB) | el / torch | eigenlstm step (MB) | torch step (MB) |"
+        )
         L.append("|---|---|---|---|---|---|")
         for n in shapes:
             m = mem.get(n, {})
             if "eigenlstm" in m and "torch" in m:
                 e, t = m["eigenlstm"], m["torch"]
-                L.append(f"| {n} | {e['model_plus_step_mb']:.1f} | {t['model_plus_step_mb']:.1f} | "
-                         f"{e['model_plus_step_mb'] / max(t['model_plus_step_mb'], 1e-9):.2f} | {e['step_mb']:.1f} | {t['step_mb']:.1f} |")
+                L.append(
+                    f"| {n} | {e['model_plus_step_mb']:.1f} | {t['model_plus_step_mb']:.1f} | "
+                    f"{e['model_plus_step_mb'] / max(t['model_plus_step_mb'], 1e-9):.2f} | {e['step_mb']:.1f} | {t['step_mb']:.1f} |"
+                )
         L.append("")
     if results.get("overhead"):
         o = results["overhead"]
         r = o["results"]
-        L.append("## Python overhead: the seed model (B=5, T=7, I=10, H=20, batch_first, Linear(20, 1) on the last step)")
+        L.append(
+            "## Python overhead: the seed model (B=5, T=7, I=10, H=20, batch_first, Linear(20, 1) on the last step)"
+        )
         L.append("")
         L.append(f"eigenlstm side: {o['how']}.")
         L.append("")
         L.append("| engine | median µs per call [Q1–Q3] |")
         L.append("|---|---|")
-        for e, label in (("eigenlstm", "eigenlstm (Python API)"), ("eigenlstm_binding", "eigenlstm binding only (`_engine.forward`, no Python layer, no Linear)"),
-                         ("torch", "torch (inference_mode)"), ("onnxruntime", "onnxruntime LSTM + NumPy Linear")):
-            L.append(f"| {label} | {r[e]['median'] * 1e6:.1f} [{r[e]['q1'] * 1e6:.1f}–{r[e]['q3'] * 1e6:.1f}] |")
+        for e, label in (
+            ("eigenlstm", "eigenlstm (Python API)"),
+            (
+                "eigenlstm_binding",
+                "eigenlstm binding only (`_engine.forward`, no Python layer, no Linear)",
+            ),
+            ("torch", "torch (inference_mode)"),
+            ("onnxruntime", "onnxruntime LSTM + NumPy Linear"),
+        ):
+            L.append(
+                f"| {label} | {r[e]['median'] * 1e6:.1f} [{r[e]['q1'] * 1e6:.1f}–{r[e]['q3'] * 1e6:.1f}] |"
+            )
         L.append("")
     L.append("## Correctness checks (once per shape, before timing)")
     L.append("")
-    L.append("| shape | ORT vs torch max abs (y, c_n) | eigenlstm vs torch max abs (y, c_n) | eigenlstm vs torch grads max rel | dx max rel |")
+    L.append(
+        "| shape | ORT vs torch max abs (y, c_n) | eigenlstm vs torch max abs (y, c_n) | eigenlstm vs torch grads max rel | dx max rel |"
+    )
     L.append("|---|---|---|---|---|")
     for n in shapes:
         c = R[n]["check"]
-        L.append(f"| {n} | {c['ort_vs_torch_max_abs']:.1e} | {c['el_vs_torch_max_abs']:.1e} | "
-                 f"{c['el_vs_torch_grad_max_rel']:.1e} | {c['el_vs_torch_dx_max_rel']:.1e} |")
+        L.append(
+            f"| {n} | {c['ort_vs_torch_max_abs']:.1e} | {c['el_vs_torch_max_abs']:.1e} | "
+            f"{c['el_vs_torch_grad_max_rel']:.1e} | {c['el_vs_torch_dx_max_rel']:.1e} |"
+        )
     L.append("")
     L.append("![speedups and GFLOP/s](compare.png)")
     L.append("")
@@ -808,8 +1047,13 @@ def write_chart(results, path):
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 5.5))
     xs = np.arange(len(shapes))
     w = 0.27
-    for k, (key, label) in enumerate((("fwd_vs_torch", "forward vs torch"), ("fwd_vs_ort", "forward vs ORT"),
-                                      ("train_vs_torch", "training step vs torch"))):
+    for k, (key, label) in enumerate(
+        (
+            ("fwd_vs_torch", "forward vs torch"),
+            ("fwd_vs_ort", "forward vs ORT"),
+            ("train_vs_torch", "training step vs torch"),
+        )
+    ):
         ax1.bar(xs + (k - 1) * w, [s[key][n] for n in shapes], w, label=label)
     ax1.axhline(1.0, color="k", lw=0.8)
     ax1.axhline(1.5, color="gray", ls="--", lw=0.8, label="1.5x target (vs torch)")
@@ -819,8 +1063,13 @@ def write_chart(results, path):
     ax1.set_ylabel("speedup of eigenlstm (other time / eigenlstm time)")
     ax1.set_title("eigenlstm speedup (log scale)")
     ax1.legend(fontsize=8)
-    series = (("fwd", "eigenlstm", "el fwd"), ("fwd", "torch", "torch fwd"), ("fwd", "onnxruntime", "ORT fwd"),
-              ("train", "eigenlstm", "el train"), ("train", "torch", "torch train"))
+    series = (
+        ("fwd", "eigenlstm", "el fwd"),
+        ("fwd", "torch", "torch fwd"),
+        ("fwd", "onnxruntime", "ORT fwd"),
+        ("train", "eigenlstm", "el train"),
+        ("train", "torch", "torch train"),
+    )
     w2 = 0.16
     for k, (phase, eng, label) in enumerate(series):
         ax2.bar(xs + (k - 2) * w2, [R[n][phase][eng]["gflops"] for n in shapes], w2, label=label)
@@ -833,8 +1082,11 @@ def write_chart(results, path):
     ax2.set_title("throughput (log scale)")
     ax2.legend(fontsize=8)
     info = results["machine"]
-    fig.suptitle(f"{info['cpu']}, {info['threads']} threads, torch {info['torch']}, ORT {info['onnxruntime']}, "
-                 f"eigenlstm {info['eigenlstm']}, {info['date'][:10]}", fontsize=10)
+    fig.suptitle(
+        f"{info['cpu']}, {info['threads']} threads, torch {info['torch']}, ORT {info['onnxruntime']}, "
+        f"eigenlstm {info['eigenlstm']}, {info['date'][:10]}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -846,19 +1098,50 @@ def write_chart(results, path):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     p.add_argument("--threads", type=int, default=2, help="threads for every engine (default 2)")
-    p.add_argument("--shapes", default="all", help=f"comma-separated subset of: {', '.join(SHAPES)} (default all)")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="rounds per shape; forward and training share the rounds (default: as many as fit in --budget, within [5, 200])")
-    p.add_argument("--budget", type=float, default=None, help="seconds of timing per shape (default 90; --quick 6)")
-    p.add_argument("--batch", type=float, default=None, help="min seconds per timed batch of calls (default 0.02; --quick 0.005)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls per engine before timing (default 3)")
-    p.add_argument("--quick", action="store_true", help="short budgets for development (numbers are noisier)")
-    p.add_argument("--no-memory", action="store_true", help="skip the training peak-memory subprocesses")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output directory")
-    p.add_argument("--_memprobe", nargs=2, metavar=("ENGINE", "SHAPE"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--shapes",
+        default="all",
+        help=f"comma-separated subset of: {', '.join(SHAPES)} (default all)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="rounds per shape; forward and training share the rounds (default: as many as fit in --budget, within [5, 200])",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds of timing per shape (default 90; --quick 6)",
+    )
+    p.add_argument(
+        "--batch",
+        type=float,
+        default=None,
+        help="min seconds per timed batch of calls (default 0.02; --quick 0.005)",
+    )
+    p.add_argument(
+        "--warmup", type=int, default=3, help="untimed calls per engine before timing (default 3)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="short budgets for development (numbers are noisier)"
+    )
+    p.add_argument(
+        "--no-memory", action="store_true", help="skip the training peak-memory subprocesses"
+    )
+    p.add_argument(
+        "--out", default=str(Path(__file__).resolve().parent / "results"), help="output directory"
+    )
+    p.add_argument(
+        "--_memprobe", dest="memprobe", nargs=2, metavar=("ENGINE", "SHAPE"), help=argparse.SUPPRESS
+    )
     args = p.parse_args(argv)
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
@@ -878,8 +1161,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args._memprobe:
-        memprobe(args._memprobe[0], args._memprobe[1], args.threads)
+    if args.memprobe:
+        memprobe(args.memprobe[0], args.memprobe[1], args.threads)
         return 0
     t_start = time.perf_counter()
     el, torch, ort = import_engines(args.threads)
@@ -888,29 +1171,43 @@ def main(argv=None):
     results = {
         "command": "python bench/compare.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine_info(el, torch, ort, args.threads),
-        "settings": (f"repeats={'auto' if args.repeats is None else args.repeats}, budget={args.budget:g} s/shape, "
-                     f"batch≥{args.batch * 1e3:g} ms, warmup={args.warmup}"),
+        "settings": (
+            f"repeats={'auto' if args.repeats is None else args.repeats}, budget={args.budget:g} s/shape, "
+            f"batch≥{args.batch * 1e3:g} ms, warmup={args.warmup}"
+        ),
         "shapes": {},
     }
-    print(f"[compare] {results['machine']['cpu']}, threads={args.threads}, shapes={args.shape_list}", flush=True)
+    print(
+        f"[compare] {results['machine']['cpu']}, threads={args.threads}, shapes={args.shape_list}",
+        flush=True,
+    )
 
     sgemm_repeats = 3 if args.quick else 7
     sg1 = measure_sgemm(torch, sgemm_repeats)
-    print(f"[compare] SGEMM 2048 numpy {sg1['numpy']['gflops']:.1f} GFLOP/s, torch.mm {sg1['torch']['gflops']:.1f}", flush=True)
+    print(
+        f"[compare] SGEMM 2048 numpy {sg1['numpy']['gflops']:.1f} GFLOP/s, torch.mm {sg1['torch']['gflops']:.1f}",
+        flush=True,
+    )
 
     for name in args.shape_list:
         t0 = time.perf_counter()
         r = run_shape(name, el, torch, ort, args.threads, args)
         results["shapes"][name] = r
         f, t = r["fwd"], r["train"]
-        print(f"[compare] {name:14s} fwd el {fmt_t(f['eigenlstm']['median'])} torch {fmt_t(f['torch']['median'])} "
-              f"ort {fmt_t(f['onnxruntime']['median'])} | train el {fmt_t(t['eigenlstm']['median'])} "
-              f"torch {fmt_t(t['torch']['median'])} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"[compare] {name:14s} fwd el {fmt_t(f['eigenlstm']['median'])} torch {fmt_t(f['torch']['median'])} "
+            f"ort {fmt_t(f['onnxruntime']['median'])} | train el {fmt_t(t['eigenlstm']['median'])} "
+            f"torch {fmt_t(t['torch']['median'])} ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
 
     results["overhead"] = run_overhead(el, torch, ort, args.threads, args)
     o = results["overhead"]["results"]
-    print(f"[compare] seed model per call: el {o['eigenlstm']['median'] * 1e6:.1f} µs, torch "
-          f"{o['torch']['median'] * 1e6:.1f} µs", flush=True)
+    print(
+        f"[compare] seed model per call: el {o['eigenlstm']['median'] * 1e6:.1f} µs, torch "
+        f"{o['torch']['median'] * 1e6:.1f} µs",
+        flush=True,
+    )
 
     # SGEMM again at the end: the reference is the median of the samples of both ends of the run.
     sg2 = measure_sgemm(torch, sgemm_repeats)
@@ -918,9 +1215,13 @@ def main(argv=None):
     for k in sg1:
         pooled = sg1[k]["samples"] + sg2[k]["samples"]
         med = statistics.median(pooled)
-        results["sgemm"][k] = {"median": med, "gflops": 2.0 * 2048 ** 3 / med / 1e9,
-                               "start_gflops": sg1[k]["gflops"], "end_gflops": sg2[k]["gflops"],
-                               "repeats": len(pooled)}
+        results["sgemm"][k] = {
+            "median": med,
+            "gflops": 2.0 * 2048**3 / med / 1e9,
+            "start_gflops": sg1[k]["gflops"],
+            "end_gflops": sg2[k]["gflops"],
+            "repeats": len(pooled),
+        }
 
     if not args.no_memory:
         results["memory"] = run_memory(args.shape_list, args.threads)
@@ -931,7 +1232,9 @@ def main(argv=None):
     write_markdown(results, out / "compare.md")
     write_chart(results, out / "compare.png")
     print((out / "compare.md").read_text())
-    print(f"[compare] wrote {out / 'compare.md'}, compare.png, compare.json in {results['elapsed_s']:.0f} s")
+    print(
+        f"[compare] wrote {out / 'compare.md'}, compare.png, compare.json in {results['elapsed_s']:.0f} s"
+    )
     return 0
 
 

@@ -34,8 +34,16 @@ sys.path.insert(0, str(HERE))
 import compare  # noqa: E402  (the numbers are compare.py's own: summarize, geomean, SHAPES)
 
 # Options forwarded to every compare.py run unchanged (name, takes a value). --out is set per run.
-PASSTHROUGH = (("threads", True), ("shapes", True), ("repeats", True), ("budget", True), ("batch", True),
-               ("warmup", True), ("quick", False), ("no_memory", False))
+PASSTHROUGH = (
+    ("threads", True),
+    ("shapes", True),
+    ("repeats", True),
+    ("budget", True),
+    ("batch", True),
+    ("warmup", True),
+    ("quick", False),
+    ("no_memory", False),
+)
 
 NATIVE = "native (-march=native)"  # what a build without eigenlstm._core.isa() was compiled for
 
@@ -50,11 +58,15 @@ def probe():
     --_probe` with the build's environment). Builds before run-time dispatch have no isa()."""
     import eigenlstm as el
 
-    core = el._core
-    info = {"version": getattr(el, "__version__", "?"), "file": el.__file__,
-            "isa": core.isa() if hasattr(core, "isa") else None,
-            "isa_available": list(core.isa_available()) if hasattr(core, "isa_available") else None,
-            "compiler": None, "simd": None}
+    core = el._core  # noqa: SLF001 - builds older than el.config() have only _core
+    info = {
+        "version": getattr(el, "__version__", "?"),
+        "file": el.__file__,
+        "isa": core.isa() if hasattr(core, "isa") else None,
+        "isa_available": list(core.isa_available()) if hasattr(core, "isa_available") else None,
+        "compiler": None,
+        "simd": None,
+    }
     if hasattr(core, "build_info"):  # the back end's compiler and Eigen's SIMD (not its path)
         b = core.build_info()
         info["compiler"], info["simd"] = b.get("compiler"), b.get("simd")
@@ -62,10 +74,17 @@ def probe():
 
 
 def run_probe(build):
-    p = subprocess.run([build["python"], str(Path(__file__).resolve()), "--_probe"], env=build["env"],
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [build["python"], str(Path(__file__).resolve()), "--_probe"],
+        env=build["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if p.returncode != 0:
-        sys.exit(f"[builds] {build['label']}: {build['python']} cannot import eigenlstm:\n{p.stderr}")
+        sys.exit(
+            f"[builds] {build['label']}: {build['python']} cannot import eigenlstm:\n{p.stderr}"
+        )
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
@@ -92,8 +111,14 @@ def run_compare(build, args, out_dir):
             cmd.append(flag)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "compare.log", "w") as log:
-        p = subprocess.Popen(cmd, env=build["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, bufsize=1)
+        p = subprocess.Popen(
+            cmd,
+            env=build["env"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
         for line in p.stdout:
             log.write(line)
             if (line.startswith("[compare]") and "wrote" not in line) or "WARNING" in line:
@@ -114,21 +139,30 @@ def metrics(results):
     s = compare.summarize(results)
     R = results["shapes"]
     shapes = [n for n in compare.SHAPES if n in R]
-    higher = {"fwd vs torch (geomean)": s["fwd_vs_torch_geomean"],
-              "fwd vs ORT (geomean)": s["fwd_vs_ort_geomean"],
-              "train vs torch (geomean)": s["train_vs_torch_geomean"]}
+    higher = {
+        "fwd vs torch (geomean)": s["fwd_vs_torch_geomean"],
+        "fwd vs ORT (geomean)": s["fwd_vs_ort_geomean"],
+        "train vs torch (geomean)": s["train_vs_torch_geomean"],
+    }
     rest = [n for n in shapes if n != "seed"]
     if "seed" in shapes and rest:  # compare.md's "geomean without seed" row
-        for key, label in (("fwd_vs_torch", "fwd vs torch"), ("fwd_vs_ort", "fwd vs ORT"),
-                           ("train_vs_torch", "train vs torch")):
+        for key, label in (
+            ("fwd_vs_torch", "fwd vs torch"),
+            ("fwd_vs_ort", "fwd vs ORT"),
+            ("train_vs_torch", "train vs torch"),
+        ):
             higher[f"{label} (geomean without seed)"] = compare.geomean([s[key][n] for n in rest])
     for n in compare.DEEPBENCH_TRAINING:  # the shapes that carry the 80%-of-SGEMM target
         if n in shapes:
             higher[f"fwd % SGEMM, {n}"] = s["fwd_frac"][n]
             higher[f"train % SGEMM, {n}"] = s["train_frac"][n]
     # eigenlstm's own throughput, without the peer engine's time in the ratio.
-    higher["eigenlstm fwd GFLOP/s (geomean)"] = compare.geomean([R[n]["fwd"]["eigenlstm"]["gflops"] for n in shapes])
-    higher["eigenlstm train GFLOP/s (geomean)"] = compare.geomean([R[n]["train"]["eigenlstm"]["gflops"] for n in shapes])
+    higher["eigenlstm fwd GFLOP/s (geomean)"] = compare.geomean(
+        [R[n]["fwd"]["eigenlstm"]["gflops"] for n in shapes]
+    )
+    higher["eigenlstm train GFLOP/s (geomean)"] = compare.geomean(
+        [R[n]["train"]["eigenlstm"]["gflops"] for n in shapes]
+    )
     times = {}
     for n in shapes:
         times[f"{n} fwd"] = R[n]["fwd"]["eigenlstm"]["median"]
@@ -192,40 +226,63 @@ def write_report(report, path):
     L = ["# eigenlstm builds side by side (bench/compare.py in alternating rounds)", ""]
     L.append(f"Generated by `{report['command']}` on {report['date']}.")
     L.append("")
-    L.append(f"- **Machine**: {m['cpu']}, {m['cores']} logical cores; CPU flags: {m['flags']}; "
-             f"load average at start {m['loadavg_start']}, at end {m['loadavg_end']}")
-    L.append(f"- **compare.py**: {report['compare_settings']}; threads {report['threads']} for every engine "
-             f"and build; shapes: {', '.join(report['shapes'])}")
-    L.append(f"- **Rounds**: {report['rounds']}, order per round alternated ({report['orders']}); one compare.py "
-             f"process at a time; {report['elapsed_s'] / 60:.1f} min in all")
+    L.append(
+        f"- **Machine**: {m['cpu']}, {m['cores']} logical cores; CPU flags: {m['flags']}; "
+        f"load average at start {m['loadavg_start']}, at end {m['loadavg_end']}"
+    )
+    L.append(
+        f"- **compare.py**: {report['compare_settings']}; threads {report['threads']} for every engine "
+        f"and build; shapes: {', '.join(report['shapes'])}"
+    )
+    L.append(
+        f"- **Rounds**: {report['rounds']}, order per round alternated ({report['orders']}); one compare.py "
+        f"process at a time; {report['elapsed_s'] / 60:.1f} min in all"
+    )
     L.append("")
-    L.append("| build | eigenlstm | ISA level it ran at | levels this CPU and build can run | back end: compiler, Eigen SIMD "
-             "| environment |")
+    L.append(
+        "| build | eigenlstm | ISA level it ran at | levels this CPU and build can run | back end: compiler, Eigen SIMD "
+        "| environment |"
+    )
     L.append("|---|---|---|---|---|---|")
     for b in builds:
         isa = ", ".join(sorted(set(report["isa_seen"][b["label"]])))
         avail = ", ".join(b["probe"]["isa_available"]) if b["probe"]["isa_available"] else "-"
         env = ", ".join(f"{k}={v}" for k, v in b["env_extra"].items()) or "-"
-        backend = f"{b['probe']['compiler']}, {b['probe']['simd']}" if b["probe"]["compiler"] else "-"
-        L.append(f"| {b['label']}{' (reference)' if b['label'] == ref else ''} | {b['probe']['version']} | "
-                 f"{isa} | {avail} | {backend} | {env} |")
+        backend = (
+            f"{b['probe']['compiler']}, {b['probe']['simd']}" if b["probe"]["compiler"] else "-"
+        )
+        L.append(
+            f"| {b['label']}{' (reference)' if b['label'] == ref else ''} | {b['probe']['version']} | "
+            f"{isa} | {avail} | {backend} | {env} |"
+        )
     L.append("")
 
     L.append("## Geomeans: median over rounds [min–max] (higher is better)")
     L.append("")
-    L.append("Speedups as in compare.py (other engine's median time / eigenlstm's). Ratio = build's median / "
-             f"{ref}'s median, with the range of the per-round ratios (both builds of a round ran back to back); "
-             f"the check asks ratio ≥ {1 - tol:.2f} (within {tol:.0%}) of the three headline geomeans.")
+    L.append(
+        "Speedups as in compare.py (other engine's median time / eigenlstm's). Ratio = build's median / "
+        f"{ref}'s median, with the range of the per-round ratios (both builds of a round ran back to back); "
+        f"the check asks ratio ≥ {1 - tol:.2f} (within {tol:.0%}) of the three headline geomeans."
+    )
     L.append("")
-    head = ["metric"] + labels + [f"{o} / {ref}" for o in others] + ([f"within {tol:.0%}"] if others else [])
+    head = (
+        ["metric"]
+        + labels
+        + [f"{o} / {ref}" for o in others]
+        + ([f"within {tol:.0%}"] if others else [])
+    )
     L.append("| " + " | ".join(head) + " |")
     L.append("|" + "---|" * len(head))
     for metric in higher[ref]:
         cells = [metric]
         for lab in labels:
             v = higher[lab].get(metric, [])
-            cells.append(f"{fmt_value(metric, statistics.median(v))} [{fmt_value(metric, min(v))}–"
-                         f"{fmt_value(metric, max(v))}]" if v else "-")
+            cells.append(
+                f"{fmt_value(metric, statistics.median(v))} [{fmt_value(metric, min(v))}–"
+                f"{fmt_value(metric, max(v))}]"
+                if v
+                else "-"
+            )
         checks = []
         for o in others:
             a, b = higher[o].get(metric), higher[ref][metric]
@@ -243,7 +300,9 @@ def write_report(report, path):
 
     L.append("## eigenlstm median time per call: median over rounds (lower is better)")
     L.append("")
-    L.append(f"Ratio = build's time / {ref}'s (> 1: slower). `seed model from Python` is compare.py's overhead case.")
+    L.append(
+        f"Ratio = build's time / {ref}'s (> 1: slower). `seed model from Python` is compare.py's overhead case."
+    )
     L.append("")
     head = ["case"] + labels + [f"{o} / {ref}" for o in others]
     L.append("| " + " | ".join(head) + " |")
@@ -255,18 +314,25 @@ def write_report(report, path):
             cells.append(compare.fmt_t(statistics.median(v)) if v else "-")
         for o in others:
             a = times[o].get(metric)
-            cells.append(f"{statistics.median(a) / statistics.median(times[ref][metric]):.3f}" if a else "-")
+            cells.append(
+                f"{statistics.median(a) / statistics.median(times[ref][metric]):.3f}" if a else "-"
+            )
         L.append("| " + " | ".join(cells) + " |")
     L.append("")
 
     L.append("## Rounds")
     L.append("")
-    L.append("| round | build | ISA | fwd vs torch | fwd vs ORT | train vs torch | load avg (start → end) | seconds |")
+    L.append(
+        "| round | build | ISA | fwd vs torch | fwd vs ORT | train vs torch | load avg (start → end) | seconds |"
+    )
     L.append("|---|---|---|---|---|---|---|---|")
     for run in report["runs"]:
         h = run["higher"]
-        L.append(f"| {run['round']} | {run['label']} | {run['isa']} | " + " | ".join(f"{h[c]:.3f}x" for c in CHECKED)
-                 + f" | {run['loadavg'][0]:.2f} → {run['loadavg'][1]:.2f} | {run['elapsed_s']:.0f} |")
+        L.append(
+            f"| {run['round']} | {run['label']} | {run['isa']} | "
+            + " | ".join(f"{h[c]:.3f}x" for c in CHECKED)
+            + f" | {run['loadavg'][0]:.2f} → {run['loadavg'][1]:.2f} | {run['elapsed_s']:.0f} |"
+        )
     L.append("")
     path.write_text("\n".join(L))
 
@@ -277,29 +343,70 @@ def write_report(report, path):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--build", action="append", required=True, metavar="LABEL=PYTHON",
-                   help="a build: a label and the interpreter that imports it (repeat; the first is the reference)")
-    p.add_argument("--env", action="append", default=[], metavar="LABEL:NAME=VALUE",
-                   help="an environment variable for one build's runs, e.g. avx2:EIGENLSTM_MAX_ISA=avx2 (repeat)")
-    p.add_argument("--ref", help="label of the reference build for the ratios (default: the first --build)")
-    p.add_argument("--rounds", type=int, default=4, help="compare.py runs per build, order alternated (default 4)")
-    p.add_argument("--tolerance", type=float, default=0.03,
-                   help="the check: a build's headline geomeans >= (1 - tolerance) x the reference's (default 0.03)")
-    p.add_argument("--out", default=str(HERE / "results" / "compare_builds.md"),
-                   help="markdown report (default bench/results/compare_builds.md; the .json goes beside it)")
-    p.add_argument("--keep-runs", metavar="DIR", help="keep every run's compare.md/.json/.png/.log under DIR "
-                                                      "(default: a temporary directory, removed)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    p.add_argument(
+        "--build",
+        action="append",
+        required=True,
+        metavar="LABEL=PYTHON",
+        help="a build: a label and the interpreter that imports it (repeat; the first is the reference)",
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="LABEL:NAME=VALUE",
+        help="an environment variable for one build's runs, e.g. avx2:EIGENLSTM_MAX_ISA=avx2 (repeat)",
+    )
+    p.add_argument(
+        "--ref", help="label of the reference build for the ratios (default: the first --build)"
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="compare.py runs per build, order alternated (default 4)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.03,
+        help="the check: a build's headline geomeans >= (1 - tolerance) x the reference's (default 0.03)",
+    )
+    p.add_argument(
+        "--out",
+        default=str(HERE / "results" / "compare_builds.md"),
+        help="markdown report (default bench/results/compare_builds.md; the .json goes beside it)",
+    )
+    p.add_argument(
+        "--keep-runs",
+        metavar="DIR",
+        help="keep every run's compare.md/.json/.png/.log under DIR "
+        "(default: a temporary directory, removed)",
+    )
     g = p.add_argument_group("passed to every compare.py run (see compare.py --help)")
     g.add_argument("--threads", type=int, default=2, help="threads for every engine (default 2)")
     g.add_argument("--shapes", help="comma-separated subset of compare.py's shapes (default all)")
-    g.add_argument("--repeats", type=int, help="rounds per shape inside compare.py (default: from --budget)")
-    g.add_argument("--budget", type=float, help="seconds of timing per shape (compare.py's default 90; --quick 6)")
+    g.add_argument(
+        "--repeats", type=int, help="rounds per shape inside compare.py (default: from --budget)"
+    )
+    g.add_argument(
+        "--budget",
+        type=float,
+        help="seconds of timing per shape (compare.py's default 90; --quick 6)",
+    )
     g.add_argument("--batch", type=float, help="min seconds per timed batch of calls")
     g.add_argument("--warmup", type=int, help="untimed calls per engine before timing")
     g.add_argument("--quick", action="store_true", help="compare.py's short budgets (smoke runs)")
-    g.add_argument("--no-memory", action="store_true", help="skip compare.py's training peak-memory subprocesses")
+    g.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="skip compare.py's training peak-memory subprocesses",
+    )
     args = p.parse_args(argv)
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
@@ -338,24 +445,38 @@ def main(argv=None):
         probe()
         return 0
     args = parse_args(argv)
-    shapes = list(compare.SHAPES) if not args.shapes else [s.strip() for s in args.shapes.split(",") if s.strip()]
+    shapes = (
+        list(compare.SHAPES)
+        if not args.shapes
+        else [s.strip() for s in args.shapes.split(",") if s.strip()]
+    )
     if any(s not in compare.SHAPES for s in shapes):
-        sys.exit(f"--shapes: unknown {[s for s in shapes if s not in compare.SHAPES]}; choose from {list(compare.SHAPES)}")
+        sys.exit(
+            f"--shapes: unknown {[s for s in shapes if s not in compare.SHAPES]}; choose from {list(compare.SHAPES)}"
+        )
     builds = args.builds
     for b in builds:  # fail before the first round if a build does not import
         b["probe"] = run_probe(b)
-        print(f"[builds] {b['label']}: eigenlstm {b['probe']['version']} from {b['probe']['file']}, "
-              f"ISA {b['probe']['isa'] or NATIVE}", flush=True)
+        print(
+            f"[builds] {b['label']}: eigenlstm {b['probe']['version']} from {b['probe']['file']}, "
+            f"ISA {b['probe']['isa'] or NATIVE}",
+            flush=True,
+        )
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    runs_dir = Path(args.keep_runs) if args.keep_runs else Path(tempfile.mkdtemp(prefix="compare_builds_"))
+    runs_dir = (
+        Path(args.keep_runs) if args.keep_runs else Path(tempfile.mkdtemp(prefix="compare_builds_"))
+    )
     t_start = time.perf_counter()
     loadavg_start = os.getloadavg()
     if loadavg_start[0] > 0.5 * (os.cpu_count() or 1):
         # spin-waiting thread teams lose a core to any other process: the ratios will be noisy
-        print(f"[builds] WARNING: load average {loadavg_start[0]:.2f} on {os.cpu_count()} cores: "
-              "the machine is busy, expect noisy numbers", flush=True)
+        print(
+            f"[builds] WARNING: load average {loadavg_start[0]:.2f} on {os.cpu_count()} cores: "
+            "the machine is busy, expect noisy numbers",
+            flush=True,
+        )
     runs, orders, settings = [], [], None
     try:
         for r in range(args.rounds):
@@ -369,12 +490,27 @@ def main(argv=None):
                 res = run_compare(b, args, runs_dir / f"round{r + 1}_{b['label']}")
                 higher, times = metrics(res)
                 isa = res["machine"].get("eigenlstm_isa") or NATIVE
-                runs.append({"round": r + 1, "label": b["label"], "isa": isa, "higher": higher, "times": times,
-                             "loadavg": [res["machine"]["loadavg_start"][0], res["machine"]["loadavg_end"][0]],
-                             "elapsed_s": time.perf_counter() - t0})
+                runs.append(
+                    {
+                        "round": r + 1,
+                        "label": b["label"],
+                        "isa": isa,
+                        "higher": higher,
+                        "times": times,
+                        "loadavg": [
+                            res["machine"]["loadavg_start"][0],
+                            res["machine"]["loadavg_end"][0],
+                        ],
+                        "elapsed_s": time.perf_counter() - t0,
+                    }
+                )
                 settings = res["settings"]
-                print(f"[builds]   {b['label']} ({isa}): " + ", ".join(f"{c} {higher[c]:.3f}x" for c in CHECKED)
-                      + f" ({runs[-1]['elapsed_s']:.0f} s)", flush=True)
+                print(
+                    f"[builds]   {b['label']} ({isa}): "
+                    + ", ".join(f"{c} {higher[c]:.3f}x" for c in CHECKED)
+                    + f" ({runs[-1]['elapsed_s']:.0f} s)",
+                    flush=True,
+                )
     finally:
         if not args.keep_runs:
             shutil.rmtree(runs_dir, ignore_errors=True)
@@ -382,22 +518,41 @@ def main(argv=None):
     report = {
         "command": public_command(argv),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {"cpu": compare.cpu_model(), "cores": os.cpu_count(), "flags": compare.cpu_flags(),
-                    "loadavg_start": "/".join(f"{v:.2f}" for v in loadavg_start),
-                    "loadavg_end": "/".join(f"{v:.2f}" for v in os.getloadavg())},
-        "compare_settings": settings, "threads": args.threads, "shapes": shapes,
-        "rounds": args.rounds, "orders": ", ".join(orders), "ref": args.ref, "tolerance": args.tolerance,
+        "machine": {
+            "cpu": compare.cpu_model(),
+            "cores": os.cpu_count(),
+            "flags": compare.cpu_flags(),
+            "loadavg_start": "/".join(f"{v:.2f}" for v in loadavg_start),
+            "loadavg_end": "/".join(f"{v:.2f}" for v in os.getloadavg()),
+        },
+        "compare_settings": settings,
+        "threads": args.threads,
+        "shapes": shapes,
+        "rounds": args.rounds,
+        "orders": ", ".join(orders),
+        "ref": args.ref,
+        "tolerance": args.tolerance,
         # no interpreter paths in the report: labels, versions and environment overrides only
-        "builds": [{"label": b["label"], "env_extra": b["env_extra"],
-                    "probe": {k: v for k, v in b["probe"].items() if k != "file"}} for b in builds],
-        "isa_seen": {b["label"]: [run["isa"] for run in runs if run["label"] == b["label"]] for b in builds},
+        "builds": [
+            {
+                "label": b["label"],
+                "env_extra": b["env_extra"],
+                "probe": {k: v for k, v in b["probe"].items() if k != "file"},
+            }
+            for b in builds
+        ],
+        "isa_seen": {
+            b["label"]: [run["isa"] for run in runs if run["label"] == b["label"]] for b in builds
+        },
         "runs": runs,
         "elapsed_s": time.perf_counter() - t_start,
     }
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     write_report(report, out)
     print(out.read_text())
-    print(f"[builds] wrote {out} and {out.with_suffix('.json').name} in {report['elapsed_s'] / 60:.1f} min")
+    print(
+        f"[builds] wrote {out} and {out.with_suffix('.json').name} in {report['elapsed_s'] / 60:.1f} min"
+    )
     return 0
 
 

@@ -39,7 +39,7 @@ def model(I, H, dtype, subnormal, seed=0):
         else:
             state[k] = np.zeros_like(v)
     # the g block of [i, f, g, o]: drives c and h; subnormal or ordinary
-    state["bias_ih_l0"][2 * H:3 * H] = tiny if subnormal else 0.1
+    state["bias_ih_l0"][2 * H : 3 * H] = tiny if subnormal else 0.1
     lstm.load_state_dict(state)
     return lstm.eval()
 
@@ -88,8 +88,10 @@ def main(argv=None):
 
     base = times["normal numbers"]
     cfg = el.config()
-    print(f"eigenlstm {cfg['version']} ({cfg['isa']}), {args.dtype}, (B, T, I, H) = ({B}, {T}, {I}, "
-          f"{H}), {args.threads} threads, {args.rounds} rounds x {args.repeats} calls")
+    print(
+        f"eigenlstm {cfg['version']} ({cfg['isa']}), {args.dtype}, (B, T, I, H) = ({B}, {T}, {I}, "
+        f"{H}), {args.threads} threads, {args.rounds} rounds x {args.repeats} calls"
+    )
     print("| case | median time per forward | / normal numbers |")
     print("|---|---|---|")
     for name, ts in times.items():

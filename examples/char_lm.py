@@ -32,7 +32,9 @@ def dataset(text: str, window: int = WINDOW):
     return x, y, vocab
 
 
-def sample(model, vocab, prompt: str, length: int = 300, temperature: float = 0.5, seed: int = 0) -> str:
+def sample(
+    model, vocab, prompt: str, length: int = 300, temperature: float = 0.5, seed: int = 0
+) -> str:
     """Continue ``prompt`` by ``length`` characters, drawing from softmax(logits / temperature)."""
     rng = np.random.default_rng(seed)
     eye = np.eye(len(vocab), dtype=np.float32)
@@ -50,15 +52,27 @@ def train(epochs: int = 40, seed: int = 0, progress: bool = True):
     x, y, vocab = dataset(zen_text())
     model = el.LSTMModel(input_size=len(vocab), hidden_size=96, output_size=len(vocab), seed=seed)
     trainer = el.Trainer(model)
-    history = trainer.fit(x, y, epochs=epochs, batch_size=64, loss="cross_entropy", lr=1e-2,
-                          lr_schedule="cosine", clip_grad_norm=1.0, seed=seed, progress=progress)
+    history = trainer.fit(
+        x,
+        y,
+        epochs=epochs,
+        batch_size=64,
+        loss="cross_entropy",
+        lr=1e-2,
+        lr_schedule="cosine",
+        clip_grad_norm=1.0,
+        seed=seed,
+        progress=progress,
+    )
     return model, vocab, history
 
 
 if __name__ == "__main__":
     model, vocab, history = train()
     loss = history.history["loss"]
-    print(f"{len(vocab)} characters; training loss {loss[0]:.3f} -> {loss[-1]:.3f} "
-          f"(uniform guessing: {np.log(len(vocab)):.3f})")
+    print(
+        f"{len(vocab)} characters; training loss {loss[0]:.3f} -> {loss[-1]:.3f} "
+        f"(uniform guessing: {np.log(len(vocab)):.3f})"
+    )
     print("\n--- sample (temperature 0.5) ---")
     print(sample(model, vocab, "Beautiful is better than "))

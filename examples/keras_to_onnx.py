@@ -44,7 +44,9 @@ def main(out_dir="runs/keras_to_onnx", keras_epochs=8, finetune_epochs=15, verbo
     # 1. Train in Keras and save.
     keras.utils.set_random_seed(0)
     x, y = windows(freq=0.3, amp=1.0, n=512, seed=0)
-    kmodel = keras.Sequential([keras.Input((None, 1)), keras.layers.LSTM(16), keras.layers.Dense(1)])
+    kmodel = keras.Sequential(
+        [keras.Input((None, 1)), keras.layers.LSTM(16), keras.layers.Dense(1)]
+    )
     kmodel.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
     kmodel.fit(x, y, epochs=keras_epochs, batch_size=32, verbose=0)
     kmodel.save(out / "forecaster.keras")
@@ -60,7 +62,9 @@ def main(out_dir="runs/keras_to_onnx", keras_epochs=8, finetune_epochs=15, verbo
     x_val, y_val = windows(freq=0.45, amp=1.5, n=128, seed=3)
     trainer = el.Trainer(model)
     before = trainer.evaluate(x_val, y_val)["loss"]
-    trainer.fit(x_new, y_new, epochs=finetune_epochs, batch_size=32, lr=3e-3, seed=0, progress=False)
+    trainer.fit(
+        x_new, y_new, epochs=finetune_epochs, batch_size=32, lr=3e-3, seed=0, progress=False
+    )
     after = trainer.evaluate(x_val, y_val)["loss"]
     say(f"held-out MSE on the shifted wave: {before:.4f} before fine-tuning, {after:.4f} after")
 
