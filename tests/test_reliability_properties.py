@@ -37,11 +37,13 @@ INPUTS = (1, 2, 3, 7, 8, 15, 16, 17)
 #   only the engine's float32 arithmetic differs. Unit roundoff is 6e-8; dot products have
 #   length I + Hout <= 50, errors are carried through <= 6 steps, 3 layers and back through
 #   BPTT, and |x| is drawn up to 3 sigma-scale, so a few hundred roundings of O(1) terms
-#   accumulate at worst: ~1e-5 relative. RTOL = 1e-4 leaves a margin while a wrong term
-#   (missed gate, mask, step or direction) is >= 1e-2. A value that cancels to ~0 still carries
-#   the roundoff of its O(1) terms, ~1e-7 per element: ATOL = 1e-6 (RMS per element) covers it
-#   and is far below any O(1e-2) wrong term.
-TOL = {np.dtype(np.float32): (1e-4, 1e-6), np.dtype(np.float64): (1e-9, 1e-14)}
+#   accumulate: measured over 1000 configurations (these 300 and 700 more drawn at random), the
+#   worst norm-wise relative error is 9.2e-6 (a weight gradient; outputs 4.8e-6) with the avx2
+#   back end and 4.3e-6 with generic. RTOL = 2e-5 is twice the worst seen, while a wrong term
+#   (missed gate, mask, step or direction) is >= 1e-2. None of those cases needed ATOL; it stays
+#   as a floor for a value that cancels to ~0 yet carries the roundoff of its O(1) terms,
+#   ~6e-8 per element: ATOL = 1e-7 (RMS per element).
+TOL = {np.dtype(np.float32): (2e-5, 1e-7), np.dtype(np.float64): (1e-9, 1e-14)}
 
 
 def assert_close(actual, expected, dtype, what):
