@@ -68,13 +68,14 @@ def forward_flops(B, T, I, H):
 def import_engines(threads):
     """Import all engines with `threads` threads each. eigenlstm is imported first so the process
     uses the libgomp it was built against (torch then shares it; see the header's libgomp line)."""
+    import eigenlstm as el
+
+    el.set_num_threads(threads)  # a statement: keeps the import sorter from moving eigenlstm down
+
     import onnxruntime as ort
     import torch
     from threadpoolctl import threadpool_limits
 
-    import eigenlstm as el
-
-    el.set_num_threads(threads)
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # already set (or inter-op work already ran)
         torch.set_num_interop_threads(1)
