@@ -2,6 +2,8 @@
 
 import pytest
 
+from cmake_build import build_engine
+
 
 @pytest.fixture(scope="module")
 def torch_single_threaded():
@@ -25,9 +27,7 @@ def engine_release_build(tmp_path_factory):
     Returns the build directory: tests/test_cpp.py runs ctest in it and tests/test_packaging.py
     installs it, so the two share one optimized build.
     """
-    from cmake_build import build_engine
-
-    return build_engine(tmp_path_factory.mktemp("engine") / "build", sanitize=False)
+    return build_engine(tmp_path_factory.mktemp("engine") / "build")
 
 
 def pytest_terminal_summary(terminalreporter):
