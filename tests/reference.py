@@ -68,10 +68,7 @@ def init_params(rng, input_size, hidden_size, num_layers, bidirectional, proj_si
     params = {}
     for name in param_names(num_layers, bidirectional, proj_size, bias):
         kind, layer = name.split("_l")[0], int(name.split("_l")[1].split("_")[0])
-        if kind == "weight_ih":
-            shape = (G, input_size if layer == 0 else D * Hout)
-        else:
-            shape = shapes[kind]
+        shape = (G, input_size if layer == 0 else D * Hout) if kind == "weight_ih" else shapes[kind]
         params[name] = rng.uniform(-bound, bound, size=shape)
     return params
 
@@ -85,11 +82,18 @@ def _weights(params, layer, direction, H, P):
     """(w_ih (G, in), w_hh (G, Hout), b_ih (G,) or None, b_hh (G,) or None, w_hr (P, H) or None)."""
     suffix = "_reverse" if direction == 1 else ""
     get = lambda kind: params.get(f"{kind}_l{layer}{suffix}")  # noqa: E731
-    return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), (get("weight_hr") if P > 0 else None)
+    return (
+        get("weight_ih"),
+        get("weight_hh"),
+        get("bias_ih"),
+        get("bias_hh"),
+        (get("weight_hr") if P > 0 else None),
+    )
 
 
-def reference_forward(params, x, h0, c0, *, num_layers, bidirectional, proj_size,
-                      lengths=None, dropout_masks=None):
+def reference_forward(
+    params, x, h0, c0, *, num_layers, bidirectional, proj_size, lengths=None, dropout_masks=None
+):
     """Run a multi-layer LSTM forward in float64, with torch.nn.LSTM semantics.
 
     Parameters
@@ -160,28 +164,38 @@ def reference_forward(params, x, h0, c0, *, num_layers, bidirectional, proj_size
             k = layer * D + d
             w_ih, w_hh, b_ih, b_hh, w_hr = _weights(params, layer, d, H, P)
             b = (0.0 if b_ih is None else b_ih) + (0.0 if b_hh is None else b_hh)
-            saved = {name: np.zeros((T, B, H)) for name in ("c_prev", "i", "f", "g", "o", "tanh_c", "m")}
+            saved = {
+                name: np.zeros((T, B, H)) for name in ("c_prev", "i", "f", "g", "o", "tanh_c", "m")
+            }
             saved["h_prev"] = np.zeros((T, B, Hout))
             h, c = h0[k].copy(), c0[k].copy()
             # The reverse direction walks t = T-1 .. 0; since padded steps leave the state
             # untouched, each sequence effectively starts at its own last valid step.
-            for t in (range(T) if d == 0 else reversed(range(T))):
+            for t in range(T) if d == 0 else reversed(range(T)):
                 v = valid[t]
                 # gates = W_ih x_t + b_ih + W_hh h_prev + b_hh, rows in order i, f, g, o
                 gates_t = layer_input[t] @ w_ih.T + h @ w_hh.T + b
-                i = _sigmoid(gates_t[:, 0 * H:1 * H])
-                f = _sigmoid(gates_t[:, 1 * H:2 * H])
-                g = np.tanh(gates_t[:, 2 * H:3 * H])
-                o = _sigmoid(gates_t[:, 3 * H:4 * H])
+                i = _sigmoid(gates_t[:, 0 * H : 1 * H])
+                f = _sigmoid(gates_t[:, 1 * H : 2 * H])
+                g = np.tanh(gates_t[:, 2 * H : 3 * H])
+                o = _sigmoid(gates_t[:, 3 * H : 4 * H])
                 # c_t = f*c_prev + i*g;  m_t = o*tanh(c_t);  h_t = W_hr m_t (or m_t if P = 0)
                 c_t = f * c + i * g
                 tanh_c = np.tanh(c_t)
                 m_t = o * tanh_c
                 h_t = m_t @ w_hr.T if P > 0 else m_t
-                for name, value in (("h_prev", h), ("c_prev", c), ("i", i), ("f", f), ("g", g),
-                                    ("o", o), ("tanh_c", tanh_c), ("m", m_t)):
+                for name, value in (
+                    ("h_prev", h),
+                    ("c_prev", c),
+                    ("i", i),
+                    ("f", f),
+                    ("g", g),
+                    ("o", o),
+                    ("tanh_c", tanh_c),
+                    ("m", m_t),
+                ):
                     saved[name][t] = value
-                output[t, :, d * Hout:(d + 1) * Hout] = np.where(v, h_t, 0.0)
+                output[t, :, d * Hout : (d + 1) * Hout] = np.where(v, h_t, 0.0)
                 h = np.where(v, h_t, h)
                 c = np.where(v, c_t, c)
             h_n[k], c_n[k] = h, c
@@ -192,7 +206,10 @@ def reference_forward(params, x, h0, c0, *, num_layers, bidirectional, proj_size
             layer_input = output * dropout_masks[layer]
 
     cache = {
-        "params": params, "layers": layers, "valid": valid, "dropout_masks": dropout_masks,
+        "params": params,
+        "layers": layers,
+        "valid": valid,
+        "dropout_masks": dropout_masks,
         "sizes": {"T": T, "B": B, "H": H, "P": P, "Hout": Hout, "D": D, "L": L},
     }
     return output, h_n, c_n, cache
@@ -245,12 +262,12 @@ def reference_backward(cache, d_output, dh_n=None, dc_n=None):
             saved = layers[layer]["directions"][d]
             dh, dc = dh_n[k].copy(), dc_n[k].copy()  # gradients w.r.t. the carried h and c
             # Undo the time loop: the forward direction backwards, the reverse one forwards.
-            for t in (reversed(range(T)) if d == 0 else range(T)):
+            for t in reversed(range(T)) if d == 0 else range(T):
                 v = valid[t]
                 i, f, g, o = saved["i"][t], saved["f"][t], saved["g"][t], saved["o"][t]
                 tanh_c, m_t = saved["tanh_c"][t], saved["m"][t]
                 # h_t feeds both the next step (dh) and this step's output; padded rows get 0.
-                dh_t = np.where(v, dh + d_layer_output[t, :, d * Hout:(d + 1) * Hout], 0.0)
+                dh_t = np.where(v, dh + d_layer_output[t, :, d * Hout : (d + 1) * Hout], 0.0)
                 # forward: h_t = W_hr m_t  ->  dm = dh_t W_hr, dW_hr += dh_t^T m_t
                 if P > 0:
                     dm = dh_t @ w_hr
@@ -259,7 +276,7 @@ def reference_backward(cache, d_output, dh_n=None, dc_n=None):
                     dm = dh_t
                 # forward: m_t = o*tanh(c_t)  ->  do = dm*tanh(c_t), dc_t += dm*o*(1 - tanh(c_t)^2)
                 do = dm * tanh_c
-                dc_t = np.where(v, dc, 0.0) + dm * o * (1.0 - tanh_c ** 2)
+                dc_t = np.where(v, dc, 0.0) + dm * o * (1.0 - tanh_c**2)
                 # forward: c_t = f*c_prev + i*g  ->  di = dc_t*g, df = dc_t*c_prev, dg = dc_t*i, dc_prev = dc_t*f
                 di = dc_t * g
                 df = dc_t * saved["c_prev"][t]
@@ -267,8 +284,9 @@ def reference_backward(cache, d_output, dh_n=None, dc_n=None):
                 dc_prev = dc_t * f
                 # forward: i, f, o = sigma(a), g = tanh(a)  ->  da = d*s*(1-s), da_g = dg*(1-g^2)
                 dgates_t = np.concatenate(
-                    [di * i * (1.0 - i), df * f * (1.0 - f), dg * (1.0 - g ** 2), do * o * (1.0 - o)],
-                    axis=1)
+                    [di * i * (1.0 - i), df * f * (1.0 - f), dg * (1.0 - g**2), do * o * (1.0 - o)],
+                    axis=1,
+                )
                 # forward: gates = W_ih x_t + b_ih + W_hh h_prev + b_hh
                 dw_ih += dgates_t.T @ layer_input[t]
                 dw_hh += dgates_t.T @ saved["h_prev"][t]

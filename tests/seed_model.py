@@ -9,7 +9,7 @@ class SeedLSTMModel(tnn.Module):
     """LSTM then a Linear layer on the last time step, with zero initial states."""
 
     def __init__(self, input_size, hidden_size, output_size, num_layers=1):
-        super(SeedLSTMModel, self).__init__()
+        super(SeedLSTMModel, self).__init__()  # noqa: UP008 - as the seed writes it
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         # LSTM layer

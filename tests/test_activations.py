@@ -27,8 +27,14 @@ def engine_activation(which, x, dtype):
         w[0], b[2] = 1.0, big
     else:
         w[2], b[0] = 1.0, big
-    lstm.load_state_dict({"weight_ih_l0": w, "weight_hh_l0": np.zeros((4, 1)),
-                          "bias_ih_l0": b, "bias_hh_l0": np.zeros(4)})
+    lstm.load_state_dict(
+        {
+            "weight_ih_l0": w,
+            "weight_hh_l0": np.zeros((4, 1)),
+            "bias_ih_l0": b,
+            "bias_hh_l0": np.zeros(4),
+        }
+    )
     lstm.eval()
     _, (_, c_n) = lstm(x.reshape(1, -1, 1))
     return c_n[0, :, 0].astype(np.float64)

@@ -38,12 +38,16 @@ def canonical_args(dtype):
         return rng.standard_normal(shape).astype(dtype)
 
     return {
-        "forward": dict(x=arr(T, B, I), h0=arr(D * L, B, H), c0=arr(D * L, B, H),
-                        lengths=np.array([5, 2, 4], np.int64)),
-        "forward_last": dict(x=arr(B, T, I), lengths=np.array([5, 2, 4], np.int64),
-                             weight=arr(O, D * H), bias=arr(O)),
-        "backward": dict(d_output=arr(T, B, D * H), dh_n=arr(D * L, B, H),
-                         dc_n=arr(D * L, B, H)),
+        "forward": dict(
+            x=arr(T, B, I),
+            h0=arr(D * L, B, H),
+            c0=arr(D * L, B, H),
+            lengths=np.array([5, 2, 4], np.int64),
+        ),
+        "forward_last": dict(
+            x=arr(B, T, I), lengths=np.array([5, 2, 4], np.int64), weight=arr(O, D * H), bias=arr(O)
+        ),
+        "backward": dict(d_output=arr(T, B, D * H), dh_n=arr(D * L, B, H), dc_n=arr(D * L, B, H)),
         "load_flat": dict(flat=None),  # the engine's params reversed, filled in by with_flat()
     }
 
@@ -53,12 +57,15 @@ def call(engine, name, args):
     if name == "forward":
         return engine.forward(args["x"], args["h0"], args["c0"], args["lengths"], True)
     if name == "forward_last":
-        return (engine.forward_last(args["x"], args["lengths"], args["weight"], args["bias"],
-                                    True),)
+        return (
+            engine.forward_last(args["x"], args["lengths"], args["weight"], args["bias"], True),
+        )
     if name == "backward":
         engine.zero_grad()
         engine.forward(*canonical_args(engine.params.dtype.type)["forward"].values(), True)
-        return engine.backward(args["d_output"], args["dh_n"], args["dc_n"]) + (engine.grads.copy(),)
+        return engine.backward(args["d_output"], args["dh_n"], args["dc_n"]) + (
+            engine.grads.copy(),
+        )
     if name == "load_flat":
         engine.load_flat(args["flat"])
         return (engine.params.copy(),)
@@ -77,19 +84,28 @@ def variants(a, dtype):
     integer = a.dtype.kind in "iu"
     out = []
     if integer:
-        out += [("int32", a.astype(np.int32), a), ("uint16", a.astype(np.uint16), a),
-                ("float64", a.astype(np.float64), None), ("float32", a.astype(np.float32), None)]
+        out += [
+            ("int32", a.astype(np.int32), a),
+            ("uint16", a.astype(np.uint16), a),
+            ("float64", a.astype(np.float64), None),
+            ("float32", a.astype(np.float32), None),
+        ]
     else:
-        out += [("other-float", a.astype(other), a.astype(other).astype(dtype)),
-                ("float16", a.astype(np.float16), a.astype(np.float16).astype(dtype)),
-                ("int", np.round(a * 3).astype(np.int64), np.round(a * 3).astype(dtype)),
-                ("complex", a.astype(np.complex128), None)]
+        out += [
+            ("other-float", a.astype(other), a.astype(other).astype(dtype)),
+            ("float16", a.astype(np.float16), a.astype(np.float16).astype(dtype)),
+            ("int", np.round(a * 3).astype(np.int64), np.round(a * 3).astype(dtype)),
+            ("complex", a.astype(np.complex128), None),
+        ]
     wide = np.repeat(a, 2, axis=-1)[..., ::2]
     assert not wide.flags.c_contiguous or a.size <= 1
     readonly = a.copy()
     readonly.flags.writeable = False
-    out += [("non-contiguous", wide, a), ("fortran", np.asfortranarray(a), a),
-            ("read-only", readonly, a)]
+    out += [
+        ("non-contiguous", wide, a),
+        ("fortran", np.asfortranarray(a), a),
+        ("read-only", readonly, a),
+    ]
     return out
 
 
@@ -135,14 +151,16 @@ def test_zero_steps_and_zero_batch_rows_are_valid_and_pass_the_state_through(dty
     y, h_n, c_n = make_engine(dtype).forward(args["x"][:0], args["h0"], args["c0"], None, False)
     assert y.shape == (0, B, D * H)
     assert np.array_equal(h_n, args["h0"]) and np.array_equal(c_n, args["c0"])
-    y, h_n, c_n = make_engine(dtype).forward(args["x"][:, :0], args["h0"][:, :0],
-                                             args["c0"][:, :0], None, False)
+    y, h_n, c_n = make_engine(dtype).forward(
+        args["x"][:, :0], args["h0"][:, :0], args["c0"][:, :0], None, False
+    )
     assert y.shape == (T, 0, D * H) and h_n.shape == (D * L, 0, H) and c_n.shape == h_n.shape
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
-@pytest.mark.parametrize("shape", [(1, -1), (2, -1), (-2,), (0,)],
-                         ids=["2-D", "2-D-wide", "one-short", "zero-size"])
+@pytest.mark.parametrize(
+    "shape", [(1, -1), (2, -1), (-2,), (0,)], ids=["2-D", "2-D-wide", "one-short", "zero-size"]
+)
 def test_load_flat_refuses_a_buffer_of_the_wrong_shape_and_changes_nothing(shape, dtype):
     engine = make_engine(dtype)
     before = engine.params.copy()
@@ -156,17 +174,24 @@ def test_load_flat_refuses_a_buffer_of_the_wrong_shape_and_changes_nothing(shape
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
-@pytest.mark.parametrize("bias, args, message", [
-    (True, ("weight_xx", 0, 0),
-     r"param_offset: kind must be one of 'weight_ih', 'weight_hh', 'bias_ih', 'bias_hh', "
-     r"'weight_hr', got 'weight_xx'"),
-    (True, ("weight_hr", 0, 0), r"param_offset: this LSTM has no weight_hr \(proj_size is 0\)"),
-    (False, ("bias_ih", 0, 0), r"param_offset: this LSTM has no bias_ih \(bias is false\)"),
-    (True, ("weight_ih", 2, 0), r"param_offset: layer must be in \[0, 2\), got 2"),
-    (True, ("weight_ih", -1, 0), r"param_offset: layer must be in \[0, 2\), got -1"),
-    (True, ("bias_hh", 1, 2), r"param_offset: direction must be in \[0, 2\), got 2"),
-    (True, ("bias_hh", 1, -1), r"param_offset: direction must be in \[0, 2\), got -1"),
-], ids=["kind", "no-proj", "no-bias", "layer", "layer<0", "direction", "direction<0"])
+@pytest.mark.parametrize(
+    "bias, args, message",
+    [
+        (
+            True,
+            ("weight_xx", 0, 0),
+            r"param_offset: kind must be one of 'weight_ih', 'weight_hh', 'bias_ih', 'bias_hh', "
+            r"'weight_hr', got 'weight_xx'",
+        ),
+        (True, ("weight_hr", 0, 0), r"param_offset: this LSTM has no weight_hr \(proj_size is 0\)"),
+        (False, ("bias_ih", 0, 0), r"param_offset: this LSTM has no bias_ih \(bias is false\)"),
+        (True, ("weight_ih", 2, 0), r"param_offset: layer must be in \[0, 2\), got 2"),
+        (True, ("weight_ih", -1, 0), r"param_offset: layer must be in \[0, 2\), got -1"),
+        (True, ("bias_hh", 1, 2), r"param_offset: direction must be in \[0, 2\), got 2"),
+        (True, ("bias_hh", 1, -1), r"param_offset: direction must be in \[0, 2\), got -1"),
+    ],
+    ids=["kind", "no-proj", "no-bias", "layer", "layer<0", "direction", "direction<0"],
+)
 def test_param_offset_refuses_a_bad_kind_layer_or_direction_naming_it(bias, args, message, dtype):
     engine = ENGINES[dtype](I, H, L, bias, True, 0, 0.0, False, 7)
     with pytest.raises(ValueError, match=message):

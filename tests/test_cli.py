@@ -23,22 +23,28 @@ AIRLINE = str(importlib.resources.files("eigenlstm").joinpath("data", "airline_p
 
 
 def run(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "eigenlstm", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "eigenlstm", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """One `python -m eigenlstm train` on the embedded data: (completed process, out dir)."""
     tmp = tmp_path_factory.mktemp("cli")
-    proc = run("train", "--out", "out", cwd=tmp)   # the defaults, as in the README
+    proc = run("train", "--out", "out", cwd=tmp)  # the defaults, as in the README
     return proc, tmp / "out"
 
 
 def held_out_errors(stdout):
     """{'LSTM': (rmse, mae), 'naive': (rmse, mae)} parsed from the train report."""
-    rows = re.findall(r"^\s+(LSTM|naive|seasonal naive) .*?([\d.e+]+)\s+([\d.e+]+)\s*$", stdout,
-                      flags=re.M)
+    rows = re.findall(
+        r"^\s+(LSTM|naive|seasonal naive) .*?([\d.e+]+)\s+([\d.e+]+)\s*$", stdout, flags=re.M
+    )
     return {name: (float(rmse), float(mae)) for name, rmse, mae in rows}
 
 
@@ -60,8 +66,18 @@ def test_the_console_script_is_declared_and_answers_help():
     assert exe is not None
     proc = subprocess.run([exe, "train", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
-    for option in ("--data", "--column", "--window", "--horizon", "--hidden", "--layers",
-                   "--epochs", "--lr", "--out", "--seed"):
+    for option in (
+        "--data",
+        "--column",
+        "--window",
+        "--horizon",
+        "--hidden",
+        "--layers",
+        "--epochs",
+        "--lr",
+        "--out",
+        "--seed",
+    ):
         assert option in proc.stdout
 
 
@@ -71,11 +87,11 @@ def test_train_on_the_embedded_data_beats_the_naive_last_value_forecast(trained_
     errors = held_out_errors(proc.stdout)
     assert set(errors) == {"LSTM", "naive", "seasonal naive"}
     for baseline in ("naive", "seasonal naive"):
-        assert errors["LSTM"][0] < 0.6 * errors[baseline][0]     # RMSE
-        assert errors["LSTM"][1] < 0.6 * errors[baseline][1]     # MAE
+        assert errors["LSTM"][0] < 0.6 * errors[baseline][0]  # RMSE
+        assert errors["LSTM"][1] < 0.6 * errors[baseline][1]  # MAE
     assert "held-out error on the last 24 values" in proc.stdout
     assert "validating on the next 28, testing on the last 24" in proc.stdout
-    assert "overlap" not in proc.stderr   # the PNG's date tick labels are legible
+    assert "overlap" not in proc.stderr  # the PNG's date tick labels are legible
 
 
 def test_train_shows_a_progress_bar_with_loss_and_sequences_per_second(trained_run):
@@ -92,11 +108,15 @@ def test_train_writes_a_loadable_checkpoint_a_png_and_metrics(trained_run):
     assert metrics["rmse"] < metrics["seasonal_naive_rmse"] and metrics["season"] == 12
     assert len(metrics["loss"]) == len(metrics["val_loss"]) == metrics["epochs_run"]
     assert metrics["val_loss"][metrics["best_epoch"] - 1] == min(metrics["val_loss"])
-    assert metrics["epochs_run"] < 300        # early stopping ended it
+    assert metrics["epochs_run"] < 300  # early stopping ended it
     model = el.load(out / "model.npz")
     meta = model.metadata
     assert (meta["window"], meta["column"], meta["frequency"], meta["dataset"]) == (
-        12, "Passengers", "M", "airline")
+        12,
+        "Passengers",
+        "M",
+        "airline",
+    )
     assert set(meta["scaling"]) == {"log", "mean", "std"}
     assert model.metadata["holdout"]["rmse"] == pytest.approx(metrics["rmse"])
 
@@ -113,13 +133,32 @@ def test_predict_from_the_checkpoint_forecasts_the_months_after_the_data(trained
 
 
 def test_predict_on_another_csv_column_named_with_column_writes_the_forecast_file(
-        trained_run, tmp_path, capsys):
+    trained_run, tmp_path, capsys
+):
     _, out = trained_run
     csv = tmp_path / "short.csv"
-    csv.write_text("month,value\n" + "".join(
-        f"{2000 + i // 12}-{i % 12 + 1:02d},{100 + 10 * np.sin(i / 2):.3f}\n" for i in range(30)))
-    assert main(["predict", "--model", str(out / "model.npz"), "--data", str(csv),
-                 "--column", "value", "--output", str(tmp_path / "f.csv")]) == 0
+    csv.write_text(
+        "month,value\n"
+        + "".join(
+            f"{2000 + i // 12}-{i % 12 + 1:02d},{100 + 10 * np.sin(i / 2):.3f}\n" for i in range(30)
+        )
+    )
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(out / "model.npz"),
+                "--data",
+                str(csv),
+                "--column",
+                "value",
+                "--output",
+                str(tmp_path / "f.csv"),
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.splitlines()[1].startswith("2002-07,")
     assert (tmp_path / "f.csv").read_text().startswith("step,forecast\n2002-07,")
 
@@ -129,8 +168,21 @@ def test_train_on_a_user_csv_column_runs_and_writes_to_out(tmp_path, capsys):
     t = np.arange(120)
     rows = "".join(f"{i},{50 + 0.2 * i + 10 * np.sin(2 * np.pi * i / 12):.4f},1\n" for i in t)
     csv.write_text("# a trend plus a 12-step season\nday,level,other\n" + rows)
-    status = main(["train", "--data", str(csv), "--column", "level", "--epochs", "30",
-                   "--out", str(tmp_path / "run"), "--no-progress", "--no-plot"])
+    status = main(
+        [
+            "train",
+            "--data",
+            str(csv),
+            "--column",
+            "level",
+            "--epochs",
+            "30",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+            "--no-plot",
+        ]
+    )
     assert status == 0
     assert "120 values of 'level'" in capsys.readouterr().out
     assert (tmp_path / "run" / "model.npz").exists()
@@ -148,8 +200,19 @@ def test_a_diverging_run_exits_1_and_keeps_the_previous_checkpoint(tmp_path, cap
 
 
 def test_a_diverging_run_is_reported_once_not_also_as_a_python_warning(tmp_path, recwarn):
-    status = main(["train", "--out", str(tmp_path), "--epochs", "2", "--lr", "1e30",
-                   "--no-progress", "--no-plot"])
+    status = main(
+        [
+            "train",
+            "--out",
+            str(tmp_path),
+            "--epochs",
+            "2",
+            "--lr",
+            "1e30",
+            "--no-progress",
+            "--no-plot",
+        ]
+    )
     assert status == 1
     assert [str(w.message) for w in recwarn if w.category is RuntimeWarning] == []
 
@@ -208,8 +271,10 @@ def test_train_on_a_series_too_short_for_the_window_explains_the_need(tmp_path, 
     csv.write_text("y\n" + "".join(f"{i + 1}\n" for i in range(20)))
     status, err = error_of(["train", "--data", str(csv)], capsys)
     assert status == 2
-    assert err == (f"eigenlstm train: error: {csv} has 20 values; with --window=12, "
-                   "--horizon=1, --val-size=24 and --test-size=24 it needs at least 63 values\n")
+    assert err == (
+        f"eigenlstm train: error: {csv} has 20 values; with --window=12, "
+        "--horizon=1, --val-size=24 and --test-size=24 it needs at least 63 values\n"
+    )
 
 
 def test_train_with_a_non_positive_option_is_a_usage_error(capsys):
@@ -248,7 +313,9 @@ def sales_csv(path, n=None, hole_at=None, units="units"):
 
     The units are the bundled weekly US gasoline series (real data) in thousand barrels.
     """
-    gas = read_series(importlib.resources.files("eigenlstm").joinpath("data", "us_gasoline_weekly.csv"))
+    gas = read_series(
+        importlib.resources.files("eigenlstm").joinpath("data", "us_gasoline_weekly.csv")
+    )
     n = len(gas) if n is None else n
     rows = []
     for i in range(n):
@@ -270,8 +337,8 @@ def sales_run(tmp_path_factory):
 def test_the_weekly_sales_scenario_with_defaults_beats_naive_and_seasonal_naive(sales_run):
     proc, tmp = sales_run
     assert proc.returncode == 0, proc.stderr
-    assert "314 weekly values of 'units'" in proc.stdout       # the only numeric column
-    assert "window 52" in proc.stdout                          # a whole season by default
+    assert "314 weekly values of 'units'" in proc.stdout  # the only numeric column
+    assert "window 52" in proc.stdout  # a whole season by default
     errors = held_out_errors(proc.stdout)
     assert "seasonal naive (52 steps back)" in proc.stdout
     assert errors["LSTM"][0] < errors["seasonal naive"][0]
@@ -279,28 +346,41 @@ def test_the_weekly_sales_scenario_with_defaults_beats_naive_and_seasonal_naive(
     assert "overlap" not in proc.stderr
     meta = el.load(tmp / "run" / "model.npz").metadata
     assert (meta["column"], meta["frequency"], meta["season"], meta["dataset"]) == (
-        "units", "W", 52, None)
+        "units",
+        "W",
+        52,
+        None,
+    )
 
 
 def test_predict_refuses_a_file_whose_trained_column_has_a_hole(sales_run, tmp_path, capsys):
     _, tmp = sales_run
     csv = sales_csv(tmp_path / "later.csv", n=80, hole_at=70)
-    status, err = error_of(["predict", "--model", str(tmp / "run" / "model.npz"), "--data",
-                            str(csv)], capsys)
+    status, err = error_of(
+        ["predict", "--model", str(tmp / "run" / "model.npz"), "--data", str(csv)], capsys
+    )
     assert status == 2
-    assert err == f"eigenlstm predict: error: {csv}:72: column 'units' has an empty value, which is not a number\n"
+    assert (
+        err
+        == f"eigenlstm predict: error: {csv}:72: column 'units' has an empty value, which is not a number\n"
+    )
     assert capsys.readouterr().out == ""
 
 
 def test_predict_refuses_a_file_without_the_trained_column_naming_file_column_and_columns(
-        trained_run, tmp_path, capsys):
+    trained_run, tmp_path, capsys
+):
     _, out = trained_run
     csv = tmp_path / "prices.csv"
     csv.write_text("month,price\n" + "".join(f"1990-{m:02d},{10 + m}\n" for m in range(1, 13)))
-    status, err = error_of(["predict", "--model", str(out / "model.npz"), "--data", str(csv)], capsys)
+    status, err = error_of(
+        ["predict", "--model", str(out / "model.npz"), "--data", str(csv)], capsys
+    )
     assert status == 2
-    assert err == (f"eigenlstm predict: error: {csv}:1: no column 'Passengers' (the target); "
-                   "the columns are ['month', 'price']\n")
+    assert err == (
+        f"eigenlstm predict: error: {csv}:1: no column 'Passengers' (the target); "
+        "the columns are ['month', 'price']\n"
+    )
 
 
 def test_predict_without_data_needs_a_model_trained_on_a_bundled_series(sales_run, capsys):
@@ -308,26 +388,42 @@ def test_predict_without_data_needs_a_model_trained_on_a_bundled_series(sales_ru
     ckpt = tmp / "run" / "model.npz"
     status, err = error_of(["predict", "--model", str(ckpt)], capsys)
     assert status == 2
-    assert err == (f"eigenlstm predict: error: --data is required: {ckpt} was trained on "
-                   "'sales.csv', not on a bundled data set; give the series to forecast from\n")
+    assert err == (
+        f"eigenlstm predict: error: --data is required: {ckpt} was trained on "
+        "'sales.csv', not on a bundled data set; give the series to forecast from\n"
+    )
 
 
 def test_predict_refuses_data_of_another_frequency(sales_run, capsys):
     _, tmp = sales_run
-    status, err = error_of(["predict", "--model", str(tmp / "run" / "model.npz"), "--data",
-                            AIRLINE, "--column", "Passengers"], capsys)
+    status, err = error_of(
+        [
+            "predict",
+            "--model",
+            str(tmp / "run" / "model.npz"),
+            "--data",
+            AIRLINE,
+            "--column",
+            "Passengers",
+        ],
+        capsys,
+    )
     assert status == 2
-    assert err == (f"eigenlstm predict: error: {AIRLINE}: the model was trained on weekly data; "
-                   "this file has monthly dates\n")
+    assert err == (
+        f"eigenlstm predict: error: {AIRLINE}: the model was trained on weekly data; "
+        "this file has monthly dates\n"
+    )
 
 
 def test_predict_past_the_validated_horizon_warns_with_that_horizon(trained_run):
     _, out = trained_run
     proc = run("predict", "--model", str(out / "model.npz"), "--steps", "30", cwd=out)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ("eigenlstm predict: warning: the model was validated on 1-step "
-                           "forecasts; the 29 values after step 1 are forecasts fed back as "
-                           "inputs, with errors that grow unchecked\n")
+    assert proc.stderr == (
+        "eigenlstm predict: warning: the model was validated on 1-step "
+        "forecasts; the 29 values after step 1 are forecasts fed back as "
+        "inputs, with errors that grow unchecked\n"
+    )
     assert len(proc.stdout.splitlines()) == 31
 
 
@@ -343,8 +439,10 @@ def test_csv_dates_out_of_step_are_an_error_naming_line_and_column(tmp_path, cap
     csv.write_text("week,units\n" + "".join(f"{w},{100 + i}\n" for i, w in enumerate(weeks)))
     status, err = error_of(["train", "--data", str(csv)], capsys)
     assert status == 2
-    assert (f"{csv}:42: column 'week' has '2020-10-16' after '2020-10-02' (line 41); weekly "
-            "data needs 2020-10-09 there") in err
+    assert (
+        f"{csv}:42: column 'week' has '2020-10-16' after '2020-10-02' (line 41); weekly "
+        "data needs 2020-10-09 there"
+    ) in err
     assert capsys.readouterr().out == ""
 
 
@@ -353,7 +451,9 @@ def test_a_malformed_date_is_an_error_naming_line_and_column(tmp_path, capsys):
     csv.write_text("month,y\n2020-01,1\n2020-02,2\nFeb 2020,3\n")
     status, err = error_of(["train", "--data", str(csv)], capsys)
     assert status == 2
-    assert f"{csv}:4: column 'month' has 'Feb 2020', which is not a date like the rows above it" in err
+    assert (
+        f"{csv}:4: column 'month' has 'Feb 2020', which is not a date like the rows above it" in err
+    )
 
 
 # ---- rough edges ----------------------------------------------------------------------------
@@ -366,12 +466,16 @@ def test_train_without_column_uses_the_only_numeric_column_and_skips_text(tmp_pa
 
 def test_train_without_column_lists_the_numeric_columns_when_there_are_several(tmp_path, capsys):
     csv = tmp_path / "two.csv"
-    csv.write_text("date,units,price,store\n" + "".join(
-        f"2020-01-{d:02d},{d},{d / 2},x\n" for d in range(1, 31)))
+    csv.write_text(
+        "date,units,price,store\n"
+        + "".join(f"2020-01-{d:02d},{d},{d / 2},x\n" for d in range(1, 31))
+    )
     status, err = error_of(["train", "--data", str(csv)], capsys)
     assert status == 2
-    assert err == (f"eigenlstm train: error: {csv}: numeric columns ['units', 'price']; choose "
-                   "the one to forecast with --column (or column= in Python)\n")
+    assert err == (
+        f"eigenlstm train: error: {csv}: numeric columns ['units', 'price']; choose "
+        "the one to forecast with --column (or column= in Python)\n"
+    )
     assert capsys.readouterr().out == ""
 
 
@@ -394,13 +498,17 @@ def test_the_delimiter_can_be_given(tmp_path, capsys):
 def test_errors_name_the_command_never_a_private_function(tmp_path, capsys):
     short = tmp_path / "short.csv"
     short.write_text("y\n" + "".join(f"{i + 1}\n" for i in range(80)))
-    for argv in (["train", "--data", str(short), "--test-size", "70"],
-                 ["train", "--data", str(short), "--horizon", "30", "--test-size", "24"],
-                 ["train", "--dataset", "nope"]):
+    for argv in (
+        ["train", "--data", str(short), "--test-size", "70"],
+        ["train", "--data", str(short), "--horizon", "30", "--test-size", "24"],
+        ["train", "--dataset", "nope"],
+    ):
         status, err = error_of(argv, capsys)
         assert status == 2
         assert err.startswith("eigenlstm train: error: ")
-        assert not re.search(r"\b(train_forecaster|check_sizes|make_optimizer|get_loss|_read)\b", err)
+        assert not re.search(
+            r"\b(train_forecaster|check_sizes|make_optimizer|get_loss|_read)\b", err
+        )
 
 
 def test_a_ten_row_file_prints_nothing_before_its_error(tmp_path, capsys):
@@ -433,8 +541,21 @@ def test_train_dataset_list_names_every_bundled_series(capsys):
 
 
 def test_train_dataset_with_columns_and_target_trains_a_multivariate_model(tmp_path, capsys):
-    status = main(["train", "--dataset", "usmacro", "--columns", "realgdp,realinv",
-                   "--target", "realcons", "--out", str(tmp_path), "--no-progress", "--no-plot"])
+    status = main(
+        [
+            "train",
+            "--dataset",
+            "usmacro",
+            "--columns",
+            "realgdp,realinv",
+            "--target",
+            "realcons",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+            "--no-plot",
+        ]
+    )
     out = capsys.readouterr().out
     assert status == 0
     assert "values of 'realcons' with inputs ['realgdp', 'realinv']" in out
@@ -443,7 +564,8 @@ def test_train_dataset_with_columns_and_target_trains_a_multivariate_model(tmp_p
     assert model.metadata["columns"] == ["realcons", "realgdp", "realinv"]
     assert main(["predict", "--model", str(tmp_path / "model.npz")]) == 0
     assert capsys.readouterr().out.splitlines()[1].startswith("2009-10,")
-    status, err = error_of(["predict", "--model", str(tmp_path / "model.npz"), "--steps", "2"],
-                           capsys)
+    status, err = error_of(
+        ["predict", "--model", str(tmp_path / "model.npz"), "--steps", "2"], capsys
+    )
     assert status == 2
     assert "steps must be <= the horizon 1 for a model that reads input columns" in err

@@ -22,10 +22,12 @@ def test_the_installed_package_requires_numpy_alone_at_run_time():
 
 @pytest.mark.parametrize("module, flag", [("matplotlib", "--no-plot"), ("tqdm", "--no-progress")])
 def test_train_without_the_cli_extra_says_what_to_install_before_training(
-        module, flag, monkeypatch, tmp_path, capsys):
+    module, flag, monkeypatch, tmp_path, capsys
+):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == module else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a)
+    )
     with pytest.raises(SystemExit) as exc:
         main(["train", "--out", str(tmp_path), "--epochs", "1"])
     assert exc.value.code == 2
@@ -40,6 +42,8 @@ def test_fit_with_progress_but_without_tqdm_warns_and_trains(monkeypatch):
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((16, 3, 2)), rng.standard_normal(16)
     trainer = el.Trainer(el.LSTMModel(2, 4, 1, seed=0))
-    with pytest.warns(RuntimeWarning, match=r"progress=True needs tqdm \(pip install 'eigenlstm\[cli\]'\)"):
+    with pytest.warns(
+        RuntimeWarning, match=r"progress=True needs tqdm \(pip install 'eigenlstm\[cli\]'\)"
+    ):
         history = trainer.fit(x, y, epochs=2, progress=True, seed=0)
     assert len(history.history["loss"]) == 2

@@ -50,7 +50,8 @@ def test_flushing_is_off_by_default_and_the_setter_checks_its_argument(restore_m
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 def test_subnormal_states_are_kept_when_off_and_flushed_in_every_thread_when_on(
-        threads, bidirectional, restore_modes):
+    threads, bidirectional, restore_modes
+):
     el.set_num_threads(threads)  # bidirectional at 2 threads: one OpenMP thread per direction
     lstm = subnormal_module(bidirectional)
     x = np.zeros((6, 4, 2), np.float32)

@@ -20,21 +20,26 @@ def dated_series(freq, n, start):
     """A real bundled series' values laid on ``n`` dates of frequency ``freq`` from ``start``."""
     values = data.load_dataset("births").values[:n]
     dates = data.shift_dates(np.array([np.datetime64(start, "D")]), freq, np.arange(n))
-    return data.Series(values, [str(d) for d in dates], "births", "test", dates=dates,
-                     frequency=freq)
+    return data.Series(
+        values, [str(d) for d in dates], "births", "test", dates=dates, frequency=freq
+    )
 
 
-@pytest.mark.parametrize("freq, n, start", [
-    ("D", 90, "2021-03-01"),      # a quarter of days: day ticks
-    ("D", 365, "2021-01-01"),     # a year of days: month ticks
-    ("W", 200, "2018-01-05"),
-    ("M", 150, "1990-01-31"),     # month ends: the day of the month is kept
-    ("Y", 80, "1900-01-01"),
-])
+@pytest.mark.parametrize(
+    "freq, n, start",
+    [
+        ("D", 90, "2021-03-01"),  # a quarter of days: day ticks
+        ("D", 365, "2021-01-01"),  # a year of days: month ticks
+        ("W", 200, "2018-01-05"),
+        ("M", 150, "1990-01-31"),  # month ends: the day of the month is kept
+        ("Y", 80, "1900-01-01"),
+    ],
+)
 def test_forecast_plots_have_legible_date_ticks_on_every_calendar(tmp_path, freq, n, start):
     series = dated_series(freq, n, start)
-    model, report = fc.train_forecaster(series, epochs=2, window=6, test_size=12, val_size=12,
-                                        progress=False)
+    model, report = fc.train_forecaster(
+        series, epochs=2, window=6, test_size=12, val_size=12, progress=False
+    )
     png = tmp_path / f"{freq}.png"
     overlaps = fc.plot_report(series, report, str(png))
     assert overlaps == []
@@ -70,8 +75,9 @@ def test_the_defaults_beat_naive_and_seasonal_naive_on_every_bundled_series(name
 
 def test_the_readme_table_is_what_the_defaults_measure():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    rows = re.findall(r"^\| `(\w+)` \| [^|]+ \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$",
-                      text, flags=re.M)
+    rows = re.findall(
+        r"^\| `(\w+)` \| [^|]+ \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", text, flags=re.M
+    )
     assert {r[0] for r in rows} == {"airline", "gasoline", "births", "usmacro"}
     for name, n, rmse, naive, snaive in rows:
         series = data.load_dataset(name)
@@ -87,7 +93,9 @@ def test_the_readme_table_is_what_the_defaults_measure():
 
 def test_the_readme_states_the_airline_figure_as_a_range_that_holds():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    m = re.search(r"RMSE about (\d+)–(\d+) against ([\d.]+) \(naive\) and ([\d.]+) \(seasonal naive\)", text)
+    m = re.search(
+        r"RMSE about (\d+)–(\d+) against ([\d.]+) \(naive\) and ([\d.]+) \(seasonal naive\)", text
+    )
     assert m, "the README states the airline figure as a range"
     _, report = fc.train_forecaster(data.load_dataset("airline"), progress=False)
     assert int(m.group(1)) <= report.rmse <= int(m.group(2))
@@ -107,11 +115,17 @@ def test_forecast_and_train_accept_pandas_and_check_the_column_name():
     np.testing.assert_array_equal(fc.forecast(model, s, steps=2), expected)
     frame = pd.DataFrame({"Passengers": series.values, "price": np.ones(len(series))}, index=idx)
     np.testing.assert_array_equal(fc.forecast(model, frame, steps=2), expected)
-    with pytest.raises(ValueError, match=r"forecast: history: the series is named 'price', "
-                                         r"expected column 'Passengers'"):
+    with pytest.raises(
+        ValueError,
+        match=r"forecast: history: the series is named 'price', "
+        r"expected column 'Passengers'",
+    ):
         fc.forecast(model, s.rename("price"), steps=2)
-    with pytest.raises(ValueError, match=r"forecast: history: no column 'Passengers'; the "
-                                         r"columns are \['price'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"forecast: history: no column 'Passengers'; the "
+        r"columns are \['price'\]",
+    ):
         fc.forecast(model, frame[["price"]], steps=2)
 
 
@@ -127,10 +141,14 @@ def test_pandas_is_not_a_dependency():
 
 def test_the_examples_extra_installs_what_the_examples_import():
     import sys
+
     import tomllib
 
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    extra = {re.split(r"[<>=!\[ ]", d)[0].lower() for d in meta["project"]["optional-dependencies"]["examples"]}
+    extra = {
+        re.split(r"[<>=!\[ ]", d)[0].lower()
+        for d in meta["project"]["optional-dependencies"]["examples"]
+    }
     core = {re.split(r"[<>=!\[ ]", d)[0].lower() for d in meta["project"]["dependencies"]}
     pip_name = {"sklearn": "scikit-learn"}
     for path in (ROOT / "examples").glob("*.py"):

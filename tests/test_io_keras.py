@@ -15,10 +15,9 @@ import textwrap  # noqa: E402
 import warnings  # noqa: E402
 import zipfile  # noqa: E402
 
+import keras  # noqa: E402  a hard import: the Keras witness must never be silently skipped
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-import keras  # noqa: E402  a hard import: the Keras witness must never be silently skipped
 
 import eigenlstm as el  # noqa: E402
 from eigenlstm.io import keras as elkeras  # noqa: E402
@@ -33,13 +32,21 @@ ATOL = 1e-5
 ARCHITECTURES = {
     # Exactly the seed's model: loads as an LSTMModel (which el.Trainer trains).
     "lstm_dense": (lambda: [L.LSTM(8), L.Dense(2)], el.LSTMModel),
-    "stacked_lstms_of_two_sizes": (lambda: [L.LSTM(8, return_sequences=True), L.LSTM(5), L.Dense(3)],
-                                   el.Sequential),
+    "stacked_lstms_of_two_sizes": (
+        lambda: [L.LSTM(8, return_sequences=True), L.LSTM(5), L.Dense(3)],
+        el.Sequential,
+    ),
     "bidirectional_last_state": (lambda: [L.Bidirectional(L.LSTM(6)), L.Dense(2)], el.Sequential),
     "sequence_output": (lambda: [L.LSTM(7, return_sequences=True), L.Dense(2)], el.Sequential),
     "bidirectional_sequences_no_bias_two_dense": (
-        lambda: [L.Bidirectional(L.LSTM(4, return_sequences=True)), L.LSTM(5, use_bias=False),
-                 L.Dense(4, use_bias=False), L.Dense(1)], el.Sequential),
+        lambda: [
+            L.Bidirectional(L.LSTM(4, return_sequences=True)),
+            L.LSTM(5, use_bias=False),
+            L.Dense(4, use_bias=False),
+            L.Dense(1),
+        ],
+        el.Sequential,
+    ),
 }
 
 
@@ -104,8 +111,10 @@ def test_float64_model_loads_as_float64_and_matches_keras_float64_call(tmp_path)
     # (float32) first. Dense is left out: on the torch backend Keras's float64 Dense differs
     # from x @ kernel + bias by ~1e-7, which would hide a float64 error of ours.
     f64 = {"dtype": "float64"}
-    model = _keras_model([L.Bidirectional(L.LSTM(4, return_sequences=True, **f64), **f64),
-                          L.LSTM(3, **f64)], dtype="float64")
+    model = _keras_model(
+        [L.Bidirectional(L.LSTM(4, return_sequences=True, **f64), **f64), L.LSTM(3, **f64)],
+        dtype="float64",
+    )
     _save(model, tmp_path / "m.keras")
     ours = elkeras.load(tmp_path / "m.keras")
     assert ours.dtype == np.float64
@@ -118,9 +127,15 @@ def test_float64_model_loads_as_float64_and_matches_keras_float64_call(tmp_path)
 def test_save_writes_eigenlstm_models_that_keras_opens(tmp_path):
     x = _x()
     stacked = el.LSTMModel(I, 6, 2, num_layers=2, seed=0)
-    seq = el.Sequential([el.LSTM(I, 5, num_layers=2, batch_first=True, bidirectional=True, seed=1),
-                         el.Linear(10, 4, seed=2), el.LSTM(4, 3, batch_first=True, bias=False, seed=3),
-                         el.Linear(3, 2, bias=False, seed=4)], return_sequences=[True, False])
+    seq = el.Sequential(
+        [
+            el.LSTM(I, 5, num_layers=2, batch_first=True, bidirectional=True, seed=1),
+            el.Linear(10, 4, seed=2),
+            el.LSTM(4, 3, batch_first=True, bias=False, seed=3),
+            el.Linear(3, 2, bias=False, seed=4),
+        ],
+        return_sequences=[True, False],
+    )
     for k, model in enumerate((stacked, seq)):
         path = tmp_path / f"m{k}.keras"
         elkeras.save(model, path)
@@ -151,7 +166,9 @@ def test_load_needs_neither_keras_nor_tensorflow(tmp_path):
         print("keras loaded:", any(m == "keras" or m.startswith("keras.") for m, v in sys.modules.items()
                                    if v is not None))
     """)
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr
     lines = run.stdout.split("\n")
     errs = [float(line.split()[2]) for line in lines if line.startswith("error ")]
@@ -159,14 +176,35 @@ def test_load_needs_neither_keras_nor_tensorflow(tmp_path):
     assert "keras loaded: False" in lines
 
 
-@pytest.mark.parametrize("layers, match", [
-    (lambda: [L.LSTM(4, activation="relu"), L.Dense(1)], r"layer 'lstm\w*' \(LSTM\): activation must be 'tanh', got 'relu'"),
-    (lambda: [L.LSTM(4, recurrent_activation="hard_sigmoid"), L.Dense(1)], "recurrent_activation must be 'sigmoid'"),
-    (lambda: [L.LSTM(4, go_backwards=True), L.Dense(1)], "go_backwards must be False, got True"),
-    (lambda: [L.LSTM(4), L.Dense(1, activation="softmax")], r"\(Dense\): activation must be 'linear', got 'softmax'"),
-    (lambda: [L.GRU(4), L.Dense(1)], r"\(GRU\): only LSTM, Bidirectional\(LSTM\) and Dense layers are read"),
-    (lambda: [L.Bidirectional(L.LSTM(4), merge_mode="sum"), L.Dense(1)], "merge_mode must be 'concat', got 'sum'"),
-])
+@pytest.mark.parametrize(
+    "layers, match",
+    [
+        (
+            lambda: [L.LSTM(4, activation="relu"), L.Dense(1)],
+            r"layer 'lstm\w*' \(LSTM\): activation must be 'tanh', got 'relu'",
+        ),
+        (
+            lambda: [L.LSTM(4, recurrent_activation="hard_sigmoid"), L.Dense(1)],
+            "recurrent_activation must be 'sigmoid'",
+        ),
+        (
+            lambda: [L.LSTM(4, go_backwards=True), L.Dense(1)],
+            "go_backwards must be False, got True",
+        ),
+        (
+            lambda: [L.LSTM(4), L.Dense(1, activation="softmax")],
+            r"\(Dense\): activation must be 'linear', got 'softmax'",
+        ),
+        (
+            lambda: [L.GRU(4), L.Dense(1)],
+            r"\(GRU\): only LSTM, Bidirectional\(LSTM\) and Dense layers are read",
+        ),
+        (
+            lambda: [L.Bidirectional(L.LSTM(4), merge_mode="sum"), L.Dense(1)],
+            "merge_mode must be 'concat', got 'sum'",
+        ),
+    ],
+)
 def test_load_refuses_layers_and_options_by_name(layers, match, tmp_path):
     model = _keras_model(layers())
     _save(model, tmp_path / "m.keras")
@@ -182,7 +220,9 @@ def test_load_refuses_files_that_are_not_keras_models(tmp_path):
     z = tmp_path / "other.keras"
     with zipfile.ZipFile(z, "w") as f:
         f.writestr("config.json", json.dumps({}))
-    with pytest.raises(ValueError, match=r"not a .keras archive \(config.json and model.weights.h5\)"):
+    with pytest.raises(
+        ValueError, match=r"not a .keras archive \(config.json and model.weights.h5\)"
+    ):
         elkeras.load(z)
 
 
@@ -193,7 +233,9 @@ def test_save_refuses_what_keras_cannot_express(tmp_path):
     proj = el.Sequential([el.LSTM(I, 4, batch_first=True, proj_size=2, seed=0)], [False])
     with pytest.raises(ValueError, match="an LSTM with proj_size=2 cannot be written"):
         elkeras.save(proj, path)
-    with pytest.raises(TypeError, match="model must be an eigenlstm LSTMModel or Sequential, got LSTM"):
+    with pytest.raises(
+        TypeError, match="model must be an eigenlstm LSTMModel or Sequential, got LSTM"
+    ):
         elkeras.save(el.LSTM(I, 4, seed=0), path)
     assert not path.exists()
 

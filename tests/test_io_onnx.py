@@ -14,11 +14,11 @@ import itertools
 import warnings
 
 import numpy as np
-import pytest
 
 # Hard imports: the runtimes are the witnesses and must never be silently skipped.
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
@@ -35,11 +35,22 @@ ATOL32 = 1e-5
 # Float64: the reference evaluator is plain NumPy; differences are a few ulps (~1e-15).
 ATOL64 = 1e-10
 
-GRID = list(itertools.product((1, 2), (False, True), (False, True), (0, P_SIZE), (True, False),
-                              (False, True), (False, True)))
-GRID_IDS = [f"L{L}-{'bi' if bi else 'uni'}-{'bf' if bf else 'tf'}-P{p}-{'bias' if b else 'nobias'}"
-            f"-{'len' if ln else 'full'}-{'state' if st else 'zero'}"
-            for L, bi, bf, p, b, ln, st in GRID]
+GRID = list(
+    itertools.product(
+        (1, 2),
+        (False, True),
+        (False, True),
+        (0, P_SIZE),
+        (True, False),
+        (False, True),
+        (False, True),
+    )
+)
+GRID_IDS = [
+    f"L{L}-{'bi' if bi else 'uni'}-{'bf' if bf else 'tf'}-P{p}-{'bias' if b else 'nobias'}"
+    f"-{'len' if ln else 'full'}-{'state' if st else 'zero'}"
+    for L, bi, bf, p, b, ln, st in GRID
+]
 
 
 def _export(module, **kw) -> bytes:
@@ -76,8 +87,10 @@ def _case(rng, lstm, N, T, lengths, state, dtype):
 
 
 def _max_err(got, want):
-    return max(float(np.max(np.abs(np.asarray(g, np.float64) - np.asarray(w, np.float64))))
-               for g, w in zip(got, want))
+    return max(
+        float(np.max(np.abs(np.asarray(g, np.float64) - np.asarray(w, np.float64))))
+        for g, w in zip(got, want)
+    )
 
 
 @pytest.mark.parametrize("L, bi, bf, P, bias, lengths, state", GRID, ids=GRID_IDS)
@@ -101,8 +114,9 @@ def test_export_float32_matches_onnxruntime_and_loads_back(L, bi, bf, P, bias, l
 
 @pytest.mark.parametrize("L, bi, bf, P, bias, lengths, state", GRID, ids=GRID_IDS)
 def test_export_float64_matches_onnx_reference_evaluator(L, bi, bf, P, bias, lengths, state):
-    lstm = el.LSTM(I, H, L, bias=bias, batch_first=bf, bidirectional=bi, proj_size=P, seed=7,
-                   dtype=np.float64).eval()
+    lstm = el.LSTM(
+        I, H, L, bias=bias, batch_first=bf, bidirectional=bi, proj_size=P, seed=7, dtype=np.float64
+    ).eval()
     model = onnx.load_model_from_string(_export(lstm, initial_state=state, lengths=lengths))
     ref = ReferenceEvaluator(model)
     rng = np.random.default_rng(L * 100 + P + 1)
@@ -118,8 +132,10 @@ def test_export_float64_matches_onnx_reference_evaluator(L, bi, bf, P, bias, len
         assert err <= ATOL64, f"N={N} T={T}: the reference differs from eigenlstm by {err:.3g}"
 
 
-@pytest.mark.parametrize("num_layers, bidirectional, lengths",
-                         list(itertools.product((1, 2), (False, True), (False, True))))
+@pytest.mark.parametrize(
+    "num_layers, bidirectional, lengths",
+    list(itertools.product((1, 2), (False, True), (False, True))),
+)
 def test_lstm_model_export_matches_onnxruntime_and_loads_back(num_layers, bidirectional, lengths):
     model = el.LSTMModel(I, H, 2, num_layers, bidirectional=bidirectional, seed=3).eval()
     data = _export(model, lengths=lengths)
@@ -153,13 +169,17 @@ def test_export_writes_to_a_path_with_the_requested_opset(tmp_path):
     model = onnx.load_model(str(path))
     assert [o.version for o in model.opset_import if o.domain == ""] == [20]
     x = np.random.default_rng(1).standard_normal((3, 2, I)).astype(np.float32)
-    assert _max_err(_session(path.read_bytes()).run(["output"], {"input": x}), [lstm(x)[0]]) <= ATOL32
+    assert (
+        _max_err(_session(path.read_bytes()).run(["output"], {"input": x}), [lstm(x)[0]]) <= ATOL32
+    )
     assert _max_err([elonnx.load(path)(x)[0]], [lstm(x)[0]]) <= ATOL32
 
 
 def test_export_refuses_what_it_cannot_write():
     lstm = el.LSTM(I, H, seed=0)
-    with pytest.raises(TypeError, match="module must be an eigenlstm LSTM or LSTMModel, got Linear"):
+    with pytest.raises(
+        TypeError, match="module must be an eigenlstm LSTM or LSTMModel, got Linear"
+    ):
         elonnx.export(el.Linear(3, 2), io.BytesIO())
     with pytest.raises(ValueError, match=r"opset must be in \[13, \d+\], got 12"):
         elonnx.export(lstm, io.BytesIO(), opset=12)
@@ -181,26 +201,40 @@ def _hand_built(rng, *, D=2, layout=0, attrs=None, P=None, extra_node=None, dtyp
     inits = [numpy_helper.from_array(a, n) for a, n in ((W, "W"), (R, "R"), (B, "B"), (Pw, "P"))]
     x_dims = ["time", "batch", I] if layout == 0 else ["batch", "time", I]
     s_dims = [D, "batch", H] if layout == 0 else ["batch", D, H]
-    inputs = [helper.make_tensor_value_info("input", elem, x_dims),
-              helper.make_tensor_value_info("h0", elem, s_dims),
-              helper.make_tensor_value_info("c0", elem, s_dims),
-              helper.make_tensor_value_info("lengths", TensorProto.INT32, ["batch"])]
+    inputs = [
+        helper.make_tensor_value_info("input", elem, x_dims),
+        helper.make_tensor_value_info("h0", elem, s_dims),
+        helper.make_tensor_value_info("c0", elem, s_dims),
+        helper.make_tensor_value_info("lengths", TensorProto.INT32, ["batch"]),
+    ]
     inits.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), "shape"))
     direction = "bidirectional" if D == 2 else "forward"
-    node_attrs = {"hidden_size": H, "direction": direction, **({"layout": 1} if layout else {}),
-                  **(attrs or {})}
+    node_attrs = {
+        "hidden_size": H,
+        "direction": direction,
+        **({"layout": 1} if layout else {}),
+        **(attrs or {}),
+    }
     # Y is (T, D, N, H) for layout 0 and (N, T, D, H) for layout 1: move D next to H and merge.
     perm = [0, 2, 1, 3] if layout == 0 else [0, 1, 2, 3]
-    nodes = [helper.make_node("LSTM", ["input", "W", "R", "B", "lengths", "h0", "c0", "P"],
-                              ["Y", "h_n", "c_n"], **node_attrs),
-             helper.make_node("Transpose", ["Y"], ["Yt"], perm=perm),
-             helper.make_node("Reshape", ["Yt", "shape"], ["output" if extra_node is None else "y0"])]
+    nodes = [
+        helper.make_node(
+            "LSTM",
+            ["input", "W", "R", "B", "lengths", "h0", "c0", "P"],
+            ["Y", "h_n", "c_n"],
+            **node_attrs,
+        ),
+        helper.make_node("Transpose", ["Y"], ["Yt"], perm=perm),
+        helper.make_node("Reshape", ["Yt", "shape"], ["output" if extra_node is None else "y0"]),
+    ]
     if extra_node is not None:
         nodes.append(helper.make_node(extra_node, ["y0"], ["output"]))
     out_dims = ["time", "batch", D * H] if layout == 0 else ["batch", "time", D * H]
-    outputs = [helper.make_tensor_value_info("output", elem, out_dims),
-               helper.make_tensor_value_info("h_n", elem, s_dims),
-               helper.make_tensor_value_info("c_n", elem, s_dims)]
+    outputs = [
+        helper.make_tensor_value_info("output", elem, out_dims),
+        helper.make_tensor_value_info("h_n", elem, s_dims),
+        helper.make_tensor_value_info("c_n", elem, s_dims),
+    ]
     graph = helper.make_graph(nodes, "hand_built", inputs, outputs, inits)
     # Opset 7, the oldest load reads (layout needs 14; 22 is the newest LSTM). IR version 4 is
     # the first that lets initializers stay out of the graph inputs.
@@ -222,8 +256,9 @@ def test_load_of_a_hand_built_lstm_node_with_every_input_matches_onnxruntime(D):
     h0 = rng.standard_normal((D, N, H)).astype(np.float32)
     c0 = rng.standard_normal((D, N, H)).astype(np.float32)
     lens = np.array([5, 1, 3], np.int32)
-    want = _session(data).run(["output", "h_n", "c_n"],
-                              {"input": x, "h0": h0, "c0": c0, "lengths": lens})
+    want = _session(data).run(
+        ["output", "h_n", "c_n"], {"input": x, "h0": h0, "c0": c0, "lengths": lens}
+    )
     y, (h_n, c_n) = lstm(x, (h0, c0), lengths=lens)
     assert _max_err((y, h_n, c_n), want) <= ATOL32
 
@@ -239,20 +274,34 @@ def test_load_of_a_layout_1_node_matches_onnx_reference_evaluator():
     x = rng.standard_normal((N, T, I))
     s = rng.standard_normal((N, 2, H)), rng.standard_normal((N, 2, H))
     feeds = {"input": x, "h0": s[0], "c0": s[1], "lengths": np.full(N, T, np.int32)}
-    want = ReferenceEvaluator(onnx.load_model_from_string(data)).run(["output", "h_n", "c_n"], feeds)
+    want = ReferenceEvaluator(onnx.load_model_from_string(data)).run(
+        ["output", "h_n", "c_n"], feeds
+    )
     # The graph's states are (N, D, H) (layout 1); eigenlstm's are torch's (D, N, H).
     y, (h_n, c_n) = lstm(x, (s[0].transpose(1, 0, 2), s[1].transpose(1, 0, 2)))
     assert _max_err((y, h_n.transpose(1, 0, 2), c_n.transpose(1, 0, 2)), want) <= ATOL64
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"attrs": {"clip": 3.0}}, "attribute clip is not supported"),
-    ({"attrs": {"input_forget": 1}}, "attribute input_forget must be 0"),
-    ({"attrs": {"activations": ["Sigmoid", "Tanh", "Relu"] * 2}}, "attribute activations must be"),
-    ({"attrs": {"direction": "reverse"}, "D": 1}, "attribute direction must be 'forward' or 'bidirectional'"),
-    ({"P": np.full((2, 3 * H), 0.1)}, "input P \\(peephole weights\\) must be absent or all zeros"),
-    ({"extra_node": "Relu"}, "\\(Relu\\): this op is outside the pattern"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"attrs": {"clip": 3.0}}, "attribute clip is not supported"),
+        ({"attrs": {"input_forget": 1}}, "attribute input_forget must be 0"),
+        (
+            {"attrs": {"activations": ["Sigmoid", "Tanh", "Relu"] * 2}},
+            "attribute activations must be",
+        ),
+        (
+            {"attrs": {"direction": "reverse"}, "D": 1},
+            "attribute direction must be 'forward' or 'bidirectional'",
+        ),
+        (
+            {"P": np.full((2, 3 * H), 0.1)},
+            "input P \\(peephole weights\\) must be absent or all zeros",
+        ),
+        ({"extra_node": "Relu"}, "\\(Relu\\): this op is outside the pattern"),
+    ],
+)
 def test_load_refuses_what_eigenlstm_cannot_express_naming_it(kw, match):
     data = _hand_built(np.random.default_rng(0), **kw)
     with pytest.raises(ValueError, match=match):
@@ -279,9 +328,15 @@ def test_load_of_torch_legacy_export_of_the_seed_model_matches_torch(num_layers)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's own deprecation notes about the legacy exporter
-        torch.onnx.export(model, torch.randn(5, 7, 10), buf, dynamo=False, input_names=["input"],
-                          output_names=["output"],
-                          dynamic_axes={"input": {0: "batch", 1: "time"}, "output": {0: "batch"}})
+        torch.onnx.export(
+            model,
+            torch.randn(5, 7, 10),
+            buf,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch", 1: "time"}, "output": {0: "batch"}},
+        )
     ours = elonnx.load(buf.getvalue())
     assert type(ours) is el.LSTMModel and ours.num_layers == num_layers
     x = np.random.default_rng(0).standard_normal((4, 9, 10)).astype(np.float32)  # other N, T
@@ -298,10 +353,15 @@ def test_load_of_torch_legacy_export_of_a_bidirectional_lstm_with_states_matches
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(lstm, (x, (h0, c0)), buf, dynamo=False, input_names=["input", "h0", "c0"],
-                          output_names=["output", "h_n", "c_n"],
-                          dynamic_axes={"input": {0: "time", 1: "batch"}, "h0": {1: "batch"},
-                                        "c0": {1: "batch"}})
+        torch.onnx.export(
+            lstm,
+            (x, (h0, c0)),
+            buf,
+            dynamo=False,
+            input_names=["input", "h0", "c0"],
+            output_names=["output", "h_n", "c_n"],
+            dynamic_axes={"input": {0: "time", 1: "batch"}, "h0": {1: "batch"}, "c0": {1: "batch"}},
+        )
     ours = elonnx.load(buf.getvalue())
     with torch.no_grad():
         y, (h_n, c_n) = lstm(x, (h0, c0))

@@ -37,11 +37,19 @@ def run_python(code, level=None, **kw):
     env.pop("EIGENLSTM_MAX_ISA", None)
     if level is not None:
         env["EIGENLSTM_MAX_ISA"] = level
-    return subprocess.run([sys.executable, *code], cwd=TESTS, env=env, capture_output=True,
-                          text=True, timeout=1800, **kw)
+    return subprocess.run(
+        [sys.executable, *code],
+        cwd=TESTS,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        **kw,
+    )
 
 
 # ---- selection and its control ---------------------------------------------------------------
+
 
 def test_the_level_in_use_is_the_best_this_cpu_and_build_can_run():
     assert LEVELS[0] == "generic"
@@ -55,8 +63,7 @@ def test_the_level_in_use_is_the_best_this_cpu_and_build_can_run():
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_eigenlstm_max_isa_selects_that_level(level):
-    proc = run_python(["-c", "import eigenlstm as el, json; print(json.dumps(el.config()))"],
-                      level)
+    proc = run_python(["-c", "import eigenlstm as el, json; print(json.dumps(el.config()))"], level)
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads(proc.stdout)
     assert cfg["isa"] == level
@@ -75,7 +82,7 @@ def test_a_cap_above_the_cpu_is_a_ceiling_not_a_demand():
 
 @pytest.mark.parametrize("value", ["foo", "AVX2", "avx-512", " generic"])
 def test_an_unknown_eigenlstm_max_isa_is_a_clear_error_never_a_crash(value):
-    code = textwrap.dedent(f"""
+    code = textwrap.dedent("""
         import eigenlstm as el
         for call in (el.config, lambda: el.LSTM(3, 4), lambda: el.set_num_threads(1)):
             try:
@@ -96,8 +103,9 @@ def test_an_unknown_eigenlstm_max_isa_is_a_clear_error_never_a_crash(value):
 def test_the_command_line_reports_version_and_level():
     proc = run_python(["-m", "eigenlstm", "--version"])
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith(f"eigenlstm {el.__version__} (isa {LEVELS[-1]}; available "
-                                  f"{', '.join(LEVELS)};")
+    assert proc.stdout.startswith(
+        f"eigenlstm {el.__version__} (isa {LEVELS[-1]}; available {', '.join(LEVELS)};"
+    )
     bad = run_python(["-m", "eigenlstm", "--version"], "foo")
     assert bad.returncode == 2
     assert "EIGENLSTM_MAX_ISA must be one of" in bad.stderr and "Traceback" not in bad.stderr
@@ -108,8 +116,17 @@ def test_show_config_prints_every_field(capsys):
     out = capsys.readouterr().out
     cfg = el.config()
     assert out.startswith("eigenlstm\n")
-    for key in ("version", "isa", "machine", "compiler", "eigen", "openmp", "num_threads",
-                "flush_denormal", "library"):
+    for key in (
+        "version",
+        "isa",
+        "machine",
+        "compiler",
+        "eigen",
+        "openmp",
+        "num_threads",
+        "flush_denormal",
+        "library",
+    ):
         assert re.search(rf"^  {key} +\S", out, re.M), key
     assert cfg["compiler"] in out and cfg["library"] in out and cfg["version"] in out
     assert isinstance(cfg["openmp"], int) and isinstance(cfg["num_threads"], int)
@@ -157,8 +174,11 @@ def test_every_level_agrees_with_the_float64_reference(level, record_property):
     assert result["isa"] == level
     for dtype, rtol in LEVEL_RTOL.items():
         assert result["worst"][dtype] <= rtol, f"{level} {dtype}: {result['worst'][dtype]:.3g}"
-    record_property("isa_level", f"{level}: reference f32 {result['worst']['float32']:.1e}, "
-                                 f"f64 {result['worst']['float64']:.1e}")
+    record_property(
+        "isa_level",
+        f"{level}: reference f32 {result['worst']['float32']:.1e}, "
+        f"f64 {result['worst']['float64']:.1e}",
+    )
 
 
 SUITES = ["test_lstm_parity.py", "test_lstm_gradcheck.py"]  # parity, gradcheck, determinism
@@ -183,8 +203,12 @@ ISA_NAMES = ("avx2", "avx512", "native")
 
 def wide_register_functions(path):
     """The functions of a shared object whose code uses ymm or zmm registers."""
-    out = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", str(path)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["objdump", "-d", "-C", "--no-show-raw-insn", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     found, current = set(), None
     for line in out.splitlines():
         header = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
@@ -209,7 +233,9 @@ def test_no_function_outside_isa_named_code_uses_ymm_or_zmm():
             continue
         bad = sorted(f for f in funcs if not any(f"{isa}::" in f for isa in ISA_NAMES))
         if bad:
-            offenders[path.name] = bad[:10] + ([f"... {len(bad) - 10} more"] if len(bad) > 10 else [])
+            offenders[path.name] = bad[:10] + (
+                [f"... {len(bad) - 10} more"] if len(bad) > 10 else []
+            )
     assert not offenders, f"ymm/zmm used outside ISA-named code: {offenders}"
     if any(f"libeigenlstm_{isa}.so" in names for isa in ISA_NAMES):
         assert checked_isa_objects >= 1, "no ISA back end uses ymm or zmm: built without flags?"

@@ -12,7 +12,6 @@ import warnings
 
 import numpy as np
 import pytest
-
 import torch  # a hard import on purpose: the torch witness must never be silently skipped
 
 import eigenlstm as el
@@ -33,7 +32,9 @@ pytestmark = pytest.mark.usefixtures("torch_single_threaded")
 def assert_close(actual, expected, rtol, what=""):
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     diff = np.asarray(actual, np.float64) - np.asarray(expected, np.float64)
-    err = np.linalg.norm(diff.ravel()) / max(np.linalg.norm(np.asarray(expected, np.float64).ravel()), TINY)
+    err = np.linalg.norm(diff.ravel()) / max(
+        np.linalg.norm(np.asarray(expected, np.float64).ravel()), TINY
+    )
     assert err <= rtol, f"{what}: relative error {err:.3g} > {rtol:g}"
 
 
@@ -56,7 +57,12 @@ def shapes(lstm, batched=True, n=B, steps=T):
     if not batched:
         return (steps, lstm.input_size), (DL, Hout), (DL, lstm.hidden_size), (steps, y_feat)
     if lstm.batch_first:
-        return (n, steps, lstm.input_size), (DL, n, Hout), (DL, n, lstm.hidden_size), (n, steps, y_feat)
+        return (
+            (n, steps, lstm.input_size),
+            (DL, n, Hout),
+            (DL, n, lstm.hidden_size),
+            (n, steps, y_feat),
+        )
     return (steps, n, lstm.input_size), (DL, n, Hout), (DL, n, lstm.hidden_size), (steps, n, y_feat)
 
 
@@ -69,7 +75,9 @@ SD_CONFIGS = [
     (3, True, 0, True),
     (2, False, 3, True),
 ]
-SD_IDS = [f"L{L}-{'bi' if bi else 'uni'}-P{P}-{'bias' if b else 'nobias'}" for L, bi, P, b in SD_CONFIGS]
+SD_IDS = [
+    f"L{L}-{'bi' if bi else 'uni'}-P{P}-{'bias' if b else 'nobias'}" for L, bi, P, b in SD_CONFIGS
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -77,7 +85,9 @@ SD_IDS = [f"L{L}-{'bi' if bi else 'uni'}-P{P}-{'bias' if b else 'nobias'}" for L
 def test_state_dict_has_torch_keys_order_and_shapes(config, dtype):
     L, bi, P, bias = config
     ours = el.LSTM(I, H, L, bias, False, 0.0, bi, P, dtype=dtype, seed=0).state_dict()
-    theirs = torch.nn.LSTM(I, H, num_layers=L, bias=bias, bidirectional=bi, proj_size=P).state_dict()
+    theirs = torch.nn.LSTM(
+        I, H, num_layers=L, bias=bias, bidirectional=bi, proj_size=P
+    ).state_dict()
     assert list(ours) == list(theirs)
     assert {k: v.shape for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
     assert all(v.dtype == dtype for v in ours.values())
@@ -89,8 +99,9 @@ def test_state_dict_has_torch_keys_order_and_shapes(config, dtype):
 def test_a_torch_state_dict_loads_unchanged_and_gives_torch_outputs(config, dtype, as_numpy):
     L, bi, P, bias = config
     torch.manual_seed(0)
-    theirs = torch.nn.LSTM(I, H, num_layers=L, bias=bias, bidirectional=bi, proj_size=P,
-                           batch_first=True).to(TORCH_DTYPE[dtype])
+    theirs = torch.nn.LSTM(
+        I, H, num_layers=L, bias=bias, bidirectional=bi, proj_size=P, batch_first=True
+    ).to(TORCH_DTYPE[dtype])
     state = theirs.state_dict()
     ours = el.LSTM(I, H, L, bias, True, 0.0, bi, P, dtype=dtype, seed=1)
     ours.load_state_dict({k: v.numpy() for k, v in state.items()} if as_numpy else state)
@@ -112,14 +123,23 @@ def test_a_torch_state_dict_loads_unchanged_and_gives_torch_outputs(config, dtyp
 def test_our_state_dict_loads_into_torch_and_gives_the_same_outputs(config, dtype):
     L, bi, P, bias = config
     ours = el.LSTM(I, H, L, bias, False, 0.0, bi, P, dtype=dtype, seed=3)
-    theirs = torch.nn.LSTM(I, H, num_layers=L, bias=bias, bidirectional=bi, proj_size=P).to(TORCH_DTYPE[dtype])
-    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()}, strict=True)
+    theirs = torch.nn.LSTM(I, H, num_layers=L, bias=bias, bidirectional=bi, proj_size=P).to(
+        TORCH_DTYPE[dtype]
+    )
+    theirs.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in ours.state_dict().items()}, strict=True
+    )
     rng = np.random.default_rng(1)
     x = rand(rng, (T, B, I), dtype)
-    h0, c0 = rand(rng, (theirs.num_layers * (1 + bi), B, P or H), dtype), rand(rng, (L * (1 + bi), B, H), dtype)
+    h0, c0 = (
+        rand(rng, (theirs.num_layers * (1 + bi), B, P or H), dtype),
+        rand(rng, (L * (1 + bi), B, H), dtype),
+    )
     out, (h_n, c_n) = ours(x, (h0, c0))
     with torch.no_grad():
-        t_out, (t_h, t_c) = theirs(torch.from_numpy(x), (torch.from_numpy(h0), torch.from_numpy(c0)))
+        t_out, (t_h, t_c) = theirs(
+            torch.from_numpy(x), (torch.from_numpy(h0), torch.from_numpy(c0))
+        )
     assert_close(out, t_out.numpy(), RTOL[dtype], "output")
     assert_close(h_n, t_h.numpy(), RTOL[dtype], "h_n")
     assert_close(c_n, t_c.numpy(), RTOL[dtype], "c_n")
@@ -139,6 +159,7 @@ def test_load_state_dict_copies_so_later_changes_to_the_source_do_not_leak_in():
 
 
 # ---- initialisation ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("config", SD_CONFIGS, ids=SD_IDS)
@@ -173,6 +194,7 @@ def test_no_seed_gives_different_weights_each_time():
 
 
 # ---- gradients ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_backward_adds_into_grads_and_zero_grad_clears_them(dtype):
@@ -229,8 +251,12 @@ def test_d_state_may_hold_only_dh_n_or_only_dc_n(dtype):
         return [dx, dh0, dc0] + list(lstm.grads.values())
 
     zeros_h, zeros_c = np.zeros_like(dh_n), np.zeros_like(dc_n)
-    for given, explicit in [((dh_n, None), (dh_n, zeros_c)), ((None, dc_n), (zeros_h, dc_n)),
-                            ((None, None), (zeros_h, zeros_c)), (None, (zeros_h, zeros_c))]:
+    for given, explicit in [
+        ((dh_n, None), (dh_n, zeros_c)),
+        ((None, dc_n), (zeros_h, dc_n)),
+        ((None, None), (zeros_h, zeros_c)),
+        (None, (zeros_h, zeros_c)),
+    ]:
         for a, b in zip(run(given), run(explicit)):
             assert np.array_equal(a, b)
     # and each one matters
@@ -259,6 +285,7 @@ def test_padded_steps_ignore_values_an_earlier_forward_left_in_the_cache():
 
 
 # ---- the training cache ------------------------------------------------------------------------
+
 
 def test_backward_without_a_forward_raises_runtime_error():
     lstm = el.LSTM(I, H, seed=0)
@@ -316,6 +343,7 @@ def test_calling_the_module_is_forward():
 
 # ---- dropout -----------------------------------------------------------------------------------
 
+
 def dropout_pair(p, L=3, dtype=np.float32, seed=5):
     """A module with dropout p and a twin with the same weights and dropout 0."""
     lstm = el.LSTM(I, H, L, dropout=p, bidirectional=True, dtype=dtype, seed=seed)
@@ -371,8 +399,13 @@ def test_dropout_one_cuts_the_lower_layers_off_in_training(dtype):
     out, (h_n, c_n) = lstm(x, (h0, c0))
     # The top layer sees an input of zeros: the same as a 1-layer LSTM with its weights.
     top = el.LSTM(2 * H, H, 1, bidirectional=True, dtype=dtype, seed=0)
-    top.load_state_dict({k.replace(f"_l{L - 1}", "_l0"): v for k, v in lstm.state_dict().items()
-                         if f"_l{L - 1}" in k})
+    top.load_state_dict(
+        {
+            k.replace(f"_l{L - 1}", "_l0"): v
+            for k, v in lstm.state_dict().items()
+            if f"_l{L - 1}" in k
+        }
+    )
     top.eval()
     t_out, (t_h, t_c) = top(np.zeros((T, B, 2 * H), dtype), (h0[-2:], c0[-2:]))
     assert_close(out, t_out, RTOL[dtype], "output")
@@ -408,7 +441,9 @@ EMPTY_CONFIGS = [
     (2, True, 5, True),
     (3, True, 0, False),
 ]
-EMPTY_IDS = [f"L{L}-{'bi' if bi else 'uni'}-P{P}-{'bf' if bf else 'tm'}" for L, bi, P, bf in EMPTY_CONFIGS]
+EMPTY_IDS = [
+    f"L{L}-{'bi' if bi else 'uni'}-P{P}-{'bf' if bf else 'tm'}" for L, bi, P, bf in EMPTY_CONFIGS
+]
 
 
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["no_lengths", "lengths"])
@@ -423,7 +458,9 @@ def test_an_empty_batch_gives_empty_results_of_the_right_shapes(config, dtype, w
         out, (h_n, c_n) = lstm(np.zeros(x_s, dtype), state, lengths=lengths)
         assert (out.shape, h_n.shape, c_n.shape) == (y_s, h_s, c_s)
         assert out.dtype == h_n.dtype == c_n.dtype == dtype
-        dx, (dh0, dc0) = lstm.backward(np.zeros(y_s, dtype), (np.zeros(h_s, dtype), np.zeros(c_s, dtype)))
+        dx, (dh0, dc0) = lstm.backward(
+            np.zeros(y_s, dtype), (np.zeros(h_s, dtype), np.zeros(c_s, dtype))
+        )
         assert (dx.shape, dh0.shape, dc0.shape) == (x_s, h_s, c_s)
         assert dx.dtype == dh0.dtype == dc0.dtype == dtype
     assert all(np.all(g == 0) for g in lstm.grads.values())
@@ -465,6 +502,7 @@ def test_an_empty_unbatched_sequence_gives_an_empty_output_and_the_initial_state
 
 # ---- NaN ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_nan_in_x_propagates_to_the_output_of_its_sequence_from_that_step_on(dtype):
     lstm = el.LSTM(I, H, 2, proj_size=6, dtype=dtype, seed=0)
@@ -504,6 +542,7 @@ def test_an_inf_in_weight_hh_gives_torchs_nan_from_the_first_step_without_initia
 
 # ---- layouts and dtypes of the inputs ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
 def test_non_contiguous_inputs_give_the_contiguous_result(batch_first, dtype):
@@ -513,7 +552,12 @@ def test_non_contiguous_inputs_give_the_contiguous_result(batch_first, dtype):
     lstm = el.LSTM(I, H, 2, batch_first=batch_first, bidirectional=True, dtype=dtype, seed=0)
     rng = np.random.default_rng(0)
     x_s, h_s, c_s, y_s = shapes(lstm)
-    x, h0, c0, dy = rand(rng, x_s, dtype), rand(rng, h_s, dtype), rand(rng, c_s, dtype), rand(rng, y_s, dtype)
+    x, h0, c0, dy = (
+        rand(rng, x_s, dtype),
+        rand(rng, h_s, dtype),
+        rand(rng, c_s, dtype),
+        rand(rng, y_s, dtype),
+    )
     dh_n, dc_n = rand(rng, h_s, dtype), rand(rng, c_s, dtype)
     lengths = np.array([5, 1, 3])
 
@@ -538,8 +582,10 @@ def test_non_contiguous_inputs_give_the_contiguous_result(batch_first, dtype):
     lengths_view = np.repeat(lengths, 2)[::2].astype(np.int32)
     variants = {
         "strided": [strided(a) for a in (x, h0, c0, dy, dh_n, dc_n)] + [lengths_view],
-        "fortran": [np.asfortranarray(a) for a in (x, h0, c0, dy, dh_n, dc_n)] + [lengths.astype(np.uint8)],
-        "negative strides": [negative_strides(a) for a in (x, h0, c0, dy, dh_n, dc_n)] + [list(lengths)],
+        "fortran": [np.asfortranarray(a) for a in (x, h0, c0, dy, dh_n, dc_n)]
+        + [lengths.astype(np.uint8)],
+        "negative strides": [negative_strides(a) for a in (x, h0, c0, dy, dh_n, dc_n)]
+        + [list(lengths)],
     }
     assert not strided(x).flags.c_contiguous and not np.asfortranarray(x).flags.c_contiguous
     for name, args in variants.items():
@@ -556,8 +602,11 @@ def test_x_as_a_transposed_view_gives_the_contiguous_result():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("source", [np.int64, np.int32, np.uint8, np.bool_, np.float16],
-                         ids=["int64", "int32", "uint8", "bool", "float16"])
+@pytest.mark.parametrize(
+    "source",
+    [np.int64, np.int32, np.uint8, np.bool_, np.float16],
+    ids=["int64", "int32", "uint8", "bool", "float16"],
+)
 def test_other_real_dtypes_are_converted_to_the_module_dtype(source, dtype):
     lstm = el.LSTM(I, H, bidirectional=True, dtype=dtype, seed=0)
     rng = np.random.default_rng(0)
@@ -589,11 +638,18 @@ def test_a_float64_module_keeps_float64_parameters_and_results():
     dx, (dh0, dc0) = lstm.backward(dy)
     for a in (out, h_n, c_n, dx, dh0, dc0, *lstm.grads.values()):
         assert a.dtype == np.float64
-    ref_out, ref_h, ref_c, cache = reference_forward(state, x32, h0, c0, num_layers=2, bidirectional=True,
-                                                     proj_size=5)
+    ref_out, ref_h, ref_c, cache = reference_forward(
+        state, x32, h0, c0, num_layers=2, bidirectional=True, proj_size=5
+    )
     ref_dx, ref_dh0, ref_dc0, ref_grads = reference_backward(cache, dy)
-    for a, b, name in ((out, ref_out, "output"), (h_n, ref_h, "h_n"), (c_n, ref_c, "c_n"),
-                       (dx, ref_dx, "dx"), (dh0, ref_dh0, "dh0"), (dc0, ref_dc0, "dc0")):
+    for a, b, name in (
+        (out, ref_out, "output"),
+        (h_n, ref_h, "h_n"),
+        (c_n, ref_c, "c_n"),
+        (dx, ref_dx, "dx"),
+        (dh0, ref_dh0, "dh0"),
+        (dc0, ref_dc0, "dc0"),
+    ):
         assert_close(a, b, RTOL[np.float64], name)
     for k, g in lstm.grads.items():
         assert_close(g, ref_grads[k], RTOL[np.float64], k)
@@ -613,9 +669,13 @@ def test_a_float32_module_gives_float32_for_float64_inputs():
 # Every size below needs more than 2**47 bytes (the x86-64 user address space), or overflows
 # 64 bits, so the allocation fails at once whatever the overcommit policy: nothing is touched.
 
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("sizes", [(10, 4_000_000), (2**40, 1000), (2**62, 2)],
-                         ids=["H=4e6:256TB", "I=2^40:17PB", "I=2^62:overflow"])
+@pytest.mark.parametrize(
+    "sizes",
+    [(10, 4_000_000), (2**40, 1000), (2**62, 2)],
+    ids=["H=4e6:256TB", "I=2^40:17PB", "I=2^62:overflow"],
+)
 def test_parameters_too_large_to_allocate_raise_memory_error(sizes, dtype):
     with pytest.raises(MemoryError):
         el.LSTM(*sizes, dtype=dtype, seed=0)
@@ -629,7 +689,10 @@ def overcommit_always():
         return True  # unknown policy: assume the worst
 
 
-@pytest.mark.skipif(overcommit_always(), reason="with overcommit_memory=1 a 640 GB allocation may succeed and be touched")
+@pytest.mark.skipif(
+    overcommit_always(),
+    reason="with overcommit_memory=1 a 640 GB allocation may succeed and be touched",
+)
 def test_parameters_larger_than_memory_raise_memory_error():
     # 4 * 2e5 * (2e5 + 10) float32 weights alone are 640 GB, far beyond RAM + swap.
     with pytest.raises(MemoryError):
@@ -639,10 +702,11 @@ def test_parameters_larger_than_memory_raise_memory_error():
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
 def test_a_forward_on_a_gigantic_broadcast_input_raises_memory_error_and_keeps_the_module_usable(
-        batch_first, training):
+    batch_first, training
+):
     lstm = el.LSTM(4, 8, batch_first=batch_first, seed=0).train(training)
     small = np.ones((1, 1, 4), np.float32)
-    x = np.broadcast_to(small, (2**22, 2**22, 4))   # 2**46 elements, 256 TiB once materialized
+    x = np.broadcast_to(small, (2**22, 2**22, 4))  # 2**46 elements, 256 TiB once materialized
     with pytest.raises(MemoryError):
         lstm(x)
     with pytest.raises(MemoryError):
@@ -671,8 +735,9 @@ def torch_layout_views(lstm, flat):
     """{state_dict key: flat[offset:offset + size].reshape(torch shape)}, views at param_offset."""
     engine, views = lstm._engine, {}
     padding = np.ones(flat.shape, bool)
-    for name, kind, layer, d in el.nn.lstm.param_names(lstm.num_layers, lstm.bidirectional,
-                                                    lstm.proj_size, lstm.bias):
+    for name, kind, layer, d in el.nn.lstm.param_names(
+        lstm.num_layers, lstm.bidirectional, lstm.proj_size, lstm.bias
+    ):
         shape = tuple(engine.param_shape(kind, layer))
         offset = engine.param_offset(kind, layer, d)
         span = slice(offset, offset + int(np.prod(shape)))
@@ -686,16 +751,23 @@ def torch_layout_views(lstm, flat):
 
 def torch_twin(lstm, dtype):
     """torch.nn.LSTM of the same configuration and dtype, with lstm's weights."""
-    net = torch.nn.LSTM(lstm.input_size, lstm.hidden_size, lstm.num_layers,
-                        bidirectional=lstm.bidirectional, proj_size=lstm.proj_size,
-                        dtype=TORCH_DTYPE[dtype])
+    net = torch.nn.LSTM(
+        lstm.input_size,
+        lstm.hidden_size,
+        lstm.num_layers,
+        bidirectional=lstm.bidirectional,
+        proj_size=lstm.proj_size,
+        dtype=TORCH_DTYPE[dtype],
+    )
     net.load_state_dict({k: torch.from_numpy(v) for k, v in lstm.state_dict().items()})
     return net
 
 
 # H = 19: a full and a partial gate block of the engine's internal layout, in both dtypes.
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_the_flat_parameter_buffer_holds_every_tensor_as_torch_does_and_writes_to_views_count(dtype):
+def test_the_flat_parameter_buffer_holds_every_tensor_as_torch_does_and_writes_to_views_count(
+    dtype,
+):
     rng = np.random.default_rng(3)
     lstm = el.LSTM(4, 19, num_layers=2, bidirectional=True, proj_size=3, dtype=dtype, seed=0)
     lstm.load_state_dict({k: rand(rng, v.shape, dtype) for k, v in lstm.state_dict().items()})
@@ -788,4 +860,6 @@ def test_type_stubs_of_the_compiled_module_name_exactly_its_public_api():
     top = {n.name for n in stub.body if isinstance(n, ast.FunctionDef)}
     top |= {n.target.id for n in stub.body if isinstance(n, ast.AnnAssign)}
     # module level: the public names and the test hooks (one underscore), not the dunders
-    assert top == {a for a in dir(core) if not a.startswith("__") and a not in ("EngineF32", "EngineF64")}
+    assert top == {
+        a for a in dir(core) if not a.startswith("__") and a not in ("EngineF32", "EngineF64")
+    }

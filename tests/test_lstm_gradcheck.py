@@ -29,6 +29,7 @@ def one_thread():
     yield
     el.set_num_threads(saved)
 
+
 CONFIGS = {
     # name: (num_layers, bidirectional, proj_size, bias, batch_first, dropout, layout, lengths)
     "L1-uni-noP-bias-full": (1, False, 0, True, False, 0.0, "batched", None),
@@ -52,10 +53,16 @@ def make_problem(name):
         x_shape = (B, T, I) if bf else (T, B, I)
         y_shape = (B, T, D * Hout) if bf else (T, B, D * Hout)
         h_shape, c_shape = (D * L, B, Hout), (D * L, B, H)
-    arrays = {"x": rng.standard_normal(x_shape), "h0": rng.standard_normal(h_shape),
-              "c0": rng.standard_normal(c_shape)}
-    weights = {"d_output": rng.standard_normal(y_shape), "dh_n": rng.standard_normal(h_shape),
-               "dc_n": rng.standard_normal(c_shape)}
+    arrays = {
+        "x": rng.standard_normal(x_shape),
+        "h0": rng.standard_normal(h_shape),
+        "c0": rng.standard_normal(c_shape),
+    }
+    weights = {
+        "d_output": rng.standard_normal(y_shape),
+        "dh_n": rng.standard_normal(h_shape),
+        "dc_n": rng.standard_normal(c_shape),
+    }
     return lstm, arrays, weights, lengths
 
 
@@ -82,8 +89,11 @@ def test_backward_matches_finite_differences_float64(name):
     def loss():
         lstm.set_dropout_state(rng_state)  # replay the same dropout masks
         out, (h_n, c_n) = lstm(arrays["x"], (arrays["h0"], arrays["c0"]), lengths=lengths)
-        return (np.sum(out * weights["d_output"]) + np.sum(h_n * weights["dh_n"])
-                + np.sum(c_n * weights["dc_n"]))
+        return (
+            np.sum(out * weights["d_output"])
+            + np.sum(h_n * weights["dh_n"])
+            + np.sum(c_n * weights["dc_n"])
+        )
 
     def loss_of_params():
         lstm.load_state_dict(params)
@@ -108,10 +118,13 @@ def test_finite_differences_see_no_dependence_on_padded_inputs():
 
     def loss():
         out, (h_n, c_n) = lstm(arrays["x"], (arrays["h0"], arrays["c0"]), lengths=lengths)
-        return (np.sum(out * weights["d_output"]) + np.sum(h_n * weights["dh_n"])
-                + np.sum(c_n * weights["dc_n"]))
+        return (
+            np.sum(out * weights["d_output"])
+            + np.sum(h_n * weights["dh_n"])
+            + np.sum(c_n * weights["dc_n"])
+        )
 
     dx = finite_difference(loss, arrays["x"])
-    past = np.arange(T)[:, None] >= np.asarray(lengths)[None, :]   # (T, B), time-major layout
+    past = np.arange(T)[:, None] >= np.asarray(lengths)[None, :]  # (T, B), time-major layout
     assert np.all(dx[past] == 0)
     assert np.all(np.abs(dx[~past]).sum(axis=-1) > 0)

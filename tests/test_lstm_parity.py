@@ -17,7 +17,6 @@ import textwrap
 
 import numpy as np
 import pytest
-
 import torch  # a hard import on purpose: the torch witness must never be silently skipped
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -54,14 +53,29 @@ pytestmark = pytest.mark.usefixtures("torch_single_threaded")
 def assert_close(actual, expected, rtol, what):
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     diff = np.asarray(actual, dtype=np.float64) - np.asarray(expected, dtype=np.float64)
-    err = np.linalg.norm(diff.ravel()) / max(np.linalg.norm(np.asarray(expected, np.float64).ravel()), TINY)
+    err = np.linalg.norm(diff.ravel()) / max(
+        np.linalg.norm(np.asarray(expected, np.float64).ravel()), TINY
+    )
     assert err <= rtol, f"{what}: relative error {err:.3g} > {rtol:g}"
 
 
 # ---- cases -------------------------------------------------------------------------------------
 
-def make_case(seed, *, num_layers, bidirectional, batch_first, proj_size, bias, layout, H,
-              batch=B, steps=T, lengths=RAGGED):
+
+def make_case(
+    seed,
+    *,
+    num_layers,
+    bidirectional,
+    batch_first,
+    proj_size,
+    bias,
+    layout,
+    H,
+    batch=B,
+    steps=T,
+    lengths=RAGGED,
+):
     """Random float64 params and time-major arrays; `layout` says how the API will see them."""
     rng = np.random.default_rng(seed)
     D = 2 if bidirectional else 1
@@ -69,8 +83,15 @@ def make_case(seed, *, num_layers, bidirectional, batch_first, proj_size, bias, 
     n = 1 if layout == "unbatched" else batch
     DL = D * num_layers
     return {
-        "cfg": dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
-                    proj_size=proj_size, bias=bias, H=H, layout=layout),
+        "cfg": dict(
+            num_layers=num_layers,
+            bidirectional=bidirectional,
+            batch_first=batch_first,
+            proj_size=proj_size,
+            bias=bias,
+            H=H,
+            layout=layout,
+        ),
         "params": init_params(rng, I, H, num_layers, bidirectional, proj_size, bias),
         "x": rng.standard_normal((steps, n, I)),
         "h0": rng.standard_normal((DL, n, Hout)),
@@ -108,26 +129,58 @@ def batch_axis(cfg):
 
 def run_ours(case, dtype):
     cfg = case["cfg"]
-    lstm = el.LSTM(I, cfg["H"], cfg["num_layers"], cfg["bias"], cfg["batch_first"], 0.0,
-                   cfg["bidirectional"], cfg["proj_size"], dtype=dtype, seed=0)
+    lstm = el.LSTM(
+        I,
+        cfg["H"],
+        cfg["num_layers"],
+        cfg["bias"],
+        cfg["batch_first"],
+        0.0,
+        cfg["bidirectional"],
+        cfg["proj_size"],
+        dtype=dtype,
+        seed=0,
+    )
     lstm.load_state_dict({k: v.astype(dtype) for k, v in case["params"].items()})
-    api = {k: (seq_to_api if k in ("x", "d_output") else state_to_api)(case[k], cfg).astype(dtype)
-           for k in ("x", "h0", "c0", "d_output", "dh_n", "dc_n")}
+    api = {
+        k: (seq_to_api if k in ("x", "d_output") else state_to_api)(case[k], cfg).astype(dtype)
+        for k in ("x", "h0", "c0", "d_output", "dh_n", "dc_n")
+    }
     output, (h_n, c_n) = lstm(api["x"], (api["h0"], api["c0"]), lengths=case["lengths"])
     dx, (dh0, dc0) = lstm.backward(api["d_output"], (api["dh_n"], api["dc_n"]))
-    return {"output": output, "h_n": h_n, "c_n": c_n, "dx": dx, "dh0": dh0, "dc0": dc0,
-            "grads": lstm.grads}
+    return {
+        "output": output,
+        "h_n": h_n,
+        "c_n": c_n,
+        "dx": dx,
+        "dh0": dh0,
+        "dc0": dc0,
+        "grads": lstm.grads,
+    }
 
 
 def run_reference(case):
     cfg = case["cfg"]
     out, h_n, c_n, cache = reference_forward(
-        case["params"], case["x"], case["h0"], case["c0"], num_layers=cfg["num_layers"],
-        bidirectional=cfg["bidirectional"], proj_size=cfg["proj_size"], lengths=case["lengths"])
+        case["params"],
+        case["x"],
+        case["h0"],
+        case["c0"],
+        num_layers=cfg["num_layers"],
+        bidirectional=cfg["bidirectional"],
+        proj_size=cfg["proj_size"],
+        lengths=case["lengths"],
+    )
     dx, dh0, dc0, dparams = reference_backward(cache, case["d_output"], case["dh_n"], case["dc_n"])
-    return {"output": seq_to_api(out, cfg), "h_n": state_to_api(h_n, cfg), "c_n": state_to_api(c_n, cfg),
-            "dx": seq_to_api(dx, cfg), "dh0": state_to_api(dh0, cfg), "dc0": state_to_api(dc0, cfg),
-            "grads": dparams}
+    return {
+        "output": seq_to_api(out, cfg),
+        "h_n": state_to_api(h_n, cfg),
+        "c_n": state_to_api(c_n, cfg),
+        "dx": seq_to_api(dx, cfg),
+        "dh0": state_to_api(dh0, cfg),
+        "dc0": state_to_api(dc0, cfg),
+        "grads": dparams,
+    }
 
 
 def nonempty_rows(case):
@@ -152,14 +205,26 @@ def run_torch(case, dtype):
     """torch.nn.LSTM forward + autograd in `dtype` on the rows it accepts (lengths > 0)."""
     cfg = case["cfg"]
     tdtype = {np.float32: torch.float32, np.float64: torch.float64}[dtype]
-    lstm = torch.nn.LSTM(I, cfg["H"], num_layers=cfg["num_layers"], bias=cfg["bias"],
-                         batch_first=cfg["batch_first"], bidirectional=cfg["bidirectional"],
-                         proj_size=cfg["proj_size"]).to(tdtype)
+    lstm = torch.nn.LSTM(
+        I,
+        cfg["H"],
+        num_layers=cfg["num_layers"],
+        bias=cfg["bias"],
+        batch_first=cfg["batch_first"],
+        bidirectional=cfg["bidirectional"],
+        proj_size=cfg["proj_size"],
+    ).to(tdtype)
     lstm.load_state_dict({k: torch.from_numpy(v.astype(dtype)) for k, v in case["params"].items()})
     rows = nonempty_rows(case)
-    sub = case if rows is None else dict(
-        case, lengths=case["lengths"][rows],
-        **{k: case[k][:, rows] for k in ("x", "h0", "c0", "d_output", "dh_n", "dc_n")})
+    sub = (
+        case
+        if rows is None
+        else dict(
+            case,
+            lengths=case["lengths"][rows],
+            **{k: case[k][:, rows] for k in ("x", "h0", "c0", "d_output", "dh_n", "dc_n")},
+        )
+    )
 
     def tensor(k, grad=False):
         conv = seq_to_api if k in ("x", "d_output") else state_to_api
@@ -169,15 +234,28 @@ def run_torch(case, dtype):
     if sub["lengths"] is None:
         out, (h_n, c_n) = lstm(x, (h0, c0))
     else:
-        packed = pack_padded_sequence(x, torch.as_tensor(sub["lengths"]), batch_first=cfg["batch_first"],
-                                      enforce_sorted=False)
+        packed = pack_padded_sequence(
+            x, torch.as_tensor(sub["lengths"]), batch_first=cfg["batch_first"], enforce_sorted=False
+        )
         out, (h_n, c_n) = lstm(packed, (h0, c0))
-        out, _ = pad_packed_sequence(out, batch_first=cfg["batch_first"], total_length=x.shape[1 - batch_axis(cfg)])
-    loss = (out * tensor("d_output")).sum() + (h_n * tensor("dh_n")).sum() + (c_n * tensor("dc_n")).sum()
+        out, _ = pad_packed_sequence(
+            out, batch_first=cfg["batch_first"], total_length=x.shape[1 - batch_axis(cfg)]
+        )
+    loss = (
+        (out * tensor("d_output")).sum()
+        + (h_n * tensor("dh_n")).sum()
+        + (c_n * tensor("dc_n")).sum()
+    )
     loss.backward()
-    return {"output": out.detach().numpy(), "h_n": h_n.detach().numpy(), "c_n": c_n.detach().numpy(),
-            "dx": x.grad.numpy(), "dh0": h0.grad.numpy(), "dc0": c0.grad.numpy(),
-            "grads": {k: p.grad.numpy() for k, p in lstm.named_parameters()}}
+    return {
+        "output": out.detach().numpy(),
+        "h_n": h_n.detach().numpy(),
+        "c_n": c_n.detach().numpy(),
+        "dx": x.grad.numpy(),
+        "dh0": h0.grad.numpy(),
+        "dc0": c0.grad.numpy(),
+        "grads": {k: p.grad.numpy() for k, p in lstm.named_parameters()},
+    }
 
 
 def assert_forward_matches(ours, theirs, rtol, witness):
@@ -202,30 +280,58 @@ def assert_dtype(ours, dtype):
 
 # ---- the grid ----------------------------------------------------------------------------------
 
+
 def with_hidden(L, bi, bf, proj, bias, layout):
     """Rotate H through HIDDEN so that each H meets every value of every other factor."""
-    return (L, bi, bf, proj, bias, layout,
-            HIDDEN[(L + bi + bf + proj + bias + LAYOUTS.index(layout)) % len(HIDDEN)])
+    return (
+        L,
+        bi,
+        bf,
+        proj,
+        bias,
+        layout,
+        HIDDEN[(L + bi + bf + proj + bias + LAYOUTS.index(layout)) % len(HIDDEN)],
+    )
 
 
-GRID = [with_hidden(*c) for c in itertools.product([1, 2, 3], [False, True], [False, True], [False, True],
-                                                   [True, False], LAYOUTS)]
+GRID = [
+    with_hidden(*c)
+    for c in itertools.product(
+        [1, 2, 3], [False, True], [False, True], [False, True], [True, False], LAYOUTS
+    )
+]
 
 
 def grid_id(config):
     L, bi, bf, proj, bias, layout, H = config
-    return (f"L{L}-{'bi' if bi else 'uni'}-{'bf' if bf else 'tm'}-{'P' if proj else 'noP'}-"
-            f"{'bias' if bias else 'nobias'}-{layout}-H{H}")
+    return (
+        f"L{L}-{'bi' if bi else 'uni'}-{'bf' if bf else 'tm'}-{'P' if proj else 'noP'}-"
+        f"{'bias' if bias else 'nobias'}-{layout}-H{H}"
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def grid_results(config, dtype):
     """(ours, reference, torch, torch's rows) for one grid case, computed once for both tests."""
     L, bi, bf, proj, bias, layout, H = config
-    case = make_case(GRID.index(config), num_layers=L, bidirectional=bi, batch_first=bf,
-                     proj_size=PROJ[H] if proj else 0, bias=bias, layout=layout, H=H)
+    case = make_case(
+        GRID.index(config),
+        num_layers=L,
+        bidirectional=bi,
+        batch_first=bf,
+        proj_size=PROJ[H] if proj else 0,
+        bias=bias,
+        layout=layout,
+        H=H,
+    )
     case = rounded(case, dtype)
-    return run_ours(case, dtype), run_reference(case), run_torch(case, dtype), nonempty_rows(case), case
+    return (
+        run_ours(case, dtype),
+        run_reference(case),
+        run_torch(case, dtype),
+        nonempty_rows(case),
+        case,
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -246,13 +352,18 @@ def test_backward_matches_reference_and_torch_autograd(config, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("config", [c for c in GRID if c[5] == "ragged"],
-                         ids=[grid_id(c) for c in GRID if c[5] == "ragged"])
-def test_padded_steps_are_exact_zeros_and_a_zero_length_passes_state_and_gradients_through(config, dtype):
+@pytest.mark.parametrize(
+    "config",
+    [c for c in GRID if c[5] == "ragged"],
+    ids=[grid_id(c) for c in GRID if c[5] == "ragged"],
+)
+def test_padded_steps_are_exact_zeros_and_a_zero_length_passes_state_and_gradients_through(
+    config, dtype
+):
     ours, _, _, _, case = grid_results(config, dtype)
     cfg = case["cfg"]
     lengths = case["lengths"]
-    past = np.arange(T)[:, None] >= lengths[None, :]               # (T, B)
+    past = np.arange(T)[:, None] >= lengths[None, :]  # (T, B)
     if cfg["batch_first"]:
         past = past.T
     assert np.all(ours["output"][past] == 0)
@@ -271,8 +382,19 @@ def test_padded_steps_are_exact_zeros_and_a_zero_length_passes_state_and_gradien
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("H", range(1, 17))
 def test_every_width_of_the_last_gate_block_matches_reference(H, dtype):
-    case = rounded(make_case(500 + H, num_layers=1, bidirectional=False, batch_first=False,
-                             proj_size=0, bias=True, layout="ragged", H=H), dtype)
+    case = rounded(
+        make_case(
+            500 + H,
+            num_layers=1,
+            bidirectional=False,
+            batch_first=False,
+            proj_size=0,
+            bias=True,
+            layout="ragged",
+            H=H,
+        ),
+        dtype,
+    )
     ours, ref = run_ours(case, dtype), run_reference(case)
     assert_forward_matches(ours, ref, RTOL[dtype], "reference")
     assert_backward_matches(ours, ref, RTOL[dtype], "reference")
@@ -281,7 +403,7 @@ def test_every_width_of_the_last_gate_block_matches_reference(H, dtype):
 # ---- large sizes and threads ---------------------------------------------------------------------
 
 BIG_B = 12
-BIG_LENGTHS = (10, 0, 3, 10, 1, 5, 6, 2, 9, 4, 0, 10)   # includes zeros and the full length
+BIG_LENGTHS = (10, 0, 3, 10, 1, 5, 6, 2, 9, 4, 0, 10)  # includes zeros and the full length
 BIG_T = 10
 # At two threads the engine splits these two ways: a bidirectional layer runs its directions
 # on one thread each; a unidirectional one (over 2^20 multiply-adds, W_hh small) gives each
@@ -307,15 +429,27 @@ def restore_threads():
 
 def big_case(name):
     L, bi, bf, P, bias, layout = BIG_CONFIGS[name]
-    return make_case(1000 + list(BIG_CONFIGS).index(name), num_layers=L, bidirectional=bi,
-                     batch_first=bf, proj_size=P, bias=bias, layout=layout, H=64, batch=BIG_B,
-                     steps=BIG_T, lengths=BIG_LENGTHS)
+    return make_case(
+        1000 + list(BIG_CONFIGS).index(name),
+        num_layers=L,
+        bidirectional=bi,
+        batch_first=bf,
+        proj_size=P,
+        bias=bias,
+        layout=layout,
+        H=64,
+        batch=BIG_B,
+        steps=BIG_T,
+        lengths=BIG_LENGTHS,
+    )
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("name", list(BIG_CONFIGS))
-def test_h64_b12_matches_reference_and_torch_at_one_and_two_threads(name, dtype, threads, restore_threads):
+def test_h64_b12_matches_reference_and_torch_at_one_and_two_threads(
+    name, dtype, threads, restore_threads
+):
     el.set_num_threads(threads)
     assert el.get_num_threads() == threads
     case = rounded(big_case(name), dtype)
@@ -333,19 +467,36 @@ def repeated_runs(case, dtype, threads):
     el.set_num_threads(threads)
     runs = [run_ours(case, dtype) for _ in range(3)]
     cfg = case["cfg"]
-    lstm = el.LSTM(I, cfg["H"], cfg["num_layers"], cfg["bias"], cfg["batch_first"], 0.0,
-                   cfg["bidirectional"], cfg["proj_size"], dtype=dtype, seed=0)
+    lstm = el.LSTM(
+        I,
+        cfg["H"],
+        cfg["num_layers"],
+        cfg["bias"],
+        cfg["batch_first"],
+        0.0,
+        cfg["bidirectional"],
+        cfg["proj_size"],
+        dtype=dtype,
+        seed=0,
+    )
     lstm.load_state_dict({k: v.astype(dtype) for k, v in case["params"].items()})
     lstm.eval()
-    state = (state_to_api(case["h0"], cfg).astype(dtype), state_to_api(case["c0"], cfg).astype(dtype))
-    evals = [lstm(seq_to_api(case["x"], cfg).astype(dtype), state, lengths=case["lengths"])
-             for _ in range(3)]
+    state = (
+        state_to_api(case["h0"], cfg).astype(dtype),
+        state_to_api(case["c0"], cfg).astype(dtype),
+    )
+    evals = [
+        lstm(seq_to_api(case["x"], cfg).astype(dtype), state, lengths=case["lengths"])
+        for _ in range(3)
+    ]
     return runs, evals
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("name", list(BIG_CONFIGS))
-def test_results_are_bitwise_identical_run_to_run_for_a_fixed_thread_count(name, dtype, restore_threads):
+def test_results_are_bitwise_identical_run_to_run_for_a_fixed_thread_count(
+    name, dtype, restore_threads
+):
     case = rounded(big_case(name), dtype)
     by_threads = {}
     for threads in (1, 2):
@@ -354,7 +505,9 @@ def test_results_are_bitwise_identical_run_to_run_for_a_fixed_thread_count(name,
             for k in ("output", "h_n", "c_n", "dx", "dh0", "dc0"):
                 assert np.array_equal(run[k], runs[0][k]), f"{k} at {threads} threads"
             for k in run["grads"]:
-                assert np.array_equal(run["grads"][k], runs[0]["grads"][k]), f"grad {k} at {threads} threads"
+                assert np.array_equal(run["grads"][k], runs[0]["grads"][k]), (
+                    f"grad {k} at {threads} threads"
+                )
         for out, (h_n, c_n) in evals[1:]:
             assert np.array_equal(out, evals[0][0])
             assert np.array_equal(h_n, evals[0][1][0])
@@ -373,7 +526,9 @@ def test_set_num_threads_is_read_back_by_get_num_threads(restore_threads):
         assert el.get_num_threads() == n
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through Linux /proc")
+@pytest.mark.skipif(
+    not os.path.isdir("/proc/self/task"), reason="counts threads through Linux /proc"
+)
 def test_one_thread_keeps_every_call_on_the_calling_thread():
     # In a fresh process, so that no thread pool exists yet: with set_num_threads(1) no call,
     # bidirectional or not, may start another thread.
@@ -389,7 +544,11 @@ def test_one_thread_keeps_every_call_on_the_calling_thread():
             lstm.eval()(np.ones((3, 12, 4), np.float32))
             print(bidirectional, before, threads())
     """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     for line in result.stdout.splitlines():
         bidirectional, before, after = line.split()
-        assert int(after) == int(before), f"bidirectional={bidirectional}: {before} -> {after} threads"
+        assert int(after) == int(before), (
+            f"bidirectional={bidirectional}: {before} -> {after} threads"
+        )

@@ -41,6 +41,7 @@ def assert_same_state(a, b):
 
 # ---- constructor -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["input_size", "hidden_size", "num_layers"])
 @pytest.mark.parametrize("value", [0, -1, -10])
 def test_constructor_refuses_sizes_below_one(name, value):
@@ -51,8 +52,16 @@ def test_constructor_refuses_sizes_below_one(name, value):
 
 
 @pytest.mark.parametrize("name", ["input_size", "hidden_size", "num_layers", "proj_size"])
-@pytest.mark.parametrize("value, shown", [(3.0, "float 3.0"), ("3", "str '3'"), (True, "bool True"),
-                                          (None, "NoneType None"), (np.float64(2.0), r"float64 (np\.float64\()?2\.0\)?")])
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        (3.0, "float 3.0"),
+        ("3", "str '3'"),
+        (True, "bool True"),
+        (None, "NoneType None"),
+        (np.float64(2.0), r"float64 (np\.float64\()?2\.0\)?"),
+    ],
+)
 def test_constructor_refuses_sizes_that_are_not_ints(name, value, shown):
     args = dict(input_size=I, hidden_size=H, num_layers=1, proj_size=0)
     args[name] = value
@@ -63,7 +72,9 @@ def test_constructor_refuses_sizes_that_are_not_ints(name, value, shown):
 def test_constructor_accepts_numpy_integer_sizes():
     lstm = el.LSTM(np.int64(I), np.int32(H), np.int16(2), proj_size=np.uint8(P), seed=0)
     assert (lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.proj_size) == (I, H, 2, P)
-    assert all(type(v) is int for v in (lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.proj_size))
+    assert all(
+        type(v) is int for v in (lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.proj_size)
+    )
 
 
 @pytest.mark.parametrize("value", [-1, -5])
@@ -74,18 +85,24 @@ def test_constructor_refuses_a_negative_proj_size(value):
 
 @pytest.mark.parametrize("value", [H, H + 1, 100])
 def test_constructor_refuses_proj_size_not_below_hidden_size(value):
-    with pytest.raises(ValueError, match=rf"^LSTM: proj_size must be < hidden_size={H}, got {value}$"):
+    with pytest.raises(
+        ValueError, match=rf"^LSTM: proj_size must be < hidden_size={H}, got {value}$"
+    ):
         el.LSTM(I, H, proj_size=value)
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5, 2, float("nan"), float("inf"), -np.inf])
 def test_constructor_refuses_dropout_outside_zero_one(value):
-    with pytest.raises(ValueError, match=rf"^LSTM: dropout must be in \[0, 1\], got {re.escape(str(value))}$"):
+    with pytest.raises(
+        ValueError, match=rf"^LSTM: dropout must be in \[0, 1\], got {re.escape(str(value))}$"
+    ):
         el.LSTM(I, H, 2, dropout=value)
 
 
-@pytest.mark.parametrize("value, shown", [("0.5", "str '0.5'"), (True, "bool True"), (None, "NoneType None"),
-                                          ([0.5], r"list \[0\.5\]")])
+@pytest.mark.parametrize(
+    "value, shown",
+    [("0.5", "str '0.5'"), (True, "bool True"), (None, "NoneType None"), ([0.5], r"list \[0\.5\]")],
+)
 def test_constructor_refuses_dropout_that_is_not_a_number(value, shown):
     with pytest.raises(TypeError, match=rf"^LSTM: dropout must be a float, got {shown}$"):
         el.LSTM(I, H, 2, dropout=value)
@@ -96,28 +113,44 @@ def test_constructor_accepts_dropout_at_and_between_the_bounds(value):
     assert el.LSTM(I, H, 2, dropout=value).dropout == float(value)
 
 
-@pytest.mark.parametrize("dtype, shown", [(np.int32, "int32"), (np.float16, "float16"), ("complex64", "complex64"),
-                                          (np.complex128, "complex128"), (np.int64, "int64"), (object, "object"),
-                                          (np.bool_, "bool"), ("notadtype", "'notadtype'")])
+@pytest.mark.parametrize(
+    "dtype, shown",
+    [
+        (np.int32, "int32"),
+        (np.float16, "float16"),
+        ("complex64", "complex64"),
+        (np.complex128, "complex128"),
+        (np.int64, "int64"),
+        (object, "object"),
+        (np.bool_, "bool"),
+        ("notadtype", "'notadtype'"),
+    ],
+)
 def test_constructor_refuses_dtypes_other_than_float32_and_float64(dtype, shown):
     with pytest.raises(TypeError, match=rf"^LSTM: dtype must be float32 or float64, got {shown}$"):
         el.LSTM(I, H, dtype=dtype)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, "float32", "float64", np.dtype("f4"), "d"])
+@pytest.mark.parametrize(
+    "dtype", [np.float32, np.float64, "float32", "float64", np.dtype("f4"), "d"]
+)
 def test_constructor_accepts_float32_and_float64_in_any_spelling(dtype):
     assert el.LSTM(I, H, dtype=dtype, seed=0).dtype == np.dtype(dtype)
 
 
 @pytest.mark.parametrize("seed, shown", [(1.5, "1.5"), ("1", "'1'"), (True, "True")])
 def test_constructor_refuses_a_seed_that_is_not_an_int(seed, shown):
-    with pytest.raises(TypeError, match=rf"^LSTM: seed must be a non-negative int or None, got {shown}$"):
+    with pytest.raises(
+        TypeError, match=rf"^LSTM: seed must be a non-negative int or None, got {shown}$"
+    ):
         el.LSTM(I, H, seed=seed)
 
 
 def test_constructor_refuses_a_negative_seed_with_value_error():
     # A negative int has the right type and a wrong value: ValueError, as for the sizes.
-    with pytest.raises(ValueError, match=r"^LSTM: seed must be a non-negative int or None, got -1$"):
+    with pytest.raises(
+        ValueError, match=r"^LSTM: seed must be a non-negative int or None, got -1$"
+    ):
         el.LSTM(I, H, seed=-1)
 
 
@@ -131,11 +164,15 @@ def test_set_num_threads_refuses_fewer_than_one(n):
 
 # ---- forward -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("shape", [(I,), (2, T, B, I), (), (1, 1, 1, 1, I)])
 def test_forward_refuses_x_that_is_not_2_or_3_d(shape):
     lstm = make()
     got = rf"{len(shape)}-D with shape {re.escape(str(shape))}"
-    with pytest.raises(ValueError, match=rf"^LSTM.forward: x must be 3-D \(batched\) or 2-D \(unbatched\), got {got}$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^LSTM.forward: x must be 3-D \(batched\) or 2-D \(unbatched\), got {got}$",
+    ):
         lstm(np.zeros(shape, np.float32))
 
 
@@ -143,7 +180,10 @@ def test_forward_refuses_x_that_is_not_2_or_3_d(shape):
 @pytest.mark.parametrize("shape", [(T, B, I + 1), (T, I - 1), (T, B, 0)])
 def test_forward_refuses_x_with_the_wrong_number_of_features(shape, batch_first):
     lstm = make(batch_first=batch_first)
-    with pytest.raises(ValueError, match=rf"^LSTM.forward: x must have {I} features \(input_size\), got {shape[-1]}$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^LSTM.forward: x must have {I} features \(input_size\), got {shape[-1]}$",
+    ):
         lstm(np.zeros(shape, np.float32))
 
 
@@ -155,11 +195,18 @@ def test_forward_refuses_states_of_the_wrong_shape(name, batch_first, change):
     x, h0, c0 = good(batch_first)
     state = {"h0": h0, "c0": c0}
     expected = state[name].shape
-    bad = {"layers": (DL - 1,) + expected[1:], "batch": (DL, B + 1, expected[2]),
-           "features": (DL, B, expected[2] + 1), "ndim": (DL, expected[2])}[change]
+    bad = {
+        "layers": (DL - 1,) + expected[1:],
+        "batch": (DL, B + 1, expected[2]),
+        "features": (DL, B, expected[2] + 1),
+        "ndim": (DL, expected[2]),
+    }[change]
     state[name] = np.zeros(bad, np.float32)
-    with pytest.raises(ValueError, match=rf"^LSTM.forward: {name} must have shape "
-                                         rf"{re.escape(str(expected))}, got {re.escape(str(bad))}$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^LSTM.forward: {name} must have shape "
+        rf"{re.escape(str(expected))}, got {re.escape(str(bad))}$",
+    ):
         lstm(x, (state["h0"], state["c0"]))
 
 
@@ -170,20 +217,28 @@ def test_forward_refuses_batched_states_for_unbatched_x(name):
     state = {"h0": h0[:, 0], "c0": c0[:, 0]}
     expected = state[name].shape
     state[name] = state[name][:, None]
-    with pytest.raises(ValueError, match=rf"^LSTM.forward: {name} must have shape {re.escape(str(expected))}, "
-                                         rf"got {re.escape(str(state[name].shape))}$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^LSTM.forward: {name} must have shape {re.escape(str(expected))}, "
+        rf"got {re.escape(str(state[name].shape))}$",
+    ):
         lstm(x[:, 0], (state["h0"], state["c0"]))
 
 
-@pytest.mark.parametrize("state, shown", [
-    (np.zeros((DL, B, P)), "ndarray"),
-    ("h0", "str"),
-    (5, "int"),
-])
+@pytest.mark.parametrize(
+    "state, shown",
+    [
+        (np.zeros((DL, B, P)), "ndarray"),
+        ("h0", "str"),
+        (5, "int"),
+    ],
+)
 def test_forward_refuses_a_state_that_is_not_a_pair(state, shown):
     lstm = make()
     x, _, _ = good()
-    with pytest.raises(TypeError, match=rf"^LSTM.forward: state must be a tuple \(h0, c0\), got {shown}$"):
+    with pytest.raises(
+        TypeError, match=rf"^LSTM.forward: state must be a tuple \(h0, c0\), got {shown}$"
+    ):
         lstm(x, state)
 
 
@@ -191,41 +246,69 @@ def test_forward_refuses_a_state_that_is_not_a_pair(state, shown):
 def test_forward_refuses_a_state_tuple_of_the_wrong_length_and_says_its_length(n):
     lstm = make()
     x, h0, c0 = good()
-    with pytest.raises(TypeError, match=rf"^LSTM.forward: state must be a tuple \(h0, c0\), got .*length {n}"):
+    with pytest.raises(
+        TypeError, match=rf"^LSTM.forward: state must be a tuple \(h0, c0\), got .*length {n}"
+    ):
         lstm(x, (h0, c0, c0)[:n])
 
 
-@pytest.mark.parametrize("lengths, shown", [
-    ([2, 3, 1], r"\(3,\)"), ([2], r"\(1,\)"), ([[2, 3]], r"\(1, 2\)"), (3, r"\(\)"), (np.zeros((2, 1), int), r"\(2, 1\)"),
-])
+@pytest.mark.parametrize(
+    "lengths, shown",
+    [
+        ([2, 3, 1], r"\(3,\)"),
+        ([2], r"\(1,\)"),
+        ([[2, 3]], r"\(1, 2\)"),
+        (3, r"\(\)"),
+        (np.zeros((2, 1), int), r"\(2, 1\)"),
+    ],
+)
 def test_forward_refuses_lengths_of_the_wrong_shape(lengths, shown):
     lstm = make()
     x, _, _ = good()
-    with pytest.raises(ValueError, match=rf"^LSTM.forward: lengths must have shape \({B},\), got {shown}$"):
+    with pytest.raises(
+        ValueError, match=rf"^LSTM.forward: lengths must have shape \({B},\), got {shown}$"
+    ):
         lstm(x, lengths=lengths)
 
 
-@pytest.mark.parametrize("lengths, bad", [([-1, 2], -1), ([T + 1, 2], T + 1), ([2, 100], 100), ([-3, T + 2], -3)])
+@pytest.mark.parametrize(
+    "lengths, bad", [([-1, 2], -1), ([T + 1, 2], T + 1), ([2, 100], 100), ([-3, T + 2], -3)]
+)
 def test_forward_refuses_lengths_outside_zero_to_T(lengths, bad):
     lstm = make()
     x, _, _ = good()
-    with pytest.raises(ValueError, match=rf"^LSTM.forward: lengths must be in \[0, {T}\] \(T\), got {bad}$"):
+    with pytest.raises(
+        ValueError, match=rf"^LSTM.forward: lengths must be in \[0, {T}\] \(T\), got {bad}$"
+    ):
         lstm(x, lengths=lengths)
 
 
-@pytest.mark.parametrize("lengths, dtype", [([2.0, 3.0], "float64"), (np.array([2, 3], np.float32), "float32"),
-                                            ([True, False], "bool"), (["2", "3"], "<U1"), ([2 + 0j, 3], "complex128")])
+@pytest.mark.parametrize(
+    "lengths, dtype",
+    [
+        ([2.0, 3.0], "float64"),
+        (np.array([2, 3], np.float32), "float32"),
+        ([True, False], "bool"),
+        (["2", "3"], "<U1"),
+        ([2 + 0j, 3], "complex128"),
+    ],
+)
 def test_forward_refuses_lengths_that_are_not_integers(lengths, dtype):
     lstm = make()
     x, _, _ = good()
-    with pytest.raises(TypeError, match=rf"^LSTM.forward: lengths must be integers, got dtype {dtype}$"):
+    with pytest.raises(
+        TypeError, match=rf"^LSTM.forward: lengths must be integers, got dtype {dtype}$"
+    ):
         lstm(x, lengths=lengths)
 
 
 def test_forward_refuses_lengths_with_unbatched_x():
     lstm = make()
     x, _, _ = good()
-    with pytest.raises(ValueError, match=r"^LSTM.forward: x must be 3-D \(batched\) when lengths are given, got 2-D$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^LSTM.forward: x must be 3-D \(batched\) when lengths are given, got 2-D$",
+    ):
         lstm(x[:, 0], lengths=[T])
 
 
@@ -237,16 +320,25 @@ def test_forward_refuses_non_real_dtypes(name, dtype):
     arrays = {"x": x, "h0": h0, "c0": c0}
     arrays[name] = np.zeros(arrays[name].shape, dtype)
     shown = re.escape(str(arrays[name].dtype))
-    with pytest.raises(TypeError, match=rf"^LSTM.forward: {name} must hold real numbers \(float or int\), got dtype {shown}$"):
+    with pytest.raises(
+        TypeError,
+        match=rf"^LSTM.forward: {name} must hold real numbers \(float or int\), got dtype {shown}$",
+    ):
         lstm(arrays["x"], (arrays["h0"], arrays["c0"]))
 
 
 def test_forward_refuses_none_inside_the_state_pair():
     lstm = make()
     x, h0, c0 = good()
-    with pytest.raises(TypeError, match=r"^LSTM.forward: h0 must hold real numbers \(float or int\), got dtype object$"):
+    with pytest.raises(
+        TypeError,
+        match=r"^LSTM.forward: h0 must hold real numbers \(float or int\), got dtype object$",
+    ):
         lstm(x, (None, c0))
-    with pytest.raises(TypeError, match=r"^LSTM.forward: c0 must hold real numbers \(float or int\), got dtype object$"):
+    with pytest.raises(
+        TypeError,
+        match=r"^LSTM.forward: c0 must hold real numbers \(float or int\), got dtype object$",
+    ):
         lstm(x, (h0, None))
 
 
@@ -263,6 +355,7 @@ def test_a_rejected_training_forward_keeps_the_previous_cache():
 
 
 # ---- backward ----------------------------------------------------------------------------------
+
 
 def trained_module(layout):
     """A module after a training-mode forward, with good gradients for its backward."""
@@ -295,9 +388,17 @@ def shape_str(shape):
 def test_backward_refuses_d_output_of_the_wrong_shape(trained, change):
     lstm, dy, dh_n, dc_n = trained
     s = dy.shape
-    bad = {"longer": (s[0] + 1,) + s[1:], "shorter": (s[0] - 1,) + s[1:], "features": s[:-1] + (s[-1] + 1,),
-           "ndim": (1,) + s, "fewer_features": s[:-1] + (s[-1] - 1,)}[change]
-    with pytest.raises(ValueError, match=rf"^LSTM.backward: d_output must have shape {shape_str(s)}, got {shape_str(bad)}$"):
+    bad = {
+        "longer": (s[0] + 1,) + s[1:],
+        "shorter": (s[0] - 1,) + s[1:],
+        "features": s[:-1] + (s[-1] + 1,),
+        "ndim": (1,) + s,
+        "fewer_features": s[:-1] + (s[-1] - 1,),
+    }[change]
+    with pytest.raises(
+        ValueError,
+        match=rf"^LSTM.backward: d_output must have shape {shape_str(s)}, got {shape_str(bad)}$",
+    ):
         lstm.backward(np.zeros(bad), (dh_n, dc_n))
     assert_rejected_backward_changes_nothing(lstm, dy, dh_n, dc_n)
 
@@ -306,8 +407,11 @@ def test_backward_after_a_batch_first_forward_refuses_a_time_major_d_output():
     lstm, dy, dh_n, dc_n = trained_module("batch_first")
     time_major = np.ascontiguousarray(dy.transpose(1, 0, 2))
     assert time_major.shape != dy.shape
-    with pytest.raises(ValueError, match=rf"^LSTM.backward: d_output must have shape {shape_str(dy.shape)}, "
-                                         rf"got {shape_str(time_major.shape)}$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^LSTM.backward: d_output must have shape {shape_str(dy.shape)}, "
+        rf"got {shape_str(time_major.shape)}$",
+    ):
         lstm.backward(time_major, (dh_n, dc_n))
     assert_rejected_backward_changes_nothing(lstm, dy, dh_n, dc_n)
 
@@ -318,9 +422,14 @@ def test_backward_refuses_state_gradients_of_the_wrong_shape(trained, name, chan
     lstm, dy, dh_n, dc_n = trained
     grads = {"dh_n": dh_n, "dc_n": dc_n}
     s = grads[name].shape
-    bad = {"layers": (s[0] + 1,) + s[1:], "features": s[:-1] + (s[-1] + 1,), "ndim": s + (1,)}[change]
+    bad = {"layers": (s[0] + 1,) + s[1:], "features": s[:-1] + (s[-1] + 1,), "ndim": s + (1,)}[
+        change
+    ]
     grads[name] = np.zeros(bad)
-    with pytest.raises(ValueError, match=rf"^LSTM.backward: {name} must have shape {shape_str(s)}, got {shape_str(bad)}$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^LSTM.backward: {name} must have shape {shape_str(s)}, got {shape_str(bad)}$",
+    ):
         lstm.backward(dy, (grads["dh_n"], grads["dc_n"]))
     assert_rejected_backward_changes_nothing(lstm, dy, dh_n, dc_n)
 
@@ -332,7 +441,10 @@ def test_backward_refuses_non_real_dtypes(trained, name, dtype):
     arrays = {"d_output": dy, "dh_n": dh_n, "dc_n": dc_n}
     arrays[name] = np.zeros(arrays[name].shape, dtype)
     shown = re.escape(str(arrays[name].dtype))
-    with pytest.raises(TypeError, match=rf"^LSTM.backward: {name} must hold real numbers \(float or int\), got dtype {shown}$"):
+    with pytest.raises(
+        TypeError,
+        match=rf"^LSTM.backward: {name} must hold real numbers \(float or int\), got dtype {shown}$",
+    ):
         lstm.backward(arrays["d_output"], (arrays["dh_n"], arrays["dc_n"]))
     assert_rejected_backward_changes_nothing(lstm, dy, dh_n, dc_n)
 
@@ -340,7 +452,9 @@ def test_backward_refuses_non_real_dtypes(trained, name, dtype):
 @pytest.mark.parametrize("d_state, shown", [(np.zeros(3), "ndarray"), ("dh", "str"), (0, "int")])
 def test_backward_refuses_a_d_state_that_is_not_a_pair(trained, d_state, shown):
     lstm, dy, dh_n, dc_n = trained
-    with pytest.raises(TypeError, match=rf"^LSTM.backward: d_state must be a tuple \(dh_n, dc_n\), got {shown}$"):
+    with pytest.raises(
+        TypeError, match=rf"^LSTM.backward: d_state must be a tuple \(dh_n, dc_n\), got {shown}$"
+    ):
         lstm.backward(dy, d_state)
     assert_rejected_backward_changes_nothing(lstm, dy, dh_n, dc_n)
 
@@ -348,12 +462,16 @@ def test_backward_refuses_a_d_state_that_is_not_a_pair(trained, d_state, shown):
 @pytest.mark.parametrize("n", [1, 3])
 def test_backward_refuses_a_d_state_tuple_of_the_wrong_length_and_says_its_length(n):
     lstm, dy, dh_n, dc_n = trained_module("time_major")
-    with pytest.raises(TypeError, match=rf"^LSTM.backward: d_state must be a tuple \(dh_n, dc_n\), got .*length {n}"):
+    with pytest.raises(
+        TypeError,
+        match=rf"^LSTM.backward: d_state must be a tuple \(dh_n, dc_n\), got .*length {n}",
+    ):
         lstm.backward(dy, (dh_n, dc_n, dc_n)[:n])
     assert_rejected_backward_changes_nothing(lstm, dy, dh_n, dc_n)
 
 
 # ---- load_state_dict: all or nothing -------------------------------------------------------------
+
 
 @pytest.fixture
 def loaded():
@@ -382,38 +500,61 @@ def test_load_state_dict_refuses_missing_keys(loaded):
     _, other, _ = loaded
     for k in ("weight_ih_l0", "weight_hr_l1_reverse", "bias_hh_l1"):
         other.pop(k)
-    attempt(loaded, other, ValueError, r"^LSTM.load_state_dict: missing keys \['bias_hh_l1', "
-                                       r"'weight_hr_l1_reverse', 'weight_ih_l0'\]$")
+    attempt(
+        loaded,
+        other,
+        ValueError,
+        r"^LSTM.load_state_dict: missing keys \['bias_hh_l1', "
+        r"'weight_hr_l1_reverse', 'weight_ih_l0'\]$",
+    )
 
 
 def test_load_state_dict_refuses_unexpected_keys(loaded):
     _, other, _ = loaded
     other["weight_ih_l2"] = np.zeros((4 * H, D * P))
     other["lstm.bias"] = np.zeros(3)
-    attempt(loaded, other, ValueError, r"^LSTM.load_state_dict: unexpected keys \['lstm.bias', 'weight_ih_l2'\]$")
+    attempt(
+        loaded,
+        other,
+        ValueError,
+        r"^LSTM.load_state_dict: unexpected keys \['lstm.bias', 'weight_ih_l2'\]$",
+    )
 
 
 def test_load_state_dict_names_both_missing_and_unexpected_keys(loaded):
     _, other, _ = loaded
     other["weight_ih_l0_rev"] = other.pop("weight_ih_l0_reverse")
-    attempt(loaded, other, ValueError, r"^LSTM.load_state_dict: missing keys \['weight_ih_l0_reverse'\]; "
-                                       r"unexpected keys \['weight_ih_l0_rev'\]$")
+    attempt(
+        loaded,
+        other,
+        ValueError,
+        r"^LSTM.load_state_dict: missing keys \['weight_ih_l0_reverse'\]; "
+        r"unexpected keys \['weight_ih_l0_rev'\]$",
+    )
 
 
-@pytest.mark.parametrize("key, bad", [
-    ("weight_ih_l0", (4 * H, I + 1)),            # the first key
-    ("weight_hr_l1_reverse", (H, P)),            # the last key, transposed
-    ("bias_ih_l1", (1, 4 * H)),                  # a bias as a row
-    ("bias_hh_l0_reverse", (4 * H + 1,)),
-    ("weight_hh_l1", ()),                        # a scalar
-    ("weight_ih_l1", (4 * H, I)),                # layer 1 takes D*Hout features, not I
-])
+@pytest.mark.parametrize(
+    "key, bad",
+    [
+        ("weight_ih_l0", (4 * H, I + 1)),  # the first key
+        ("weight_hr_l1_reverse", (H, P)),  # the last key, transposed
+        ("bias_ih_l1", (1, 4 * H)),  # a bias as a row
+        ("bias_hh_l0_reverse", (4 * H + 1,)),
+        ("weight_hh_l1", ()),  # a scalar
+        ("weight_ih_l1", (4 * H, I)),  # layer 1 takes D*Hout features, not I
+    ],
+)
 def test_load_state_dict_refuses_values_of_the_wrong_shape(loaded, key, bad):
     _, other, _ = loaded
     expected = other[key].shape
     other[key] = np.zeros(bad)
-    attempt(loaded, other, ValueError, rf"^LSTM.load_state_dict: {key} must have shape {shape_str(expected)}, "
-                                       rf"got {shape_str(bad)}$")
+    attempt(
+        loaded,
+        other,
+        ValueError,
+        rf"^LSTM.load_state_dict: {key} must have shape {shape_str(expected)}, "
+        rf"got {shape_str(bad)}$",
+    )
 
 
 @pytest.mark.parametrize("key", ["weight_ih_l0", "weight_hr_l1_reverse"])
@@ -422,13 +563,25 @@ def test_load_state_dict_refuses_non_real_values(loaded, key, dtype):
     _, other, _ = loaded
     other[key] = other[key].astype(dtype) if dtype != "U3" else np.full(other[key].shape, "abc")
     shown = re.escape(str(other[key].dtype))
-    attempt(loaded, other, TypeError, rf"^LSTM.load_state_dict: {key} must hold real numbers \(float or int\), "
-                                      rf"got dtype {shown}$")
+    attempt(
+        loaded,
+        other,
+        TypeError,
+        rf"^LSTM.load_state_dict: {key} must hold real numbers \(float or int\), "
+        rf"got dtype {shown}$",
+    )
 
 
-@pytest.mark.parametrize("state, shown", [([("weight_ih_l0", 0)], "list"), (None, "NoneType"), ("abc", "str")])
+@pytest.mark.parametrize(
+    "state, shown", [([("weight_ih_l0", 0)], "list"), (None, "NoneType"), ("abc", "str")]
+)
 def test_load_state_dict_refuses_something_that_is_not_a_mapping(loaded, state, shown):
-    attempt(loaded, state, TypeError, rf"^LSTM.load_state_dict: state_dict must be a mapping, got {shown}$")
+    attempt(
+        loaded,
+        state,
+        TypeError,
+        rf"^LSTM.load_state_dict: state_dict must be a mapping, got {shown}$",
+    )
 
 
 def test_load_state_dict_accepts_the_valid_state_after_all_those_refusals(loaded):

@@ -13,8 +13,8 @@ import pathlib
 import numpy as np
 
 import eigenlstm as el
-from eigenlstm import _core
 from cmake_build import ROOT, run
+from eigenlstm import _core
 from reference import reference_forward
 
 PACKAGE_DIR = pathlib.Path(el.__file__).resolve().parent
@@ -36,14 +36,26 @@ def read_consumer_output(stdout):
 
 
 def test_a_cmake_consumer_links_the_installed_library_and_matches_the_reference(
-        engine_release_build, tmp_path):
+    engine_release_build, tmp_path
+):
     prefix = tmp_path / "prefix"
     run(["cmake", "--install", engine_release_build, "--prefix", prefix])
     assert (prefix / "include" / "eigenlstm" / "lstm.hpp").is_file()
 
     app_build = tmp_path / "consumer"
-    run(["cmake", "-S", ROOT / "tests" / "consumer", "-B", app_build, "-G", "Ninja",
-         f"-DCMAKE_PREFIX_PATH={prefix}", "-DCMAKE_BUILD_TYPE=Release"])
+    run(
+        [
+            "cmake",
+            "-S",
+            ROOT / "tests" / "consumer",
+            "-B",
+            app_build,
+            "-G",
+            "Ninja",
+            f"-DCMAKE_PREFIX_PATH={prefix}",
+            "-DCMAKE_BUILD_TYPE=Release",
+        ]
+    )
     run(["cmake", "--build", app_build])
     got = read_consumer_output(run([app_build / "app"], cwd=tmp_path).stdout)
 
@@ -60,8 +72,9 @@ def test_a_cmake_consumer_links_the_installed_library_and_matches_the_reference(
     params["weight_hh_l0"] = params["weight_hh_l0"].reshape(4 * H, H)
     x = got["x"].reshape(T, B, I)
     zeros = np.zeros((1, B, H))
-    ref_y, ref_h, ref_c = reference_forward(params, x, zeros, zeros, num_layers=1,
-                                            bidirectional=False, proj_size=0)[:3]
+    ref_y, ref_h, ref_c = reference_forward(
+        params, x, zeros, zeros, num_layers=1, bidirectional=False, proj_size=0
+    )[:3]
     # float32 engine against the float64 reference: the parity tests' float32 tolerance.
     for name, ref in (("y", ref_y), ("h_n", ref_h), ("c_n", ref_c)):
         ours = got[name].reshape(ref.shape)

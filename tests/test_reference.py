@@ -10,7 +10,6 @@ import itertools
 
 import numpy as np
 import pytest
-
 import torch  # a hard import on purpose: the torch witness must never be silently skipped
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -45,16 +44,32 @@ def make_case(seed, num_layers, bidirectional, proj_size, bias, lengths, batch=B
     }
     if dropout:
         p = 0.4
-        case["masks"] = [(rng.random((T, batch, D * Hout)) >= p) / (1 - p) for _ in range(num_layers - 1)]
+        case["masks"] = [
+            (rng.random((T, batch, D * Hout)) >= p) / (1 - p) for _ in range(num_layers - 1)
+        ]
     return case
 
 
 def run_reference(case):
     out, h_n, c_n, cache = reference_forward(
-        case["params"], case["x"], case["h0"], case["c0"], **case["cfg"],
-        lengths=case["lengths"], dropout_masks=case["masks"])
+        case["params"],
+        case["x"],
+        case["h0"],
+        case["c0"],
+        **case["cfg"],
+        lengths=case["lengths"],
+        dropout_masks=case["masks"],
+    )
     dx, dh0, dc0, dparams = reference_backward(cache, case["d_output"], case["dh_n"], case["dc_n"])
-    return {"output": out, "h_n": h_n, "c_n": c_n, "dx": dx, "dh0": dh0, "dc0": dc0, "dparams": dparams}
+    return {
+        "output": out,
+        "h_n": h_n,
+        "c_n": c_n,
+        "dx": dx,
+        "dh0": dh0,
+        "dc0": dc0,
+        "dparams": dparams,
+    }
 
 
 def run_torch_module(lstm, x, h0, c0, lengths):
@@ -75,8 +90,14 @@ def run_torch(case):
     x, h0, c0 = (torch.tensor(case[k], requires_grad=True) for k in ("x", "h0", "c0"))
 
     def lstm_from(params, input_size, num_layers):
-        lstm = torch.nn.LSTM(input_size, H, num_layers=num_layers, bias=case["bias"],
-                             bidirectional=cfg["bidirectional"], proj_size=P).double()
+        lstm = torch.nn.LSTM(
+            input_size,
+            H,
+            num_layers=num_layers,
+            bias=case["bias"],
+            bidirectional=cfg["bidirectional"],
+            proj_size=P,
+        ).double()
         lstm.load_state_dict({k: torch.tensor(v) for k, v in params.items()}, strict=True)
         return lstm
 
@@ -90,21 +111,39 @@ def run_torch(case):
             tag = f"_l{layer}"
             layer_params = {k.replace(tag, "_l0"): v for k, v in case["params"].items() if tag in k}
             lstm = lstm_from(layer_params, I if layer == 0 else D * Hout, 1)
-            out, (h_l, c_l) = run_torch_module(lstm, layer_input, h0[layer * D:(layer + 1) * D],
-                                           c0[layer * D:(layer + 1) * D], case["lengths"])
+            out, (h_l, c_l) = run_torch_module(
+                lstm,
+                layer_input,
+                h0[layer * D : (layer + 1) * D],
+                c0[layer * D : (layer + 1) * D],
+                case["lengths"],
+            )
             hs.append(h_l)
             cs.append(c_l)
             grad_sources.append((lstm, lambda name, tag=tag: name.replace("_l0", tag)))
             if layer < L - 1:
                 layer_input = out * torch.tensor(case["masks"][layer])
         h_n, c_n = torch.cat(hs), torch.cat(cs)
-    loss = ((out * torch.tensor(case["d_output"])).sum() + (h_n * torch.tensor(case["dh_n"])).sum()
-            + (c_n * torch.tensor(case["dc_n"])).sum())
+    loss = (
+        (out * torch.tensor(case["d_output"])).sum()
+        + (h_n * torch.tensor(case["dh_n"])).sum()
+        + (c_n * torch.tensor(case["dc_n"])).sum()
+    )
     loss.backward()
-    dparams = {rename(name): p.grad.numpy() for lstm, rename in grad_sources
-               for name, p in lstm.named_parameters()}
-    return {"output": out.detach().numpy(), "h_n": h_n.detach().numpy(), "c_n": c_n.detach().numpy(),
-            "dx": x.grad.numpy(), "dh0": h0.grad.numpy(), "dc0": c0.grad.numpy(), "dparams": dparams}
+    dparams = {
+        rename(name): p.grad.numpy()
+        for lstm, rename in grad_sources
+        for name, p in lstm.named_parameters()
+    }
+    return {
+        "output": out.detach().numpy(),
+        "h_n": h_n.detach().numpy(),
+        "c_n": c_n.detach().numpy(),
+        "dx": x.grad.numpy(),
+        "dh0": h0.grad.numpy(),
+        "dc0": c0.grad.numpy(),
+        "dparams": dparams,
+    }
 
 
 def assert_forward_matches(ours, theirs):
@@ -121,7 +160,9 @@ def assert_backward_matches(ours, theirs):
 
 
 GRID = list(itertools.product([1, 2, 3], [False, True], [0, 2], [True, False], list(LENGTHS)))
-GRID_IDS = [f"L{L}-{'bi' if bi else 'uni'}-P{P}-{'bias' if b else 'nobias'}-{n}" for L, bi, P, b, n in GRID]
+GRID_IDS = [
+    f"L{L}-{'bi' if bi else 'uni'}-P{P}-{'bias' if b else 'nobias'}-{n}" for L, bi, P, b, n in GRID
+]
 DROPOUT_GRID = list(itertools.product([2, 3], [False, True], [0, 2], ["full", "ragged", "short"]))
 DROPOUT_IDS = [f"L{L}-{'bi' if bi else 'uni'}-P{P}-{n}" for L, bi, P, n in DROPOUT_GRID]
 
@@ -151,7 +192,9 @@ def test_backward_matches_torch_autograd_float64(grid_results, config):
 @pytest.mark.parametrize("config", DROPOUT_GRID, ids=DROPOUT_IDS)
 def test_dropout_masks_match_a_stack_of_single_layer_torch_lstms(config):
     L, bi, P, lengths = config
-    case = make_case(1000 + DROPOUT_GRID.index(config), L, bi, P, True, LENGTHS[lengths], dropout=True)
+    case = make_case(
+        1000 + DROPOUT_GRID.index(config), L, bi, P, True, LENGTHS[lengths], dropout=True
+    )
     ours, theirs = run_reference(case), run_torch(case)
     assert_forward_matches(ours, theirs)
     assert_backward_matches(ours, theirs)
@@ -180,9 +223,12 @@ def test_zero_length_sequence_passes_its_initial_state_through(bidirectional):
     case = make_case(11, 2, bidirectional, 2, True, lengths, batch=4, dropout=True)
     ours = run_reference(case)
     keep = [0, 2, 3]
-    reduced = dict(case, lengths=np.asarray(lengths)[keep],
-                   masks=[m[:, keep] for m in case["masks"]],
-                   **{k: case[k][:, keep] for k in ("x", "h0", "c0", "d_output", "dh_n", "dc_n")})
+    reduced = dict(
+        case,
+        lengths=np.asarray(lengths)[keep],
+        masks=[m[:, keep] for m in case["masks"]],
+        **{k: case[k][:, keep] for k in ("x", "h0", "c0", "d_output", "dh_n", "dc_n")},
+    )
     theirs = run_torch(reduced)
     for name in ("output", "h_n", "c_n", "dx", "dh0", "dc0"):
         assert_close(ours[name][:, keep], theirs[name], name)
@@ -230,14 +276,18 @@ def test_init_params_has_torch_state_dict_keys_shapes_and_bounds(config):
 
 # Finite differences: small sizes so every entry of every array can be perturbed.
 FD_CONFIGS = {
-    "L2-bi-P2-bias-lengths-dropout": dict(num_layers=2, bidirectional=True, proj_size=2, bias=True,
-                                          lengths=[3, 0, 2], dropout=True),
-    "L2-uni-P0-nobias-dropout": dict(num_layers=2, bidirectional=False, proj_size=0, bias=False,
-                                     lengths=None, dropout=True),
-    "L1-bi-P0-bias-lengths": dict(num_layers=1, bidirectional=True, proj_size=0, bias=True,
-                                  lengths=[2, 3, 1], dropout=False),
-    "L2-uni-P1-bias-lengths": dict(num_layers=2, bidirectional=False, proj_size=1, bias=True,
-                                   lengths=[1, 3, 3], dropout=False),
+    "L2-bi-P2-bias-lengths-dropout": dict(
+        num_layers=2, bidirectional=True, proj_size=2, bias=True, lengths=[3, 0, 2], dropout=True
+    ),
+    "L2-uni-P0-nobias-dropout": dict(
+        num_layers=2, bidirectional=False, proj_size=0, bias=False, lengths=None, dropout=True
+    ),
+    "L1-bi-P0-bias-lengths": dict(
+        num_layers=1, bidirectional=True, proj_size=0, bias=True, lengths=[2, 3, 1], dropout=False
+    ),
+    "L2-uni-P1-bias-lengths": dict(
+        num_layers=2, bidirectional=False, proj_size=1, bias=True, lengths=[1, 3, 3], dropout=False
+    ),
 }
 
 
@@ -267,12 +317,17 @@ def test_backward_matches_finite_differences_float64(name):
     x = rng.standard_normal((T_fd, B_fd, I_fd))
     h0 = rng.standard_normal((D * L, B_fd, Hout))
     c0 = rng.standard_normal((D * L, B_fd, H_fd))
-    masks = ([(rng.random((T_fd, B_fd, D * Hout)) >= 0.3) / 0.7 for _ in range(L - 1)]
-             if c["dropout"] else None)
+    masks = (
+        [(rng.random((T_fd, B_fd, D * Hout)) >= 0.3) / 0.7 for _ in range(L - 1)]
+        if c["dropout"]
+        else None
+    )
     d_output = rng.standard_normal((T_fd, B_fd, D * Hout))
     dh_n = rng.standard_normal((D * L, B_fd, Hout))
     dc_n = rng.standard_normal((D * L, B_fd, H_fd))
-    kwargs = dict(num_layers=L, bidirectional=bi, proj_size=P, lengths=c["lengths"], dropout_masks=masks)
+    kwargs = dict(
+        num_layers=L, bidirectional=bi, proj_size=P, lengths=c["lengths"], dropout_masks=masks
+    )
 
     def loss():
         out, h_n, c_n, _ = reference_forward(params, x, h0, c0, **kwargs)
@@ -283,5 +338,6 @@ def test_backward_matches_finite_differences_float64(name):
     arrays = {"x": (x, dx), "h0": (h0, dh0), "c0": (c0, dc0)}
     arrays.update({k: (params[k], dparams[k]) for k in params})
     for key, (array, analytic) in arrays.items():
-        np.testing.assert_allclose(analytic, finite_difference(loss, array), rtol=1e-6, atol=1e-8,
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            analytic, finite_difference(loss, array), rtol=1e-6, atol=1e-8, err_msg=key
+        )

@@ -29,8 +29,18 @@ MODULES = (
     dict(I=8, H=64, num_layers=2, bidirectional=True, dropout=0.3, dtype=np.float32, N=16, T=12),
     dict(I=5, H=48, num_layers=1, proj_size=20, dtype=np.float64, N=16, T=10, ragged=True),
     dict(I=16, H=64, num_layers=2, batch_first=True, dtype=np.float32, N=16, T=12),
-    dict(I=3, H=37, num_layers=3, bidirectional=True, proj_size=11, dropout=0.5,
-         dtype=np.float64, N=12, T=8, ragged=True),
+    dict(
+        I=3,
+        H=37,
+        num_layers=3,
+        bidirectional=True,
+        proj_size=11,
+        dropout=0.5,
+        dtype=np.float64,
+        N=12,
+        T=8,
+        ragged=True,
+    ),
 )
 ITERATIONS = 4
 
@@ -50,8 +60,9 @@ def training_job(spec, seed):
         x = rng.standard_normal((N, T, I) if spec.get("batch_first") else (T, N, I))
         lengths = rng.integers(0, T + 1, N) if spec.get("ragged") else None
         y, (h_n, c_n) = lstm(x, lengths=lengths)
-        dx, (dh0, dc0) = lstm.backward(rng.standard_normal(y.shape),
-                                       (rng.standard_normal(h_n.shape), None))
+        dx, (dh0, dc0) = lstm.backward(
+            rng.standard_normal(y.shape), (rng.standard_normal(h_n.shape), None)
+        )
         results += [y, h_n, c_n, dx, dh0, dc0]
     results += list(lstm.grads.values()) + list(lstm.state_dict().values())
     results.append(np.array(lstm.dropout_state, dtype=np.uint64))
@@ -61,7 +72,9 @@ def training_job(spec, seed):
 def assert_bitwise_equal(got, want):
     assert len(got) == len(want)
     for i, (g, w) in enumerate(zip(got, want)):
-        assert g.dtype == w.dtype and g.shape == w.shape, f"array {i}: {g.dtype}{g.shape} vs {w.dtype}{w.shape}"
+        assert g.dtype == w.dtype and g.shape == w.shape, (
+            f"array {i}: {g.dtype}{g.shape} vs {w.dtype}{w.shape}"
+        )
         assert np.array_equal(g, w), f"array {i} differs from the serial run"
 
 
@@ -96,7 +109,8 @@ def test_independent_modules_trained_in_parallel_threads_match_a_serial_run_bitw
     serial = [training_job(spec, s) for spec, s in zip(MODULES, seeds)]
     for _ in range(2):  # two rounds: the OpenMP pools of finished threads are torn down between
         parallel = run_in_threads(
-            [lambda spec=spec, s=s: training_job(spec, s) for spec, s in zip(MODULES, seeds)])
+            [lambda spec=spec, s=s: training_job(spec, s) for spec, s in zip(MODULES, seeds)]
+        )
         for got, want in zip(parallel, serial):
             assert_bitwise_equal(got, want)
 
@@ -109,8 +123,14 @@ def test_one_module_in_eval_mode_shared_by_many_threads_matches_a_serial_run_bit
     calls = []
     for k in range(24):
         T, N = 3 + k % 5, 1 + (k * 7) % 17
-        calls.append((rng.standard_normal((T, N, 6)), rng.standard_normal((4, N, 64)),
-                      rng.standard_normal((4, N, 128)), rng.integers(0, T + 1, N)))
+        calls.append(
+            (
+                rng.standard_normal((T, N, 6)),
+                rng.standard_normal((4, N, 64)),
+                rng.standard_normal((4, N, 128)),
+                rng.integers(0, T + 1, N),
+            )
+        )
 
     def run(call):
         x, h0, c0, lengths = call
@@ -256,7 +276,7 @@ def test_an_eval_forward_during_a_training_forward_waits_and_returns_the_right_r
     for _ in range(20):  # bounded retries: an attempt counts once the overlap is observed
         lstm.train()
         entered = threading.Event()
-        thread = threading.Thread(target=lambda: (entered.set(), lstm(x_long)))
+        thread = threading.Thread(target=lambda entered=entered: (entered.set(), lstm(x_long)))
         thread.start()
         entered.wait()
         overlapped = False
@@ -356,8 +376,11 @@ def test_one_engine_thread_keeps_a_bidirectional_lstm_on_the_calling_thread():
         y, _ = bi(x); bi.backward(np.ones_like(y)); bi.eval()(x)
         print(before, threads())
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     before, after = map(int, proc.stdout.split())
-    assert after == before, f"a bidirectional call with 1 engine thread started {after - before} more"
+    assert after == before, (
+        f"a bidirectional call with 1 engine thread started {after - before} more"
+    )

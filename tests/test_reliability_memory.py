@@ -72,8 +72,9 @@ def test_training_forward_and_backward_do_not_grow_resident_memory_over_1000_ite
     lstm = small_module()
     rng = np.random.default_rng(0)
     # Varying T and N: the training cache only ever grows to the largest (T, N) and is reused.
-    inputs = [rng.standard_normal((int(T), 16, 8)).astype(np.float32)
-              for T in rng.integers(1, 33, 16)]
+    inputs = [
+        rng.standard_normal((int(T), 16, 8)).astype(np.float32) for T in rng.integers(1, 33, 16)
+    ]
     inputs[0] = rng.standard_normal((32, 16, 8)).astype(np.float32)  # the largest comes first
     h0 = rng.standard_normal((2, 16, 24)).astype(np.float32)
     c0 = rng.standard_normal((2, 16, 32)).astype(np.float32)
@@ -84,7 +85,7 @@ def test_training_forward_and_backward_do_not_grow_resident_memory_over_1000_ite
         y, (h_n, c_n) = lstm(x, (h0, c0), lengths=lengths[i % len(inputs)])
         lstm.backward(np.ones_like(y), (np.ones_like(h_n), None))
         if i % 10 == 0:
-            lstm.grads  # copies of every gradient
+            _ = lstm.grads  # copies of every gradient
             lstm.zero_grad()
             lstm.params_updated()
 
@@ -96,8 +97,10 @@ def test_eval_forward_does_not_grow_resident_memory_over_1000_iterations():
     lstm = small_module().eval()
     rng = np.random.default_rng(1)
     # Sizes vary, the largest first: the eval buffers, reused by every call, must not grow.
-    inputs = [rng.standard_normal((int(T), int(N), 8)).astype(np.float32)
-              for T, N in zip(rng.integers(1, 33, 16), rng.integers(1, 17, 16))]
+    inputs = [
+        rng.standard_normal((int(T), int(N), 8)).astype(np.float32)
+        for T, N in zip(rng.integers(1, 33, 16), rng.integers(1, 17, 16))
+    ]
     inputs[0] = rng.standard_normal((32, 16, 8)).astype(np.float32)
 
     def step(i):
@@ -145,7 +148,8 @@ HUGE_T = 2**26
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "training"])
 def test_a_forward_whose_workspace_cannot_be_allocated_raises_memory_error_and_changes_nothing(
-        wide_projected_module, training):
+    wide_projected_module, training
+):
     lstm = wide_projected_module
     assert HUGE_T * 4 * 2**18 * 4 > ADDRESS_SPACE
     rng = np.random.default_rng(2)
@@ -232,15 +236,19 @@ def test_a_size_whose_byte_count_overflows_raises_memory_error_without_crashing(
         y, _ = el.LSTM(3, 4, seed=0)(np.ones((2, 1, 3), np.float32))
         print("alive", y.shape)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, f"{call} crashed the interpreter (exit {proc.returncode})"
-    assert proc.stdout.split("\n")[:2] == ["MemoryError", "alive (2, 1, 4)"], proc.stdout + proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["MemoryError", "alive (2, 1, 4)"], (
+        proc.stdout + proc.stderr
+    )
 
 
 @pytest.mark.parametrize("call", ["eval", "training", "backward"])
 def test_an_allocation_failure_inside_a_parallel_region_is_memory_error_and_the_module_still_works(
-        call):
+    call,
+):
     """An exception must not leave an OpenMP region (the runtime would terminate the process):
     each thread catches, and the call rethrows after the region. A test hook makes one thread
     of the next multi-threaded region throw std::bad_alloc, as an allocation failure would."""

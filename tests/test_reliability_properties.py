@@ -19,8 +19,12 @@ from reference import init_params, reference_backward, reference_forward
 
 # A fixed profile: the same examples on every run and machine, nothing read from or written to
 # a .hypothesis database, no wall-clock deadline (a loaded CI machine must not fail a test).
-PROFILE = dict(database=None, derandomize=True, deadline=None,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PROFILE = dict(
+    database=None,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # Gate blocks are 16 floats / 8 doubles, so H in {7, 8, 9, 15, 16, 17, 31, 32, 33} covers a
 # short single block, exact blocks and a short last block in both dtypes; 1-3 are degenerate.
@@ -74,7 +78,9 @@ def cases(draw, hidden=st.sampled_from(HIDDEN), batch=st.integers(0, 5), steps=s
     N = 1 if unbatched else draw(batch)
     lengths = None
     if not unbatched and draw(st.booleans()):
-        lengths = np.array(draw(st.lists(st.integers(0, T), min_size=N, max_size=N)), dtype=np.int64)
+        lengths = np.array(
+            draw(st.lists(st.integers(0, T), min_size=N, max_size=N)), dtype=np.int64
+        )
     given_state = draw(st.booleans())
     d_state = draw(st.sampled_from(["none", "both", "h_only", "c_only"]))
     scale = draw(st.sampled_from([0.5, 1.0, 3.0]))  # 3.0 drives gates into saturation
@@ -89,20 +95,38 @@ def cases(draw, hidden=st.sampled_from(HIDDEN), batch=st.integers(0, 5), steps=s
     def rounded(a):  # what the module will hold, in float64 for the reference
         return a.astype(dtype).astype(np.float64)
 
-    params = {k: rounded(v) for k, v in
-              init_params(rng, I, H, cfg["num_layers"], cfg["bidirectional"], P, cfg["bias"]).items()}
+    params = {
+        k: rounded(v)
+        for k, v in init_params(
+            rng, I, H, cfg["num_layers"], cfg["bidirectional"], P, cfg["bias"]
+        ).items()
+    }
     arrays = {
         "x": rounded(scale * rng.standard_normal((T, N, I))),
-        "h0": rounded(rng.standard_normal((DL, N, Hout))) if given_state else np.zeros((DL, N, Hout)),
+        "h0": rounded(rng.standard_normal((DL, N, Hout)))
+        if given_state
+        else np.zeros((DL, N, Hout)),
         "c0": rounded(rng.standard_normal((DL, N, H))) if given_state else np.zeros((DL, N, H)),
         "d_output": rounded(rng.standard_normal((T, N, D * Hout))),
-        "dh_n": rounded(rng.standard_normal((DL, N, Hout))) if d_state in ("both", "h_only")
+        "dh_n": rounded(rng.standard_normal((DL, N, Hout)))
+        if d_state in ("both", "h_only")
         else np.zeros((DL, N, Hout)),
-        "dc_n": rounded(rng.standard_normal((DL, N, H))) if d_state in ("both", "c_only")
+        "dc_n": rounded(rng.standard_normal((DL, N, H)))
+        if d_state in ("both", "c_only")
         else np.zeros((DL, N, H)),
     }
-    return dict(dtype=np.dtype(dtype), cfg=cfg, I=I, H=H, unbatched=unbatched, lengths=lengths,
-                given_state=given_state, d_state=d_state, params=params, **arrays)
+    return dict(
+        dtype=np.dtype(dtype),
+        cfg=cfg,
+        I=I,
+        H=H,
+        unbatched=unbatched,
+        lengths=lengths,
+        given_state=given_state,
+        d_state=d_state,
+        params=params,
+        **arrays,
+    )
 
 
 def seq_to_api(a, case):
@@ -130,19 +154,39 @@ def run_engine(case):
         "c_only": (None, api("dc_n", state_to_api)),
     }[case["d_state"]]
     dx, (dh0, dc0) = lstm.backward(api("d_output", seq_to_api), d_state)
-    return {"output": output, "h_n": h_n, "c_n": c_n, "dx": dx, "dh0": dh0, "dc0": dc0,
-            "grads": lstm.grads}
+    return {
+        "output": output,
+        "h_n": h_n,
+        "c_n": c_n,
+        "dx": dx,
+        "dh0": dh0,
+        "dc0": dc0,
+        "grads": lstm.grads,
+    }
 
 
 def run_reference(case):
     cfg = case["cfg"]
     out, h_n, c_n, cache = reference_forward(
-        case["params"], case["x"], case["h0"], case["c0"], num_layers=cfg["num_layers"],
-        bidirectional=cfg["bidirectional"], proj_size=cfg["proj_size"], lengths=case["lengths"])
+        case["params"],
+        case["x"],
+        case["h0"],
+        case["c0"],
+        num_layers=cfg["num_layers"],
+        bidirectional=cfg["bidirectional"],
+        proj_size=cfg["proj_size"],
+        lengths=case["lengths"],
+    )
     dx, dh0, dc0, dparams = reference_backward(cache, case["d_output"], case["dh_n"], case["dc_n"])
-    return {"output": seq_to_api(out, case), "h_n": state_to_api(h_n, case),
-            "c_n": state_to_api(c_n, case), "dx": seq_to_api(dx, case),
-            "dh0": state_to_api(dh0, case), "dc0": state_to_api(dc0, case), "grads": dparams}
+    return {
+        "output": seq_to_api(out, case),
+        "h_n": state_to_api(h_n, case),
+        "c_n": state_to_api(c_n, case),
+        "dx": seq_to_api(dx, case),
+        "dh0": state_to_api(dh0, case),
+        "dc0": state_to_api(dc0, case),
+        "grads": dparams,
+    }
 
 
 def check_case(case):
@@ -171,8 +215,13 @@ def test_forward_and_backward_match_the_float64_reference_over_random_configurat
 # time step across a team of threads (plan_team in cpp/src/engine/plan.hpp: N*4H*Hout >= 2^16), with
 # unit ranges ending mid-block (65, 97, 130).
 @settings(max_examples=25, **PROFILE)
-@given(case=cases(hidden=st.sampled_from((64, 65, 97, 128, 130)), batch=st.integers(8, 16),
-                  steps=st.integers(1, 4)))
+@given(
+    case=cases(
+        hidden=st.sampled_from((64, 65, 97, 128, 130)),
+        batch=st.integers(8, 16),
+        steps=st.integers(1, 4),
+    )
+)
 def test_forward_and_backward_match_the_reference_when_a_step_is_split_across_threads(case):
     saved = el.get_num_threads()
     el.set_num_threads(max(saved, 2))

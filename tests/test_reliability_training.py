@@ -29,8 +29,15 @@ TESTS = pathlib.Path(__file__).resolve().parent
 from training_task import new_model, task  # noqa: E402
 
 # Every piece of training state is in play: Adam moments, a schedule, clipping, shuffling, dropout.
-FIT = dict(batch_size=16, lr=1e-2, optimizer="adam", clip_grad_norm=1.0,
-           lr_schedule=("cosine", {"T_max": 4}), progress=False, seed=3)
+FIT = dict(
+    batch_size=16,
+    lr=1e-2,
+    optimizer="adam",
+    clip_grad_norm=1.0,
+    lr_schedule=("cosine", {"T_max": 4}),
+    progress=False,
+    seed=3,
+)
 BATCHES = 5  # 80 samples / 16
 
 
@@ -153,18 +160,26 @@ except KeyboardInterrupt:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX")
 @pytest.mark.parametrize("delay", [0.0, 0.02], ids=["at_once", "20ms_later"])
-def test_sigint_during_fit_ends_the_process_with_keyboard_interrupt_and_an_epoch_end_checkpoint(tmp_path, one_thread, delay):
+def test_sigint_during_fit_ends_the_process_with_keyboard_interrupt_and_an_epoch_end_checkpoint(
+    tmp_path, one_thread, delay
+):
     run_dir, out_dir = tmp_path / "run", tmp_path / "out"
     run_dir.mkdir()
     out_dir.mkdir()
     ckpt, after = run_dir / "ckpt.npz", out_dir / "after.npz"
-    p = subprocess.Popen([sys.executable, "-c", CHILD, str(TESTS), str(ckpt), str(after)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(TESTS), str(ckpt), str(after)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not ckpt.exists() and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
-        assert ckpt.exists(), f"no checkpoint appeared; child stderr:\n{p.stderr.read() if p.poll() is not None else ''}"
+        assert ckpt.exists(), (
+            f"no checkpoint appeared; child stderr:\n{p.stderr.read() if p.poll() is not None else ''}"
+        )
         time.sleep(delay)
         os.kill(p.pid, signal.SIGINT)
         _, stderr = p.communicate(timeout=60)
@@ -195,25 +210,33 @@ def test_sigint_during_fit_ends_the_process_with_keyboard_interrupt_and_an_epoch
 
 
 # ---- Ctrl-C in process: roll back to the last completed epoch -------------------------------
-@pytest.mark.parametrize("where, epoch, batch, completed", [
-    ("on_batch_end", 0, 1, 0),    # in the first epoch: back to the start of training
-    ("on_epoch_begin", 2, None, 2),
-    ("on_batch_end", 2, 2, 2),    # mid-epoch: the partial epoch 3 is undone
-    ("on_epoch_end", 2, None, 3),  # after epoch 3 completed: it is kept
-])
+@pytest.mark.parametrize(
+    "where, epoch, batch, completed",
+    [
+        ("on_batch_end", 0, 1, 0),  # in the first epoch: back to the start of training
+        ("on_epoch_begin", 2, None, 2),
+        ("on_batch_end", 2, 2, 2),  # mid-epoch: the partial epoch 3 is undone
+        ("on_epoch_end", 2, None, 3),  # after epoch 3 completed: it is kept
+    ],
+)
 def test_keyboard_interrupt_from_a_callback_rolls_back_to_the_last_completed_epoch_and_resume_is_exact(
-        tmp_path, straight, bars, where, epoch, batch, completed):
+    tmp_path, straight, bars, where, epoch, batch, completed
+):
     x, y = task()
     trainer = el.Trainer(new_model())
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(x, y, epochs=4, callbacks=[Interrupt(where, epoch, batch)], **dict(FIT, progress=True))
+        trainer.fit(
+            x, y, epochs=4, callbacks=[Interrupt(where, epoch, batch)], **dict(FIT, progress=True)
+        )
 
     assert len(bars) == 1 and bars[0].was_closed
     assert_trainer_state_is(trainer, straight[completed], tmp_path)
     done = f"the end of epoch {completed}" if completed else "the start of training"
     assert trainer.stop_training
-    assert trainer.stop_reason == (f"Trainer.fit: interrupted (KeyboardInterrupt) during epoch "
-                                   f"{epoch + 1}; the model was rolled back to {done}")
+    assert trainer.stop_reason == (
+        f"Trainer.fit: interrupted (KeyboardInterrupt) during epoch "
+        f"{epoch + 1}; the model was rolled back to {done}"
+    )
     assert np.isfinite(trainer.model.predict(x[:4])).all()
 
     history = trainer.fit(x, y, epochs=4 - completed, resume=True, **FIT)
@@ -221,7 +244,9 @@ def test_keyboard_interrupt_from_a_callback_rolls_back_to_the_last_completed_epo
     assert_trainer_state_is(trainer, straight[4], tmp_path)
 
 
-def test_keyboard_interrupt_halfway_through_an_optimizer_step_leaves_no_partial_update(tmp_path, straight):
+def test_keyboard_interrupt_halfway_through_an_optimizer_step_leaves_no_partial_update(
+    tmp_path, straight
+):
     x, y = task()
     trainer = el.Trainer(new_model())
     opt = el.Adam(trainer.model, lr=FIT["lr"])
@@ -246,9 +271,13 @@ def test_any_exception_inside_the_loop_rolls_back_the_same_way(tmp_path, straigh
     x, y = task()
     trainer = el.Trainer(new_model())
     with pytest.raises(ValueError):
-        trainer.fit(x, y, epochs=4, callbacks=[Interrupt("on_batch_end", 2, 1, exc=ValueError)], **FIT)
-    assert trainer.stop_reason == ("Trainer.fit: stopped by ValueError during epoch 3; the model "
-                                   "was rolled back to the end of epoch 2")
+        trainer.fit(
+            x, y, epochs=4, callbacks=[Interrupt("on_batch_end", 2, 1, exc=ValueError)], **FIT
+        )
+    assert trainer.stop_reason == (
+        "Trainer.fit: stopped by ValueError during epoch 3; the model "
+        "was rolled back to the end of epoch 2"
+    )
     assert_trainer_state_is(trainer, straight[2], tmp_path)
 
 
@@ -261,7 +290,8 @@ def default_sigint_handler():
 
 @pytest.mark.parametrize("first", [KeyboardInterrupt, RuntimeError])
 def test_a_second_ctrl_c_during_the_rollback_is_held_until_the_model_is_whole(
-        tmp_path, straight, default_sigint_handler, first):
+    tmp_path, straight, default_sigint_handler, first
+):
     x, y = task()
     model = new_model()
     trainer = el.Trainer(model)
@@ -299,7 +329,9 @@ def test_model_checkpoint_saves_every_epoch_and_the_file_resumes_exactly(tmp_pat
     assert_same_checkpoint(path, straight[4])
 
 
-def test_keyboard_interrupt_during_a_model_checkpoint_save_keeps_the_previous_file(tmp_path, straight, monkeypatch):
+def test_keyboard_interrupt_during_a_model_checkpoint_save_keeps_the_previous_file(
+    tmp_path, straight, monkeypatch
+):
     x, y = task()
     path = tmp_path / "run.npz"
     write_array = np.lib.format.write_array
@@ -336,11 +368,16 @@ def mark_of(path):
     return el.load(path).metadata.get("mark")
 
 
-@pytest.mark.parametrize("mode, values, saved", [
-    ("min", [3.0, 2.0, 2.5, float("nan"), 1.0, 1.0], [0, 1, 4]),
-    ("max", [0.5, 0.7, 0.6, float("nan"), 0.9, 0.9], [0, 1, 4]),
-])
-def test_model_checkpoint_with_save_best_only_saves_strict_improvements_only(tmp_path, mode, values, saved):
+@pytest.mark.parametrize(
+    "mode, values, saved",
+    [
+        ("min", [3.0, 2.0, 2.5, float("nan"), 1.0, 1.0], [0, 1, 4]),
+        ("max", [0.5, 0.7, 0.6, float("nan"), 0.9, 0.9], [0, 1, 4]),
+    ],
+)
+def test_model_checkpoint_with_save_best_only_saves_strict_improvements_only(
+    tmp_path, mode, values, saved
+):
     path = tmp_path / "best.npz"
     model = new_model()
     cb = el.ModelCheckpoint(path, monitor="val_metric", mode=mode, save_best_only=True)
@@ -362,8 +399,14 @@ def test_model_checkpoint_on_resume_starts_from_the_best_value_in_the_history(tm
     xv, yv = task(N=16, seed=1)
     path = tmp_path / "best.npz"
     trainer = el.Trainer(new_model())
-    h = trainer.fit(x, y, epochs=3, validation_data=(xv, yv),
-                    callbacks=[el.ModelCheckpoint(path, monitor="val_loss", save_best_only=True)], **FIT)
+    h = trainer.fit(
+        x,
+        y,
+        epochs=3,
+        validation_data=(xv, yv),
+        callbacks=[el.ModelCheckpoint(path, monitor="val_loss", save_best_only=True)],
+        **FIT,
+    )
     best = min(h.history["val_loss"])
     assert el.Trainer.load(path).history.history["val_loss"][-1] == best
 
@@ -396,12 +439,17 @@ def test_model_checkpoint_never_writes_nan_weights_over_a_good_file(tmp_path):
     state = model.state_dict()
     state["fc.bias"][0] = np.inf
     model.load_state_dict(state)
-    with pytest.raises(ValueError, match=r"eigenlstm.save: refusing to write .*run.npz: weights \['fc.bias'\] hold NaN"):
+    with pytest.raises(
+        ValueError,
+        match=r"eigenlstm.save: refusing to write .*run.npz: weights \['fc.bias'\] hold NaN",
+    ):
         cb.on_epoch_end(1, {"loss": 1.0})
     assert path.read_bytes() == before and cb.last_saved_epoch == 0
 
 
-def test_a_diverging_run_with_model_checkpoint_keeps_the_last_finite_epoch_on_disk(tmp_path, straight):
+def test_a_diverging_run_with_model_checkpoint_keeps_the_last_finite_epoch_on_disk(
+    tmp_path, straight
+):
     class PoisonInEpoch3(el.Callback):
         def on_epoch_begin(self, epoch):
             self.epoch = epoch
@@ -421,15 +469,22 @@ def test_a_diverging_run_with_model_checkpoint_keeps_the_last_finite_epoch_on_di
 
 
 def test_model_checkpoint_validates_its_arguments_and_the_monitored_metric(tmp_path):
-    with pytest.raises(TypeError, match="ModelCheckpoint: path must be a str or os.PathLike, got int"):
+    with pytest.raises(
+        TypeError, match="ModelCheckpoint: path must be a str or os.PathLike, got int"
+    ):
         el.ModelCheckpoint(3)
-    with pytest.raises(ValueError, match="ModelCheckpoint: mode must be 'min' or 'max', got 'auto'"):
+    with pytest.raises(
+        ValueError, match="ModelCheckpoint: mode must be 'min' or 'max', got 'auto'"
+    ):
         el.ModelCheckpoint(tmp_path / "a.npz", monitor="val_loss", mode="auto")
     with pytest.raises(ValueError, match="ModelCheckpoint: save_best_only=True needs a monitor"):
         el.ModelCheckpoint(tmp_path / "a.npz", save_best_only=True)
     x, y = task(N=16)
     cb = el.ModelCheckpoint(tmp_path / "a.npz", monitor="val_loss", save_best_only=True)
-    with pytest.raises(ValueError, match=r"^ModelCheckpoint: monitor must be one of the epoch metrics \['loss'\]; pass validation_data to fit, got 'val_loss'$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^ModelCheckpoint: monitor must be one of the epoch metrics \['loss'\]; pass validation_data to fit, got 'val_loss'$",
+    ):
         el.Trainer(new_model()).fit(x, y, epochs=1, callbacks=[cb], **FIT)
     assert not (tmp_path / "a.npz").exists()
 
@@ -476,10 +531,13 @@ def _just_before_the_rename(monkeypatch):
 
 
 @pytest.mark.parametrize("save", ["trainer.save", "el.save"])
-@pytest.mark.parametrize("interrupt", [_after_creating_the_temp_file, _halfway_through_the_data,
-                                       _at_fsync, _just_before_the_rename])
+@pytest.mark.parametrize(
+    "interrupt",
+    [_after_creating_the_temp_file, _halfway_through_the_data, _at_fsync, _just_before_the_rename],
+)
 def test_keyboard_interrupt_during_a_save_leaves_the_previous_file_byte_for_byte_and_no_temp_file(
-        saved_run, monkeypatch, interrupt, save):
+    saved_run, monkeypatch, interrupt, save
+):
     trainer, path = saved_run
     before = path.read_bytes()
     interrupt(monkeypatch)
@@ -512,7 +570,9 @@ def good_file(tmp_path):
     return trainer, path
 
 
-def test_every_truncation_and_byte_flip_gives_a_value_error_naming_the_file_or_the_same_model(good_file):
+def test_every_truncation_and_byte_flip_gives_a_value_error_naming_the_file_or_the_same_model(
+    good_file,
+):
     _, path = good_file
     data = path.read_bytes()
     reference = contents(path)
@@ -520,7 +580,8 @@ def test_every_truncation_and_byte_flip_gives_a_value_error_naming_the_file_or_t
     cuts = range(0, n, max(1, n // 97))
     flips = range(0, n, max(1, n // 211))
     damaged = [data[:k] for k in cuts] + [
-        data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:] for i in flips]
+        data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :] for i in flips
+    ]
     intact = 0
     for blob in damaged:
         path.write_bytes(blob)
@@ -543,18 +604,26 @@ def _central_directory_entry(data):
     return data.index(b"PK\x01\x02")
 
 
-@pytest.mark.parametrize("offset, value, what", [
-    (8, 0x01, "encrypted"),                  # general-purpose flag bit 0
-    (10, 99, "compression method"),          # an unknown compression method
-])
-def test_a_damaged_zip_directory_entry_raises_value_error_naming_the_file(good_file, offset, value, what):
+@pytest.mark.parametrize(
+    "offset, value, what",
+    [
+        (8, 0x01, "encrypted"),  # general-purpose flag bit 0
+        (10, 99, "compression method"),  # an unknown compression method
+    ],
+)
+def test_a_damaged_zip_directory_entry_raises_value_error_naming_the_file(
+    good_file, offset, value, what
+):
     # Damaged and then signed (a writer that was wrong, not a disk): the zip's own error shows.
     _, path = good_file
     data = bytearray(path.read_bytes())
     at = _central_directory_entry(bytes(data)) + offset
     data[at] = value
     path.write_bytes(sign(bytes(data)))
-    with pytest.raises(ValueError, match=rf"eigenlstm.load: {path} is not a valid eigenlstm checkpoint \(corrupted or truncated: .*{what}"):
+    with pytest.raises(
+        ValueError,
+        match=rf"eigenlstm.load: {path} is not a valid eigenlstm checkpoint \(corrupted or truncated: .*{what}",
+    ):
         el.load(path)
 
 
@@ -562,7 +631,10 @@ def test_loading_a_plain_npy_array_raises_value_error_naming_the_file(tmp_path):
     path = tmp_path / "array.npz"
     with open(path, "wb") as f:
         np.save(f, np.zeros((2, 3)))
-    with pytest.raises(ValueError, match=rf"eigenlstm.load: {path} is not a valid eigenlstm checkpoint \(it holds a single .npy array of shape \(2, 3\), not an .npz archive\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"eigenlstm.load: {path} is not a valid eigenlstm checkpoint \(it holds a single .npy array of shape \(2, 3\), not an .npz archive\)",
+    ):
         el.load(path)
 
 
@@ -571,15 +643,23 @@ def test_loading_a_pickle_raises_value_error_naming_the_file(tmp_path):
 
     path = tmp_path / "model.npz"
     path.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
-    with pytest.raises(ValueError, match=rf"eigenlstm.load: {path} is not a valid eigenlstm checkpoint \(corrupted or truncated: .*pickled"):
+    with pytest.raises(
+        ValueError,
+        match=rf"eigenlstm.load: {path} is not a valid eigenlstm checkpoint \(corrupted or truncated: .*pickled",
+    ):
         el.load(path)
 
 
-def test_a_newer_format_version_asks_to_upgrade_even_with_entries_this_version_cannot_read(good_file):
+def test_a_newer_format_version_asks_to_upgrade_even_with_entries_this_version_cannot_read(
+    good_file,
+):
     _, path = good_file
     meta, arrays = contents(path)
     meta["format_version"] = checkpoint.FORMAT_VERSION + 1
     arrays["future/tokenizer"] = np.array([{"a": 1}], dtype=object)  # pickled: unreadable here
     write_checkpoint(path, meta, arrays)
-    with pytest.raises(ValueError, match=rf"eigenlstm.load: {path} has checkpoint format version {checkpoint.FORMAT_VERSION + 1}, newer than version {checkpoint.FORMAT_VERSION} that this eigenlstm reads; upgrade eigenlstm"):
+    with pytest.raises(
+        ValueError,
+        match=rf"eigenlstm.load: {path} has checkpoint format version {checkpoint.FORMAT_VERSION + 1}, newer than version {checkpoint.FORMAT_VERSION} that this eigenlstm reads; upgrade eigenlstm",
+    ):
         el.load(path)

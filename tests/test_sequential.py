@@ -20,7 +20,10 @@ def test_sequential_runs_its_layers_in_order_with_keras_last_state_semantics():
     # return_sequences=True: the Linear layer acts at every step.
     got = el.Sequential([lstm, fc]).predict(x)
     np.testing.assert_allclose(got, out @ fc.weight.T + fc.bias, rtol=0, atol=1e-6)
-    assert sorted(el.Sequential([lstm, fc]).state_dict())[:2] == ["0.bias_hh_l0", "0.bias_hh_l0_reverse"]
+    assert sorted(el.Sequential([lstm, fc]).state_dict())[:2] == [
+        "0.bias_hh_l0",
+        "0.bias_hh_l0_reverse",
+    ]
 
 
 def test_sequential_refuses_bad_stacks_naming_the_layer():
@@ -33,7 +36,9 @@ def test_sequential_refuses_bad_stacks_naming_the_layer():
         el.Sequential([el.LSTM(3, 4, seed=0)])
     with pytest.raises(TypeError, match=r"layers\[1\] must have dtype float32, got float64"):
         el.Sequential([lstm, el.Linear(4, 2, dtype=np.float64)])
-    with pytest.raises(ValueError, match=r"return_sequences must have one flag per LSTM \(1\), got 2"):
+    with pytest.raises(
+        ValueError, match=r"return_sequences must have one flag per LSTM \(1\), got 2"
+    ):
         el.Sequential([lstm], return_sequences=[True, False])
     with pytest.raises(ValueError, match=r"layers\[1\] must take 4 input features, got 5"):
         el.Sequential([lstm, el.Linear(5, 2)])

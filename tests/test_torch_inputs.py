@@ -35,7 +35,9 @@ def test_model_loading_and_training_take_tensors_that_require_grad():
     params = {f"lstm.{k}": v for k, v in tm.named_parameters()}
     params.update({f"fc.{k}": v for k, v in torch.nn.Linear(H, 2).named_parameters()})
     from_torch.load_state_dict(params)
-    assert np.allclose(from_torch.state_dict()["lstm.weight_ih_l0"], tm.weight_ih_l0.detach().numpy())
+    assert np.allclose(
+        from_torch.state_dict()["lstm.weight_ih_l0"], tm.weight_ih_l0.detach().numpy()
+    )
     x, y = _grad_tensor(8, T, I), _grad_tensor(8, 2)
     history = el.Trainer(model).fit(x, y, epochs=1, batch_size=4, progress=False, seed=0)
     assert len(history.history["loss"]) == 1
@@ -45,21 +47,29 @@ def test_model_loading_and_training_take_tensors_that_require_grad():
 
 def test_functional_and_linear_take_tensors_that_require_grad():
     w_ih, w_hh = _grad_tensor(4 * H, I), _grad_tensor(4 * H, H)
-    y, _, _ = lstm_layer_forward(_grad_tensor(T, N, I), _grad_tensor(N, H), _grad_tensor(N, H),
-                                 w_ih, w_hh)
+    y, _, _ = lstm_layer_forward(
+        _grad_tensor(T, N, I), _grad_tensor(N, H), _grad_tensor(N, H), w_ih, w_hh
+    )
     assert y.shape == (T, N, H)
     fc = el.Linear(I, 2, dtype=np.float64, seed=0)
     assert fc(_grad_tensor(N, I)).shape == (N, 2)
 
 
-@pytest.mark.parametrize("call", [
-    lambda p: el.LSTM(I, H, seed=0)(p),
-    lambda p: el.LSTMModel(I, H, 1, seed=0)(p),
-    lambda p: el.Trainer(el.LSTMModel(I, H, 1, seed=0)).fit(p, np.zeros(N), progress=False),
-], ids=["LSTM.forward", "LSTMModel.forward", "Trainer.fit"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda p: el.LSTM(I, H, seed=0)(p),
+        lambda p: el.LSTMModel(I, H, 1, seed=0)(p),
+        lambda p: el.Trainer(el.LSTMModel(I, H, 1, seed=0)).fit(p, np.zeros(N), progress=False),
+    ],
+    ids=["LSTM.forward", "LSTMModel.forward", "Trainer.fit"],
+)
 def test_a_packed_sequence_is_refused_with_what_to_pass_instead(call):
     packed = pack_padded_sequence(torch.zeros(T, N, I), [5, 4, 2])
-    with pytest.raises(TypeError, match=r"x must be an array, got a torch PackedSequence; pass the "
-                                        r"padded batch and its lengths instead \(x, lengths = "
-                                        r"torch\.nn\.utils\.rnn\.pad_packed_sequence\(packed\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"x must be an array, got a torch PackedSequence; pass the "
+        r"padded batch and its lengths instead \(x, lengths = "
+        r"torch\.nn\.utils\.rnn\.pad_packed_sequence\(packed\)",
+    ):
         call(packed)

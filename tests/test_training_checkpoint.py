@@ -16,8 +16,14 @@ import eigenlstm as el
 from eigenlstm.io import checkpoint
 from training_task import new_model, task  # noqa: E402
 
-FIT = dict(batch_size=16, lr=1e-2, optimizer="adam", clip_grad_norm=1.0,
-           lr_schedule=("cosine", {"T_max": 4}), progress=False)
+FIT = dict(
+    batch_size=16,
+    lr=1e-2,
+    optimizer="adam",
+    clip_grad_norm=1.0,
+    lr_schedule=("cosine", {"T_max": 4}),
+    progress=False,
+)
 
 
 def assert_same_weights(a, b):
@@ -60,7 +66,9 @@ def test_trainer_load_returns_the_model_and_the_run_of_a_trainer_save(trained):
     assert_same_weights(loaded.model, trainer.model)
     assert loaded.history.history == trainer.history.history
     assert loaded.history.epoch == trainer.history.epoch == [0, 1]
-    assert loaded.optimizer.state_dict()["step_count"] == trainer.optimizer.state_dict()["step_count"]
+    assert (
+        loaded.optimizer.state_dict()["step_count"] == trainer.optimizer.state_dict()["step_count"]
+    )
     assert type(loaded.optimizer) is type(trainer.optimizer)
     assert type(loaded.scheduler) is type(trainer.scheduler)
     assert loaded.scheduler.state_dict() == trainer.scheduler.state_dict()
@@ -148,7 +156,9 @@ def test_an_untrained_trainer_saves_its_model_without_training_state(tmp_path):
 
 
 # ---- atomic writes ----------------------------------------------------------------------------
-def test_a_failure_during_save_leaves_the_previous_file_intact_and_no_temp_file(trained, monkeypatch):
+def test_a_failure_during_save_leaves_the_previous_file_intact_and_no_temp_file(
+    trained, monkeypatch
+):
     trainer, path = trained
     before = path.read_bytes()
 
@@ -174,9 +184,15 @@ def test_save_refuses_nan_weights_and_keeps_the_good_checkpoint(trained):
     state = model.state_dict()
     state["fc.weight"][0, 0] = np.nan
     model.load_state_dict(state)
-    with pytest.raises(ValueError, match=r"eigenlstm.save: refusing to write .*model.npz: weights \['fc.weight'\] hold NaN"):
+    with pytest.raises(
+        ValueError,
+        match=r"eigenlstm.save: refusing to write .*model.npz: weights \['fc.weight'\] hold NaN",
+    ):
         trainer.save(path)
-    with pytest.raises(ValueError, match=r"eigenlstm.save: refusing to write .*model.npz: weights \['fc.weight'\] hold NaN"):
+    with pytest.raises(
+        ValueError,
+        match=r"eigenlstm.save: refusing to write .*model.npz: weights \['fc.weight'\] hold NaN",
+    ):
         el.save(model, path)
     assert path.read_bytes() == before
 
@@ -186,7 +202,10 @@ def test_loading_a_truncated_checkpoint_raises_value_error_naming_the_file(train
     _, path = trained
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match=rf"eigenlstm.load: {path} is not a valid eigenlstm checkpoint \(corrupted or truncated"):
+    with pytest.raises(
+        ValueError,
+        match=rf"eigenlstm.load: {path} is not a valid eigenlstm checkpoint \(corrupted or truncated",
+    ):
         el.load(path)
 
 
@@ -230,17 +249,25 @@ def test_loading_a_checkpoint_from_a_newer_format_version_asks_to_upgrade(traine
     _, path = trained
     new, current = checkpoint.FORMAT_VERSION + 1, checkpoint.FORMAT_VERSION
     rewrite_meta(path, signed=signed, format_version=new)
-    with pytest.raises(ValueError, match=rf"eigenlstm.load: {path} has checkpoint format version {new}, newer than version {current} that this eigenlstm reads; upgrade eigenlstm"):
+    with pytest.raises(
+        ValueError,
+        match=rf"eigenlstm.load: {path} has checkpoint format version {new}, newer than version {current} that this eigenlstm reads; upgrade eigenlstm",
+    ):
         el.load(path)
 
 
 def test_loading_a_checkpoint_with_inconsistent_weights_names_the_file_and_the_key(trained):
     _, path = trained
     rewrite_meta(path, config=dict(new_model().config(), hidden_size=9))
-    with pytest.raises(ValueError, match=rf"{path} is not a valid eigenlstm checkpoint \(inconsistent contents: .*lstm.weight_ih_l0 must have shape"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{path} is not a valid eigenlstm checkpoint \(inconsistent contents: .*lstm.weight_ih_l0 must have shape",
+    ):
         el.load(path)
 
 
 def test_loading_a_missing_file_raises_file_not_found_naming_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="eigenlstm.load: no such checkpoint file: .*nope.npz"):
+    with pytest.raises(
+        FileNotFoundError, match="eigenlstm.load: no such checkpoint file: .*nope.npz"
+    ):
         el.load(tmp_path / "nope.npz")

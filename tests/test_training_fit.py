@@ -16,7 +16,6 @@ import eigenlstm as el
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 
-
 def sum_task(N=256, L=8, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, L, 1)).astype(np.float32)
@@ -52,7 +51,9 @@ def test_every_optimizer_by_name_reduces_the_loss(optimizer):
     x, y = sum_task(N=128)
     trainer = el.Trainer(el.LSTMModel(1, 8, 1, seed=1))
     lr = 5e-2 if optimizer == "sgd" else 1e-2
-    loss = trainer.fit(x, y, epochs=8, lr=lr, optimizer=optimizer, progress=False, seed=0).history["loss"]
+    loss = trainer.fit(x, y, epochs=8, lr=lr, optimizer=optimizer, progress=False, seed=0).history[
+        "loss"
+    ]
     assert loss[-1] < loss[0]
     assert type(trainer.optimizer).__name__.lower() == optimizer
 
@@ -60,8 +61,16 @@ def test_every_optimizer_by_name_reduces_the_loss(optimizer):
 def test_cross_entropy_training_reports_val_loss_and_val_accuracy():
     x, y = sign_task()
     trainer = el.Trainer(el.LSTMModel(2, 16, 2, seed=0))
-    history = trainer.fit(x[:200], y[:200], epochs=15, loss="cross_entropy", lr=1e-2,
-                          validation_data=(x[200:], y[200:]), progress=False, seed=0)
+    history = trainer.fit(
+        x[:200],
+        y[:200],
+        epochs=15,
+        loss="cross_entropy",
+        lr=1e-2,
+        validation_data=(x[200:], y[200:]),
+        progress=False,
+        seed=0,
+    )
     assert sorted(history.history) == ["loss", "val_accuracy", "val_loss"]
     assert history.history["val_accuracy"][-1] > 0.85
     metrics = trainer.evaluate(x[200:], y[200:])
@@ -96,8 +105,11 @@ def test_fit_with_lengths_learns_from_right_padded_sequences():
         x[n, n_valid:] = 0.0
     y = x.sum(axis=1)
     model = el.LSTMModel(1, 16, 1, seed=0)
-    loss = el.Trainer(model).fit(x, y, epochs=15, lr=1e-2, lengths=lengths, progress=False,
-                                 seed=0).history["loss"]
+    loss = (
+        el.Trainer(model)
+        .fit(x, y, epochs=15, lr=1e-2, lengths=lengths, progress=False, seed=0)
+        .history["loss"]
+    )
     assert loss[-1] < loss[0] / 5
     assert model.predict(x, lengths=lengths).shape == (200, 1)
 
@@ -147,13 +159,22 @@ def test_evaluate_defaults_to_the_loss_of_the_last_fit():
 def test_early_stopping_stops_when_val_loss_stops_improving_and_restores_the_best_weights():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((32, 5, 1)).astype(np.float32)
-    y = rng.standard_normal((32, 1))                     # noise: the model can only overfit
+    y = rng.standard_normal((32, 1))  # noise: the model can only overfit
     xv = rng.standard_normal((32, 5, 1)).astype(np.float32)
     yv = rng.standard_normal((32, 1))
     trainer = el.Trainer(el.LSTMModel(1, 32, 1, seed=0))
     stop = el.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)
-    history = trainer.fit(x, y, epochs=200, batch_size=8, lr=3e-2, validation_data=(xv, yv),
-                          callbacks=[stop], progress=False, seed=0)
+    history = trainer.fit(
+        x,
+        y,
+        epochs=200,
+        batch_size=8,
+        lr=3e-2,
+        validation_data=(xv, yv),
+        callbacks=[stop],
+        progress=False,
+        seed=0,
+    )
     val = history.history["val_loss"]
     assert len(val) < 200
     assert stop.stopped_epoch == len(val) - 1
@@ -166,7 +187,10 @@ def test_early_stopping_stops_when_val_loss_stops_improving_and_restores_the_bes
 def test_early_stopping_on_a_missing_metric_says_to_pass_validation_data():
     x, y = sum_task(N=16)
     trainer = el.Trainer(el.LSTMModel(1, 4, 1))
-    with pytest.raises(ValueError, match=r"^EarlyStopping: monitor must be one of the epoch metrics \['loss'\]; pass validation_data to fit, got 'val_loss'$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^EarlyStopping: monitor must be one of the epoch metrics \['loss'\]; pass validation_data to fit, got 'val_loss'$",
+    ):
         trainer.fit(x, y, epochs=2, callbacks=[el.EarlyStopping()], progress=False)
 
 
@@ -208,7 +232,10 @@ def test_divergence_stops_training_with_a_warning_and_restores_the_last_complete
     x, y = sum_task(N=64)
     settings = dict(optimizer="sgd", lr=1e30, progress=False, seed=0)
     trainer = el.Trainer(el.LSTMModel(1, 8, 1, seed=0))
-    with pytest.warns(RuntimeWarning, match=r"Trainer.fit: the (loss is (nan|inf)|weights became NaN or infinite).* training stopped and the weights were restored"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"Trainer.fit: the (loss is (nan|inf)|weights became NaN or infinite).* training stopped and the weights were restored",
+    ):
         history = trainer.fit(x, 1e3 * y, epochs=5, **settings)
     completed = len(history.epoch)
     assert completed < 5
@@ -245,7 +272,10 @@ def test_fit_with_x_and_y_of_different_lengths_names_both_counts():
     x, y = sum_task(N=20)
     trainer = el.Trainer(el.LSTMModel(1, 4, 1))
     before = trainer.model.state_dict()
-    with pytest.raises(ValueError, match="Trainer.fit: x and y must have the same number of samples, got 20 in x and 19 in y"):
+    with pytest.raises(
+        ValueError,
+        match="Trainer.fit: x and y must have the same number of samples, got 20 in x and 19 in y",
+    ):
         trainer.fit(x, y[:19], progress=False)
     assert_nothing_trained(trainer, before)
 
@@ -254,7 +284,10 @@ def test_fit_with_targets_of_the_wrong_width_names_the_expected_shape():
     x, y = sum_task(N=20)
     trainer = el.Trainer(el.LSTMModel(1, 4, 2))
     before = trainer.model.state_dict()
-    with pytest.raises(ValueError, match=r"Trainer.fit: y must have shape \(20, 2\) \(samples, outputs\), got \(20, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Trainer.fit: y must have shape \(20, 2\) \(samples, outputs\), got \(20, 1\)",
+    ):
         trainer.fit(x, y, progress=False)
     assert_nothing_trained(trainer, before)
 
@@ -264,7 +297,10 @@ def test_fit_with_the_wrong_input_size_names_the_expected_shape():
     x, y = sum_task(N=20)
     trainer = el.Trainer(el.LSTMModel(3, 4, 1))
     before = trainer.model.state_dict()
-    with pytest.raises(ValueError, match=r"^Trainer.fit: x of shape \(20, 8, 1\) does not fit the model: LSTMModel.forward: x must have shape \(N, L, 3\) \(batch, steps, input_size\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"^Trainer.fit: x of shape \(20, 8, 1\) does not fit the model: LSTMModel.forward: x must have shape \(N, L, 3\) \(batch, steps, input_size\)",
+    ):
         trainer.fit(x, y, progress=False)
     assert_nothing_trained(trainer, before)
 
@@ -273,7 +309,10 @@ def test_fit_with_validation_inputs_of_the_wrong_size_names_x_val():
     x, y = sum_task(N=20)
     trainer = el.Trainer(el.LSTMModel(1, 4, 1))
     before = trainer.model.state_dict()
-    with pytest.raises(ValueError, match=r"^Trainer.fit: x_val of shape \(5, 8, 2\) does not fit the model: LSTMModel.forward: x must have shape \(N, L, 1\) \(batch, steps, input_size\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"^Trainer.fit: x_val of shape \(5, 8, 2\) does not fit the model: LSTMModel.forward: x must have shape \(N, L, 1\) \(batch, steps, input_size\)",
+    ):
         trainer.fit(x, y, validation_data=(np.zeros((5, 8, 2)), y[:5]), progress=False)
     assert_nothing_trained(trainer, before)
 
@@ -283,7 +322,9 @@ def test_fit_with_labels_out_of_range_names_the_label_and_class_count():
     y[5] = 7
     trainer = el.Trainer(el.LSTMModel(2, 4, 2))
     before = trainer.model.state_dict()
-    with pytest.raises(ValueError, match=r"Trainer.fit: y must be class indices in \[0, 2\) for 2 classes, got 7"):
+    with pytest.raises(
+        ValueError, match=r"Trainer.fit: y must be class indices in \[0, 2\) for 2 classes, got 7"
+    ):
         trainer.fit(x, y, loss="cross_entropy", progress=False)
     assert_nothing_trained(trainer, before)
 
@@ -291,7 +332,10 @@ def test_fit_with_labels_out_of_range_names_the_label_and_class_count():
 def test_fit_with_mismatched_validation_data_names_x_val_and_y_val():
     x, y = sum_task(N=20)
     trainer = el.Trainer(el.LSTMModel(1, 4, 1))
-    with pytest.raises(ValueError, match="Trainer.fit: x_val and y_val must have the same number of samples, got 5 in x_val and 4 in y_val"):
+    with pytest.raises(
+        ValueError,
+        match="Trainer.fit: x_val and y_val must have the same number of samples, got 5 in x_val and 4 in y_val",
+    ):
         trainer.fit(x, y, validation_data=(x[:5], y[:4]), progress=False)
     assert trainer.history is None
 
@@ -299,7 +343,9 @@ def test_fit_with_mismatched_validation_data_names_x_val_and_y_val():
 def test_fit_with_lengths_of_the_wrong_count_names_the_expected_shape():
     x, y = sum_task(N=20)
     trainer = el.Trainer(el.LSTMModel(1, 4, 1))
-    with pytest.raises(ValueError, match=r"Trainer.fit: lengths must have shape \(20,\).*, got \(19,\)"):
+    with pytest.raises(
+        ValueError, match=r"Trainer.fit: lengths must have shape \(20,\).*, got \(19,\)"
+    ):
         trainer.fit(x, y, lengths=np.ones(19, dtype=int), progress=False)
     assert trainer.history is None
 
@@ -307,7 +353,9 @@ def test_fit_with_lengths_of_the_wrong_count_names_the_expected_shape():
 def test_fit_with_an_unknown_loss_or_bad_epochs_raises():
     x, y = sum_task(N=20)
     trainer = el.Trainer(el.LSTMModel(1, 4, 1))
-    with pytest.raises(ValueError, match=r"^Trainer.fit: loss must be one of \['cross_entropy', 'mse'\]"):
+    with pytest.raises(
+        ValueError, match=r"^Trainer.fit: loss must be one of \['cross_entropy', 'mse'\]"
+    ):
         trainer.fit(x, y, loss="hinge", progress=False)
     with pytest.raises(ValueError, match="Trainer.fit: epochs must be >= 0, got -1"):
         trainer.fit(x, y, epochs=-1, progress=False)
@@ -316,7 +364,9 @@ def test_fit_with_an_unknown_loss_or_bad_epochs_raises():
 def test_fit_errors_name_fit_not_the_helpers_it_calls():
     x, y = sum_task(N=20)
     trainer = el.Trainer(el.LSTMModel(1, 4, 1))
-    with pytest.raises(ValueError, match=r"^Trainer.fit: optimizer must be one of \['adam', 'adamw', 'sgd'\]"):
+    with pytest.raises(
+        ValueError, match=r"^Trainer.fit: optimizer must be one of \['adam', 'adamw', 'sgd'\]"
+    ):
         trainer.fit(x, y, optimizer="adagrad", progress=False)
     with pytest.raises(ValueError, match=r"^Trainer.fit: lr_schedule must be one of"):
         trainer.fit(x, y, lr_schedule="linear", progress=False)
@@ -325,7 +375,9 @@ def test_fit_errors_name_fit_not_the_helpers_it_calls():
 
 
 def test_a_trainer_refuses_an_object_that_is_not_a_module_naming_what_it_lacks():
-    with pytest.raises(TypeError, match=r"^Trainer: model must be a module .*; got list, which lacks \['train', "):
+    with pytest.raises(
+        TypeError, match=r"^Trainer: model must be a module .*; got list, which lacks \['train', "
+    ):
         el.Trainer([1, 2])
 
 
@@ -350,7 +402,9 @@ def test_resume_with_another_batch_size_names_the_original_setting():
     x, y = sum_task(N=20)
     trainer = el.Trainer(el.LSTMModel(1, 4, 1))
     trainer.fit(x, y, epochs=1, batch_size=8, progress=False)
-    with pytest.raises(ValueError, match="resume=True continues a run that used batch_size=8, got batch_size=4"):
+    with pytest.raises(
+        ValueError, match="resume=True continues a run that used batch_size=8, got batch_size=4"
+    ):
         trainer.fit(x, y, epochs=1, batch_size=4, resume=True, progress=False)
     assert trainer.epoch == 1
 

@@ -7,7 +7,6 @@ Witness: torch (float64) — the seed's own PyTorch ``LSTMModel`` class, defined
 
 import numpy as np
 import pytest
-
 import torch  # a hard import on purpose: the torch witness must never be silently skipped
 import torch.nn as tnn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -45,7 +44,7 @@ def test_linear_initialisation_is_uniform_within_torchs_bound():
     bound = 1 / np.sqrt(50)
     assert np.abs(fc.weight).max() <= bound
     assert np.abs(fc.bias).max() <= bound
-    assert np.abs(fc.weight).max() > 0.95 * bound       # spread over the whole interval
+    assert np.abs(fc.weight).max() > 0.95 * bound  # spread over the whole interval
     assert abs(fc.weight.std() - bound / np.sqrt(3)) < 0.02 * bound
 
 
@@ -118,7 +117,9 @@ def test_linear_state_dict_round_trips_and_keeps_parameter_arrays_in_place():
 def test_linear_load_state_dict_with_wrong_shape_names_the_key_and_changes_nothing():
     fc = el.Linear(3, 2, seed=0)
     before = fc.state_dict()
-    with pytest.raises(ValueError, match=r"Linear.load_state_dict: bias must have shape \(2,\), got \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"Linear.load_state_dict: bias must have shape \(2,\), got \(3,\)"
+    ):
         fc.load_state_dict({"weight": np.zeros((2, 3)), "bias": np.zeros(3)})
     assert np.array_equal(fc.weight, before["weight"])
 
@@ -130,7 +131,10 @@ def test_linear_load_state_dict_with_missing_or_extra_keys_says_which():
 
 
 def test_linear_forward_with_wrong_feature_count_names_the_expected_shape():
-    with pytest.raises(ValueError, match=r"Linear.forward: x must have shape \(\.\.\., 3\) \(in_features\), got \(2, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Linear.forward: x must have shape \(\.\.\., 3\) \(in_features\), got \(2, 4\)",
+    ):
         el.Linear(3, 2)(np.zeros((2, 4)))
 
 
@@ -149,8 +153,14 @@ def test_linear_with_bad_sizes_raises_naming_the_argument():
 
 
 # ---- LSTMModel vs the seed's PyTorch model -----------------------------------------------------
-SEED_KEYS = ["lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0", "lstm.bias_hh_l0",
-             "fc.weight", "fc.bias"]
+SEED_KEYS = [
+    "lstm.weight_ih_l0",
+    "lstm.weight_hh_l0",
+    "lstm.bias_ih_l0",
+    "lstm.bias_hh_l0",
+    "fc.weight",
+    "fc.bias",
+]
 
 
 def test_lstm_model_state_dict_keys_are_exactly_the_seed_models():
@@ -163,12 +173,14 @@ def test_lstm_model_state_dict_keys_are_exactly_the_seed_models():
 
 def test_seed_example_runs_and_maps_5_by_7_by_10_to_5_by_2():
     model = el.LSTMModel(input_size=10, hidden_size=20, output_size=2)
-    x = np.random.randn(5, 7, 10)
+    x = np.random.default_rng(0).standard_normal((5, 7, 10))
     assert model(x).shape == (5, 2)
 
 
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_weights_from_eigenlstm_give_the_seed_models_outputs_and_gradients(num_layers, float64_default):
+def test_weights_from_eigenlstm_give_the_seed_models_outputs_and_gradients(
+    num_layers, float64_default
+):
     rng = np.random.default_rng(num_layers)
     ours = el.LSTMModel(I, H, O, num_layers, dtype=np.float64, seed=3)
     theirs = SeedLSTMModel(I, H, O, num_layers)
@@ -201,8 +213,14 @@ def test_weights_from_the_seed_model_load_into_eigenlstm_and_give_its_outputs(fl
 
 def torch_last_step_model(ours, x, lengths, dy):
     """torch witness for LSTMModel with lengths/bidirectional: pack, unpack, take out[n, len-1]."""
-    lstm = tnn.LSTM(ours.input_size, ours.hidden_size, ours.num_layers, batch_first=True,
-                    bidirectional=ours.bidirectional, dtype=torch.float64)
+    lstm = tnn.LSTM(
+        ours.input_size,
+        ours.hidden_size,
+        ours.num_layers,
+        batch_first=True,
+        bidirectional=ours.bidirectional,
+        dtype=torch.float64,
+    )
     fc = tnn.Linear(ours.fc.in_features, ours.output_size, dtype=torch.float64)
     state = ours.state_dict()
     lstm.load_state_dict(to_torch({k[5:]: v for k, v in state.items() if k.startswith("lstm.")}))
@@ -212,8 +230,9 @@ def torch_last_step_model(ours, x, lengths, dy):
         out, _ = lstm(xt)
         last = out[:, -1, :]
     else:
-        packed = pack_padded_sequence(xt, torch.from_numpy(lengths), batch_first=True,
-                                      enforce_sorted=False)
+        packed = pack_padded_sequence(
+            xt, torch.from_numpy(lengths), batch_first=True, enforce_sorted=False
+        )
         out, _ = pad_packed_sequence(lstm(packed)[0], batch_first=True, total_length=x.shape[1])
         last = out[torch.arange(x.shape[0]), torch.from_numpy(lengths) - 1, :]
     y = fc(last)
@@ -242,7 +261,9 @@ def test_last_step_with_lengths_and_bidirectional_matches_torch(bidirectional, l
 @pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-10)])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("lengths", [None, [7, 3, 1, 5, 7]])
-def test_eval_forward_matches_torch_and_the_training_mode_forward(dtype, rtol, bidirectional, lengths):
+def test_eval_forward_matches_torch_and_the_training_mode_forward(
+    dtype, rtol, bidirectional, lengths
+):
     # In eval mode LSTMModel.forward is one engine call (LSTM, last step, Linear in C++).
     rng = np.random.default_rng(11)
     lengths = None if lengths is None else np.array(lengths)
@@ -270,13 +291,19 @@ def test_engine_forward_last_rechecks_the_shapes_that_could_corrupt_memory():
     model = el.LSTMModel(4, 3, 2)
     engine, w, b = model.lstm._engine, model.fc.weight, model.fc.bias
     x = np.zeros((2, 5, 4), np.float32)
-    with pytest.raises(ValueError, match=r"forward_last: x must have shape \(2, 5, 4\), got \(2, 5, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"forward_last: x must have shape \(2, 5, 4\), got \(2, 5, 3\)"
+    ):
         engine.forward_last(np.zeros((2, 5, 3), np.float32), None, w, b, True)
-    with pytest.raises(ValueError, match=r"forward_last: weight must have shape \(2, 3\), got \(2, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"forward_last: weight must have shape \(2, 3\), got \(2, 4\)"
+    ):
         engine.forward_last(x, None, np.zeros((2, 4), np.float32), b, True)
     with pytest.raises(ValueError, match=r"forward_last: bias must have shape \(2,\), got \(3,\)"):
         engine.forward_last(x, None, w, np.zeros(3, np.float32), True)
-    with pytest.raises(ValueError, match=r"forward_last: lengths must have shape \(2,\), got \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"forward_last: lengths must have shape \(2,\), got \(3,\)"
+    ):
         engine.forward_last(x, np.ones(3, np.int64), w, b, True)
     with pytest.raises(ValueError, match=r"lengths\[1\] must be in \[1, 5\], got 0"):
         engine.forward_last(x, np.array([1, 0]), w, b, True)
@@ -291,36 +318,50 @@ def test_lstm_model_with_the_same_seed_has_the_same_weights():
     assert a.config() == b.config()
 
 
-@pytest.mark.parametrize("make", [lambda seed: el.LSTMModel(3, 4, 2, seed=seed),
-                                  lambda seed: el.Linear(3, 2, seed=seed)],
-                         ids=["LSTMModel", "Linear"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda seed: el.LSTMModel(3, 4, 2, seed=seed), lambda seed: el.Linear(3, 2, seed=seed)],
+    ids=["LSTMModel", "Linear"],
+)
 def test_a_negative_seed_is_a_value_error_and_a_seed_that_is_not_an_int_a_type_error(make):
     # As LSTM's (test_lstm_validation.py): one message for every module with a seed.
     name = make(0).__class__.__name__
-    with pytest.raises(ValueError, match=rf"^{name}: seed must be a non-negative int or None, got -1$"):
+    with pytest.raises(
+        ValueError, match=rf"^{name}: seed must be a non-negative int or None, got -1$"
+    ):
         make(-1)
     for seed, shown in [(1.5, "1.5"), ("1", "'1'"), (True, "True")]:
-        with pytest.raises(TypeError, match=rf"^{name}: seed must be a non-negative int or None, got {shown}$"):
+        with pytest.raises(
+            TypeError, match=rf"^{name}: seed must be a non-negative int or None, got {shown}$"
+        ):
             make(seed)
 
 
 def test_lstm_model_forward_with_wrong_input_shape_names_the_expected_shape():
     model = el.LSTMModel(10, 20, 2)
-    with pytest.raises(ValueError, match=r"LSTMModel.forward: x must have shape \(N, L, 10\) \(batch, steps, input_size\), got \(7, 10\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"LSTMModel.forward: x must have shape \(N, L, 10\) \(batch, steps, input_size\), got \(7, 10\)",
+    ):
         model(np.zeros((7, 10)))
 
 
 @pytest.mark.parametrize("training", [True, False])
 def test_lstm_model_rejects_input_without_time_steps_in_both_modes(training):
     model = el.LSTMModel(10, 20, 2).train(training)
-    with pytest.raises(ValueError, match=r"LSTMModel.forward: x must have at least one time step "
-                                         r"\(the output is read at the last step\), got shape \(3, 0, 10\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"LSTMModel.forward: x must have at least one time step "
+        r"\(the output is read at the last step\), got shape \(3, 0, 10\)",
+    ):
         model(np.zeros((3, 0, 10)))
 
 
 def test_lstm_model_rejects_zero_lengths_because_a_sequence_needs_a_last_step():
     model = el.LSTMModel(2, 3, 1)
-    with pytest.raises(ValueError, match=r"lengths must be in \[1, 4\] \(each sequence needs a last step\), got 0"):
+    with pytest.raises(
+        ValueError, match=r"lengths must be in \[1, 4\] \(each sequence needs a last step\), got 0"
+    ):
         model(np.zeros((2, 4, 2)), lengths=[4, 0])
 
 
@@ -373,7 +414,10 @@ def test_cross_entropy_is_finite_for_huge_logits():
 
 
 def test_cross_entropy_with_a_label_out_of_range_names_the_label_and_the_class_count():
-    with pytest.raises(ValueError, match=r"cross_entropy: labels must be class indices in \[0, 3\) for 3 classes, got 3"):
+    with pytest.raises(
+        ValueError,
+        match=r"cross_entropy: labels must be class indices in \[0, 3\) for 3 classes, got 3",
+    ):
         el.cross_entropy(np.zeros((2, 3)), np.array([0, 3]))
     with pytest.raises(ValueError, match=r"got -1"):
         el.cross_entropy(np.zeros((2, 3)), np.array([-1, 0]))
@@ -390,7 +434,9 @@ def test_cross_entropy_with_mismatched_label_count_raises():
 
 
 def test_mse_loss_with_mismatched_shapes_names_both():
-    with pytest.raises(ValueError, match=r"mse_loss: target must have the prediction's shape \(2, 1\), got \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"mse_loss: target must have the prediction's shape \(2, 1\), got \(2,\)"
+    ):
         el.mse_loss(np.zeros((2, 1)), np.zeros(2))
 
 

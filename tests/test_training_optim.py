@@ -8,11 +8,10 @@ import math
 
 import numpy as np
 import pytest
-
 import torch  # a hard import on purpose: the torch witness must never be silently skipped
 
 import eigenlstm as el
-from eigenlstm.optim import Adam, AdamW, CosineAnnealingLR, SGD, StepLR, clip_grad_norm_
+from eigenlstm.optim import SGD, Adam, AdamW, CosineAnnealingLR, StepLR, clip_grad_norm_
 from eigenlstm.training import make_optimizer, make_scheduler
 
 STEPS = 6
@@ -41,7 +40,9 @@ def run_both(ours_cls, torch_cls, kwargs, dtype):
             tp.grad = torch.tensor(new)
         opt.step()
         topt.step()
-        history.append(([p.copy() for p, _ in pairs], [tp.detach().numpy().copy() for tp in tparams]))
+        history.append(
+            ([p.copy() for p, _ in pairs], [tp.detach().numpy().copy() for tp in tparams])
+        )
     return history
 
 
@@ -52,7 +53,11 @@ OPTIMIZER_CASES = {
     "sgd_weight_decay": (SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.8, weight_decay=0.1)),
     "sgd_dampening": (SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.5, dampening=0.3)),
     "adam": (Adam, torch.optim.Adam, dict(lr=0.01)),
-    "adam_weight_decay": (Adam, torch.optim.Adam, dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1)),
+    "adam_weight_decay": (
+        Adam,
+        torch.optim.Adam,
+        dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1),
+    ),
     "adam_amsgrad": (Adam, torch.optim.Adam, dict(lr=0.01, amsgrad=True, eps=1e-6)),
     "adamw": (AdamW, torch.optim.AdamW, dict(lr=0.01)),
     "adamw_amsgrad": (AdamW, torch.optim.AdamW, dict(lr=0.02, weight_decay=0.3, amsgrad=True)),
@@ -135,7 +140,9 @@ def test_optimizer_load_state_dict_of_another_optimizer_raises_and_changes_nothi
     adam = Adam(pairs, lr=0.1)
     adam.step()
     sgd = SGD(pairs, lr=0.1, momentum=0.9)
-    with pytest.raises(ValueError, match="SGD.load_state_dict: state_dict is for Adam, expected SGD"):
+    with pytest.raises(
+        ValueError, match="SGD.load_state_dict: state_dict is for Adam, expected SGD"
+    ):
         sgd.load_state_dict(adam.state_dict())
     assert sgd.step_count == 0 and sgd.state == [{}]
 
@@ -154,18 +161,26 @@ def test_optimizer_with_bad_hyperparameters_raises_naming_them():
     pairs = [(np.zeros(2), np.zeros(2))]
     with pytest.raises(ValueError, match=r"Adam: betas\[1\] must be in \[0.0, 1.0\), got 1.0"):
         Adam(pairs, betas=(0.9, 1.0))
-    with pytest.raises(ValueError, match=r"^SGD: momentum must be > 0 and dampening 0 with nesterov=True, got momentum=0.0, dampening=0.0$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^SGD: momentum must be > 0 and dampening 0 with nesterov=True, got momentum=0.0, dampening=0.0$",
+    ):
         SGD(pairs, nesterov=True)
     with pytest.raises(ValueError, match="SGD: lr must be in >= 0.0, got -1"):
         SGD(pairs, lr=-1)
     with pytest.raises(ValueError, match="make_optimizer: optimizer must be one of"):
         make_optimizer("adagrad", pairs, 0.1)
-    with pytest.raises(TypeError, match=r"SGD: params\[0\] must be a parameter \(an array with \.grad, from Module\.parameters\(\)\) or a \(value, gradient\) pair of arrays, got ndarray"):
+    with pytest.raises(
+        TypeError,
+        match=r"SGD: params\[0\] must be a parameter \(an array with \.grad, from Module\.parameters\(\)\) or a \(value, gradient\) pair of arrays, got ndarray",
+    ):
         SGD([np.zeros(2)])
 
 
 # ---- clipping ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("max_norm,norm_type", [(0.5, 2.0), (100.0, 2.0), (0.3, 1.0), (0.2, math.inf)])
+@pytest.mark.parametrize(
+    "max_norm,norm_type", [(0.5, 2.0), (100.0, 2.0), (0.3, 1.0), (0.2, math.inf)]
+)
 def test_clip_grad_norm_matches_torch_and_returns_the_total_norm(max_norm, norm_type):
     rng = np.random.default_rng(0)
     grads = [rng.standard_normal(s) for s in SHAPES]
@@ -186,14 +201,18 @@ def test_clip_grad_norm_on_a_model_bounds_the_joint_norm():
     y = model(np.random.default_rng(0).standard_normal((4, 5, 3)))
     model.backward(100 * np.ones_like(y))
     total = el.clip_grad_norm_(model, 1.0)
-    after = math.sqrt(sum(float(np.sum(p.grad.astype(np.float64) ** 2)) for p in model.parameters()))
+    after = math.sqrt(
+        sum(float(np.sum(p.grad.astype(np.float64) ** 2)) for p in model.parameters())
+    )
     assert total > 1.0
     assert after == pytest.approx(1.0, rel=1e-5)
 
 
 def test_clip_grad_norm_with_error_if_nonfinite_raises_on_nan():
     pairs = [(np.zeros(2), np.array([np.nan, 1.0]))]
-    with pytest.raises(RuntimeError, match="clip_grad_norm_: the total norm of order 2.0 of the gradients is nan"):
+    with pytest.raises(
+        RuntimeError, match="clip_grad_norm_: the total norm of order 2.0 of the gradients is nan"
+    ):
         clip_grad_norm_(pairs, 1.0, error_if_nonfinite=True)
 
 
@@ -202,7 +221,9 @@ def test_the_deprecated_name_clip_grad_norm_warns_and_clips_as_clip_grad_norm_()
     grads = [rng.standard_normal(s) for s in SHAPES]
     old = [(np.zeros_like(g), g.copy()) for g in grads]
     new = [(np.zeros_like(g), g.copy()) for g in grads]
-    with pytest.warns(DeprecationWarning, match="eigenlstm.clip_grad_norm is deprecated; use clip_grad_norm_"):
+    with pytest.warns(
+        DeprecationWarning, match="eigenlstm.clip_grad_norm is deprecated; use clip_grad_norm_"
+    ):
         total_old = el.clip_grad_norm(old, 0.5)
     assert total_old == clip_grad_norm_(new, 0.5)
     for (_, a), (_, b) in zip(old, new):
@@ -214,8 +235,11 @@ SCHEDULE_CASES = {
     "step": (StepLR, torch.optim.lr_scheduler.StepLR, dict(step_size=3, gamma=0.5)),
     "step_1": (StepLR, torch.optim.lr_scheduler.StepLR, dict(step_size=1, gamma=0.9)),
     "cosine": (CosineAnnealingLR, torch.optim.lr_scheduler.CosineAnnealingLR, dict(T_max=10)),
-    "cosine_eta_min": (CosineAnnealingLR, torch.optim.lr_scheduler.CosineAnnealingLR,
-                       dict(T_max=4, eta_min=0.01)),  # runs past T_max: the cosine comes back up
+    "cosine_eta_min": (
+        CosineAnnealingLR,
+        torch.optim.lr_scheduler.CosineAnnealingLR,
+        dict(T_max=4, eta_min=0.01),
+    ),  # runs past T_max: the cosine comes back up
 }
 
 
@@ -253,7 +277,9 @@ def test_lr_schedule_with_bad_arguments_raises_naming_them():
     opt = SGD([(np.zeros(1), np.zeros(1))], lr=0.1)
     with pytest.raises(ValueError, match="StepLR: step_size must be an int >= 1, got 0"):
         StepLR(opt, step_size=0)
-    with pytest.raises(TypeError, match="CosineAnnealingLR: optimizer must be an eigenlstm Optimizer"):
+    with pytest.raises(
+        TypeError, match="CosineAnnealingLR: optimizer must be an eigenlstm Optimizer"
+    ):
         CosineAnnealingLR(object(), T_max=3)
 
 
@@ -265,7 +291,9 @@ def test_make_scheduler_builds_schedules_by_name_with_their_defaults():
     assert type(step) is StepLR and step.step_size == 4 and step.gamma == 0.1
     assert make_scheduler(None, opt, epochs=12) is None
     assert make_scheduler(step, opt, epochs=12) is step
-    with pytest.raises(ValueError, match=r"^make_scheduler: lr_schedule must be one of \['cosine', 'step'\]"):
+    with pytest.raises(
+        ValueError, match=r"^make_scheduler: lr_schedule must be one of \['cosine', 'step'\]"
+    ):
         make_scheduler("linear", opt, epochs=12)
 
 
@@ -275,14 +303,23 @@ def test_trainer_load_state_dict_rebuilds_the_optimizer_and_schedule_and_continu
     x, y = rng.standard_normal((24, 5, 2)), rng.standard_normal((24, 1))
     fit = {"batch_size": 8, "clip_grad_norm": None, "progress": False}
     a = el.Trainer(el.LSTMModel(2, 4, 1, dtype=np.float64, seed=0))
-    a.fit(x, y, epochs=2, optimizer=SGD(a.model, lr=0.1, momentum=0.9, nesterov=True),
-          lr_schedule=("step", {"step_size": 1, "gamma": 0.5}), seed=1, **fit)
+    a.fit(
+        x,
+        y,
+        epochs=2,
+        optimizer=SGD(a.model, lr=0.1, momentum=0.9, nesterov=True),
+        lr_schedule=("step", {"step_size": 1, "gamma": 0.5}),
+        seed=1,
+        **fit,
+    )
 
     b = el.Trainer(el.LSTMModel(2, 4, 1, dtype=np.float64, seed=7))
     b.model.load_state_dict(a.model.state_dict())
     b.load_state_dict(a.state_dict())
     assert type(b.optimizer) is SGD and b.optimizer is not a.optimizer
-    assert b.optimizer.state_dict()["hyperparameters"] == a.optimizer.state_dict()["hyperparameters"]
+    assert (
+        b.optimizer.state_dict()["hyperparameters"] == a.optimizer.state_dict()["hyperparameters"]
+    )
     assert b.optimizer.lr == a.optimizer.lr == 0.025
     assert type(b.scheduler) is StepLR and b.scheduler.state_dict() == a.scheduler.state_dict()
     assert b.epoch == 2 and b.history.history == a.history.history
@@ -300,6 +337,8 @@ def test_trainer_load_state_dict_of_another_model_raises_and_changes_nothing():
     a = el.Trainer(el.LSTMModel(2, 4, 1, seed=0))
     a.fit(x, y, epochs=1, progress=False)
     other = el.Trainer(el.LSTMModel(2, 5, 1, seed=0))
-    with pytest.raises(ValueError, match=r"^Trainer.load_state_dict: not a training state of this model"):
+    with pytest.raises(
+        ValueError, match=r"^Trainer.load_state_dict: not a training state of this model"
+    ):
         other.load_state_dict(a.state_dict())
     assert other.optimizer is None and other.history is None and other.epoch == 0
