@@ -34,9 +34,7 @@ class LSTMModel(nn.Module):
 
 # 示例：输入大小=10，隐藏层=20，输出大小=2 (example: input 10, hidden 20, output 2)
 model = LSTMModel(input_size=10, hidden_size=20, output_size=2)
-x = np.random.default_rng(0).standard_normal(
-    (5, 7, 10), dtype=np.float32
-)  # (batch=5, seq_len=7, input_size=10)
+x = np.random.randn(5, 7, 10).astype(np.float32)  # noqa: NPY002 - the seed's torch.randn
 y = model(x)
 print(y.shape)  # 输出: (5, 2)
 

@@ -299,7 +299,7 @@ def test_fit_with_the_wrong_input_size_names_the_expected_shape():
     before = trainer.model.state_dict()
     with pytest.raises(
         ValueError,
-        match=r"^Trainer.fit: x of shape \(20, 8, 1\) does not fit the model: LSTMModel.forward: x must have shape \(N, L, 3\) \(batch, steps, input_size\)",
+        match=r"^Trainer.fit: x of shape \(20, 8, 1\) does not fit the model \(checked on 1 of its samples\): LSTMModel.forward: x must have shape \(N, L, 3\) \(batch, steps, input_size\), got \(1, 8, 1\)$",
     ):
         trainer.fit(x, y, progress=False)
     assert_nothing_trained(trainer, before)
@@ -311,7 +311,7 @@ def test_fit_with_validation_inputs_of_the_wrong_size_names_x_val():
     before = trainer.model.state_dict()
     with pytest.raises(
         ValueError,
-        match=r"^Trainer.fit: x_val of shape \(5, 8, 2\) does not fit the model: LSTMModel.forward: x must have shape \(N, L, 1\) \(batch, steps, input_size\)",
+        match=r"^Trainer.fit: x_val of shape \(5, 8, 2\) does not fit the model \(checked on 1 of its samples\): LSTMModel.forward: x must have shape \(N, L, 1\) \(batch, steps, input_size\), got \(1, 8, 2\)$",
     ):
         trainer.fit(x, y, validation_data=(np.zeros((5, 8, 2)), y[:5]), progress=False)
     assert_nothing_trained(trainer, before)
@@ -348,6 +348,22 @@ def test_fit_with_lengths_of_the_wrong_count_names_the_expected_shape():
     ):
         trainer.fit(x, y, lengths=np.ones(19, dtype=int), progress=False)
     assert trainer.history is None
+
+
+@pytest.mark.parametrize("bad", [0, 9])
+def test_fit_with_a_length_out_of_range_gives_the_models_range(bad):
+    # The range is the model's: an LSTMModel reads each sequence's last step, so 1 to L.
+    x, y = sum_task(N=20)
+    lengths = np.full(20, 5)
+    lengths[7] = bad
+    trainer = el.Trainer(el.LSTMModel(1, 4, 1, seed=0))
+    before = trainer.model.state_dict()
+    with pytest.raises(
+        ValueError,
+        match=rf"^Trainer.fit: x of shape \(20, 8, 1\) with lengths does not fit the model \(checked on 2 of its samples\): LSTMModel.forward: lengths must be in \[1, 8\] \(each sequence needs a last step\), got {bad}$",
+    ):
+        trainer.fit(x, y, lengths=lengths, progress=False)
+    assert_nothing_trained(trainer, before)
 
 
 def test_fit_with_an_unknown_loss_or_bad_epochs_raises():

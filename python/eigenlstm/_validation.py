@@ -98,19 +98,20 @@ def check_shape(where: str, name: str, arr: np.ndarray, expected: tuple) -> None
 
 
 def check_lengths(
-    where: str, name: str, lengths, N: int, T: int, *, minimum: int = 0
+    where: str, name: str, lengths, N: int, T: int | None, *, minimum: int = 0
 ) -> np.ndarray:
     """Return ``lengths`` as contiguous int64 of shape (N,), every value in [minimum, T].
 
     ``minimum`` is 0 for an LSTM (an empty sequence keeps its initial state) and 1 where the
-    output is read at each sequence's last step.
+    output is read at each sequence's last step. ``T=None`` checks the kind and shape only,
+    for a caller that leaves the range to the module it feeds.
     """
     arr = as_array(where, name, lengths)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{where}: {name} must be integers, got dtype {arr.dtype}")
     if arr.shape != (N,):
         raise ValueError(f"{where}: {name} must have shape ({N},), got {arr.shape}")
-    if N and (arr.min() < minimum or arr.max() > T):
+    if T is not None and N and (arr.min() < minimum or arr.max() > T):
         bad = arr[(arr < minimum) | (arr > T)][0]
         why = " (each sequence needs a last step)" if minimum > 0 else " (T)"
         raise ValueError(f"{where}: {name} must be in [{minimum}, {T}]{why}, got {bad}")

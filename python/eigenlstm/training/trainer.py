@@ -233,7 +233,8 @@ class Trainer:
         ``eval()``, ``model(x)`` (and ``model(x, lengths=...)`` if ``lengths`` are given),
         ``backward(d_output)``, ``zero_grad()``, ``parameters()``, ``state_dict()``,
         ``load_state_dict()``, ``get_extra_state()`` and ``set_extra_state()``; for example
-        :class:`eigenlstm.LSTMModel` or :class:`eigenlstm.Sequential`.
+        :class:`eigenlstm.LSTMModel`, or a module of your own built from ``LSTM`` and
+        ``Linear`` layers.
 
     Attributes
     ----------
@@ -336,20 +337,24 @@ class Trainer:
                 f"in x{suffix} and {got} in y{suffix}"
             )
         if lengths is not None:
-            lengths = check_lengths(
-                where, f"lengths{suffix}", lengths, N, x.shape[1] if x.ndim > 1 else 0
-            )
+            # Kind and shape here; the range is the model's to say (an LSTMModel needs >= 1),
+            # and the probe below runs the shortest and the longest sequence through it.
+            lengths = check_lengths(where, f"lengths{suffix}", lengths, N, None)
             probe = np.unique([int(np.argmin(lengths)), int(np.argmax(lengths))])
         else:
             probe = np.array([0])
         try:
             out = self._predict(x[probe], None if lengths is None else lengths[probe], None)
         except (ValueError, TypeError) as exc:
-            # The model's own message, said of the whole array (it saw one or two samples).
+            # The model's own message, said of the whole array: the model saw one or two of
+            # its samples, which is the shape its message gives.
             what = f"x{suffix} of shape {x.shape}" + (
                 "" if lengths is None else f" with lengths{suffix}"
             )
-            raise type(exc)(f"{where}: {what} does not fit the model: {exc}") from None
+            raise type(exc)(
+                f"{where}: {what} does not fit the model (checked on {len(probe)} of its "
+                f"samples): {exc}"
+            ) from None
         y = self._check_targets(where, f"y{suffix}", y_arr, N, out.shape[1:], loss_name, x.dtype)
         return x, y, lengths
 
