@@ -26,6 +26,7 @@ def _saved_run(path):
     return path.read_bytes()
 
 
+@pytest.mark.slow  # one load per byte of the file
 def test_every_single_byte_flip_of_a_checkpoint_is_a_value_error_naming_the_file(tmp_path):
     path = tmp_path / "run.npz"
     data = _saved_run(path)

@@ -184,6 +184,7 @@ def test_every_level_agrees_with_the_float64_reference(level, record_property):
 SUITES = ["test_lstm_parity.py", "test_lstm_gradcheck.py"]  # parity, gradcheck, determinism
 
 
+@pytest.mark.slow  # three test files again, in a subprocess per level
 @pytest.mark.parametrize("level", [lv for lv in LEVELS if lv != IN_PROCESS])
 def test_parity_gradcheck_and_determinism_suites_pass_at_every_other_level(level, record_property):
     """The level in use runs these suites in this process; each other level in a subprocess."""

@@ -11,6 +11,7 @@
 import pathlib
 
 import numpy as np
+import pytest
 
 import eigenlstm as el
 from cmake_build import ROOT, run
@@ -35,6 +36,7 @@ def read_consumer_output(stdout):
     return out
 
 
+@pytest.mark.slow  # the engine's CMake build (shared with test_cpp.py)
 def test_a_cmake_consumer_links_the_installed_library_and_matches_the_reference(
     engine_release_build, tmp_path
 ):

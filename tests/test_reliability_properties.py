@@ -11,6 +11,7 @@ reproducible: every run checks the same examples.
 # Hout = P if P > 0 else H, D directions, L layers.
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -205,6 +206,7 @@ def check_case(case):
         assert not np.any(out_tm[padded]), "an output past its sequence's length is not 0"
 
 
+@pytest.mark.slow  # 300 configurations
 @settings(max_examples=300, **PROFILE)
 @given(case=cases())
 def test_forward_and_backward_match_the_float64_reference_over_random_configurations(case):
