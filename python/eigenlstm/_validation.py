@@ -22,6 +22,7 @@ __all__ = [
     "check_seed",
     "new_seed",
     "check_float",
+    "check_keys",
 ]
 
 _SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64))
@@ -149,3 +150,18 @@ def check_float(where: str, name: str, value, low=0.0, high=None, high_open=Fals
         rng = f"[{low}, {high}{bracket}" if high is not None else f">= {low}"
         raise ValueError(f"{where}: {name} must be in {rng}, got {value!r}")
     return v
+
+
+def check_keys(where: str, state, expected, prefix: str = "") -> None:
+    """Raise ValueError naming the missing and the unexpected keys of ``state``.
+
+    ``expected`` holds the keys a state dict must have (relative to ``prefix``, which the
+    message puts back in front of each key, as the caller's caller named them).
+    """
+    missing = sorted(prefix + k for k in expected if k not in state)
+    extra = sorted(prefix + k for k in state if k not in expected)
+    if missing or extra:
+        parts = ([f"missing keys {missing}"] if missing else []) + (
+            [f"unexpected keys {extra}"] if extra else []
+        )
+        raise ValueError(f"{where}: " + "; ".join(parts))

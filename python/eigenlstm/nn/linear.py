@@ -11,7 +11,14 @@ import math
 
 import numpy as np
 
-from .._validation import as_real_array, check_positive_int, check_seed, check_shape, resolve_dtype
+from .._validation import (
+    as_real_array,
+    check_keys,
+    check_positive_int,
+    check_seed,
+    check_shape,
+    resolve_dtype,
+)
 from .module import Module
 from .parameter import Parameter
 
@@ -130,13 +137,7 @@ class Linear(Module):
         shapes = {"weight": self.weight.shape}
         if self.bias is not None:
             shapes["bias"] = self.bias.shape
-        missing = sorted(prefix + k for k in shapes if k not in state)
-        extra = sorted(prefix + k for k in state if k not in shapes)
-        if missing or extra:
-            parts = ([f"missing keys {missing}"] if missing else []) + (
-                [f"unexpected keys {extra}"] if extra else []
-            )
-            raise ValueError(f"{where}: " + "; ".join(parts))
+        check_keys(where, state, shapes, prefix)
         values = {}
         for name, shape in shapes.items():
             value = as_real_array(where, prefix + name, state[name], self.dtype)

@@ -16,6 +16,7 @@ from .. import _core
 from .._layout import tensor_slice
 from .._validation import (
     as_real_array,
+    check_keys,
     check_lengths,
     check_positive_int,
     check_seed,
@@ -298,13 +299,7 @@ class LSTM(Module):
 
     def _prepare_load(self, state: dict, where: str, prefix: str):
         shapes = self._shapes()
-        missing = sorted(prefix + k for k in shapes if k not in state)
-        extra = sorted(prefix + k for k in state if k not in shapes)
-        if missing or extra:
-            parts = ([f"missing keys {missing}"] if missing else []) + (
-                [f"unexpected keys {extra}"] if extra else []
-            )
-            raise ValueError(f"{where}: " + "; ".join(parts))
+        check_keys(where, state, shapes, prefix)
         flat = np.array(self._flat, copy=True)
         for name, s in self._slices().items():
             value = as_real_array(where, prefix + name, state[name], self.dtype)

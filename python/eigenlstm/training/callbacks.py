@@ -15,6 +15,17 @@ from typing import Any
 __all__ = ["History", "Callback", "EarlyStopping", "ModelCheckpoint"]
 
 
+def _monitored(where: str, monitor: str, logs: dict) -> float:
+    """The value of ``monitor`` in an epoch's logs, or ValueError naming the metrics there are."""
+    if monitor not in logs:
+        hint = "; pass validation_data to fit" if monitor.startswith("val_") else ""
+        raise ValueError(
+            f"{where}: monitor must be one of the epoch metrics {sorted(logs)}{hint}, "
+            f"got {monitor!r}"
+        )
+    return float(logs[monitor])
+
+
 class History:
     """Per-epoch metrics of a training run, as returned by ``Trainer.fit``.
 
@@ -182,14 +193,7 @@ class EarlyStopping(Callback):
         return value > self.best + self.min_delta
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        logs = logs or {}
-        if self.monitor not in logs:
-            hint = "; pass validation_data to fit" if self.monitor.startswith("val_") else ""
-            raise ValueError(
-                f"EarlyStopping: monitor must be one of the epoch metrics {sorted(logs)}{hint}, "
-                f"got {self.monitor!r}"
-            )
-        value = float(logs[self.monitor])
+        value = _monitored("EarlyStopping", self.monitor, logs or {})
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best_weights:
@@ -324,16 +328,9 @@ class ModelCheckpoint(Callback):
                 self.best, self.best_epoch = float(value), epoch
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        logs = logs or {}
         improved = False
         if self.monitor is not None:
-            if self.monitor not in logs:
-                hint = "; pass validation_data to fit" if self.monitor.startswith("val_") else ""
-                raise ValueError(
-                    f"ModelCheckpoint: monitor must be one of the epoch metrics {sorted(logs)}"
-                    f"{hint}, got {self.monitor!r}"
-                )
-            value = float(logs[self.monitor])
+            value = _monitored("ModelCheckpoint", self.monitor, logs or {})
             improved = math.isfinite(value) and self._improved(value)
             if self.save_best_only and not improved:
                 return
