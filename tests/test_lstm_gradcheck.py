@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import eigenlstm as el
+from compare import finite_difference
 
 T, B, I, H = 4, 3, 2, 3  # tiny, so that every entry of every array can be perturbed
 EPS = 1e-6
@@ -66,18 +67,14 @@ def make_problem(name):
     return lstm, arrays, weights, lengths
 
 
-def finite_difference(loss, array):
-    """Central differences of loss() with respect to every entry of array (perturbed in place)."""
-    grad = np.zeros_like(array)
-    for index in np.ndindex(array.shape):
-        saved = array[index]
-        array[index] = saved + EPS
-        plus = loss()
-        array[index] = saved - EPS
-        minus = loss()
-        array[index] = saved
-        grad[index] = (plus - minus) / (2 * EPS)
-    return grad
+def weighted_sum(lstm, arrays, weights, lengths):
+    """The scalar loss sum(output*d_output) + sum(h_n*dh_n) + sum(c_n*dc_n) of one forward."""
+    out, (h_n, c_n) = lstm(arrays["x"], (arrays["h0"], arrays["c0"]), lengths=lengths)
+    return (
+        np.sum(out * weights["d_output"])
+        + np.sum(h_n * weights["dh_n"])
+        + np.sum(c_n * weights["dc_n"])
+    )
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -88,12 +85,7 @@ def test_backward_matches_finite_differences_float64(name):
 
     def loss():
         lstm.set_dropout_state(rng_state)  # replay the same dropout masks
-        out, (h_n, c_n) = lstm(arrays["x"], (arrays["h0"], arrays["c0"]), lengths=lengths)
-        return (
-            np.sum(out * weights["d_output"])
-            + np.sum(h_n * weights["dh_n"])
-            + np.sum(c_n * weights["dc_n"])
-        )
+        return weighted_sum(lstm, arrays, weights, lengths)
 
     def loss_of_params():
         lstm.load_state_dict(params)
@@ -104,8 +96,8 @@ def test_backward_matches_finite_differences_float64(name):
     dx, (dh0, dc0) = lstm.backward(weights["d_output"], (weights["dh_n"], weights["dc_n"]))
     analytic = {"x": dx, "h0": dh0, "c0": dc0}
     analytic.update(lstm.grads)
-    numeric = {k: finite_difference(loss, arrays[k]) for k in ("x", "h0", "c0")}
-    numeric.update({k: finite_difference(loss_of_params, params[k]) for k in params})
+    numeric = {k: finite_difference(loss, arrays[k], EPS) for k in ("x", "h0", "c0")}
+    numeric.update({k: finite_difference(loss_of_params, params[k], EPS) for k in params})
     assert list(analytic) == ["x", "h0", "c0"] + list(params)
     for key in analytic:
         assert analytic[key].dtype == np.float64, key
@@ -116,15 +108,7 @@ def test_finite_differences_see_no_dependence_on_padded_inputs():
     lstm, arrays, weights, lengths = make_problem("L2-bi-P2-bias-lengths")
     lstm.eval()
 
-    def loss():
-        out, (h_n, c_n) = lstm(arrays["x"], (arrays["h0"], arrays["c0"]), lengths=lengths)
-        return (
-            np.sum(out * weights["d_output"])
-            + np.sum(h_n * weights["dh_n"])
-            + np.sum(c_n * weights["dc_n"])
-        )
-
-    dx = finite_difference(loss, arrays["x"])
+    dx = finite_difference(lambda: weighted_sum(lstm, arrays, weights, lengths), arrays["x"], EPS)
     past = np.arange(T)[:, None] >= np.asarray(lengths)[None, :]  # (T, B), time-major layout
     assert np.all(dx[past] == 0)
     assert np.all(np.abs(dx[~past]).sum(axis=-1) > 0)

@@ -21,7 +21,8 @@ import torch  # a hard import on purpose: the torch witness must never be silent
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import eigenlstm as el
-from reference import init_params, reference_backward, reference_forward
+from compare import ARRAYS, reference_results, results, results_to_api, to_api, torch_results
+from reference import init_params
 
 T, B, I = 4, 4, 6
 # The engine interleaves gates in blocks of 16 floats / 8 doubles: 5 is below one block, 20 and
@@ -112,22 +113,17 @@ def rounded(case, dtype):
     return out
 
 
-def seq_to_api(a, cfg):
-    """Time-major (T, N, F) -> the layout the module sees."""
-    if cfg["layout"] == "unbatched":
-        return a[:, 0]
-    return a.transpose(1, 0, 2) if cfg["batch_first"] else a
-
-
-def state_to_api(a, cfg):
-    return a[:, 0] if cfg["layout"] == "unbatched" else a
+def layout(cfg):
+    """How the module sees time-major arrays: the keywords of compare.to_api."""
+    return {"batch_first": cfg["batch_first"], "unbatched": cfg["layout"] == "unbatched"}
 
 
 def batch_axis(cfg):
     return 0 if cfg["batch_first"] else 1
 
 
-def run_ours(case, dtype):
+def our_lstm(case, dtype):
+    """el.LSTM of the case's configuration (positional arguments, as torch takes them) and params."""
     cfg = case["cfg"]
     lstm = el.LSTM(
         I,
@@ -142,45 +138,23 @@ def run_ours(case, dtype):
         seed=0,
     )
     lstm.load_state_dict({k: v.astype(dtype) for k, v in case["params"].items()})
+    return lstm
+
+
+def run_ours(case, dtype):
+    cfg = case["cfg"]
+    lstm = our_lstm(case, dtype)
     api = {
-        k: (seq_to_api if k in ("x", "d_output") else state_to_api)(case[k], cfg).astype(dtype)
+        k: to_api(k, case[k], **layout(cfg)).astype(dtype)
         for k in ("x", "h0", "c0", "d_output", "dh_n", "dc_n")
     }
-    output, (h_n, c_n) = lstm(api["x"], (api["h0"], api["c0"]), lengths=case["lengths"])
-    dx, (dh0, dc0) = lstm.backward(api["d_output"], (api["dh_n"], api["dc_n"]))
-    return {
-        "output": output,
-        "h_n": h_n,
-        "c_n": c_n,
-        "dx": dx,
-        "dh0": dh0,
-        "dc0": dc0,
-        "grads": lstm.grads,
-    }
+    forward = lstm(api["x"], (api["h0"], api["c0"]), lengths=case["lengths"])
+    backward = lstm.backward(api["d_output"], (api["dh_n"], api["dc_n"]))
+    return results(forward, backward, lstm.grads)
 
 
 def run_reference(case):
-    cfg = case["cfg"]
-    out, h_n, c_n, cache = reference_forward(
-        case["params"],
-        case["x"],
-        case["h0"],
-        case["c0"],
-        num_layers=cfg["num_layers"],
-        bidirectional=cfg["bidirectional"],
-        proj_size=cfg["proj_size"],
-        lengths=case["lengths"],
-    )
-    dx, dh0, dc0, dparams = reference_backward(cache, case["d_output"], case["dh_n"], case["dc_n"])
-    return {
-        "output": seq_to_api(out, cfg),
-        "h_n": state_to_api(h_n, cfg),
-        "c_n": state_to_api(c_n, cfg),
-        "dx": seq_to_api(dx, cfg),
-        "dh0": state_to_api(dh0, cfg),
-        "dc0": state_to_api(dc0, cfg),
-        "grads": dparams,
-    }
+    return results_to_api(reference_results(case), **layout(case["cfg"]))
 
 
 def nonempty_rows(case):
@@ -227,8 +201,7 @@ def run_torch(case, dtype):
     )
 
     def tensor(k, grad=False):
-        conv = seq_to_api if k in ("x", "d_output") else state_to_api
-        return torch.tensor(conv(sub[k], cfg).astype(dtype), requires_grad=grad)
+        return torch.tensor(to_api(k, sub[k], **layout(cfg)).astype(dtype), requires_grad=grad)
 
     x, h0, c0 = tensor("x", True), tensor("h0", True), tensor("c0", True)
     if sub["lengths"] is None:
@@ -241,21 +214,12 @@ def run_torch(case, dtype):
         out, _ = pad_packed_sequence(
             out, batch_first=cfg["batch_first"], total_length=x.shape[1 - batch_axis(cfg)]
         )
-    loss = (
-        (out * tensor("d_output")).sum()
-        + (h_n * tensor("dh_n")).sum()
-        + (c_n * tensor("dc_n")).sum()
+    return torch_results(
+        (x, h0, c0),
+        (out, h_n, c_n),
+        (tensor("d_output"), tensor("dh_n"), tensor("dc_n")),
+        lstm.named_parameters(),
     )
-    loss.backward()
-    return {
-        "output": out.detach().numpy(),
-        "h_n": h_n.detach().numpy(),
-        "c_n": c_n.detach().numpy(),
-        "dx": x.grad.numpy(),
-        "dh0": h0.grad.numpy(),
-        "dc0": c0.grad.numpy(),
-        "grads": {k: p.grad.numpy() for k, p in lstm.named_parameters()},
-    }
 
 
 def assert_forward_matches(ours, theirs, rtol, witness):
@@ -272,7 +236,7 @@ def assert_backward_matches(ours, theirs, rtol, witness):
 
 
 def assert_dtype(ours, dtype):
-    for k in ("output", "h_n", "c_n", "dx", "dh0", "dc0"):
+    for k in ARRAYS:
         assert ours[k].dtype == dtype, k
     for k, v in ours["grads"].items():
         assert v.dtype == dtype, k
@@ -466,29 +430,9 @@ def repeated_runs(case, dtype, threads):
     """Three training runs and three eval forwards at a fixed thread count."""
     el.set_num_threads(threads)
     runs = [run_ours(case, dtype) for _ in range(3)]
-    cfg = case["cfg"]
-    lstm = el.LSTM(
-        I,
-        cfg["H"],
-        cfg["num_layers"],
-        cfg["bias"],
-        cfg["batch_first"],
-        0.0,
-        cfg["bidirectional"],
-        cfg["proj_size"],
-        dtype=dtype,
-        seed=0,
-    )
-    lstm.load_state_dict({k: v.astype(dtype) for k, v in case["params"].items()})
-    lstm.eval()
-    state = (
-        state_to_api(case["h0"], cfg).astype(dtype),
-        state_to_api(case["c0"], cfg).astype(dtype),
-    )
-    evals = [
-        lstm(seq_to_api(case["x"], cfg).astype(dtype), state, lengths=case["lengths"])
-        for _ in range(3)
-    ]
+    lstm = our_lstm(case, dtype).eval()
+    x, h0, c0 = (to_api(k, case[k], **layout(case["cfg"])).astype(dtype) for k in ("x", "h0", "c0"))
+    evals = [lstm(x, (h0, c0), lengths=case["lengths"]) for _ in range(3)]
     return runs, evals
 
 
@@ -502,7 +446,7 @@ def test_results_are_bitwise_identical_run_to_run_for_a_fixed_thread_count(
     for threads in (1, 2):
         runs, evals = repeated_runs(case, dtype, threads)
         for run in runs[1:]:
-            for k in ("output", "h_n", "c_n", "dx", "dh0", "dc0"):
+            for k in ARRAYS:
                 assert np.array_equal(run[k], runs[0][k]), f"{k} at {threads} threads"
             for k in run["grads"]:
                 assert np.array_equal(run["grads"][k], runs[0]["grads"][k]), (

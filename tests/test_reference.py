@@ -13,6 +13,7 @@ import pytest
 import torch  # a hard import on purpose: the torch witness must never be silently skipped
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from compare import ARRAYS, finite_difference, reference_results, torch_results
 from reference import init_params, param_names, reference_backward, reference_forward
 
 T, B, I, H = 5, 3, 4, 3
@@ -51,25 +52,7 @@ def make_case(seed, num_layers, bidirectional, proj_size, bias, lengths, batch=B
 
 
 def run_reference(case):
-    out, h_n, c_n, cache = reference_forward(
-        case["params"],
-        case["x"],
-        case["h0"],
-        case["c0"],
-        **case["cfg"],
-        lengths=case["lengths"],
-        dropout_masks=case["masks"],
-    )
-    dx, dh0, dc0, dparams = reference_backward(cache, case["d_output"], case["dh_n"], case["dc_n"])
-    return {
-        "output": out,
-        "h_n": h_n,
-        "c_n": c_n,
-        "dx": dx,
-        "dh0": dh0,
-        "dc0": dc0,
-        "dparams": dparams,
-    }
+    return reference_results(case, dropout_masks=case["masks"])
 
 
 def run_torch_module(lstm, x, h0, c0, lengths):
@@ -124,26 +107,12 @@ def run_torch(case):
             if layer < L - 1:
                 layer_input = out * torch.tensor(case["masks"][layer])
         h_n, c_n = torch.cat(hs), torch.cat(cs)
-    loss = (
-        (out * torch.tensor(case["d_output"])).sum()
-        + (h_n * torch.tensor(case["dh_n"])).sum()
-        + (c_n * torch.tensor(case["dc_n"])).sum()
+    return torch_results(
+        (x, h0, c0),
+        (out, h_n, c_n),
+        (torch.tensor(case[k]) for k in ("d_output", "dh_n", "dc_n")),
+        ((rename(name), p) for lstm, rename in grad_sources for name, p in lstm.named_parameters()),
     )
-    loss.backward()
-    dparams = {
-        rename(name): p.grad.numpy()
-        for lstm, rename in grad_sources
-        for name, p in lstm.named_parameters()
-    }
-    return {
-        "output": out.detach().numpy(),
-        "h_n": h_n.detach().numpy(),
-        "c_n": c_n.detach().numpy(),
-        "dx": x.grad.numpy(),
-        "dh0": h0.grad.numpy(),
-        "dc0": c0.grad.numpy(),
-        "dparams": dparams,
-    }
 
 
 def assert_forward_matches(ours, theirs):
@@ -154,9 +123,9 @@ def assert_forward_matches(ours, theirs):
 def assert_backward_matches(ours, theirs):
     for name in ("dx", "dh0", "dc0"):
         assert_close(ours[name], theirs[name], name)
-    assert ours["dparams"].keys() == theirs["dparams"].keys()
-    for name in theirs["dparams"]:
-        assert_close(ours["dparams"][name], theirs["dparams"][name], name)
+    assert ours["grads"].keys() == theirs["grads"].keys()
+    for name in theirs["grads"]:
+        assert_close(ours["grads"][name], theirs["grads"][name], name)
 
 
 GRID = list(itertools.product([1, 2, 3], [False, True], [0, 2], [True, False], list(LENGTHS)))
@@ -230,10 +199,10 @@ def test_zero_length_sequence_passes_its_initial_state_through(bidirectional):
         **{k: case[k][:, keep] for k in ("x", "h0", "c0", "d_output", "dh_n", "dc_n")},
     )
     theirs = run_torch(reduced)
-    for name in ("output", "h_n", "c_n", "dx", "dh0", "dc0"):
+    for name in ARRAYS:
         assert_close(ours[name][:, keep], theirs[name], name)
-    for name in theirs["dparams"]:
-        assert_close(ours["dparams"][name], theirs["dparams"][name], name)
+    for name in theirs["grads"]:
+        assert_close(ours["grads"][name], theirs["grads"][name], name)
     assert np.all(ours["output"][:, 1] == 0)
     assert np.array_equal(ours["h_n"][:, 1], case["h0"][:, 1])
     assert np.array_equal(ours["c_n"][:, 1], case["c0"][:, 1])
@@ -250,8 +219,8 @@ def test_d_output_past_each_length_is_ignored():
     clean = run_reference(case)
     for name in ("dx", "dh0", "dc0"):
         assert np.array_equal(garbage[name], clean[name])
-    for name in clean["dparams"]:
-        assert np.array_equal(garbage["dparams"][name], clean["dparams"][name])
+    for name in clean["grads"]:
+        assert np.array_equal(garbage["grads"][name], clean["grads"][name])
 
 
 def test_lengths_all_equal_to_T_match_no_lengths():
@@ -259,7 +228,7 @@ def test_lengths_all_equal_to_T_match_no_lengths():
     unpacked = run_reference(case)
     case["lengths"] = np.full(B, T)
     packed = run_reference(case)
-    for name in ("output", "h_n", "c_n", "dx", "dh0", "dc0"):
+    for name in ARRAYS:
         assert np.array_equal(unpacked[name], packed[name])
 
 
@@ -289,20 +258,6 @@ FD_CONFIGS = {
         num_layers=2, bidirectional=False, proj_size=1, bias=True, lengths=[1, 3, 3], dropout=False
     ),
 }
-
-
-def finite_difference(loss, array, eps=1e-6):
-    """Central differences of loss() with respect to every entry of array (perturbed in place)."""
-    grad = np.zeros_like(array)
-    for index in np.ndindex(array.shape):
-        saved = array[index]
-        array[index] = saved + eps
-        plus = loss()
-        array[index] = saved - eps
-        minus = loss()
-        array[index] = saved
-        grad[index] = (plus - minus) / (2 * eps)
-    return grad
 
 
 @pytest.mark.parametrize("name", list(FD_CONFIGS))

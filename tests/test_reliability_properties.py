@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import eigenlstm as el
-from reference import init_params, reference_backward, reference_forward
+from compare import ARRAYS, reference_results, results, results_to_api, to_api
+from reference import init_params
 
 # A fixed profile: the same examples on every run and machine, nothing read from or written to
 # a .hypothesis database, no wall-clock deadline (a loaded CI machine must not fail a test).
@@ -130,70 +131,36 @@ def cases(draw, hidden=st.sampled_from(HIDDEN), batch=st.integers(0, 5), steps=s
     )
 
 
-def seq_to_api(a, case):
-    """Time-major (T, N, F) -> the layout the module reads and returns."""
-    if case["unbatched"]:
-        return a[:, 0]
-    return a.transpose(1, 0, 2) if case["cfg"]["batch_first"] else a
-
-
-def state_to_api(a, case):
-    return a[:, 0] if case["unbatched"] else a
+def layout(case):
+    """How the module sees time-major arrays: the keywords of compare.to_api."""
+    return {"batch_first": case["cfg"]["batch_first"], "unbatched": case["unbatched"]}
 
 
 def run_engine(case):
     dtype = case["dtype"]
     lstm = el.LSTM(case["I"], case["H"], dtype=dtype, seed=0, **case["cfg"])
     lstm.load_state_dict(case["params"])
-    api = lambda k, conv: conv(case[k], case).astype(dtype)  # noqa: E731
-    state = (api("h0", state_to_api), api("c0", state_to_api)) if case["given_state"] else None
-    output, (h_n, c_n) = lstm(api("x", seq_to_api), state, lengths=case["lengths"])
+    api = lambda k: to_api(k, case[k], **layout(case)).astype(dtype)  # noqa: E731
+    state = (api("h0"), api("c0")) if case["given_state"] else None
+    forward = lstm(api("x"), state, lengths=case["lengths"])
     d_state = {
         "none": None,
-        "both": (api("dh_n", state_to_api), api("dc_n", state_to_api)),
-        "h_only": (api("dh_n", state_to_api), None),
-        "c_only": (None, api("dc_n", state_to_api)),
+        "both": (api("dh_n"), api("dc_n")),
+        "h_only": (api("dh_n"), None),
+        "c_only": (None, api("dc_n")),
     }[case["d_state"]]
-    dx, (dh0, dc0) = lstm.backward(api("d_output", seq_to_api), d_state)
-    return {
-        "output": output,
-        "h_n": h_n,
-        "c_n": c_n,
-        "dx": dx,
-        "dh0": dh0,
-        "dc0": dc0,
-        "grads": lstm.grads,
-    }
+    backward = lstm.backward(api("d_output"), d_state)
+    return results(forward, backward, lstm.grads)
 
 
 def run_reference(case):
-    cfg = case["cfg"]
-    out, h_n, c_n, cache = reference_forward(
-        case["params"],
-        case["x"],
-        case["h0"],
-        case["c0"],
-        num_layers=cfg["num_layers"],
-        bidirectional=cfg["bidirectional"],
-        proj_size=cfg["proj_size"],
-        lengths=case["lengths"],
-    )
-    dx, dh0, dc0, dparams = reference_backward(cache, case["d_output"], case["dh_n"], case["dc_n"])
-    return {
-        "output": seq_to_api(out, case),
-        "h_n": state_to_api(h_n, case),
-        "c_n": state_to_api(c_n, case),
-        "dx": seq_to_api(dx, case),
-        "dh0": state_to_api(dh0, case),
-        "dc0": state_to_api(dc0, case),
-        "grads": dparams,
-    }
+    return results_to_api(reference_results(case), **layout(case))
 
 
 def check_case(case):
     ours, ref = run_engine(case), run_reference(case)
     dtype = case["dtype"]
-    for k in ("output", "h_n", "c_n", "dx", "dh0", "dc0"):
+    for k in ARRAYS:
         assert_close(ours[k], ref[k], dtype, k)
     assert list(ours["grads"]) == list(ref["grads"]), "grads keys differ from state_dict keys"
     for k, g in ref["grads"].items():
