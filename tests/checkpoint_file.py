@@ -1,4 +1,5 @@
-"""Checkpoint files entry by entry, for the tests that compare, rewrite or damage them.
+"""Checkpoint files entry by entry, for the tests that compare, rewrite or damage them, and
+the one check that eigenlstm.load refuses a file and names it.
 
 Written from the documented layout (eigenlstm.save's Notes), not from the package's private
 code: an ``.npz`` whose zip comment is ``eigenlstm-sha256:`` and the SHA-256 (hex) of every byte
@@ -8,9 +9,13 @@ before it (format version 2 on).
 import hashlib
 import io
 import json
+import re
 import zipfile
 
 import numpy as np
+import pytest
+
+import eigenlstm as el
 
 DIGEST_PREFIX = b"eigenlstm-sha256:"
 DIGEST_LEN = len(DIGEST_PREFIX) + 64
@@ -39,3 +44,10 @@ def write(path, meta, arrays, *, signed=True):
     data = buf.getvalue()
     with open(path, "wb") as f:
         f.write(sign(data) if signed else data)
+
+
+def assert_load_refuses(path, message):
+    """``el.load(path)`` raises ValueError ``eigenlstm.load: <path> <message>``, where ``message``
+    is a regular expression and the error may go on after it."""
+    with pytest.raises(ValueError, match=rf"^eigenlstm\.load: {re.escape(str(path))} {message}"):
+        el.load(path)

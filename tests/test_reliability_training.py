@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import eigenlstm as el
-from checkpoint_file import contents, sign
+from checkpoint_file import assert_load_refuses, contents, sign
 from checkpoint_file import write as write_checkpoint
 from eigenlstm.io import checkpoint
 
@@ -26,18 +26,11 @@ TESTS = pathlib.Path(__file__).resolve().parent
 
 
 # the task and model (the child process of the SIGINT test reaches them through this module)
+import training_task  # noqa: E402
 from training_task import new_model, task  # noqa: E402
 
-# Every piece of training state is in play: Adam moments, a schedule, clipping, shuffling, dropout.
-FIT = dict(
-    batch_size=16,
-    lr=1e-2,
-    optimizer="adam",
-    clip_grad_norm=1.0,
-    lr_schedule=("cosine", {"T_max": 4}),
-    progress=False,
-    seed=3,
-)
+# Every piece of training state is in play (training_task.FIT), and seeded shuffling.
+FIT = dict(training_task.FIT, seed=3)
 BATCHES = 5  # 80 samples / 16
 
 
@@ -620,22 +613,19 @@ def test_a_damaged_zip_directory_entry_raises_value_error_naming_the_file(
     at = _central_directory_entry(bytes(data)) + offset
     data[at] = value
     path.write_bytes(sign(bytes(data)))
-    with pytest.raises(
-        ValueError,
-        match=rf"eigenlstm.load: {path} is not a valid eigenlstm checkpoint \(corrupted or truncated: .*{what}",
-    ):
-        el.load(path)
+    assert_load_refuses(
+        path, rf"is not a valid eigenlstm checkpoint \(corrupted or truncated: .*{what}"
+    )
 
 
 def test_loading_a_plain_npy_array_raises_value_error_naming_the_file(tmp_path):
     path = tmp_path / "array.npz"
     with open(path, "wb") as f:
         np.save(f, np.zeros((2, 3)))
-    with pytest.raises(
-        ValueError,
-        match=rf"eigenlstm.load: {path} is not a valid eigenlstm checkpoint \(it holds a single .npy array of shape \(2, 3\), not an .npz archive\)",
-    ):
-        el.load(path)
+    assert_load_refuses(
+        path,
+        r"is not a valid eigenlstm checkpoint \(it holds a single .npy array of shape \(2, 3\), not an .npz archive\)",
+    )
 
 
 def test_loading_a_pickle_raises_value_error_naming_the_file(tmp_path):
@@ -643,11 +633,9 @@ def test_loading_a_pickle_raises_value_error_naming_the_file(tmp_path):
 
     path = tmp_path / "model.npz"
     path.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
-    with pytest.raises(
-        ValueError,
-        match=rf"eigenlstm.load: {path} is not a valid eigenlstm checkpoint \(corrupted or truncated: .*pickled",
-    ):
-        el.load(path)
+    assert_load_refuses(
+        path, r"is not a valid eigenlstm checkpoint \(corrupted or truncated: .*pickled"
+    )
 
 
 def test_a_newer_format_version_asks_to_upgrade_even_with_entries_this_version_cannot_read(
@@ -658,8 +646,7 @@ def test_a_newer_format_version_asks_to_upgrade_even_with_entries_this_version_c
     meta["format_version"] = checkpoint.FORMAT_VERSION + 1
     arrays["future/tokenizer"] = np.array([{"a": 1}], dtype=object)  # pickled: unreadable here
     write_checkpoint(path, meta, arrays)
-    with pytest.raises(
-        ValueError,
-        match=rf"eigenlstm.load: {path} has checkpoint format version {checkpoint.FORMAT_VERSION + 1}, newer than version {checkpoint.FORMAT_VERSION} that this eigenlstm reads; upgrade eigenlstm",
-    ):
-        el.load(path)
+    assert_load_refuses(
+        path,
+        rf"has checkpoint format version {checkpoint.FORMAT_VERSION + 1}, newer than version {checkpoint.FORMAT_VERSION} that this eigenlstm reads; upgrade eigenlstm",
+    )
