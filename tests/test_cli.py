@@ -219,58 +219,56 @@ def test_a_diverging_run_is_reported_once_not_also_as_a_python_warning(tmp_path,
 
 # ---- bad input ----------------------------------------------------------------------------
 def error_of(argv, capsys):
+    """Run the CLI on `argv`: it must exit with status 2 (an input error); returns its stderr."""
     status = main(argv)
-    return status, capsys.readouterr().err
+    assert status == 2
+    return capsys.readouterr().err
 
 
 def test_train_with_a_missing_csv_names_the_file(tmp_path, capsys):
-    status, err = error_of(["train", "--data", str(tmp_path / "nope.csv")], capsys)
-    assert status == 2
+    err = error_of(["train", "--data", str(tmp_path / "nope.csv")], capsys)
     assert re.search(r"eigenlstm train: error: .*nope\.csv: cannot read the file", err)
 
 
 def test_train_with_an_unparsable_value_names_the_file_line_and_column(tmp_path, capsys):
     csv = tmp_path / "bad.csv"
     csv.write_text("# comment\nmonth,y\n1,10\n2,abc\n3,12\n")
-    status, err = error_of(["train", "--data", str(csv), "--column", "y"], capsys)
-    assert status == 2
+    err = error_of(["train", "--data", str(csv), "--column", "y"], capsys)
     assert f"{csv}:4: column 'y' has 'abc', which is not a number" in err
 
 
 def test_train_with_an_empty_value_says_so(tmp_path, capsys):
     csv = tmp_path / "hole.csv"
     csv.write_text("month,y\n1,10\n2,\n")
-    status, err = error_of(["train", "--data", str(csv), "--column", "y"], capsys)
-    assert status == 2 and f"{csv}:3: column 'y' has an empty value" in err
+    err = error_of(["train", "--data", str(csv), "--column", "y"], capsys)
+    assert f"{csv}:3: column 'y' has an empty value" in err
 
 
 def test_train_with_a_missing_column_lists_the_columns(tmp_path, capsys):
     csv = tmp_path / "cols.csv"
     csv.write_text("month,y\n1,10\n")
-    status, err = error_of(["train", "--data", str(csv), "--column", "sales"], capsys)
-    assert status == 2
+    err = error_of(["train", "--data", str(csv), "--column", "sales"], capsys)
     assert f"{csv}:1: no column 'sales' (the target); the columns are ['month', 'y']" in err
 
 
 def test_train_with_a_ragged_row_names_the_line(tmp_path, capsys):
     csv = tmp_path / "ragged.csv"
     csv.write_text("month,y\n1,10\n2,11,99\n")
-    status, err = error_of(["train", "--data", str(csv), "--column", "y"], capsys)
-    assert status == 2 and f"{csv}:3: expected 2 fields as in the header" in err
+    err = error_of(["train", "--data", str(csv), "--column", "y"], capsys)
+    assert f"{csv}:3: expected 2 fields as in the header" in err
 
 
 def test_train_with_a_binary_file_says_it_is_not_text(tmp_path, capsys):
     csv = tmp_path / "binary.csv"
     csv.write_bytes(b"\xff\xfe\x00\x81garbage")
-    status, err = error_of(["train", "--data", str(csv)], capsys)
-    assert status == 2 and f"{csv}:1: not a UTF-8 text file (invalid start byte: byte 0xff" in err
+    err = error_of(["train", "--data", str(csv)], capsys)
+    assert f"{csv}:1: not a UTF-8 text file (invalid start byte: byte 0xff" in err
 
 
 def test_train_on_a_series_too_short_for_the_window_explains_the_need(tmp_path, capsys):
     csv = tmp_path / "short.csv"
     csv.write_text("y\n" + "".join(f"{i + 1}\n" for i in range(20)))
-    status, err = error_of(["train", "--data", str(csv)], capsys)
-    assert status == 2
+    err = error_of(["train", "--data", str(csv)], capsys)
     assert err == (
         f"eigenlstm train: error: {csv} has 20 values; with --window=12, "
         "--horizon=1, --val-size=24 and --test-size=24 it needs at least 63 values\n"
@@ -287,16 +285,14 @@ def test_train_with_a_non_positive_option_is_a_usage_error(capsys):
 def test_predict_with_a_checkpoint_that_is_not_a_forecaster_says_so(tmp_path, capsys):
     path = tmp_path / "plain.npz"
     el.save(el.LSTMModel(1, 4, 1, seed=0), path)
-    status, err = error_of(["predict", "--model", str(path)], capsys)
-    assert status == 2
+    err = error_of(["predict", "--model", str(path)], capsys)
     assert "needs a checkpoint written by `eigenlstm train`" in err
 
 
 def test_predict_with_a_corrupt_checkpoint_names_the_file(tmp_path, capsys):
     path = tmp_path / "broken.npz"
     path.write_bytes(b"PK\x03\x04broken")
-    status, err = error_of(["predict", "--model", str(path)], capsys)
-    assert status == 2
+    err = error_of(["predict", "--model", str(path)], capsys)
     assert f"{path} is not a valid eigenlstm checkpoint" in err
 
 
@@ -356,10 +352,9 @@ def test_the_weekly_sales_scenario_with_defaults_beats_naive_and_seasonal_naive(
 def test_predict_refuses_a_file_whose_trained_column_has_a_hole(sales_run, tmp_path, capsys):
     _, tmp = sales_run
     csv = sales_csv(tmp_path / "later.csv", n=80, hole_at=70)
-    status, err = error_of(
+    err = error_of(
         ["predict", "--model", str(tmp / "run" / "model.npz"), "--data", str(csv)], capsys
     )
-    assert status == 2
     assert (
         err
         == f"eigenlstm predict: error: {csv}:72: column 'units' has an empty value, which is not a number\n"
@@ -373,10 +368,7 @@ def test_predict_refuses_a_file_without_the_trained_column_naming_file_column_an
     _, out = trained_run
     csv = tmp_path / "prices.csv"
     csv.write_text("month,price\n" + "".join(f"1990-{m:02d},{10 + m}\n" for m in range(1, 13)))
-    status, err = error_of(
-        ["predict", "--model", str(out / "model.npz"), "--data", str(csv)], capsys
-    )
-    assert status == 2
+    err = error_of(["predict", "--model", str(out / "model.npz"), "--data", str(csv)], capsys)
     assert err == (
         f"eigenlstm predict: error: {csv}:1: no column 'Passengers' (the target); "
         "the columns are ['month', 'price']\n"
@@ -386,8 +378,7 @@ def test_predict_refuses_a_file_without_the_trained_column_naming_file_column_an
 def test_predict_without_data_needs_a_model_trained_on_a_bundled_series(sales_run, capsys):
     _, tmp = sales_run
     ckpt = tmp / "run" / "model.npz"
-    status, err = error_of(["predict", "--model", str(ckpt)], capsys)
-    assert status == 2
+    err = error_of(["predict", "--model", str(ckpt)], capsys)
     assert err == (
         f"eigenlstm predict: error: --data is required: {ckpt} was trained on "
         "'sales.csv', not on a bundled data set; give the series to forecast from\n"
@@ -396,7 +387,7 @@ def test_predict_without_data_needs_a_model_trained_on_a_bundled_series(sales_ru
 
 def test_predict_refuses_data_of_another_frequency(sales_run, capsys):
     _, tmp = sales_run
-    status, err = error_of(
+    err = error_of(
         [
             "predict",
             "--model",
@@ -408,7 +399,6 @@ def test_predict_refuses_data_of_another_frequency(sales_run, capsys):
         ],
         capsys,
     )
-    assert status == 2
     assert err == (
         f"eigenlstm predict: error: {AIRLINE}: the model was trained on weekly data; "
         "this file has monthly dates\n"
@@ -437,8 +427,7 @@ def test_csv_dates_out_of_step_are_an_error_naming_line_and_column(tmp_path, cap
     csv = tmp_path / "gap.csv"
     weeks = [str(np.datetime64("2020-01-03") + 7 * i) for i in range(80) if i != 40]
     csv.write_text("week,units\n" + "".join(f"{w},{100 + i}\n" for i, w in enumerate(weeks)))
-    status, err = error_of(["train", "--data", str(csv)], capsys)
-    assert status == 2
+    err = error_of(["train", "--data", str(csv)], capsys)
     assert (
         f"{csv}:42: column 'week' has '2020-10-16' after '2020-10-02' (line 41); weekly "
         "data needs 2020-10-09 there"
@@ -449,8 +438,7 @@ def test_csv_dates_out_of_step_are_an_error_naming_line_and_column(tmp_path, cap
 def test_a_malformed_date_is_an_error_naming_line_and_column(tmp_path, capsys):
     csv = tmp_path / "baddate.csv"
     csv.write_text("month,y\n2020-01,1\n2020-02,2\nFeb 2020,3\n")
-    status, err = error_of(["train", "--data", str(csv)], capsys)
-    assert status == 2
+    err = error_of(["train", "--data", str(csv)], capsys)
     assert (
         f"{csv}:4: column 'month' has 'Feb 2020', which is not a date like the rows above it" in err
     )
@@ -470,8 +458,7 @@ def test_train_without_column_lists_the_numeric_columns_when_there_are_several(t
         "date,units,price,store\n"
         + "".join(f"2020-01-{d:02d},{d},{d / 2},x\n" for d in range(1, 31))
     )
-    status, err = error_of(["train", "--data", str(csv)], capsys)
-    assert status == 2
+    err = error_of(["train", "--data", str(csv)], capsys)
     assert err == (
         f"eigenlstm train: error: {csv}: numeric columns ['units', 'price']; choose "
         "the one to forecast with --column (or column= in Python)\n"
@@ -490,8 +477,7 @@ def test_the_delimiter_can_be_given(tmp_path, capsys):
     csv = tmp_path / "pipes.csv"
     csv.write_text("date|units\n" + "".join(f"2020-01-{d:02d}|{d}\n" for d in range(1, 31)))
     assert read_series(csv, delimiter="|").values.sum() == 465
-    status, err = error_of(["train", "--data", str(csv), "--delimiter", ";"], capsys)
-    assert status == 2
+    err = error_of(["train", "--data", str(csv), "--delimiter", ";"], capsys)
     assert f"{csv}: no numeric column among ['date|units']" in err
 
 
@@ -503,8 +489,7 @@ def test_errors_name_the_command_never_a_private_function(tmp_path, capsys):
         ["train", "--data", str(short), "--horizon", "30", "--test-size", "24"],
         ["train", "--dataset", "nope"],
     ):
-        status, err = error_of(argv, capsys)
-        assert status == 2
+        err = error_of(argv, capsys)
         assert err.startswith("eigenlstm train: error: ")
         assert not re.search(
             r"\b(train_forecaster|check_sizes|make_optimizer|get_loss|_read)\b", err
@@ -564,8 +549,5 @@ def test_train_dataset_with_columns_and_target_trains_a_multivariate_model(tmp_p
     assert model.metadata["columns"] == ["realcons", "realgdp", "realinv"]
     assert main(["predict", "--model", str(tmp_path / "model.npz")]) == 0
     assert capsys.readouterr().out.splitlines()[1].startswith("2009-10,")
-    status, err = error_of(
-        ["predict", "--model", str(tmp_path / "model.npz"), "--steps", "2"], capsys
-    )
-    assert status == 2
+    err = error_of(["predict", "--model", str(tmp_path / "model.npz"), "--steps", "2"], capsys)
     assert "steps must be <= the horizon 1 for a model that reads input columns" in err

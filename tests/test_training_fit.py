@@ -261,8 +261,13 @@ def test_nan_target_stops_training_at_the_first_batch_without_changing_the_weigh
 
 
 # ---- bad input --------------------------------------------------------------------------------
-def assert_nothing_trained(trainer, before):
-    """A fit that raised left the model's weights as they were and started no run."""
+def assert_fit_refuses(model, match, x, y, **fit):
+    """A new Trainer of `model`: fit(x, y, **fit) raises ValueError matching `match`, leaves the
+    model's weights as they were and starts no run."""
+    trainer = el.Trainer(model)
+    before = trainer.model.state_dict()
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(x, y, progress=False, **fit)
     assert trainer.history is None and trainer.optimizer is None and trainer.epoch == 0
     for k, v in trainer.model.state_dict().items():
         assert np.array_equal(v, before[k]), k
@@ -270,63 +275,56 @@ def assert_nothing_trained(trainer, before):
 
 def test_fit_with_x_and_y_of_different_lengths_names_both_counts():
     x, y = sum_task(N=20)
-    trainer = el.Trainer(el.LSTMModel(1, 4, 1))
-    before = trainer.model.state_dict()
-    with pytest.raises(
-        ValueError,
-        match="Trainer.fit: x and y must have the same number of samples, got 20 in x and 19 in y",
-    ):
-        trainer.fit(x, y[:19], progress=False)
-    assert_nothing_trained(trainer, before)
+    assert_fit_refuses(
+        el.LSTMModel(1, 4, 1),
+        "Trainer.fit: x and y must have the same number of samples, got 20 in x and 19 in y",
+        x,
+        y[:19],
+    )
 
 
 def test_fit_with_targets_of_the_wrong_width_names_the_expected_shape():
     x, y = sum_task(N=20)
-    trainer = el.Trainer(el.LSTMModel(1, 4, 2))
-    before = trainer.model.state_dict()
-    with pytest.raises(
-        ValueError,
-        match=r"Trainer.fit: y must have shape \(20, 2\) \(samples, outputs\), got \(20, 1\)",
-    ):
-        trainer.fit(x, y, progress=False)
-    assert_nothing_trained(trainer, before)
+    assert_fit_refuses(
+        el.LSTMModel(1, 4, 2),
+        r"Trainer.fit: y must have shape \(20, 2\) \(samples, outputs\), got \(20, 1\)",
+        x,
+        y,
+    )
 
 
 def test_fit_with_the_wrong_input_size_names_the_expected_shape():
     # x is checked by the model's own forward: its message, with the shape of the x given.
     x, y = sum_task(N=20)
-    trainer = el.Trainer(el.LSTMModel(3, 4, 1))
-    before = trainer.model.state_dict()
-    with pytest.raises(
-        ValueError,
-        match=r"^Trainer.fit: x of shape \(20, 8, 1\) does not fit the model \(checked on 1 of its samples\): LSTMModel.forward: x must have shape \(N, L, 3\) \(batch, steps, input_size\), got \(1, 8, 1\)$",
-    ):
-        trainer.fit(x, y, progress=False)
-    assert_nothing_trained(trainer, before)
+    assert_fit_refuses(
+        el.LSTMModel(3, 4, 1),
+        r"^Trainer.fit: x of shape \(20, 8, 1\) does not fit the model \(checked on 1 of its samples\): LSTMModel.forward: x must have shape \(N, L, 3\) \(batch, steps, input_size\), got \(1, 8, 1\)$",
+        x,
+        y,
+    )
 
 
 def test_fit_with_validation_inputs_of_the_wrong_size_names_x_val():
     x, y = sum_task(N=20)
-    trainer = el.Trainer(el.LSTMModel(1, 4, 1))
-    before = trainer.model.state_dict()
-    with pytest.raises(
-        ValueError,
-        match=r"^Trainer.fit: x_val of shape \(5, 8, 2\) does not fit the model \(checked on 1 of its samples\): LSTMModel.forward: x must have shape \(N, L, 1\) \(batch, steps, input_size\), got \(1, 8, 2\)$",
-    ):
-        trainer.fit(x, y, validation_data=(np.zeros((5, 8, 2)), y[:5]), progress=False)
-    assert_nothing_trained(trainer, before)
+    assert_fit_refuses(
+        el.LSTMModel(1, 4, 1),
+        r"^Trainer.fit: x_val of shape \(5, 8, 2\) does not fit the model \(checked on 1 of its samples\): LSTMModel.forward: x must have shape \(N, L, 1\) \(batch, steps, input_size\), got \(1, 8, 2\)$",
+        x,
+        y,
+        validation_data=(np.zeros((5, 8, 2)), y[:5]),
+    )
 
 
 def test_fit_with_labels_out_of_range_names_the_label_and_class_count():
     x, y = sign_task(N=20)
     y[5] = 7
-    trainer = el.Trainer(el.LSTMModel(2, 4, 2))
-    before = trainer.model.state_dict()
-    with pytest.raises(
-        ValueError, match=r"Trainer.fit: y must be class indices in \[0, 2\) for 2 classes, got 7"
-    ):
-        trainer.fit(x, y, loss="cross_entropy", progress=False)
-    assert_nothing_trained(trainer, before)
+    assert_fit_refuses(
+        el.LSTMModel(2, 4, 2),
+        r"Trainer.fit: y must be class indices in \[0, 2\) for 2 classes, got 7",
+        x,
+        y,
+        loss="cross_entropy",
+    )
 
 
 def test_fit_with_mismatched_validation_data_names_x_val_and_y_val():
@@ -356,14 +354,13 @@ def test_fit_with_a_length_out_of_range_gives_the_models_range(bad):
     x, y = sum_task(N=20)
     lengths = np.full(20, 5)
     lengths[7] = bad
-    trainer = el.Trainer(el.LSTMModel(1, 4, 1, seed=0))
-    before = trainer.model.state_dict()
-    with pytest.raises(
-        ValueError,
-        match=rf"^Trainer.fit: x of shape \(20, 8, 1\) with lengths does not fit the model \(checked on 2 of its samples\): LSTMModel.forward: lengths must be in \[1, 8\] \(each sequence needs a last step\), got {bad}$",
-    ):
-        trainer.fit(x, y, lengths=lengths, progress=False)
-    assert_nothing_trained(trainer, before)
+    assert_fit_refuses(
+        el.LSTMModel(1, 4, 1, seed=0),
+        rf"^Trainer.fit: x of shape \(20, 8, 1\) with lengths does not fit the model \(checked on 2 of its samples\): LSTMModel.forward: lengths must be in \[1, 8\] \(each sequence needs a last step\), got {bad}$",
+        x,
+        y,
+        lengths=lengths,
+    )
 
 
 def test_fit_with_an_unknown_loss_or_bad_epochs_raises():

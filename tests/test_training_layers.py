@@ -38,6 +38,21 @@ def torch_grads(module, prefix=""):
     return {prefix + k: p.grad.numpy() for k, p in module.named_parameters()}
 
 
+def assert_forward_and_backward_match_torch(ours, theirs, x, dy):
+    """ours(x), ours.backward(dy) and ours.grads equal torch module theirs' output and autograd
+    gradients (same parameter names)."""
+    y = ours(x)
+    dx = ours.backward(dy)
+    xt = torch.from_numpy(x).requires_grad_()
+    yt = theirs(xt)
+    yt.backward(torch.from_numpy(dy))
+    assert_close(y, yt.detach().numpy(), "y")
+    assert_close(dx, xt.grad.numpy(), "dx")
+    grads = ours.grads
+    for k, g in torch_grads(theirs).items():
+        assert_close(grads[k], g, k)
+
+
 # ---- Linear ------------------------------------------------------------------------------------
 def test_linear_initialisation_is_uniform_within_torchs_bound():
     fc = el.Linear(50, 400, seed=0)
@@ -62,15 +77,7 @@ def test_linear_forward_and_backward_match_torch_float64(bias):
     ref.load_state_dict(to_torch(fc.state_dict()))
     x = rng.standard_normal((3, 5, 6))
     dy = rng.standard_normal((3, 5, 4))
-    y = fc(x)
-    dx = fc.backward(dy)
-    xt = torch.from_numpy(x).requires_grad_()
-    yt = ref(xt)
-    yt.backward(torch.from_numpy(dy))
-    assert_close(y, yt.detach().numpy(), "y")
-    assert_close(dx, xt.grad.numpy(), "dx")
-    for k, g in torch_grads(ref).items():
-        assert_close(fc.grads[k], g, k)
+    assert_forward_and_backward_match_torch(fc, ref, x, dy)
 
 
 def test_linear_backward_matches_finite_differences_float64():
@@ -186,16 +193,7 @@ def test_weights_from_eigenlstm_give_the_seed_models_outputs_and_gradients(
     theirs = SeedLSTMModel(I, H, O, num_layers)
     theirs.load_state_dict(to_torch(ours.state_dict()))
     x, dy = rng.standard_normal((N, L, I)), rng.standard_normal((N, O))
-    y = ours(x)
-    dx = ours.backward(dy)
-    xt = torch.from_numpy(x).requires_grad_()
-    yt = theirs(xt)
-    yt.backward(torch.from_numpy(dy))
-    assert_close(y, yt.detach().numpy(), "y")
-    assert_close(dx, xt.grad.numpy(), "dx")
-    grads = ours.grads
-    for k, g in torch_grads(theirs).items():
-        assert_close(grads[k], g, k)
+    assert_forward_and_backward_match_torch(ours, theirs, x, dy)
 
 
 def test_weights_from_the_seed_model_load_into_eigenlstm_and_give_its_outputs(float64_default):
@@ -383,26 +381,26 @@ def test_lstm_model_load_state_dict_is_all_or_nothing():
 
 
 # ---- losses ------------------------------------------------------------------------------------
-def test_mse_loss_value_and_gradient_match_torch():
-    rng = np.random.default_rng(0)
-    p, t = rng.standard_normal((6, 3)), rng.standard_normal((6, 3))
-    value, grad = el.mse_loss(p, t)
-    pt = torch.from_numpy(p).requires_grad_()
-    ref = tnn.MSELoss()(pt, torch.from_numpy(t))
+def assert_loss_matches_torch(loss, torch_loss, prediction, target):
+    """loss(prediction, target) returns torch_loss's value and its gradient by prediction."""
+    value, grad = loss(prediction, target)
+    pt = torch.from_numpy(prediction).requires_grad_()
+    ref = torch_loss(pt, torch.from_numpy(target))
     ref.backward()
     assert value == pytest.approx(ref.item(), rel=1e-12)
     assert_close(grad, pt.grad.numpy())
 
 
+def test_mse_loss_value_and_gradient_match_torch():
+    rng = np.random.default_rng(0)
+    p, t = rng.standard_normal((6, 3)), rng.standard_normal((6, 3))
+    assert_loss_matches_torch(el.mse_loss, tnn.MSELoss(), p, t)
+
+
 def test_cross_entropy_value_and_gradient_match_torch():
     rng = np.random.default_rng(1)
     z, y = rng.standard_normal((8, 5)), rng.integers(0, 5, 8)
-    value, grad = el.cross_entropy(z, y)
-    zt = torch.from_numpy(z).requires_grad_()
-    ref = tnn.CrossEntropyLoss()(zt, torch.from_numpy(y))
-    ref.backward()
-    assert value == pytest.approx(ref.item(), rel=1e-12)
-    assert_close(grad, zt.grad.numpy())
+    assert_loss_matches_torch(el.cross_entropy, tnn.CrossEntropyLoss(), z, y)
 
 
 def test_cross_entropy_is_finite_for_huge_logits():
