@@ -135,7 +135,12 @@ def bars(monkeypatch):
 # as the first file appears mostly lands in the end of that save (its fsync) or early in epoch
 # 2; one sent 20 ms later lands mid-epoch (the engine, the optimizer step, clipping, ...).
 CHILD_N = 800
+# The child installs Python's own Ctrl-C handler first: a process started as a background job
+# of a non-interactive shell (as some CI runners start the suite) inherits SIGINT ignored, and
+# Python then leaves it ignored; the test is about what Ctrl-C does to a Python program.
 CHILD = """
+import signal
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import sys
 sys.path.insert(0, sys.argv[1])
 import eigenlstm as el
