@@ -19,7 +19,7 @@ from .._validation import (
 )
 from .linear import Linear
 from .lstm import LSTM
-from .module import Module
+from .module import Module, eval_in_batches
 
 __all__ = ["LSTMModel"]
 
@@ -282,15 +282,5 @@ class LSTMModel(Module):
         if lengths is not None:
             lengths = check_lengths(where, "lengths", lengths, N, L, minimum=1)
         bs = N if batch_size is None else check_positive_int(where, "batch_size", batch_size)
-        was_training = self.training
-        self.eval()
-        try:
-            parts = [
-                self.forward(
-                    x[i : i + bs], lengths=None if lengths is None else lengths[i : i + bs]
-                )
-                for i in range(0, N, max(bs, 1))
-            ]
-        finally:
-            self.train(was_training)
+        parts = eval_in_batches(self, x, bs, lengths)
         return np.concatenate(parts) if parts else np.zeros((0, self.output_size), self.dtype)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .parameter import Parameter
 
-__all__ = ["Module"]
+__all__ = ["Module", "eval_in_batches"]
 
 
 class Module:
@@ -200,3 +200,22 @@ class Module:
 
     def _named_children(self):
         return [(k, v) for k, v in vars(self).items() if isinstance(v, Module)]
+
+
+def eval_in_batches(module, x: np.ndarray, batch_size: int, lengths=None) -> list[np.ndarray]:
+    """``module``'s evaluation-mode outputs for ``x``, ``batch_size`` samples per call.
+
+    ``lengths`` (if given) is sliced with ``x`` and passed as ``lengths=``. The module's mode
+    is restored afterwards, whatever happens. Returns the outputs of the calls, in order (none
+    for an empty ``x``): the predict methods and the trainer's evaluation share this loop.
+    """
+    N = x.shape[0]
+    bs = max(batch_size, 1)
+    was_training = module.training
+    module.eval()
+    try:
+        if lengths is None:
+            return [module(x[i : i + bs]) for i in range(0, N, bs)]
+        return [module(x[i : i + bs], lengths=lengths[i : i + bs]) for i in range(0, N, bs)]
+    finally:
+        module.train(was_training)

@@ -14,7 +14,7 @@ import numpy as np
 from .._validation import as_real_array, check_positive_int
 from .linear import Linear
 from .lstm import LSTM
-from .module import Module
+from .module import Module, eval_in_batches
 
 __all__ = ["Sequential"]
 
@@ -177,12 +177,7 @@ class Sequential(Module):
             raise ValueError(f"{where}: x must have shape (N, T, {self.input_size}), got {x.shape}")
         N = x.shape[0]
         bs = N if batch_size is None else check_positive_int(where, "batch_size", batch_size)
-        was_training = self.training
-        self.eval()
-        try:
-            parts = [self.forward(x[i : i + bs]) for i in range(0, N, max(bs, 1))]
-        finally:
-            self.train(was_training)
+        parts = eval_in_batches(self, x, bs)
         if parts:
             return np.concatenate(parts)
         return self.forward(x)  # N = 0: the forward gives the empty output of the right shape

@@ -25,6 +25,7 @@ from .. import io as _io
 from .. import optim as _optim
 from .._validation import as_array, as_real_array, check_lengths, check_positive_int
 from ..nn.losses import check_labels, cross_entropy, get_loss, mse_loss
+from ..nn.module import eval_in_batches
 from ..optim import lr_scheduler as _sched
 from ..optim.clip import clip_grad_norm_
 from .callbacks import Callback, History
@@ -680,19 +681,8 @@ class Trainer:
     # ---- evaluation ------------------------------------------------------------------------
     def _predict(self, x, lengths, batch_size: int | None) -> np.ndarray:
         """Outputs in evaluation mode, ``batch_size`` samples per call; the mode is restored."""
-        model = self.model
-        N = x.shape[0]
-        bs = N if batch_size is None else batch_size
-        was_training = model.training
-        model.eval()
-        try:
-            parts = [
-                self._forward(x[i : i + bs], None if lengths is None else lengths[i : i + bs])
-                for i in range(0, N, max(bs, 1))
-            ]
-        finally:
-            model.train(was_training)
-        return np.concatenate(parts)
+        bs = x.shape[0] if batch_size is None else batch_size
+        return np.concatenate(eval_in_batches(self.model, x, bs, lengths))
 
     def evaluate(self, x, y, *, loss=None, batch_size: int | None = None, lengths=None) -> dict:
         """Loss (and accuracy, for cross-entropy) on ``(x, y)`` in evaluation mode.
