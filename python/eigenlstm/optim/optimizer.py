@@ -81,6 +81,11 @@ def _address(a: np.ndarray) -> int:
     return int(a.__array_interface__["data"][0])
 
 
+def _member(buffer: np.ndarray, offset: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The view of one parameter's part of a slot's buffer (see :class:`Slot`)."""
+    return buffer.reshape(-1)[offset : offset + int(np.prod(shape))].reshape(shape)
+
+
 def make_slots(entries: list[tuple[np.ndarray, np.ndarray, Any]]) -> list[Slot]:
     """Group ``resolve_params`` entries into slots (see :class:`Slot`)."""
     slots: list[Slot] = []
@@ -161,10 +166,7 @@ class Optimizer:
         out: list[dict[str, np.ndarray]] = [{} for _ in self.params]
         for slot, buffers in zip(self._slots, self._slot_state):
             for i, offset, shape in slot.members:
-                n = int(np.prod(shape))
-                out[i] = {
-                    k: v.reshape(-1)[offset : offset + n].reshape(shape) for k, v in buffers.items()
-                }
+                out[i] = {k: _member(v, offset, shape) for k, v in buffers.items()}
         return out
 
     def updates(self, params) -> bool:
@@ -263,10 +265,7 @@ class Optimizer:
                 for key in required:
                     flat = np.zeros_like(slot.value)
                     for i, offset, shape in slot.members:
-                        n = int(np.prod(shape))
-                        flat.reshape(-1)[offset : offset + n] = np.asarray(
-                            states[i][key], dtype=slot.value.dtype
-                        ).reshape(-1)
+                        _member(flat, offset, shape)[...] = states[i][key]
                     buffers[key] = flat
             new_slot_state.append(buffers)
         fresh = type(self)(list(zip(self.params, self._grads)), **hyper)  # checks them
