@@ -16,36 +16,18 @@ import pathlib
 import re
 import shutil
 import subprocess
-import sys
 import textwrap
 
 import pytest
 
 import eigenlstm as el
 from eigenlstm import _core
+from fresh_python import run_python
 
-TESTS = pathlib.Path(__file__).resolve().parent
 PACKAGE = pathlib.Path(el.__file__).resolve().parent
 LEVELS = _core.isa_available()  # what this CPU and this build can run, low to high
 IN_PROCESS = _core.isa()  # the level the rest of this pytest process runs at
 VALID = "generic, avx2, avx512, native"
-
-
-def run_python(code, level=None, **kw):
-    """Run `code` in a fresh interpreter (EIGENLSTM_MAX_ISA=level if given) from tests/."""
-    env = dict(os.environ)
-    env.pop("EIGENLSTM_MAX_ISA", None)
-    if level is not None:
-        env["EIGENLSTM_MAX_ISA"] = level
-    return subprocess.run(
-        [sys.executable, *code],
-        cwd=TESTS,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        **kw,
-    )
 
 
 # ---- selection and its control ---------------------------------------------------------------
