@@ -37,16 +37,75 @@ def test_named_parameters_are_the_state_dict_in_order_as_live_arrays_with_their_
         assert not np.shares_memory(sd[n], p)  # state_dict copies; parameters are the arrays
 
 
-def test_writing_a_parameter_in_place_then_params_updated_changes_the_model_as_loading_does():
-    model, loaded = el.LSTMModel(3, 5, 2, seed=0), el.LSTMModel(3, 5, 2, seed=0)
-    x = np.random.default_rng(0).standard_normal((4, 6, 3))
-    new = {n: p * 0.5 for n, p in model.named_parameters()}
+# The NumPy writes a parameter takes, each as (write, what it sets the values to). None of
+# them is followed by params_updated(): the parameter tells its module.
+WRITES = {
+    "p[...] = v": (lambda p: p.__setitem__(..., p * 0.5), lambda v: v * 0.5),
+    "p[0, 1] = v": (lambda p: p.__setitem__((0, 1), 3.0), lambda v: _set(v, (0, 1), 3.0)),
+    "p *= v": (lambda p: p.__imul__(0.5), lambda v: v * 0.5),
+    "np.clip(out=p)": (lambda p: np.clip(p, -0.1, 0.1, out=p), lambda v: np.clip(v, -0.1, 0.1)),
+    "np.add.at(p)": (lambda p: np.add.at(p, (0, 1), 1.0), lambda v: _set(v, (0, 1), v[0, 1] + 1)),
+    "p.fill(v)": (lambda p: p.fill(0.25), lambda v: np.full_like(v, 0.25)),
+}
+
+
+def _set(value, index, new):
+    value = value.copy()
+    value[index] = new
+    return value
+
+
+@pytest.mark.parametrize("write", list(WRITES))
+@pytest.mark.parametrize("module", ["LSTM", "LSTMModel"])
+def test_a_numpy_write_into_a_parameter_is_seen_by_the_next_forward(module, write):
+    # The engine computes with packed copies of the weights: a write it were not told of
+    # would be a silently wrong answer.
+    make = {
+        "LSTM": lambda: el.LSTM(3, 5, num_layers=2, proj_size=2, seed=0),
+        "LSTMModel": lambda: el.LSTMModel(3, 5, 2, seed=0),
+    }[module]
+    model, loaded = make(), make()
+    x = np.random.default_rng(0).standard_normal((6, 4, 3))
+    model(x)  # the weights are packed and in use before the write
+    do, expect = WRITES[write]
+    new = model.state_dict()
     for n, p in model.named_parameters():
-        p[...] = new[n]
-    model.params_updated()
+        if p.ndim == 2:
+            do(p)
+            new[n] = expect(new[n]).astype(p.dtype)
     loaded.load_state_dict(new)
-    assert np.array_equal(model(x), loaded(x))
-    assert model.lstm.weight_hh_l0 is dict(model.named_parameters())["lstm.weight_hh_l0"]
+    assert all(np.array_equal(v, new[n]) for n, v in model.state_dict().items())
+    assert np.array_equal(
+        model(x)[0] if module == "LSTM" else model(x),
+        loaded(x)[0] if module == "LSTM" else loaded(x),
+    )
+
+
+def test_an_in_place_operator_keeps_the_attribute_the_same_parameter():
+    fc, lstm = el.Linear(3, 2, seed=0), el.LSTM(3, 4, seed=0)
+    weight, weight_ih = fc.weight, lstm.weight_ih_l0
+    fc.weight += 1.0
+    lstm.weight_ih_l0 -= 1.0
+    assert fc.weight is weight and lstm.weight_ih_l0 is weight_ih
+    assert next(lstm.parameters()) is weight_ih and next(fc.parameters()) is weight
+
+
+UNSEEN_WRITES = {
+    "np.copyto": lambda p: np.copyto(p, 0.0),
+    "a row view": lambda p: p[0].__setitem__(..., 0.0),
+    "a reshape": lambda p: p.reshape(-1).__setitem__(0, 0.0),
+    "a transpose": lambda p: p.T.__setitem__(..., 0.0),
+    "np.ndarray.fill on a view": lambda p: p.view(np.ndarray).fill(0.0),
+}
+
+
+@pytest.mark.parametrize("write", list(UNSEEN_WRITES))
+def test_a_write_the_module_cannot_see_raises_and_changes_nothing(write):
+    lstm = el.LSTM(3, 4, seed=0)
+    before = lstm.state_dict()
+    with pytest.raises(ValueError, match="read-only"):
+        UNSEEN_WRITES[write](lstm.weight_hh_l0)
+    assert all(np.array_equal(v, before[n]) for n, v in lstm.state_dict().items())
 
 
 def test_grad_is_the_gradient_by_the_same_name_and_backward_adds_into_it():

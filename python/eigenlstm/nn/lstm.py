@@ -238,8 +238,8 @@ class LSTM(Module):
     def named_parameters(self, prefix: str = ""):
         """``(name, Parameter)`` in torch.nn.LSTM's state_dict order: views of the engine's buffers.
 
-        Each parameter's ``grad`` is the matching view of the gradient buffer. After writing
-        into a parameter in place, call ``params_updated()`` (optimizers do).
+        Each parameter's ``grad`` is the matching view of the gradient buffer. Writes into a
+        parameter (``p[...] = x``, ``p += x``) repack the engine's weights; other writes raise.
         """
         for name, p in self._params.items():
             yield prefix + name, p
@@ -248,7 +248,8 @@ class LSTM(Module):
         """The engine's parameter and gradient buffers, of which every parameter is a view.
 
         1-D, in torch's layout with zero padding between tensors (``param_offset``); an
-        optimizer given all of this module's parameters updates them as one array.
+        optimizer given all of this module's parameters updates them as one array. After
+        writing into the parameter buffer, call ``params_updated()``.
         """
         return self._flat, self._grad_flat
 

@@ -67,7 +67,8 @@ class Module:
         """``(name, Parameter)`` pairs, named as ``state_dict()`` names them, as torch's.
 
         The parameters are the module's own arrays (not copies): ``p.grad`` is the gradient
-        by the same name. After writing into one in place, call ``params_updated()``.
+        by the same name. Writes into them in place (``p[...] = x``, ``p += x``) reach the
+        module; see :class:`~eigenlstm.nn.Parameter`.
         """
         for name, child in self._named_children():
             yield from child.named_parameters(f"{prefix}{name}.")
@@ -87,7 +88,8 @@ class Module:
             yield p
 
     def params_updated(self) -> None:
-        """Tell the module its parameter arrays were modified in place."""
+        """Tell the module its parameters' memory was written (through ``Parameter.writable()``
+        or ``flat_buffers()``); a parameter's own writes call it themselves."""
         for child in self.children():
             child.params_updated()
 

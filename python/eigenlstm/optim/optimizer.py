@@ -51,7 +51,11 @@ def resolve_params(where: str, params) -> list[tuple[np.ndarray, np.ndarray, Any
                 f"Module.parameters()) or a (value, gradient) pair of arrays, got "
                 f"{type(item).__name__}"
             )
-        if value.shape != grad.shape or value.dtype.kind != "f" or not value.flags.writeable:
+        if (
+            value.shape != grad.shape
+            or value.dtype.kind != "f"
+            or not _writable(value).flags.writeable
+        ):
             raise ValueError(
                 f"{where}: params[{i}] must be a writable float array with a gradient of its "
                 f"shape, got shapes {value.shape} and {grad.shape}, dtype {value.dtype}"
@@ -75,6 +79,13 @@ class Slot:
         self, value: np.ndarray, grad: np.ndarray, members: list[tuple[int, int, tuple[int, ...]]]
     ) -> None:
         self.value, self.grad, self.members = value, grad, members
+
+
+def _writable(value: np.ndarray) -> np.ndarray:
+    """The array an update writes into: a parameter's writable view (its owner is told after
+    the step), or the caller's own array."""
+    writable = getattr(value, "writable", None)
+    return writable() if callable(writable) else value
 
 
 def _address(a: np.ndarray) -> int:
@@ -108,7 +119,7 @@ def make_slots(entries: list[tuple[np.ndarray, np.ndarray, Any]]) -> list[Slot]:
                 done.update(members)
                 continue
         # Plain views: buffers derived from the slot (np.zeros_like) must not be parameters.
-        slots.append(Slot(value.view(np.ndarray), grad.view(np.ndarray), [(i, 0, value.shape)]))
+        slots.append(Slot(_writable(value), grad.view(np.ndarray), [(i, 0, value.shape)]))
         done.add(i)
     return slots
 
