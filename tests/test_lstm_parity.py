@@ -426,6 +426,40 @@ def test_h64_b12_matches_reference_and_torch_at_one_and_two_threads(
     assert_backward_matches(select_rows(ours, case, rows), theirs, RTOL[dtype], "torch")
 
 
+# Over 128K parameter values the engine moves its weights (after a load or an update) and its
+# gradients (after a backward) between torch's order and its own gate-interleaved one on every
+# thread, each thread taking an equal share of the buffer, so that gate blocks are cut at the
+# thread boundaries (engine.cpp, for_each_run_parallel). H = 100 leaves a last gate block of 4
+# units in both dtypes.
+WIDE_CONFIGS = {"L2-bi-noP": 0, "L2-bi-P40": 40}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", list(WIDE_CONFIGS))
+def test_a_model_of_over_128k_values_matches_torch_at_one_and_two_threads(
+    name, dtype, threads, restore_threads
+):
+    el.set_num_threads(threads)
+    case = make_case(
+        2000 + list(WIDE_CONFIGS).index(name),
+        num_layers=2,
+        bidirectional=True,
+        batch_first=True,
+        proj_size=WIDE_CONFIGS[name],
+        bias=True,
+        layout="full",
+        H=100,
+        batch=3,
+        steps=4,
+    )
+    case = rounded(case, dtype)
+    assert our_lstm(case, dtype).flat_buffers()[0].size > 2**17
+    ours, theirs = run_ours(case, dtype), run_torch(case, dtype)
+    assert_forward_matches(ours, theirs, RTOL[dtype], "torch")
+    assert_backward_matches(ours, theirs, RTOL[dtype], "torch")
+
+
 def repeated_runs(case, dtype, threads):
     """Three training runs and three eval forwards at a fixed thread count."""
     el.set_num_threads(threads)
