@@ -66,48 +66,54 @@ struct Panels {
     }
 };
 
-// One MR x NR block of C in registers: C[0:MR, 0:NR) = init + A[MR, K] * panel. Each k loads one panel row (two packets), broadcasts MR values of A
-// and issues 2*MR FMAs. With few rows (MR < 4, the batch-1 and small-batch path) the k loop is
-// split over KU independent accumulator sets so that enough FMAs are in flight to hide their
-// latency: a GEMV, not a padded GEMM.
-template <typename S, int MR>
+// One block of C in registers: MR rows by NP panels of NR columns,
+//   C[0:MR, panel p) = init + A[MR, K] * panel p,
+// each value summed over k in order, one FMA per k, whatever MR and NP are. That order is
+// what makes results independent of how rows fall into blocks: a row computes the same bits
+// in a block of 12 rows or alone, so a sequence run in one call, in chunks or step by step
+// (a stream), and any thread plan, give the same results. Each k loads one row of each panel
+// (two packets), broadcasts MR values of A and issues 2*MR*NP FMAs. Few rows (MR < 4: the
+// batch-1 and small-batch path, a GEMV) take several panels at once (NP = 4 for one row, 2
+// for two or three), so that enough independent FMAs are in flight to hide their latency.
+template <typename S, int MR, int NP>
 struct Tile {
     using Packet = typename Simd<S>::Packet;
     static constexpr int PS = Simd<S>::PS, NR = Simd<S>::NR;
-    static constexpr int KU = MR >= 4 ? 1 : (MR >= 2 ? 2 : 4);
-    Packet acc[KU][MR][2];
+    Packet acc[NP][MR][2];
 
     Tile() {
-        for (int u = 0; u < KU; ++u)
+        for (int p = 0; p < NP; ++p)
             for (int m = 0; m < MR; ++m)
-                acc[u][m][0] = acc[u][m][1] = Eigen::internal::pset1<Packet>(S(0));
+                acc[p][m][0] = acc[p][m][1] = Eigen::internal::pset1<Packet>(S(0));
     }
 
-    // acc += A[MR, K] * panel, A row-major with stride lda, panel [K, NR].
-    void madd(Index K, const S* A, Index lda, const S* panel) {
+    // acc += A[MR, K] * panels, A row-major with stride lda; panel p ([K, NR]) at
+    // panels + p * panel_stride.
+    void madd(Index K, const S* A, Index lda, const S* panels, Index panel_stride) {
         using namespace Eigen::internal;
-        Index k = 0;
-        for (; k + KU <= K; k += KU)
-            for (int u = 0; u < KU; ++u) step(u, A + k + u, lda, panel + (k + u) * NR);
-        for (; k < K; ++k) step(0, A + k, lda, panel + k * NR);
-    }
-
-    // C[MR, ncols] = (Accumulate ? C : bias, or 0 if bias is nullptr) + acc; bias [ncols].
-    template <bool Accumulate>
-    void store(S* C, Index ldc, Index ncols, const S* bias) {
-        using namespace Eigen::internal;
-        for (int u = 1; u < KU; ++u)
-            for (int m = 0; m < MR; ++m) {
-                acc[0][m][0] = padd(acc[0][m][0], acc[u][m][0]);
-                acc[0][m][1] = padd(acc[0][m][1], acc[u][m][1]);
+        for (Index k = 0; k < K; ++k)
+            for (int p = 0; p < NP; ++p) {
+                const S* b = panels + p * panel_stride + k * NR;
+                const Packet b0 = pload<Packet>(b), b1 = pload<Packet>(b + PS);
+                for (int m = 0; m < MR; ++m) {
+                    const Packet am = pset1<Packet>(A[m * lda + k]);
+                    acc[p][m][0] = pmadd(am, b0, acc[p][m][0]);
+                    acc[p][m][1] = pmadd(am, b1, acc[p][m][1]);
+                }
             }
+    }
+
+    // C[MR, ncols] = (Accumulate ? C : bias, or 0 if bias is nullptr) + acc[p]; bias [ncols].
+    template <bool Accumulate>
+    void store(int p, S* C, Index ldc, Index ncols, const S* bias) {
+        using namespace Eigen::internal;
         if (ncols == NR) {  // a whole panel, straight from the registers
             const bool add_bias = !Accumulate && bias;
             const Packet b0 = add_bias ? ploadu<Packet>(bias) : pset1<Packet>(S(0));
             const Packet b1 = add_bias ? ploadu<Packet>(bias + PS) : pset1<Packet>(S(0));
             for (int m = 0; m < MR; ++m) {
                 S* c = C + m * ldc;
-                Packet v0 = acc[0][m][0], v1 = acc[0][m][1];
+                Packet v0 = acc[p][m][0], v1 = acc[p][m][1];
                 if (Accumulate) {
                     v0 = padd(ploadu<Packet>(c), v0);
                     v1 = padd(ploadu<Packet>(c + PS), v1);
@@ -121,13 +127,13 @@ struct Tile {
             return;
         }
         // The last, partial panel, through a buffer: reads and writes only ncols columns. The
-        // accumulators go to the buffer in a loop of its own, which the compiler unrolls; read
-        // inside the column loop they were indexed at run time and so kept in memory, on the
-        // whole-panel path too.
+        // accumulators go to the buffer in a loop of their own, which the compiler unrolls;
+        // read inside the column loop they were indexed at run time and so kept in memory, on
+        // the whole-panel path too.
         alignas(64) S tmp[MR * NR];
         for (int m = 0; m < MR; ++m) {
-            pstore(tmp + m * NR, acc[0][m][0]);
-            pstore(tmp + m * NR + PS, acc[0][m][1]);
+            pstore(tmp + m * NR, acc[p][m][0]);
+            pstore(tmp + m * NR + PS, acc[p][m][1]);
         }
         for (int m = 0; m < MR; ++m) {
             S* c = C + m * ldc;
@@ -136,48 +142,50 @@ struct Tile {
                 c[j] = Accumulate ? c[j] + t[j] : (bias ? bias[j] + t[j] : t[j]);
         }
     }
-
-private:
-    void step(int u, const S* a, Index lda, const S* b) {
-        using namespace Eigen::internal;
-        const Packet b0 = pload<Packet>(b), b1 = pload<Packet>(b + PS);
-        for (int m = 0; m < MR; ++m) {
-            const Packet am = pset1<Packet>(a[m * lda]);
-            acc[u][m][0] = pmadd(am, b0, acc[u][m][0]);
-            acc[u][m][1] = pmadd(am, b1, acc[u][m][1]);
-        }
-    }
 };
 
 // C[0:M, col_begin:col_end) = init + A[M, K] * Bp, A row-major with stride lda, C row-major
 // with stride ldc, init = C itself (Accumulate) or the row bias[col_begin:col_end) (nullptr:
-// zero). col_begin is on a panel boundary. Rows go in blocks of MR, then one block of the
-// leftover rows.
+// zero). col_begin is on a panel boundary. Rows go in blocks of MR panel by panel (a panel
+// stays in L1 for all of them), then the leftover rows (the whole batch when B < MR) over
+// groups of panels.
 template <typename S, bool Accumulate>
 void gemm_panels(Index M, const S* A, Index lda, const Panels<S>& Bp, Index col_begin,
                  Index col_end, S* C, Index ldc, const S* bias = nullptr) {
     constexpr int NR = Simd<S>::NR, MR = Simd<S>::MR;
     const Index K = Bp.K;
-    for (Index n0 = col_begin; n0 < col_end; n0 += NR) {
-        const S* panel = Bp.data.data() + (n0 / NR) * K * NR;
-        const Index w = std::min<Index>(NR, col_end - n0);
-        const S* b = bias ? bias + n0 : nullptr;
-        auto block = [&](auto rows, Index m) {
-            Tile<S, decltype(rows)::value> tile;
-            tile.madd(K, A + m * lda, lda, panel);
-            tile.template store<Accumulate>(C + m * ldc + n0, ldc, w, b);
-        };
-        Index m = 0;
-        for (; m + MR <= M; m += MR) block(std::integral_constant<int, MR>(), m);
-        switch (M - m) {  // leftover rows, and the whole batch when B < MR
-#define EIGENLSTM_TAIL(r) \
-    case r: block(std::integral_constant<int, r>(), m); break;
-            EIGENLSTM_TAIL(1) EIGENLSTM_TAIL(2) EIGENLSTM_TAIL(3) EIGENLSTM_TAIL(4)
-            EIGENLSTM_TAIL(5) EIGENLSTM_TAIL(6) EIGENLSTM_TAIL(7) EIGENLSTM_TAIL(8)
-            EIGENLSTM_TAIL(9) EIGENLSTM_TAIL(10) EIGENLSTM_TAIL(11)
-#undef EIGENLSTM_TAIL
-            default: break;
+    // Rows [m, m + R) against NP panels from column n0.
+    auto block = [&](auto rows, auto panels, Index m, Index n0) {
+        constexpr int R = decltype(rows)::value, NP = decltype(panels)::value;
+        Tile<S, R, NP> tile;
+        tile.madd(K, A + m * lda, lda, Bp.data.data() + (n0 / NR) * K * NR, K * NR);
+        for (int p = 0; p < NP; ++p) {
+            const Index c0 = n0 + p * NR;
+            tile.template store<Accumulate>(p, C + m * ldc + c0, ldc,
+                                            std::min<Index>(NR, col_end - c0),
+                                            bias ? bias + c0 : nullptr);
         }
+    };
+    const Index full = M / MR * MR;
+    for (Index n0 = col_begin; n0 < col_end && full > 0; n0 += NR)
+        for (Index m = 0; m < full; m += MR)
+            block(std::integral_constant<int, MR>(), std::integral_constant<int, 1>(), m, n0);
+    auto leftover = [&](auto rows) {
+        constexpr int R = decltype(rows)::value, NP = R >= 4 ? 1 : (R == 1 ? 4 : 2);
+        Index n0 = col_begin;
+        for (; n0 + (NP - 1) * NR < col_end; n0 += NP * NR)  // NP panels, the last may be partial
+            block(rows, std::integral_constant<int, NP>(), full, n0);
+        for (; n0 < col_end; n0 += NR)
+            block(rows, std::integral_constant<int, 1>(), full, n0);
+    };
+    switch (M - full) {
+#define EIGENLSTM_TAIL(r) \
+    case r: leftover(std::integral_constant<int, r>()); break;
+        EIGENLSTM_TAIL(1) EIGENLSTM_TAIL(2) EIGENLSTM_TAIL(3) EIGENLSTM_TAIL(4)
+        EIGENLSTM_TAIL(5) EIGENLSTM_TAIL(6) EIGENLSTM_TAIL(7) EIGENLSTM_TAIL(8)
+        EIGENLSTM_TAIL(9) EIGENLSTM_TAIL(10) EIGENLSTM_TAIL(11)
+#undef EIGENLSTM_TAIL
+        default: break;
     }
 }
 }  // namespace detail
