@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <initializer_list>
 #include <limits>
 #include <mutex>
@@ -16,6 +17,7 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "eigenlstm/lstm.hpp"
@@ -119,6 +121,20 @@ void check_shape(const char* fn, const char* name, const A& a, std::initializer_
     check_shape(fn, name, a, want.begin(), want.size());
 }
 
+// An output array argument: written in place, so it must already be a C-contiguous, writable
+// array of T (bound with noconvert(): pybind11 must not write into a converted copy).
+template <typename T>
+using Out = py::array_t<T, py::array::c_style>;
+
+// Do the byte ranges [p, p + n) and [q, q + m) share a byte?
+bool overlap(const std::pair<const void*, py::ssize_t>& a,
+             const std::pair<const void*, py::ssize_t>& b) {
+    const auto p = reinterpret_cast<std::uintptr_t>(a.first);
+    const auto q = reinterpret_cast<std::uintptr_t>(b.first);
+    return a.second > 0 && b.second > 0 && p < q + std::uintptr_t(b.second) &&
+           q < p + std::uintptr_t(a.second);
+}
+
 // A new C-contiguous array; std::bad_alloc (MemoryError) if its byte size overflows.
 template <typename S>
 py::array_t<S> empty(const std::vector<Index>& shape) {
@@ -154,22 +170,32 @@ struct Engine {
         return py::array_t<S>({lstm.num_params()}, {Index(sizeof(S))}, data, owner);
     }
 
+    // Checks x [T, B, I] and the optional state and lengths of a forward; returns (T, B).
+    std::pair<Index, Index> check_forward(const char* fn, const In<S>& x,
+                                          const std::optional<In<S>>& h0,
+                                          const std::optional<In<S>>& c0,
+                                          const std::optional<In<std::int64_t>>& lengths) const {
+        const auto& c = lstm.config();
+        const Index DL = c.directions() * c.num_layers, H = c.hidden_size, Hout = c.output_size();
+        if (x.ndim() != 3)
+            throw std::invalid_argument(std::string(fn) + ": x must be 3-D (T, B, I), got " +
+                                        std::to_string(x.ndim()) + "-D");
+        const Index T = x.shape(0), B = x.shape(1);
+        check_shape(fn, "x", x, {T, B, c.input_size});
+        if (h0) check_shape(fn, "h0", *h0, {DL, B, Hout});
+        if (c0) check_shape(fn, "c0", *c0, {DL, B, H});
+        if (lengths) check_shape(fn, "lengths", *lengths, {B});
+        return {T, B};
+    }
+
     py::tuple forward(const In<S>& x, const std::optional<In<S>>& h0,
                       const std::optional<In<S>>& c0,
                       const std::optional<In<std::int64_t>>& lengths, bool training) {
         const auto& c = lstm.config();
-        const Index DL = c.directions() * c.num_layers, H = c.hidden_size, Hout = c.output_size();
-        if (x.ndim() != 3)
-            throw std::invalid_argument("forward: x must be 3-D (T, B, I), got " +
-                                        std::to_string(x.ndim()) + "-D");
-        const Index T = x.shape(0), B = x.shape(1);
-        check_shape("forward", "x", x, {T, B, c.input_size});
-        if (h0) check_shape("forward", "h0", *h0, {DL, B, Hout});
-        if (c0) check_shape("forward", "c0", *c0, {DL, B, H});
-        if (lengths) check_shape("forward", "lengths", *lengths, {B});
-        auto y = empty<S>({T, B, c.directions() * Hout});
-        auto h_n = empty<S>({DL, B, Hout});
-        auto c_n = empty<S>({DL, B, H});
+        const auto [T, B] = check_forward("forward", x, h0, c0, lengths);
+        auto y = empty<S>({T, B, c.directions() * c.output_size()});
+        auto h_n = empty<S>({c.directions() * c.num_layers, B, c.output_size()});
+        auto c_n = empty<S>({c.directions() * c.num_layers, B, c.hidden_size});
         S* py_ = y.mutable_data();
         S* ph = h_n.mutable_data();
         S* pc = c_n.mutable_data();
@@ -186,6 +212,48 @@ struct Engine {
             lstm.forward(py_, ph, pc, px, ph0, pc0, pl, T, B, training);
         }
         return py::make_tuple(y, h_n, c_n);
+    }
+
+    // The evaluation-mode forward into the caller's arrays (a stream's step): y [T, B, D*Hout],
+    // h_n [D*L, B, Hout] and c_n [D*L, B, H], C-contiguous arrays of S that overlap neither
+    // each other nor the inputs. Allocates nothing once the engine has seen these sizes.
+    void forward_into(const In<S>& x, const std::optional<In<S>>& h0,
+                      const std::optional<In<S>>& c0,
+                      const std::optional<In<std::int64_t>>& lengths, Out<S>& y, Out<S>& h_n,
+                      Out<S>& c_n) {
+        const char* fn = "forward_into";
+        const auto& c = lstm.config();
+        const auto [T, B] = check_forward(fn, x, h0, c0, lengths);
+        const Index DL = c.directions() * c.num_layers;
+        check_shape(fn, "y", y, {T, B, c.directions() * c.output_size()});
+        check_shape(fn, "h_n", h_n, {DL, B, c.output_size()});
+        check_shape(fn, "c_n", c_n, {DL, B, c.hidden_size});
+        S* py_ = y.mutable_data();
+        S* ph = h_n.mutable_data();
+        S* pc = c_n.mutable_data();
+        const S* px = x.data();
+        const S* ph0 = h0 ? h0->data() : nullptr;
+        const S* pc0 = c0 ? c0->data() : nullptr;
+        // The engine reads its inputs while it writes its outputs: none may share memory.
+        const std::pair<const void*, py::ssize_t> outs[] = {
+            {py_, y.nbytes()}, {ph, h_n.nbytes()}, {pc, c_n.nbytes()}};
+        const std::pair<const void*, py::ssize_t> all[] = {
+            outs[0], outs[1], outs[2],
+            {px, py::ssize_t(sizeof(S)) * T * B * c.input_size},
+            {ph0, ph0 ? h_n.nbytes() : 0}, {pc0, pc0 ? c_n.nbytes() : 0},
+            {lengths ? static_cast<const void*>(lengths->data()) : nullptr,
+             lengths ? py::ssize_t(sizeof(std::int64_t)) * B : 0}};
+        const char* names[] = {"y", "h_n", "c_n", "x", "h0", "c0", "lengths"};
+        for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 7; ++j)
+                if (i != j && overlap(outs[i], all[j]))
+                    throw std::invalid_argument(std::string(fn) + ": " + names[i] +
+                                                " must not share memory with " + names[j] +
+                                                ", got arrays that overlap");
+        const std::int64_t* pl = lengths ? lengths->data() : nullptr;
+        py::gil_scoped_release release;
+        std::shared_lock<std::shared_mutex> sh(mutex);
+        lstm.forward(py_, ph, pc, px, ph0, pc0, pl, T, B, false);
     }
 
     // out [B, O] = the top layer's output at each last step, through weight [O, D*Hout] and
@@ -356,6 +424,10 @@ void bind_engine(py::module_& m, const char* name) {
         .def("forward", &E::forward, py::arg("x"), py::arg("h0"), py::arg("c0"),
              py::arg("lengths"), py::arg("training"),
              "x [T, B, I] -> (y [T, B, D*Hout], h_n [D*L, B, Hout], c_n [D*L, B, H])")
+        .def("forward_into", &E::forward_into, py::arg("x"), py::arg("h0"), py::arg("c0"),
+             py::arg("lengths"), py::arg("y").noconvert(), py::arg("h_n").noconvert(),
+             py::arg("c_n").noconvert(),
+             "Eval forward of x [T, B, I] into the caller's y, h_n and c_n (a stream's step)")
         .def("forward_last", &E::forward_last, py::arg("x"), py::arg("lengths"),
              py::arg("weight"), py::arg("bias"), py::arg("batch_first"),
              "Eval forward, then out [B, O] = y[last step] @ weight.T + bias")

@@ -56,6 +56,18 @@ class _Engine:
         training: bool,
     ) -> tuple[_Array, _Array, _Array]:
         """x [T, B, I] -> (y [T, B, D*H_out], h_n [D*L, B, H_out], c_n [D*L, B, H])."""
+    def forward_into(
+        self,
+        x: npt.ArrayLike,
+        h0: npt.ArrayLike | None,
+        c0: npt.ArrayLike | None,
+        lengths: npt.ArrayLike | None,
+        y: _Array,
+        h_n: _Array,
+        c_n: _Array,
+    ) -> None:
+        """Evaluation-mode forward into the caller's C-contiguous arrays y, h_n and c_n, which
+        overlap neither each other nor the inputs (a stream's step)."""
     def forward_last(
         self,
         x: npt.ArrayLike,

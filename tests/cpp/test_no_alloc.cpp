@@ -1,5 +1,6 @@
 // Steady-state calls allocate nothing: after one call of each kind, repeated training forward,
-// backward, eval forward and forward_last with the same shapes make zero heap allocations in
+// backward, eval forward, forward_last and a stream's steps (one-step eval forwards from the
+// state the last step left) with the same shapes make zero heap allocations in
 // the whole process (every thread: the engine's, OpenMP's, Eigen's), in float32 and float64, on
 // one and two threads. This executable defines malloc and its relatives and every operator
 // new; the dynamic linker binds the shared libraries' calls (libeigenlstm, the back end it
@@ -208,9 +209,12 @@ void check_no_allocation_after_warmup(const Case& k, int threads) {
     const std::int64_t* lens = k.ragged ? lengths.data() : nullptr;
     const S* h0p = k.ragged ? h0.data() : nullptr;
     const S* c0p = k.ragged ? c0.data() : nullptr;
+    // A stream's two state buffers (Python's Stream): a step reads one and writes the other.
+    std::vector<S> sh[2] = {h0, h0}, sc[2] = {c0, c0};
 
-    // One training step, an eval forward and a forward_last; allocations of each.
-    auto round = [&](long counts[4]) {
+    // One training step, an eval forward, a forward_last and two stream steps; allocations of
+    // each.
+    auto round = [&](long counts[5]) {
         counts[0] = allocations_during([&] {
             m.forward(y.data(), h_n.data(), c_n.data(), x.data(), h0p, c0p, lens, T, B, true);
         });
@@ -224,23 +228,29 @@ void check_no_allocation_after_warmup(const Case& k, int threads) {
         counts[3] = allocations_during([&] {
             m.forward_last(out.data(), x.data(), lens, T, B, k.ragged, W.data(), bias.data(), k.O);
         });
+        counts[4] = allocations_during([&] {
+            for (int s = 0; s < 2; ++s)
+                m.forward(y.data(), sh[1 - s].data(), sc[1 - s].data(), x.data(), sh[s].data(),
+                          sc[s].data(), nullptr, 1, B, false);
+        });
     };
-    long first[4], again[4], steady[4] = {0, 0, 0, 0};
+    long first[5], again[5], steady[5] = {0, 0, 0, 0, 0};
     round(first);  // warm-up: buffers grow, OpenMP starts its threads
     // The counter sees the engine's own allocations: the first training forward allocates the
     // cache backward reads.
     CHECK(first[0] > 0);
     for (int r = 0; r < 3; ++r) {
         round(again);
-        for (int i = 0; i < 4; ++i) steady[i] += again[i];
+        for (int i = 0; i < 5; ++i) steady[i] += again[i];
     }
-    const char* names[4] = {"forward (training)", "backward", "forward (eval)", "forward_last"};
-    for (int i = 0; i < 4; ++i)
+    const char* names[5] = {"forward (training)", "backward", "forward (eval)", "forward_last",
+                            "stream steps"};
+    for (int i = 0; i < 5; ++i)
         if (steady[i] != 0)
             std::fprintf(stderr, "%s, %s, %d thread(s): %s made %ld allocations in 3 calls\n",
                          k.name, sizeof(S) == 4 ? "float32" : "float64", threads, names[i],
                          steady[i]);
-    CHECK(steady[0] == 0 && steady[1] == 0 && steady[2] == 0 && steady[3] == 0);
+    for (long n : steady) CHECK(n == 0);
 }
 
 }  // namespace
