@@ -2,7 +2,7 @@
 
 ``Module`` (module.py) is the base of ``LSTM`` (lstm.py, over the C++ engine), ``Linear``
 (linear.py), the seed's ``LSTMModel`` (model.py) and the Keras-style stack ``Sequential``
-(sequential.py); ``losses`` holds the loss functions, which return the loss and its gradient.
+(sequential.py), with ``Stream`` (stream.py) for stateful inference; ``losses`` holds the loss functions, which return the loss and its gradient.
 """
 
 from . import losses
@@ -13,6 +13,7 @@ from .model import LSTMModel
 from .module import Module
 from .parameter import Parameter
 from .sequential import Sequential
+from .stream import Stream
 
 __all__ = [
     "Module",
@@ -21,6 +22,7 @@ __all__ = [
     "Linear",
     "LSTMModel",
     "Sequential",
+    "Stream",
     "losses",
     "mse_loss",
     "cross_entropy",

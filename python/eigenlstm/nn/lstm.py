@@ -25,6 +25,7 @@ from .._validation import (
 )
 from .module import Module
 from .parameter import Parameter
+from .stream import Stream
 
 __all__ = ["LSTM", "param_names"]
 
@@ -414,6 +415,40 @@ class LSTM(Module):
         if self.batch_first:
             y = y.transpose(1, 0, 2)
         return y, (h_n, c_n)
+
+    def stream(self, batch_size: int, *, head=None) -> Stream:
+        """A :class:`~eigenlstm.nn.Stream` of ``batch_size`` rows: stateful inference, one step
+        or one chunk of steps per call, with the state kept between calls.
+
+        Parameters
+        ----------
+        batch_size : int
+            Rows of every call (independent sequences, e.g. one per client).
+        head : Linear, optional, keyword-only
+            Applied to the output at every step (``LSTMModel.stream`` passes its ``fc``).
+
+        Raises
+        ------
+        ValueError
+            For a bidirectional LSTM (its reverse direction reads each sequence from its
+            end), or a head whose ``in_features`` is not H_out or whose dtype differs.
+        """
+        where = "LSTM.stream"
+        batch_size = check_positive_int(where, "batch_size", batch_size)
+        if self.bidirectional:
+            raise ValueError(
+                f"{where}: the LSTM must be unidirectional to stream (a reverse direction reads "
+                "each sequence from its end), got bidirectional=True"
+            )
+        if head is not None and (
+            getattr(head, "in_features", None) != self.output_size
+            or getattr(head, "dtype", None) != self.dtype
+        ):
+            raise ValueError(
+                f"{where}: head must be a Linear({self.output_size}, O) of dtype "
+                f"{self.dtype.name}, got {head!r}"
+            )
+        return Stream(self, self._engine, batch_size, head)
 
     def forward_last(self, x, weight, bias=None, *, lengths=None) -> np.ndarray:
         """Evaluation-mode forward from zero states, read through a linear layer at the last step.

@@ -15,11 +15,13 @@ from .._validation import (
     check_lengths,
     check_positive_int,
     check_seed,
+    check_shape,
     resolve_dtype,
 )
 from .linear import Linear
 from .lstm import LSTM
 from .module import Module, eval_in_batches
+from .stream import Stream
 
 __all__ = ["LSTMModel"]
 
@@ -170,7 +172,20 @@ class LSTMModel(Module):
             )
         return x
 
-    def forward(self, x, *, lengths=None) -> np.ndarray:
+    def _check_state(self, where: str, state, N: int):
+        """``state`` as the LSTM's (h0, c0): shapes (D*num_layers, N, H), the model's dtype."""
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise TypeError(f"{where}: state must be a pair (h0, c0), got {type(state).__name__}")
+        D = 2 if self.bidirectional else 1
+        shape = (D * self.num_layers, N, self.hidden_size)
+        pair = []
+        for name, value in zip(("h0", "c0"), state):
+            value = as_real_array(where, name, value, self.dtype)
+            check_shape(where, name, value, shape)
+            pair.append(value)
+        return pair[0], pair[1]
+
+    def forward(self, x, *, lengths=None, state=None, return_state: bool = False):
         """Map sequences to one output row each.
 
         Parameters
@@ -179,28 +194,38 @@ class LSTMModel(Module):
         lengths : array_like of int of shape (N,), optional
             Valid steps of each right-padded sequence, in [1, L]; the output is taken at
             step ``lengths[n] - 1`` (see Notes of the class).
+        state : tuple (h0, c0), optional
+            The LSTM's initial state, each of shape (D*num_layers, N, H) (zeros when omitted),
+            for sequences that continue earlier ones (see also :meth:`stream`).
+        return_state : bool, default False
+            Also return the LSTM's final state.
 
         Returns
         -------
         y : ndarray of shape (N, O)
+        (h_n, c_n) : tuple of ndarray of shape (D*num_layers, N, H)
+            Only with ``return_state=True``: the state after each sequence's last valid step.
 
         Raises
         ------
         ValueError
-            On a wrong shape of ``x`` or ``lengths``, no time steps (L = 0), or a length
-            outside [1, L].
+            On a wrong shape of ``x``, ``lengths`` or ``state``, no time steps (L = 0), or a
+            length outside [1, L].
         TypeError
-            On non-real ``x`` or non-integer ``lengths``.
+            On non-real ``x`` or ``state``, or non-integer ``lengths``.
         """
         where = "LSTMModel.forward"
         x = self._check_x(where, x)
         if lengths is not None:
             lengths = check_lengths(where, "lengths", lengths, x.shape[0], x.shape[1], minimum=1)
-        if not self.training:  # inference: one engine call, no (N, L, D*H) output array
+        if state is not None:
+            state = self._check_state(where, state, x.shape[0])
+        stateless = state is None and not return_state
+        if not self.training and stateless:  # one engine call, no (N, L, D*H) output array
             self._last = None
             return self.lstm.forward_last(x, self.fc.weight, self.fc.bias, lengths=lengths)
         N, L, _ = x.shape
-        out, _ = self.lstm(x, lengths=lengths)
+        out, final = self.lstm(x, state, lengths=lengths)
         if lengths is None:  # the common case: a view, no gather
             idx = L - 1
             last = out[:, -1, :]
@@ -208,8 +233,8 @@ class LSTMModel(Module):
             idx = lengths - 1
             last = out[np.arange(N), idx, :]
         y = self.fc(last)
-        self._last = (N, L, idx)
-        return y
+        self._last = (N, L, idx) if self.training else None
+        return (y, final) if return_state else y
 
     def backward(self, d_y) -> np.ndarray:
         """Backpropagate ``d_y`` through the last training-mode forward.
@@ -250,7 +275,15 @@ class LSTMModel(Module):
         self._last = None
         return dx
 
-    def predict(self, x, batch_size: int | None = None, *, lengths=None) -> np.ndarray:
+    def predict(
+        self,
+        x,
+        batch_size: int | None = None,
+        *,
+        lengths=None,
+        state=None,
+        return_state: bool = False,
+    ):
         """Outputs for ``x`` in evaluation mode (no dropout, nothing kept for backward).
 
         Parameters
@@ -259,15 +292,19 @@ class LSTMModel(Module):
         batch_size : int, optional
             Sequences per forward call (all at once when None).
         lengths : array_like of int of shape (N,), optional
+        state : tuple (h0, c0), optional
+            The LSTM's initial state, each of shape (D*num_layers, N, H) (zeros when omitted).
+        return_state : bool, default False
+            Also return the final state, ``(h_n, c_n)`` of the same shapes.
 
         Returns
         -------
-        ndarray of shape (N, O)
+        ndarray of shape (N, O), and ``(h_n, c_n)`` with ``return_state=True``
 
         Raises
         ------
         ValueError
-            On a wrong shape of ``x`` or ``lengths``.
+            On a wrong shape of ``x``, ``lengths`` or ``state``.
 
         Examples
         --------
@@ -275,6 +312,9 @@ class LSTMModel(Module):
         >>> model = el.LSTMModel(3, 8, 2, seed=0)
         >>> model.predict(np.zeros((100, 5, 3)), batch_size=32).shape
         (100, 2)
+        >>> y, (h_n, c_n) = model.predict(np.zeros((4, 5, 3)), return_state=True)
+        >>> h_n.shape
+        (1, 4, 8)
         """
         where = "LSTMModel.predict"
         x = self._check_x(where, x)
@@ -282,5 +322,62 @@ class LSTMModel(Module):
         if lengths is not None:
             lengths = check_lengths(where, "lengths", lengths, N, L, minimum=1)
         bs = N if batch_size is None else check_positive_int(where, "batch_size", batch_size)
-        parts = eval_in_batches(self, x, bs, lengths)
-        return np.concatenate(parts) if parts else np.zeros((0, self.output_size), self.dtype)
+        if state is None and not return_state:
+            parts = eval_in_batches(self, x, bs, lengths)
+            return np.concatenate(parts) if parts else np.zeros((0, self.output_size), self.dtype)
+        pair = None if state is None else self._check_state(where, state, N)
+        ys, hs, cs = [], [], []
+        was_training = self.training
+        self.eval()
+        try:
+            for i in range(0, N, bs):
+                rows = slice(i, i + bs)
+                y, (h, c) = self.forward(
+                    x[rows],
+                    lengths=None if lengths is None else lengths[rows],
+                    state=None if pair is None else (pair[0][:, rows], pair[1][:, rows]),
+                    return_state=True,
+                )
+                ys.append(y)
+                hs.append(h)
+                cs.append(c)
+        finally:
+            self.train(was_training)
+        D = 2 if self.bidirectional else 1
+        empty = np.zeros((D * self.num_layers, 0, self.hidden_size), self.dtype)
+        y = np.concatenate(ys) if ys else np.zeros((0, self.output_size), self.dtype)
+        h_n = np.concatenate(hs, axis=1) if hs else empty
+        c_n = np.concatenate(cs, axis=1) if cs else empty.copy()
+        return y, (h_n, c_n)
+
+    def stream(self, batch_size: int) -> Stream:
+        """A :class:`~eigenlstm.nn.Stream` of ``batch_size`` rows: the LSTM with the head
+        applied at every step, its state kept between calls.
+
+        ``stream(x)`` takes one step (N, I) and returns (N, O), or a chunk (N, T, I) and
+        returns (N, T, O): what ``forward`` would give for sequences ending at each step.
+
+        Raises
+        ------
+        ValueError
+            For a bidirectional model (its reverse direction reads each sequence from its
+            end), or a bad ``batch_size``.
+
+        Examples
+        --------
+        >>> import numpy as np, eigenlstm as el
+        >>> model = el.LSTMModel(3, 8, 2, seed=0).eval()
+        >>> x = np.random.default_rng(0).standard_normal((4, 6, 3))
+        >>> stream = model.stream(batch_size=4)
+        >>> ys = [stream(x[:, t]) for t in range(6)]
+        >>> bool(np.allclose(ys[-1], model(x), rtol=1e-6, atol=1e-6))
+        True
+        """
+        where = "LSTMModel.stream"
+        batch_size = check_positive_int(where, "batch_size", batch_size)
+        if self.bidirectional:
+            raise ValueError(
+                f"{where}: the model must be unidirectional to stream (a reverse direction "
+                "reads each sequence from its end), got bidirectional=True"
+            )
+        return self.lstm.stream(batch_size, head=self.fc)
