@@ -4,7 +4,7 @@ vector registers wider than the baseline's.
 
 The engine holds one back end per level (libeigenlstm_generic.so, _avx2, _avx512); the best one
 the CPU supports runs the rest of the test suite in this process. Here each other level runs
-the parity, gradient-check and determinism suites in a subprocess with EIGENLSTM_MAX_ISA set,
+the parity, gradient-check, determinism and stream suites in a subprocess with EIGENLSTM_MAX_ISA set,
 and every level, the one in use included, is held to the float64 reference at 1e-12 (float64)
 and 1e-5 (float32), norm-wise relative. The levels that ran are listed at the end of the pytest
 summary (conftest.py).
@@ -163,7 +163,8 @@ def test_every_level_agrees_with_the_float64_reference(level, record_property):
     )
 
 
-SUITES = ["test_lstm_parity.py", "test_lstm_gradcheck.py"]  # parity, gradcheck, determinism
+# parity, gradcheck, determinism, streams
+SUITES = ["test_lstm_parity.py", "test_lstm_gradcheck.py", "test_stream.py"]
 
 
 @pytest.mark.slow  # three test files again, in a subprocess per level
