@@ -196,11 +196,12 @@ def make_el_lstm(el, torch_lstm, I, H):
     return lstm
 
 
-def onnx_lstm_model(torch_lstm, I, H):
+def onnx_lstm_model(torch_lstm, I, H, initial_state=False):
     """An ONNX graph with one LSTM node carrying torch_lstm's weights.
 
     torch stacks the gate blocks as [i; f; g; o]; ONNX as [i; o; f; c] (c is torch's g):
-    W [1, 4H, I], R [1, 4H, H], B [1, 8H] = [Wb (b_ih) ; Rb (b_hh)].
+    W [1, 4H, I], R [1, 4H, H], B [1, 8H] = [Wb (b_ih) ; Rb (b_hh)]. With `initial_state`,
+    the graph also takes inputs "initial_h" and "initial_c" [1, N, H] (a stream's state).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -214,11 +215,16 @@ def onnx_lstm_model(torch_lstm, I, H):
     W = permute(sd["weight_ih_l0"])[None]
     R = permute(sd["weight_hh_l0"])[None]
     Bias = np.concatenate([permute(sd["bias_ih_l0"]), permute(sd["bias_hh_l0"])])[None]
-    node = helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y", "Y_h", "Y_c"], hidden_size=H)
+    state = ["", "initial_h", "initial_c"] if initial_state else []  # "": no sequence_lens
+    node = helper.make_node(
+        "LSTM", ["X", "W", "R", "B", *state], ["Y", "Y_h", "Y_c"], hidden_size=H
+    )
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "N", I])]
+    inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, "N", H]) for n in state[1:]]
     graph = helper.make_graph(
         [node],
         "lstm",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "N", I])],
+        inputs,
         [
             helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", 1, "N", H]),
             helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [1, "N", H]),
