@@ -6,8 +6,10 @@ load_flat) is fed, argument by argument, the other float dtype, float16, integer
 non-contiguous view, a Fortran-ordered array, a read-only array, a complex array and a
 zero-size array. An input that NumPy can convert without losing its meaning gives exactly the
 result of the same values passed as C-contiguous arrays of the engine's dtype. Every array
-argument is an input: the engine writes only into the arrays it returns and into its own
-buffers (``params``, ``grads``).
+argument is an input, except the outputs of ``forward_into`` (a stream's step): those must
+already be writable C-contiguous arrays of the engine's dtype that overlap no other argument,
+and are refused otherwise; elsewhere the engine writes only into the arrays it returns and into
+its own buffers (``params``, ``grads``).
 """
 # Sizes: T time steps, B batch, I input size, H hidden size, D directions, L layers, O outputs.
 
@@ -196,3 +198,77 @@ def test_param_offset_refuses_a_bad_kind_layer_or_direction_naming_it(bias, args
     engine = ENGINES[dtype](I, H, L, bias, True, 0, 0.0, False, 7)
     with pytest.raises(ValueError, match=message):
         engine.param_offset(*args)
+
+
+# ---- forward_into: the outputs are the caller's arrays ------------------------------------------
+
+
+def into_args(dtype):
+    """forward_into's arguments: the inputs of forward and output arrays of the right shapes."""
+    args = dict(canonical_args(dtype)["forward"])
+    args.update(
+        y=np.empty((T, B, D * H), dtype),
+        h_n=np.empty((D * L, B, H), dtype),
+        c_n=np.empty_like(args["c0"]),
+    )
+    return args
+
+
+def call_into(engine, a):
+    engine.forward_into(a["x"], a["h0"], a["c0"], a["lengths"], a["y"], a["h_n"], a["c_n"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_forward_into_writes_what_an_eval_forward_returns(dtype):
+    engine, a = make_engine(dtype), into_args(dtype)
+    call_into(engine, a)
+    want = engine.forward(a["x"], a["h0"], a["c0"], a["lengths"], False)
+    for got, expected in zip((a["y"], a["h_n"], a["c_n"]), want):
+        assert np.array_equal(got, expected)
+
+
+def _overlapping(a):
+    a["h_n"] = a["h0"]  # the state read and the state written
+
+
+def _y_over_x(a):
+    a["x"] = a["y"].reshape(-1)[: T * B * I].reshape(T, B, I)
+
+
+@pytest.mark.parametrize(
+    "change, kind, message",
+    [
+        (
+            lambda a: a.update(y=a["y"].astype(np.float16)),
+            TypeError,
+            "incompatible function arguments",
+        ),
+        (
+            lambda a: a.update(y=np.asfortranarray(a["y"])),
+            TypeError,
+            "incompatible function arguments",
+        ),
+        (
+            lambda a: a.update(c_n=np.empty((D * L, 1, H), a["c_n"].dtype)),
+            ValueError,
+            r"forward_into: c_n must have shape \(4, 3, 6\), got \(4, 1, 6\)",
+        ),
+        (
+            lambda a: a["y"].setflags(write=False),
+            ValueError,
+            "forward_into: y must be a writable array, got a read-only one",
+        ),
+        (_overlapping, ValueError, "forward_into: h_n must not share memory with h0"),
+        (_y_over_x, ValueError, "forward_into: y must not share memory with x"),
+    ],
+    ids=["float16", "fortran", "shape", "read-only", "h_n is h0", "y under x"],
+)
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_forward_into_refuses_outputs_it_cannot_write_safely(change, kind, message, dtype):
+    engine, a = make_engine(dtype), into_args(dtype)
+    change(a)
+    before = {k: np.array(a[k], copy=True) for k in ("x", "h0", "c0")}
+    with pytest.raises(kind, match=message):
+        call_into(engine, a)
+    for k, v in before.items():  # refused before anything was written
+        assert np.array_equal(a[k], v), k

@@ -227,7 +227,7 @@ def test_bad_input_is_refused_by_name_and_changes_nothing():
         ),
         (
             lambda: el.LSTMModel(I, H, 2, bidirectional=True).stream(2),
-            "LSTMModel.stream: the model must be unidirectional",
+            "LSTMModel.stream: the LSTM must be unidirectional",
         ),
         (lambda: el.LSTM(I, H).stream(0), r"LSTM.stream: batch_size must be >= 1, got 0"),
         (lambda: el.LSTM(I, H).stream(2, head=el.Linear(H + 1, 2)), r"head must be a Linear\(19"),

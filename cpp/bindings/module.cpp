@@ -196,21 +196,8 @@ struct Engine {
         auto y = empty<S>({T, B, c.directions() * c.output_size()});
         auto h_n = empty<S>({c.directions() * c.num_layers, B, c.output_size()});
         auto c_n = empty<S>({c.directions() * c.num_layers, B, c.hidden_size});
-        S* py_ = y.mutable_data();
-        S* ph = h_n.mutable_data();
-        S* pc = c_n.mutable_data();
-        const S* px = x.data();
-        const S* ph0 = h0 ? h0->data() : nullptr;
-        const S* pc0 = c0 ? c0->data() : nullptr;
-        const std::int64_t* pl = lengths ? lengths->data() : nullptr;
-        {
-            std::unique_lock<std::shared_mutex> ex;
-            std::shared_lock<std::shared_mutex> sh;
-            if (training) ex = exclusive("forward");
-            py::gil_scoped_release release;
-            if (!training) sh = std::shared_lock<std::shared_mutex>(mutex);
-            lstm.forward(py_, ph, pc, px, ph0, pc0, pl, T, B, training);
-        }
+        run_forward(x, h0, c0, lengths, T, B, y.mutable_data(), h_n.mutable_data(),
+                    c_n.mutable_data(), training);
         return py::make_tuple(y, h_n, c_n);
     }
 
@@ -228,20 +215,22 @@ struct Engine {
         check_shape(fn, "y", y, {T, B, c.directions() * c.output_size()});
         check_shape(fn, "h_n", h_n, {DL, B, c.output_size()});
         check_shape(fn, "c_n", c_n, {DL, B, c.hidden_size});
-        S* py_ = y.mutable_data();
-        S* ph = h_n.mutable_data();
-        S* pc = c_n.mutable_data();
-        const S* px = x.data();
-        const S* ph0 = h0 ? h0->data() : nullptr;
-        const S* pc0 = c0 ? c0->data() : nullptr;
+        for (const auto& [name, out] : {std::pair<const char*, const Out<S>*>{"y", &y},
+                                        {"h_n", &h_n}, {"c_n", &c_n}})
+            if (!out->writeable())
+                throw std::invalid_argument(std::string(fn) + ": " + name +
+                                            " must be a writable array, got a read-only one");
         // The engine reads its inputs while it writes its outputs: none may share memory.
-        const std::pair<const void*, py::ssize_t> outs[] = {
-            {py_, y.nbytes()}, {ph, h_n.nbytes()}, {pc, c_n.nbytes()}};
-        const std::pair<const void*, py::ssize_t> all[] = {
+        using Bytes = std::pair<const void*, py::ssize_t>;
+        const Bytes outs[] = {{y.mutable_data(), y.nbytes()},
+                              {h_n.mutable_data(), h_n.nbytes()},
+                              {c_n.mutable_data(), c_n.nbytes()}};
+        const Bytes all[] = {
             outs[0], outs[1], outs[2],
-            {px, py::ssize_t(sizeof(S)) * T * B * c.input_size},
-            {ph0, ph0 ? h_n.nbytes() : 0}, {pc0, pc0 ? c_n.nbytes() : 0},
-            {lengths ? static_cast<const void*>(lengths->data()) : nullptr,
+            {x.data(), py::ssize_t(sizeof(S)) * T * B * c.input_size},
+            {h0 ? h0->data() : nullptr, h0 ? h_n.nbytes() : 0},
+            {c0 ? c0->data() : nullptr, c0 ? c_n.nbytes() : 0},
+            {lengths ? lengths->data() : nullptr,
              lengths ? py::ssize_t(sizeof(std::int64_t)) * B : 0}};
         const char* names[] = {"y", "h_n", "c_n", "x", "h0", "c0", "lengths"};
         for (int i = 0; i < 3; ++i)
@@ -250,10 +239,25 @@ struct Engine {
                     throw std::invalid_argument(std::string(fn) + ": " + names[i] +
                                                 " must not share memory with " + names[j] +
                                                 ", got arrays that overlap");
+        run_forward(x, h0, c0, lengths, T, B, y.mutable_data(), h_n.mutable_data(),
+                    c_n.mutable_data(), false);
+    }
+
+    // The engine's forward of checked arguments into y, h_n and c_n: a training call holds the
+    // engine alone (refusing if another call runs), an evaluation call shares it.
+    void run_forward(const In<S>& x, const std::optional<In<S>>& h0,
+                     const std::optional<In<S>>& c0,
+                     const std::optional<In<std::int64_t>>& lengths, Index T, Index B, S* y,
+                     S* h_n, S* c_n, bool training) {
+        const S* ph0 = h0 ? h0->data() : nullptr;
+        const S* pc0 = c0 ? c0->data() : nullptr;
         const std::int64_t* pl = lengths ? lengths->data() : nullptr;
+        std::unique_lock<std::shared_mutex> ex;
+        std::shared_lock<std::shared_mutex> sh;
+        if (training) ex = exclusive("forward");
         py::gil_scoped_release release;
-        std::shared_lock<std::shared_mutex> sh(mutex);
-        lstm.forward(py_, ph, pc, px, ph0, pc0, pl, T, B, false);
+        if (!training) sh = std::shared_lock<std::shared_mutex>(mutex);
+        lstm.forward(y, h_n, c_n, x.data(), ph0, pc0, pl, T, B, training);
     }
 
     // out [B, O] = the top layer's output at each last step, through weight [O, D*Hout] and

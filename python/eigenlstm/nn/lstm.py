@@ -25,7 +25,7 @@ from .._validation import (
 )
 from .module import Module
 from .parameter import Parameter
-from .stream import Stream
+from .stream import Stream, check_streamable
 
 __all__ = ["LSTM", "param_names"]
 
@@ -434,12 +434,7 @@ class LSTM(Module):
             end), or a head whose ``in_features`` is not H_out or whose dtype differs.
         """
         where = "LSTM.stream"
-        batch_size = check_positive_int(where, "batch_size", batch_size)
-        if self.bidirectional:
-            raise ValueError(
-                f"{where}: the LSTM must be unidirectional to stream (a reverse direction reads "
-                "each sequence from its end), got bidirectional=True"
-            )
+        batch_size = check_streamable(where, batch_size, self.bidirectional)
         if head is not None and (
             getattr(head, "in_features", None) != self.output_size
             or getattr(head, "dtype", None) != self.dtype

@@ -21,7 +21,7 @@ from .._validation import (
 from .linear import Linear
 from .lstm import LSTM
 from .module import Module, eval_in_batches
-from .stream import Stream
+from .stream import Stream, check_streamable
 
 __all__ = ["LSTMModel"]
 
@@ -373,11 +373,5 @@ class LSTMModel(Module):
         >>> bool(np.allclose(ys[-1], model(x), rtol=1e-6, atol=1e-6))
         True
         """
-        where = "LSTMModel.stream"
-        batch_size = check_positive_int(where, "batch_size", batch_size)
-        if self.bidirectional:
-            raise ValueError(
-                f"{where}: the model must be unidirectional to stream (a reverse direction "
-                "reads each sequence from its end), got bidirectional=True"
-            )
+        batch_size = check_streamable("LSTMModel.stream", batch_size, self.bidirectional)
         return self.lstm.stream(batch_size, head=self.fc)

@@ -15,9 +15,26 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import as_array, as_real_array, check_lengths, check_shape
+from .._validation import (
+    as_array,
+    as_real_array,
+    check_lengths,
+    check_positive_int,
+    check_shape,
+)
 
-__all__ = ["Stream"]
+__all__ = ["Stream", "check_streamable"]
+
+
+def check_streamable(where: str, batch_size, bidirectional: bool) -> int:
+    """``batch_size`` as an int >= 1, for a module that can stream (a unidirectional one)."""
+    batch_size = check_positive_int(where, "batch_size", batch_size)
+    if bidirectional:
+        raise ValueError(
+            f"{where}: the LSTM must be unidirectional to stream (a reverse direction reads "
+            "each sequence from its end), got bidirectional=True"
+        )
+    return batch_size
 
 
 class Stream:
