@@ -308,6 +308,25 @@ def test_load_refuses_what_eigenlstm_cannot_express_naming_it(kw, match):
         elonnx.load(data)
 
 
+@pytest.mark.parametrize(
+    "node, index, match",
+    [
+        (0, 0, r"node 'Y' \(LSTM\): input 0 \(X\) is required, got none"),
+        (0, 1, r"node 'Y' \(LSTM\): input 1 \(W\) is required, got none"),
+        (0, 2, r"node 'Y' \(LSTM\): input 2 \(R\) is required, got none"),
+        (1, 0, r"node 'Yt' \(Transpose\): input 0 \(data\) is required, got none"),
+    ],
+)
+def test_load_refuses_a_node_whose_required_input_is_empty_naming_it(node, index, match):
+    # An empty input name marks an omitted optional input; on a required one the graph is
+    # malformed, and load says which input of which node (it failed with a KeyError or an
+    # AttributeError from deep inside).
+    model = onnx.load_model_from_string(_hand_built(np.random.default_rng(0)))
+    model.graph.node[node].input[index] = ""
+    with pytest.raises(ValueError, match=match):
+        elonnx.load(model.SerializeToString())
+
+
 def test_load_refuses_an_opset_outside_the_supported_range():
     model = onnx.load_model_from_string(_hand_built(np.random.default_rng(0)))
     model.opset_import[0].version = 6

@@ -509,6 +509,20 @@ class _Interpreter:
             f"eigenlstm.onnx.load: node {node.name or node.output[0]!r} ({node.op_type}): {msg}"
         )
 
+    def check_required_inputs(self, node: NodeProto) -> None:
+        """Fail unless every input that the op's schema (at the graph's opset) requires is
+        named: an empty name marks an omitted optional input only."""
+        defs = self.onnx.defs
+        try:
+            schema = defs.get_schema(node.op_type, self.opset, "")
+        except defs.SchemaError:  # an unknown op: refused by name where it is run
+            return
+        single = defs.OpSchema.FormalParameterOption.Single
+        for i, formal in enumerate(schema.inputs):
+            given = node.input[i] if i < len(node.input) else ""
+            if formal.option == single and not given:
+                self.fail(node, f"input {i} ({formal.name}) is required, got none")
+
     def attrs(self, node: NodeProto) -> dict[str, Any]:
         get = self.onnx.helper.get_attribute_value
         out = {}
@@ -577,6 +591,7 @@ class _Interpreter:
             if node.domain not in ("", "ai.onnx"):
                 self.fail(node, f"domain must be the default ONNX domain, got {node.domain!r}")
             handler = getattr(self, f"op_{node.op_type}", None)
+            self.check_required_inputs(node)
             missing = [n for n in node.input if n and n not in self.env]
             if missing:
                 self.fail(node, f"reads {missing[0]!r}, which no earlier node or input defines")
