@@ -46,6 +46,12 @@ WRITES = {
     "np.clip(out=p)": (lambda p: np.clip(p, -0.1, 0.1, out=p), lambda v: np.clip(v, -0.1, 0.1)),
     "np.add.at(p)": (lambda p: np.add.at(p, (0, 1), 1.0), lambda v: _set(v, (0, 1), v[0, 1] + 1)),
     "p.fill(v)": (lambda p: p.fill(0.25), lambda v: np.full_like(v, 0.25)),
+    "p[0] += v": (lambda p: p[0].__iadd__(1.0), lambda v: _set(v, 0, v[0] + 1)),
+    "p[0][...] = v": (lambda p: p[0].__setitem__(..., 2.0), lambda v: _set(v, 0, 2.0)),
+    "p[:, 1] *= v": (
+        lambda p: p[:, 1].__imul__(3.0),
+        lambda v: _set(v, (slice(None), 1), v[:, 1] * 3),
+    ),
 }
 
 
@@ -92,7 +98,7 @@ def test_an_in_place_operator_keeps_the_attribute_the_same_parameter():
 
 UNSEEN_WRITES = {
     "np.copyto": lambda p: np.copyto(p, 0.0),
-    "a row view": lambda p: p[0].__setitem__(..., 0.0),
+    "np.copyto into a row": lambda p: np.copyto(p[0], 0.0),
     "a reshape": lambda p: p.reshape(-1).__setitem__(0, 0.0),
     "a transpose": lambda p: p.T.__setitem__(..., 0.0),
     "np.ndarray.fill on a view": lambda p: p.view(np.ndarray).fill(0.0),
@@ -106,6 +112,33 @@ def test_a_write_the_module_cannot_see_raises_and_changes_nothing(write):
     with pytest.raises(ValueError, match="read-only"):
         UNSEEN_WRITES[write](lstm.weight_hh_l0)
     assert all(np.array_equal(v, before[n]) for n, v in lstm.state_dict().items())
+
+
+def test_a_write_that_fails_leaves_the_old_values_and_the_module_in_step():
+    lstm = el.LSTM(3, 4, seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    before, y = lstm.state_dict(), lstm(x)[0]
+    p = lstm.weight_hh_l0
+    with np.errstate(divide="raise"), pytest.raises(FloatingPointError):
+        np.divide(p, 0.0, out=p)  # NumPy writes inf, then raises
+    assert all(np.array_equal(v, before[n]) for n, v in lstm.state_dict().items())
+    assert np.array_equal(lstm(x)[0], y)
+
+
+def test_a_ufunc_with_two_outputs_returns_the_parameter_and_its_own_result():
+    p = el.LSTM(3, 4, seed=0).weight_ih_l0
+    value = p.copy()
+    frac, whole = np.modf(p * 3, out=(p, None))
+    assert frac is p and type(whole) is np.ndarray
+    np.testing.assert_array_equal(whole + p, value * 3)
+
+
+def test_an_index_that_copies_gives_a_plain_array():
+    p = el.LSTM(3, 4, seed=0).weight_ih_l0
+    rows = p[[0, 2]]
+    assert type(rows) is np.ndarray and rows.flags.writeable
+    rows[...] = 0  # a copy: the parameter is untouched
+    assert p[0].any()
 
 
 def test_grad_is_the_gradient_by_the_same_name_and_backward_adds_into_it():

@@ -8,14 +8,17 @@ A module may derive state from its parameters (the LSTM engine packs its weights
 GEMMs), so a write it is not told of would leave it computing with the old values. The view is
 therefore read-only to NumPy, and the writes a NumPy user makes go through this class, which
 tells the owner: item assignment (``p[...] = x``), ``fill`` and in-place ufuncs (``p += x``,
-``np.clip(p, -1, 1, out=p)``, ``np.add.at(p, i, x)``). Any other write (``np.copyto``, a write
-through a slice ``p[0]`` or a reshape) raises NumPy's read-only error instead of going unseen.
+``np.clip(p, -1, 1, out=p)``, ``np.add.at(p, i, x)``), also on a part of it (``p[0] += 1``). If
+the write or the telling fails, the old values are put back. Any other write (``np.copyto``,
+a reshape's or a transpose's) raises NumPy's read-only error instead of going unseen.
 Optimizers (optim/) update many parameters at once through ``writable()`` and then call
-``owner.params_updated()`` once.
+``owner.params_updated()`` once. ``torch.from_numpy(p)`` warns that the array is not writable:
+pass ``p.copy()``, or the module's ``state_dict()``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -86,21 +89,35 @@ class Parameter(np.ndarray):
 
         Writes through it are not seen by the owner until ``owner.params_updated()``; an
         optimizer calls that once per step, after every update.
+
+        Raises
+        ------
+        ValueError
+            For a view NumPy derived from a parameter (a reshape, a transpose): read-only.
         """
         if self._values is None:
             raise ValueError("Parameter.writable: this view of a parameter is read-only")
         return self._values
 
     def __getitem__(self, key: Any) -> Any:
-        # p[0] is a plain, read-only view of the values.
-        return self.view(np.ndarray)[key]
+        # A basic index gives a read-only view that writes like its parameter (p[0] += 1,
+        # p[0][...] = w); an index that copies (p[[0, 2]]) gives a plain array.
+        item = self.view(np.ndarray)[key]
+        if self._values is None or not isinstance(item, np.ndarray):
+            return item
+        if not np.may_share_memory(item, self._values):
+            return item
+        part = item.view(Parameter)
+        part.owner = self.owner
+        part._values = self._values[key]  # noqa: SLF001 (a view this class makes)
+        return part
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if self._values is None:  # a derived view: read-only, NumPy raises its error
             super().__setitem__(key, value)
             return
-        self._values[key] = value
-        self.owner.params_updated()
+        values = self._values
+        _write_through([self], lambda: values.__setitem__(key, value))
 
     def fill(self, value: Any) -> None:
         self[...] = value
@@ -115,22 +132,26 @@ class Parameter(np.ndarray):
         def target(x: Any) -> Any:
             if not isinstance(x, Parameter):
                 return x
-            if x.grad is None:  # a derived view: read-only, NumPy raises its error
+            try:
+                values = x.writable()
+            except ValueError:  # a derived view: read-only, NumPy raises its error
                 return x.view(np.ndarray)
             written.append(x)
-            return x.writable()
+            return values
 
         out = kwargs.get("out")
         if out is not None:
             kwargs["out"] = tuple(target(o) for o in out)
         if method == "at":
             plain[0] = target(inputs[0])
-        result = getattr(ufunc, method)(*plain, **kwargs)
-        for p in written:
-            p.owner.params_updated()
-        if out is not None:  # NumPy returns the output arrays: the parameters themselves
-            return out[0] if len(out) == 1 else out
-        return result
+        result = _write_through(written, lambda: getattr(ufunc, method)(*plain, **kwargs))
+        if out is None:
+            return result
+        # NumPy returns the output arrays: the parameters themselves, and its own results
+        # where out held None.
+        results = result if isinstance(result, tuple) else (result,)
+        given = tuple(r if o is None else o for o, r in zip(out, results))
+        return given[0] if len(given) == 1 else given
 
     def copy(self, order: Any = "C") -> np.ndarray:
         # A copy belongs to no module: a plain array of the values (as copy.copy gives).
@@ -150,3 +171,27 @@ class Parameter(np.ndarray):
 
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> np.ndarray:
         return np.array(self, copy=True)
+
+
+def _write_through(params: list[Parameter], write: Callable[[], Any]) -> Any:
+    """Run ``write`` (which writes into the parameters' writable views), then tell their
+    modules. If either fails (a floating-point error raised by ``np.errstate``, a module in use
+    by another thread), the old values are put back: a parameter never holds values that its
+    module does not compute with."""
+    if not params:
+        return write()
+    saved = [p.writable().copy() for p in params]
+    owners = list({id(p.owner): p.owner for p in params}.values())
+    told = []
+    try:
+        result = write()
+        for owner in owners:
+            owner.params_updated()
+            told.append(owner)
+    except BaseException:
+        for p, old in zip(params, saved):
+            p.writable()[...] = old
+        for owner in told:
+            owner.params_updated()
+        raise
+    return result
