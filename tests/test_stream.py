@@ -205,7 +205,11 @@ def test_bad_input_is_refused_by_name_and_changes_nothing():
         (lambda: stream.reset(rows=[3]), ValueError, r"rows must be in \[-3, 3\), got 3"),
         (lambda: stream.reset(rows=[True, False]), ValueError, r"rows must have shape \(3,\)"),
         (lambda: stream.reset(rows=[0.5]), TypeError, "rows must be integers or a boolean mask"),
-        (lambda: setattr(stream, "state", (h,)), TypeError, "state must be a pair"),
+        (
+            lambda: setattr(stream, "state", (h,)),
+            TypeError,
+            r"Stream.state: state must be a tuple \(h, c\), got a tuple of length 1",
+        ),
         (
             lambda: setattr(stream, "state", (h[:, :1], c)),
             ValueError,
@@ -293,6 +297,30 @@ def test_a_model_continues_a_sequence_from_the_state_it_returned(bidirectional):
     assert np.array_equal(model.predict(x, return_state=True)[1][0], model.lstm(x)[1][0])
 
 
+def test_predict_from_a_state_returns_the_outputs_alone_unless_asked_for_the_state():
+    model = el.LSTMModel(I, H, 2, dtype=np.float64, seed=0)
+    x = np.random.default_rng(11).standard_normal((N, T, I))
+    _, state = model.predict(x[:, :4], return_state=True)
+    y = model.predict(x[:, 4:], batch_size=2, state=state)
+    assert isinstance(y, np.ndarray) and y.shape == (N, 2)
+    np.testing.assert_allclose(y, model.predict(x), rtol=1e-12)
+
+
+def test_a_batch_first_chunk_with_a_head_and_lengths_writes_out_and_zeros_finished_rows():
+    model = el.LSTMModel(I, H, 3, dtype=np.float64, seed=0).eval()
+    x = np.random.default_rng(12).standard_normal((N, 4, I))
+    lengths = np.array([4, 2, 0])
+    stream = model.stream(N)
+    out = np.full((N, 4, 3), np.nan)
+    assert stream(x, lengths=lengths, out=out) is out
+    full, _ = model.lstm(x)
+    want = full @ model.fc.weight.T + model.fc.bias
+    np.testing.assert_allclose(out[0], want[0], rtol=1e-12)
+    np.testing.assert_allclose(out[1, :2], want[1, :2], rtol=1e-12)
+    assert not out[1, 2:].any() and not out[2].any()
+    assert not stream.state[0][:, 2].any()  # row 2 took no step: still the zero state
+
+
 def test_a_training_forward_from_a_state_backpropagates_as_from_zeros_would_with_that_state():
     model = el.LSTMModel(I, H, 2, dtype=np.float64, seed=0)
     x = np.random.default_rng(8).standard_normal((N, T, I))
@@ -316,5 +344,7 @@ def test_a_bad_state_is_refused_by_name():
     x = np.ones((N, T, I))
     with pytest.raises(ValueError, match=r"LSTMModel.forward: c0 must have shape \(1, 3, 19\)"):
         model(x, state=(np.zeros((1, N, H)), np.zeros((1, N + 1, H))))
-    with pytest.raises(TypeError, match="LSTMModel.predict: state must be a pair"):
+    with pytest.raises(
+        TypeError, match=r"LSTMModel.predict: state must be a tuple \(h0, c0\), got ndarray"
+    ):
         model.predict(x, state=np.zeros((1, N, H)))

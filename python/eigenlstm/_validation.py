@@ -90,6 +90,18 @@ def as_array(where: str, name: str, value) -> np.ndarray:
     return np.asarray(value)
 
 
+def check_pair(where: str, name: str, expected: str, value) -> None:
+    """Raise TypeError unless ``value`` is a tuple (or list) of two items; ``expected`` names
+    them, e.g. ``"(h0, c0)"``."""
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(f"{where}: {name} must be a tuple {expected}, got {type(value).__name__}")
+    if len(value) != 2:
+        raise TypeError(
+            f"{where}: {name} must be a tuple {expected}, got a {type(value).__name__} of "
+            f"length {len(value)}"
+        )
+
+
 def check_shape(where: str, name: str, arr: np.ndarray, expected: tuple) -> None:
     """Raise ValueError unless ``arr.shape == expected``."""
     if tuple(arr.shape) != tuple(expected):

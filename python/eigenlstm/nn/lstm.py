@@ -18,6 +18,7 @@ from .._validation import (
     as_real_array,
     check_keys,
     check_lengths,
+    check_pair,
     check_positive_int,
     check_seed,
     check_shape,
@@ -43,16 +44,6 @@ def param_names(num_layers: int, bidirectional: bool, proj_size: int, bias: bool
                 if kind == "weight_hr" and proj_size == 0:
                     continue
                 yield f"{kind}_l{layer}{suffix}", kind, layer, direction
-
-
-def _check_pair(where: str, name: str, expected: str, value) -> None:
-    if not isinstance(value, (tuple, list)):
-        raise TypeError(f"{where}: {name} must be a tuple {expected}, got {type(value).__name__}")
-    if len(value) != 2:
-        raise TypeError(
-            f"{where}: {name} must be a tuple {expected}, got a {type(value).__name__} of "
-            f"length {len(value)}"
-        )
 
 
 class LSTM(Module):
@@ -391,7 +382,7 @@ class LSTM(Module):
         DL = self.num_directions * self.num_layers
         h0 = c0 = None
         if state is not None:
-            _check_pair(where, "state", "(h0, c0)", state)
+            check_pair(where, "state", "(h0, c0)", state)
             h_shape = (DL, N, self.output_size) if batched else (DL, self.output_size)
             c_shape = (DL, N, self.hidden_size) if batched else (DL, self.hidden_size)
             h0 = as_real_array(where, "h0", state[0], self.dtype)
@@ -516,7 +507,7 @@ class LSTM(Module):
             dy = dy.transpose(1, 0, 2)
         dh_n = dc_n = None
         if d_state is not None:
-            _check_pair(where, "d_state", "(dh_n, dc_n)", d_state)
+            check_pair(where, "d_state", "(dh_n, dc_n)", d_state)
             h_shape = (DL, N, self.output_size) if batched else (DL, self.output_size)
             c_shape = (DL, N, self.hidden_size) if batched else (DL, self.hidden_size)
             if d_state[0] is not None:

@@ -13,6 +13,7 @@ import numpy as np
 from .._validation import (
     as_real_array,
     check_lengths,
+    check_pair,
     check_positive_int,
     check_seed,
     check_shape,
@@ -174,8 +175,7 @@ class LSTMModel(Module):
 
     def _check_state(self, where: str, state, N: int):
         """``state`` as the LSTM's (h0, c0): shapes (D*num_layers, N, H), the model's dtype."""
-        if not isinstance(state, (tuple, list)) or len(state) != 2:
-            raise TypeError(f"{where}: state must be a pair (h0, c0), got {type(state).__name__}")
+        check_pair(where, "state", "(h0, c0)", state)
         D = 2 if self.bidirectional else 1
         shape = (D * self.num_layers, N, self.hidden_size)
         pair = []
@@ -348,7 +348,7 @@ class LSTMModel(Module):
         y = np.concatenate(ys) if ys else np.zeros((0, self.output_size), self.dtype)
         h_n = np.concatenate(hs, axis=1) if hs else empty
         c_n = np.concatenate(cs, axis=1) if cs else empty.copy()
-        return y, (h_n, c_n)
+        return (y, (h_n, c_n)) if return_state else y
 
     def stream(self, batch_size: int) -> Stream:
         """A :class:`~eigenlstm.nn.Stream` of ``batch_size`` rows: the LSTM with the head

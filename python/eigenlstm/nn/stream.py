@@ -19,6 +19,7 @@ from .._validation import (
     as_array,
     as_real_array,
     check_lengths,
+    check_pair,
     check_positive_int,
     check_shape,
 )
@@ -58,10 +59,11 @@ class Stream:
 
     Notes
     -----
-    A stream belongs to one thread at a time: a call that overlaps another call on the same
-    stream raises ``RuntimeError``. Several streams of one module may run at once, each in its
-    own thread; parameter updates and training-mode calls on the module wait for none of them
-    and are refused while a step runs.
+    A stream belongs to one thread at a time: a call (or a read of ``state``) that overlaps
+    another on the same stream raises ``RuntimeError``. Several streams of one module may run
+    at once, each in its own thread. Updates of the LSTM's parameters and training-mode calls
+    on it are refused while a step runs (a parameter write then keeps its old values); the
+    head's parameters are not guarded: do not update them while a stream steps.
 
     Examples
     --------
@@ -108,13 +110,13 @@ class Stream:
     # ---- state -----------------------------------------------------------------------------
     @property
     def state(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._h[self._k].copy(), self._c[self._k].copy()
+        with self._owned("Stream.state"):
+            return self._h[self._k].copy(), self._c[self._k].copy()
 
     @state.setter
     def state(self, value) -> None:
         where = "Stream.state"
-        if not isinstance(value, (tuple, list)) or len(value) != 2:
-            raise TypeError(f"{where}: state must be a pair (h, c), got {type(value).__name__}")
+        check_pair(where, "state", "(h, c)", value)
         h = as_real_array(where, "h", value[0], self._dtype)
         c = as_real_array(where, "c", value[1], self._dtype)
         check_shape(where, "h", h, self._h[0].shape)
@@ -213,9 +215,14 @@ class Stream:
                 raise TypeError(f"{where}: out must have dtype {self._dtype}, got {out.dtype}")
             check_shape(where, "out", out, shape)
             if not (out.flags.c_contiguous and out.flags.writeable):
-                raise ValueError(f"{where}: out must be a C-contiguous writable array")
+                raise ValueError(
+                    f"{where}: out must be a C-contiguous writable array, got one that is "
+                    + ("read-only" if out.flags.c_contiguous else "not C-contiguous")
+                )
             if np.may_share_memory(out, x):
-                raise ValueError(f"{where}: out must not share memory with x")
+                raise ValueError(
+                    f"{where}: out must not share memory with x, got an array that overlaps it"
+                )
         x3 = np.ascontiguousarray(x3)
         with self._owned(where):
             return self._step(x3, lengths, out, shape)
