@@ -322,33 +322,17 @@ class LSTMModel(Module):
         if lengths is not None:
             lengths = check_lengths(where, "lengths", lengths, N, L, minimum=1)
         bs = N if batch_size is None else check_positive_int(where, "batch_size", batch_size)
-        if state is None and not return_state:
-            parts = eval_in_batches(self, x, bs, lengths)
-            return np.concatenate(parts) if parts else np.zeros((0, self.output_size), self.dtype)
         pair = None if state is None else self._check_state(where, state, N)
-        ys, hs, cs = [], [], []
-        was_training = self.training
-        self.eval()
-        try:
-            for i in range(0, N, bs):
-                rows = slice(i, i + bs)
-                y, (h, c) = self.forward(
-                    x[rows],
-                    lengths=None if lengths is None else lengths[rows],
-                    state=None if pair is None else (pair[0][:, rows], pair[1][:, rows]),
-                    return_state=True,
-                )
-                ys.append(y)
-                hs.append(h)
-                cs.append(c)
-        finally:
-            self.train(was_training)
+        parts = eval_in_batches(self, x, bs, lengths, state=pair, return_state=return_state)
+        outputs = parts if pair is None and not return_state else [y for y, _ in parts]
+        y = np.concatenate(outputs) if parts else np.zeros((0, self.output_size), self.dtype)
+        if not return_state:
+            return y
         D = 2 if self.bidirectional else 1
         empty = np.zeros((D * self.num_layers, 0, self.hidden_size), self.dtype)
-        y = np.concatenate(ys) if ys else np.zeros((0, self.output_size), self.dtype)
-        h_n = np.concatenate(hs, axis=1) if hs else empty
-        c_n = np.concatenate(cs, axis=1) if cs else empty.copy()
-        return (y, (h_n, c_n)) if return_state else y
+        h_n = np.concatenate([h for _, (h, _) in parts], axis=1) if parts else empty
+        c_n = np.concatenate([c for _, (_, c) in parts], axis=1) if parts else empty.copy()
+        return y, (h_n, c_n)
 
     def stream(self, batch_size: int) -> Stream:
         """A :class:`~eigenlstm.nn.Stream` of ``batch_size`` rows: the LSTM with the head

@@ -204,20 +204,34 @@ class Module:
         return [(k, v) for k, v in vars(self).items() if isinstance(v, Module)]
 
 
-def eval_in_batches(module, x: np.ndarray, batch_size: int, lengths=None) -> list[np.ndarray]:
+def eval_in_batches(
+    module, x: np.ndarray, batch_size: int, lengths=None, state=None, return_state: bool = False
+) -> list:
     """``module``'s evaluation-mode outputs for ``x``, ``batch_size`` samples per call.
 
-    ``lengths`` (if given) is sliced with ``x`` and passed as ``lengths=``. The module's mode
-    is restored afterwards, whatever happens. Returns the outputs of the calls, in order (none
-    for an empty ``x``): the predict methods and the trainer's evaluation share this loop.
+    ``lengths`` (if given) is sliced with ``x`` and passed as ``lengths=``. With ``state``
+    (a pair of arrays whose axis 1 is the batch, as an LSTM's ``(h0, c0)``, sliced with ``x``)
+    or ``return_state``, each call gets ``state=`` and ``return_state=True`` and returns
+    ``(y, (h_n, c_n))``. The module's mode is restored afterwards, whatever happens. Returns the
+    outputs of the calls, in order (none for an empty ``x``): the predict methods and the
+    trainer's evaluation share this loop.
     """
     N = x.shape[0]
     bs = max(batch_size, 1)
     was_training = module.training
     module.eval()
     try:
-        if lengths is None:
-            return [module(x[i : i + bs]) for i in range(0, N, bs)]
-        return [module(x[i : i + bs], lengths=lengths[i : i + bs]) for i in range(0, N, bs)]
+        outputs = []
+        for i in range(0, N, bs):
+            rows = slice(i, i + bs)
+            kw: dict[str, Any] = {}
+            if lengths is not None:
+                kw["lengths"] = lengths[rows]
+            if state is not None:
+                kw["state"] = (state[0][:, rows], state[1][:, rows])
+            if state is not None or return_state:
+                kw["return_state"] = True
+            outputs.append(module(x[rows], **kw))
+        return outputs
     finally:
         module.train(was_training)
