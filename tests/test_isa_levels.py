@@ -27,7 +27,7 @@ from fresh_python import run_python
 PACKAGE = pathlib.Path(el.__file__).resolve().parent
 LEVELS = _core.isa_available()  # what this CPU and this build can run, low to high
 IN_PROCESS = _core.isa()  # the level the rest of this pytest process runs at
-VALID = "generic, avx2, avx512, native"
+VALID = "generic, avx2, avx512, avx512_vnni, avx512_bf16, native"
 
 
 # ---- selection and its control ---------------------------------------------------------------

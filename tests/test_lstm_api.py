@@ -853,13 +853,17 @@ def test_type_stubs_of_the_compiled_module_name_exactly_its_public_api():
     stub = ast.parse((Path(el.__file__).parent / "_core.pyi").read_text())
     assert (Path(el.__file__).parent / "py.typed").exists()
     classes = {n.name: n for n in stub.body if isinstance(n, ast.ClassDef)}
-    methods = {f.name for f in classes["_Engine"].body if isinstance(f, ast.FunctionDef)}
-    public = {a for a in dir(core.EngineF32) if not a.startswith("_")} | {"__init__"}
-    assert methods == public
-    assert {c.name for c in stub.body if isinstance(c, ast.ClassDef)} >= {"EngineF32", "EngineF64"}
+    for stub_class, compiled in (
+        ("_Engine", core.EngineF32),
+        ("QuantizedEngine", core.QuantizedEngine),
+        ("QuantizedLinear", core.QuantizedLinear),
+    ):
+        methods = {f.name for f in classes[stub_class].body if isinstance(f, ast.FunctionDef)}
+        public = {a for a in dir(compiled) if not a.startswith("_")} | {"__init__"}
+        assert methods == public, stub_class
+    compiled_classes = {"EngineF32", "EngineF64", "QuantizedEngine", "QuantizedLinear"}
+    assert set(classes) >= compiled_classes
     top = {n.name for n in stub.body if isinstance(n, ast.FunctionDef)}
     top |= {n.target.id for n in stub.body if isinstance(n, ast.AnnAssign)}
     # module level: the public names and the test hooks (one underscore), not the dunders
-    assert top == {
-        a for a in dir(core) if not a.startswith("__") and a not in ("EngineF32", "EngineF64")
-    }
+    assert top == {a for a in dir(core) if not a.startswith("__") and a not in compiled_classes}

@@ -147,15 +147,30 @@ py::array_t<S> empty(const std::vector<Index>& shape) {
     return py::array_t<S>(shape);
 }
 
-// The engine plus a reader-writer lock: eval-mode forward calls share it (they touch no
-// member), anything that writes parameters, gradients or the cache needs it alone and
-// refuses rather than waits, because two writers interleaving would be a bug in the caller.
+// The engine's forward of checked arguments: LSTM<S>'s in either mode, QuantizedLSTM's in
+// evaluation mode (it has no other).
 template <typename S>
-struct Engine {
-    eigenlstm::LSTM<S> lstm;
+void core_forward(eigenlstm::LSTM<S>& lstm, S* y, S* h_n, S* c_n, const S* x, const S* h0,
+                  const S* c0, const std::int64_t* lengths, Index T, Index B, bool training) {
+    lstm.forward(y, h_n, c_n, x, h0, c0, lengths, T, B, training);
+}
+void core_forward(eigenlstm::QuantizedLSTM& lstm, float* y, float* h_n, float* c_n,
+                  const float* x, const float* h0, const float* c0, const std::int64_t* lengths,
+                  Index T, Index B, bool /*training: always false*/) {
+    lstm.forward(y, h_n, c_n, x, h0, c0, lengths, T, B);
+}
+
+// An engine (Core: LSTM<S> or QuantizedLSTM) plus a reader-writer lock: eval-mode forward
+// calls share it (they touch no member), anything that writes parameters, gradients or the
+// cache needs it alone and refuses rather than waits, because two writers interleaving would
+// be a bug in the caller. This part is the forward calls both cores have.
+template <typename S, typename Core>
+struct Forward {
+    Core lstm;
     mutable std::shared_mutex mutex;
 
-    Engine(const eigenlstm::Config& c, std::uint64_t seed) : lstm(c, seed) {}
+    template <typename... Args>
+    explicit Forward(Args&&... args) : lstm(std::forward<Args>(args)...) {}
 
     std::unique_lock<std::shared_mutex> exclusive(const char* what) {
         std::unique_lock<std::shared_mutex> lock(mutex, std::try_to_lock);
@@ -164,10 +179,6 @@ struct Engine {
                                      ": this LSTM is being used by another thread; training-mode "
                                      "calls and parameter updates on one module must not overlap");
         return lock;
-    }
-
-    py::array_t<S> flat_view(S* data, py::handle owner) {
-        return py::array_t<S>({lstm.num_params()}, {Index(sizeof(S))}, data, owner);
     }
 
     // Checks x [T, B, I] and the optional state and lengths of a forward; returns (T, B).
@@ -257,7 +268,20 @@ struct Engine {
         if (training) ex = exclusive("forward");
         py::gil_scoped_release release;
         if (!training) sh = std::shared_lock<std::shared_mutex>(mutex);
-        lstm.forward(y, h_n, c_n, x.data(), ph0, pc0, pl, T, B, training);
+        core_forward(lstm, y, h_n, c_n, x.data(), ph0, pc0, pl, T, B, training);
+    }
+};
+
+template <typename S>
+struct Engine : Forward<S, eigenlstm::LSTM<S>> {
+    using Base = Forward<S, eigenlstm::LSTM<S>>;
+    using Base::exclusive;
+    using Base::lstm;
+    using Base::mutex;
+    Engine(const eigenlstm::Config& c, std::uint64_t seed) : Base(c, seed) {}
+
+    py::array_t<S> flat_view(S* data, py::handle owner) {
+        return py::array_t<S>({lstm.num_params()}, {Index(sizeof(S))}, data, owner);
     }
 
     // out [B, O] = the top layer's output at each last step, through weight [O, D*Hout] and
@@ -439,6 +463,167 @@ void bind_engine(py::module_& m, const char* name) {
              "-> (dx [T, B, I], dh0, dc0); parameter gradients are added into grads");
 }
 
+// ---- reduced precision ------------------------------------------------------------------------
+
+eigenlstm::Precision precision_of(const std::string& name) {
+    if (name == "int8") return eigenlstm::Precision::int8;
+    if (name == "bfloat16") return eigenlstm::Precision::bfloat16;
+    throw std::invalid_argument("precision must be 'int8' or 'bfloat16', got '" + name + "'");
+}
+
+// tensors[key]: exactly a C-contiguous array of T with this shape (no conversion: a weight
+// converted on the way in would be a different model), kept alive in `keep`.
+template <typename T>
+const T* tensor_of(const char* fn, const py::dict& tensors, const std::string& key,
+                   std::initializer_list<Index> shape, std::vector<py::object>& keep) {
+    if (!tensors.contains(key))
+        throw std::invalid_argument(std::string(fn) + ": missing tensor '" + key + "'");
+    py::object obj = tensors[key.c_str()];
+    if (!py::array_t<T, py::array::c_style>::check_(obj))
+        throw py::type_error(std::string(fn) + ": " + key + " must be a C-contiguous array of " +
+                             py::str(py::dtype::of<T>()).cast<std::string>() + ", got " +
+                             py::str(py::type::of(obj)).cast<std::string>() +
+                             (py::isinstance<py::array>(obj)
+                                  ? " of dtype " + py::str(obj.attr("dtype")).cast<std::string>()
+                                  : std::string()));
+    auto arr = obj.cast<py::array_t<T, py::array::c_style>>();
+    check_shape(fn, key.c_str(), arr, shape.begin(), shape.size());
+    keep.push_back(obj);
+    return arr.data();
+}
+
+// The reduced-precision values of a weight tensor, of the precision's storage type.
+const void* weight_of(const char* fn, eigenlstm::Precision p, const py::dict& tensors,
+                      const std::string& key, std::initializer_list<Index> shape,
+                      std::vector<py::object>& keep) {
+    if (p != eigenlstm::Precision::int8)
+        return tensor_of<std::uint16_t>(fn, tensors, key, shape, keep);
+    // Symmetric int8: -128 has no positive counterpart, and the AVX2 kernel's bound on its
+    // 16-bit pair sums assumes |w| <= 127.
+    const std::int8_t* w = tensor_of<std::int8_t>(fn, tensors, key, shape, keep);
+    Index n = 1;
+    for (Index d : shape) n *= d;
+    if (std::find(w, w + n, std::int8_t(-128)) != w + n)
+        throw std::invalid_argument(std::string(fn) + ": " + key +
+                                    " must hold values in [-127, 127], got -128");
+    return w;
+}
+
+struct QuantizedEngine : Forward<float, eigenlstm::QuantizedLSTM> {
+    using Forward::Forward;
+};
+
+// A QuantizedLSTM from torch-named tensors: weight_ih_l{k}{suffix} (int8 or uint16 bfloat16
+// bits), its "_scale" (int8: float32 per row), and the float32 biases.
+QuantizedEngine* make_quantized_engine(Index input_size, Index hidden_size, Index num_layers,
+                                       bool bias, bool bidirectional, Index proj_size,
+                                       const std::string& precision, const py::dict& tensors) {
+    const char* fn = "QuantizedEngine";
+    eigenlstm::Config c;
+    c.input_size = input_size;
+    c.hidden_size = hidden_size;
+    c.num_layers = num_layers;
+    c.bias = bias;
+    c.bidirectional = bidirectional;
+    c.proj_size = proj_size;
+    c.validate();
+    const eigenlstm::Precision p = precision_of(precision);
+    const bool int8 = p == eigenlstm::Precision::int8;
+    const Index G = c.gate_size(), H = c.hidden_size, P = c.proj_size, Hout = c.output_size();
+    eigenlstm::QuantizedWeights w;
+    std::vector<py::object> keep;
+    for (Index l = 0; l < c.num_layers; ++l)
+        for (Index d = 0; d < c.directions(); ++d) {
+            const std::string sfx = "_l" + std::to_string(l) + (d ? "_reverse" : "");
+            const Index I_l = l == 0 ? c.input_size : c.directions() * Hout;
+            w.weight_ih.push_back(weight_of(fn, p, tensors, "weight_ih" + sfx, {G, I_l}, keep));
+            w.weight_hh.push_back(weight_of(fn, p, tensors, "weight_hh" + sfx, {G, Hout}, keep));
+            if (int8) {
+                w.scale_ih.push_back(tensor_of<float>(fn, tensors, "weight_ih" + sfx + "_scale", {G}, keep));
+                w.scale_hh.push_back(tensor_of<float>(fn, tensors, "weight_hh" + sfx + "_scale", {G}, keep));
+            }
+            if (P > 0) {
+                w.weight_hr.push_back(weight_of(fn, p, tensors, "weight_hr" + sfx, {P, H}, keep));
+                if (int8)
+                    w.scale_hr.push_back(
+                        tensor_of<float>(fn, tensors, "weight_hr" + sfx + "_scale", {P}, keep));
+            }
+            if (bias) {
+                w.bias_ih.push_back(tensor_of<float>(fn, tensors, "bias_ih" + sfx, {G}, keep));
+                w.bias_hh.push_back(tensor_of<float>(fn, tensors, "bias_hh" + sfx, {G}, keep));
+            }
+        }
+    return new QuantizedEngine(c, p, w);
+}
+
+void bind_quantized(py::module_& m) {
+    using E = QuantizedEngine;
+    py::class_<E>(m, "QuantizedEngine",
+                  "The C++ reduced-precision LSTM (see eigenlstm.nn.QuantizedLSTM).")
+        .def(py::init(&make_quantized_engine), py::arg("input_size"), py::arg("hidden_size"),
+             py::arg("num_layers"), py::arg("bias"), py::arg("bidirectional"),
+             py::arg("proj_size"), py::arg("precision"), py::arg("tensors"))
+        .def(
+            "forward",
+            [](E& e, const In<float>& x, const std::optional<In<float>>& h0,
+               const std::optional<In<float>>& c0,
+               const std::optional<In<std::int64_t>>& lengths) {
+                return e.forward(x, h0, c0, lengths, false);
+            },
+            py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
+            "x [T, B, I] -> (y [T, B, D*Hout], h_n [D*L, B, Hout], c_n [D*L, B, H])")
+        .def("forward_into", &E::forward_into, py::arg("x"), py::arg("h0"), py::arg("c0"),
+             py::arg("lengths"), py::arg("y").noconvert(), py::arg("h_n").noconvert(),
+             py::arg("c_n").noconvert(),
+             "Forward of x [T, B, I] into the caller's y, h_n and c_n (a stream's step)");
+
+    py::class_<eigenlstm::QuantizedLinear>(m, "QuantizedLinear",
+                                           "y = x W^T + b with W in reduced precision")
+        .def(py::init([](Index in_features, Index out_features, const std::string& precision,
+                         const py::dict& tensors) {
+                 const char* fn = "QuantizedLinear";
+                 if (in_features < 1 || out_features < 1)
+                     throw std::invalid_argument(std::string(fn) +
+                                                 ": in_features and out_features must be >= 1");
+                 const eigenlstm::Precision p = precision_of(precision);
+                 std::vector<py::object> keep;
+                 const void* weight =
+                     weight_of(fn, p, tensors, "weight", {out_features, in_features}, keep);
+                 const float* scale =
+                     p == eigenlstm::Precision::int8
+                         ? tensor_of<float>(fn, tensors, "weight_scale", {out_features}, keep)
+                         : nullptr;
+                 const float* bias = tensors.contains("bias")
+                                         ? tensor_of<float>(fn, tensors, "bias", {out_features}, keep)
+                                         : nullptr;
+                 return eigenlstm::QuantizedLinear(in_features, out_features, p, weight, scale, bias);
+             }),
+             py::arg("in_features"), py::arg("out_features"), py::arg("precision"),
+             py::arg("tensors"))
+        .def(
+            "forward_into",
+            [](const eigenlstm::QuantizedLinear& q, const In<float>& x, Out<float>& y) {
+                const char* fn = "QuantizedLinear.forward_into";
+                if (x.ndim() != 2 || y.ndim() != 2)
+                    throw std::invalid_argument(std::string(fn) + ": x and y must be 2-D, got " +
+                                                std::to_string(x.ndim()) + "-D and " +
+                                                std::to_string(y.ndim()) + "-D");
+                const Index M = x.shape(0);
+                check_shape(fn, "x", x, {M, q.in_features()});
+                check_shape(fn, "y", y, {M, q.out_features()});
+                if (!y.writeable())
+                    throw std::invalid_argument(std::string(fn) + ": y must be a writable array");
+                if (overlap({y.data(), y.nbytes()},
+                            {x.data(), py::ssize_t(sizeof(float)) * M * q.in_features()}))
+                    throw std::invalid_argument(std::string(fn) +
+                                                ": y must not share memory with x");
+                float* py_ = y.mutable_data();
+                py::gil_scoped_release release;
+                q.forward(py_, x.data(), M);
+            },
+            py::arg("x"), py::arg("y").noconvert(), "y [M, O] = x [M, I] W^T + b");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -456,6 +641,12 @@ PYBIND11_MODULE(_core, m) {
     });
     bind_engine<float>(m, "EngineF32");
     bind_engine<double>(m, "EngineF64");
+    bind_quantized(m);
+    m.def("isa_features", &eigenlstm::isa_features,
+          "The features beyond the level that the reduced-precision kernels use.");
+    m.def("quantized_kernel", [](const std::string& p) {
+        return eigenlstm::quantized_kernel(precision_of(p));
+    }, py::arg("precision"), "The kernel that 'int8' or 'bfloat16' runs on this CPU.");
     m.def("set_num_threads", &eigenlstm::set_num_threads, py::arg("n"));
     m.def("get_num_threads", &eigenlstm::get_num_threads);
     m.def("set_flush_denormal", &eigenlstm::set_flush_denormal, py::arg("on"));

@@ -33,9 +33,25 @@ public:
     virtual bool cached_sizes(Index& T, Index& B) const = 0;
 };
 
+// An inference-only LSTM in reduced precision (QuantizedLSTM in lstm.hpp): the weights packed
+// at construction, then eval forwards with the arguments of Engine<float>::forward.
+class QuantizedEngine {
+public:
+    virtual ~QuantizedEngine() = default;
+    virtual void forward(float* y, float* h_n, float* c_n, const float* x, const float* h0,
+                         const float* c0, const std::int64_t* lengths, Index T, Index B) = 0;
+};
+
+// y[M, N] = x[M, K] W^T + bias with W [N, K] in reduced precision (QuantizedLinear).
+class QuantizedMatrix {
+public:
+    virtual ~QuantizedMatrix() = default;
+    virtual void multiply(float* y, const float* x, Index M) const = 0;
+};
+
 // A back end's entry points. kBackendAbi changes whenever this struct or Engine changes, so
 // that a stale shared object is refused instead of called with the wrong layout.
-constexpr int kBackendAbi = 2;
+constexpr int kBackendAbi = 3;
 
 struct Backend {
     int abi;
@@ -56,6 +72,16 @@ struct Backend {
     // one of its threads, as an allocation failure inside it would, and disarms
     // (tests/test_reliability_memory.py).
     void (*fail_next_parallel_region)(bool armed);
+    // The features (lstm.hpp: isa_features) the front end allows; set once, before any engine.
+    void (*set_features)(bool vnni, bool bf16);
+    const char* (*quantized_kernel)(Precision precision);
+    // Validated by the front end: the config (dropout 0) and every pointer weights needs. The
+    // layout outlives the engine; the weights are copied.
+    QuantizedEngine* (*make_quantized)(const Layout<float>& layout, Precision precision,
+                                       const QuantizedWeights& weights);
+    QuantizedMatrix* (*make_quantized_matrix)(Index in_features, Index out_features,
+                                              Precision precision, const void* weight,
+                                              const float* scale, const float* bias);
 };
 
 }  // namespace detail

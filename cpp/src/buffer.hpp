@@ -62,6 +62,8 @@ public:
     Index capacity() const { return cap_; }
     S* data() { return p_; }
     const S* data() const { return p_; }
+    S& operator[](Index i) { return p_[i]; }
+    const S& operator[](Index i) const { return p_[i]; }
 
 private:
     void release() {

@@ -27,7 +27,16 @@ namespace {
 // assumed to run where it was built.
 const char* const kLevels[] = {"generic", "avx2", "avx512", "native"};
 constexpr int kNumLevels = 4;
+constexpr int kAvx512 = 2;
 constexpr int kNative = 3;
+
+// EIGENLSTM_MAX_ISA's values, low to high: the levels, with the features of the reduced-
+// precision kernels (lstm.hpp: isa_features) between avx512 and native. kCapLevel is the
+// highest level each allows.
+const char* const kCaps[] = {"generic", "avx2", "avx512", "avx512_vnni", "avx512_bf16", "native"};
+constexpr int kCapLevel[] = {0, 1, 2, 2, 2, 3};
+constexpr int kNumCaps = 6;
+constexpr int kCapVnni = 3, kCapBf16 = 4;
 
 #if defined(__x86_64__) || defined(__i386__)
 // XCR0: which register states the operating system saves on a context switch. A CPU may have
@@ -54,8 +63,21 @@ bool cpu_supports(int level) {
     if ((xcr & 0xE0) != 0xE0) return false;  // opmask, ZMM0-15 upper halves, ZMM16-31
     return (b & bit_AVX512F) && (b & bit_AVX512BW) && (b & bit_AVX512DQ) && (b & bit_AVX512VL);
 }
+
+// AVX512_VNNI (CPUID.7.0:ECX[11]) and AVX512_BF16 (CPUID.7.1:EAX[5]), on top of the avx512
+// level's features and OS state.
+bool cpu_has_vnni() {
+    unsigned a, b, c, d;
+    return cpu_supports(kAvx512) && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (c & (1u << 11));
+}
+bool cpu_has_bf16() {
+    unsigned a, b, c, d;
+    return cpu_supports(kAvx512) && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5));
+}
 #else
 bool cpu_supports(int level) { return level == 0 || level == kNative; }
+bool cpu_has_vnni() { return false; }
+bool cpu_has_bf16() { return false; }
 #endif
 
 std::string library_dir() {
@@ -73,14 +95,14 @@ std::string backend_path(int level) {
 
 bool backend_exists(int level) { return ::access(backend_path(level).c_str(), R_OK) == 0; }
 
-// The cap from EIGENLSTM_MAX_ISA: the highest level allowed (unset or empty: no cap).
-int max_level() {
+// The cap from EIGENLSTM_MAX_ISA, an index into kCaps (unset or empty: no cap).
+int max_cap() {
     const char* v = std::getenv("EIGENLSTM_MAX_ISA");
-    if (!v || !*v) return kNumLevels - 1;
-    for (int i = 0; i < kNumLevels; ++i)
-        if (std::string(v) == kLevels[i]) return i;
+    if (!v || !*v) return kNumCaps - 1;
+    for (int i = 0; i < kNumCaps; ++i)
+        if (std::string(v) == kCaps[i]) return i;
     std::string valid;
-    for (int i = 0; i < kNumLevels; ++i) valid += std::string(i ? ", " : "") + kLevels[i];
+    for (int i = 0; i < kNumCaps; ++i) valid += std::string(i ? ", " : "") + kCaps[i];
     throw std::invalid_argument("EIGENLSTM_MAX_ISA must be one of " + valid + ", got '" +
                                 std::string(v) + "'");
 }
@@ -88,12 +110,13 @@ int max_level() {
 struct Loaded {
     const Backend* table = nullptr;
     std::string path;
+    bool vnni = false, bf16 = false;  // features in use
 };
 
 Loaded load() {
-    const int cap = max_level();
+    const int cap = max_cap();
     int level = -1;
-    for (int i = 0; i <= cap; ++i)
+    for (int i = 0; i <= kCapLevel[cap]; ++i)
         if (cpu_supports(i) && backend_exists(i)) level = i;
     if (level < 0)
         throw std::runtime_error("eigenlstm: no back end found: " + backend_path(0) +
@@ -111,6 +134,10 @@ Loaded load() {
     if (!out.table || out.table->abi != kBackendAbi)
         throw std::runtime_error("eigenlstm: " + out.path +
                                  " was built for another version of eigenlstm");
+    // The avx512 back end (and a native one built on such a CPU) holds their kernels.
+    out.vnni = level >= kAvx512 && cap >= kCapVnni && cpu_has_vnni();
+    out.bf16 = level >= kAvx512 && cap >= kCapBf16 && cpu_has_bf16();
+    out.table->set_features(out.vnni, out.bf16);
     return out;
 }
 
@@ -132,6 +159,17 @@ std::vector<std::string> isa_available() {
     for (int i = 0; i < detail::kNumLevels; ++i)
         if (detail::cpu_supports(i) && detail::backend_exists(i)) out.emplace_back(detail::kLevels[i]);
     return out;
+}
+
+std::vector<std::string> isa_features() {
+    std::vector<std::string> out;
+    if (detail::loaded().vnni) out.emplace_back(detail::kCaps[detail::kCapVnni]);
+    if (detail::loaded().bf16) out.emplace_back(detail::kCaps[detail::kCapBf16]);
+    return out;
+}
+
+std::string quantized_kernel(Precision precision) {
+    return detail::backend().quantized_kernel(precision);
 }
 
 BuildInfo build_info() {

@@ -139,4 +139,92 @@ bool LSTM<S>::cached_sizes(Index& T, Index& B) const {
 template class LSTM<float>;
 template class LSTM<double>;
 
+// ---- reduced precision -----------------------------------------------------------------------
+
+namespace {
+// Throws std::invalid_argument unless `v` holds `n` non-null pointers.
+template <typename P>
+void require_pointers(const std::vector<P>& v, Index n, const char* name) {
+    EIGENLSTM_REQUIRE(Index(v.size()) == n, std::string("QuantizedLSTM: ") + name + " must hold " +
+                                                std::to_string(n) + " pointers (layers x directions), got " +
+                                                std::to_string(v.size()));
+    for (std::size_t k = 0; k < v.size(); ++k)
+        EIGENLSTM_REQUIRE(v[k] != nullptr, std::string("QuantizedLSTM: ") + name + "[" +
+                                               std::to_string(k) + "] is null");
+}
+}  // namespace
+
+struct QuantizedLSTM::Impl {
+    detail::Layout<float> layout;  // validates the config
+    Precision precision;
+    std::unique_ptr<detail::QuantizedEngine> engine;
+    Impl(const Config& c, Precision p) : layout(c), precision(p) {}
+};
+
+QuantizedLSTM::QuantizedLSTM(const Config& config, Precision precision,
+                             const QuantizedWeights& w)
+    : impl_(std::make_unique<Impl>(config, precision)) {
+    EIGENLSTM_REQUIRE(config.dropout == 0.0,
+                      "QuantizedLSTM: dropout must be 0 (inference only), got " +
+                          std::to_string(config.dropout));
+    const Index n = config.num_layers * config.directions();
+    const bool int8 = precision == Precision::int8;
+    require_pointers(w.weight_ih, n, "weight_ih");
+    require_pointers(w.weight_hh, n, "weight_hh");
+    if (int8) {
+        require_pointers(w.scale_ih, n, "scale_ih");
+        require_pointers(w.scale_hh, n, "scale_hh");
+    }
+    if (config.proj_size > 0) {
+        require_pointers(w.weight_hr, n, "weight_hr");
+        if (int8) require_pointers(w.scale_hr, n, "scale_hr");
+    }
+    if (config.bias) {
+        require_pointers(w.bias_ih, n, "bias_ih");
+        require_pointers(w.bias_hh, n, "bias_hh");
+    }
+    impl_->engine.reset(detail::backend().make_quantized(impl_->layout, precision, w));
+}
+QuantizedLSTM::~QuantizedLSTM() = default;
+QuantizedLSTM::QuantizedLSTM(QuantizedLSTM&&) noexcept = default;
+QuantizedLSTM& QuantizedLSTM::operator=(QuantizedLSTM&&) noexcept = default;
+const Config& QuantizedLSTM::config() const { return impl_->layout.cfg; }
+Precision QuantizedLSTM::precision() const { return impl_->precision; }
+
+void QuantizedLSTM::forward(float* y, float* h_n, float* c_n, const float* x, const float* h0,
+                            const float* c0, const std::int64_t* lengths, Index T, Index B) {
+    impl_->engine->forward(y, h_n, c_n, x, h0, c0, lengths, T, B);
+}
+
+struct QuantizedLinear::Impl {
+    Index in_features, out_features;
+    std::unique_ptr<detail::QuantizedMatrix> matrix;
+};
+
+QuantizedLinear::QuantizedLinear(Index in_features, Index out_features, Precision precision,
+                                 const void* weight, const float* scale, const float* bias)
+    : impl_(std::make_unique<Impl>()) {
+    EIGENLSTM_REQUIRE(in_features >= 1, "QuantizedLinear: in_features must be >= 1, got " +
+                                            std::to_string(in_features));
+    EIGENLSTM_REQUIRE(out_features >= 1, "QuantizedLinear: out_features must be >= 1, got " +
+                                             std::to_string(out_features));
+    EIGENLSTM_REQUIRE(weight != nullptr, "QuantizedLinear: weight is null");
+    EIGENLSTM_REQUIRE(precision != Precision::int8 || scale != nullptr,
+                      "QuantizedLinear: an int8 weight needs its scales, got null");
+    impl_->in_features = in_features;
+    impl_->out_features = out_features;
+    impl_->matrix.reset(detail::backend().make_quantized_matrix(in_features, out_features,
+                                                                precision, weight, scale, bias));
+}
+QuantizedLinear::~QuantizedLinear() = default;
+QuantizedLinear::QuantizedLinear(QuantizedLinear&&) noexcept = default;
+QuantizedLinear& QuantizedLinear::operator=(QuantizedLinear&&) noexcept = default;
+
+Index QuantizedLinear::in_features() const { return impl_->in_features; }
+Index QuantizedLinear::out_features() const { return impl_->out_features; }
+
+void QuantizedLinear::forward(float* y, const float* x, Index M) const {
+    impl_->matrix->multiply(y, x, M);
+}
+
 }  // namespace eigenlstm

@@ -85,6 +85,48 @@ class _Engine:
 class EngineF32(_Engine): ...
 class EngineF64(_Engine): ...
 
+class QuantizedEngine:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        bias: bool,
+        bidirectional: bool,
+        proj_size: int,
+        precision: str,
+        tensors: dict[str, _Array],
+    ) -> None:
+        """A reduced-precision ('int8' or 'bfloat16') LSTM from torch-named tensors: weights
+        (int8, or bfloat16 bits as uint16), int8 scales '<weight>_scale' and float32 biases."""
+    def forward(
+        self,
+        x: npt.ArrayLike,
+        h0: npt.ArrayLike | None,
+        c0: npt.ArrayLike | None,
+        lengths: npt.ArrayLike | None,
+    ) -> tuple[_Array, _Array, _Array]:
+        """x [T, B, I] -> (y [T, B, D*H_out], h_n [D*L, B, H_out], c_n [D*L, B, H])."""
+    def forward_into(
+        self,
+        x: npt.ArrayLike,
+        h0: npt.ArrayLike | None,
+        c0: npt.ArrayLike | None,
+        lengths: npt.ArrayLike | None,
+        y: _Array,
+        h_n: _Array,
+        c_n: _Array,
+    ) -> None:
+        """Forward into the caller's arrays, as _Engine.forward_into."""
+
+class QuantizedLinear:
+    def __init__(
+        self, in_features: int, out_features: int, precision: str, tensors: dict[str, _Array]
+    ) -> None:
+        """y = x W^T + b from tensors 'weight' (and 'weight_scale' for int8) and 'bias'."""
+    def forward_into(self, x: npt.ArrayLike, y: _Array) -> None:
+        """y [M, O] = x [M, I] W^T + b, into the caller's C-contiguous float32 y."""
+
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 def set_flush_denormal(on: bool) -> bool: ...
@@ -94,6 +136,12 @@ def isa() -> str:
 
 def isa_available() -> list[str]:
     """The levels this CPU and this build can run, low to high."""
+
+def isa_features() -> list[str]:
+    """The features beyond the level that the reduced-precision kernels use."""
+
+def quantized_kernel(precision: str) -> str:
+    """The kernel that 'int8' or 'bfloat16' runs on this CPU."""
 
 def build_info() -> dict[str, Any]:
     """The back end in use: isa, compiler, eigen, simd, openmp, library."""

@@ -50,12 +50,19 @@ int get_num_threads();
 //   "generic"  the architecture's baseline (x86-64: SSE2; aarch64: NEON)
 //   "avx2"     AVX2 + FMA (x86-64-v3)
 //   "avx512"   AVX-512 F/BW/DQ/VL (x86-64-v4)
-// The environment variable EIGENLSTM_MAX_ISA, read once, caps the level (like oneDNN's
-// ONEDNN_MAX_CPU_ISA). An unknown value makes every call below, and the first use of the
-// engine, throw std::invalid_argument naming the variable, the value and the valid values.
+// Within a level, the reduced-precision kernels (QuantizedLSTM) also use these features when
+// the CPU has them (the avx512 back end holds their kernels):
+//   "avx512_vnni"  AVX512_VNNI (int8: vpdpbusd)
+//   "avx512_bf16"  AVX512_BF16 (bfloat16: vdpbf16ps)
+// The environment variable EIGENLSTM_MAX_ISA, read once, caps the level and the features
+// (like oneDNN's ONEDNN_MAX_CPU_ISA), in the order generic, avx2, avx512, avx512_vnni,
+// avx512_bf16, native: "avx512" runs the avx512 back end without either feature,
+// "avx512_vnni" with VNNI only. An unknown value makes every call below, and the first use of
+// the engine, throw std::invalid_argument naming the variable, the value and the valid values.
 // A missing or unloadable back end throws std::runtime_error naming the file.
 std::string isa();                          // the level in use
 std::vector<std::string> isa_available();   // levels this CPU and this build can run, low to high
+std::vector<std::string> isa_features();    // the features above in use
 
 struct BuildInfo {
     std::string isa;        // the level in use
@@ -205,5 +212,84 @@ private:
 
 extern template class LSTM<float>;
 extern template class LSTM<double>;
+
+// ---- reduced precision (inference) ------------------------------------------------------------
+
+// How a QuantizedLSTM stores its weights and multiplies:
+//   int8      weights symmetric int8 per output row (w = q * scale, q in [-127, 127]);
+//             activations (x, h and the projection's input) quantized at run time per row,
+//             7 bits on the row's range; int32 sums, dequantized to float32
+//   bfloat16  weights bfloat16 (the upper half of a float32); activations rounded to bfloat16
+//             (to nearest even); float32 sums
+// Gates, cell, nonlinearities and biases stay float32 in both.
+enum class Precision { int8, bfloat16 };
+
+// The kernel a precision runs on this CPU (for example "avx512_vnni (vpdpbusd)").
+std::string quantized_kernel(Precision precision);
+
+// The weights of a QuantizedLSTM, one pointer per (layer, direction) k = layer * D + direction,
+// each tensor row-major with torch's shape and gate order (param_shape):
+//   weight_ih, weight_hh, weight_hr   int8: std::int8_t values in [-127, 127];
+//                                     bfloat16: std::uint16_t bit patterns
+//   scale_ih, scale_hh, scale_hr      [rows] float32 per-row scales (int8; unused for bfloat16)
+//   bias_ih, bias_hh                  [4H] float32 (with config.bias)
+// weight_hr and scale_hr only with proj_size > 0.
+struct QuantizedWeights {
+    std::vector<const void*> weight_ih, weight_hh, weight_hr;
+    std::vector<const float*> scale_ih, scale_hh, scale_hr;
+    std::vector<const float*> bias_ih, bias_hh;
+};
+
+// An inference-only LSTM in reduced precision, with LSTM<float>'s evaluation forward: the same
+// time loops, cell and thread plan, with int8 or bfloat16 products.
+class QuantizedLSTM {
+public:
+    // Packs the weights (copies: the caller's arrays may be freed afterwards). Throws
+    // std::invalid_argument for a bad config (config.dropout must be 0), a missing pointer or a
+    // pointer count other than L*D, std::bad_alloc when the weights cannot be allocated.
+    QuantizedLSTM(const Config& config, Precision precision, const QuantizedWeights& weights);
+    ~QuantizedLSTM();
+    QuantizedLSTM(QuantizedLSTM&&) noexcept;
+    QuantizedLSTM& operator=(QuantizedLSTM&&) noexcept;
+    QuantizedLSTM(const QuantizedLSTM&) = delete;
+    QuantizedLSTM& operator=(const QuantizedLSTM&) = delete;
+
+    const Config& config() const;
+    Precision precision() const;
+
+    // LSTM<float>::forward with training = false: same arguments and results, thread safe in
+    // the same way (calls on one object may overlap), and allocation-free after the first call
+    // of a size.
+    void forward(float* y, float* h_n, float* c_n, const float* x, const float* h0,
+                 const float* c0, const std::int64_t* lengths, Index T, Index B);
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+// y = x W^T + bias with W [out_features, in_features] in reduced precision (as QuantizedLSTM's
+// weights): a quantized model's linear head.
+class QuantizedLinear {
+public:
+    // weight: int8 values and per-row scale, or bfloat16 bit patterns (scale unused); bias
+    // [out_features] or nullptr. Copies them. Throws std::invalid_argument for sizes < 1.
+    QuantizedLinear(Index in_features, Index out_features, Precision precision,
+                    const void* weight, const float* scale, const float* bias);
+    ~QuantizedLinear();
+    QuantizedLinear(QuantizedLinear&&) noexcept;
+    QuantizedLinear& operator=(QuantizedLinear&&) noexcept;
+
+    Index in_features() const;
+    Index out_features() const;
+    //   y  [M, out_features]  overwritten
+    //   x  [M, in_features]   read only
+    // Thread safe; allocation-free after the first call of a size.
+    void forward(float* y, const float* x, Index M) const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
 
 }  // namespace eigenlstm

@@ -28,16 +28,18 @@ inline bool active(const std::int64_t* lengths, Index t, Index b) {
 }
 
 // Everything one direction's time loop reads and writes. Pointers are already offset to this
-// direction's columns; B stays the row stride of one time step.
-template <typename S>
+// direction's columns; B stays the row stride of one time step. W is the representation of
+// the forward's weights (float panels, or quantized.hpp's int8 and bfloat16 ones); backward
+// exists for float panels only.
+template <typename S, typename W = Panels<S>>
 struct DirectionPass {
     Index T = 0, B = 0, H = 0, P = 0, Hout = 0;
     Index ldg = 0;                     // row stride of gates: D*G
     Index ldy = 0;                     // row stride of the layer output: D*Hout
     bool reverse = false;              // runs from t = T-1 down to 0
     const std::int64_t* lengths = nullptr;  // [B] valid steps, or nullptr (all T)
-    const Panels<S>* whh_t = nullptr;  // W_hh^T [Hout, G]  forward: pre += h_prev W_hh^T
-    const Panels<S>* whr_t = nullptr;  // W_hr^T [H, P]     forward: h = r W_hr^T (P > 0)
+    const W* whh_t = nullptr;          // W_hh^T [Hout, G]  forward: pre += h_prev W_hh^T
+    const W* whr_t = nullptr;          // W_hr^T [H, P]     forward: h = r W_hr^T (P > 0)
     const Panels<S>* whh = nullptr;    // W_hh   [G, Hout]  backward: dh_prev = da W_hh
     const Panels<S>* whr = nullptr;    // W_hr   [P, H]     backward: dr = dh W_hr (P > 0)
     S* gates = nullptr;                // [T, B, ldg] pre-activations in, activated gates out;
@@ -77,7 +79,7 @@ struct DirectionPass {
 // Forward time loop of one direction for thread `tid` of a team of `n`.
 // Step equations (gate order i, f, g, o; pre = x_t W_ih^T + b_ih + b_hh was computed for all
 // steps by one GEMM and sits in `gates`):
-//   pre_t += h_{t-1} W_hh^T                       (packed GEMM, this thread's gate columns)
+//   pre_t += h_{t-1} W_hh^T                       (packed product, this thread's gate columns)
 //   i = s(pre_i), f = s(pre_f), g = tanh(pre_g), o = s(pre_o)
 //   c_t = f * c_{t-1} + i * g
 //   h_t = o * tanh(c_t)              (P > 0: r_t = o * tanh(c_t), h_t = r_t W_hr^T)
@@ -86,8 +88,8 @@ struct DirectionPass {
 //   y     [T, B, ldy]  this direction's output columns; written for the pass's rows
 //   h0    [B, Hout]    c0 [B, H]     initial state of the pass's rows; read only
 //   h_n   [B, Hout]    c_n [B, H]    final state; overwritten
-template <typename S, typename Cell>
-void forward_direction(const DirectionPass<S>& a, const Cell& cell, S* y, const S* h0,
+template <typename S, typename W, typename Cell>
+void forward_direction(const DirectionPass<S, W>& a, const Cell& cell, S* y, const S* h0,
                        const S* c0, S* h_n, S* c_n, int tid, int n, SpinBarrier& barrier) {
     const Index T = a.T, B = a.B, R = a.rows, H = a.H, P = a.P, Hout = a.Hout,
                 HB = gate_block<S>();
@@ -118,7 +120,7 @@ void forward_direction(const DirectionPass<S>& a, const Cell& cell, S* y, const 
         S* y_t = y + t * B * a.ldy;
 
         if (s > 0 || !a.zero_h0)
-            gemm_panels<S, true>(R, h_prev, Hout, *a.whh_t, 4 * u0, 4 * u1, pre, a.ldg);
+            multiply<true>(R, h_prev, Hout, *a.whh_t, 4 * u0, 4 * u1, pre, a.ldg);
 
         for (Index ub = u0; ub < u1; ub += HB)
             cell.forward(pre + 4 * ub, a.ldg, R, std::min(HB, H - ub), c_prev + ub, c_next + ub,
@@ -136,7 +138,7 @@ void forward_direction(const DirectionPass<S>& a, const Cell& cell, S* y, const 
         }
         if (P > 0) {
             barrier.wait();  // the projection reads all of r_t
-            gemm_panels<S, false>(R, r, H, *a.whr_t, q0, q1, h_next, Hout);
+            multiply<false>(R, r, H, *a.whr_t, q0, q1, h_next, Hout);
             for (Index b = 0; b < R; ++b) {
                 S* yb = y_t + b * a.ldy;
                 if (active(a.lengths, t, b)) {

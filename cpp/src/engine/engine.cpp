@@ -6,6 +6,8 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -20,6 +22,7 @@
 #include "gemm.hpp"
 #include "gemm_space.hpp"
 #include "plan.hpp"
+#include "quantized.hpp"
 #include "threads.hpp"
 
 #ifndef EIGENLSTM_ISA
@@ -117,15 +120,92 @@ private:
     Scratch<S>& s_;
 };
 
+// Saved activations of the last training-mode forward (llm.c's ActivationTensors).
+template <typename S>
+struct LayerCache {
+    Buffer<S> x;      // [T, B, I_l]        layer input (after dropout for l > 0)
+    Buffer<S> gates;  // [T, B, D*G]        activated i, f, g, o; backward overwrites
+                      //                    them with d(pre-activation)
+    Buffer<S> h;      // [D, T+1, B, Hout]  hidden states in time order (slot_before/after)
+    Buffer<S> c;      // [D, T+1, B, H]     cell states, same slots
+    Buffer<S> r;      // [D, T, B, H]       o*tanh(c) before projection (P > 0 only)
+};
+template <typename S>
+struct Cache {
+    bool valid = false;
+    Index T = 0, B = 0;
+    std::uint64_t seed = 0, counter = 0;  // dropout stream position of that forward
+    std::vector<std::int64_t> lengths;    // empty: all T
+    std::vector<LayerCache<S>> layers;
+};
+
+// What a forward reads of the weights, in the representation W its products take (`multiply`):
+// float panels (EngineImpl, rebuilt by params_updated) or int8 or bfloat16 ones
+// (QuantizedEngineImpl, packed once).
+template <typename S, typename W>
+struct ForwardWeights {
+    std::vector<W> wih_t;          // [L]    W_ih^T [I_l, D*G], both directions: the input
+                                   //        projection of all steps is one packed product
+    std::vector<W> whh_t;          // [L*D]  W_hh^T [Hout, G]: forward step gates += h_prev W_hh^T
+    std::vector<W> whr_t;          // [L*D]  W_hr^T [H, P]: projection h = r W_hr^T (P > 0)
+    std::vector<char> whh_finite;  // [L*D]  no inf or NaN in W_hh: a zero h times W_hh is zero
+    Buffer<S> bias_sum;            // [L, D*G] b_ih + b_hh, engine order (zero without biases)
+
+    explicit ForwardWeights(const Layout<S>& m)
+        : wih_t(std::size_t(m.L)), whh_t(std::size_t(m.L * m.D)),
+          whr_t(std::size_t(m.P > 0 ? m.L * m.D : 0)), whh_finite(std::size_t(m.L * m.D), 1) {
+        bias_sum.resize(checked_mul(m.L, m.D * m.G));
+        bias_sum.zero();
+    }
+};
+
+// The forward DirectionPass of (layer l, direction d) over the call's (T, B) with gate buffer
+// `gates` (already offset to this layer): training reads and writes the cache, eval the
+// double-buffered `eval_state` [D, B, 2*Hout + 3*H].
+template <typename S, typename W>
+DirectionPass<S, W> forward_pass(const Layout<S>& m, const ForwardWeights<S, W>& fw, Index l,
+                                 Index d, Index T, Index B, const std::int64_t* lengths, S* gates,
+                                 LayerCache<S>* lc, S* eval_state) {
+    const Index H = m.H, P = m.P, Hout = m.Hout, G = m.G, D = m.D, k = l * D + d;
+    DirectionPass<S, W> a;
+    a.T = T; a.B = B; a.H = H; a.P = P; a.Hout = Hout;
+    a.ldg = D * G;
+    a.ldy = D * Hout;
+    a.reverse = m.cfg.reverse || d == 1;
+    a.lengths = lengths;
+    a.whh_t = &fw.whh_t[std::size_t(k)];
+    if (P > 0) a.whr_t = &fw.whr_t[std::size_t(k)];
+    a.gates = gates + d * G;
+    if (lc) {
+        a.hs = lc->h.data() + d * (T + 1) * B * Hout;
+        a.cs = lc->c.data() + d * (T + 1) * B * H;
+        if (P > 0) a.rs = lc->r.data() + d * T * B * H;
+    } else {
+        S* st = eval_state + d * B * (2 * Hout + 3 * H);
+        a.hbuf = st;
+        a.cbuf = st + 2 * B * Hout;
+        a.rbuf = st + 2 * B * Hout + 2 * B * H;
+    }
+    a.rows = B;
+    return a;
+}
+
+// The forward over the layer stack, for the weights fw in any representation. cache: nullptr
+// for an evaluation call; otherwise a training call that keeps in it what backward needs and
+// applies dropout (m.cfg.dropout, at stream position seed, counter) between layers.
+template <typename S, typename W, typename Cell>
+void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, const Cell& cell,
+                    Scratch<S>& ws, Cache<S>* cache, S* y, S* h_n, S* c_n, const S* x,
+                    const S* h0, const S* c0, const std::int64_t* lengths, Index T, Index B,
+                    std::uint64_t seed, std::uint64_t counter);
+
 template <typename S>
 class EngineImpl final : public Engine<S> {
 public:
     EngineImpl(const Layout<S>& layout, const S* params, S* grads)
         : m_(layout), params_(params), grads_(grads), H(layout.H), P(layout.P),
-          Hout(layout.Hout), G(layout.G), D(layout.D), L(layout.L) {
-        packed_.resize(std::size_t(L * D));
-        wih_t_.resize(std::size_t(L));
-        bias_sum_.resize(checked_mul(L, D * G));
+          Hout(layout.Hout), G(layout.G), D(layout.D), L(layout.L), fw_(layout) {
+        backward_panels_.resize(std::size_t(L * D));
         weights_.resize(layout.size);
         weights_.zero();
         dweights_.resize(layout.size);
@@ -139,7 +219,8 @@ public:
                  std::uint64_t seed, std::uint64_t counter) override {
         const DenormalScope denormals;
         ScratchLease<S> ws(scratch_, scratch_mutex_);
-        run_forward(ws.get(), y, h_n, c_n, x, h0, c0, lengths, T, B, training, seed, counter);
+        forward_layers<S>(m_, fw_, cell_, ws.get(), training ? &cache_ : nullptr, y, h_n, c_n, x, h0,
+                       c0, lengths, T, B, seed, counter);
     }
     void forward_last(S* out, const S* x, const std::int64_t* lengths, Index T, Index B,
                       bool batch_first, const S* W, const S* bias, Index O) override;
@@ -151,31 +232,11 @@ public:
     }
 
 private:
-    // Derived from the parameters by params_updated() (the "load-time repack"), besides the
-    // engine-order copy weights_, per (layer, direction):
-    struct Packed {
-        Panels<S> whh_t;   // W_hh^T  [Hout, G]: forward step  gates += h_prev W_hh^T
+    // What backward reads of the weights besides fw_, per (layer, direction), rebuilt by
+    // params_updated() (the "load-time repack") with fw_ and the engine-order copy weights_.
+    struct BackwardPanels {
         Panels<S> whh;     // W_hh    [G, Hout]: backward step dh_prev = dgates W_hh
-        Panels<S> whr_t;   // W_hr^T  [H, P]:    forward projection h = r W_hr^T
         Panels<S> whr;     // W_hr    [P, H]:    backward projection dr = dh W_hr
-        bool whh_finite = true;  // no inf or NaN in W_hh: a zero h times W_hh is exactly zero
-    };
-
-    // Saved activations of the last training-mode forward (llm.c's ActivationTensors).
-    struct LayerCache {
-        Buffer<S> x;      // [T, B, I_l]        layer input (after dropout for l > 0)
-        Buffer<S> gates;  // [T, B, D*G]        activated i, f, g, o; backward overwrites
-                          //                    them with d(pre-activation)
-        Buffer<S> h;      // [D, T+1, B, Hout]  hidden states in time order (slot_before/after)
-        Buffer<S> c;      // [D, T+1, B, H]     cell states, same slots
-        Buffer<S> r;      // [D, T, B, H]       o*tanh(c) before projection (P > 0 only)
-    };
-    struct Cache {
-        bool valid = false;
-        Index T = 0, B = 0;
-        std::uint64_t seed = 0, counter = 0;  // dropout stream position of that forward
-        std::vector<std::int64_t> lengths;    // empty: all T
-        std::vector<LayerCache> layers;
     };
     // Backward's workspaces, kept between calls: a steady-state training step allocates
     // nothing after the first.
@@ -232,40 +293,18 @@ private:
         });
     }
 
-    // The DirectionPass of (layer l, direction d) over the call's (T, B) with gate buffer
-    // `gates` (already offset to this layer): training reads and writes the cache, eval the
-    // double-buffered `eval_state` [D, B, 2*Hout + 3*H].
-    DirectionPass<S> direction_pass(Index l, Index d, Index T, Index B,
-                                    const std::int64_t* lengths, S* gates, LayerCache* lc,
-                                    S* eval_state) const {
-        const Packed& pk = packed_[std::size_t(l * D + d)];
-        DirectionPass<S> a;
-        a.T = T; a.B = B; a.H = H; a.P = P; a.Hout = Hout;
-        a.ldg = D * G;
-        a.ldy = D * Hout;
-        a.reverse = m_.cfg.reverse || d == 1;
-        a.lengths = lengths;
-        a.whh_t = &pk.whh_t;
+    // The DirectionPass of a backward through (layer l, direction d): the forward's, with the
+    // transposed panels its products take.
+    DirectionPass<S> backward_pass(Index l, Index d, LayerCache<S>& lc) const {
+        DirectionPass<S> a =
+            forward_pass<S>(m_, fw_, l, d, cache_.T, cache_.B,
+                         cache_.lengths.empty() ? nullptr : cache_.lengths.data(), lc.gates.data(),
+                         &lc, nullptr);
+        const BackwardPanels& pk = backward_panels_[std::size_t(l * D + d)];
         a.whh = &pk.whh;
-        if (P > 0) { a.whr_t = &pk.whr_t; a.whr = &pk.whr; }
-        a.gates = gates + d * G;
-        if (lc) {
-            a.hs = lc->h.data() + d * (T + 1) * B * Hout;
-            a.cs = lc->c.data() + d * (T + 1) * B * H;
-            if (P > 0) a.rs = lc->r.data() + d * T * B * H;
-        } else {
-            S* st = eval_state + d * B * (2 * Hout + 3 * H);
-            a.hbuf = st;
-            a.cbuf = st + 2 * B * Hout;
-            a.rbuf = st + 2 * B * Hout + 2 * B * H;
-        }
-        a.rows = B;
+        if (P > 0) a.whr = &pk.whr;
         return a;
     }
-
-    void run_forward(Scratch<S>& ws, S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0,
-                     const std::int64_t* lengths, Index T, Index B, bool training,
-                     std::uint64_t seed, std::uint64_t counter);
 
     const Layout<S>& m_;
     const S* params_;                // [m_.size] the parameters, torch order (the front end's)
@@ -275,11 +314,9 @@ private:
                                      //           interleaved), gathered by params_updated()
     Buffer<S> dweights_;             // [m_.size] one backward's parameter gradients in engine
                                      //           order, added to grads_ when it succeeds
-    std::vector<Packed> packed_;     // [L*D]
-    std::vector<Panels<S>> wih_t_;   // [L] W_ih^T [I_l, D*G], both directions: the input
-                                     //     projection of all steps is one packed GEMM
-    Buffer<S> bias_sum_;             // [L, D*G] b_ih + b_hh, engine order
-    Cache cache_;
+    ForwardWeights<S, Panels<S>> fw_;             // packed from weights_
+    std::vector<BackwardPanels> backward_panels_;  // [L*D] packed from weights_
+    Cache<S> cache_;
     BackwardBuffers bwd_;
     Scratch<S> scratch_;         // forward and forward_last, taken through a ScratchLease
     std::mutex scratch_mutex_;   // held by the call using scratch_
@@ -293,26 +330,26 @@ void EngineImpl<S>::params_updated() {
     for_each_run_parallel([&](Index e, Index t, Index n) {
         std::copy(params_ + t, params_ + t + n, weights_.data() + e);
     });
-    bias_sum_.zero();
     for (Index l = 0; l < L; ++l) {
         const S* wih = tensor(Param::weight_ih, l, 0);  // [D*G, I_l]
-        wih_t_[std::size_t(l)].pack(wih, m_.in_size(l), D * G, 1, m_.in_size(l));
+        fw_.wih_t[std::size_t(l)].pack(wih, m_.in_size(l), D * G, 1, m_.in_size(l));
     }
     for (Index l = 0; l < L; ++l)
         for (Index d = 0; d < D; ++d) {
-            Packed& pk = packed_[std::size_t(l * D + d)];
+            const std::size_t k = std::size_t(l * D + d);
+            BackwardPanels& pk = backward_panels_[k];
             const S* whh = tensor(Param::weight_hh, l, d);   // [G, Hout]
-            pk.whh_t.pack(whh, Hout, G, 1, Hout);
+            fw_.whh_t[k].pack(whh, Hout, G, 1, Hout);
             pk.whh.pack(whh, G, Hout, Hout, 1);
-            pk.whh_finite =
+            fw_.whh_finite[k] =
                 Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>(whh, G * Hout).allFinite();
             if (P > 0) {
                 const S* whr = tensor(Param::weight_hr, l, d);  // [P, H]
-                pk.whr_t.pack(whr, H, P, 1, H);
+                fw_.whr_t[k].pack(whr, H, P, 1, H);
                 pk.whr.pack(whr, P, H, H, 1);
             }
             if (m_.cfg.bias) {
-                S* b = bias_sum_.data() + (l * D + d) * G;
+                S* b = fw_.bias_sum.data() + (l * D + d) * G;
                 const S* bi = tensor(Param::bias_ih, l, d);
                 const S* bh = tensor(Param::bias_hh, l, d);
                 for (Index g = 0; g < G; ++g) b[g] = bi[g] + bh[g];
@@ -324,14 +361,17 @@ void EngineImpl<S>::params_updated() {
 // forward
 // ============================================================================================
 
-template <typename S>
-void EngineImpl<S>::run_forward(Scratch<S>& ws, S* y, S* h_n, S* c_n, const S* x, const S* h0,
-                                const S* c0, const std::int64_t* lengths, Index T, Index B,
-                                bool training, std::uint64_t seed, std::uint64_t counter) {
+template <typename S, typename W, typename Cell>
+void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, const Cell& cell,
+                    Scratch<S>& ws, Cache<S>* cache, S* y, S* h_n, S* c_n, const S* x,
+                    const S* h0, const S* c0, const std::int64_t* lengths, Index T, Index B,
+                    std::uint64_t seed, std::uint64_t counter) {
     EIGENLSTM_REQUIRE(T >= 0, "T must be >= 0, got " + std::to_string(T));
     EIGENLSTM_REQUIRE(B >= 0, "B must be >= 0, got " + std::to_string(B));
     require_lengths(lengths, B, 0, T);
-    const Index I = m_.cfg.input_size, TB = checked_mul(T, B), DG = D * G;
+    const Index I = m.cfg.input_size, H = m.H, P = m.P, Hout = m.Hout, D = m.D, L = m.L,
+                TB = checked_mul(T, B), DG = D * m.G;
+    const bool training = cache != nullptr;
     const TeamPlan plan = plan_team<S>(D, T, B, I, H, Hout, true);
     const int teams[2] = {plan.threads, plan.threads};
 
@@ -345,27 +385,27 @@ void EngineImpl<S>::run_forward(Scratch<S>& ws, S* y, S* h_n, S* c_n, const S* x
         if (!c0) c0 = ws.zeros.data();
     }
     if (training) {
-        if (cache_.layers.size() != std::size_t(L)) cache_.layers.resize(std::size_t(L));
-        cache_.valid = false;
+        if (cache->layers.size() != std::size_t(L)) cache->layers.resize(std::size_t(L));
+        cache->valid = false;
         for (Index l = 0; l < L; ++l) {
-            LayerCache& lc = cache_.layers[std::size_t(l)];
-            lc.x.resize(checked_mul(TB, m_.in_size(l)));
+            LayerCache<S>& lc = cache->layers[std::size_t(l)];
+            lc.x.resize(checked_mul(TB, m.in_size(l)));
             lc.gates.resize(checked_mul(TB, DG));
             lc.h.resize(checked_mul(D * (T + 1), checked_mul(B, Hout)));
             lc.c.resize(checked_mul(D * (T + 1), checked_mul(B, H)));
             if (P > 0) lc.r.resize(checked_mul(D * T, checked_mul(B, H)));
         }
-        cache_.lengths.assign(lengths ? lengths : nullptr, lengths ? lengths + B : nullptr);
-        cache_.T = T;
-        cache_.B = B;
-        cache_.seed = seed;
-        cache_.counter = counter;
-        std::copy(x, x + checked_mul(TB, I), cache_.layers[0].x.data());
+        cache->lengths.assign(lengths ? lengths : nullptr, lengths ? lengths + B : nullptr);
+        cache->T = T;
+        cache->B = B;
+        cache->seed = seed;
+        cache->counter = counter;
+        std::copy(x, x + checked_mul(TB, I), cache->layers[0].x.data());
         if (lengths)  // padding is never read by torch: zero it so dW_ih = da^T x ignores it
             for (Index t = 0; t < T; ++t)
                 for (Index b = 0; b < B; ++b)
                     if (t >= lengths[b]) {
-                        S* row = cache_.layers[0].x.data() + (t * B + b) * I;
+                        S* row = cache->layers[0].x.data() + (t * B + b) * I;
                         std::fill(row, row + I, S(0));
                     }
     } else {
@@ -376,24 +416,27 @@ void EngineImpl<S>::run_forward(Scratch<S>& ws, S* y, S* h_n, S* c_n, const S* x
         }
         ws.state.resize(checked_mul(D, checked_mul(B, 2 * Hout + 2 * H + H)));
     }
-    const std::int64_t* lens = training ? (cache_.lengths.empty() ? nullptr : cache_.lengths.data())
-                                        : lengths;
+    const std::int64_t* lens =
+        training ? (cache->lengths.empty() ? nullptr : cache->lengths.data()) : lengths;
 
     for (Index l = 0; l < L; ++l) {
-        LayerCache* lc = training ? &cache_.layers[std::size_t(l)] : nullptr;
+        LayerCache<S>* lc = training ? &cache->layers[std::size_t(l)] : nullptr;
         const S* in = training ? lc->x.data() : (l == 0 ? x : ws.io[(l - 1) & 1].data());
         S* out = l == L - 1 ? y
-                            : (training ? cache_.layers[std::size_t(l + 1)].x.data() : ws.io[l & 1].data());
+                            : (training ? cache->layers[std::size_t(l + 1)].x.data()
+                                        : ws.io[l & 1].data());
         S* gates = training ? lc->gates.data() : ws.gates.data();
 
-        // One GEMM projects the input of every step for both directions:
+        // One product projects the input of every step for both directions:
         //   pre[T*B, D*G] = x[T*B, I] W_ih[D*G, I]^T + (b_ih + b_hh)
-        project_inputs(gates, in, TB, m_.in_size(l), DG,
-                       m_.cfg.bias ? bias_sum_.data() + l * DG : nullptr, wih_t_[std::size_t(l)]);
+        project_inputs(gates, in, TB, m.in_size(l), DG,
+                       m.cfg.bias ? fw.bias_sum.data() + l * DG : nullptr,
+                       fw.wih_t[std::size_t(l)]);
 
         run_teams(int(D), teams, [&](int d, int tid, int n, SpinBarrier& barrier) {
-            DirectionPass<S> a = direction_pass(l, d, T, B, lens, gates, lc, ws.state.data());
-            a.zero_h0 = zero_h0 && packed_[std::size_t(l * D + d)].whh_finite;
+            const Index k = l * D + d;
+            DirectionPass<S, W> a = forward_pass(m, fw, l, d, T, B, lens, gates, lc, ws.state.data());
+            a.zero_h0 = zero_h0 && fw.whh_finite[std::size_t(k)];
             Index b0 = 0, b1 = B;  // this thread's batch rows
             if (plan.by_rows) {    // rows are independent: each thread runs its slice alone
                 split_range(B, 1, tid, n, b0, b1);
@@ -401,16 +444,15 @@ void EngineImpl<S>::run_forward(Scratch<S>& ws, S* y, S* h_n, S* c_n, const S* x
                 tid = 0;
                 n = 1;
             }
-            const Index k = l * D + d;
-            forward_direction(a, cell_, out + d * Hout + b0 * D * Hout, h0 + (k * B + b0) * Hout,
+            forward_direction(a, cell, out + d * Hout + b0 * D * Hout, h0 + (k * B + b0) * Hout,
                               c0 + (k * B + b0) * H, h_n + (k * B + b0) * Hout,
                               c_n + (k * B + b0) * H, tid, n, barrier);
         });
 
-        if (training && l < L - 1 && m_.cfg.dropout > 0)
-            apply_dropout(out, TB * D * Hout, m_.cfg.dropout, seed, counter, l);
+        if (training && l < L - 1 && m.cfg.dropout > 0)
+            apply_dropout(out, TB * D * Hout, m.cfg.dropout, seed, counter, l);
     }
-    if (training) cache_.valid = true;
+    if (training) cache->valid = true;
 }
 
 // ============================================================================================
@@ -441,8 +483,8 @@ void EngineImpl<S>::forward_last(S* out, const S* x, const std::int64_t* lengths
     ws.y.resize(checked_mul(TB, DH));
     ws.hc.resize(checked_mul(D * L * B, Hout + H));
     S* h_n = ws.hc.data();
-    run_forward(ws, ws.y.data(), h_n, h_n + D * L * B * Hout, x, nullptr, nullptr, lengths, T, B,
-                false, 0, 0);
+    forward_layers<S>(m_, fw_, cell_, ws, nullptr, ws.y.data(), h_n,
+                   h_n + D * L * B * Hout, x, nullptr, nullptr, lengths, T, B, 0, 0);
     ws.last.resize(checked_mul(B, DH));
     for (Index b = 0; b < B; ++b) {
         const S* row = ws.y.data() + ((lengths ? lengths[b] - 1 : T - 1) * B + b) * DH;
@@ -468,7 +510,6 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
             "backward needs a training-mode forward first (the cache is consumed by backward)");
     cache_.valid = false;  // the gate buffers are about to hold gradients
     const Index T = cache_.T, B = cache_.B, TB = T * B, DG = D * G;
-    const std::int64_t* lens = cache_.lengths.empty() ? nullptr : cache_.lengths.data();
     const int nteam = plan_team<S>(D, T, B, m_.cfg.input_size, H, Hout, false).threads;
     const int teams[2] = {nteam, nteam};
 
@@ -483,13 +524,13 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
     if (bwd_.gemm.size() < std::size_t(threads)) bwd_.gemm.resize(std::size_t(threads));
 
     for (Index l = L - 1; l >= 0; --l) {
-        LayerCache& lc = cache_.layers[std::size_t(l)];
+        LayerCache<S>& lc = cache_.layers[std::size_t(l)];
         const S* dout = l == L - 1 ? dy : bwd_.dio[l & 1].data();
         S* din = l == 0 ? dx : bwd_.dio[(l - 1) & 1].data();
         const Index I_l = m_.in_size(l);
 
         run_teams(int(D), teams, [&](int d, int tid, int n, SpinBarrier& barrier) {
-            const DirectionPass<S> a = direction_pass(l, d, T, B, lens, lc.gates.data(), &lc, nullptr);
+            const DirectionPass<S> a = backward_pass(l, d, lc);
             const Index k = l * D + d;
             S* st = bwd_.state.data() + d * B * (2 * Hout + 2 * H);
             const BackwardWork<S> w{st, st + 2 * B * Hout, st + 2 * B * Hout + B * H,
@@ -564,6 +605,161 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
 }
 
 // ============================================================================================
+// reduced precision (inference)
+// ============================================================================================
+
+// One row of a reduced-precision tensor: its values (int8, or bfloat16 bits) and its scale.
+struct QuantizedRow {
+    const void* values;
+    float scale;
+};
+
+// Packs the [K, N] matrix whose column n is the row row_of(n) (K values) of a torch tensor:
+// the transposed weights the products take. Int8: scale_of the column is its row's scale, and
+// the activations it multiplies are quantized to `levels` (Int8Rows: 255 for inputs that may
+// be anything, 127 for the states h and r, bounded in (-1, 1)).
+template <typename RowOf>
+void pack_rows(Int8Panels& w, Index K, Index N, int levels, RowOf&& row_of) {
+    w.pack(
+        K, N, levels,
+        [&](Index k, Index n) { return static_cast<const std::int8_t*>(row_of(n).values)[k]; },
+        [&](Index n) { return row_of(n).scale; });
+}
+template <typename RowOf>
+void pack_rows(Bf16Panels& w, Index K, Index N, int /*levels*/, RowOf&& row_of) {
+    w.pack(K, N, [&](Index k, Index n) {
+        return static_cast<const std::uint16_t*>(row_of(n).values)[k];
+    });
+}
+
+// Is every weight finite (so that a zero state times W_hh is exactly zero)? Int8 values are;
+// their scales may not be. Bfloat16: no exponent of all ones.
+bool finite_rows(Index rows, Index K, Precision p, const void* values, const float* scale) {
+    if (p == Precision::int8) {
+        for (Index r = 0; r < rows; ++r)
+            if (!std::isfinite(scale[r])) return false;
+        return true;
+    }
+    const auto* v = static_cast<const std::uint16_t*>(values);
+    for (Index i = 0; i < rows * K; ++i)
+        if ((v[i] & 0x7f80u) == 0x7f80u) return false;
+    return true;
+}
+
+// The layer stack of a QuantizedLSTM, W = Int8Panels or Bf16Panels: the float32 engine's
+// forward_layers, time loops and cell over weights packed once here.
+template <typename W>
+class QuantizedEngineImpl final : public QuantizedEngine {
+public:
+    QuantizedEngineImpl(const Layout<float>& layout, Precision p, const QuantizedWeights& qw)
+        : m_(layout), fw_(layout) {
+        const Index G = m_.G, H = m_.H, P = m_.P, Hout = m_.Hout, D = m_.D;
+        const Index bytes = p == Precision::int8 ? 1 : 2;
+        auto row = [&](const std::vector<const void*>& v, const std::vector<const float*>& sc,
+                       Index k, Index r, Index K) {
+            return QuantizedRow{static_cast<const char*>(v[std::size_t(k)]) + r * K * bytes,
+                                p == Precision::int8 ? sc[std::size_t(k)][r] : 1.0f};
+        };
+        for (Index l = 0; l < m_.L; ++l) {
+            const Index K = m_.in_size(l);
+            // both directions: column n is direction n / G's engine gate row n % G. The input
+            // of layer 0 is the user's x; above it, the states h of the layer below.
+            pack_rows(fw_.wih_t[std::size_t(l)], K, D * G, l == 0 ? 255 : 127, [&](Index n) {
+                return row(qw.weight_ih, qw.scale_ih, l * D + n / G, m_.perm[std::size_t(n % G)], K);
+            });
+            for (Index d = 0; d < D; ++d) {
+                const Index k = l * D + d;
+                pack_rows(fw_.whh_t[std::size_t(k)], Hout, G, 127, [&](Index n) {
+                    return row(qw.weight_hh, qw.scale_hh, k, m_.perm[std::size_t(n)], Hout);
+                });
+                fw_.whh_finite[std::size_t(k)] =
+                    finite_rows(G, Hout, p, qw.weight_hh[std::size_t(k)],
+                                p == Precision::int8 ? qw.scale_hh[std::size_t(k)] : nullptr);
+                if (P > 0)
+                    pack_rows(fw_.whr_t[std::size_t(k)], H, P, 127,
+                              [&](Index n) { return row(qw.weight_hr, qw.scale_hr, k, n, H); });
+                if (m_.cfg.bias) {
+                    float* b = fw_.bias_sum.data() + k * G;
+                    const float* bi = qw.bias_ih[std::size_t(k)];
+                    const float* bh = qw.bias_hh[std::size_t(k)];
+                    for (Index e = 0; e < G; ++e) {
+                        const Index t = m_.perm[std::size_t(e)];
+                        b[e] = bi[t] + bh[t];
+                    }
+                }
+            }
+        }
+    }
+
+    void forward(float* y, float* h_n, float* c_n, const float* x, const float* h0,
+                 const float* c0, const std::int64_t* lengths, Index T, Index B) override {
+        const DenormalScope denormals;
+        ScratchLease<float> ws(scratch_, scratch_mutex_);
+        forward_layers<float>(m_, fw_, cell_, ws.get(), nullptr, y, h_n, c_n,
+                       x, h0, c0, lengths, T, B, 0, 0);
+    }
+
+private:
+    const Layout<float>& m_;
+    ForwardWeights<float, W> fw_;
+    Scratch<float> scratch_;      // taken through a ScratchLease, as EngineImpl's
+    std::mutex scratch_mutex_;
+    const StandardCell<float> cell_{};
+};
+
+// y = x W^T + bias, W packed as a [K, N] reduced-precision matrix.
+template <typename W>
+class QuantizedMatrixImpl final : public QuantizedMatrix {
+public:
+    QuantizedMatrixImpl(Index K, Index N, Precision p, const void* weight, const float* scale,
+                        const float* bias)
+        : K_(K), N_(N) {
+        const Index bytes = p == Precision::int8 ? 1 : 2;
+        pack_rows(w_, K, N, 255, [&](Index n) {
+            return QuantizedRow{static_cast<const char*>(weight) + n * K * bytes,
+                                p == Precision::int8 ? scale[n] : 1.0f};
+        });
+        if (bias) {
+            bias_.resize(N);
+            std::copy(bias, bias + N, bias_.data());
+        }
+    }
+    void multiply(float* y, const float* x, Index M) const override {
+        const DenormalScope denormals;
+        EIGENLSTM_REQUIRE(M >= 0, "M must be >= 0, got " + std::to_string(M));
+        project_inputs(y, x, M, K_, N_, bias_.size() ? bias_.data() : nullptr, w_);
+    }
+
+private:
+    const Index K_, N_;
+    W w_;
+    Buffer<float> bias_;  // [N], or empty
+};
+
+QuantizedEngine* make_quantized(const Layout<float>& layout, Precision p,
+                                const QuantizedWeights& w) {
+    if (p == Precision::int8) return new QuantizedEngineImpl<Int8Panels>(layout, p, w);
+    return new QuantizedEngineImpl<Bf16Panels>(layout, p, w);
+}
+
+QuantizedMatrix* make_quantized_matrix(Index in_features, Index out_features, Precision p,
+                                       const void* weight, const float* scale,
+                                       const float* bias) {
+    if (p == Precision::int8)
+        return new QuantizedMatrixImpl<Int8Panels>(in_features, out_features, p, weight, scale, bias);
+    return new QuantizedMatrixImpl<Bf16Panels>(in_features, out_features, p, weight, scale, bias);
+}
+
+void set_features(bool vnni, bool bf16) {
+    features().vnni = vnni && kHasReducedPrecisionKernels;
+    features().bf16 = bf16 && kHasReducedPrecisionKernels;
+}
+
+const char* kernel_name(Precision p) {
+    return p == Precision::int8 ? int8_kernel() : bf16_kernel();
+}
+
+// ============================================================================================
 // the back end's entry points
 // ============================================================================================
 
@@ -605,7 +801,9 @@ const Backend& backend_table() {
                                kOpenMP,             &make_engine<float>,
                                &make_engine<double>, &set_threads,
                                &get_threads,        &set_flush,
-                               &get_flush,          &arm_fault};
+                               &get_flush,          &arm_fault,
+                               &set_features,       &kernel_name,
+                               &make_quantized,     &make_quantized_matrix};
     return table;
 }
 

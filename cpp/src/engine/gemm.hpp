@@ -188,5 +188,17 @@ void gemm_panels(Index M, const S* A, Index lda, const Panels<S>& Bp, Index col_
         default: break;
     }
 }
+
+// C[0:M, col_begin:col_end) = init + A[M, K] W: the product the time loops and the input
+// projection call, overloaded on W's representation (here float panels; quantized.hpp adds
+// int8 and bfloat16 ones, found by argument-dependent lookup). init is C (Accumulate) or the
+// row bias[col_begin:col_end) (nullptr: zero); A is row-major with stride lda; col_begin is on
+// a panel boundary.
+template <bool Accumulate, typename S>
+void multiply(Index M, const S* A, Index lda, const Panels<S>& W, Index col_begin, Index col_end,
+              S* C, Index ldc, const S* bias = nullptr) {
+    gemm_panels<S, Accumulate>(M, A, lda, W, col_begin, col_end, C, ldc, bias);
+}
+
 }  // namespace detail
 }  // namespace eigenlstm

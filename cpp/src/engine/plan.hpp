@@ -41,12 +41,12 @@ TeamPlan plan_team(Index D, Index T, Index B, Index I, Index H, Index Hout, bool
     return {int(std::max<Index>(1, std::min<Index>(per_dir, chunks))), false};
 }
 
-// pre[rows, N] = x[rows, K] W + bias, W packed as panels [K, N]. Threads take disjoint row
-// ranges (so every value is computed by one thread, the same way for any thread count), and
-// rows go through the kernel in blocks whose slice of x stays in L2 while the panels stream.
-template <typename S>
-void project_inputs(S* pre, const S* x, Index rows, Index K, Index N, const S* bias,
-                    const Panels<S>& w) {
+// pre[rows, N] = x[rows, K] W + bias, W packed [K, N] in any representation (`multiply`).
+// Threads take disjoint row ranges (so every value is computed by one thread, the same way for
+// any thread count), and rows go through the kernel in blocks whose slice of x stays in L2
+// while the panels stream.
+template <typename S, typename W>
+void project_inputs(S* pre, const S* x, Index rows, Index K, Index N, const S* bias, const W& w) {
     constexpr Index MR = Simd<S>::MR;
     const Index MB = std::max<Index>(MR, Index(128 * 1024) / Index(sizeof(S)) / std::max<Index>(K, 1) / MR * MR);
     // below ~1M multiply-adds a second thread costs more to wake than it saves
@@ -56,8 +56,7 @@ void project_inputs(S* pre, const S* x, Index rows, Index K, Index N, const S* b
         Index r0, r1;
         split_range(rows, MR, tid, n, r0, r1);
         for (Index m0 = r0; m0 < r1; m0 += MB)
-            gemm_panels<S, false>(std::min(MB, r1 - m0), x + m0 * K, K, w, 0, N, pre + m0 * N, N,
-                                  bias);
+            multiply<false>(std::min(MB, r1 - m0), x + m0 * K, K, w, 0, N, pre + m0 * N, N, bias);
     });
 }
 

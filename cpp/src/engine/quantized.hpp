@@ -1,0 +1,541 @@
+// Reduced-precision products for inference: int8 weights with dynamically quantized
+// activations, and bfloat16 weights and activations, both accumulating exactly (int32) or in
+// float32. They take the place of gemm.hpp's float panels in the time loops (the overloads of
+// `multiply` below): a quantized LSTM runs the same loops, cell and thread plan as a float32
+// one, and only its products differ.
+//
+// Kernels, chosen at run time by the features the front end allows (Features):
+//   int8   AVX512-VNNI vpdpbusd (64 multiply-adds an instruction), AVX2 vpsignb + vpmaddubsw
+//          + vpmaddwd (the avx2 and avx512 levels without VNNI), plain C++ (generic);
+//   bf16   AVX512_BF16 vdpbf16ps (32 an instruction), else an emulation: the bfloat16 weights
+//          widened to float32 (exact) and the float32 kernel on activations rounded to
+//          bfloat16 exactly as the instruction's operands are.
+// Every int8 kernel computes the same exact int32 sums (integer arithmetic, never saturating;
+// see Int8TileAvx2), so the int8 path gives the same results at every level up to the float32
+// rounding of the dequantization.
+#pragma once
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "../buffer.hpp"
+#include "gemm.hpp"
+#include "threads.hpp"
+
+namespace eigenlstm {
+namespace detail {
+
+// ---- features beyond the back end's level ----------------------------------------------------
+
+// Instructions of the CPU that this back end may use besides its level's, decided once by the
+// front end (dispatch.cpp: the CPU, the operating system and EIGENLSTM_MAX_ISA) before any
+// engine exists. Only the avx512 and native back ends have kernels for them.
+struct Features {
+    bool vnni = false;  // AVX512_VNNI: vpdpbusd
+    bool bf16 = false;  // AVX512_BF16: vdpbf16ps
+};
+inline Features& features() {
+    static Features f;
+    return f;
+}
+#if defined(__AVX512F__)
+constexpr bool kHasReducedPrecisionKernels = true;
+#else
+constexpr bool kHasReducedPrecisionKernels = false;
+#endif
+
+// ---- bfloat16 ------------------------------------------------------------------------------
+
+// The upper 16 bits of a float32, rounded to nearest even (VCVTNEPS2BF16's rounding); a NaN
+// stays a (quiet) NaN.
+inline std::uint16_t to_bf16(float x) {
+    std::uint32_t b;
+    std::memcpy(&b, &x, sizeof b);
+    if ((b & 0x7fffffffu) > 0x7f800000u) return std::uint16_t((b >> 16) | 0x40u);
+    b += 0x7fffu + ((b >> 16) & 1u);
+    return std::uint16_t(b >> 16);
+}
+inline float from_bf16(std::uint16_t h) {
+    const std::uint32_t b = std::uint32_t(h) << 16;
+    float x;
+    std::memcpy(&x, &b, sizeof x);
+    return x;
+}
+
+// ---- int8: activations -----------------------------------------------------------------------
+
+// M rows of activations quantized per row on the row's own range, to 8 or 7 bits (levels 255
+// or 127):
+//   A[m][k] ~= lo[m] + step[m] * u[m][k],  u in [0, levels],  step = (max - min) / levels.
+// Unsigned, because vpdpbusd and vpmaddubsw multiply unsigned by signed bytes; on the row's own
+// range, because the offset lo enters the product exactly (through the weights' column sums)
+// and a grid over [min, max] is as fine as a symmetric one over [-max|a|, max|a|] when the
+// range is symmetric and finer when it is not (an offset or ReLU'd input). Per row, so that a
+// row's result does not depend on the other rows of its batch (a stream's steps equal one
+// call). How many bits is the weights' choice (Int8Panels::levels): 8 for the model's input x,
+// whose outliers stretch its range, 7 for the states h and r, bounded in (-1, 1), where 7 bits
+// let AVX2 multiply without vpsignb (Int8TileAvx2). On the acceptance model (I = H = 256,
+// T = 100, standard normal x, random weights) the output error was 1.50e-2 with 7 bits
+// everywhere, 0.84e-2 with 8 everywhere and 0.85e-2 with this split.
+// split: also store, for AVX2's 8-bit kernel, s = u - 128 as signed bytes in u and |s| in mag.
+// A row holding an inf or NaN gets a NaN step, so its outputs are NaN as in float32. K is
+// padded to a multiple of 4 (a quad: the kernels take 4 bytes per multiply-add lane) with
+// zeros (u = 0; s = -128 with split), which multiply zero weights.
+struct Int8Rows {
+    Buffer<std::uint8_t> u, mag;  // [M, ldu]
+    Buffer<float> step, lo;       // [M]
+    Index ldu = 0;
+
+    void quantize(const float* A, Index M, Index K, Index lda, int levels, bool split) {
+        ldu = round_up(std::max<Index>(K, 1), 4);
+        u.resize(checked_mul(M, ldu));
+        if (split) mag.resize(checked_mul(M, ldu));
+        step.resize(M);
+        lo.resize(M);
+        const float top = float(levels);
+        for (Index m = 0; m < M; ++m) {
+            const float* a = A + m * lda;
+            float mn = a[0], mx = a[0];
+            int bad = 0;
+            for (Index k = 0; k < K; ++k) {
+                mn = a[k] < mn ? a[k] : mn;
+                mx = a[k] > mx ? a[k] : mx;
+                bad |= !(std::fabs(a[k]) <= FLT_MAX);
+            }
+            const float range = mx - mn;
+            const float inv = range > 0 ? top / range : 0.0f;
+            step[m] = bad ? NAN : range / top;
+            lo[m] = mn;
+            std::uint8_t* q = u.data() + m * ldu;
+            // round half up: (a - lo) * inv is in [0, levels] (up to rounding, clamped)
+            for (Index k = 0; k < K; ++k) q[k] = std::uint8_t(std::min((a[k] - mn) * inv + 0.5f, top));
+            for (Index k = K; k < ldu; ++k) q[k] = 0;
+            if (split) {
+                std::uint8_t* g = mag.data() + m * ldu;
+                for (Index k = 0; k < ldu; ++k) {
+                    const int sk = int(q[k]) - 128;
+                    q[k] = std::uint8_t(sk);  // as a signed byte: u - 128
+                    g[k] = std::uint8_t(sk < 0 ? -sk : sk);
+                }
+            }
+        }
+    }
+};
+
+// ---- int8: packed weights --------------------------------------------------------------------
+
+// A [K, N] int8 matrix (N output channels, each with its own scale) as panels of NR columns
+// (NR = Simd<float>::NR, the float32 panel width, so that thread splits of the float32 loops
+// fall on panel boundaries), K in quads:
+//   data[((p*Kq + q)*NR + j)*4 + t] = W(4q + t, p*NR + j),  zero padded,
+// one 4-byte lane per column: the operand layout of vpdpbusd and of vpmaddubsw + vpmaddwd.
+struct Int8Panels {
+    static constexpr int NR = Simd<float>::NR;
+    Index K = 0, N = 0, Kq = 0;
+    int levels = 255;             // grid of the activations it multiplies (Int8Rows): 255 or 127
+    Buffer<std::int8_t> data;     // [panels, Kq, NR, 4]
+    Buffer<float> scale;          // [panels * NR]  dequantization scale of each column (0: padding)
+    Buffer<std::int32_t> colsum;  // [panels * NR]  sum over k of W(k, n) (|sum| <= 127 K)
+
+    Index num_panels() const { return (N + NR - 1) / NR; }
+
+    // W(k, n) = at(k, n) in [-127, 127], column n's scale scale_of(n); activations on a grid
+    // of `grid` levels.
+    template <typename At, typename ScaleOf>
+    void pack(Index k_size, Index n_size, int grid, At&& at, ScaleOf&& scale_of) {
+        K = k_size;
+        N = n_size;
+        Kq = (K + 3) / 4;
+        levels = grid;
+        const Index cols = num_panels() * NR;
+        data.resize(checked_mul(cols, std::max<Index>(Kq, 1) * 4));
+        data.zero();
+        scale.resize(cols);
+        scale.zero();
+        colsum.resize(cols);
+        colsum.zero();
+        for (Index n = 0; n < N; ++n) {
+            const Index p = n / NR, j = n % NR;
+            std::int32_t sum = 0;
+            for (Index k = 0; k < K; ++k) {
+                const std::int8_t w = at(k, n);
+                data[((p * Kq + k / 4) * NR + j) * 4 + k % 4] = w;
+                sum += w;
+            }
+            scale[n] = scale_of(n);
+            colsum[n] = sum;
+        }
+    }
+};
+
+// The int8 tiles: R rows (quantized, from row m of `rows`) by NP panels, int32 sums over all
+// of K in registers, handed out as acc[r][p*NR + j] = sum_k (u[r][k] - kOffset) W(k, n). One
+// per instruction set.
+
+// Plain C++: the generic level's.
+template <int R, int NP>
+struct Int8TileScalar {
+    static constexpr int NR = Int8Panels::NR, kOffset = 0;
+    static constexpr bool kSplit = false;
+    std::int32_t acc[R][NP * NR] = {};
+    void madd(Index Kq, const Int8Rows& rows, Index m, const std::int8_t* w, Index panel_stride) {
+        for (Index q = 0; q < Kq; ++q)
+            for (int p = 0; p < NP; ++p) {
+                const std::int8_t* b = w + p * panel_stride + q * NR * 4;
+                for (int r = 0; r < R; ++r) {
+                    const std::uint8_t* a = rows.u.data() + (m + r) * rows.ldu + 4 * q;
+                    for (int j = 0; j < NR; ++j)
+                        acc[r][p * NR + j] += int(a[0]) * b[4 * j] + int(a[1]) * b[4 * j + 1] +
+                                              int(a[2]) * b[4 * j + 2] + int(a[3]) * b[4 * j + 3];
+                }
+            }
+    }
+    void store(std::int32_t* out) const { std::memcpy(out, acc, sizeof acc); }
+};
+
+#if defined(__AVX2__)
+// AVX2 (and AVX-512 without VNNI): per int32 lane, vpmaddubsw multiplies unsigned by signed
+// bytes and sums pairs into int16 with saturation, and vpmaddwd by ones sums those pairs.
+//   7-bit rows (Split = false): u <= 127 times weights |w| <= 127 gives pairs of at most
+//     2 * 127 * 127 = 32258 < 32767: never saturated.
+//   8-bit rows (Split = true): u up to 255 would saturate (2 * 255 * 127 > 32767), so the
+//     tile multiplies s = u - 128 in [-128, 127] instead, its sign moved onto the weights
+//     (vpsignb) and |s| <= 128 unsigned: pairs of at most 2 * 128 * 127 = 32512. The 128 taken
+//     off each u comes back in the dequantization, as 128 times the column sum (kOffset).
+// Either way the sums are exact.
+template <int R, int NP, bool Split>
+struct Int8TileAvx2Impl {
+    static constexpr int NR = Int8Panels::NR, V = NR / 8;  // 8 int32 a register
+    static constexpr int kOffset = Split ? 128 : 0;
+    static constexpr bool kSplit = Split;
+    __m256i acc[R][NP * V];
+    void madd(Index Kq, const Int8Rows& rows, Index m, const std::int8_t* w, Index panel_stride) {
+        for (int r = 0; r < R; ++r)
+            for (int v = 0; v < NP * V; ++v) acc[r][v] = _mm256_setzero_si256();
+        const __m256i ones = _mm256_set1_epi16(1);
+        const std::uint8_t* u = rows.u.data() + m * rows.ldu;
+        const std::uint8_t* g = Split ? rows.mag.data() + m * rows.ldu : nullptr;
+        for (Index q = 0; q < Kq; ++q) {
+            __m256i b[NP * V];
+            for (int p = 0; p < NP; ++p)
+                for (int v = 0; v < V; ++v)
+                    b[p * V + v] = _mm256_load_si256(reinterpret_cast<const __m256i*>(
+                        w + p * panel_stride + (q * NR + 8 * v) * 4));
+            for (int r = 0; r < R; ++r) {
+                std::int32_t quad;
+                std::memcpy(&quad, u + r * rows.ldu + 4 * q, 4);
+                const __m256i a = _mm256_set1_epi32(quad);
+                if (Split) {
+                    std::memcpy(&quad, g + r * rows.ldu + 4 * q, 4);
+                    const __m256i mag = _mm256_set1_epi32(quad);
+                    for (int v = 0; v < NP * V; ++v)
+                        acc[r][v] = _mm256_add_epi32(
+                            acc[r][v], _mm256_madd_epi16(
+                                           _mm256_maddubs_epi16(mag, _mm256_sign_epi8(b[v], a)), ones));
+                } else {
+                    for (int v = 0; v < NP * V; ++v)
+                        acc[r][v] = _mm256_add_epi32(
+                            acc[r][v], _mm256_madd_epi16(_mm256_maddubs_epi16(a, b[v]), ones));
+                }
+            }
+        }
+    }
+    void store(std::int32_t* out) const {
+        for (int r = 0; r < R; ++r)
+            for (int v = 0; v < NP * V; ++v)
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * NP * NR + 8 * v), acc[r][v]);
+    }
+};
+template <int R, int NP>
+using Int8TileAvx2 = Int8TileAvx2Impl<R, NP, false>;
+template <int R, int NP>
+using Int8TileAvx2Split = Int8TileAvx2Impl<R, NP, true>;
+#endif
+
+#if defined(__AVX512F__)
+// acc + the products of the 4-byte groups of a (unsigned) and b (signed), per int32 lane
+// (vpdpbusd), and acc + the products of the bfloat16 pairs of a and b, per float32 lane
+// (vdpbf16ps). Inline assembly, so that the back end needs neither feature to build or load
+// (the front end enables them where the CPU has them), and so that the accumulator stays in
+// its register: GCC 12 compiled the intrinsics' three-operand form with a copy of the
+// accumulator into a scratch register and back around each instruction, which doubled the
+// instructions of the int8 tile (perf annotate). By value: an accumulator whose address is
+// taken lives on the stack.
+inline __m512i dpbusd(__m512i acc, __m512i a, __m512i b) {
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+    return acc;
+}
+inline __m512 dpbf16ps(__m512 acc, __m512i a, __m512i b) {
+    __asm__("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+    return acc;
+}
+
+// AVX512-VNNI: vpdpbusd multiplies 4 u8 by 4 s8 per int32 lane and adds them, exactly.
+template <int R, int NP>
+struct Int8TileVnni {
+    static constexpr int NR = Int8Panels::NR, V = NR / 16, kOffset = 0;  // 16 int32 a register
+    static constexpr bool kSplit = false;
+    __m512i acc[R][NP * V];
+    void madd(Index Kq, const Int8Rows& rows, Index m, const std::int8_t* w, Index panel_stride) {
+        for (int r = 0; r < R; ++r)
+            for (int v = 0; v < NP * V; ++v) acc[r][v] = _mm512_setzero_si512();
+        const std::uint8_t* u = rows.u.data() + m * rows.ldu;
+        for (Index q = 0; q < Kq; ++q) {
+            __m512i b[NP * V];
+            for (int p = 0; p < NP; ++p)
+                for (int v = 0; v < V; ++v)
+                    b[p * V + v] = _mm512_load_si512(w + p * panel_stride + (q * NR + 16 * v) * 4);
+            for (int r = 0; r < R; ++r) {
+                std::int32_t quad;
+                std::memcpy(&quad, u + r * rows.ldu + 4 * q, 4);
+                const __m512i a = _mm512_set1_epi32(quad);
+                for (int v = 0; v < NP * V; ++v) acc[r][v] = dpbusd(acc[r][v], a, b[v]);
+            }
+        }
+    }
+    void store(std::int32_t* out) const {
+        for (int r = 0; r < R; ++r)
+            for (int v = 0; v < NP * V; ++v) _mm512_storeu_si512(out + r * NP * NR + 16 * v, acc[r][v]);
+    }
+};
+#endif
+
+// C[m, n] = init + scale[n] * (step[m] * sum_k u[m][k] W(k, n) + lo[m] * colsum[n]), for the
+// columns [col_begin, col_end) (col_begin on a panel boundary), init = C (Accumulate), else
+// bias[n] (or 0 without a bias). Blocked like gemm_panels: MR rows by one panel, then the
+// leftover rows over several panels. The dequantization is the same scalar code for every
+// tile, so a row's results do not depend on the block it falls in.
+template <template <int, int> class Tile, int MR, bool Accumulate>
+void int8_tiles(Index M, const Int8Rows& rows, const Int8Panels& W, Index col_begin,
+                Index col_end, float* C, Index ldc, const float* bias) {
+    constexpr int NR = Int8Panels::NR;
+    const Index stride = W.Kq * NR * 4;
+    auto block = [&](auto rows_c, auto panels_c, Index m, Index n0) {
+        constexpr int R = decltype(rows_c)::value, NP = decltype(panels_c)::value;
+        Tile<R, NP> tile;
+        tile.madd(W.Kq, rows, m, W.data.data() + (n0 / NR) * stride, stride);
+        alignas(64) std::int32_t acc[R * NP * NR];
+        tile.store(acc);
+        const Index w = std::min<Index>(NP * NR, col_end - n0);
+        for (int r = 0; r < R; ++r) {
+            const float step = rows.step[m + r], lo = rows.lo[m + r];
+            float* c = C + (m + r) * ldc + n0;
+            const float* sc = W.scale.data() + n0;
+            const std::int32_t* cs = W.colsum.data() + n0;
+            const std::int32_t* a = acc + r * NP * NR;
+            for (Index j = 0; j < w; ++j) {
+                const std::int32_t dot = a[j] + Tile<R, NP>::kOffset * cs[j];  // exact
+                const float v = sc[j] * (step * float(dot) + lo * float(cs[j]));
+                c[j] = Accumulate ? c[j] + v : (bias ? bias[n0 + j] + v : v);
+            }
+        }
+    };
+    const Index full = M / MR * MR;
+    for (Index n0 = col_begin; n0 < col_end && full > 0; n0 += NR)
+        for (Index m = 0; m < full; m += MR)
+            block(std::integral_constant<int, MR>(), std::integral_constant<int, 1>(), m, n0);
+    auto leftover = [&](auto rows_c) {
+        constexpr int R = decltype(rows_c)::value, NP = R >= 4 ? 1 : (R == 1 ? 4 : 2);
+        Index n0 = col_begin;
+        for (; n0 + (NP - 1) * NR < col_end; n0 += NP * NR)
+            block(rows_c, std::integral_constant<int, NP>(), full, n0);
+        for (; n0 < col_end; n0 += NR) block(rows_c, std::integral_constant<int, 1>(), full, n0);
+    };
+    switch (M - full) {
+        case 1: leftover(std::integral_constant<int, 1>()); break;
+        case 2: leftover(std::integral_constant<int, 2>()); break;
+        case 3: leftover(std::integral_constant<int, 3>()); break;
+        case 4: if constexpr (MR > 4) leftover(std::integral_constant<int, 4>()); break;
+        case 5: if constexpr (MR > 5) leftover(std::integral_constant<int, 5>()); break;
+        case 6: if constexpr (MR > 6) leftover(std::integral_constant<int, 6>()); break;
+        case 7: if constexpr (MR > 7) leftover(std::integral_constant<int, 7>()); break;
+        default: break;
+    }
+}
+
+// The int8 kernel this back end runs (for el.config()).
+inline const char* int8_kernel() {
+#if defined(__AVX512F__)
+    if (features().vnni) return "avx512_vnni (vpdpbusd)";
+#endif
+#if defined(__AVX2__)
+    return "avx2 (vpmaddubsw, vpmaddwd)";
+#else
+    return "generic (C++)";
+#endif
+}
+
+// ---- bfloat16: packed weights ----------------------------------------------------------------
+
+// A [K, N] bfloat16 matrix. With AVX512_BF16, panels of NR columns with K in pairs,
+//   data[((p*K2 + q)*NR + j)*2 + t] = W(2q + t, p*NR + j),
+// vdpbf16ps's operand layout; otherwise the values widened to float32 (exact) in float panels.
+struct Bf16Panels {
+    static constexpr int NR = Simd<float>::NR;
+    Index K = 0, N = 0, K2 = 0;
+    bool native = false;
+    Buffer<std::uint16_t> data;  // native: [panels, K2, NR, 2]
+    Panels<float> wide;          // emulation
+
+    Index num_panels() const { return (N + NR - 1) / NR; }
+
+    template <typename At>
+    void pack(Index k_size, Index n_size, At&& at) {
+        K = k_size;
+        N = n_size;
+        K2 = (K + 1) / 2;
+        native = kHasReducedPrecisionKernels && features().bf16;
+        if (!native) {
+            Buffer<float> tmp(checked_mul(std::max<Index>(K, 1), N));
+            for (Index k = 0; k < K; ++k)
+                for (Index n = 0; n < N; ++n) tmp[k * N + n] = from_bf16(at(k, n));
+            wide.pack(tmp.data(), K, N, N, 1);
+            return;
+        }
+        data.resize(checked_mul(num_panels() * NR, std::max<Index>(K2, 1) * 2));
+        data.zero();
+        for (Index n = 0; n < N; ++n)
+            for (Index k = 0; k < K; ++k)
+                data[(((n / NR) * K2 + k / 2) * NR + n % NR) * 2 + k % 2] = at(k, n);
+    }
+};
+
+#if defined(__AVX512F__)
+// AVX512_BF16: vdpbf16ps adds the products of two bfloat16 pairs to each float32 lane.
+template <int R, int NP>
+struct Bf16TileNative {
+    static constexpr int NR = Bf16Panels::NR, V = NR / 16;
+    __m512 acc[R][NP * V];
+    void madd(Index K2, const std::uint16_t* a, Index lda, const std::uint16_t* w,
+              Index panel_stride) {
+        for (int r = 0; r < R; ++r)
+            for (int v = 0; v < NP * V; ++v) acc[r][v] = _mm512_setzero_ps();
+        for (Index q = 0; q < K2; ++q) {
+            __m512i b[NP * V];
+            for (int p = 0; p < NP; ++p)
+                for (int v = 0; v < V; ++v)
+                    b[p * V + v] = _mm512_load_si512(w + p * panel_stride + (q * NR + 16 * v) * 2);
+            for (int r = 0; r < R; ++r) {
+                std::int32_t pair;
+                std::memcpy(&pair, a + r * lda + 2 * q, 4);
+                const __m512i x = _mm512_set1_epi32(pair);
+                for (int v = 0; v < NP * V; ++v) acc[r][v] = dpbf16ps(acc[r][v], x, b[v]);
+            }
+        }
+    }
+    void store(float* out) const {
+        for (int r = 0; r < R; ++r)
+            for (int v = 0; v < NP * V; ++v) _mm512_storeu_ps(out + r * NP * NR + 16 * v, acc[r][v]);
+    }
+};
+
+// C = init + A_bf16 W over [col_begin, col_end), blocked as int8_tiles.
+template <bool Accumulate>
+void bf16_tiles(Index M, const std::uint16_t* A, Index lda, const Bf16Panels& W, Index col_begin,
+                Index col_end, float* C, Index ldc, const float* bias) {
+    constexpr int NR = Bf16Panels::NR, MR = 8;
+    const Index stride = W.K2 * NR * 2;
+    auto block = [&](auto rows_c, auto panels_c, Index m, Index n0) {
+        constexpr int R = decltype(rows_c)::value, NP = decltype(panels_c)::value;
+        Bf16TileNative<R, NP> tile;
+        tile.madd(W.K2, A + m * lda, lda, W.data.data() + (n0 / NR) * stride, stride);
+        alignas(64) float acc[R * NP * NR];
+        tile.store(acc);
+        const Index w = std::min<Index>(NP * NR, col_end - n0);
+        for (int r = 0; r < R; ++r) {
+            float* c = C + (m + r) * ldc + n0;
+            const float* a = acc + r * NP * NR;
+            for (Index j = 0; j < w; ++j)
+                c[j] = Accumulate ? c[j] + a[j] : (bias ? bias[n0 + j] + a[j] : a[j]);
+        }
+    };
+    const Index full = M / MR * MR;
+    for (Index n0 = col_begin; n0 < col_end && full > 0; n0 += NR)
+        for (Index m = 0; m < full; m += MR)
+            block(std::integral_constant<int, MR>(), std::integral_constant<int, 1>(), m, n0);
+    auto leftover = [&](auto rows_c) {
+        constexpr int R = decltype(rows_c)::value, NP = R >= 4 ? 1 : (R == 1 ? 4 : 2);
+        Index n0 = col_begin;
+        for (; n0 + (NP - 1) * NR < col_end; n0 += NP * NR)
+            block(rows_c, std::integral_constant<int, NP>(), full, n0);
+        for (; n0 < col_end; n0 += NR) block(rows_c, std::integral_constant<int, 1>(), full, n0);
+    };
+    switch (M - full) {
+        case 1: leftover(std::integral_constant<int, 1>()); break;
+        case 2: leftover(std::integral_constant<int, 2>()); break;
+        case 3: leftover(std::integral_constant<int, 3>()); break;
+        case 4: leftover(std::integral_constant<int, 4>()); break;
+        case 5: leftover(std::integral_constant<int, 5>()); break;
+        case 6: leftover(std::integral_constant<int, 6>()); break;
+        case 7: leftover(std::integral_constant<int, 7>()); break;
+        default: break;
+    }
+}
+#endif
+
+inline const char* bf16_kernel() {
+#if defined(__AVX512F__)
+    if (features().bf16) return "avx512_bf16 (vdpbf16ps)";
+#endif
+    return "emulated (float32 kernel on bfloat16 values)";
+}
+
+// ---- the products the time loops call ------------------------------------------------------
+
+// `multiply` (gemm.hpp) for the reduced-precision weights. Each converts A's rows in the
+// calling thread's scratch: after the first call of a size, none allocates.
+template <bool Accumulate>
+void multiply(Index M, const float* A, Index lda, const Int8Panels& W, Index col_begin,
+              Index col_end, float* C, Index ldc, const float* bias = nullptr) {
+    if (M == 0 || col_begin >= col_end) return;
+    thread_local Int8Rows rows;
+#if defined(__AVX512F__)
+    if (features().vnni) {
+        rows.quantize(A, M, W.K, lda, W.levels, false);
+        return int8_tiles<Int8TileVnni, 8, Accumulate>(M, rows, W, col_begin, col_end, C, ldc, bias);
+    }
+#endif
+#if defined(__AVX2__)
+    const bool split = W.levels > 127;
+    rows.quantize(A, M, W.K, lda, W.levels, split);
+    if (split)
+        return int8_tiles<Int8TileAvx2Split, 4, Accumulate>(M, rows, W, col_begin, col_end, C, ldc,
+                                                            bias);
+    int8_tiles<Int8TileAvx2, 4, Accumulate>(M, rows, W, col_begin, col_end, C, ldc, bias);
+#else
+    rows.quantize(A, M, W.K, lda, W.levels, false);
+    int8_tiles<Int8TileScalar, 4, Accumulate>(M, rows, W, col_begin, col_end, C, ldc, bias);
+#endif
+}
+
+template <bool Accumulate>
+void multiply(Index M, const float* A, Index lda, const Bf16Panels& W, Index col_begin,
+              Index col_end, float* C, Index ldc, const float* bias = nullptr) {
+    if (M == 0 || col_begin >= col_end) return;
+#if defined(__AVX512F__)
+    if (W.native) {
+        thread_local Buffer<std::uint16_t> rows;
+        const Index ld = 2 * W.K2;
+        rows.resize(checked_mul(M, std::max<Index>(ld, 1)));
+        for (Index m = 0; m < M; ++m) {
+            std::uint16_t* r = rows.data() + m * ld;
+            for (Index k = 0; k < W.K; ++k) r[k] = to_bf16(A[m * lda + k]);
+            for (Index k = W.K; k < ld; ++k) r[k] = 0;
+        }
+        return bf16_tiles<Accumulate>(M, rows.data(), ld, W, col_begin, col_end, C, ldc, bias);
+    }
+#endif
+    // The emulation: the operands rounded to bfloat16, the products exact in float32 (8-bit
+    // significands), summed in float32 by the float32 kernel.
+    thread_local Buffer<float> rows;
+    rows.resize(checked_mul(M, std::max<Index>(W.K, 1)));
+    for (Index m = 0; m < M; ++m)
+        for (Index k = 0; k < W.K; ++k) rows[m * W.K + k] = from_bf16(to_bf16(A[m * lda + k]));
+    gemm_panels<float, Accumulate>(M, rows.data(), W.K, W.wide, col_begin, col_end, C, ldc, bias);
+}
+
+}  // namespace detail
+}  // namespace eigenlstm
