@@ -121,7 +121,7 @@ def test_optimizer_state_is_stored_under_torch_names_and_shapes(trained):
         assert z["optimizer/exp_avg_sq/fc.bias"].shape == (2,)
         meta = json.loads(str(z["meta"][()]))
     assert {"weights/lstm.weight_hh_l1", "weights/fc.weight"} <= files
-    assert meta["format_version"] == checkpoint.FORMAT_VERSION
+    assert meta["format_version"] == checkpoint.MODEL_VERSIONS["LSTMModel"]
     assert meta["config"]["num_layers"] == 2 and meta["training"]["epoch"] == 2
 
 

@@ -18,7 +18,17 @@ from . import data, functional, io, nn, optim, training
 from ._core import get_num_threads, set_num_threads
 from ._version import __version__
 from .io import keras, load, onnx, save
-from .nn import LSTM, Linear, LSTMModel, Module, Sequential, cross_entropy, losses, mse_loss
+from .nn import (
+    LSTM,
+    Linear,
+    LSTMModel,
+    Module,
+    Sequential,
+    cross_entropy,
+    losses,
+    mse_loss,
+    quantize,
+)
 from .optim import SGD, Adam, AdamW, CosineAnnealingLR, StepLR, clip_grad_norm, clip_grad_norm_
 from .runtime import config, get_flush_denormal, set_flush_denormal, show_config
 from .training import Callback, EarlyStopping, History, ModelCheckpoint, Trainer
@@ -33,6 +43,7 @@ __all__ = [
     "Module",
     "functional",
     "nn",
+    "quantize",
     # training
     "Trainer",
     "History",

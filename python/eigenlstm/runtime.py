@@ -3,8 +3,10 @@ settings (threads, denormal flushing).
 
 The C++ engine holds one back end per instruction-set level (``generic``, ``avx2``,
 ``avx512``) and loads the best one that the CPU and the operating system support when it is
-first used. The environment variable ``EIGENLSTM_MAX_ISA`` caps the level, as oneDNN's
-``ONEDNN_MAX_CPU_ISA`` does; it is read once per process.
+first used; within it, the int8 and bfloat16 kernels of ``quantize`` also use AVX512_VNNI and
+AVX512_BF16 where the CPU has them. The environment variable ``EIGENLSTM_MAX_ISA`` caps the
+level and those features (generic < avx2 < avx512 < avx512_vnni < avx512_bf16 < native), as
+oneDNN's ``ONEDNN_MAX_CPU_ISA`` does; it is read once per process.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ def config() -> dict[str, Any]:
     dict
         ``version``: eigenlstm's version; ``isa``: the instruction-set level in use;
         ``isa_available``: the levels this CPU and this build can run, low to high;
+        ``isa_features``: the features beyond the level in use (``avx512_vnni``,
+        ``avx512_bf16``); ``quantized_kernels``: the kernel each ``quantize`` dtype runs;
         ``compiler``, ``eigen``, ``simd`` (Eigen's instruction sets) and ``openmp`` (the
         ``_OPENMP`` date, 0 without OpenMP) of the back end in use; ``library``: its file;
         ``num_threads``; ``flush_denormal``; ``machine``: the CPU architecture.
@@ -48,6 +52,8 @@ def config() -> dict[str, Any]:
         "version": __version__,
         "isa": build["isa"],
         "isa_available": list(_core.isa_available()),
+        "isa_features": list(_core.isa_features()),
+        "quantized_kernels": {p: _core.quantized_kernel(p) for p in ("int8", "bfloat16")},
         "compiler": build["compiler"],
         "eigen": build["eigen"],
         "simd": build["simd"],
@@ -76,6 +82,11 @@ def show_config(file: TextIO | None = None) -> None:
             "isa",
             f"{cfg['isa']} (available: {', '.join(cfg['isa_available'])}; "
             "cap with EIGENLSTM_MAX_ISA)",
+        ),
+        ("isa_features", ", ".join(cfg["isa_features"]) or "none"),
+        (
+            "quantized",
+            ", ".join(f"{p}: {k}" for p, k in cfg["quantized_kernels"].items()),
         ),
         ("machine", cfg["machine"]),
         ("compiler", cfg["compiler"]),

@@ -1,4 +1,4 @@
-"""Checkpoints of ``LSTMModel``: one ``.npz`` with weights, config and, optionally, a training run.
+"""Checkpoints of ``LSTMModel`` (and of its quantized form): one ``.npz`` with weights, config and, optionally, a training run.
 
 ``save`` writes atomically (temp file in the same folder, fsync, ``os.replace``) so a crash never
 damages the previous file; ``load`` validates everything and names the file in its errors. The
@@ -21,13 +21,16 @@ import zlib
 import numpy as np
 
 from .._version import __version__
-from ..nn import LSTMModel
+from ..nn import LSTMModel, QuantizedLSTMModel
 
-__all__ = ["save", "load", "FORMAT_VERSION"]
+__all__ = ["save", "load", "FORMAT_VERSION", "MODEL_VERSIONS"]
 
-#: Version of the checkpoint layout written by this eigenlstm; ``load`` refuses newer ones.
-#: 2 added the checksum (below); version 1 files are read as before.
-FORMAT_VERSION = 2
+#: The newest checkpoint layout this eigenlstm reads and writes; ``load`` refuses newer ones.
+#: 2 added the checksum (below), 3 quantized models; version 1 files are read as before.
+FORMAT_VERSION = 3
+#: The version ``save`` writes for each model class: the oldest that holds it, so that a float
+#: model stays readable by eigenlstm releases from before version 3.
+MODEL_VERSIONS = {"LSTMModel": 2, "QuantizedLSTMModel": 3}
 _MAGIC = "eigenlstm-checkpoint"
 
 # From version 2 the archive's comment (the last bytes of a zip file) is the SHA-256 of every
@@ -119,8 +122,9 @@ def save(model, path, *, metadata: dict | None = None, training: dict | None = N
 
     Parameters
     ----------
-    model : LSTMModel
-        The model: its config, weights and dropout stream are saved.
+    model : LSTMModel or QuantizedLSTMModel
+        The model: its config, weights and dropout stream are saved (a quantized model's
+        weights as they are stored: int8 or bfloat16, with their scales).
     path : str or os.PathLike
         The file to write (used as given; ``.npz`` is the conventional suffix).
     metadata : dict, optional
@@ -164,7 +168,13 @@ def save(model, path, *, metadata: dict | None = None, training: dict | None = N
     """
     where = "eigenlstm.save"
     if not isinstance(model, LSTMModel):
-        raise TypeError(f"{where}: model must be an LSTMModel, got {type(model).__name__}")
+        raise TypeError(
+            f"{where}: model must be an LSTMModel or a QuantizedLSTMModel, got "
+            f"{type(model).__name__}"
+        )
+    kind = type(model).__name__ if isinstance(model, QuantizedLSTMModel) else "LSTMModel"
+    if kind == "QuantizedLSTMModel" and training is not None:
+        raise ValueError(f"{where}: a quantized model has no training run to save")
     path = os.fspath(path)
     weights = model.state_dict()
     bad = [k for k, v in weights.items() if not np.isfinite(v).all()]
@@ -175,13 +185,13 @@ def save(model, path, *, metadata: dict | None = None, training: dict | None = N
         )
     meta = {
         "format": _MAGIC,
-        "format_version": FORMAT_VERSION,
+        "format_version": MODEL_VERSIONS[kind],
         "eigenlstm_version": __version__,
-        "model": "LSTMModel",
+        "model": kind,
         "config": model.config(),
         "metadata": model.metadata if metadata is None else metadata,
-        # uint64 values as strings: exact in any JSON reader
-        "dropout_state": [str(v) for v in model.get_extra_state()["lstm.dropout_state"]],
+        # uint64 values as strings: exact in any JSON reader (a quantized model has none)
+        "dropout_state": [str(v) for v in model.get_extra_state().get("lstm.dropout_state", ())],
         "training": None,
     }
     arrays = {f"weights/{k}": v for k, v in weights.items()}
@@ -219,7 +229,7 @@ def load(path, *, with_training: bool = False):
 
     Returns
     -------
-    LSTMModel, or (LSTMModel, dict or None) with ``with_training``
+    LSTMModel or QuantizedLSTMModel, or (model, dict or None) with ``with_training``
         With its weights, ``metadata`` and dropout stream.
 
     Raises
@@ -296,10 +306,16 @@ def load(path, *, with_training: bool = False):
             raise ValueError(f"{bad} (corrupted or truncated: {exc})") from exc
     try:
         config = dict(meta["config"])
-        model = LSTMModel(**config)
+        kind = meta.get("model", "LSTMModel")
+        if kind not in MODEL_VERSIONS:
+            raise ValueError(f"model must be one of {sorted(MODEL_VERSIONS)}, got {kind!r}")
+        model = (
+            QuantizedLSTMModel(**config) if kind == "QuantizedLSTMModel" else LSTMModel(**config)
+        )
         weights = {k[len("weights/") :]: v for k, v in arrays.items() if k.startswith("weights/")}
         model.load_state_dict(weights)
-        model.set_extra_state({"lstm.dropout_state": [int(v) for v in meta["dropout_state"]]})
+        if kind == "LSTMModel":
+            model.set_extra_state({"lstm.dropout_state": [int(v) for v in meta["dropout_state"]]})
         model.metadata = meta.get("metadata") or {}
         training = meta.get("training")
         if training is not None:

@@ -2,7 +2,9 @@
 
 ``Module`` (module.py) is the base of ``LSTM`` (lstm.py, over the C++ engine), ``Linear``
 (linear.py), the seed's ``LSTMModel`` (model.py) and the Keras-style stack ``Sequential``
-(sequential.py), with ``Stream`` (stream.py) for stateful inference; ``losses`` holds the loss functions, which return the loss and its gradient.
+(sequential.py), with ``Stream`` (stream.py) for stateful inference and ``quantize``
+(quantized.py) for int8 and bfloat16 inference; ``losses`` holds the loss functions, which
+return the loss and its gradient.
 """
 
 from . import losses
@@ -12,6 +14,7 @@ from .lstm import LSTM
 from .model import LSTMModel
 from .module import Module
 from .parameter import Parameter
+from .quantized import QuantizedLinear, QuantizedLSTM, QuantizedLSTMModel, quantize
 from .sequential import Sequential
 from .stream import Stream
 
@@ -23,6 +26,10 @@ __all__ = [
     "LSTMModel",
     "Sequential",
     "Stream",
+    "QuantizedLSTM",
+    "QuantizedLinear",
+    "QuantizedLSTMModel",
+    "quantize",
     "losses",
     "mse_loss",
     "cross_entropy",

@@ -28,7 +28,7 @@ from .module import Module
 from .parameter import Parameter
 from .stream import Stream, check_streamable
 
-__all__ = ["LSTM", "param_names"]
+__all__ = ["LSTM", "param_names", "run_forward", "check_head"]
 
 _KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
@@ -44,6 +44,66 @@ def param_names(num_layers: int, bidirectional: bool, proj_size: int, bias: bool
                 if kind == "weight_hr" and proj_size == 0:
                     continue
                 yield f"{kind}_l{layer}{suffix}", kind, layer, direction
+
+
+def run_forward(module, where: str, x, state, lengths, engine_forward):
+    """The argument handling of an LSTM's forward around one engine call.
+
+    ``module`` has an LSTM's sizes (``input_size``, ``hidden_size``, ``output_size``,
+    ``num_layers``, ``num_directions``, ``batch_first``, ``dtype``); ``engine_forward(x, h0,
+    c0, lengths)`` takes the checked, time-major, C-contiguous arrays (None where absent) and
+    returns ``(y, h_n, c_n)``. Returns ``(output, (h_n, c_n), batched, T, N)``.
+    """
+    x = as_real_array(where, "x", x, module.dtype)
+    if x.ndim not in (2, 3):
+        raise ValueError(
+            f"{where}: x must be 3-D (batched) or 2-D (unbatched), got {x.ndim}-D with shape {x.shape}"
+        )
+    batched = x.ndim == 3
+    if not batched:
+        x = x[:, None, :]
+    elif module.batch_first:
+        x = x.transpose(1, 0, 2)
+    T, N, I = x.shape
+    if I != module.input_size:
+        raise ValueError(f"{where}: x must have {module.input_size} features (input_size), got {I}")
+    DL = module.num_directions * module.num_layers
+    h0 = c0 = None
+    if state is not None:
+        check_pair(where, "state", "(h0, c0)", state)
+        h_shape = (DL, N, module.output_size) if batched else (DL, module.output_size)
+        c_shape = (DL, N, module.hidden_size) if batched else (DL, module.hidden_size)
+        h0 = as_real_array(where, "h0", state[0], module.dtype)
+        c0 = as_real_array(where, "c0", state[1], module.dtype)
+        check_shape(where, "h0", h0, h_shape)
+        check_shape(where, "c0", c0, c_shape)
+        h0 = np.ascontiguousarray(h0.reshape(DL, N, module.output_size))
+        c0 = np.ascontiguousarray(c0.reshape(DL, N, module.hidden_size))
+    if lengths is not None:
+        if not batched:
+            raise ValueError(f"{where}: x must be 3-D (batched) when lengths are given, got 2-D")
+        lengths = check_lengths(where, "lengths", lengths, N, T)
+    y, h_n, c_n = engine_forward(np.ascontiguousarray(x), h0, c0, lengths)
+    if not batched:
+        return y[:, 0, :], (h_n[:, 0, :], c_n[:, 0, :]), batched, T, N
+    if module.batch_first:
+        y = y.transpose(1, 0, 2)
+    return y, (h_n, c_n), batched, T, N
+
+
+def check_head(where: str, module, batch_size, head) -> int:
+    """``batch_size`` for a stream of ``module`` (an LSTM), whose ``head``, if any, must take
+    its H_out features in its dtype."""
+    batch_size = check_streamable(where, batch_size, module.bidirectional)
+    if head is not None and (
+        getattr(head, "in_features", None) != module.output_size
+        or getattr(head, "dtype", None) != module.dtype
+    ):
+        raise ValueError(
+            f"{where}: head must be a Linear({module.output_size}, O) of dtype "
+            f"{module.dtype.name}, got {head!r}"
+        )
+    return batch_size
 
 
 class LSTM(Module):
@@ -363,49 +423,18 @@ class LSTM(Module):
         TypeError
             On non-real dtypes, non-integer lengths, or a state that is not a pair.
         """
-        where = "LSTM.forward"
-        x = as_real_array(where, "x", x, self.dtype)
-        if x.ndim not in (2, 3):
-            raise ValueError(
-                f"{where}: x must be 3-D (batched) or 2-D (unbatched), got {x.ndim}-D with shape {x.shape}"
-            )
-        batched = x.ndim == 3
-        if not batched:
-            x = x[:, None, :]
-        elif self.batch_first:
-            x = x.transpose(1, 0, 2)
-        T, N, I = x.shape
-        if I != self.input_size:
-            raise ValueError(
-                f"{where}: x must have {self.input_size} features (input_size), got {I}"
-            )
-        DL = self.num_directions * self.num_layers
-        h0 = c0 = None
-        if state is not None:
-            check_pair(where, "state", "(h0, c0)", state)
-            h_shape = (DL, N, self.output_size) if batched else (DL, self.output_size)
-            c_shape = (DL, N, self.hidden_size) if batched else (DL, self.hidden_size)
-            h0 = as_real_array(where, "h0", state[0], self.dtype)
-            c0 = as_real_array(where, "c0", state[1], self.dtype)
-            check_shape(where, "h0", h0, h_shape)
-            check_shape(where, "c0", c0, c_shape)
-            h0 = np.ascontiguousarray(h0.reshape(DL, N, self.output_size))
-            c0 = np.ascontiguousarray(c0.reshape(DL, N, self.hidden_size))
-        if lengths is not None:
-            if not batched:
-                raise ValueError(
-                    f"{where}: x must be 3-D (batched) when lengths are given, got 2-D"
-                )
-            lengths = check_lengths(where, "lengths", lengths, N, T)
-        x = np.ascontiguousarray(x)
-        y, h_n, c_n = self._engine.forward(x, h0, c0, lengths, self.training)
-        if self.training:
+        training = self.training
+        y, final, batched, T, N = run_forward(
+            self,
+            "LSTM.forward",
+            x,
+            state,
+            lengths,
+            lambda *args: self._engine.forward(*args, training),
+        )
+        if training:
             self._last = (batched, self.batch_first, T, N)
-        if not batched:
-            return y[:, 0, :], (h_n[:, 0, :], c_n[:, 0, :])
-        if self.batch_first:
-            y = y.transpose(1, 0, 2)
-        return y, (h_n, c_n)
+        return y, final
 
     def stream(self, batch_size: int, *, head=None) -> Stream:
         """A :class:`~eigenlstm.nn.Stream` of ``batch_size`` rows: stateful inference, one step
@@ -424,16 +453,7 @@ class LSTM(Module):
             For a bidirectional LSTM (its reverse direction reads each sequence from its
             end), or a head whose ``in_features`` is not H_out or whose dtype differs.
         """
-        where = "LSTM.stream"
-        batch_size = check_streamable(where, batch_size, self.bidirectional)
-        if head is not None and (
-            getattr(head, "in_features", None) != self.output_size
-            or getattr(head, "dtype", None) != self.dtype
-        ):
-            raise ValueError(
-                f"{where}: head must be a Linear({self.output_size}, O) of dtype "
-                f"{self.dtype.name}, got {head!r}"
-            )
+        batch_size = check_head("LSTM.stream", self, batch_size, head)
         return Stream(self, self._engine, batch_size, head)
 
     def forward_last(self, x, weight, bias=None, *, lengths=None) -> np.ndarray:

@@ -221,20 +221,25 @@ class LSTMModel(Module):
         if state is not None:
             state = self._check_state(where, state, x.shape[0])
         stateless = state is None and not return_state
-        if not self.training and stateless:  # one engine call, no (N, L, D*H) output array
+        if not self.training and stateless:
             self._last = None
-            return self.lstm.forward_last(x, self.fc.weight, self.fc.bias, lengths=lengths)
+            return self._forward_last(x, lengths)
         N, L, _ = x.shape
         out, final = self.lstm(x, state, lengths=lengths)
-        if lengths is None:  # the common case: a view, no gather
-            idx = L - 1
-            last = out[:, -1, :]
-        else:
-            idx = lengths - 1
-            last = out[np.arange(N), idx, :]
-        y = self.fc(last)
-        self._last = (N, L, idx) if self.training else None
+        y = self.fc(self._last_step(out, lengths))
+        self._last = (N, L, L - 1 if lengths is None else lengths - 1) if self.training else None
         return (y, final) if return_state else y
+
+    def _forward_last(self, x, lengths):
+        """Evaluation from zero states to the outputs: one engine call, no (N, L, D*H) output."""
+        return self.lstm.forward_last(x, self.fc.weight, self.fc.bias, lengths=lengths)
+
+    @staticmethod
+    def _last_step(out: np.ndarray, lengths) -> np.ndarray:
+        """``out[n, lengths[n] - 1]`` of an (N, L, F) output (the last step without lengths)."""
+        if lengths is None:  # the common case: a view, no gather
+            return out[:, -1, :]
+        return out[np.arange(out.shape[0]), lengths - 1, :]
 
     def backward(self, d_y) -> np.ndarray:
         """Backpropagate ``d_y`` through the last training-mode forward.

@@ -94,12 +94,16 @@ class Stream:
         self._c = [np.zeros((L, N, H), self._dtype) for _ in range(2)]
         self._k = 0
         self._one = np.empty((1, N, Hout), self._dtype)  # one step's LSTM output, with a head
-        # The head's weights as plain read-only views of its parameters (they follow updates).
-        self._head_w = None if head is None else head.weight.view(np.ndarray)
+        # A head with its own forward_into(x, y) (a QuantizedLinear) runs it; a Linear's weights
+        # are used as plain read-only views of its parameters (they follow updates).
+        self._head = head
+        self._head_into = getattr(head, "forward_into", None)
+        linear = head is not None and self._head_into is None
+        self._head_w: Any = head.weight.view(np.ndarray) if linear else None
         self._features = Hout if head is None else head.out_features
         # The head's bias, with a step's rows of it (see _step), or None.
         self._head_b: tuple[np.ndarray, np.ndarray] | None = None
-        if head is not None and head.bias is not None:
+        if linear and head.bias is not None:
             rows = np.empty((N, self._features), self._dtype)
             self._head_b = (head.bias.view(np.ndarray), rows)
         self._busy = threading.Lock()
@@ -232,7 +236,7 @@ class Stream:
         k = self._k
         h0, c0, h1, c1 = self._h[k], self._c[k], self._h[1 - k], self._c[1 - k]
         chunk = len(shape) == 3
-        if self._head_w is None:
+        if self._head is None:
             # The engine writes time-major (T, N, H_out): straight into `out` for a step or a
             # time-major chunk, through a buffer for a batch-first chunk.
             direct = out is not None and not (chunk and self._batch_first)
@@ -250,7 +254,11 @@ class Stream:
         if chunk and self._batch_first:
             hidden = hidden.transpose(1, 0, 2)
         features = hidden[0] if not chunk else hidden
-        result = np.matmul(features, self._head_w.T, out=out)
+        if self._head_into is not None:
+            result = np.empty(shape, self._dtype) if out is None else out
+            self._head_into(features.reshape(-1, features.shape[-1]), result.reshape(-1, shape[-1]))
+        else:
+            result = np.matmul(features, self._head_w.T, out=out)
         if self._head_b is not None:
             bias, bias_rows = self._head_b
             if chunk:
