@@ -35,7 +35,9 @@ def pytest_terminal_summary(terminalreporter):
     import eigenlstm
 
     try:
-        lines = [f"{eigenlstm.config()['isa']}: the whole suite, in this process"]
+        cfg = eigenlstm.config()
+        features = "".join(f" + {f}" for f in cfg["isa_features"])
+        lines = [f"{cfg['isa']}{features}: the whole suite, in this process"]
     except ValueError as exc:  # a bad EIGENLSTM_MAX_ISA: the tests said so already
         lines = [f"none: {exc}"]
     for report in terminalreporter.stats.get("passed", []):

@@ -163,8 +163,8 @@ def test_every_level_agrees_with_the_float64_reference(level, record_property):
     )
 
 
-# parity, gradcheck, determinism, streams
-SUITES = ["test_lstm_parity.py", "test_lstm_gradcheck.py", "test_stream.py"]
+# parity, gradcheck, determinism, streams, reduced precision
+SUITES = ["test_lstm_parity.py", "test_lstm_gradcheck.py", "test_stream.py", "test_quantized.py"]
 
 
 @pytest.mark.slow  # three test files again, in a subprocess per level
@@ -178,6 +178,31 @@ def test_parity_gradcheck_and_determinism_suites_pass_at_every_other_level(level
     passed = re.search(r"(\d+) passed", summary)
     assert passed and int(passed.group(1)) > 0 and "failed" not in summary, summary
     record_property("isa_level", f"{level}: {', '.join(SUITES)} in a subprocess: {summary}")
+
+
+# The features of the reduced-precision kernels this process uses (AVX512_VNNI, AVX512_BF16),
+# and the caps that keep its back end but take them away, so that the kernels they replace run
+# on this CPU too: "avx512" (neither: the AVX2 int8 kernel and the bfloat16 emulation), and
+# "avx512_vnni" (VNNI without BF16) when this process has both.
+FEATURES = el.config()["isa_features"]
+FEATURE_CAPS = {"avx512": []} if FEATURES else {}
+if FEATURES == ["avx512_vnni", "avx512_bf16"]:
+    FEATURE_CAPS["avx512_vnni"] = ["avx512_vnni"]
+
+
+@pytest.mark.slow  # the quantized and stream suites again, in a subprocess per cap
+@pytest.mark.parametrize("cap", list(FEATURE_CAPS))
+def test_the_quantized_suite_passes_without_each_feature(cap, record_property):
+    code = "import eigenlstm as el, json; print(json.dumps(el.config()['isa_features']))"
+    features = run_python(["-c", code], cap)
+    assert features.returncode == 0, features.stderr
+    assert json.loads(features.stdout) == FEATURE_CAPS[cap]
+    suites = ["test_quantized.py", "test_stream.py"]
+    proc = run_python(["-m", "pytest", "-q", "-p", "no:cacheprovider", *suites], cap)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert re.search(r"\d+ passed", summary) and "failed" not in summary, summary
+    record_property("isa_level", f"{cap}: {', '.join(suites)} in a subprocess: {summary}")
 
 
 # ---- no wide vector code outside ISA-named objects ------------------------------------------
