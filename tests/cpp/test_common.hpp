@@ -2,6 +2,9 @@
 // with file and line and the test binary exits non-zero if any check failed.
 #pragma once
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -57,6 +60,68 @@ void randomize(eigenlstm::LSTM<S>& m, std::mt19937_64& rng, double scale = 0.4) 
                 std::copy(v.begin(), v.end(), m.params() + m.param_offset(k, l, d));
             }
     m.params_updated();
+}
+
+// The weights of `m` in reduced precision, for a QuantizedLSTM (lstm.hpp): int8 symmetric per
+// row (scale max|row| / 127, round half to even) or bfloat16 (round to nearest even). The
+// QuantizedWeights point into `store`, which must outlive their use.
+struct QuantizedStore {
+    std::vector<std::vector<std::int8_t>> i8;
+    std::vector<std::vector<std::uint16_t>> bf16;
+    std::vector<std::vector<float>> f32;
+};
+inline eigenlstm::QuantizedWeights quantized_weights(const eigenlstm::LSTM<float>& m,
+                                                     eigenlstm::Precision p, QuantizedStore& store) {
+    using eigenlstm::Index;
+    using eigenlstm::Param;
+    const eigenlstm::Config& c = m.config();
+    eigenlstm::QuantizedWeights w;
+    // enough room that no vector reallocates while pointers into earlier ones are held
+    store.i8.reserve(64);
+    store.bf16.reserve(64);
+    store.f32.reserve(128);
+    auto weight = [&](Param k, Index l, Index d, std::vector<const void*>& values,
+                      std::vector<const float*>& scales) {
+        Index rows, cols;
+        m.param_shape(k, l, rows, cols);
+        const float* src = m.params() + m.param_offset(k, l, d);
+        if (p == eigenlstm::Precision::bfloat16) {
+            std::vector<std::uint16_t> v(static_cast<std::size_t>(rows * cols));
+            for (std::size_t i = 0; i < v.size(); ++i) {
+                std::uint32_t b;
+                std::memcpy(&b, &src[i], 4);
+                v[i] = std::uint16_t((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+            }
+            store.bf16.push_back(std::move(v));
+            values.push_back(store.bf16.back().data());
+            return;
+        }
+        std::vector<std::int8_t> v(static_cast<std::size_t>(rows * cols));
+        std::vector<float> s(static_cast<std::size_t>(rows));
+        for (Index r = 0; r < rows; ++r) {
+            float amax = 0;
+            for (Index j = 0; j < cols; ++j) amax = std::max(amax, std::abs(src[r * cols + j]));
+            s[std::size_t(r)] = amax > 0 ? amax / 127 : 1.0f;
+            for (Index j = 0; j < cols; ++j)
+                v[std::size_t(r * cols + j)] =
+                    std::int8_t(std::nearbyint(src[r * cols + j] / s[std::size_t(r)]));
+        }
+        store.i8.push_back(std::move(v));
+        store.f32.push_back(std::move(s));
+        values.push_back(store.i8.back().data());
+        scales.push_back(store.f32.back().data());
+    };
+    for (Index l = 0; l < c.num_layers; ++l)
+        for (Index d = 0; d < c.directions(); ++d) {
+            weight(Param::weight_ih, l, d, w.weight_ih, w.scale_ih);
+            weight(Param::weight_hh, l, d, w.weight_hh, w.scale_hh);
+            if (c.proj_size > 0) weight(Param::weight_hr, l, d, w.weight_hr, w.scale_hr);
+            if (c.bias) {
+                w.bias_ih.push_back(m.params() + m.param_offset(Param::bias_ih, l, d));
+                w.bias_hh.push_back(m.params() + m.param_offset(Param::bias_hh, l, d));
+            }
+        }
+    return w;
 }
 }  // namespace eigenlstm_test
 

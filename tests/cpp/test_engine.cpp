@@ -284,6 +284,56 @@ void test_huge_sizes_throw_bad_alloc() {
     CHECK_THROWS(LSTM<float>(c, 0), std::bad_alloc);
 }
 
+// A QuantizedLSTM runs close to the float32 LSTM it was quantized from (the Python tests
+// hold its arithmetic exactly), with every option, and refuses what it cannot run.
+void test_quantized_lstm_is_close_to_float32_and_checks_its_arguments() {
+    Config c;
+    c.input_size = 12;
+    c.hidden_size = 40;
+    c.num_layers = 2;
+    c.bidirectional = true;
+    c.proj_size = 10;
+    LSTM<float> m(c, 0);
+    std::mt19937_64 rng(12);
+    randomize(m, rng, 0.2);
+    const Index T = 9, B = 5, DH = 2 * 10, DL = 4;
+    const std::vector<double> xd = randn(std::size_t(T * B * 12), rng);
+    const std::vector<float> x(xd.begin(), xd.end());
+    const std::int64_t lengths[B] = {9, 3, 0, 7, 1};
+    std::vector<float> y(std::size_t(T * B * DH)), h(std::size_t(DL * B * 10)), cc(std::size_t(DL * B * 40));
+    m.forward(y.data(), h.data(), cc.data(), x.data(), nullptr, nullptr, lengths, T, B, false);
+    for (auto p : {eigenlstm::Precision::int8, eigenlstm::Precision::bfloat16}) {
+        eigenlstm_test::QuantizedStore store;
+        const eigenlstm::QuantizedWeights w = eigenlstm_test::quantized_weights(m, p, store);
+        eigenlstm::QuantizedLSTM q(c, p, w);
+        CHECK(q.precision() == p && q.config().proj_size == 10);
+        std::vector<float> yq(y.size()), hq(h.size()), cq(cc.size());
+        q.forward(yq.data(), hq.data(), cq.data(), x.data(), nullptr, nullptr, lengths, T, B);
+        double err = 0, norm = 0;
+        for (std::size_t i = 0; i < y.size(); ++i) {
+            err += (double(yq[i]) - y[i]) * (double(yq[i]) - y[i]);
+            norm += double(y[i]) * y[i];
+        }
+        CHECK(std::sqrt(err / norm) < 2e-2);
+        CHECK(!eigenlstm::quantized_kernel(p).empty());
+        eigenlstm::QuantizedWeights missing = w;
+        missing.weight_hr.pop_back();
+        CHECK_THROWS(eigenlstm::QuantizedLSTM(c, p, missing), std::invalid_argument);
+        Config dropout = c;
+        dropout.dropout = 0.5;
+        CHECK_THROWS(eigenlstm::QuantizedLSTM(dropout, p, w), std::invalid_argument);
+        CHECK_THROWS(q.forward(yq.data(), hq.data(), cq.data(), x.data(), nullptr, nullptr, nullptr,
+                               -1, B),
+                     std::invalid_argument);
+    }
+    CHECK_THROWS(eigenlstm::QuantizedLinear(0, 3, eigenlstm::Precision::bfloat16, x.data(), nullptr,
+                                            nullptr),
+                 std::invalid_argument);
+    CHECK_THROWS(eigenlstm::QuantizedLinear(3, 3, eigenlstm::Precision::int8, x.data(), nullptr,
+                                            nullptr),
+                 std::invalid_argument);
+}
+
 }  // namespace
 
 int main() {
@@ -295,5 +345,6 @@ int main() {
     test_bad_input_throws_invalid_argument();
     test_forward_last_is_the_last_step_of_forward_through_a_linear_layer();
     test_huge_sizes_throw_bad_alloc();
+    test_quantized_lstm_is_close_to_float32_and_checks_its_arguments();
     TEST_MAIN_END();
 }

@@ -1,6 +1,7 @@
 // Steady-state calls allocate nothing: after one call of each kind, repeated training forward,
 // backward, eval forward, forward_last and a stream's steps (one-step eval forwards from the
-// state the last step left) with the same shapes make zero heap allocations in
+// state the last step left), and a QuantizedLSTM's forward and stream steps and a
+// QuantizedLinear's product, with the same shapes make zero heap allocations in
 // the whole process (every thread: the engine's, OpenMP's, Eigen's), in float32 and float64, on
 // one and two threads. This executable defines malloc and its relatives and every operator
 // new; the dynamic linker binds the shared libraries' calls (libeigenlstm, the back end it
@@ -253,6 +254,64 @@ void check_no_allocation_after_warmup(const Case& k, int threads) {
     for (long n : steady) CHECK(n == 0);
 }
 
+// The same for a QuantizedLSTM (each precision): eval forwards, a stream's steps, and its
+// linear head.
+void check_quantized_no_allocation_after_warmup(const Case& k, eigenlstm::Precision p,
+                                                int threads) {
+    eigenlstm::set_num_threads(threads);
+    Config c;
+    c.input_size = k.I;
+    c.hidden_size = k.H;
+    c.proj_size = k.P;
+    c.num_layers = k.L;
+    c.bidirectional = k.bidirectional;
+    LSTM<float> m(c, 1);
+    std::mt19937_64 rng(1);
+    eigenlstm_test::randomize(m, rng, 0.1);
+    eigenlstm_test::QuantizedStore store;
+    eigenlstm::QuantizedLSTM q(c, p, eigenlstm_test::quantized_weights(m, p, store));
+    const Index T = k.T, B = k.B, DL = c.directions() * k.L, DH = c.directions() * c.output_size();
+    const std::vector<float> W = values<float>(std::size_t(k.O * DH), 0.1, 105);
+    const std::vector<std::int8_t> Wq(W.size(), 3);
+    const std::vector<float> scale(std::size_t(k.O), 0.01f);
+    const std::vector<float> bias = values<float>(std::size_t(k.O), 0.1, 106);
+    eigenlstm::QuantizedLinear head(DH, k.O, eigenlstm::Precision::int8, Wq.data(), scale.data(),
+                                    bias.data());
+    const std::vector<float> x = values<float>(std::size_t(T * B * k.I), 1.0, 101);
+    const std::vector<float> h0 = values<float>(std::size_t(DL * B * c.output_size()), 0.5, 103);
+    const std::vector<float> c0 = values<float>(std::size_t(DL * B * k.H), 0.5, 104);
+    std::vector<std::int64_t> lengths(static_cast<std::size_t>(B));
+    for (Index b = 0; b < B; ++b) lengths[std::size_t(b)] = T - b % T;
+    std::vector<float> y(std::size_t(T * B * DH)), h_n(h0.size()), c_n(c0.size()),
+        out(std::size_t(B * k.O));
+    std::vector<float> sh[2] = {h0, h0}, sc[2] = {c0, c0};
+    auto round = [&](long counts[3]) {
+        counts[0] = allocations_during([&] {
+            q.forward(y.data(), h_n.data(), c_n.data(), x.data(), k.ragged ? h0.data() : nullptr,
+                      k.ragged ? c0.data() : nullptr, k.ragged ? lengths.data() : nullptr, T, B);
+        });
+        counts[1] = allocations_during([&] {
+            for (int s = 0; s < 2; ++s)
+                q.forward(y.data(), sh[1 - s].data(), sc[1 - s].data(), x.data(), sh[s].data(),
+                          sc[s].data(), nullptr, 1, B);
+        });
+        counts[2] = allocations_during([&] { head.forward(out.data(), y.data(), B); });
+    };
+    long first[3], again[3], steady[3] = {0, 0, 0};
+    round(first);
+    for (int r = 0; r < 3; ++r) {
+        round(again);
+        for (int i = 0; i < 3; ++i) steady[i] += again[i];
+    }
+    const char* names[3] = {"forward", "stream steps", "linear head"};
+    for (int i = 0; i < 3; ++i)
+        if (steady[i] != 0)
+            std::fprintf(stderr, "%s, %s, %d thread(s): quantized %s made %ld allocations in 3 calls\n",
+                         k.name, p == eigenlstm::Precision::int8 ? "int8" : "bfloat16", threads,
+                         names[i], steady[i]);
+    for (long n : steady) CHECK(n == 0);
+}
+
 }  // namespace
 
 int main() {
@@ -262,6 +321,8 @@ int main() {
         for (int threads : {1, 2}) {
             check_no_allocation_after_warmup<float>(k, threads);
             check_no_allocation_after_warmup<double>(k, threads);
+            for (auto p : {eigenlstm::Precision::int8, eigenlstm::Precision::bfloat16})
+                check_quantized_no_allocation_after_warmup(k, p, threads);
         }
     eigenlstm::set_num_threads(saved);
     TEST_MAIN_END();
