@@ -38,10 +38,10 @@ def test_readme_python_blocks_run_in_order_as_written(tmp_path, monkeypatch):
     text = README.read_text(encoding="utf-8")
     sections = {
         title: python_blocks(readme_section(title))
-        for title in ("Using it", "Training", "Moving models in and out")
+        for title in ("Using it", "Serving", "Training", "Moving models in and out")
     }
-    assert [len(b) for b in sections.values()] == [2, 2, 1]
-    assert len(python_blocks(text)) == 5  # a new block gets a place in this test
+    assert [len(b) for b in sections.values()] == [1, 2, 2, 1]
+    assert len(python_blocks(text)) == 6  # a new block gets a place in this test
     rng = np.random.default_rng(0)
     x = rng.standard_normal((96, 8, 1)).astype(np.float32)
     y = x.sum(axis=1)
@@ -67,8 +67,14 @@ def test_readme_python_blocks_run_in_order_as_written(tmp_path, monkeypatch):
         active=np.array([1, 0, 1, 1, 0, 1, 1, 1]),
         buf=np.empty((8, 2), np.float32),
     )
-    run(sections["Using it"][1])
+    run(sections["Serving"][0])
     assert ns["y"] is ns["buf"] and ns["h"].shape == (1, 8, 20) and ns["c"].shape == (1, 8, 20)
+    run(sections["Serving"][1])
+    assert ns["y"].shape == (4, 2) and ns["y"].dtype == np.float32
+    assert isinstance(ns["q"], el.nn.QuantizedLSTMModel) and ns["stream"].batch_size == 8
+    assert el.load(tmp_path / "model-int8.npz").precision == "int8"
+    assert ns["kernels"] == el.config()["quantized_kernels"]
+    np.testing.assert_allclose(ns["y"], ns["model"].predict(ns["x"]), atol=0.05)
 
     torch_loop, trainer_block = sections["Training"]
     run(torch_loop)
@@ -76,7 +82,8 @@ def test_readme_python_blocks_run_in_order_as_written(tmp_path, monkeypatch):
     first, _ = el.mse_loss(el.LSTMModel(1, 32, 1, seed=0)(x[:64]), y[:64])
     assert ns["loss"] < first
     run(trainer_block)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.npz", "model.npz", "run.npz"]
+    files = ["best.npz", "model-int8.npz", "model.npz", "run.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
     assert isinstance(ns["model"], el.LSTMModel) and isinstance(ns["trainer"], el.Trainer)
     epochs = len(el.Trainer.load(tmp_path / "run.npz").history.epoch)
     assert 1 <= epochs <= 50

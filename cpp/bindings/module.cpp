@@ -147,6 +147,22 @@ py::array_t<S> empty(const std::vector<Index>& shape) {
     return py::array_t<S>(shape);
 }
 
+// The configuration of the bindings' constructors' arguments (checked by the engine).
+eigenlstm::Config config_of(Index input_size, Index hidden_size, Index num_layers, bool bias,
+                            bool bidirectional, Index proj_size, double dropout = 0.0,
+                            bool reverse = false) {
+    eigenlstm::Config c;
+    c.input_size = input_size;
+    c.hidden_size = hidden_size;
+    c.num_layers = num_layers;
+    c.bias = bias;
+    c.bidirectional = bidirectional;
+    c.proj_size = proj_size;
+    c.dropout = dropout;
+    c.reverse = reverse;
+    return c;
+}
+
 // The engine's forward of checked arguments: LSTM<S>'s in either mode, QuantizedLSTM's in
 // evaluation mode (it has no other).
 template <typename S>
@@ -385,16 +401,9 @@ void bind_engine(py::module_& m, const char* name) {
         .def(py::init([](Index input_size, Index hidden_size, Index num_layers, bool bias,
                          bool bidirectional, Index proj_size, double dropout, bool reverse,
                          std::uint64_t seed) {
-                 eigenlstm::Config c;
-                 c.input_size = input_size;
-                 c.hidden_size = hidden_size;
-                 c.num_layers = num_layers;
-                 c.bias = bias;
-                 c.bidirectional = bidirectional;
-                 c.proj_size = proj_size;
-                 c.dropout = dropout;
-                 c.reverse = reverse;
-                 return new E(c, seed);
+                 return new E(config_of(input_size, hidden_size, num_layers, bias, bidirectional,
+                                        proj_size, dropout, reverse),
+                              seed);
              }),
              py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),
              py::arg("bias"), py::arg("bidirectional"), py::arg("proj_size"),
@@ -519,13 +528,8 @@ QuantizedEngine* make_quantized_engine(Index input_size, Index hidden_size, Inde
                                        bool bias, bool bidirectional, Index proj_size,
                                        const std::string& precision, const py::dict& tensors) {
     const char* fn = "QuantizedEngine";
-    eigenlstm::Config c;
-    c.input_size = input_size;
-    c.hidden_size = hidden_size;
-    c.num_layers = num_layers;
-    c.bias = bias;
-    c.bidirectional = bidirectional;
-    c.proj_size = proj_size;
+    const eigenlstm::Config c =
+        config_of(input_size, hidden_size, num_layers, bias, bidirectional, proj_size);
     c.validate();
     const eigenlstm::Precision p = precision_of(precision);
     const bool int8 = p == eigenlstm::Precision::int8;

@@ -144,18 +144,46 @@ struct Tile {
     }
 };
 
+// f(std::integral_constant<int, r>()) for a run-time r in [1, R].
+template <int R, typename F>
+void with_rows(Index r, F&& f) {
+    if constexpr (R > 0) {
+        if (r == R) return f(std::integral_constant<int, R>());
+        with_rows<R - 1>(r, f);
+    }
+}
+
+// The register blocking of a product of M rows by the columns [col_begin, col_end) (col_begin
+// on a panel boundary) in panels of NR: block(rows, panels, m, n0) for rows [m, m + R) against
+// NP panels from column n0, R and NP as std::integral_constants. Rows go in blocks of MR panel
+// by panel (a panel stays in L1 for all of them), then the leftover rows (the whole batch when
+// B < MR) over groups of panels: with few rows (a GEMV for one) a tile of one panel has too
+// few independent multiply-adds in flight to hide their latency, so one row takes 4 panels at
+// once and two or three rows take 2. Shared by every kernel (float, int8, bfloat16).
+template <int MR, int NR, typename Block>
+void for_each_tile(Index M, Index col_begin, Index col_end, Block&& block) {
+    const Index full = M / MR * MR;
+    for (Index n0 = col_begin; n0 < col_end && full > 0; n0 += NR)
+        for (Index m = 0; m < full; m += MR)
+            block(std::integral_constant<int, MR>(), std::integral_constant<int, 1>(), m, n0);
+    with_rows<MR - 1>(M - full, [&](auto rows) {
+        constexpr int R = decltype(rows)::value, NP = R >= 4 ? 1 : (R == 1 ? 4 : 2);
+        Index n0 = col_begin;
+        for (; n0 + (NP - 1) * NR < col_end; n0 += NP * NR)  // NP panels, the last may be partial
+            block(rows, std::integral_constant<int, NP>(), full, n0);
+        for (; n0 < col_end; n0 += NR) block(rows, std::integral_constant<int, 1>(), full, n0);
+    });
+}
+
 // C[0:M, col_begin:col_end) = init + A[M, K] * Bp, A row-major with stride lda, C row-major
 // with stride ldc, init = C itself (Accumulate) or the row bias[col_begin:col_end) (nullptr:
-// zero). col_begin is on a panel boundary. Rows go in blocks of MR panel by panel (a panel
-// stays in L1 for all of them), then the leftover rows (the whole batch when B < MR) over
-// groups of panels.
+// zero). col_begin is on a panel boundary.
 template <typename S, bool Accumulate>
 void gemm_panels(Index M, const S* A, Index lda, const Panels<S>& Bp, Index col_begin,
                  Index col_end, S* C, Index ldc, const S* bias = nullptr) {
     constexpr int NR = Simd<S>::NR, MR = Simd<S>::MR;
     const Index K = Bp.K;
-    // Rows [m, m + R) against NP panels from column n0.
-    auto block = [&](auto rows, auto panels, Index m, Index n0) {
+    for_each_tile<MR, NR>(M, col_begin, col_end, [&](auto rows, auto panels, Index m, Index n0) {
         constexpr int R = decltype(rows)::value, NP = decltype(panels)::value;
         Tile<S, R, NP> tile;
         tile.madd(K, A + m * lda, lda, Bp.data.data() + (n0 / NR) * K * NR, K * NR);
@@ -165,28 +193,7 @@ void gemm_panels(Index M, const S* A, Index lda, const Panels<S>& Bp, Index col_
                                             std::min<Index>(NR, col_end - c0),
                                             bias ? bias + c0 : nullptr);
         }
-    };
-    const Index full = M / MR * MR;
-    for (Index n0 = col_begin; n0 < col_end && full > 0; n0 += NR)
-        for (Index m = 0; m < full; m += MR)
-            block(std::integral_constant<int, MR>(), std::integral_constant<int, 1>(), m, n0);
-    auto leftover = [&](auto rows) {
-        constexpr int R = decltype(rows)::value, NP = R >= 4 ? 1 : (R == 1 ? 4 : 2);
-        Index n0 = col_begin;
-        for (; n0 + (NP - 1) * NR < col_end; n0 += NP * NR)  // NP panels, the last may be partial
-            block(rows, std::integral_constant<int, NP>(), full, n0);
-        for (; n0 < col_end; n0 += NR)
-            block(rows, std::integral_constant<int, 1>(), full, n0);
-    };
-    switch (M - full) {
-#define EIGENLSTM_TAIL(r) \
-    case r: leftover(std::integral_constant<int, r>()); break;
-        EIGENLSTM_TAIL(1) EIGENLSTM_TAIL(2) EIGENLSTM_TAIL(3) EIGENLSTM_TAIL(4)
-        EIGENLSTM_TAIL(5) EIGENLSTM_TAIL(6) EIGENLSTM_TAIL(7) EIGENLSTM_TAIL(8)
-        EIGENLSTM_TAIL(9) EIGENLSTM_TAIL(10) EIGENLSTM_TAIL(11)
-#undef EIGENLSTM_TAIL
-        default: break;
-    }
+    });
 }
 
 // C[0:M, col_begin:col_end) = init + A[M, K] W: the product the time loops and the input

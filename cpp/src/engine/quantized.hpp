@@ -305,15 +305,14 @@ struct Int8TileVnni {
 
 // C[m, n] = init + scale[n] * (step[m] * sum_k u[m][k] W(k, n) + lo[m] * colsum[n]), for the
 // columns [col_begin, col_end) (col_begin on a panel boundary), init = C (Accumulate), else
-// bias[n] (or 0 without a bias). Blocked like gemm_panels: MR rows by one panel, then the
-// leftover rows over several panels. The dequantization is the same scalar code for every
-// tile, so a row's results do not depend on the block it falls in.
+// bias[n] (or 0 without a bias), blocked by for_each_tile. The dequantization is the same
+// scalar code for every tile, so a row's results do not depend on the block it falls in.
 template <template <int, int> class Tile, int MR, bool Accumulate>
 void int8_tiles(Index M, const Int8Rows& rows, const Int8Panels& W, Index col_begin,
                 Index col_end, float* C, Index ldc, const float* bias) {
     constexpr int NR = Int8Panels::NR;
     const Index stride = W.Kq * NR * 4;
-    auto block = [&](auto rows_c, auto panels_c, Index m, Index n0) {
+    for_each_tile<MR, NR>(M, col_begin, col_end, [&](auto rows_c, auto panels_c, Index m, Index n0) {
         constexpr int R = decltype(rows_c)::value, NP = decltype(panels_c)::value;
         Tile<R, NP> tile;
         tile.madd(W.Kq, rows, m, W.data.data() + (n0 / NR) * stride, stride);
@@ -332,28 +331,7 @@ void int8_tiles(Index M, const Int8Rows& rows, const Int8Panels& W, Index col_be
                 c[j] = Accumulate ? c[j] + v : (bias ? bias[n0 + j] + v : v);
             }
         }
-    };
-    const Index full = M / MR * MR;
-    for (Index n0 = col_begin; n0 < col_end && full > 0; n0 += NR)
-        for (Index m = 0; m < full; m += MR)
-            block(std::integral_constant<int, MR>(), std::integral_constant<int, 1>(), m, n0);
-    auto leftover = [&](auto rows_c) {
-        constexpr int R = decltype(rows_c)::value, NP = R >= 4 ? 1 : (R == 1 ? 4 : 2);
-        Index n0 = col_begin;
-        for (; n0 + (NP - 1) * NR < col_end; n0 += NP * NR)
-            block(rows_c, std::integral_constant<int, NP>(), full, n0);
-        for (; n0 < col_end; n0 += NR) block(rows_c, std::integral_constant<int, 1>(), full, n0);
-    };
-    switch (M - full) {
-        case 1: leftover(std::integral_constant<int, 1>()); break;
-        case 2: leftover(std::integral_constant<int, 2>()); break;
-        case 3: leftover(std::integral_constant<int, 3>()); break;
-        case 4: if constexpr (MR > 4) leftover(std::integral_constant<int, 4>()); break;
-        case 5: if constexpr (MR > 5) leftover(std::integral_constant<int, 5>()); break;
-        case 6: if constexpr (MR > 6) leftover(std::integral_constant<int, 6>()); break;
-        case 7: if constexpr (MR > 7) leftover(std::integral_constant<int, 7>()); break;
-        default: break;
-    }
+    });
 }
 
 // The int8 kernel this back end runs (for el.config()).
@@ -432,13 +410,13 @@ struct Bf16TileNative {
     }
 };
 
-// C = init + A_bf16 W over [col_begin, col_end), blocked as int8_tiles.
+// C = init + A_bf16 W over [col_begin, col_end), blocked by for_each_tile.
 template <bool Accumulate>
 void bf16_tiles(Index M, const std::uint16_t* A, Index lda, const Bf16Panels& W, Index col_begin,
                 Index col_end, float* C, Index ldc, const float* bias) {
     constexpr int NR = Bf16Panels::NR, MR = 8;
     const Index stride = W.K2 * NR * 2;
-    auto block = [&](auto rows_c, auto panels_c, Index m, Index n0) {
+    for_each_tile<MR, NR>(M, col_begin, col_end, [&](auto rows_c, auto panels_c, Index m, Index n0) {
         constexpr int R = decltype(rows_c)::value, NP = decltype(panels_c)::value;
         Bf16TileNative<R, NP> tile;
         tile.madd(W.K2, A + m * lda, lda, W.data.data() + (n0 / NR) * stride, stride);
@@ -451,28 +429,7 @@ void bf16_tiles(Index M, const std::uint16_t* A, Index lda, const Bf16Panels& W,
             for (Index j = 0; j < w; ++j)
                 c[j] = Accumulate ? c[j] + a[j] : (bias ? bias[n0 + j] + a[j] : a[j]);
         }
-    };
-    const Index full = M / MR * MR;
-    for (Index n0 = col_begin; n0 < col_end && full > 0; n0 += NR)
-        for (Index m = 0; m < full; m += MR)
-            block(std::integral_constant<int, MR>(), std::integral_constant<int, 1>(), m, n0);
-    auto leftover = [&](auto rows_c) {
-        constexpr int R = decltype(rows_c)::value, NP = R >= 4 ? 1 : (R == 1 ? 4 : 2);
-        Index n0 = col_begin;
-        for (; n0 + (NP - 1) * NR < col_end; n0 += NP * NR)
-            block(rows_c, std::integral_constant<int, NP>(), full, n0);
-        for (; n0 < col_end; n0 += NR) block(rows_c, std::integral_constant<int, 1>(), full, n0);
-    };
-    switch (M - full) {
-        case 1: leftover(std::integral_constant<int, 1>()); break;
-        case 2: leftover(std::integral_constant<int, 2>()); break;
-        case 3: leftover(std::integral_constant<int, 3>()); break;
-        case 4: leftover(std::integral_constant<int, 4>()); break;
-        case 5: leftover(std::integral_constant<int, 5>()); break;
-        case 6: leftover(std::integral_constant<int, 6>()); break;
-        case 7: leftover(std::integral_constant<int, 7>()); break;
-        default: break;
-    }
+    });
 }
 #endif
 

@@ -28,7 +28,7 @@ from .module import Module
 from .parameter import Parameter
 from .stream import Stream, check_streamable
 
-__all__ = ["LSTM", "param_names", "run_forward", "check_head"]
+__all__ = ["LSTM", "param_names", "run_forward", "check_head", "check_sizes", "describe"]
 
 _KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
@@ -44,6 +44,36 @@ def param_names(num_layers: int, bidirectional: bool, proj_size: int, bias: bool
                 if kind == "weight_hr" and proj_size == 0:
                     continue
                 yield f"{kind}_l{layer}{suffix}", kind, layer, direction
+
+
+def check_sizes(where: str, input_size, hidden_size, num_layers, proj_size) -> tuple:
+    """``(input_size, hidden_size, num_layers, proj_size)`` as ints, by torch.nn.LSTM's rules."""
+    sizes = (
+        check_positive_int(where, "input_size", input_size),
+        check_positive_int(where, "hidden_size", hidden_size),
+        check_positive_int(where, "num_layers", num_layers),
+        check_positive_int(where, "proj_size", proj_size, minimum=0),
+    )
+    if sizes[3] >= sizes[1]:
+        raise ValueError(f"{where}: proj_size must be < hidden_size={sizes[1]}, got {sizes[3]}")
+    return sizes
+
+
+def describe(module, last: str) -> str:
+    """``Name(I, H, <options that differ from torch's defaults>, last)`` of an LSTM-like module."""
+    extra = "".join(
+        f", {k}={v!r}"
+        for k, v, default in (
+            ("num_layers", module.num_layers, 1),
+            ("bias", module.bias, True),
+            ("batch_first", module.batch_first, False),
+            ("dropout", module.dropout, 0.0),
+            ("bidirectional", module.bidirectional, False),
+            ("proj_size", module.proj_size, 0),
+        )
+        if v != default
+    )
+    return f"{type(module).__name__}({module.input_size}, {module.hidden_size}{extra}, {last})"
 
 
 def run_forward(module, where: str, x, state, lengths, engine_forward):
@@ -177,14 +207,9 @@ class LSTM(Module):
         seed: int | None = None,
     ) -> None:
         where = "LSTM"
-        self.input_size = check_positive_int(where, "input_size", input_size)
-        self.hidden_size = check_positive_int(where, "hidden_size", hidden_size)
-        self.num_layers = check_positive_int(where, "num_layers", num_layers)
-        self.proj_size = check_positive_int(where, "proj_size", proj_size, minimum=0)
-        if self.proj_size >= self.hidden_size:
-            raise ValueError(
-                f"{where}: proj_size must be < hidden_size={self.hidden_size}, got {self.proj_size}"
-            )
+        self.input_size, self.hidden_size, self.num_layers, self.proj_size = check_sizes(
+            where, input_size, hidden_size, num_layers, proj_size
+        )
         if isinstance(dropout, bool) or not isinstance(
             dropout, (int, float, np.floating, np.integer)
         ):
@@ -264,19 +289,7 @@ class LSTM(Module):
         }
 
     def __repr__(self) -> str:
-        extra = "".join(
-            f", {k}={v!r}"
-            for k, v, default in (
-                ("num_layers", self.num_layers, 1),
-                ("bias", self.bias, True),
-                ("batch_first", self.batch_first, False),
-                ("dropout", self.dropout, 0.0),
-                ("bidirectional", self.bidirectional, False),
-                ("proj_size", self.proj_size, 0),
-            )
-            if v != default
-        )
-        return f"LSTM({self.input_size}, {self.hidden_size}{extra}, dtype={self.dtype.name})"
+        return describe(self, f"dtype={self.dtype.name}")
 
     # ---- parameters --------------------------------------------------------------------------
     def __getattr__(self, name: str):

@@ -15,7 +15,7 @@ import numpy as np
 from .. import _core
 from .._validation import check_keys, check_positive_int, check_shape
 from .linear import Linear
-from .lstm import LSTM, check_head, param_names, run_forward
+from .lstm import LSTM, check_head, check_sizes, describe, param_names, run_forward
 from .model import LSTMModel
 from .module import Module
 from .stream import Stream
@@ -117,8 +117,9 @@ def _expected_tensors(where: str, shapes: dict, precision: str) -> dict:
 
 
 def _checked_tensors(where: str, state: dict, expected: dict, prefix: str) -> dict:
-    """``state`` as exactly ``expected`` (keys, shapes, dtypes); values converted only where
-    no value changes (an int8 weight from any integer array within [-127, 127])."""
+    """``state`` as exactly ``expected`` (keys, shapes, dtypes): real values to float32 (the
+    modules' dtype), stored weights only from integers they hold unchanged (an int8 weight from
+    any integer array within [-127, 127])."""
     check_keys(where, state, expected, prefix)
     out = {}
     for key, (shape, dtype) in expected.items():
@@ -144,7 +145,63 @@ def _checked_tensors(where: str, state: dict, expected: dict, prefix: str) -> di
     return out
 
 
-class QuantizedLSTM(Module):
+class _QuantizedModule(Module):
+    """What the quantized layers share: no trainable parameters, stored tensors checked and
+    loaded all or nothing into a new engine object, and refusals to train."""
+
+    precision: str
+    _expected: dict  # {key: (shape, dtype)} of state_dict
+
+    def _init_tensors(self, where: str, shapes: dict) -> None:
+        """Expect the stored tensors of a float module with these weight and bias shapes, and
+        load zero weights (unit scales)."""
+        self._expected = _expected_tensors(where, shapes, self.precision)
+        zeros = {
+            key: (np.ones if key.endswith("_scale") else np.zeros)(shape, dtype)
+            for key, (shape, dtype) in self._expected.items()
+        }
+        self._tensors, self._engine = self._build(zeros, where, "")
+
+    def _build(self, tensors: dict, where: str, prefix: str):
+        """``(tensors, engine)``: the checked tensors of a state dict and an engine object
+        made from them."""
+        raise NotImplementedError
+
+    def train(self, mode: bool = True):
+        _inference_only(self, mode)
+        return self
+
+    def named_parameters(self, prefix: str = ""):
+        """Nothing: a quantized module has no trainable parameters."""
+        return iter(())
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the stored tensors: weights (int8, or bfloat16 bits as uint16), int8
+        scales (``<weight>_scale``, float32) and biases (float32), in torch's key order."""
+        return {k: v.copy() for k, v in self._tensors.items()}
+
+    def _prepare_load(self, state: dict, where: str, prefix: str):
+        built = self._build(state, where, prefix)
+
+        def commit():
+            self._tensors, self._engine = built
+
+        return commit
+
+    def get_extra_state(self) -> dict:
+        return {}
+
+    def _prepare_extra_state(self, state: dict, where: str):
+        return lambda: None
+
+    def backward(self, *args, **kwargs):
+        raise RuntimeError(
+            f"{type(self).__name__}.backward: a {self.precision} module is inference-only; "
+            "differentiate the float model"
+        )
+
+
+class QuantizedLSTM(_QuantizedModule):
     """An inference-only LSTM with int8 or bfloat16 weights: ``quantize(lstm, dtype)`` makes one.
 
     The call, ``stream`` and sizes are :class:`~eigenlstm.nn.LSTM`'s; inputs are converted to
@@ -185,14 +242,9 @@ class QuantizedLSTM(Module):
         precision: str,
     ) -> None:
         where = "QuantizedLSTM"
-        self.input_size = check_positive_int(where, "input_size", input_size)
-        self.hidden_size = check_positive_int(where, "hidden_size", hidden_size)
-        self.num_layers = check_positive_int(where, "num_layers", num_layers)
-        self.proj_size = check_positive_int(where, "proj_size", proj_size, minimum=0)
-        if self.proj_size >= self.hidden_size:
-            raise ValueError(
-                f"{where}: proj_size must be < hidden_size={self.hidden_size}, got {self.proj_size}"
-            )
+        self.input_size, self.hidden_size, self.num_layers, self.proj_size = check_sizes(
+            where, input_size, hidden_size, num_layers, proj_size
+        )
         self.bias, self.batch_first = bool(bias), bool(batch_first)
         self.bidirectional = bool(bidirectional)
         self.dropout = 0.0
@@ -207,31 +259,13 @@ class QuantizedLSTM(Module):
             self.bidirectional,
             self.proj_size,
         )
-        self._expected = _expected_tensors(where, shapes, self.precision)
-        zeros = {}
-        for key, (shp, dtype) in self._expected.items():
-            zeros[key] = np.ones(shp, dtype) if key.endswith("_scale") else np.zeros(shp, dtype)
-        self._tensors, self._engine = self._build(zeros, where, "")
+        self._init_tensors(where, shapes)
 
     num_directions = LSTM.num_directions
     output_size = LSTM.output_size
 
     def __repr__(self) -> str:
-        extra = "".join(
-            f", {k}={v!r}"
-            for k, v, default in (
-                ("num_layers", self.num_layers, 1),
-                ("bias", self.bias, True),
-                ("batch_first", self.batch_first, False),
-                ("bidirectional", self.bidirectional, False),
-                ("proj_size", self.proj_size, 0),
-            )
-            if v != default
-        )
-        return (
-            f"QuantizedLSTM({self.input_size}, {self.hidden_size}{extra}, "
-            f"precision={self.precision!r})"
-        )
+        return describe(self, f"precision={self.precision!r}")
 
     @classmethod
     def from_float(cls, lstm: LSTM, precision: str) -> QuantizedLSTM:
@@ -255,22 +289,7 @@ class QuantizedLSTM(Module):
         out.load_state_dict(state)
         return out
 
-    # ---- state -------------------------------------------------------------------------------
-    def train(self, mode: bool = True) -> QuantizedLSTM:
-        _inference_only(self, mode)
-        return self
-
-    def named_parameters(self, prefix: str = ""):
-        """Nothing: a quantized module has no trainable parameters."""
-        return iter(())
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of the stored tensors: weights (int8, or bfloat16 bits as uint16), int8
-        scales (``<weight>_scale``, float32) and biases (float32), in torch's key order."""
-        return {k: v.copy() for k, v in self._tensors.items()}
-
     def _build(self, state: dict, where: str, prefix: str):
-        """The checked tensors of ``state`` and an engine made from them."""
         tensors = _checked_tensors(where, state, self._expected, prefix)
         engine = _core.QuantizedEngine(
             self.input_size,
@@ -283,20 +302,6 @@ class QuantizedLSTM(Module):
             tensors,
         )
         return tensors, engine
-
-    def _prepare_load(self, state: dict, where: str, prefix: str):
-        built = self._build(state, where, prefix)
-
-        def commit():
-            self._tensors, self._engine = built
-
-        return commit
-
-    def get_extra_state(self) -> dict:
-        return {}
-
-    def _prepare_extra_state(self, state: dict, where: str):
-        return lambda: None
 
     # ---- compute -----------------------------------------------------------------------------
     def forward(self, x, state=None, *, lengths=None):
@@ -312,14 +317,8 @@ class QuantizedLSTM(Module):
         batch_size = check_head("QuantizedLSTM.stream", self, batch_size, head)
         return Stream(self, self._engine, batch_size, head)
 
-    def backward(self, *args, **kwargs):
-        raise RuntimeError(
-            f"QuantizedLSTM.backward: a {self.precision} module is inference-only; "
-            "differentiate the float model"
-        )
 
-
-class QuantizedLinear(Module):
+class QuantizedLinear(_QuantizedModule):
     """``y = x W^T + b`` with W in int8 or bfloat16 (see :class:`QuantizedLSTM`), float32 in
     and out: the head of a quantized :class:`QuantizedLSTMModel`.
 
@@ -339,11 +338,7 @@ class QuantizedLinear(Module):
         shapes: dict[str, tuple[int, ...]] = {"weight": (self.out_features, self.in_features)}
         if bias:
             shapes["bias"] = (self.out_features,)
-        self._expected = _expected_tensors(where, shapes, self.precision)
-        zeros = {}
-        for key, (shp, dtype) in self._expected.items():
-            zeros[key] = np.ones(shp, dtype) if key.endswith("_scale") else np.zeros(shp, dtype)
-        self._tensors, self._core = self._build(zeros, where, "")
+        self._init_tensors(where, shapes)
 
     def __repr__(self) -> str:
         return (
@@ -378,36 +373,11 @@ class QuantizedLinear(Module):
         b.flags.writeable = False
         return b
 
-    def train(self, mode: bool = True) -> QuantizedLinear:
-        _inference_only(self, mode)
-        return self
-
-    def named_parameters(self, prefix: str = ""):
-        return iter(())
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return {k: v.copy() for k, v in self._tensors.items()}
-
     def _build(self, state: dict, where: str, prefix: str):
-        """The checked tensors of ``state`` and the engine's product made from them."""
         tensors = _checked_tensors(where, state, self._expected, prefix)
         return tensors, _core.QuantizedLinear(
             self.in_features, self.out_features, self.precision, tensors
         )
-
-    def _prepare_load(self, state: dict, where: str, prefix: str):
-        built = self._build(state, where, prefix)
-
-        def commit():
-            self._tensors, self._core = built
-
-        return commit
-
-    def get_extra_state(self) -> dict:
-        return {}
-
-    def _prepare_extra_state(self, state: dict, where: str):
-        return lambda: None
 
     def forward(self, x) -> np.ndarray:
         """``x`` of shape (..., in_features) to (..., out_features), in float32."""
@@ -419,19 +389,13 @@ class QuantizedLinear(Module):
             raise TypeError(f"{where}: x must hold real numbers, got dtype {x.dtype}")
         rows = np.ascontiguousarray(x.reshape(-1, self.in_features), dtype=np.float32)
         y = np.empty((rows.shape[0], self.out_features), np.float32)
-        self._core.forward_into(rows, y)
+        self._engine.forward_into(rows, y)
         return y.reshape(x.shape[:-1] + (self.out_features,))
 
     def forward_into(self, x: np.ndarray, y: np.ndarray) -> None:
         """``y[...] = x W^T + b`` for C-contiguous float32 ``x`` (M, in_features) and ``y``
         (M, out_features): a stream's head, allocating nothing."""
-        self._core.forward_into(x, y)
-
-    def backward(self, *args, **kwargs):
-        raise RuntimeError(
-            f"QuantizedLinear.backward: a {self.precision} module is inference-only; "
-            "differentiate the float model"
-        )
+        self._engine.forward_into(x, y)
 
 
 class QuantizedLSTMModel(LSTMModel):
