@@ -2,12 +2,17 @@
 """Side-by-side speed and memory of eigenlstm, torch.nn.LSTM and ONNX Runtime's LSTM operator.
 
 Everything is measured in ONE process with the same thread count and identical weights (training
-peak memory excepted: one fresh subprocess per engine and shape). Writes compare.md, compare.png
-and compare.json into --out (default bench/results/). Method and columns: bench/README.md.
+peak memory excepted: one fresh subprocess per engine and shape). Reduced-precision inference
+is timed in the same rounds: eigenlstm int8 and bfloat16 (`el.quantize` of the same float LSTM)
+and ONNX Runtime's DynamicQuantizeLSTM (`quantize_dynamic` of the same ONNX graph), with their
+error against eigenlstm's float32 output; `--no-quantized` leaves them out. Writes compare.md,
+compare.png and compare.json into --out (default bench/results/). Method and columns:
+bench/README.md.
 
     python bench/compare.py                  # default: 2 threads, all shapes, < ~15 min
     python bench/compare.py --quick          # a fast smoke run while developing
     python bench/compare.py --shapes seed,ds_train_512 --threads 1 --repeats 21
+    python bench/compare.py --no-quantized   # float32 engines only
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import copy
 import datetime
 import gc
 import json
+import logging
 import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,7 +59,18 @@ TARGETS = {
     "train_vs_torch_min": 1.0,
     "seed_forward_us": 15.0,
     "train_peak_vs_torch": 1.0,  # eigenlstm peak / torch peak <= 1
+    "model_size_int8_vs_fp32": 0.30,  # el.save of an int8 LSTMModel / of its float32 model <= 30%
 }
+
+# The reduced-precision forward engines (keys of a shape's "fwd" next to the float ones) and
+# their labels in the report. All three are quantized from the float weights the others use.
+QUANTIZED = {
+    "eigenlstm_int8": "eigenlstm int8",
+    "eigenlstm_bf16": "eigenlstm bf16",
+    "onnxruntime_int8": "ORT DynamicQuantizeLSTM",
+}
+# The model whose file size is reported: LSTMModel(I, H, O) saved with el.save.
+MODEL_SIZE_IOH = (256, 256, 1)
 
 
 def forward_flops(B, T, I, H):
@@ -108,6 +126,7 @@ def cpu_flags():
                     "avx512f",
                     "avx512bw",
                     "avx512_vnni",
+                    "avx512_bf16",
                     "amx_tile",
                 ]
                 return " ".join(f.upper() for f in wanted if f in flags)
@@ -139,6 +158,8 @@ def eigenlstm_isa(el):
 def machine_info(el, torch, ort, threads):
     import threadpoolctl
 
+    # The reduced-precision kernels this CPU runs (builds before el.quantize have no such keys).
+    config = el.config() if hasattr(el, "config") else {}
     info = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "host": platform.node(),
@@ -153,6 +174,8 @@ def machine_info(el, torch, ort, threads):
         "onnxruntime": ort.__version__,
         "eigenlstm": getattr(el, "__version__", "?"),
         "eigenlstm_isa": eigenlstm_isa(el),
+        "quantized_kernels": config.get("quantized_kernels"),
+        "isa_features": config.get("isa_features"),
         "threads": threads,
         "el_threads": el.get_num_threads(),
         "torch_threads": torch.get_num_threads(),
@@ -253,6 +276,65 @@ def ort_session(ort, model_bytes, threads):
     # time of the next engine's call (29 -> 72 ms, ds_inf_b4 training step). Stop at Run end.
     so.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def onnx_dynamic_int8(model_bytes):
+    """ONNX Runtime's dynamic int8 quantization of an LSTM graph: (model bytes, op types).
+
+    `quantize_dynamic` (int8 weights per tensor, activations quantized at run time) replaces
+    the LSTM node by com.microsoft's DynamicQuantizeLSTM; the op types are returned so that the
+    caller can check it did. It reads and writes files, hence the temporary folder.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = Path(d) / "lstm.onnx", Path(d) / "lstm_int8.onnx"
+        src.write_bytes(model_bytes)
+        # quantize_dynamic logs a warning advising its pre-processing (shape inference and graph
+        # optimization for graphs of many nodes): a single LSTM node has nothing to pre-process.
+        logging.disable(logging.WARNING)
+        try:
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(logging.NOTSET)
+        quantized = dst.read_bytes()
+    ops = [n.op_type for n in onnx.load_from_string(quantized).graph.node]
+    return quantized, ops
+
+
+def rel_error(y, ref):
+    """Norm-wise relative error ||y - ref|| / ||ref|| (Frobenius over all values, in float64)."""
+    y, ref = np.asarray(y, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(y - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def model_sizes(el):
+    """Bytes of `el.save` of an LSTMModel(MODEL_SIZE_IOH) in float32, int8 and bfloat16.
+
+    A checkpoint is what a deployment ships; it holds the config and metadata too, so the ratio
+    is a file's, not only the weights' (int8 also stores a float32 scale per weight row, and
+    the biases stay float32).
+    """
+    I, H, O = MODEL_SIZE_IOH
+    model = el.LSTMModel(I, H, O, seed=0)
+    models = {
+        "float32": model,
+        "int8": el.quantize(model, "int8"),
+        "bfloat16": el.quantize(model, "bfloat16"),
+    }
+    sizes = {}
+    with tempfile.TemporaryDirectory() as d:
+        for label, m in models.items():
+            path = Path(d) / f"{label}.npz"
+            el.save(m, path)
+            sizes[label] = path.stat().st_size
+    return {
+        "model": {"input_size": I, "hidden_size": H, "output_size": O},
+        "parameters": sum(np.asarray(v).size for v in model.state_dict().values()),
+        "bytes": sizes,
+        "ratio_to_float32": {k: v / sizes["float32"] for k, v in sizes.items()},
+    }
 
 
 # ============================================================================================
@@ -428,6 +510,7 @@ def run_shape(name, el, torch, ort, threads, args):
     tl.train()
     ell.train()
     feed = {"X": x}
+    quantized = run_quantized(el, ort, tl, ell_eval, x, threads) if args.quantized else None
 
     def torch_fwd():
         with torch.inference_mode():
@@ -451,6 +534,12 @@ def run_shape(name, el, torch, ort, threads, args):
         "train/eigenlstm": el_step,
         "train/torch": torch_step,
     }
+    if quantized is not None:
+        # In the same rounds as the float engines, so every ratio compares calls that shared
+        # the machine's state; the quantized eigenlstm runs on the same libgomp pool (the
+        # default pause after each batch applies) and the quantized ORT session stops spinning
+        # at Run end as the float one does.
+        fns.update({"fwd/" + k: fn for k, fn in quantized.pop("fns").items()})
     settle = {}
     if name in DEEPBENCH_TRAINING:
         # The 80%-of-SGEMM target shapes carry their own SGEMM reference in the same rounds, so
@@ -486,6 +575,49 @@ def run_shape(name, el, torch, ort, threads, args):
         "train": train,
         "fwd_flops": flops,
         "sgemm": sgemm,
+        "quantized": quantized,
+    }
+
+
+def run_quantized(el, ort, torch_lstm, el_lstm, x, threads):
+    """The reduced-precision forward engines of one shape and their accuracy, before timing.
+
+    eigenlstm int8 and bfloat16 are `el.quantize` of `el_lstm` (the float eigenlstm timed next
+    to them); ORT's is `quantize_dynamic` of the same ONNX graph as the float session, run with
+    the same session options. Accuracy: the norm-wise relative error of each engine's output
+    sequence y against eigenlstm's float32 y on `x`, the input that is timed.
+    Returns {"fns": name -> callable (popped by the caller), "ort_ops": the quantized graph's op
+    types, "ort_dynamic_quantize_lstm": whether they hold DynamicQuantizeLSTM,
+    "rel_err_vs_el_fp32": name -> error}.
+    """
+    I, H = el_lstm.input_size, el_lstm.hidden_size
+    q8 = el.quantize(el_lstm, "int8")
+    qbf = el.quantize(el_lstm, "bfloat16")
+    model_int8, ops = onnx_dynamic_int8(onnx_lstm_model(torch_lstm, I, H))
+    has_dq = "DynamicQuantizeLSTM" in ops
+    if not has_dq:
+        # Then the "quantized" session would run a float LSTM: not what the column claims.
+        print(
+            f"  WARNING: quantize_dynamic left no DynamicQuantizeLSTM (ops {ops}); "
+            "ORT int8 not timed",
+            file=sys.stderr,
+        )
+    fns = {"eigenlstm_int8": lambda: q8(x), "eigenlstm_bf16": lambda: qbf(x)}
+    y_ref, _ = el_lstm(x)
+    err = {
+        "eigenlstm_int8": rel_error(q8(x)[0], y_ref),
+        "eigenlstm_bf16": rel_error(qbf(x)[0], y_ref),
+    }
+    if has_dq:
+        sess_int8 = ort_session(ort, model_int8, threads)
+        feed = {"X": x}
+        fns["onnxruntime_int8"] = lambda: sess_int8.run(None, feed)
+        err["onnxruntime_int8"] = rel_error(sess_int8.run(None, feed)[0][:, 0], y_ref)
+    return {
+        "fns": fns,
+        "ort_ops": ops,
+        "ort_dynamic_quantize_lstm": has_dq,
+        "rel_err_vs_el_fp32": err,
     }
 
 
@@ -727,7 +859,26 @@ def summarize(results):
         s["train_frac"][n] = t["eigenlstm"]["gflops"] / sg
     for k in ("fwd_vs_torch", "fwd_vs_ort", "train_vs_torch"):
         s[k + "_geomean"] = geomean(s[k].values())
+    # Reduced precision: speedup of the quantized eigenlstm = other's median / its median.
+    # A shape has these only when its run timed them (not with --no-quantized, nor for a build
+    # without el.quantize, nor for ORT when quantize_dynamic made no DynamicQuantizeLSTM).
+    for key, this, other in QUANTIZED_RATIOS:
+        s[key] = {
+            n: R[n]["fwd"][other]["median"] / R[n]["fwd"][this]["median"]
+            for n in shapes
+            if this in R[n]["fwd"] and other in R[n]["fwd"]
+        }
+        s[key + "_geomean"] = geomean(s[key].values())
     return s
+
+
+# (summary key, this engine, other engine): speedup = other's median time / this one's.
+QUANTIZED_RATIOS = (
+    ("int8_vs_el_fp32", "eigenlstm_int8", "eigenlstm"),
+    ("bf16_vs_el_fp32", "eigenlstm_bf16", "eigenlstm"),
+    ("int8_vs_ort_int8", "eigenlstm_int8", "onnxruntime_int8"),
+    ("int8_vs_torch", "eigenlstm_int8", "torch"),
+)
 
 
 def targets_table(results, s):
@@ -813,9 +964,102 @@ def targets_table(results, s):
                 ratios[worst] <= TARGETS["train_peak_vs_torch"],
             )
         )
+    size = results.get("model_size")
+    if size:
+        ratio = size["ratio_to_float32"]["int8"]
+        rows.append(
+            (
+                f"int8 model file / float32 file (`el.save`, LSTMModel{tuple(size['model'].values())})",
+                f"≤ {TARGETS['model_size_int8_vs_fp32']:.0%}",
+                f"{ratio:.1%}",
+                ratio <= TARGETS["model_size_int8_vs_fp32"],
+            )
+        )
     lines = ["| target | goal | measured | |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {verdict(ok)} |" for a, b, c, ok in rows]
     return lines
+
+
+def quantized_section(results, s, shapes):
+    """Markdown lines: reduced-precision speedups with their accuracy, and model file sizes."""
+    R = results["shapes"]
+    q_shapes = [n for n in shapes if R[n].get("quantized")]
+    size = results.get("model_size")
+    if not q_shapes and not size:
+        return []
+    L = ["## Reduced precision (inference): speed and accuracy", ""]
+    if q_shapes:
+        L.append(
+            "Speedup = the other engine's median time / the quantized eigenlstm's, forward "
+            "(inference), timed in the same rounds as the float engines (> 1: the quantized "
+            "eigenlstm is faster). All are quantized from the same float weights: eigenlstm with "
+            "`el.quantize(lstm, 'int8' | 'bfloat16')`, ORT with `quantize_dynamic` "
+            "(`QuantType.QInt8`). Error = ‖y − y_fp32‖ / ‖y_fp32‖ over the whole output "
+            "sequence, against eigenlstm's float32 y on the timed input."
+        )
+        L.append("")
+        L.append(
+            "| shape (B, T, I, H) | int8 vs el fp32 | bf16 vs el fp32 | int8 vs ORT DynamicQuantizeLSTM | "
+            "int8 vs torch fp32 | rel. error int8 / bf16 / ORT int8 | fwd median int8 / bf16 / ORT int8 |"
+        )
+        L.append("|---|---|---|---|---|---|---|")
+        keys = [k for k, _, _ in QUANTIZED_RATIOS]
+
+        def ratio(k, n):
+            v = s[k].get(n)
+            return f"{v:.2f}x" if v is not None else "-"
+
+        for n in q_shapes:
+            f, err = R[n]["fwd"], R[n]["quantized"]["rel_err_vs_el_fp32"]
+            errs = " / ".join(f"{err[e]:.1e}" if e in err else "-" for e in QUANTIZED)
+            times = " / ".join(fmt_t(f[e]["median"]) if e in f else "-" for e in QUANTIZED)
+            L.append(
+                f"| {n} {tuple(R[n]['shape'])} | "
+                + " | ".join(ratio(k, n) for k in keys)
+                + f" | {errs} | {times} |"
+            )
+        L.append(
+            "| **geomean** | "
+            + " | ".join(f"**{s[k + '_geomean']:.2f}x**" if s[k] else "-" for k in keys)
+            + " | | |"
+        )
+        missing = [n for n in q_shapes if not R[n]["quantized"]["ort_dynamic_quantize_lstm"]]
+        L.append("")
+        if missing:
+            L.append(
+                "ORT's quantized graph held no `DynamicQuantizeLSTM` for "
+                + ", ".join(
+                    f"{n} (ops: {', '.join(R[n]['quantized']['ort_ops'])})" for n in missing
+                )
+                + ": ORT int8 not timed there."
+            )
+        else:
+            L.append(
+                "ORT's quantized graph checked for every shape: its LSTM node became "
+                "`DynamicQuantizeLSTM` (com.microsoft), ops: "
+                + ", ".join(sorted({op for n in q_shapes for op in R[n]["quantized"]["ort_ops"]}))
+                + "."
+            )
+        L.append("")
+    if size:
+        b, r = size["bytes"], size["ratio_to_float32"]
+        L.append(
+            f"Model size on disk: `el.save` of `el.LSTMModel{tuple(size['model'].values())}` "
+            f"({size['parameters']:,} parameters) and of its `el.quantize` versions."
+        )
+        L.append("")
+        L.append("| | float32 | int8 | bfloat16 |")
+        L.append("|---|---|---|---|")
+        L.append(
+            "| bytes | " + " | ".join(f"{b[k]:,}" for k in ("float32", "int8", "bfloat16")) + " |"
+        )
+        L.append(
+            "| / float32 | "
+            + " | ".join(f"{r[k]:.1%}" for k in ("float32", "int8", "bfloat16"))
+            + " |"
+        )
+        L.append("")
+    return L
 
 
 def write_markdown(results, path):
@@ -840,6 +1084,13 @@ def write_markdown(results, path):
         f"({f'back end: {isa}' if isa else 'no run-time dispatch: -march=native build'}), numpy {info['numpy']}, "
         f"torch {info['torch']}, onnxruntime {info['onnxruntime']}, Python {info['python']}"
     )
+    kernels = info.get("quantized_kernels")
+    if kernels:
+        L.append(
+            f"- **Reduced-precision kernels** (`el.config()`): int8: {kernels.get('int8', '-')}; "
+            f"bfloat16: {kernels.get('bfloat16', '-')}; ISA features in use: "
+            f"{', '.join(info.get('isa_features') or []) or 'none'}"
+        )
     L.append(
         f"- **Threads**: {info['threads']} for every engine (eigenlstm {info['el_threads']}, torch "
         f"{info['torch_threads']} intra-op / {info['torch_interop_threads']} inter-op, ORT intra_op "
@@ -940,6 +1191,7 @@ def write_markdown(results, path):
                 + " |"
             )
     L.append("")
+    L += quantized_section(results, s, shapes)
     L.append("## Targets")
     L.append("")
     L += targets_table(results, s)
@@ -961,6 +1213,31 @@ def write_markdown(results, path):
         )
         L.append(f"| {n} | " + " | ".join(cells) + f" | {rc} |")
     L.append("")
+    q_shapes = [n for n in shapes if any(e in R[n]["fwd"] for e in QUANTIZED)]
+    if q_shapes:
+        L.append(
+            "## Forward, reduced precision (same rounds as the table above): median time per call [Q1–Q3] (min)"
+        )
+        L.append("")
+        L.append(
+            "| shape | "
+            + " | ".join(QUANTIZED.values())
+            + " | rounds × calls (el int8 / el bf16 / ORT int8) |"
+        )
+        L.append("|---|---|---|---|---|")
+        for n in q_shapes:
+            f = R[n]["fwd"]
+            cells = [
+                f"{fmt_t(f[e]['median'])} [{fmt_t(f[e]['q1'])}–{fmt_t(f[e]['q3'])}] ({fmt_t(f[e]['min'])})"
+                if e in f
+                else "-"
+                for e in QUANTIZED
+            ]
+            rc = " / ".join(
+                f"{f[e]['repeats']}×{f[e]['inner']}" if e in f else "-" for e in QUANTIZED
+            )
+            L.append(f"| {n} | " + " | ".join(cells) + f" | {rc} |")
+        L.append("")
     L.append(
         "## Training step (zero_grad + training forward + backward of a fixed dy, with dx and parameter gradients): median time [Q1–Q3] (min)"
     )
@@ -1144,6 +1421,11 @@ def parse_args(argv=None):
         "--no-memory", action="store_true", help="skip the training peak-memory subprocesses"
     )
     p.add_argument(
+        "--no-quantized",
+        action="store_true",
+        help="skip reduced precision: eigenlstm int8 and bf16, ORT DynamicQuantizeLSTM, model sizes",
+    )
+    p.add_argument(
         "--out", default=str(Path(__file__).resolve().parent / "results"), help="output directory"
     )
     p.add_argument(
@@ -1173,6 +1455,11 @@ def main(argv=None):
         return 0
     t_start = time.perf_counter()
     el, torch, ort = import_engines(args.threads)
+    # A build older than el.quantize (bench/compare_builds.py runs this file against older
+    # installs) is timed in float32 only.
+    args.quantized = not args.no_quantized and hasattr(el, "quantize")
+    if not args.no_quantized and not args.quantized:
+        print("[compare] this eigenlstm has no quantize(): reduced precision skipped", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {
@@ -1182,6 +1469,7 @@ def main(argv=None):
             f"repeats={'auto' if args.repeats is None else args.repeats}, budget={args.budget:g} s/shape, "
             f"batch≥{args.batch * 1e3:g} ms, warmup={args.warmup}"
         ),
+        "quantized": args.quantized,
         "shapes": {},
     }
     print(
@@ -1207,6 +1495,19 @@ def main(argv=None):
             f"torch {fmt_t(t['torch']['median'])} ({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
+        if r["quantized"]:
+            q = r["quantized"]
+            print(
+                f"[compare] {'':14s} fwd "
+                + " ".join(
+                    f"{label} {fmt_t(f[e]['median'])} (err {q['rel_err_vs_el_fp32'][e]:.1e})"
+                    for e, label in QUANTIZED.items()
+                    if e in f
+                )
+                + f"; ORT graph ops {q['ort_ops']}"
+                + ("" if q["ort_dynamic_quantize_lstm"] else " (no DynamicQuantizeLSTM!)"),
+                flush=True,
+            )
 
     results["overhead"] = run_overhead(el, torch, ort, args.threads, args)
     o = results["overhead"]["results"]
@@ -1229,6 +1530,15 @@ def main(argv=None):
             "end_gflops": sg2[k]["gflops"],
             "repeats": len(pooled),
         }
+
+    if args.quantized:
+        results["model_size"] = model_sizes(el)
+        b = results["model_size"]["bytes"]
+        print(
+            "[compare] model file bytes: "
+            + ", ".join(f"{k} {v:,} ({v / b['float32']:.1%})" for k, v in b.items()),
+            flush=True,
+        )
 
     if not args.no_memory:
         results["memory"] = run_memory(args.shape_list, args.threads)
