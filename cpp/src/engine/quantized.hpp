@@ -15,8 +15,9 @@
 // rounding of the dequantization.
 #pragma once
 
+#include <Eigen/Core>
+
 #include <algorithm>
-#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -98,13 +99,11 @@ struct Int8Rows {
         const float top = float(levels);
         for (Index m = 0; m < M; ++m) {
             const float* a = A + m * lda;
-            float mn = a[0], mx = a[0];
-            int bad = 0;
-            for (Index k = 0; k < K; ++k) {
-                mn = a[k] < mn ? a[k] : mn;
-                mx = a[k] > mx ? a[k] : mx;
-                bad |= !(std::fabs(a[k]) <= FLT_MAX);
-            }
+            // Eigen's reductions, in SIMD packets (GCC does not vectorize a min/max loop
+            // without -ffinite-math-only: as a scalar loop this was 9% of an int8 forward).
+            const Eigen::Map<const Eigen::Array<float, Eigen::Dynamic, 1>> row(a, K);
+            const float mn = row.minCoeff(), mx = row.maxCoeff();
+            const bool bad = !((row - row).sum() == 0.0f);  // an inf or NaN: a - a is NaN
             const float range = mx - mn;
             const float inv = range > 0 ? top / range : 0.0f;
             step[m] = bad ? NAN : range / top;
