@@ -22,7 +22,8 @@ PRECISIONS = ("int8", "bfloat16")
 
 
 def rel(a, b):
-    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def float_lstm(I, H, *, seed=0, **kw):
@@ -428,3 +429,60 @@ def test_the_airline_forecast_rmse_changes_by_at_most_3_percent():
         )
         rmse = float(np.sqrt(np.mean((predicted - actual) ** 2)))
         assert abs(rmse / report.rmse - 1) <= 0.03, (precision, report.rmse, rmse)
+
+
+# ---- edges -------------------------------------------------------------------------------------
+
+
+def test_a_stream_follows_the_weights_a_load_brings():
+    model = el.LSTMModel(4, 12, 2, seed=0)
+    q = el.quantize(model, "int8")
+    stream = q.stream(2)
+    x = np.random.default_rng(12).standard_normal((2, 5, 4)).astype(np.float32)
+    q.load_state_dict(el.quantize(el.LSTMModel(4, 12, 2, seed=1), "int8").state_dict())
+    assert np.array_equal(stream(x), q.stream(2)(x))  # the new LSTM and the new head
+
+
+def test_products_deeper_than_int32_sums_allow_are_refused_not_wrapped():
+    limit = 65536
+    with pytest.raises(ValueError, match=f"in_features must be <= {limit} for int8"):
+        el.nn.QuantizedLinear(limit + 1, 1, precision="int8")
+    with pytest.raises(ValueError, match=f"input_size must be <= {limit} for int8"):
+        el.nn.QuantizedLSTM(limit + 1, 4, precision="int8")
+    el.nn.QuantizedLinear(limit + 1, 1, precision="bfloat16")  # float32 sums: no bound
+
+
+def test_the_engine_refuses_int8_weights_of_minus_128_by_name():
+    tensors = {"weight": np.full((2, 3), -128, np.int8), "weight_scale": np.ones(2, np.float32)}
+    with pytest.raises(ValueError, match=r"weight must hold values in \[-127, 127\], got -128"):
+        _core.QuantizedLinear(3, 2, "int8", tensors)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_rows_on_extreme_ranges_stay_finite(precision):
+    # A wide range, one of subnormals (its inverse step is clamped to a float) and a constant
+    # row (no range at all). (Near float32's limit, |x| ~ 1e38, the dequantization's products
+    # overflow as float32's own arithmetic does.)
+    lin = el.quantize(el.Linear(4, 3, seed=0), precision)
+    x = np.array([[1e30, -1e30, 1.0, 0.0], [1e-39, 0.0, 0.0, 1e-39], [5.0, 5.0, 5.0, 5.0]])
+    y = lin(x.astype(np.float32))
+    assert np.isfinite(y).all()
+    ref = el.Linear(4, 3, seed=0)(x.astype(np.float32))
+    for row, want in zip(y, ref):  # the error is relative to the row's scale
+        assert rel(row, want) < 2e-2
+
+
+def test_formats_that_store_float_weights_refuse_a_quantized_model(tmp_path):
+    q = el.quantize(el.LSTMModel(3, 8, 1, seed=0), "int8")
+    with pytest.raises(TypeError, match="module must hold float weights, got a int8"):
+        el.onnx.export(q, tmp_path / "q.onnx")
+    with pytest.raises(TypeError, match="module must hold float weights, got a int8"):
+        el.keras.save(q, tmp_path / "q.keras")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_quantized_module_names_its_precision_argument_and_has_no_gradients():
+    with pytest.raises(ValueError, match=r"QuantizedLSTM: precision must be one of"):
+        el.nn.QuantizedLSTM(3, 4, precision="fp16")
+    q = el.quantize(el.LSTMModel(3, 8, 1, seed=0), "bfloat16")
+    assert q.grads == {} and q.lstm.grads == {}

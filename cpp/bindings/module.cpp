@@ -505,17 +505,9 @@ const T* tensor_of(const char* fn, const py::dict& tensors, const std::string& k
 const void* weight_of(const char* fn, eigenlstm::Precision p, const py::dict& tensors,
                       const std::string& key, std::initializer_list<Index> shape,
                       std::vector<py::object>& keep) {
-    if (p != eigenlstm::Precision::int8)
-        return tensor_of<std::uint16_t>(fn, tensors, key, shape, keep);
-    // Symmetric int8: -128 has no positive counterpart, and the AVX2 kernel's bound on its
-    // 16-bit pair sums assumes |w| <= 127.
-    const std::int8_t* w = tensor_of<std::int8_t>(fn, tensors, key, shape, keep);
-    Index n = 1;
-    for (Index d : shape) n *= d;
-    if (std::find(w, w + n, std::int8_t(-128)) != w + n)
-        throw std::invalid_argument(std::string(fn) + ": " + key +
-                                    " must hold values in [-127, 127], got -128");
-    return w;
+    if (p == eigenlstm::Precision::int8)
+        return tensor_of<std::int8_t>(fn, tensors, key, shape, keep);
+    return tensor_of<std::uint16_t>(fn, tensors, key, shape, keep);
 }
 
 struct QuantizedEngine : Forward<float, eigenlstm::QuantizedLSTM> {

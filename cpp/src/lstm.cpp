@@ -4,6 +4,8 @@
 // runs vector code of a higher level.
 #include "eigenlstm/lstm.hpp"
 
+#include <algorithm>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -152,6 +154,23 @@ void require_pointers(const std::vector<P>& v, Index n, const char* name) {
         EIGENLSTM_REQUIRE(v[k] != nullptr, std::string("QuantizedLSTM: ") + name + "[" +
                                                std::to_string(k) + "] is null");
 }
+
+// Throws std::invalid_argument unless the n int8 values at w are in [-127, 127]: -128 has no
+// positive counterpart (symmetric quantization), and the AVX2 kernel bounds its 16-bit pair
+// sums with |w| <= 127.
+void require_symmetric(const char* fn, const std::string& name, const void* w, Index n) {
+    const auto* q = static_cast<const std::int8_t*>(w);
+    EIGENLSTM_REQUIRE(std::find(q, q + n, std::int8_t(-128)) == q + n,
+                      std::string(fn) + ": " + name + " must hold values in [-127, 127], got -128");
+}
+
+// Throws std::invalid_argument unless an int8 product's depth K fits its int32 sums.
+void require_int8_depth(const char* fn, const char* name, Index K) {
+    EIGENLSTM_REQUIRE(K <= kMaxInt8Depth, std::string(fn) + ": " + name + " must be <= " +
+                                              std::to_string(kMaxInt8Depth) +
+                                              " for int8 (its int32 sums would overflow), got " +
+                                              std::to_string(K));
+}
 }  // namespace
 
 struct QuantizedLSTM::Impl {
@@ -183,6 +202,24 @@ QuantizedLSTM::QuantizedLSTM(const Config& config, Precision precision,
         require_pointers(w.bias_ih, n, "bias_ih");
         require_pointers(w.bias_hh, n, "bias_hh");
     }
+    if (int8) {
+        const char* fn = "QuantizedLSTM";
+        const Index H = config.hidden_size, P = config.proj_size, Hout = config.output_size(),
+                    D = config.directions(), G = config.gate_size();
+        require_int8_depth(fn, "input_size", config.input_size);
+        if (config.num_layers > 1) require_int8_depth(fn, "the layers' input size D*H_out", D * Hout);
+        require_int8_depth(fn, "H_out", Hout);
+        require_int8_depth(fn, "hidden_size", H);
+        for (Index l = 0; l < config.num_layers; ++l)
+            for (Index d = 0; d < D; ++d) {
+                const std::size_t k = std::size_t(l * D + d);
+                const std::string sfx = "_l" + std::to_string(l) + (d ? "_reverse" : "");
+                require_symmetric(fn, "weight_ih" + sfx, w.weight_ih[k],
+                                  G * (l == 0 ? config.input_size : D * Hout));
+                require_symmetric(fn, "weight_hh" + sfx, w.weight_hh[k], G * Hout);
+                if (P > 0) require_symmetric(fn, "weight_hr" + sfx, w.weight_hr[k], P * H);
+            }
+    }
     impl_->engine.reset(detail::backend().make_quantized(impl_->layout, precision, w));
 }
 QuantizedLSTM::~QuantizedLSTM() = default;
@@ -211,6 +248,10 @@ QuantizedLinear::QuantizedLinear(Index in_features, Index out_features, Precisio
     EIGENLSTM_REQUIRE(weight != nullptr, "QuantizedLinear: weight is null");
     EIGENLSTM_REQUIRE(precision != Precision::int8 || scale != nullptr,
                       "QuantizedLinear: an int8 weight needs its scales, got null");
+    if (precision == Precision::int8) {
+        require_int8_depth("QuantizedLinear", "in_features", in_features);
+        require_symmetric("QuantizedLinear", "weight", weight, in_features * out_features);
+    }
     impl_->in_features = in_features;
     impl_->out_features = out_features;
     impl_->matrix.reset(detail::backend().make_quantized_matrix(in_features, out_features,

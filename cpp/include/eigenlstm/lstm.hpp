@@ -217,12 +217,16 @@ extern template class LSTM<double>;
 
 // How a QuantizedLSTM stores its weights and multiplies:
 //   int8      weights symmetric int8 per output row (w = q * scale, q in [-127, 127]);
-//             activations (x, h and the projection's input) quantized at run time per row,
-//             7 bits on the row's range; int32 sums, dequantized to float32
+//             the inputs of every product quantized at run time per row on the row's range,
+//             8 bits for the model's input x, 7 for the states h and r; int32 sums,
+//             dequantized to float32. Every product's depth (input_size, the inputs D*Hout of
+//             the layers above, Hout, H; a QuantizedLinear's in_features) is at most
+//             kMaxInt8Depth, so that its sums fit int32 (255 * 127 * K < 2^31)
 //   bfloat16  weights bfloat16 (the upper half of a float32); activations rounded to bfloat16
 //             (to nearest even); float32 sums
 // Gates, cell, nonlinearities and biases stay float32 in both.
 enum class Precision { int8, bfloat16 };
+constexpr Index kMaxInt8Depth = 65536;
 
 // The kernel a precision runs on this CPU (for example "avx512_vnni (vpdpbusd)").
 std::string quantized_kernel(Precision precision);
@@ -245,8 +249,9 @@ struct QuantizedWeights {
 class QuantizedLSTM {
 public:
     // Packs the weights (copies: the caller's arrays may be freed afterwards). Throws
-    // std::invalid_argument for a bad config (config.dropout must be 0), a missing pointer or a
-    // pointer count other than L*D, std::bad_alloc when the weights cannot be allocated.
+    // std::invalid_argument for a bad config (config.dropout must be 0; int8: depths up to
+    // kMaxInt8Depth), a missing pointer, a pointer count other than L*D or an int8 weight of
+    // -128, std::bad_alloc when the weights cannot be allocated.
     QuantizedLSTM(const Config& config, Precision precision, const QuantizedWeights& weights);
     ~QuantizedLSTM();
     QuantizedLSTM(QuantizedLSTM&&) noexcept;
@@ -273,7 +278,8 @@ private:
 class QuantizedLinear {
 public:
     // weight: int8 values and per-row scale, or bfloat16 bit patterns (scale unused); bias
-    // [out_features] or nullptr. Copies them. Throws std::invalid_argument for sizes < 1.
+    // [out_features] or nullptr. Copies them. Throws std::invalid_argument for sizes < 1, an
+    // int8 in_features above kMaxInt8Depth or an int8 weight of -128.
     QuantizedLinear(Index in_features, Index out_features, Precision precision,
                     const void* weight, const float* scale, const float* bias);
     ~QuantizedLinear();

@@ -5,19 +5,23 @@
 // one, and only its products differ.
 //
 // Kernels, chosen at run time by the features the front end allows (Features):
-//   int8   AVX512-VNNI vpdpbusd (64 multiply-adds an instruction), AVX2 vpsignb + vpmaddubsw
-//          + vpmaddwd (the avx2 and avx512 levels without VNNI), plain C++ (generic);
+//   int8   AVX512-VNNI vpdpbusd (64 multiply-adds an instruction), AVX2 vpmaddubsw + vpmaddwd
+//          (with vpsignb for 8-bit rows; the avx2 and avx512 levels without VNNI), plain C++
+//          (generic);
 //   bf16   AVX512_BF16 vdpbf16ps (32 an instruction), else an emulation: the bfloat16 weights
-//          widened to float32 (exact) and the float32 kernel on activations rounded to
-//          bfloat16 exactly as the instruction's operands are.
-// Every int8 kernel computes the same exact int32 sums (integer arithmetic, never saturating;
-// see Int8TileAvx2), so the int8 path gives the same results at every level up to the float32
-// rounding of the dequantization.
+//          widened to float32 (exact), the activations rounded to bfloat16 as the
+//          instruction's operands are, and the float32 kernel, which sums the exact products in
+//          its own order (results differ from vdpbf16ps's in the last bits of float32).
+// Every int8 kernel computes the same exact int32 sums (integer arithmetic, never saturating:
+// see Int8TileAvx2; the front end bounds K by kMaxInt8Depth so that they fit int32), so the
+// int8 path gives the same results at every level up to the float32 rounding of the
+// dequantization.
 #pragma once
 
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -82,9 +86,10 @@ inline float from_bf16(std::uint16_t h) {
 // T = 100, standard normal x, random weights) the output error was 1.50e-2 with 7 bits
 // everywhere, 0.84e-2 with 8 everywhere and 0.85e-2 with this split.
 // split: also store, for AVX2's 8-bit kernel, s = u - 128 as signed bytes in u and |s| in mag.
-// A row holding an inf or NaN gets a NaN step, so its outputs are NaN as in float32. K is
-// padded to a multiple of 4 (a quad: the kernels take 4 bytes per multiply-add lane) with
-// zeros (u = 0; s = -128 with split), which multiply zero weights.
+// A row holding an inf or NaN has no grid: its u are 0 and its step NaN, so its outputs are
+// NaN (never a finite number made of a non-finite input; float32 may give NaN or a saturated
+// gate there). K is padded to a multiple of 4 (a quad: the kernels take 4 bytes per
+// multiply-add lane) with zeros (u = 0; s = -128 with split), which multiply zero weights.
 struct Int8Rows {
     Buffer<std::uint8_t> u, mag;  // [M, ldu]
     Buffer<float> step, lo;       // [M]
@@ -104,14 +109,22 @@ struct Int8Rows {
             const Eigen::Map<const Eigen::Array<float, Eigen::Dynamic, 1>> row(a, K);
             const float mn = row.minCoeff(), mx = row.maxCoeff();
             const bool bad = !((row - row).sum() == 0.0f);  // an inf or NaN: a - a is NaN
-            const float range = mx - mn;
-            const float inv = range > 0 ? top / range : 0.0f;
-            step[m] = bad ? NAN : range / top;
-            lo[m] = mn;
             std::uint8_t* q = u.data() + m * ldu;
-            // round half up: (a - lo) * inv is in [0, levels] (up to rounding, clamped)
-            for (Index k = 0; k < K; ++k) q[k] = std::uint8_t(std::min((a[k] - mn) * inv + 0.5f, top));
-            for (Index k = K; k < ldu; ++k) q[k] = 0;
+            // In double, the range of finite values is finite (in float32 [-3e38, 3e38] is
+            // not), and 1 / range is clamped to a float: (a - lo) * inv is never 0 * inf.
+            const double range = double(mx) - double(mn);
+            const float inv = range > 0 ? float(std::min(double(top) / range, double(FLT_MAX))) : 0.0f;
+            step[m] = bad ? NAN : float(range / double(top));
+            lo[m] = mn;
+            if (bad) {
+                std::fill(q, q + ldu, std::uint8_t(0));
+            } else {
+                // round half up: (a - lo) * inv is in [0, levels] up to rounding (or +inf when
+                // a - lo overflows float32), clamped
+                for (Index k = 0; k < K; ++k)
+                    q[k] = std::uint8_t(std::min((a[k] - mn) * inv + 0.5f, top));
+                for (Index k = K; k < ldu; ++k) q[k] = 0;
+            }
             if (split) {
                 std::uint8_t* g = mag.data() + m * ldu;
                 for (Index k = 0; k < ldu; ++k) {
@@ -178,7 +191,6 @@ struct Int8Panels {
 template <int R, int NP>
 struct Int8TileScalar {
     static constexpr int NR = Int8Panels::NR, kOffset = 0;
-    static constexpr bool kSplit = false;
     std::int32_t acc[R][NP * NR] = {};
     void madd(Index Kq, const Int8Rows& rows, Index m, const std::int8_t* w, Index panel_stride) {
         for (Index q = 0; q < Kq; ++q)
@@ -209,7 +221,6 @@ template <int R, int NP, bool Split>
 struct Int8TileAvx2Impl {
     static constexpr int NR = Int8Panels::NR, V = NR / 8;  // 8 int32 a register
     static constexpr int kOffset = Split ? 128 : 0;
-    static constexpr bool kSplit = Split;
     __m256i acc[R][NP * V];
     void madd(Index Kq, const Int8Rows& rows, Index m, const std::int8_t* w, Index panel_stride) {
         for (int r = 0; r < R; ++r)
@@ -276,7 +287,6 @@ inline __m512 dpbf16ps(__m512 acc, __m512i a, __m512i b) {
 template <int R, int NP>
 struct Int8TileVnni {
     static constexpr int NR = Int8Panels::NR, V = NR / 16, kOffset = 0;  // 16 int32 a register
-    static constexpr bool kSplit = false;
     __m512i acc[R][NP * V];
     void madd(Index Kq, const Int8Rows& rows, Index m, const std::int8_t* w, Index panel_stride) {
         for (int r = 0; r < R; ++r)

@@ -172,7 +172,7 @@ def save(model, path, *, metadata: dict | None = None, training: dict | None = N
             f"{where}: model must be an LSTMModel or a QuantizedLSTMModel, got "
             f"{type(model).__name__}"
         )
-    kind = type(model).__name__ if isinstance(model, QuantizedLSTMModel) else "LSTMModel"
+    kind = "QuantizedLSTMModel" if isinstance(model, QuantizedLSTMModel) else "LSTMModel"
     if kind == "QuantizedLSTMModel" and training is not None:
         raise ValueError(f"{where}: a quantized model has no training run to save")
     path = os.fspath(path)

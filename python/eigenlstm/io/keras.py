@@ -29,6 +29,7 @@ from typing import Any, Callable, NoReturn
 import numpy as np
 
 from ..nn import LSTM, Linear, LSTMModel, Sequential
+from ..nn.quantized import refuse_quantized
 
 __all__ = ["load", "save"]
 
@@ -505,6 +506,7 @@ def _lstm_config(
 def _keras_layers(model):
     """(Keras layer configs, weight entries) for an LSTMModel or Sequential; refuses what
     Keras cannot express."""
+    refuse_quantized(_SAVE, model)
     if isinstance(model, LSTMModel):
         if model.bidirectional:
             raise ValueError(

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, cast
 import numpy as np
 
 from ..nn import LSTM, LSTMModel
+from ..nn.quantized import refuse_quantized
 
 if TYPE_CHECKING:
     from onnx import ModelProto, NodeProto
@@ -298,6 +299,7 @@ def export(
     True
     """
     where = "eigenlstm.onnx.export"
+    refuse_quantized(where, module)
     if isinstance(module, LSTMModel):
         lstm, fc = module.lstm, module.fc
         if initial_state:

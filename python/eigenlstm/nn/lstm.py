@@ -467,7 +467,7 @@ class LSTM(Module):
             end), or a head whose ``in_features`` is not H_out or whose dtype differs.
         """
         batch_size = check_head("LSTM.stream", self, batch_size, head)
-        return Stream(self, self._engine, batch_size, head)
+        return Stream(self, lambda: self._engine, batch_size, head)
 
     def forward_last(self, x, weight, bias=None, *, lengths=None) -> np.ndarray:
         """Evaluation-mode forward from zero states, read through a linear layer at the last step.

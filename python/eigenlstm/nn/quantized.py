@@ -22,6 +22,7 @@ from .stream import Stream
 
 __all__ = [
     "PRECISIONS",
+    "refuse_quantized",
     "QuantizedLSTM",
     "QuantizedLinear",
     "QuantizedLSTMModel",
@@ -35,14 +36,14 @@ PRECISIONS = ("int8", "bfloat16")
 _STORAGE = {"int8": np.dtype(np.int8), "bfloat16": np.dtype(np.uint16)}
 
 
-def _check_precision(where: str, precision) -> str:
+def _check_precision(where: str, precision, name: str = "precision") -> str:
     if not isinstance(precision, str):
         raise TypeError(
-            f"{where}: dtype must be one of {PRECISIONS}, got {type(precision).__name__} "
+            f"{where}: {name} must be one of {PRECISIONS}, got {type(precision).__name__} "
             f"{precision!r}"
         )
     if precision not in PRECISIONS:
-        raise ValueError(f"{where}: dtype must be one of {PRECISIONS}, got {precision!r}")
+        raise ValueError(f"{where}: {name} must be one of {PRECISIONS}, got {precision!r}")
     return precision
 
 
@@ -74,6 +75,16 @@ def quantize_weight(name: str, w, precision: str) -> dict[str, np.ndarray]:
     return {name: q, name + "_scale": scale}
 
 
+def refuse_quantized(where: str, module) -> None:
+    """A TypeError for a quantized module where only float weights make sense (a file format
+    that would store its int8 values as if they were the weights)."""
+    if isinstance(module, (QuantizedLSTM, QuantizedLinear, QuantizedLSTMModel)):
+        raise TypeError(
+            f"{where}: module must hold float weights, got a {module.precision} "
+            f"{type(module).__name__}; export the float model (and quantize after loading it)"
+        )
+
+
 def bfloat16_to_float32(bits) -> np.ndarray:
     """Float32 values of bfloat16 bit patterns (uint16): exact."""
     return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
@@ -102,7 +113,7 @@ def _lstm_shapes(I, H, L, bias, bidirectional, P) -> dict:
     return shapes
 
 
-def _expected_tensors(where: str, shapes: dict, precision: str) -> dict:
+def _expected_tensors(shapes: dict, precision: str) -> dict:
     """``{key: (shape, dtype)}`` of a quantized module's state_dict from its float module's
     weight and bias shapes."""
     out = {}
@@ -155,7 +166,7 @@ class _QuantizedModule(Module):
     def _init_tensors(self, where: str, shapes: dict) -> None:
         """Expect the stored tensors of a float module with these weight and bias shapes, and
         load zero weights (unit scales)."""
-        self._expected = _expected_tensors(where, shapes, self.precision)
+        self._expected = _expected_tensors(shapes, self.precision)
         zeros = {
             key: (np.ones if key.endswith("_scale") else np.zeros)(shape, dtype)
             for key, (shape, dtype) in self._expected.items()
@@ -174,6 +185,11 @@ class _QuantizedModule(Module):
     def named_parameters(self, prefix: str = ""):
         """Nothing: a quantized module has no trainable parameters."""
         return iter(())
+
+    @property
+    def grads(self) -> dict[str, np.ndarray]:
+        """Empty: no parameters, no gradients."""
+        return {}
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the stored tensors: weights (int8, or bfloat16 bits as uint16), int8
@@ -315,7 +331,8 @@ class QuantizedLSTM(_QuantizedModule):
         """As :meth:`LSTM.stream <eigenlstm.nn.LSTM.stream>`; ``head`` a Linear or
         QuantizedLinear with float32 outputs."""
         batch_size = check_head("QuantizedLSTM.stream", self, batch_size, head)
-        return Stream(self, self._engine, batch_size, head)
+        # the engine of each step: load_state_dict replaces it
+        return Stream(self, lambda: self._engine, batch_size, head)
 
 
 class QuantizedLinear(_QuantizedModule):
@@ -520,7 +537,7 @@ def quantize(module, dtype: str):
     True
     """
     where = "quantize"
-    precision = _check_precision(where, dtype)
+    precision = _check_precision(where, dtype, "dtype")
     if isinstance(module, (QuantizedLSTM, QuantizedLinear, QuantizedLSTMModel)):
         raise TypeError(f"{where}: module is already quantized ({module.precision})")
     if isinstance(module, LSTMModel):

@@ -79,8 +79,9 @@ class Stream:
     """
 
     def __init__(self, lstm: Any, engine: Any, batch_size: int, head: Any = None) -> None:
-        # lstm: the LSTM (unidirectional, checked by the caller); engine: its engine;
-        # head: a Linear applied at every step, or None.
+        # lstm: the LSTM (unidirectional, checked by the caller); engine: a function returning
+        # its engine, looked up at every step (a quantized LSTM's load_state_dict makes a new
+        # one); head: a Linear or QuantizedLinear applied at every step, or None.
         N = batch_size
         self._engine = engine
         self.batch_size = N
@@ -241,7 +242,7 @@ class Stream:
             # time-major chunk, through a buffer for a batch-first chunk.
             direct = out is not None and not (chunk and self._batch_first)
             y = out.reshape(T, N, -1) if direct else np.empty((T, N, shape[-1]), self._dtype)
-            self._engine.forward_into(x3, h0, c0, lengths, y, h1, c1)
+            self._engine().forward_into(x3, h0, c0, lengths, y, h1, c1)
             self._k = 1 - k
             result = y[0] if not chunk else (y.transpose(1, 0, 2) if self._batch_first else y)
             if out is None or direct:
@@ -249,7 +250,7 @@ class Stream:
             out[...] = result
             return out
         hidden = self._one if T == 1 else np.empty((T, N, h0.shape[-1]), self._dtype)
-        self._engine.forward_into(x3, h0, c0, lengths, hidden, h1, c1)
+        self._engine().forward_into(x3, h0, c0, lengths, hidden, h1, c1)
         self._k = 1 - k
         if chunk and self._batch_first:
             hidden = hidden.transpose(1, 0, 2)
