@@ -391,46 +391,6 @@ def test_config_names_the_kernels_each_precision_runs():
     assert _core.quantized_kernel("int8") == kernels["int8"]
 
 
-# ---- trained models ----------------------------------------------------------------------------
-
-
-def load_example(name):
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_digits_classifier_loses_at_most_half_a_point_of_accuracy():
-    digits = load_example("digits_classification")
-    model, _, accuracy = digits.train(progress=False)
-    _, x_test, _, y_test = digits.load()
-    for precision in PRECISIONS:
-        predicted = el.quantize(model, precision).predict(x_test).argmax(axis=1)
-        quantized = float(np.mean(predicted == y_test))
-        assert quantized >= accuracy - 0.005, (precision, accuracy, quantized)
-
-
-def test_the_airline_forecast_rmse_changes_by_at_most_3_percent():
-    from eigenlstm import data, forecast
-
-    series = data.load_dataset("airline")
-    model, report = forecast.train_forecaster(series, progress=False)
-    n = len(series)
-    start = n - int(model.metadata["test_size"])
-    for precision in PRECISIONS:
-        q = el.quantize(model, precision)
-        _, predicted, _, _, actual = forecast.holdout_forecasts(
-            q, series.inputs, start, n, report.season
-        )
-        rmse = float(np.sqrt(np.mean((predicted - actual) ** 2)))
-        assert abs(rmse / report.rmse - 1) <= 0.03, (precision, report.rmse, rmse)
-
-
 # ---- edges -------------------------------------------------------------------------------------
 
 

@@ -430,6 +430,33 @@ def test_digits_example_reaches_more_than_90_percent_held_out_accuracy():
     assert len(history.history["val_accuracy"]) >= 1
 
 
+# Quantized (el.quantize, tests/test_quantized.py): trained models keep their accuracy.
+def test_the_digits_classifier_loses_at_most_half_a_point_of_accuracy():
+    digits = load_example("digits_classification")
+    model, _, accuracy = digits.train(progress=False)
+    _, x_test, _, y_test = digits.load()
+    for precision in ("int8", "bfloat16"):
+        predicted = el.quantize(model, precision).predict(x_test).argmax(axis=1)
+        quantized = float(np.mean(predicted == y_test))
+        assert quantized >= accuracy - 0.005, (precision, accuracy, quantized)
+
+
+def test_the_airline_forecast_rmse_changes_by_at_most_3_percent():
+    from eigenlstm import data, forecast
+
+    series = data.load_dataset("airline")
+    model, report = forecast.train_forecaster(series, progress=False)
+    n = len(series)
+    start = n - int(model.metadata["test_size"])
+    for precision in ("int8", "bfloat16"):
+        q = el.quantize(model, precision)
+        _, predicted, _, _, actual = forecast.holdout_forecasts(
+            q, series.inputs, start, n, report.season
+        )
+        rmse = float(np.sqrt(np.mean((predicted - actual) ** 2)))
+        assert abs(rmse / report.rmse - 1) <= 0.03, (precision, report.rmse, rmse)
+
+
 def test_char_lm_example_decodes_the_zen_and_its_loss_falls():
     char_lm = load_example("char_lm")
     text = char_lm.zen_text()

@@ -506,7 +506,6 @@ def _lstm_config(
 def _keras_layers(model):
     """(Keras layer configs, weight entries) for an LSTMModel or Sequential; refuses what
     Keras cannot express."""
-    refuse_quantized(_SAVE, model)
     if isinstance(model, LSTMModel):
         if model.bidirectional:
             raise ValueError(
@@ -624,6 +623,7 @@ def save(model: LSTMModel | Sequential, path: str | os.PathLike[str]) -> None:
         For a bidirectional LSTMModel (its last-step semantics are not Keras's) or an LSTM
         with ``proj_size > 0``.
     """
+    refuse_quantized(_SAVE, model)  # before asking for h5py: no install makes this work
     h5py = _import_h5py(_SAVE)
     layers, weights = _keras_layers(model)
     dtype = model.dtype.name
