@@ -43,6 +43,7 @@ PASSTHROUGH = (
     ("warmup", True),
     ("quick", False),
     ("no_memory", False),
+    ("no_quantized", False),
 )
 
 NATIVE = "native (-march=native)"  # what a build without eigenlstm._core.isa() was compiled for
@@ -406,6 +407,12 @@ def parse_args(argv):
         "--no-memory",
         action="store_true",
         help="skip compare.py's training peak-memory subprocesses",
+    )
+    g.add_argument(
+        "--no-quantized",
+        action="store_true",
+        help="skip compare.py's int8 and bfloat16 engines (a build older than el.quantize "
+        "skips them anyway; then the builds' rounds are made of different engines)",
     )
     args = p.parse_args(argv)
     if args.threads < 1:
