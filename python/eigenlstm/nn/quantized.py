@@ -75,6 +75,18 @@ def quantize_weight(name: str, w, precision: str) -> dict[str, np.ndarray]:
     return {name: q, name + "_scale": scale}
 
 
+def _quantized_state(state: dict, precision: str) -> dict[str, np.ndarray]:
+    """A float module's state_dict as its quantized twin stores it: each weight through
+    :func:`quantize_weight` (keys ``<prefix>weight...``), everything else float32."""
+    out: dict[str, np.ndarray] = {}
+    for name, value in state.items():
+        if name.rpartition(".")[2].startswith("weight"):
+            out.update(quantize_weight(name, value, precision))
+        else:
+            out[name] = np.asarray(value, dtype=np.float32)
+    return out
+
+
 def refuse_quantized(where: str, module) -> None:
     """A TypeError for a quantized module where only float weights make sense (a file format
     that would store its int8 values as if they were the weights)."""
@@ -296,13 +308,7 @@ class QuantizedLSTM(_QuantizedModule):
             lstm.proj_size,
             precision=precision,
         )
-        state = {}
-        for name, value in lstm.state_dict().items():
-            if name.startswith("weight"):
-                state.update(quantize_weight(name, value, precision))
-            else:
-                state[name] = value.astype(np.float32)
-        out.load_state_dict(state)
+        out.load_state_dict(_quantized_state(lstm.state_dict(), precision))
         return out
 
     def _build(self, state: dict, where: str, prefix: str):
@@ -368,10 +374,7 @@ class QuantizedLinear(_QuantizedModule):
         out = cls(
             linear.in_features, linear.out_features, linear.bias is not None, precision=precision
         )
-        state = quantize_weight("weight", linear.weight, precision)
-        if linear.bias is not None:
-            state["bias"] = np.asarray(linear.bias, dtype=np.float32)
-        out.load_state_dict(state)
+        out.load_state_dict(_quantized_state(linear.state_dict(), precision))
         return out
 
     @property
@@ -467,8 +470,7 @@ class QuantizedLSTMModel(LSTMModel):
             bidirectional=model.bidirectional,
             precision=precision,
         )
-        out.lstm = QuantizedLSTM.from_float(model.lstm, precision)
-        out.fc = QuantizedLinear.from_float(model.fc, precision)
+        out.load_state_dict(_quantized_state(model.state_dict(), precision))
         out.metadata = dict(model.metadata)
         return out
 
