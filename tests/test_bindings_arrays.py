@@ -183,16 +183,30 @@ def test_load_flat_refuses_a_buffer_of_the_wrong_shape_and_changes_nothing(shape
             True,
             ("weight_xx", 0, 0),
             r"param_offset: kind must be one of 'weight_ih', 'weight_hh', 'bias_ih', 'bias_hh', "
-            r"'weight_hr', got 'weight_xx'",
+            r"'weight_hr', 'weight_peephole', got 'weight_xx'",
         ),
         (True, ("weight_hr", 0, 0), r"param_offset: this LSTM has no weight_hr \(proj_size is 0\)"),
+        (
+            True,
+            ("weight_peephole", 0, 0),
+            r"param_offset: this LSTM has no weight_peephole \(peepholes is false\)",
+        ),
         (False, ("bias_ih", 0, 0), r"param_offset: this LSTM has no bias_ih \(bias is false\)"),
         (True, ("weight_ih", 2, 0), r"param_offset: layer must be in \[0, 2\), got 2"),
         (True, ("weight_ih", -1, 0), r"param_offset: layer must be in \[0, 2\), got -1"),
         (True, ("bias_hh", 1, 2), r"param_offset: direction must be in \[0, 2\), got 2"),
         (True, ("bias_hh", 1, -1), r"param_offset: direction must be in \[0, 2\), got -1"),
     ],
-    ids=["kind", "no-proj", "no-bias", "layer", "layer<0", "direction", "direction<0"],
+    ids=[
+        "kind",
+        "no-proj",
+        "no-peepholes",
+        "no-bias",
+        "layer",
+        "layer<0",
+        "direction",
+        "direction<0",
+    ],
 )
 def test_param_offset_refuses_a_bad_kind_layer_or_direction_naming_it(bias, args, message, dtype):
     engine = ENGINES[dtype](I, H, L, bias, True, 0, 0.0, False, 7)

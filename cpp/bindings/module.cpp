@@ -90,14 +90,14 @@ struct type_caster<In<T>> {
 namespace {
 
 Param param_kind(const char* fn, const std::string& name) {
-    if (name == "weight_ih") return Param::weight_ih;
-    if (name == "weight_hh") return Param::weight_hh;
-    if (name == "bias_ih") return Param::bias_ih;
-    if (name == "bias_hh") return Param::bias_hh;
-    if (name == "weight_hr") return Param::weight_hr;
-    throw std::invalid_argument(std::string(fn) +
-                                ": kind must be one of 'weight_ih', 'weight_hh', 'bias_ih', "
-                                "'bias_hh', 'weight_hr', got '" + name + "'");
+    std::string valid;
+    for (int k = 0; k < eigenlstm::kNumParamKinds; ++k) {
+        const char* kind = eigenlstm::param_name(Param(k));
+        if (name == kind) return Param(k);
+        valid += std::string(k ? ", '" : "'") + kind + "'";
+    }
+    throw std::invalid_argument(std::string(fn) + ": kind must be one of " + valid + ", got '" +
+                                name + "'");
 }
 
 std::string shape_str(const Index* s, std::size_t n) {
@@ -376,8 +376,7 @@ struct Engine : Forward<S, eigenlstm::LSTM<S>> {
         const Param kind = param_kind(fn, name);
         if (!lstm.has_param(kind))
             throw std::invalid_argument(std::string(fn) + ": this LSTM has no " + name +
-                                        (kind == Param::weight_hr ? " (proj_size is 0)"
-                                                                  : " (bias is false)"));
+                                        eigenlstm::param_requirement(kind));
         if (layer < 0 || layer >= c.num_layers)
             throw std::invalid_argument(std::string(fn) + ": layer must be in [0, " +
                                         std::to_string(c.num_layers) + "), got " +
@@ -400,14 +399,19 @@ void bind_engine(py::module_& m, const char* name) {
     py::class_<E>(m, name, "The C++ LSTM engine for one dtype (see eigenlstm.LSTM).")
         .def(py::init([](Index input_size, Index hidden_size, Index num_layers, bool bias,
                          bool bidirectional, Index proj_size, double dropout, bool reverse,
-                         std::uint64_t seed) {
-                 return new E(config_of(input_size, hidden_size, num_layers, bias, bidirectional,
-                                        proj_size, dropout, reverse),
-                              seed);
+                         std::uint64_t seed, bool peepholes, double cell_clip, double proj_clip) {
+                 eigenlstm::Config c = config_of(input_size, hidden_size, num_layers, bias,
+                                                 bidirectional, proj_size, dropout, reverse);
+                 c.peepholes = peepholes;
+                 c.cell_clip = cell_clip;
+                 c.proj_clip = proj_clip;
+                 return new E(c, seed);
              }),
              py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),
              py::arg("bias"), py::arg("bidirectional"), py::arg("proj_size"),
-             py::arg("dropout"), py::arg("reverse"), py::arg("seed"))
+             py::arg("dropout"), py::arg("reverse"), py::arg("seed"), py::kw_only(),
+             py::arg("peepholes") = false, py::arg("cell_clip") = 0.0,
+             py::arg("proj_clip") = 0.0)
         .def_property_readonly("num_params", [](const E& e) { return e.lstm.num_params(); })
         .def_property_readonly(
             "params", [](py::object self) {
@@ -518,10 +522,14 @@ struct QuantizedEngine : Forward<float, eigenlstm::QuantizedLSTM> {
 // bits), its "_scale" (int8: float32 per row), and the float32 biases.
 QuantizedEngine* make_quantized_engine(Index input_size, Index hidden_size, Index num_layers,
                                        bool bias, bool bidirectional, Index proj_size,
-                                       const std::string& precision, const py::dict& tensors) {
+                                       const std::string& precision, const py::dict& tensors,
+                                       bool peepholes, double cell_clip, double proj_clip) {
     const char* fn = "QuantizedEngine";
-    const eigenlstm::Config c =
+    eigenlstm::Config c =
         config_of(input_size, hidden_size, num_layers, bias, bidirectional, proj_size);
+    c.peepholes = peepholes;
+    c.cell_clip = cell_clip;
+    c.proj_clip = proj_clip;
     c.validate();
     const eigenlstm::Precision p = precision_of(precision);
     const bool int8 = p == eigenlstm::Precision::int8;
@@ -548,6 +556,9 @@ QuantizedEngine* make_quantized_engine(Index input_size, Index hidden_size, Inde
                 w.bias_ih.push_back(tensor_of<float>(fn, tensors, "bias_ih" + sfx, {G}, keep));
                 w.bias_hh.push_back(tensor_of<float>(fn, tensors, "bias_hh" + sfx, {G}, keep));
             }
+            if (peepholes)
+                w.peephole.push_back(
+                    tensor_of<float>(fn, tensors, "weight_peephole" + sfx, {3, H}, keep));
         }
     return new QuantizedEngine(c, p, w);
 }
@@ -558,7 +569,9 @@ void bind_quantized(py::module_& m) {
                   "The C++ reduced-precision LSTM (see eigenlstm.nn.QuantizedLSTM).")
         .def(py::init(&make_quantized_engine), py::arg("input_size"), py::arg("hidden_size"),
              py::arg("num_layers"), py::arg("bias"), py::arg("bidirectional"),
-             py::arg("proj_size"), py::arg("precision"), py::arg("tensors"))
+             py::arg("proj_size"), py::arg("precision"), py::arg("tensors"), py::kw_only(),
+             py::arg("peepholes") = false, py::arg("cell_clip") = 0.0,
+             py::arg("proj_clip") = 0.0)
         .def(
             "forward",
             [](E& e, const In<float>& x, const std::optional<In<float>>& h0,

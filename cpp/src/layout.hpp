@@ -24,13 +24,14 @@ struct Layout {
     // starts at engine row 4*u0 and holds rows [i(u0:u0+w), f(...), g(...), o(...)].
     std::vector<Index> perm;
     // Flat layout: per layer, blocks in the order weight_ih [D, G, I_l], weight_hh [D, G, Hout],
-    // bias_ih [D, G], bias_hh [D, G], weight_hr [D, P, H]; each block starts 64-byte aligned.
+    // bias_ih [D, G], bias_hh [D, G], weight_hr [D, P, H], weight_peephole [D, 3, H]; each
+    // block starts 64-byte aligned.
     // offset[l][kind] is the block start (-1 if absent); size is the whole buffer's length.
     // The public buffers (parameters, gradients) hold every tensor as torch does, row-major
     // with gate rows i, f, g, o; a back end's engine-order copies use the same offsets with
     // the gate rows of weight_ih, weight_hh and the biases permuted (engine row e = torch
-    // row perm[e]; weight_hr has no gate rows and is the same in both).
-    std::vector<std::array<Index, 5>> offset;
+    // row perm[e]; weight_hr and weight_peephole have no gate rows and are the same in both).
+    std::vector<std::array<Index, kNumParamKinds>> offset;
     Index size = 0;
 
     // Throws std::invalid_argument for a bad config, std::bad_alloc for sizes whose buffers
@@ -53,7 +54,7 @@ struct Layout {
         const Index align = Index(kAlign / sizeof(S));
         offset.resize(std::size_t(L));
         for (Index l = 0; l < L; ++l)
-            for (int k = 0; k < 5; ++k) {
+            for (int k = 0; k < kNumParamKinds; ++k) {
                 if (!has(Param(k))) { offset[std::size_t(l)][std::size_t(k)] = -1; continue; }
                 offset[std::size_t(l)][std::size_t(k)] = size;
                 size = round_up(size + checked_mul(D, checked_mul(rows(Param(k)), cols(Param(k), l))), align);
@@ -61,19 +62,22 @@ struct Layout {
     }
 
     Index in_size(Index l) const { return l == 0 ? cfg.input_size : D * Hout; }
-    Index rows(Param k) const { return k == Param::weight_hr ? P : G; }
+    Index rows(Param k) const {
+        return k == Param::weight_hr ? P : k == Param::weight_peephole ? 3 : G;
+    }
     Index cols(Param k, Index l) const {
         switch (k) {
             case Param::weight_ih: return in_size(l);
             case Param::weight_hh: return Hout;
             case Param::bias_ih: case Param::bias_hh: return 1;
-            case Param::weight_hr: return H;
+            case Param::weight_hr: case Param::weight_peephole: return H;
         }
         return 0;
     }
     bool has(Param k) const {
         if (k == Param::bias_ih || k == Param::bias_hh) return cfg.bias;
         if (k == Param::weight_hr) return P > 0;
+        if (k == Param::weight_peephole) return cfg.peepholes;
         return true;
     }
     // Element offset of tensor (k, l, d) in a flat buffer laid out like the parameters.

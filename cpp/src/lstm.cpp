@@ -31,6 +31,27 @@ void Config::validate() const {
                           "), got " + std::to_string(proj_size));
     EIGENLSTM_REQUIRE(dropout >= 0.0 && dropout <= 1.0, "dropout must be in [0, 1], got " + std::to_string(dropout));
     EIGENLSTM_REQUIRE(!(reverse && bidirectional), "reverse must be false when bidirectional is true");
+    // !(x >= 0) also refuses NaN
+    EIGENLSTM_REQUIRE(cell_clip >= 0.0, "cell_clip must be >= 0 (0: none), got " + std::to_string(cell_clip));
+    EIGENLSTM_REQUIRE(proj_clip >= 0.0, "proj_clip must be >= 0 (0: none), got " + std::to_string(proj_clip));
+    EIGENLSTM_REQUIRE(proj_clip == 0.0 || proj_size > 0,
+                      "proj_clip needs proj_size > 0, got proj_clip=" + std::to_string(proj_clip) +
+                          " with proj_size=0");
+}
+
+const char* param_name(Param kind) {
+    static const char* const names[kNumParamKinds] = {"weight_ih", "weight_hh", "bias_ih",
+                                                      "bias_hh",   "weight_hr", "weight_peephole"};
+    return names[int(kind)];
+}
+
+const char* param_requirement(Param kind) {
+    switch (kind) {
+        case Param::bias_ih: case Param::bias_hh: return " (bias is false)";
+        case Param::weight_hr: return " (proj_size is 0)";
+        case Param::weight_peephole: return " (peepholes is false)";
+        default: return "";
+    }
 }
 
 void set_num_threads(int n) {
@@ -90,10 +111,8 @@ void LSTM<S>::param_shape(Param kind, Index layer, Index& rows, Index& cols) con
 template <typename S>
 Index LSTM<S>::param_offset(Param kind, Index layer, Index dir) const {
     const detail::Layout<S>& m = impl_->layout;
-    static const char* const names[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"};
     EIGENLSTM_REQUIRE(m.has(kind), std::string("param_offset: this LSTM has no ") +
-                                       names[int(kind)] +
-                                       (kind == Param::weight_hr ? " (proj_size is 0)" : " (bias is false)"));
+                                       param_name(kind) + param_requirement(kind));
     EIGENLSTM_REQUIRE(layer >= 0 && layer < m.L,
                       "param_offset: layer must be in [0, " + std::to_string(m.L) + "), got " +
                           std::to_string(layer));
@@ -202,6 +221,7 @@ QuantizedLSTM::QuantizedLSTM(const Config& config, Precision precision,
         require_pointers(w.bias_ih, n, "bias_ih");
         require_pointers(w.bias_hh, n, "bias_hh");
     }
+    if (config.peepholes) require_pointers(w.peephole, n, "peephole");
     if (int8) {
         const char* fn = "QuantizedLSTM";
         const Index H = config.hidden_size, P = config.proj_size, Hout = config.output_size(),

@@ -25,6 +25,10 @@ class _Engine:
         dropout: float,
         reverse: bool,
         seed: int,
+        *,
+        peepholes: bool = False,
+        cell_clip: float = 0.0,
+        proj_clip: float = 0.0,
     ) -> None: ...
     @property
     def num_params(self) -> int: ...
@@ -96,9 +100,14 @@ class QuantizedEngine:
         proj_size: int,
         precision: str,
         tensors: dict[str, _Array],
+        *,
+        peepholes: bool = False,
+        cell_clip: float = 0.0,
+        proj_clip: float = 0.0,
     ) -> None:
         """A reduced-precision ('int8' or 'bfloat16') LSTM from torch-named tensors: weights
-        (int8, or bfloat16 bits as uint16), int8 scales '<weight>_scale' and float32 biases."""
+        (int8, or bfloat16 bits as uint16), int8 scales '<weight>_scale', float32 biases and
+        peephole weights."""
     def forward(
         self,
         x: npt.ArrayLike,

@@ -27,6 +27,12 @@ struct Config {
     Index proj_size = 0;      // P; 0 means no projection
     double dropout = 0.0;     // between layers, training mode only
     bool reverse = false;     // a unidirectional LSTM that runs backwards in time
+    // Cell variants (each off by default; per layer and direction, gate order i, f, g, o):
+    bool peepholes = false;   // i = s(... + w_ci*c_{t-1}), f = s(... + w_cf*c_{t-1}),
+                              // o = s(... + w_co*c_t): parameter weight_peephole [3, H]
+    double cell_clip = 0.0;   // > 0: c_t clipped to [-cell_clip, cell_clip] after the update
+    double proj_clip = 0.0;   // > 0: the projection W_hr r_t clipped to [-proj_clip, proj_clip]
+                              // (needs proj_size > 0)
 
     Index directions() const { return bidirectional ? 2 : 1; }
     Index output_size() const { return proj_size > 0 ? proj_size : hidden_size; }
@@ -35,8 +41,15 @@ struct Config {
     void validate() const;
 };
 
-// The parameter tensors of one (layer, direction), named as in torch.nn.LSTM.
-enum class Param { weight_ih, weight_hh, bias_ih, bias_hh, weight_hr };
+// The parameter tensors of one (layer, direction), named as in torch.nn.LSTM, then the
+// variants' own: weight_peephole [3, H], rows w_ci, w_cf, w_co (config.peepholes).
+enum class Param { weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, weight_peephole };
+constexpr int kNumParamKinds = 6;
+// The name of a kind, as in torch's state_dict keys: "weight_ih", ..., "weight_peephole".
+const char* param_name(Param kind);
+// Why an LSTM may lack a kind: " (bias is false)", " (proj_size is 0)", " (peepholes is
+// false)"; "" for the kinds every LSTM has.
+const char* param_requirement(Param kind);
 
 // Number of threads the engine uses for one call (default: OpenMP's maximum, which respects
 // OMP_NUM_THREADS and the process's CPU affinity). Process-wide.
@@ -130,14 +143,15 @@ public:
     void params_updated();
     void zero_grad();
 
-    // Does (kind, layer) exist? Biases need config.bias; weight_hr needs proj_size > 0.
+    // Does (kind, layer) exist? Biases need config.bias; weight_hr needs proj_size > 0;
+    // weight_peephole needs config.peepholes.
     bool has_param(Param kind) const;
     // torch shape (rows, cols) of a parameter; a bias has cols == 1.
     void param_shape(Param kind, Index layer, Index& rows, Index& cols) const;
     // Element offset of one parameter tensor in params(), grads() or any buffer laid out like
     // them (an optimizer moment): its rows x cols values (param_shape) start there, row-major,
-    // as in torch. Blocks in the order weight_ih, weight_hh, bias_ih, bias_hh, weight_hr per
-    // layer, each kind's block [D, rows, cols] starting 64-byte aligned.
+    // as in torch. Blocks in the order weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+    // weight_peephole per layer, each kind's block [D, rows, cols] starting 64-byte aligned.
     //   kind   a parameter this LSTM has (has_param)
     //   layer  in [0, num_layers)
     //   dir    in [0, directions()); 1 is torch's "_reverse"
@@ -224,7 +238,8 @@ extern template class LSTM<double>;
 //             kMaxInt8Depth, so that its sums fit int32 (255 * 127 * K < 2^31)
 //   bfloat16  weights bfloat16 (the upper half of a float32); activations rounded to bfloat16
 //             (to nearest even); float32 sums
-// Gates, cell, nonlinearities and biases stay float32 in both.
+// Gates, cell (with its variants: peepholes, clipping), nonlinearities and biases stay float32
+// in both.
 enum class Precision { int8, bfloat16 };
 constexpr Index kMaxInt8Depth = 65536;
 
@@ -237,11 +252,13 @@ std::string quantized_kernel(Precision precision);
 //                                     bfloat16: std::uint16_t bit patterns
 //   scale_ih, scale_hh, scale_hr      [rows] float32 per-row scales (int8; unused for bfloat16)
 //   bias_ih, bias_hh                  [4H] float32 (with config.bias)
+//   peephole                          [3, H] float32 weight_peephole (with config.peepholes)
 // weight_hr and scale_hr only with proj_size > 0.
 struct QuantizedWeights {
     std::vector<const void*> weight_ih, weight_hh, weight_hr;
     std::vector<const float*> scale_ih, scale_hh, scale_hr;
     std::vector<const float*> bias_ih, bias_hh;
+    std::vector<const float*> peephole;
 };
 
 // An inference-only LSTM in reduced precision, with LSTM<float>'s evaluation forward: the same

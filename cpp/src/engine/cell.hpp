@@ -33,6 +33,16 @@ inline void copy_short(S* dst, const S* src, Index n) {
     }
 }
 
+// The peephole weights of the units a cell call updates (the first N of each row of the
+// direction's weight_peephole [3, H], at the block's first unit), or none (i == nullptr).
+template <typename S>
+struct Peepholes {
+    const S* i = nullptr;  // w_ci: i = s(pre_i + w_ci*c_{t-1})
+    const S* f = nullptr;  // w_cf: f = s(pre_f + w_cf*c_{t-1})
+    const S* o = nullptr;  // w_co: o = s(pre_o + w_co*c_t)
+    explicit operator bool() const { return i != nullptr; }
+};
+
 // The cell update of N units of R batch rows, each row's gates packed as [i(N) f(N) g(N) o(N)].
 // N is a compile-time size (a gate block, or half or a quarter of one), so Eigen unrolls a row
 // into whole SIMD packets (N = 16 floats: 2 x 8 on AVX2, 1 x 16 on AVX-512) with no size
@@ -42,48 +52,87 @@ inline void copy_short(S* dst, const S* src, Index n) {
 //   g       [R, ldg]  first 4*N: pre-activations i, f, g, o in; activated gates out (the
 //                     backward cache)
 //   c_prev  [R, ldc]  first N: c_{t-1}; read only
-//   c       [R, ldc]  first N: c_t = f*c_{t-1} + i*g; overwritten
+//   c       [R, ldc]  first N: c_t = f*c_{t-1} + i*g (clipped to [-clip, clip] if clip > 0);
+//                     overwritten
 //   h       [R, ldh]  first N: o*tanh(c_t); overwritten
 //   y       [R, ldy]  first N: a second copy of h (the layer output), or nullptr
+//   peep             peephole weights of these N units, or none
+// The variants' tests are per call, not per value: the plain cell runs the same lines as
+// before they existed.
 template <typename S, int N>
 inline void cell_forward_n(S* g, Index ldg, Index R, const S* c_prev, S* c, Index ldc, S* h,
-                           Index ldh, S* y, Index ldy) {
+                           Index ldh, S* y, Index ldy, const Peepholes<S>& peep, S clip) {
     using A = Eigen::Array<S, N, Eigen::Dynamic>;
+    using V = Eigen::Map<const Eigen::Array<S, N, 1>>;
     using Str = Eigen::OuterStride<>;
     Eigen::Map<A, 0, Str> i(g, N, R, Str(ldg)), f(g + N, N, R, Str(ldg)),
         gg(g + 2 * N, N, R, Str(ldg)), o(g + 3 * N, N, R, Str(ldg)), cm(c, N, R, Str(ldc)),
         hm(h, N, R, Str(ldh));
-    i = i.unaryExpr(SigmoidOp<S>());
-    f = f.unaryExpr(SigmoidOp<S>());
+    const Eigen::Map<const A, 0, Str> cp(c_prev, N, R, Str(ldc));
+    if (peep) {
+        i = (i + cp.colwise() * V(peep.i)).unaryExpr(SigmoidOp<S>());
+        f = (f + cp.colwise() * V(peep.f)).unaryExpr(SigmoidOp<S>());
+    } else {
+        i = i.unaryExpr(SigmoidOp<S>());
+        f = f.unaryExpr(SigmoidOp<S>());
+    }
     gg = gg.tanh();
-    o = o.unaryExpr(SigmoidOp<S>());
-    cm = f * Eigen::Map<const A, 0, Str>(c_prev, N, R, Str(ldc)) + i * gg;
+    if (!peep) o = o.unaryExpr(SigmoidOp<S>());
+    cm = f * cp + i * gg;
+    if (clip > 0) cm = cm.max(-clip).min(clip);
+    if (peep) o = (o + cm.colwise() * V(peep.o)).unaryExpr(SigmoidOp<S>());
     hm = o * cm.tanh();
     if (y) Eigen::Map<A, 0, Str>(y, N, R, Str(ldy)) = hm;
 }
 
 // Backward of the cell update of N units of one batch row; quotes the forward lines it undoes.
 //   g       [4*N]  activated i, f, g, o in; d(pre-activation) out
-//   c_t     [N]    c_t; read only          c_prev [N]  c_{t-1}; read only
+//   c_t     [N]    c_t (after any clip); read only          c_prev [N]  c_{t-1}; read only
 //   dh      [N]    dL/dh_t (before any projection); read only
 //   dc      [N]    dL/dc_t in (from later steps); dL/dc_{t-1} out
+//   peep, clip     as in the forward
 template <typename S, int N>
-inline void cell_backward_n(S* g, const S* c_t, const S* c_prev, const S* dh, S* dc) {
+inline void cell_backward_n(S* g, const S* c_t, const S* c_prev, const S* dh, S* dc,
+                            const Peepholes<S>& peep, S clip) {
     using A = Eigen::Array<S, N, 1>;
+    using V = Eigen::Map<const A>;
     Eigen::Map<A> ai(g), af(g + N), ag(g + 2 * N), ao(g + 3 * N), dcm(dc);
     const A i = ai, f = af, gg = ag, o = ao;  // values: the maps are overwritten
-    const A th = Eigen::Map<const A>(c_t).tanh();
-    const Eigen::Map<const A> dhm(dh), cp(c_prev);
+    const V ct(c_t);
+    const A th = ct.tanh();
+    const V dhm(dh), cp(c_prev);
     // forward: h = o*tanh(c)        ->  do = dh*tanh(c),  dc += dh*o*(1 - tanh(c)^2)
-    const A dct = dcm + dhm * o * (S(1) - th * th);
     // forward: o = s(a_o)           ->  da_o = do*o*(1-o)
-    ao = dhm * th * o * (S(1) - o);
+    const A dao = dhm * th * o * (S(1) - o);
+    A dct = dcm + dhm * o * (S(1) - th * th);
+    // forward: a_o += w_co*c        ->  dc += da_o*w_co
+    if (peep) dct += dao * V(peep.o);
+    // forward: c = clip(c~)         ->  dc~ = dc where |c~| < clip (c = c~ there), else 0
+    if (clip > 0) dct = (ct.abs() < clip).select(dct, S(0));
+    ao = dao;
     // forward: c = f*c_prev + i*g   ->  di = dc*g, df = dc*c_prev, dg = dc*i, dc_prev = dc*f
     // forward: i, f = s(a), g = tanh(a_g)  ->  da = d*s*(1-s), da_g = dg*(1-g^2)
     ai = dct * gg * i * (S(1) - i);
     af = dct * cp * f * (S(1) - f);
     ag = dct * i * (S(1) - gg * gg);
     dcm = dct * f;
+    // forward: a_i += w_ci*c_prev, a_f += w_cf*c_prev  ->  dc_prev += da_i*w_ci + da_f*w_cf
+    if (peep) dcm += ai * V(peep.i) + af * V(peep.f);
+}
+
+// The peephole weights of a padded block: the w < N values of each row copied to the stack,
+// zeros in the other lanes. `store` holds 3*N values.
+template <typename S, int N>
+inline Peepholes<S> pad_peepholes(const Peepholes<S>& peep, Index w, S* store) {
+    if (!peep) return {};
+    copy_short<N>(store, peep.i, w);
+    copy_short<N>(store + N, peep.f, w);
+    copy_short<N>(store + 2 * N, peep.o, w);
+    Peepholes<S> p;
+    p.i = store;
+    p.f = store + N;
+    p.o = store + 2 * N;
+    return p;
 }
 
 // The last block of a layer whose H is not a multiple of HB = gate_block<S>() has w < HB units
@@ -93,11 +142,13 @@ inline void cell_backward_n(S* g, const S* c_t, const S* c_prev, const S* dh, S*
 // the stack to N lanes, the smallest of a quarter, a half or a whole block that holds it,
 // zeros in the unused lanes (no NaN or inf), run through the same SIMD code, and copied back.
 template <typename S, int N>
-inline void cell_forward_padded(S* g, Index w, const S* c_prev, S* c, S* h, S* y) {
-    alignas(64) S tg[4 * N] = {}, tcp[N] = {}, tc[N], th[N];
+inline void cell_forward_padded(S* g, Index w, const S* c_prev, S* c, S* h, S* y,
+                                const Peepholes<S>& peep, S clip) {
+    alignas(64) S tg[4 * N] = {}, tcp[N] = {}, tc[N], th[N], tp[3 * N] = {};
     for (Index q = 0; q < 4; ++q) copy_short<N>(tg + q * N, g + q * w, w);
     copy_short<N>(tcp, c_prev, w);
-    cell_forward_n<S, N>(tg, 4 * N, 1, tcp, tc, N, th, N, nullptr, 0);
+    cell_forward_n<S, N>(tg, 4 * N, 1, tcp, tc, N, th, N, nullptr, 0,
+                         pad_peepholes<S, N>(peep, w, tp), clip);
     for (Index q = 0; q < 4; ++q) copy_short<N>(g + q * w, tg + q * N, w);
     copy_short<N>(c, tc, w);
     copy_short<N>(h, th, w);
@@ -105,61 +156,72 @@ inline void cell_forward_padded(S* g, Index w, const S* c_prev, S* c, S* h, S* y
 }
 
 template <typename S, int N>
-inline void cell_backward_padded(S* g, Index w, const S* c_t, const S* c_prev, const S* dh, S* dc) {
-    alignas(64) S tg[4 * N] = {}, tct[N] = {}, tcp[N] = {}, tdh[N] = {}, tdc[N] = {};
+inline void cell_backward_padded(S* g, Index w, const S* c_t, const S* c_prev, const S* dh,
+                                 S* dc, const Peepholes<S>& peep, S clip) {
+    alignas(64) S tg[4 * N] = {}, tct[N] = {}, tcp[N] = {}, tdh[N] = {}, tdc[N] = {},
+                    tp[3 * N] = {};
     for (Index q = 0; q < 4; ++q) copy_short<N>(tg + q * N, g + q * w, w);
     copy_short<N>(tct, c_t, w);
     copy_short<N>(tcp, c_prev, w);
     copy_short<N>(tdh, dh, w);
     copy_short<N>(tdc, dc, w);
-    cell_backward_n<S, N>(tg, tct, tcp, tdh, tdc);
+    cell_backward_n<S, N>(tg, tct, tcp, tdh, tdc, pad_peepholes<S, N>(peep, w, tp), clip);
     for (Index q = 0; q < 4; ++q) copy_short<N>(g + q * w, tg + q * N, w);
     copy_short<N>(dc, tdc, w);
 }
 
-// One gate block of w <= HB units (w < HB only for the last block of a layer) of R batch
-// rows, strides as in cell_forward_n. Padded blocks go one row at a time.
+// The cell as the time loops see it, for one direction of one layer: one call per gate block
+// of w units from unit ub (w < HB only for the last block of a layer), forward over R batch
+// rows with strides as in cell_forward_n, backward for one row. The variants that change the
+// cell update (peepholes, cell clipping) are its fields; the time loops stay as they are.
 template <typename S>
-inline void cell_forward(S* g, Index ldg, Index R, Index w, const S* c_prev, S* c, Index ldc,
-                         S* h, Index ldh, S* y, Index ldy) {
-    constexpr int HB = int(gate_block<S>());
-    if (w == HB) return cell_forward_n<S, HB>(g, ldg, R, c_prev, c, ldc, h, ldh, y, ldy);
-    if (w == HB / 2) return cell_forward_n<S, HB / 2>(g, ldg, R, c_prev, c, ldc, h, ldh, y, ldy);
-    if (w == HB / 4) return cell_forward_n<S, HB / 4>(g, ldg, R, c_prev, c, ldc, h, ldh, y, ldy);
-    for (Index b = 0; b < R; ++b) {
-        S* gb = g + b * ldg;
-        const S* cp = c_prev + b * ldc;
-        S* cb = c + b * ldc;
-        S* hb = h + b * ldh;
-        S* yb = y ? y + b * ldy : nullptr;
-        if (4 * w <= HB) cell_forward_padded<S, HB / 4>(gb, w, cp, cb, hb, yb);
-        else if (2 * w <= HB) cell_forward_padded<S, HB / 2>(gb, w, cp, cb, hb, yb);
-        else cell_forward_padded<S, HB>(gb, w, cp, cb, hb, yb);
-    }
-}
+struct CellUnit {
+    const S* peephole = nullptr;  // [3, H] rows w_ci, w_cf, w_co of this direction, or nullptr
+    Index H = 0;
+    S clip = 0;                   // > 0: c_t clipped to [-clip, clip]
 
-template <typename S>
-inline void cell_backward(S* g, Index w, const S* c_t, const S* c_prev, const S* dh, S* dc) {
-    constexpr int HB = int(gate_block<S>());
-    if (w == HB) cell_backward_n<S, HB>(g, c_t, c_prev, dh, dc);
-    else if (w == HB / 2) cell_backward_n<S, HB / 2>(g, c_t, c_prev, dh, dc);
-    else if (w == HB / 4) cell_backward_n<S, HB / 4>(g, c_t, c_prev, dh, dc);
-    else if (4 * w <= HB) cell_backward_padded<S, HB / 4>(g, w, c_t, c_prev, dh, dc);
-    else if (2 * w <= HB) cell_backward_padded<S, HB / 2>(g, w, c_t, c_prev, dh, dc);
-    else cell_backward_padded<S, HB>(g, w, c_t, c_prev, dh, dc);
-}
-// The cell as the time loops see it: one call per gate block of w units (w < HB only for the
-// last block of a layer), forward over R batch rows with strides as in cell_forward_n, backward
-// for one row. This is the seam for cell variants (peepholes, clipping, layer norm, zoneout):
-// a variant is another type with these two members, and the time loops stay as they are.
-template <typename S>
-struct StandardCell {
-    void forward(S* g, Index ldg, Index R, Index w, const S* c_prev, S* c, Index ldc, S* h,
-                 Index ldh, S* y, Index ldy) const {
-        cell_forward(g, ldg, R, w, c_prev, c, ldc, h, ldh, y, ldy);
+    Peepholes<S> peepholes_at(Index ub) const {
+        Peepholes<S> p;
+        if (peephole) {
+            p.i = peephole + ub;
+            p.f = peephole + H + ub;
+            p.o = peephole + 2 * H + ub;
+        }
+        return p;
     }
-    void backward(S* g, Index w, const S* c_t, const S* c_prev, const S* dh, S* dc) const {
-        cell_backward(g, w, c_t, c_prev, dh, dc);
+
+    void forward(Index ub, S* g, Index ldg, Index R, Index w, const S* c_prev, S* c, Index ldc,
+                 S* h, Index ldh, S* y, Index ldy) const {
+        constexpr int HB = int(gate_block<S>());
+        const Peepholes<S> p = peepholes_at(ub);
+        if (w == HB)
+            return cell_forward_n<S, HB>(g, ldg, R, c_prev, c, ldc, h, ldh, y, ldy, p, clip);
+        if (w == HB / 2)
+            return cell_forward_n<S, HB / 2>(g, ldg, R, c_prev, c, ldc, h, ldh, y, ldy, p, clip);
+        if (w == HB / 4)
+            return cell_forward_n<S, HB / 4>(g, ldg, R, c_prev, c, ldc, h, ldh, y, ldy, p, clip);
+        for (Index b = 0; b < R; ++b) {  // padded blocks go one row at a time
+            S* gb = g + b * ldg;
+            const S* cp = c_prev + b * ldc;
+            S* cb = c + b * ldc;
+            S* hb = h + b * ldh;
+            S* yb = y ? y + b * ldy : nullptr;
+            if (4 * w <= HB) cell_forward_padded<S, HB / 4>(gb, w, cp, cb, hb, yb, p, clip);
+            else if (2 * w <= HB) cell_forward_padded<S, HB / 2>(gb, w, cp, cb, hb, yb, p, clip);
+            else cell_forward_padded<S, HB>(gb, w, cp, cb, hb, yb, p, clip);
+        }
+    }
+
+    void backward(Index ub, S* g, Index w, const S* c_t, const S* c_prev, const S* dh,
+                  S* dc) const {
+        constexpr int HB = int(gate_block<S>());
+        const Peepholes<S> p = peepholes_at(ub);
+        if (w == HB) cell_backward_n<S, HB>(g, c_t, c_prev, dh, dc, p, clip);
+        else if (w == HB / 2) cell_backward_n<S, HB / 2>(g, c_t, c_prev, dh, dc, p, clip);
+        else if (w == HB / 4) cell_backward_n<S, HB / 4>(g, c_t, c_prev, dh, dc, p, clip);
+        else if (4 * w <= HB) cell_backward_padded<S, HB / 4>(g, w, c_t, c_prev, dh, dc, p, clip);
+        else if (2 * w <= HB) cell_backward_padded<S, HB / 2>(g, w, c_t, c_prev, dh, dc, p, clip);
+        else cell_backward_padded<S, HB>(g, w, c_t, c_prev, dh, dc, p, clip);
     }
 };
 

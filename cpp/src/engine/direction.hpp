@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "cell.hpp"
@@ -59,6 +60,7 @@ struct DirectionPass {
     // h_{-1} W_hh^T is exactly zero and is skipped (1/T of the recurrent GEMMs: the seed
     // model's T = 7 spends a seventh of them on it)
     bool zero_h0 = false;
+    S proj_clip = 0;                   // > 0: h = clip(r W_hr^T) to [-proj_clip, proj_clip]
 
     bool training() const { return hs != nullptr; }
 
@@ -82,7 +84,9 @@ struct DirectionPass {
 //   pre_t += h_{t-1} W_hh^T                       (packed product, this thread's gate columns)
 //   i = s(pre_i), f = s(pre_f), g = tanh(pre_g), o = s(pre_o)
 //   c_t = f * c_{t-1} + i * g
-//   h_t = o * tanh(c_t)              (P > 0: r_t = o * tanh(c_t), h_t = r_t W_hr^T)
+//   h_t = o * tanh(c_t)              (P > 0: r_t = o * tanh(c_t), h_t = r_t W_hr^T, clipped
+//                                     to [-proj_clip, proj_clip] if proj_clip > 0)
+// (the cell unit adds the variants that change the cell update: peepholes, cell clipping)
 // Rows past their length keep their state and output 0: the cell update runs over all rows
 // (its results for those rows are then replaced; backward zeroes their gate gradients).
 //   y     [T, B, ldy]  this direction's output columns; written for the pass's rows
@@ -123,7 +127,7 @@ void forward_direction(const DirectionPass<S, W>& a, const Cell& cell, S* y, con
             multiply<true>(R, h_prev, Hout, *a.whh_t, 4 * u0, 4 * u1, pre, a.ldg);
 
         for (Index ub = u0; ub < u1; ub += HB)
-            cell.forward(pre + 4 * ub, a.ldg, R, std::min(HB, H - ub), c_prev + ub, c_next + ub,
+            cell.forward(ub, pre + 4 * ub, a.ldg, R, std::min(HB, H - ub), c_prev + ub, c_next + ub,
                          H, P == 0 ? h_next + ub : r + ub, P == 0 ? Hout : H,
                          P == 0 ? y_t + ub : nullptr, a.ldy);
         for (Index b = 0; b < R; ++b) {
@@ -139,6 +143,11 @@ void forward_direction(const DirectionPass<S, W>& a, const Cell& cell, S* y, con
         if (P > 0) {
             barrier.wait();  // the projection reads all of r_t
             multiply<false>(R, r, H, *a.whr_t, q0, q1, h_next, Hout);
+            if (a.proj_clip > 0)
+                for (Index b = 0; b < R; ++b)
+                    for (Index j = q0; j < q1; ++j)
+                        h_next[b * Hout + j] =
+                            std::min(a.proj_clip, std::max(-a.proj_clip, h_next[b * Hout + j]));
             for (Index b = 0; b < R; ++b) {
                 S* yb = y_t + b * a.ldy;
                 if (active(a.lengths, t, b)) {
@@ -171,7 +180,8 @@ struct BackwardWork {
 // Backward time loop of one direction (reverse processing order) for thread `tid` of `n`.
 // Running gradients: dh wrt the state h after the step, dc wrt c after the step.
 //   dh += dy_t                                     (active rows)
-//   P > 0: dr = dh W_hr    [dW_hr later from dh_t and r_t]     else dr = dh
+//   P > 0: dh *= (|h_t| < proj_clip) with proj_clip > 0 (forward: h = clip(r W_hr^T))
+//          dr = dh W_hr    [dW_hr later from dh_t and r_t]     else dr = dh
 //   forward: h = o*tanh(c)       ->  do = dr*tanh(c), dc += dr*o*(1 - tanh(c)^2)
 //   forward: c = f*c_prev + i*g  ->  di = dc*g, df = dc*c_prev, dg = dc*i, dc_prev = dc*f
 //   forward: i = s(a_i) etc.     ->  da_i = di*i*(1-i), da_f = df*f*(1-f),
@@ -209,13 +219,20 @@ void backward_direction(const DirectionPass<S>& a, const Cell& cell, const S* dy
                 for (Index j = q0; j < q1; ++j) dh[b * Hout + j] += dy_t[b * a.ldy + j];
         const S* dr = dh;
         if (P > 0) {
-            S* dhs_t = w.dhs + t * B * P;  // dh_t for dW_hr; zero on inactive rows
+            // dh_t through the clip, for dr and dW_hr; zero on inactive rows (whose running dh
+            // passes on unchanged below)
+            S* dhs_t = w.dhs + t * B * P;
+            const S* h_t = a.hs + slot_after(t, a.reverse) * B * P;
             for (Index b = 0; b < B; ++b) {
                 const bool on = active(a.lengths, t, b);
-                for (Index j = q0; j < q1; ++j) dhs_t[b * P + j] = on ? dh[b * P + j] : S(0);
+                for (Index j = q0; j < q1; ++j)
+                    dhs_t[b * P + j] =
+                        on && !(a.proj_clip > 0 && std::abs(h_t[b * P + j]) >= a.proj_clip)
+                            ? dh[b * P + j]
+                            : S(0);
             }
-            barrier.wait();  // dr reads all of dh
-            gemm_panels<S, false>(B, dh, P, *a.whr, u0, u1, w.dr, H);
+            barrier.wait();  // dr reads all of dh_t
+            gemm_panels<S, false>(B, dhs_t, P, *a.whr, u0, u1, w.dr, H);
             dr = w.dr;
         }
         const Index ldr = P > 0 ? H : Hout;
@@ -228,7 +245,7 @@ void backward_direction(const DirectionPass<S>& a, const Cell& cell, const S* dy
                     std::fill(g, g + 4 * wb, S(0));
                     continue;
                 }
-                cell.backward(g, wb, c_t + b * H + ub, c_p + b * H + ub, dr + b * ldr + ub,
+                cell.backward(ub, g, wb, c_t + b * H + ub, c_p + b * H + ub, dr + b * ldr + ub,
                               dc + b * H + ub);
             }
         }

@@ -150,12 +150,26 @@ struct ForwardWeights {
     std::vector<W> whr_t;          // [L*D]  W_hr^T [H, P]: projection h = r W_hr^T (P > 0)
     std::vector<char> whh_finite;  // [L*D]  no inf or NaN in W_hh: a zero h times W_hh is zero
     Buffer<S> bias_sum;            // [L, D*G] b_ih + b_hh, engine order (zero without biases)
+    Buffer<S> peephole;            // [L*D, 3, H] w_ci, w_cf, w_co (config.peepholes), else empty
 
     explicit ForwardWeights(const Layout<S>& m)
         : wih_t(std::size_t(m.L)), whh_t(std::size_t(m.L * m.D)),
           whr_t(std::size_t(m.P > 0 ? m.L * m.D : 0)), whh_finite(std::size_t(m.L * m.D), 1) {
         bias_sum.resize(checked_mul(m.L, m.D * m.G));
         bias_sum.zero();
+        if (m.cfg.peepholes) {
+            peephole.resize(checked_mul(m.L * m.D, 3 * m.H));
+            peephole.zero();
+        }
+    }
+
+    // The cell unit of direction k = l*D + d: its peepholes and the config's cell clip.
+    CellUnit<S> cell(const Layout<S>& m, Index k) const {
+        CellUnit<S> c;
+        if (peephole.size()) c.peephole = peephole.data() + k * 3 * m.H;
+        c.H = m.H;
+        c.clip = S(m.cfg.cell_clip);
+        return c;
     }
 };
 
@@ -187,17 +201,18 @@ DirectionPass<S, W> forward_pass(const Layout<S>& m, const ForwardWeights<S, W>&
         a.rbuf = st + 2 * B * Hout + 2 * B * H;
     }
     a.rows = B;
+    a.proj_clip = S(m.cfg.proj_clip);
     return a;
 }
 
 // The forward over the layer stack, for the weights fw in any representation. cache: nullptr
 // for an evaluation call; otherwise a training call that keeps in it what backward needs and
 // applies dropout (m.cfg.dropout, at stream position seed, counter) between layers.
-template <typename S, typename W, typename Cell>
-void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, const Cell& cell,
-                    Scratch<S>& ws, Cache<S>* cache, S* y, S* h_n, S* c_n, const S* x,
-                    const S* h0, const S* c0, const std::int64_t* lengths, Index T, Index B,
-                    std::uint64_t seed, std::uint64_t counter);
+template <typename S, typename W>
+void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<S>& ws,
+                    Cache<S>* cache, S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0,
+                    const std::int64_t* lengths, Index T, Index B, std::uint64_t seed,
+                    std::uint64_t counter);
 
 template <typename S>
 class EngineImpl final : public Engine<S> {
@@ -219,8 +234,8 @@ public:
                  std::uint64_t seed, std::uint64_t counter) override {
         const DenormalScope denormals;
         ScratchLease<S> ws(scratch_, scratch_mutex_);
-        forward_layers<S>(m_, fw_, cell_, ws.get(), training ? &cache_ : nullptr, y, h_n, c_n, x, h0,
-                       c0, lengths, T, B, seed, counter);
+        forward_layers<S>(m_, fw_, ws.get(), training ? &cache_ : nullptr, y, h_n, c_n, x, h0,
+                          c0, lengths, T, B, seed, counter);
     }
     void forward_last(S* out, const S* x, const std::int64_t* lengths, Index T, Index B,
                       bool batch_first, const S* W, const S* bias, Index O) override;
@@ -259,13 +274,13 @@ private:
     void for_each_run(F&& fn) const {
         const Index HB = gate_block<S>();
         for (Index l = 0; l < L; ++l)
-            for (Param k : {Param::weight_ih, Param::weight_hh, Param::bias_ih, Param::bias_hh,
-                            Param::weight_hr}) {
+            for (int kind = 0; kind < kNumParamKinds; ++kind) {
+                const Param k = Param(kind);
                 if (!m_.has(k)) continue;
                 const Index n = m_.cols(k, l);
                 for (Index d = 0; d < D; ++d) {
                     const Index base = m_.tensor_offset(k, l, d);
-                    if (k == Param::weight_hr) {
+                    if (k == Param::weight_hr || k == Param::weight_peephole) {
                         fn(base, base, m_.rows(k) * n);
                         continue;
                     }
@@ -291,6 +306,36 @@ private:
                 if (a < b) fn(a, t + (a - e), b - a);
             });
         });
+    }
+
+    // dW_peephole [3, H] of direction d of a layer, units [u0, u1) (a multiple of the gate
+    // block from u0), from the gate gradients that backward left in lc.gates and the cell
+    // states: forward a_i += w_ci*c_{t-1}, a_f += w_cf*c_{t-1}, a_o += w_co*c_t, so
+    //   dw_ci = sum_{t,b} da_i*c_{t-1},  dw_cf = sum da_f*c_{t-1},  dw_co = sum da_o*c_t.
+    // Rows past their length have da = 0. Each unit sums in (t, b) order: the same result
+    // for any thread count.
+    void peephole_grads(const LayerCache<S>& lc, Index d, Index u0, Index u1, S* dw) const {
+        const Index T = cache_.T, B = cache_.B, HB = gate_block<S>();
+        const bool rev = m_.cfg.reverse || d == 1;
+        for (Index q = 0; q < 3; ++q) std::fill(dw + q * H + u0, dw + q * H + u1, S(0));
+        for (Index t = 0; t < T; ++t) {
+            const S* cp = lc.c.data() + (d * (T + 1) + slot_before(t, rev)) * B * H;
+            const S* ct = lc.c.data() + (d * (T + 1) + slot_after(t, rev)) * B * H;
+            for (Index b = 0; b < B; ++b) {
+                const S* da = lc.gates.data() + (t * B + b) * D * G + d * G;
+                for (Index ub = u0; ub < u1; ub += HB) {
+                    const Index w = std::min(HB, H - ub);
+                    const S* g = da + 4 * ub;  // [da_i(w) da_f(w) da_g(w) da_o(w)]
+                    const S* cpb = cp + b * H + ub;
+                    const S* ctb = ct + b * H + ub;
+                    for (Index j = 0; j < w; ++j) {
+                        dw[ub + j] += g[j] * cpb[j];
+                        dw[H + ub + j] += g[w + j] * cpb[j];
+                        dw[2 * H + ub + j] += g[3 * w + j] * ctb[j];
+                    }
+                }
+            }
+        }
     }
 
     // The DirectionPass of a backward through (layer l, direction d): the forward's, with the
@@ -320,7 +365,6 @@ private:
     BackwardBuffers bwd_;
     Scratch<S> scratch_;         // forward and forward_last, taken through a ScratchLease
     std::mutex scratch_mutex_;   // held by the call using scratch_
-    const StandardCell<S> cell_{};
 };
 
 template <typename S>
@@ -354,6 +398,10 @@ void EngineImpl<S>::params_updated() {
                 const S* bh = tensor(Param::bias_hh, l, d);
                 for (Index g = 0; g < G; ++g) b[g] = bi[g] + bh[g];
             }
+            if (m_.cfg.peepholes) {
+                const S* pp = tensor(Param::weight_peephole, l, d);
+                std::copy(pp, pp + 3 * H, fw_.peephole.data() + (l * D + d) * 3 * H);
+            }
         }
 }
 
@@ -361,11 +409,11 @@ void EngineImpl<S>::params_updated() {
 // forward
 // ============================================================================================
 
-template <typename S, typename W, typename Cell>
-void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, const Cell& cell,
-                    Scratch<S>& ws, Cache<S>* cache, S* y, S* h_n, S* c_n, const S* x,
-                    const S* h0, const S* c0, const std::int64_t* lengths, Index T, Index B,
-                    std::uint64_t seed, std::uint64_t counter) {
+template <typename S, typename W>
+void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<S>& ws,
+                    Cache<S>* cache, S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0,
+                    const std::int64_t* lengths, Index T, Index B, std::uint64_t seed,
+                    std::uint64_t counter) {
     EIGENLSTM_REQUIRE(T >= 0, "T must be >= 0, got " + std::to_string(T));
     EIGENLSTM_REQUIRE(B >= 0, "B must be >= 0, got " + std::to_string(B));
     require_lengths(lengths, B, 0, T);
@@ -444,7 +492,7 @@ void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, const Ce
                 tid = 0;
                 n = 1;
             }
-            forward_direction(a, cell, out + d * Hout + b0 * D * Hout, h0 + (k * B + b0) * Hout,
+            forward_direction(a, fw.cell(m, k), out + d * Hout + b0 * D * Hout, h0 + (k * B + b0) * Hout,
                               c0 + (k * B + b0) * H, h_n + (k * B + b0) * Hout,
                               c_n + (k * B + b0) * H, tid, n, barrier);
         });
@@ -483,8 +531,8 @@ void EngineImpl<S>::forward_last(S* out, const S* x, const std::int64_t* lengths
     ws.y.resize(checked_mul(TB, DH));
     ws.hc.resize(checked_mul(D * L * B, Hout + H));
     S* h_n = ws.hc.data();
-    forward_layers<S>(m_, fw_, cell_, ws, nullptr, ws.y.data(), h_n,
-                   h_n + D * L * B * Hout, x, nullptr, nullptr, lengths, T, B, 0, 0);
+    forward_layers<S>(m_, fw_, ws, nullptr, ws.y.data(), h_n, h_n + D * L * B * Hout, x, nullptr,
+                      nullptr, lengths, T, B, 0, 0);
     ws.last.resize(checked_mul(B, DH));
     for (Index b = 0; b < B; ++b) {
         const S* row = ws.y.data() + ((lengths ? lengths[b] - 1 : T - 1) * B + b) * DH;
@@ -535,7 +583,7 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
             S* st = bwd_.state.data() + d * B * (2 * Hout + 2 * H);
             const BackwardWork<S> w{st, st + 2 * B * Hout, st + 2 * B * Hout + B * H,
                                     P > 0 ? bwd_.dhs.data() + d * T * B * P : nullptr};
-            backward_direction(a, cell_, dout + d * Hout, dh_n ? dh_n + k * B * Hout : nullptr,
+            backward_direction(a, fw_.cell(m_, k), dout + d * Hout, dh_n ? dh_n + k * B * Hout : nullptr,
                                dc_n ? dc_n + k * B * H : nullptr, dh0 + k * B * Hout,
                                dc0 + k * B * H, w, tid, n, barrier);
         });
@@ -585,6 +633,11 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
                     dWhr.middleRows(r0, r1 - r0).setZero();
                     space.add_product(dWhr.middleRows(r0, r1 - r0),
                                       dH.middleCols(r0, r1 - r0).transpose(), R);
+                }
+                if (m_.cfg.peepholes) {
+                    split_range(H, gate_block<S>(), tid, n, r0, r1);
+                    peephole_grads(lc, d, r0, r1,
+                                   m_.tensor(dweights_.data(), Param::weight_peephole, l, d));
                 }
             }
         });
@@ -687,6 +740,9 @@ public:
                         b[e] = bi[t] + bh[t];
                     }
                 }
+                if (m_.cfg.peepholes)
+                    std::copy(qw.peephole[std::size_t(k)], qw.peephole[std::size_t(k)] + 3 * H,
+                              fw_.peephole.data() + k * 3 * H);
             }
         }
     }
@@ -695,8 +751,8 @@ public:
                  const float* c0, const std::int64_t* lengths, Index T, Index B) override {
         const DenormalScope denormals;
         ScratchLease<float> ws(scratch_, scratch_mutex_);
-        forward_layers<float>(m_, fw_, cell_, ws.get(), nullptr, y, h_n, c_n,
-                       x, h0, c0, lengths, T, B, 0, 0);
+        forward_layers<float>(m_, fw_, ws.get(), nullptr, y, h_n, c_n, x, h0, c0, lengths, T, B,
+                              0, 0);
     }
 
 private:
@@ -704,7 +760,6 @@ private:
     ForwardWeights<float, W> fw_;
     Scratch<float> scratch_;      // taken through a ScratchLease, as EngineImpl's
     std::mutex scratch_mutex_;
-    const StandardCell<float> cell_{};
 };
 
 // y = x W^T + bias, W packed as a [K, N] reduced-precision matrix.
