@@ -3,6 +3,7 @@
 Every entry of every parameter (perturbed through load_state_dict), of x, h0 and c0 is
 perturbed, and the slope of a scalar loss is compared with the gradient from LSTM.backward.
 With dropout, the dropout stream is rewound before every forward so the masks are replayed.
+The cell variants (peepholes, cell and projection clipping) run through the same check.
 """
 # Sizes: T time steps, B batch, I input size, H hidden size, P projection size,
 # Hout = P if P > 0 else H, D directions, L layers.
@@ -40,14 +41,26 @@ CONFIGS = {
     "L2-bi-P2-bias-lengths-dropout": (2, True, 2, True, False, 0.4, "batched", [4, 0, 2]),
     "L3-uni-noP-nobias-batch_first-dropout": (3, False, 0, False, True, 0.5, "batched", None),
 }
+# The cell variants on some of the configs above: name -> (config, options of el.LSTM). The
+# clips are below the states' typical size here (|c| ~ 0.5, |h| ~ 0.3), so they bite.
+VARIANTS = {
+    "peepholes": ("L2-bi-P2-bias-lengths-dropout", {"peepholes": True}),
+    "peepholes-unbatched": ("L3-bi-noP-bias-unbatched", {"peepholes": True}),
+    "cell_clip": ("L2-bi-P2-bias-lengths", {"cell_clip": 0.3}),
+    "proj_clip": ("L2-uni-P1-nobias-batch_first-lengths", {"proj_clip": 0.1}),
+    "all": (
+        "L2-bi-P2-bias-lengths-dropout",
+        {"peepholes": True, "cell_clip": 0.3, "proj_clip": 0.1},
+    ),
+}
 
 
-def make_problem(name):
+def make_problem(name, options=None):
     L, bi, P, bias, bf, p, layout, lengths = CONFIGS[name]
     rng = np.random.default_rng(list(CONFIGS).index(name))
     D = 2 if bi else 1
     Hout = P if P > 0 else H
-    lstm = el.LSTM(I, H, L, bias, bf, p, bi, P, dtype=np.float64, seed=7)
+    lstm = el.LSTM(I, H, L, bias, bf, p, bi, P, dtype=np.float64, seed=7, **(options or {}))
     if layout == "unbatched":
         x_shape, h_shape, c_shape, y_shape = (T, I), (D * L, Hout), (D * L, H), (T, D * Hout)
     else:
@@ -77,9 +90,13 @@ def weighted_sum(lstm, arrays, weights, lengths):
     )
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_backward_matches_finite_differences_float64(name):
-    lstm, arrays, weights, lengths = make_problem(name)
+@pytest.mark.parametrize(
+    "name, options",
+    [(name, None) for name in CONFIGS] + list(VARIANTS.values()),
+    ids=list(CONFIGS) + list(VARIANTS),
+)
+def test_backward_matches_finite_differences_float64(name, options):
+    lstm, arrays, weights, lengths = make_problem(name, options)
     params = lstm.state_dict()
     rng_state = lstm.dropout_state
 

@@ -23,6 +23,7 @@ __all__ = [
     "new_seed",
     "check_float",
     "check_keys",
+    "check_variants",
 ]
 
 _SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64))
@@ -177,3 +178,32 @@ def check_keys(where: str, state, expected, prefix: str = "") -> None:
             [f"unexpected keys {extra}"] if extra else []
         )
         raise ValueError(f"{where}: " + "; ".join(parts))
+
+
+def check_variants(where: str, peepholes, cell_clip, proj_clip, proj_size: int) -> tuple:
+    """``(peepholes, cell_clip, proj_clip)`` checked: a bool, and None or a finite float > 0
+    for each clip; ``proj_clip`` needs ``proj_size > 0``."""
+    if not isinstance(peepholes, (bool, np.bool_)):
+        raise TypeError(
+            f"{where}: peepholes must be a bool, got {type(peepholes).__name__} {peepholes!r}"
+        )
+    clips = []
+    for name, value in (("cell_clip", cell_clip), ("proj_clip", proj_clip)):
+        if value is not None:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+                raise TypeError(
+                    f"{where}: {name} must be a float or None, got {type(value).__name__} {value!r}"
+                )
+            clip = float(value)
+            if not (math.isfinite(clip) and clip > 0):
+                raise ValueError(
+                    f"{where}: {name} must be a finite float > 0, or None (no clipping), got {value!r}"
+                )
+            value = clip
+        clips.append(value)
+    if clips[1] is not None and proj_size == 0:
+        raise ValueError(
+            f"{where}: proj_clip clips the projection, so it needs proj_size > 0; got "
+            f"proj_clip={clips[1]!r} with proj_size=0"
+        )
+    return bool(peepholes), clips[0], clips[1]

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _core
 from ._layout import tensor_slice
-from ._validation import as_array, as_real_array, check_lengths, check_shape
+from ._validation import as_array, as_real_array, check_lengths, check_shape, check_variants
 
 __all__ = ["LayerContext", "lstm_layer_forward", "lstm_layer_backward"]
 
@@ -52,6 +52,9 @@ def lstm_layer_forward(
     bias_hh=None,
     weight_hr=None,
     *,
+    weight_peephole=None,
+    cell_clip: float | None = None,
+    proj_clip: float | None = None,
     lengths=None,
     reverse: bool = False,
     training: bool = True,
@@ -70,6 +73,10 @@ def lstm_layer_forward(
         Both or neither.
     weight_hr : array_like of shape (P, H), optional
         Projection; then ``H_out = P``, else ``H_out = H``.
+    weight_peephole : array_like of shape (3, H), optional, keyword-only
+        Peephole weights, rows ``w_ci, w_cf, w_co`` (``eigenlstm.LSTM(peepholes=True)``).
+    cell_clip, proj_clip : float, optional, keyword-only
+        Clip the cell state, or the projection (needs ``weight_hr``), as ``eigenlstm.LSTM``.
     lengths : array_like of int of shape (B,), optional
         Valid steps per sequence, as in ``eigenlstm.LSTM.forward``.
     reverse : bool, default False
@@ -87,7 +94,8 @@ def lstm_layer_forward(
     Notes
     -----
     Per step: ``i, f, g, o = s(.), s(.), tanh(.), s(.)`` of ``W_ih x_t + b_ih + W_hh h + b_hh``;
-    ``c_t = f*c_{t-1} + i*g``; ``h_t = o*tanh(c_t)`` (times ``W_hr^T`` with projection).
+    ``c_t = f*c_{t-1} + i*g``; ``h_t = o*tanh(c_t)`` (times ``W_hr^T`` with projection). The
+    cell variants change this as documented on ``eigenlstm.LSTM``.
     The dtype is that of ``weight_ih`` (float32 or float64; anything else computes in float64).
 
     Examples
@@ -137,10 +145,25 @@ def lstm_layer_forward(
     check_shape(where, "c0", c0, (B, H))
     if lengths is not None:
         lengths = check_lengths(where, "lengths", lengths, B, T)
+    peepholes = weight_peephole is not None
+    _, cell_clip, proj_clip = check_variants(where, peepholes, cell_clip, proj_clip, P)
 
     bias = bias_ih is not None
     engine_cls = _core.EngineF32 if dtype == np.float32 else _core.EngineF64
-    engine = engine_cls(I, H, 1, bias, False, P, 0.0, bool(reverse), 0)
+    engine = engine_cls(
+        I,
+        H,
+        1,
+        bias,
+        False,
+        P,
+        0.0,
+        bool(reverse),
+        0,
+        peepholes=peepholes,
+        cell_clip=cell_clip or 0.0,
+        proj_clip=proj_clip or 0.0,
+    )
     tensors = {"weight_ih": w_ih, "weight_hh": w_hh}
     if bias:
         tensors["bias_ih"] = as_real_array(where, "bias_ih", bias_ih, dtype)
@@ -149,6 +172,9 @@ def lstm_layer_forward(
         check_shape(where, "bias_hh", tensors["bias_hh"], (G,))
     if P:
         tensors["weight_hr"] = w_hr
+    if peepholes:
+        tensors["weight_peephole"] = as_real_array(where, "weight_peephole", weight_peephole, dtype)
+        check_shape(where, "weight_peephole", tensors["weight_peephole"], (3, H))
     flat = np.zeros(engine.num_params, dtype=dtype)
     for name, value in tensors.items():
         span, _ = tensor_slice(engine, name, 0, 0)
@@ -186,7 +212,7 @@ def lstm_layer_backward(
     (dh0, dc0) : tuple of ndarray of shapes (B, H_out) and (B, H)
     grads : dict of ndarray
         Gradients of the weights passed to forward, keyed weight_ih, weight_hh, bias_ih,
-        bias_hh, weight_hr (those that were given), in torch layout.
+        bias_hh, weight_hr, weight_peephole (those that were given), in torch layout.
 
     Raises
     ------

@@ -22,15 +22,19 @@ import numpy as np
 
 from .._version import __version__
 from ..nn import LSTMModel, QuantizedLSTMModel
+from ..nn.lstm import variant_options
 
 __all__ = ["save", "load", "FORMAT_VERSION", "MODEL_VERSIONS"]
 
 #: The newest checkpoint layout this eigenlstm reads and writes; ``load`` refuses newer ones.
-#: 2 added the checksum (below), 3 quantized models; version 1 files are read as before.
-FORMAT_VERSION = 3
+#: 2 added the checksum (below), 3 quantized models, 4 the LSTM's cell variants (peepholes,
+#: cell_clip) in the config; version 1 files are read as before.
+FORMAT_VERSION = 4
 #: The version ``save`` writes for each model class: the oldest that holds it, so that a float
-#: model stays readable by eigenlstm releases from before version 3.
+#: model stays readable by eigenlstm releases from before version 3. A model with a cell
+#: variant is written as VARIANTS_VERSION, which releases that cannot build it refuse by version.
 MODEL_VERSIONS = {"LSTMModel": 2, "QuantizedLSTMModel": 3}
+VARIANTS_VERSION = 4
 _MAGIC = "eigenlstm-checkpoint"
 
 # From version 2 the archive's comment (the last bytes of a zip file) is the SHA-256 of every
@@ -183,9 +187,12 @@ def save(model, path, *, metadata: dict | None = None, training: dict | None = N
             f"{where}: refusing to write {path}: weights {bad} hold NaN or infinite values "
             "(the previous file, if any, is left untouched)"
         )
+    version = MODEL_VERSIONS[kind]
+    if variant_options(model.lstm):
+        version = max(version, VARIANTS_VERSION)
     meta = {
         "format": _MAGIC,
-        "format_version": MODEL_VERSIONS[kind],
+        "format_version": version,
         "eigenlstm_version": __version__,
         "model": kind,
         "config": model.config(),

@@ -29,6 +29,7 @@ from typing import Any, Callable, NoReturn
 import numpy as np
 
 from ..nn import LSTM, Linear, LSTMModel, Sequential
+from ..nn.lstm import variant_options
 from ..nn.quantized import refuse_quantized
 
 __all__ = ["load", "save"]
@@ -557,6 +558,12 @@ def _keras_layers(model):
             raise ValueError(
                 f"{_SAVE}: an LSTM with proj_size={layer.proj_size} cannot be written: "
                 "Keras's LSTM has no projection"
+            )
+        variants = variant_options(layer)
+        if variants:
+            raise ValueError(
+                f"{_SAVE}: an LSTM with {', '.join(f'{k}={v!r}' for k, v in variants.items())} "
+                "cannot be written: Keras's LSTM has no such cell variant"
             )
         sd, H = layer.state_dict(), layer.hidden_size
         features = layer.input_size

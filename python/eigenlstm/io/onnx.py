@@ -130,6 +130,10 @@ def _lstm_op_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, seq: str | None,
     if h0 is not None:  # rows l*D .. l*D+D-1 of torch's (D*L, N, H) states belong to layer l
         rows = (b.ints([l * D]), b.ints([(l + 1) * D]), b.ints([0]))
         inputs += [b.op("Slice", (h0,) + rows), b.op("Slice", (c0,) + rows)]
+    if lstm.peepholes:  # P (D, 3H): ONNX orders the peepholes i, o, f; ours are rows i, f, o
+        inputs += [""] * (7 - len(inputs))
+        P = np.stack([sd[f"weight_peephole_l{l}{s}"][[0, 2, 1]].reshape(-1) for s in sfx])
+        inputs.append(b.const(P, f"P_l{l}"))
     y, y_h, y_c = b.op(
         "LSTM", inputs, n_out=3, hidden_size=H, direction="bidirectional" if D == 2 else "forward"
     )
@@ -276,7 +280,7 @@ def export(
     to ``"output"`` (N, O). Batch and time are dynamic.
 
     Layers without projection are ONNX ``LSTM`` nodes (layout 0: ONNX Runtime implements no
-    other), with ``Transpose``/``Squeeze``/``Reshape`` glue. ONNX's LSTM has no projection, so
+    other), with ``Transpose``/``Squeeze``/``Reshape`` glue; peepholes are their input ``P``. ONNX's LSTM has no projection, so
     layers with ``proj_size > 0`` are a ``Scan`` over time of MatMul/Sigmoid/Tanh ops, one per
     direction (see ``_scan_body``). ONNX Runtime's LSTM kernel is float32 only; float64
     graphs are valid ONNX and run in ``onnx.reference.ReferenceEvaluator``.
@@ -286,7 +290,9 @@ def export(
     TypeError
         If ``module`` is not an LSTM or LSTMModel, or ``opset`` is not an int.
     ValueError
-        If ``opset`` is out of range, or ``initial_state=True`` for an LSTMModel.
+        If ``opset`` is out of range, ``initial_state=True`` for an LSTMModel, or the LSTM has
+        ``cell_clip``, ``proj_clip``, or peepholes with a projection (none of which ONNX's LSTM
+        expresses).
     ImportError
         If the onnx package is missing.
 
@@ -312,6 +318,17 @@ def export(
     else:
         raise TypeError(
             f"{where}: module must be an eigenlstm LSTM or LSTMModel, got {type(module).__name__}"
+        )
+    for name in ("cell_clip", "proj_clip"):
+        if getattr(lstm, name) is not None:
+            raise ValueError(
+                f"{where}: an LSTM with {name}={getattr(lstm, name)!r} cannot be written: ONNX's "
+                "LSTM clips the gates' inputs, not the states"
+            )
+    if lstm.peepholes and lstm.proj_size:
+        raise ValueError(
+            f"{where}: an LSTM with peepholes=True and proj_size={lstm.proj_size} cannot be "
+            "written yet (projected layers are Scan graphs without peepholes)"
         )
     onnx = _import_onnx(where)
     opset = _check_opset(where, onnx, opset)
@@ -1003,8 +1020,8 @@ class _Interpreter:
             if np.any(P != 0):
                 self.fail(
                     node,
-                    "input P (peephole weights) must be absent or all zeros: peephole "
-                    "LSTMs need a cell variant eigenlstm does not have yet",
+                    "input P (peephole weights) must be absent or all zeros: reading "
+                    "peephole LSTMs is not supported yet (export writes them)",
                 )
         seq = ins[4] if len(ins) > 4 else None
         if seq is not None and seq.kind != "lengths":

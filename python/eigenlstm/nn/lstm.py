@@ -22,19 +22,31 @@ from .._validation import (
     check_positive_int,
     check_seed,
     check_shape,
+    check_variants,
     resolve_dtype,
 )
 from .module import Module
 from .parameter import Parameter
 from .stream import Stream, check_streamable
 
-__all__ = ["LSTM", "param_names", "run_forward", "check_head", "check_sizes", "describe"]
+__all__ = [
+    "LSTM",
+    "param_names",
+    "run_forward",
+    "check_head",
+    "check_sizes",
+    "variant_options",
+    "describe",
+]
 
-_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_peephole")
 
 
-def param_names(num_layers: int, bidirectional: bool, proj_size: int, bias: bool):
-    """Yield ``(key, kind, layer, direction)`` in torch.nn.LSTM's state_dict order."""
+def param_names(
+    num_layers: int, bidirectional: bool, proj_size: int, bias: bool, peepholes: bool = False
+):
+    """Yield ``(key, kind, layer, direction)`` in torch.nn.LSTM's state_dict order, each
+    layer's and direction's ``weight_peephole`` (with ``peepholes``) after its torch tensors."""
     for layer in range(num_layers):
         for direction in range(2 if bidirectional else 1):
             suffix = "_reverse" if direction else ""
@@ -42,6 +54,8 @@ def param_names(num_layers: int, bidirectional: bool, proj_size: int, bias: bool
                 if kind.startswith("bias") and not bias:
                     continue
                 if kind == "weight_hr" and proj_size == 0:
+                    continue
+                if kind == "weight_peephole" and not peepholes:
                     continue
                 yield f"{kind}_l{layer}{suffix}", kind, layer, direction
 
@@ -59,6 +73,20 @@ def check_sizes(where: str, input_size, hidden_size, num_layers, proj_size) -> t
     return sizes
 
 
+# The cell-variant keywords of el.LSTM and their defaults (off).
+_VARIANT_DEFAULTS = (("peepholes", False), ("cell_clip", None), ("proj_clip", None))
+
+
+def variant_options(module) -> dict:
+    """The cell-variant keywords of an LSTM-like module that differ from their defaults
+    (``{}`` for a plain LSTM), as its constructor takes them."""
+    return {
+        name: getattr(module, name)
+        for name, default in _VARIANT_DEFAULTS
+        if getattr(module, name) != default
+    }
+
+
 def describe(module, last: str) -> str:
     """``Name(I, H, <options that differ from torch's defaults>, last)`` of an LSTM-like module."""
     extra = "".join(
@@ -73,6 +101,7 @@ def describe(module, last: str) -> str:
         )
         if v != default
     )
+    extra += "".join(f", {k}={v!r}" for k, v in variant_options(module).items())
     return f"{type(module).__name__}({module.input_size}, {module.hidden_size}{extra}, {last})"
 
 
@@ -158,6 +187,15 @@ class LSTM(Module):
         Add a reverse-time direction (``D = 2``), concatenated on the feature axis.
     proj_size : int, default 0
         If > 0, project the hidden state to ``P = proj_size`` features (``H_out = P``).
+    peepholes : bool, default False, keyword-only
+        Add peephole connections from the cell state to the gates (ONNX's and TensorFlow's
+        LSTM): a parameter ``weight_peephole_l{k}{suffix}`` of shape ``(3, H)``, rows
+        ``w_ci, w_cf, w_co``.
+    cell_clip : float, optional, keyword-only
+        Clip the cell state to ``[-cell_clip, cell_clip]`` after each update (TensorFlow's
+        ``LSTMCell(cell_clip=...)``). None: no clipping.
+    proj_clip : float, optional, keyword-only
+        Clip the projected hidden state to ``[-proj_clip, proj_clip]``; needs ``proj_size``.
     dtype : {np.float32, np.float64}, keyword-only
         Parameter and compute dtype; inputs are converted to it.
     seed : int, optional, keyword-only
@@ -175,6 +213,11 @@ class LSTM(Module):
         o &= \sigma(W_{io} x_t + b_{io} + W_{ho} h_{t-1} + b_{ho}) \\
         c_t &= f \odot c_{t-1} + i \odot g \\
         h_t &= o \odot \tanh(c_t) \quad (\text{with projection: } h_t = W_{hr}(o \odot \tanh(c_t)))
+
+    With ``peepholes``, :math:`w_{ci} \odot c_{t-1}` and :math:`w_{cf} \odot c_{t-1}` are added
+    inside the sigmoids of i and f, and :math:`w_{co} \odot c_t` inside that of o, with
+    :math:`c_t` computed (and clipped, with ``cell_clip``) before o. ``proj_clip`` clips
+    :math:`W_{hr}(\cdot)`.
 
     Every parameter starts uniform in :math:`(-1/\sqrt{H}, 1/\sqrt{H})`, as in torch.
     ``state_dict()`` keys and shapes are torch's, so weights move both ways unchanged.
@@ -203,12 +246,18 @@ class LSTM(Module):
         bidirectional: bool = False,
         proj_size: int = 0,
         *,
+        peepholes: bool = False,
+        cell_clip: float | None = None,
+        proj_clip: float | None = None,
         dtype=np.float32,
         seed: int | None = None,
     ) -> None:
         where = "LSTM"
         self.input_size, self.hidden_size, self.num_layers, self.proj_size = check_sizes(
             where, input_size, hidden_size, num_layers, proj_size
+        )
+        self.peepholes, self.cell_clip, self.proj_clip = check_variants(
+            where, peepholes, cell_clip, proj_clip, self.proj_size
         )
         if isinstance(dropout, bool) or not isinstance(
             dropout, (int, float, np.floating, np.integer)
@@ -244,6 +293,9 @@ class LSTM(Module):
             self.dropout,
             False,
             int(rng.integers(0, 2**63)),
+            peepholes=self.peepholes,
+            cell_clip=self.cell_clip or 0.0,
+            proj_clip=self.proj_clip or 0.0,
         )
         # The engine's flat buffers hold every tensor in torch's layout, so each parameter is
         # a view of them (made once: optimizers and users hold these objects).
@@ -273,7 +325,9 @@ class LSTM(Module):
         return self.proj_size if self.proj_size > 0 else self.hidden_size
 
     def _names(self):
-        return param_names(self.num_layers, self.bidirectional, self.proj_size, self.bias)
+        return param_names(
+            self.num_layers, self.bidirectional, self.proj_size, self.bias, self.peepholes
+        )
 
     def _shapes(self) -> dict[str, tuple]:
         return {

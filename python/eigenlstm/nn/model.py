@@ -20,7 +20,7 @@ from .._validation import (
     resolve_dtype,
 )
 from .linear import Linear
-from .lstm import LSTM
+from .lstm import LSTM, variant_options
 from .module import Module, eval_in_batches
 from .stream import Stream, check_streamable
 
@@ -44,6 +44,10 @@ class LSTMModel(Module):
         Dropout between LSTM layers in training mode (as torch.nn.LSTM's ``dropout``).
     bidirectional : bool, default False, keyword-only
         Bidirectional LSTM; the Linear layer then takes ``2H`` features.
+    peepholes : bool, default False, keyword-only
+    cell_clip : float, optional, keyword-only
+        Cell variants of the LSTM, as :class:`~eigenlstm.nn.LSTM`'s (``proj_clip`` needs a
+        projection, which this model does not have).
     dtype : {np.float32, np.float64}, keyword-only
     seed : int, optional, keyword-only
         Seeds the initial weights and the dropout stream (fresh entropy when None).
@@ -89,6 +93,8 @@ class LSTMModel(Module):
         *,
         dropout: float = 0.0,
         bidirectional: bool = False,
+        peepholes: bool = False,
+        cell_clip: float | None = None,
         dtype=np.float32,
         seed: int | None = None,
     ) -> None:
@@ -111,6 +117,8 @@ class LSTMModel(Module):
             batch_first=True,
             dropout=dropout,
             bidirectional=bidirectional,
+            peepholes=peepholes,
+            cell_clip=cell_clip,
             dtype=self.dtype,
             seed=lstm_seed,
         )
@@ -129,7 +137,9 @@ class LSTMModel(Module):
         return self.lstm.bidirectional
 
     def config(self) -> dict:
-        """The constructor arguments, JSON-ready; ``LSTMModel(**config)`` rebuilds the model."""
+        """The constructor arguments, JSON-ready; ``LSTMModel(**config)`` rebuilds the model.
+        The cell variants appear only when set, so a plain model's config is what releases
+        before them wrote and read."""
         return {
             "input_size": self.input_size,
             "hidden_size": self.hidden_size,
@@ -137,6 +147,7 @@ class LSTMModel(Module):
             "num_layers": self.num_layers,
             "dropout": self.dropout,
             "bidirectional": self.bidirectional,
+            **variant_options(self.lstm),
             "dtype": self.dtype.name,
             "seed": self.seed,
         }

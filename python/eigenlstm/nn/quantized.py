@@ -13,9 +13,17 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from .._validation import check_keys, check_positive_int, check_shape
+from .._validation import check_keys, check_positive_int, check_shape, check_variants
 from .linear import Linear
-from .lstm import LSTM, check_head, check_sizes, describe, param_names, run_forward
+from .lstm import (
+    LSTM,
+    check_head,
+    check_sizes,
+    describe,
+    param_names,
+    run_forward,
+    variant_options,
+)
 from .model import LSTMModel
 from .module import Module
 from .stream import Stream
@@ -75,12 +83,20 @@ def quantize_weight(name: str, w, precision: str) -> dict[str, np.ndarray]:
     return {name: q, name + "_scale": scale}
 
 
+def _is_product_weight(name: str) -> bool:
+    """Is the tensor ``name`` (``<prefix>weight...``) a matrix that a product multiplies, and
+    so stored in reduced precision? Peephole weights scale the cell state elementwise and stay
+    float32, as biases do."""
+    key = name.rpartition(".")[2]
+    return key.startswith("weight") and not key.startswith("weight_peephole")
+
+
 def _quantized_state(state: dict, precision: str) -> dict[str, np.ndarray]:
-    """A float module's state_dict as its quantized twin stores it: each weight through
-    :func:`quantize_weight` (keys ``<prefix>weight...``), everything else float32."""
+    """A float module's state_dict as its quantized twin stores it: each product weight through
+    :func:`quantize_weight`, everything else float32."""
     out: dict[str, np.ndarray] = {}
     for name, value in state.items():
-        if name.rpartition(".")[2].startswith("weight"):
+        if _is_product_weight(name):
             out.update(quantize_weight(name, value, precision))
         else:
             out[name] = np.asarray(value, dtype=np.float32)
@@ -110,17 +126,18 @@ def _inference_only(module, mode) -> None:
         )
 
 
-def _lstm_shapes(I, H, L, bias, bidirectional, P) -> dict:
-    """torch.nn.LSTM's parameter shapes, in state_dict order."""
+def _lstm_shapes(I, H, L, bias, bidirectional, P, peepholes) -> dict:
+    """el.LSTM's parameter shapes, in state_dict order."""
     D, Hout = (2 if bidirectional else 1), (P if P > 0 else H)
     shapes = {}
-    for name, kind, layer, _ in param_names(L, bidirectional, P, bias):
+    for name, kind, layer, _ in param_names(L, bidirectional, P, bias, peepholes):
         shapes[name] = {
             "weight_ih": (4 * H, I if layer == 0 else D * Hout),
             "weight_hh": (4 * H, Hout),
             "bias_ih": (4 * H,),
             "bias_hh": (4 * H,),
             "weight_hr": (P, H),
+            "weight_peephole": (3, H),
         }[kind]
     return shapes
 
@@ -130,7 +147,7 @@ def _expected_tensors(shapes: dict, precision: str) -> dict:
     weight and bias shapes."""
     out = {}
     for name, shape in shapes.items():
-        if name.startswith("weight"):
+        if _is_product_weight(name):
             out[name] = (shape, _STORAGE[precision])
             if precision == "int8":
                 out[name + "_scale"] = ((shape[0],), np.dtype(np.float32))
@@ -239,6 +256,8 @@ class QuantizedLSTM(_QuantizedModule):
     ----------
     input_size, hidden_size, num_layers, bias, batch_first, bidirectional, proj_size
         As :class:`~eigenlstm.nn.LSTM`'s.
+    peepholes, cell_clip, proj_clip : keyword-only
+        As :class:`~eigenlstm.nn.LSTM`'s; peephole weights stay float32.
     precision : {"int8", "bfloat16"}, keyword-only
         How the weights are stored and multiplied:
 
@@ -267,11 +286,17 @@ class QuantizedLSTM(_QuantizedModule):
         bidirectional: bool = False,
         proj_size: int = 0,
         *,
+        peepholes: bool = False,
+        cell_clip: float | None = None,
+        proj_clip: float | None = None,
         precision: str,
     ) -> None:
         where = "QuantizedLSTM"
         self.input_size, self.hidden_size, self.num_layers, self.proj_size = check_sizes(
             where, input_size, hidden_size, num_layers, proj_size
+        )
+        self.peepholes, self.cell_clip, self.proj_clip = check_variants(
+            where, peepholes, cell_clip, proj_clip, self.proj_size
         )
         self.bias, self.batch_first = bool(bias), bool(batch_first)
         self.bidirectional = bool(bidirectional)
@@ -286,6 +311,7 @@ class QuantizedLSTM(_QuantizedModule):
             self.bias,
             self.bidirectional,
             self.proj_size,
+            self.peepholes,
         )
         self._init_tensors(where, shapes)
 
@@ -306,6 +332,7 @@ class QuantizedLSTM(_QuantizedModule):
             lstm.batch_first,
             lstm.bidirectional,
             lstm.proj_size,
+            **variant_options(lstm),
             precision=precision,
         )
         out.load_state_dict(_quantized_state(lstm.state_dict(), precision))
@@ -322,6 +349,9 @@ class QuantizedLSTM(_QuantizedModule):
             self.proj_size,
             self.precision,
             tensors,
+            peepholes=self.peepholes,
+            cell_clip=self.cell_clip or 0.0,
+            proj_clip=self.proj_clip or 0.0,
         )
         return tensors, engine
 
@@ -437,6 +467,8 @@ class QuantizedLSTMModel(LSTMModel):
         num_layers: int = 1,
         *,
         bidirectional: bool = False,
+        peepholes: bool = False,
+        cell_clip: float | None = None,
         precision: str,
     ) -> None:
         where = "QuantizedLSTMModel"
@@ -453,6 +485,8 @@ class QuantizedLSTMModel(LSTMModel):
             self.num_layers,
             batch_first=True,
             bidirectional=bool(bidirectional),
+            peepholes=peepholes,
+            cell_clip=cell_clip,
             precision=self.precision,
         )
         D = 2 if self.lstm.bidirectional else 1
@@ -468,6 +502,7 @@ class QuantizedLSTMModel(LSTMModel):
             model.output_size,
             model.num_layers,
             bidirectional=model.bidirectional,
+            **variant_options(model.lstm),
             precision=precision,
         )
         out.load_state_dict(_quantized_state(model.state_dict(), precision))
@@ -482,6 +517,7 @@ class QuantizedLSTMModel(LSTMModel):
             "output_size": self.output_size,
             "num_layers": self.num_layers,
             "bidirectional": self.bidirectional,
+            **variant_options(self.lstm),
             "precision": self.precision,
         }
 

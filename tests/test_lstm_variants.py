@@ -1,0 +1,442 @@
+"""The LSTM cell variants: peepholes, cell clipping and projection clipping.
+
+Witnesses: a torch autograd model of each variant in float64 (tests/variant_reference.py) for
+outputs, final states and every gradient; ONNX Runtime's LSTM with peephole input P for the
+peepholes; float64 for float32. Finite differences are in test_lstm_gradcheck.py.
+"""
+# Sizes: T time steps, B batch, I input size, H hidden, P projection, Hout = P or H,
+# D directions, L layers.
+
+import io
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import eigenlstm as el
+from variant_reference import as_tensors, variant_forward
+
+T, B, I = 6, 4, 5
+# H = 19: with float32's gate blocks of 16 units a whole block plus a padded tail of 3; with
+# float64's blocks of 8, two whole blocks plus the tail. Every cell path runs.
+H = 19
+# Outputs and gradients are sums of O(10) products of O(1) values computed in a different
+# order; float64 keeps them within a few ulps of 1e-16, so 1e-9 relative has a wide margin.
+RTOL64 = 1e-9
+# Float32 against float64: rounding of O(T * H) accumulations at 6e-8 each.
+RTOL32 = 1e-5
+
+VARIANTS = {
+    "peepholes": {"peepholes": True},
+    "cell_clip": {"cell_clip": 0.4},
+    "proj_clip": {"proj_clip": 0.05},
+    "peepholes+cell_clip": {"peepholes": True, "cell_clip": 0.4},
+    "all": {"peepholes": True, "cell_clip": 0.4, "proj_clip": 0.05},
+}
+STRUCTURES = {
+    # name: (num_layers, bidirectional, proj_size, bias, lengths)
+    "L1": (1, False, 0, True, None),
+    "L2-bi-lengths": (2, True, 0, True, [6, 0, 3, 1]),
+    "L2-bi-P3-lengths": (2, True, 3, True, [2, 6, 0, 5]),
+    "L1-P4-nobias": (1, False, 4, False, None),
+}
+
+
+def cases():
+    return [
+        pytest.param(options, L, bi, P, bias, lengths, id=f"{vname}-{sname}")
+        for vname, options in VARIANTS.items()
+        for sname, (L, bi, P, bias, lengths) in STRUCTURES.items()
+        if P > 0 or "proj_clip" not in options
+    ]
+
+
+def make(options, L, bi, P, bias, dtype=np.float64, seed=0):
+    """An LSTM with larger weights than the default init (U(-0.6, 0.6) instead of
+    U(-0.23, 0.23)), so that the states reach the clips, and one problem for it."""
+    lstm = el.LSTM(
+        I, H, L, bias=bias, bidirectional=bi, proj_size=P, dtype=dtype, seed=seed, **options
+    )
+    rng = np.random.default_rng(seed)
+    lstm.load_state_dict({k: rng.uniform(-0.6, 0.6, v.shape) for k, v in lstm.state_dict().items()})
+    D, Hout = (2 if bi else 1), (P or H)
+    arrays = {
+        "x": rng.standard_normal((T, B, I)),
+        "h0": 0.5 * rng.standard_normal((D * L, B, Hout)),
+        "c0": rng.standard_normal((D * L, B, H)),
+        "d_output": rng.standard_normal((T, B, D * Hout)),
+        "dh_n": rng.standard_normal((D * L, B, Hout)),
+        "dc_n": rng.standard_normal((D * L, B, H)),
+    }
+    return lstm, arrays
+
+
+def run(lstm, a, lengths):
+    """Forward and backward of ``lstm``: {output, h_n, c_n, dx, dh0, dc0, <param grads>}."""
+    lstm.zero_grad()
+    out, (h_n, c_n) = lstm(a["x"], (a["h0"], a["c0"]), lengths=lengths)
+    dx, (dh0, dc0) = lstm.backward(a["d_output"], (a["dh_n"], a["dc_n"]))
+    return dict(output=out, h_n=h_n, c_n=c_n, dx=dx, dh0=dh0, dc0=dc0, **lstm.grads)
+
+
+def oracle(lstm, a, lengths):
+    """The same, from the torch autograd model of the variants."""
+    params = as_tensors(lstm.state_dict())
+    inputs = as_tensors({k: a[k] for k in ("x", "h0", "c0")})
+    out, h_n, c_n = variant_forward(
+        params,
+        inputs["x"],
+        inputs["h0"],
+        inputs["c0"],
+        num_layers=lstm.num_layers,
+        bidirectional=lstm.bidirectional,
+        proj_size=lstm.proj_size,
+        lengths=lengths,
+        peepholes=lstm.peepholes,
+        cell_clip=lstm.cell_clip,
+        proj_clip=lstm.proj_clip,
+    )
+    loss = (
+        (out * torch.tensor(a["d_output"])).sum()
+        + (h_n * torch.tensor(a["dh_n"])).sum()
+        + (c_n * torch.tensor(a["dc_n"])).sum()
+    )
+    loss.backward()
+    res = dict(output=out, h_n=h_n, c_n=c_n)
+    res.update({"d" + k: v.grad for k, v in inputs.items()})
+    res.update({k: v.grad for k, v in params.items()})
+    return {k: v.detach().numpy() for k, v in res.items()}
+
+
+def assert_close(got, want, rtol):
+    assert list(got) == list(want)
+    for key in want:
+        scale = max(np.abs(want[key]).max(), 1.0)
+        np.testing.assert_allclose(got[key], want[key], rtol=rtol, atol=rtol * scale, err_msg=key)
+
+
+@pytest.mark.parametrize("options, L, bi, P, bias, lengths", cases())
+def test_matches_the_torch_autograd_model_float64(options, L, bi, P, bias, lengths):
+    lstm, a = make(options, L, bi, P, bias)
+    want = oracle(lstm, a, lengths)
+    assert_close(run(lstm, a, lengths), want, RTOL64)
+    # The clips bite: some states sit at the bound (so the test sees clipping at all).
+    if "cell_clip" in options:
+        (c_all,) = [want["c_n"]]
+        assert np.isclose(np.abs(c_all), options["cell_clip"]).any()
+    if "proj_clip" in options:
+        assert np.isclose(np.abs(want["output"]), options["proj_clip"]).mean() > 0.2
+
+
+@pytest.mark.parametrize("options, L, bi, P, bias, lengths", cases())
+def test_float32_agrees_with_float64(options, L, bi, P, bias, lengths):
+    lstm64, a = make(options, L, bi, P, bias)
+    lstm32, _ = make(options, L, bi, P, bias, dtype=np.float32)
+    lstm32.load_state_dict(lstm64.state_dict())
+    want = run(lstm64, a, lengths)
+    got = run(lstm32, a, lengths)
+    for key in want:
+        assert got[key].dtype == np.float32, key
+    # Where a float64 state sits exactly at a clip, float32 rounding may put it on either side
+    # of the kink; those are measure-zero here (no state is within 1e-5 of a bound that it
+    # does not sit on), so the gradients agree too.
+    assert_close(got, want, RTOL32)
+
+
+def test_the_variants_change_the_results():
+    """Each option changes what a plain LSTM with the same weights computes (so the tests
+    above would see an option that is ignored)."""
+    for options in ({"peepholes": True}, {"cell_clip": 0.4}, {"proj_clip": 0.05}):
+        P = 3 if "proj_clip" in options else 0
+        lstm, a = make(options, 2, True, P, True)
+        plain = el.LSTM(I, H, 2, bidirectional=True, proj_size=P, dtype=np.float64, seed=0)
+        plain.load_state_dict({k: v for k, v in lstm.state_dict().items() if "peephole" not in k})
+        y, _ = lstm(a["x"], (a["h0"], a["c0"]))
+        y_plain, _ = plain(a["x"], (a["h0"], a["c0"]))
+        assert np.abs(y - y_plain).max() > 1e-2, options
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_results_do_not_depend_on_the_thread_count(threads):
+    options = VARIANTS["all"]
+    lstm, a = make(options, 2, True, 3, True)
+    saved = el.get_num_threads()
+    try:
+        el.set_num_threads(1)
+        want = run(lstm, a, [6, 2, 0, 5])
+        el.set_num_threads(threads)
+        got = run(lstm, a, [6, 2, 0, 5])
+    finally:
+        el.set_num_threads(saved)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+# ---- ONNX Runtime: a second witness for peepholes ----------------------------------------------
+def peephole_node_model(lstm):
+    """An ONNX LSTM node built by hand from ``lstm``'s weights (one layer): W, R, B in ONNX's
+    gate order i, o, f, c and P = [w_ci, w_co, w_cf], as the ONNX operator defines them."""
+    sd = lstm.state_dict()
+    D = lstm.num_directions
+    sfx = ["", "_reverse"][:D]
+    order = [0, 3, 1, 2]  # torch i, f, g, o -> ONNX i, o, f, c
+
+    def gates(w):
+        return np.concatenate([np.split(w, 4)[k] for k in order])
+
+    W = np.stack([gates(sd[f"weight_ih_l0{s}"]) for s in sfx]).astype(np.float32)
+    R = np.stack([gates(sd[f"weight_hh_l0{s}"]) for s in sfx]).astype(np.float32)
+    Bias = np.stack(
+        [np.concatenate([gates(sd[f"bias_ih_l0{s}"]), gates(sd[f"bias_hh_l0{s}"])]) for s in sfx]
+    ).astype(np.float32)
+    Pw = np.stack([sd[f"weight_peephole_l0{s}"][[0, 2, 1]].reshape(-1) for s in sfx]).astype(
+        np.float32
+    )
+    node = helper.make_node(
+        "LSTM",
+        ["X", "W", "R", "B", "", "", "", "P"],
+        ["Y", "Y_h", "Y_c"],
+        hidden_size=H,
+        direction="bidirectional" if D == 2 else "forward",
+    )
+    graph = helper.make_graph(
+        [node],
+        "peephole_lstm",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "N", I])],
+        [
+            helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", D, "N", H]),
+            helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [D, "N", H]),
+            helper.make_tensor_value_info("Y_c", TensorProto.FLOAT, [D, "N", H]),
+        ],
+        [
+            numpy_helper.from_array(W, "W"),
+            numpy_helper.from_array(R, "R"),
+            numpy_helper.from_array(Bias, "B"),
+            numpy_helper.from_array(Pw, "P"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def ort_session(model_bytes):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_peepholes_match_onnx_runtime(bidirectional):
+    lstm, a = make({"peepholes": True}, 1, bidirectional, 0, True, dtype=np.float32)
+    lstm.eval()
+    x = a["x"].astype(np.float32)
+    y, (h_n, c_n) = lstm(x)
+    Y, Y_h, Y_c = ort_session(peephole_node_model(lstm)).run(None, {"X": x})
+    D = lstm.num_directions
+    np.testing.assert_allclose(
+        y, Y.transpose(0, 2, 1, 3).reshape(T, B, D * H), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(h_n, Y_h, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(c_n, Y_c, rtol=1e-5, atol=1e-5)
+
+
+def test_a_peephole_lstm_exports_to_onnx_and_runs_in_onnx_runtime():
+    lstm, a = make({"peepholes": True}, 2, True, 0, True, dtype=np.float32)
+    lstm.eval()
+    buf = io.BytesIO()
+    el.onnx.export(lstm, buf, lengths=True)
+    x = a["x"].astype(np.float32)
+    lengths = np.array([6, 1, 3, 4])
+    y, (h_n, c_n) = lstm(x, lengths=lengths)
+    out, h, c = ort_session(buf.getvalue()).run(None, {"input": x, "lengths": lengths})
+    for got, want in ((out, y), (h, h_n), (c, c_n)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options, P, name",
+    [
+        ({"cell_clip": 1.0}, 0, "cell_clip"),
+        ({"proj_clip": 1.0}, 2, "proj_clip"),
+        ({"peepholes": True}, 2, "peepholes"),
+    ],
+)
+def test_onnx_export_refuses_what_onnx_cannot_express(options, P, name):
+    lstm = el.LSTM(3, 4, proj_size=P, seed=0, **options)
+    with pytest.raises(ValueError, match=name):
+        el.onnx.export(lstm, io.BytesIO())
+
+
+# ---- the module's contract -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"peepholes": 1}, TypeError, "peepholes must be a bool, got int 1"),
+        ({"peepholes": "yes"}, TypeError, "peepholes must be a bool"),
+        ({"cell_clip": -1.0}, ValueError, r"cell_clip must be a finite float > 0.*got -1\.0"),
+        ({"cell_clip": 0}, ValueError, "cell_clip must be a finite float > 0"),
+        ({"cell_clip": float("nan")}, ValueError, "cell_clip must be a finite float > 0"),
+        ({"cell_clip": float("inf")}, ValueError, "cell_clip must be a finite float > 0"),
+        ({"cell_clip": "1"}, TypeError, "cell_clip must be a float or None, got str"),
+        ({"cell_clip": True}, TypeError, "cell_clip must be a float or None, got bool"),
+        ({"proj_clip": 1.0}, ValueError, "proj_clip .*needs proj_size > 0.*proj_size=0"),
+        ({"proj_clip": -2.0, "proj_size": 2}, ValueError, "proj_clip must be a finite float > 0"),
+    ],
+)
+def test_bad_options_are_refused_with_their_name(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        el.LSTM(3, 4, **kwargs)
+
+
+def test_peephole_weights_are_parameters_with_torch_style_names():
+    lstm = el.LSTM(3, 4, 2, bidirectional=True, peepholes=True, seed=0)
+    keys = list(lstm.state_dict())
+    assert keys[:5] == [
+        "weight_ih_l0",
+        "weight_hh_l0",
+        "bias_ih_l0",
+        "bias_hh_l0",
+        "weight_peephole_l0",
+    ]
+    assert "weight_peephole_l1_reverse" in keys
+    assert lstm.weight_peephole_l0.shape == (3, 4)
+    assert lstm.weight_peephole_l0.grad.shape == (3, 4)
+    # the default init, as every other parameter: U(-1/sqrt(H), 1/sqrt(H)), not zero
+    w = lstm.weight_peephole_l1_reverse
+    assert np.abs(w).max() <= 0.5 and np.abs(w).max() > 0
+    # names in named_parameters (what optimizers see)
+    assert "weight_peephole_l1_reverse" in dict(lstm.named_parameters())
+    assert (
+        repr(lstm) == "LSTM(3, 4, num_layers=2, bidirectional=True, peepholes=True, dtype=float32)"
+    )
+
+
+def test_load_state_dict_checks_the_peephole_weights_and_changes_nothing_on_error():
+    lstm = el.LSTM(3, 4, peepholes=True, seed=0)
+    before = lstm.state_dict()
+    bad = dict(before, weight_peephole_l0=np.zeros((4, 3)))
+    with pytest.raises(ValueError, match=r"weight_peephole_l0.*\(3, 4\).*\(4, 3\)"):
+        lstm.load_state_dict(bad)
+    missing = {k: v for k, v in before.items() if k != "weight_peephole_l0"}
+    with pytest.raises(ValueError, match="weight_peephole_l0"):
+        lstm.load_state_dict(missing)
+    plain_keys = el.LSTM(3, 4, seed=0).state_dict()
+    with pytest.raises(ValueError, match="weight_peephole_l0"):
+        el.LSTM(3, 4, seed=0).load_state_dict(dict(plain_keys, weight_peephole_l0=np.zeros((3, 4))))
+    for k, v in lstm.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_a_loaded_state_dict_reproduces_the_outputs():
+    src, a = make({"peepholes": True, "cell_clip": 0.4}, 2, False, 0, True, dtype=np.float32)
+    dst = el.LSTM(I, H, 2, peepholes=True, cell_clip=0.4, seed=5)
+    dst.load_state_dict(src.state_dict())
+    x = a["x"].astype(np.float32)
+    np.testing.assert_array_equal(dst.eval()(x)[0], src.eval()(x)[0])
+
+
+def test_a_model_with_variants_saves_and_loads(tmp_path):
+    model = el.LSTMModel(3, 8, 2, peepholes=True, cell_clip=0.5, seed=0)
+    assert model.config()["peepholes"] is True and model.config()["cell_clip"] == 0.5
+    path = tmp_path / "m.npz"
+    el.save(model, path)
+    back = el.load(path)
+    assert back.config() == model.config()
+    assert back.lstm.peepholes and back.lstm.cell_clip == 0.5
+    x = np.random.default_rng(0).standard_normal((4, 5, 3))
+    np.testing.assert_array_equal(back.eval().predict(x), model.eval().predict(x))
+    # a plain model's config is what releases before the variants wrote
+    assert "peepholes" not in el.LSTMModel(3, 8, 2, seed=0).config()
+
+
+def test_a_checkpoint_with_variants_has_the_format_version_that_holds_them(tmp_path):
+    import json
+
+    for model, version in (
+        (el.LSTMModel(3, 8, 1, peepholes=True, seed=0), 4),
+        (el.LSTMModel(3, 8, 1, seed=0), 2),
+    ):
+        el.save(model, tmp_path / "m.npz")
+        with np.load(tmp_path / "m.npz") as z:
+            assert json.loads(str(z["meta"][()]))["format_version"] == version
+
+
+def test_keras_save_refuses_a_variant(tmp_path):
+    model = el.LSTMModel(3, 8, 2, peepholes=True, seed=0)
+    with pytest.raises(ValueError, match="peepholes=True"):
+        el.keras.save(model, tmp_path / "m.keras")
+    assert not (tmp_path / "m.keras").exists()
+
+
+@pytest.mark.parametrize("precision", ["int8", "bfloat16"])
+def test_quantized_variants_follow_the_float_model(precision):
+    lstm, a = make(
+        {"peepholes": True, "cell_clip": 0.4, "proj_clip": 0.05}, 2, True, 3, True, dtype=np.float32
+    )
+    lstm.eval()
+    q = el.quantize(lstm, precision)
+    assert q.peepholes and q.cell_clip == 0.4 and q.proj_clip == 0.05
+    # peephole weights stay float32
+    assert q.state_dict()["weight_peephole_l0"].dtype == np.float32
+    x = a["x"].astype(np.float32)
+    y, (h_n, c_n) = lstm(x)
+    yq, (hq, cq) = q(x)
+    assert np.abs(cq).max() <= 0.4 and np.abs(yq).max() <= 0.05
+    np.testing.assert_allclose(yq, y, atol=0.05 * 0.1)
+    np.testing.assert_allclose(cq, c_n, atol=0.04)
+    # and a quantized model with the peepholes zeroed differs: they are used
+    sd = q.state_dict()
+    sd = {k: (np.zeros_like(v) if "peephole" in k else v) for k, v in sd.items()}
+    q.load_state_dict(sd)
+    assert np.abs(q(x)[1][1] - cq).max() > 1e-2
+
+
+def test_functional_layer_with_variants_matches_the_module():
+    lstm, a = make({"peepholes": True, "cell_clip": 0.4, "proj_clip": 0.05}, 1, False, 3, True)
+    sd = lstm.state_dict()
+    want = run(lstm, a, [6, 2, 4, 0])
+    y, (h_n, c_n), ctx = el.functional.lstm_layer_forward(
+        a["x"],
+        a["h0"][0],
+        a["c0"][0],
+        sd["weight_ih_l0"],
+        sd["weight_hh_l0"],
+        sd["bias_ih_l0"],
+        sd["bias_hh_l0"],
+        sd["weight_hr_l0"],
+        weight_peephole=sd["weight_peephole_l0"],
+        cell_clip=0.4,
+        proj_clip=0.05,
+        lengths=[6, 2, 4, 0],
+    )
+    dx, (dh0, dc0), grads = el.functional.lstm_layer_backward(
+        ctx, a["d_output"], (a["dh_n"][0], a["dc_n"][0])
+    )
+    np.testing.assert_array_equal(y, want["output"])
+    np.testing.assert_array_equal(c_n, want["c_n"][0])
+    np.testing.assert_array_equal(dx, want["dx"])
+    np.testing.assert_array_equal(dc0, want["dc0"][0])
+    for k, v in grads.items():
+        np.testing.assert_array_equal(v, want[k + "_l0"], err_msg=k)
+    assert set(grads) == {
+        "weight_ih",
+        "weight_hh",
+        "bias_ih",
+        "bias_hh",
+        "weight_hr",
+        "weight_peephole",
+    }
+    with pytest.raises(ValueError, match=r"weight_peephole.*\(3, 19\)"):
+        el.functional.lstm_layer_forward(
+            a["x"],
+            a["h0"][0],
+            a["c0"][0],
+            sd["weight_ih_l0"],
+            sd["weight_hh_l0"],
+            weight_hr=sd["weight_hr_l0"],
+            weight_peephole=np.zeros((3, 4)),
+        )
