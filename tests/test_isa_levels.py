@@ -164,10 +164,16 @@ def test_every_level_agrees_with_the_float64_reference(level, record_property):
 
 
 # parity, gradcheck, determinism, streams, reduced precision
-SUITES = ["test_lstm_parity.py", "test_lstm_gradcheck.py", "test_stream.py", "test_quantized.py"]
+SUITES = [
+    "test_lstm_parity.py",
+    "test_lstm_gradcheck.py",
+    "test_lstm_variants.py",
+    "test_stream.py",
+    "test_quantized.py",
+]
 
 
-@pytest.mark.slow  # three test files again, in a subprocess per level
+@pytest.mark.slow  # these test files again, in a subprocess per level
 @pytest.mark.parametrize("level", [lv for lv in LEVELS if lv != IN_PROCESS])
 def test_parity_gradcheck_and_determinism_suites_pass_at_every_other_level(level, record_property):
     """The level in use runs these suites in this process; each other level in a subprocess."""

@@ -69,18 +69,24 @@ inline void cell_forward_n(S* g, Index ldg, Index R, const S* c_prev, S* c, Inde
         gg(g + 2 * N, N, R, Str(ldg)), o(g + 3 * N, N, R, Str(ldg)), cm(c, N, R, Str(ldc)),
         hm(h, N, R, Str(ldh));
     const Eigen::Map<const A, 0, Str> cp(c_prev, N, R, Str(ldc));
-    if (peep) {
-        i = (i + cp.colwise() * V(peep.i)).unaryExpr(SigmoidOp<S>());
-        f = (f + cp.colwise() * V(peep.f)).unaryExpr(SigmoidOp<S>());
-    } else {
-        i = i.unaryExpr(SigmoidOp<S>());
-        f = f.unaryExpr(SigmoidOp<S>());
-    }
+    // The peephole terms go in column by column: a product with a replicated column
+    // (cp.colwise() * w) has no packet access in Eigen 3.4, and the sigmoid of it would be
+    // evaluated one scalar at a time through libm's expf (1.25x the plain cell's forward).
+    if (peep)
+        for (Index r = 0; r < R; ++r) {
+            i.col(r) += cp.col(r) * V(peep.i);
+            f.col(r) += cp.col(r) * V(peep.f);
+        }
+    i = i.unaryExpr(SigmoidOp<S>());
+    f = f.unaryExpr(SigmoidOp<S>());
     gg = gg.tanh();
     if (!peep) o = o.unaryExpr(SigmoidOp<S>());
     cm = f * cp + i * gg;
     if (clip > 0) cm = cm.max(-clip).min(clip);
-    if (peep) o = (o + cm.colwise() * V(peep.o)).unaryExpr(SigmoidOp<S>());
+    if (peep) {
+        for (Index r = 0; r < R; ++r) o.col(r) += cm.col(r) * V(peep.o);
+        o = o.unaryExpr(SigmoidOp<S>());
+    }
     hm = o * cm.tanh();
     if (y) Eigen::Map<A, 0, Str>(y, N, R, Str(ldy)) = hm;
 }
