@@ -163,6 +163,26 @@ eigenlstm::Config config_of(Index input_size, Index hidden_size, Index num_layer
     return c;
 }
 
+// The cell variants of a config from keyword arguments (eigenlstm.LSTM checks their values;
+// the engine checks them again): peepholes (bool), cell_clip, proj_clip, recurrent_dropout,
+// weight_drop, zoneout_c, zoneout_h (float, 0 for off). An unknown keyword is a TypeError.
+void set_variants(eigenlstm::Config& c, const py::kwargs& variants) {
+    for (const auto& [key, value] : variants) {
+        const std::string name = py::str(key);
+        if (name == "peepholes") c.peepholes = value.cast<bool>();
+        else if (name == "cell_clip") c.cell_clip = value.cast<double>();
+        else if (name == "proj_clip") c.proj_clip = value.cast<double>();
+        else if (name == "recurrent_dropout") c.recurrent_dropout = value.cast<double>();
+        else if (name == "weight_drop") c.weight_drop = value.cast<double>();
+        else if (name == "zoneout_c") c.zoneout_c = value.cast<double>();
+        else if (name == "zoneout_h") c.zoneout_h = value.cast<double>();
+        else
+            throw py::type_error("unexpected keyword argument '" + name +
+                                 "' (cell variants: peepholes, cell_clip, proj_clip, "
+                                 "recurrent_dropout, weight_drop, zoneout_c, zoneout_h)");
+    }
+}
+
 // The engine's forward of checked arguments: LSTM<S>'s in either mode, QuantizedLSTM's in
 // evaluation mode (it has no other).
 template <typename S>
@@ -399,19 +419,15 @@ void bind_engine(py::module_& m, const char* name) {
     py::class_<E>(m, name, "The C++ LSTM engine for one dtype (see eigenlstm.LSTM).")
         .def(py::init([](Index input_size, Index hidden_size, Index num_layers, bool bias,
                          bool bidirectional, Index proj_size, double dropout, bool reverse,
-                         std::uint64_t seed, bool peepholes, double cell_clip, double proj_clip) {
+                         std::uint64_t seed, const py::kwargs& variants) {
                  eigenlstm::Config c = config_of(input_size, hidden_size, num_layers, bias,
                                                  bidirectional, proj_size, dropout, reverse);
-                 c.peepholes = peepholes;
-                 c.cell_clip = cell_clip;
-                 c.proj_clip = proj_clip;
+                 set_variants(c, variants);
                  return new E(c, seed);
              }),
              py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),
              py::arg("bias"), py::arg("bidirectional"), py::arg("proj_size"),
-             py::arg("dropout"), py::arg("reverse"), py::arg("seed"), py::kw_only(),
-             py::arg("peepholes") = false, py::arg("cell_clip") = 0.0,
-             py::arg("proj_clip") = 0.0)
+             py::arg("dropout"), py::arg("reverse"), py::arg("seed"))
         .def_property_readonly("num_params", [](const E& e) { return e.lstm.num_params(); })
         .def_property_readonly(
             "params", [](py::object self) {
@@ -523,13 +539,11 @@ struct QuantizedEngine : Forward<float, eigenlstm::QuantizedLSTM> {
 QuantizedEngine* make_quantized_engine(Index input_size, Index hidden_size, Index num_layers,
                                        bool bias, bool bidirectional, Index proj_size,
                                        const std::string& precision, const py::dict& tensors,
-                                       bool peepholes, double cell_clip, double proj_clip) {
+                                       const py::kwargs& variants) {
     const char* fn = "QuantizedEngine";
     eigenlstm::Config c =
         config_of(input_size, hidden_size, num_layers, bias, bidirectional, proj_size);
-    c.peepholes = peepholes;
-    c.cell_clip = cell_clip;
-    c.proj_clip = proj_clip;
+    set_variants(c, variants);
     c.validate();
     const eigenlstm::Precision p = precision_of(precision);
     const bool int8 = p == eigenlstm::Precision::int8;
@@ -556,7 +570,7 @@ QuantizedEngine* make_quantized_engine(Index input_size, Index hidden_size, Inde
                 w.bias_ih.push_back(tensor_of<float>(fn, tensors, "bias_ih" + sfx, {G}, keep));
                 w.bias_hh.push_back(tensor_of<float>(fn, tensors, "bias_hh" + sfx, {G}, keep));
             }
-            if (peepholes)
+            if (c.peepholes)
                 w.peephole.push_back(
                     tensor_of<float>(fn, tensors, "weight_peephole" + sfx, {3, H}, keep));
         }
@@ -569,9 +583,7 @@ void bind_quantized(py::module_& m) {
                   "The C++ reduced-precision LSTM (see eigenlstm.nn.QuantizedLSTM).")
         .def(py::init(&make_quantized_engine), py::arg("input_size"), py::arg("hidden_size"),
              py::arg("num_layers"), py::arg("bias"), py::arg("bidirectional"),
-             py::arg("proj_size"), py::arg("precision"), py::arg("tensors"), py::kw_only(),
-             py::arg("peepholes") = false, py::arg("cell_clip") = 0.0,
-             py::arg("proj_clip") = 0.0)
+             py::arg("proj_size"), py::arg("precision"), py::arg("tensors"))
         .def(
             "forward",
             [](E& e, const In<float>& x, const std::optional<In<float>>& h0,

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "backend.hpp"
 #include "buffer.hpp"
@@ -34,6 +35,14 @@ void Config::validate() const {
     // !(x >= 0) also refuses NaN
     EIGENLSTM_REQUIRE(cell_clip >= 0.0, "cell_clip must be >= 0 (0: none), got " + std::to_string(cell_clip));
     EIGENLSTM_REQUIRE(proj_clip >= 0.0, "proj_clip must be >= 0 (0: none), got " + std::to_string(proj_clip));
+    EIGENLSTM_REQUIRE(recurrent_dropout >= 0.0 && recurrent_dropout < 1.0,
+                      "recurrent_dropout must be in [0, 1), got " + std::to_string(recurrent_dropout));
+    EIGENLSTM_REQUIRE(weight_drop >= 0.0 && weight_drop < 1.0,
+                      "weight_drop must be in [0, 1), got " + std::to_string(weight_drop));
+    EIGENLSTM_REQUIRE(zoneout_c >= 0.0 && zoneout_c <= 1.0,
+                      "zoneout_c must be in [0, 1], got " + std::to_string(zoneout_c));
+    EIGENLSTM_REQUIRE(zoneout_h >= 0.0 && zoneout_h <= 1.0,
+                      "zoneout_h must be in [0, 1], got " + std::to_string(zoneout_h));
     EIGENLSTM_REQUIRE(proj_clip == 0.0 || proj_size > 0,
                       "proj_clip needs proj_size > 0, got proj_clip=" + std::to_string(proj_clip) +
                           " with proj_size=0");
@@ -135,10 +144,9 @@ void LSTM<S>::forward(S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0
                       const std::int64_t* lengths, Index T, Index B, bool training) {
     Impl& m = *impl_;
     m.engine->forward(y, h_n, c_n, x, h0, c0, lengths, T, B, training, m.seed, m.counter);
-    // Each training-mode forward that applies dropout takes the next counter (only once it
+    // Each training-mode forward that draws masks takes the next counter (only once it
     // succeeded: a failed call changes nothing).
-    const Config& c = m.layout.cfg;
-    if (training && c.dropout > 0 && c.num_layers > 1) ++m.counter;
+    if (training && m.layout.cfg.draws_masks()) ++m.counter;
 }
 
 template <typename S>
@@ -202,9 +210,14 @@ struct QuantizedLSTM::Impl {
 QuantizedLSTM::QuantizedLSTM(const Config& config, Precision precision,
                              const QuantizedWeights& w)
     : impl_(std::make_unique<Impl>(config, precision)) {
-    EIGENLSTM_REQUIRE(config.dropout == 0.0,
-                      "QuantizedLSTM: dropout must be 0 (inference only), got " +
-                          std::to_string(config.dropout));
+    // the options that act in training mode only
+    for (const auto& [name, value] :
+         {std::pair<const char*, double>{"dropout", config.dropout},
+          {"recurrent_dropout", config.recurrent_dropout},
+          {"weight_drop", config.weight_drop}})
+        EIGENLSTM_REQUIRE(value == 0.0, std::string("QuantizedLSTM: ") + name +
+                                            " must be 0 (inference only), got " +
+                                            std::to_string(value));
     const Index n = config.num_layers * config.directions();
     const bool int8 = precision == Precision::int8;
     require_pointers(w.weight_ih, n, "weight_ih");

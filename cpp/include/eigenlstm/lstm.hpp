@@ -33,10 +33,22 @@ struct Config {
     double cell_clip = 0.0;   // > 0: c_t clipped to [-cell_clip, cell_clip] after the update
     double proj_clip = 0.0;   // > 0: the projection W_hr r_t clipped to [-proj_clip, proj_clip]
                               // (needs proj_size > 0)
+    // Regularizers of the recurrence, training mode only (masks from the dropout stream):
+    double recurrent_dropout = 0.0;  // h_{t-1} entering W_hh is h_{t-1}*m/(1-p), one mask
+                                     // per sequence and unit for the whole call; in [0, 1)
+    double weight_drop = 0.0;        // W_hh*M/(1-p), one mask per call; in [0, 1)
+    double zoneout_c = 0.0;          // zoneout of c: training c_t = m*c_{t-1} + (1-m)*c~_t,
+    double zoneout_h = 0.0;          // m ~ Bernoulli(z) per element and step; evaluation
+                                     // c_t = z*c_{t-1} + (1-z)*c~_t. Same for h. In [0, 1]
 
     Index directions() const { return bidirectional ? 2 : 1; }
     Index output_size() const { return proj_size > 0 ? proj_size : hidden_size; }
     Index gate_size() const { return 4 * hidden_size; }
+    // Does a training-mode forward draw masks (and so take the next dropout-stream counter)?
+    bool draws_masks() const {
+        return (dropout > 0 && num_layers > 1) || recurrent_dropout > 0 || weight_drop > 0 ||
+               zoneout_c > 0 || zoneout_h > 0;
+    }
     // Throws std::invalid_argument naming the field, the expected and the given value.
     void validate() const;
 };
@@ -159,8 +171,9 @@ public:
     Index param_offset(Param kind, Index layer, Index dir) const;
 
     // ---- dropout random stream ---------------------------------------------------------
-    // Masks come from a counter-based generator: (seed, counter) is the whole state, and each
-    // training-mode forward with dropout > 0 and L > 1 advances the counter by one.
+    // Masks (dropout, recurrent_dropout, weight_drop, zoneout) come from a counter-based
+    // generator: (seed, counter) is the whole state, and each training-mode forward that draws
+    // masks (config.draws_masks()) advances the counter by one.
     std::uint64_t rng_seed() const;
     std::uint64_t rng_counter() const;
     void set_rng_state(std::uint64_t seed, std::uint64_t counter);
@@ -266,7 +279,8 @@ struct QuantizedWeights {
 class QuantizedLSTM {
 public:
     // Packs the weights (copies: the caller's arrays may be freed afterwards). Throws
-    // std::invalid_argument for a bad config (config.dropout must be 0; int8: depths up to
+    // std::invalid_argument for a bad config (config.dropout, recurrent_dropout and
+    // weight_drop must be 0; zoneout acts as in evaluation; int8: depths up to
     // kMaxInt8Depth), a missing pointer, a pointer count other than L*D or an int8 weight of
     // -128, std::bad_alloc when the weights cannot be allocated.
     QuantizedLSTM(const Config& config, Precision precision, const QuantizedWeights& weights);

@@ -5,6 +5,7 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cstring>
 
 #include "activations.hpp"
@@ -97,9 +98,11 @@ inline void cell_forward_n(S* g, Index ldg, Index R, const S* c_prev, S* c, Inde
 //   dh      [N]    dL/dh_t (before any projection); read only
 //   dc      [N]    dL/dc_t in (from later steps); dL/dc_{t-1} out
 //   peep, clip     as in the forward
+//   dpeep   [3, ldp]  with peep: the peephole gradients, += da_i*c_{t-1}, da_f*c_{t-1},
+//                  da_o*c_t (rows i, f, o, first N of each)
 template <typename S, int N>
 inline void cell_backward_n(S* g, const S* c_t, const S* c_prev, const S* dh, S* dc,
-                            const Peepholes<S>& peep, S clip) {
+                            const Peepholes<S>& peep, S clip, S* dpeep, Index ldp) {
     using A = Eigen::Array<S, N, 1>;
     using V = Eigen::Map<const A>;
     Eigen::Map<A> ai(g), af(g + N), ag(g + 2 * N), ao(g + 3 * N), dcm(dc);
@@ -123,7 +126,13 @@ inline void cell_backward_n(S* g, const S* c_t, const S* c_prev, const S* dh, S*
     ag = dct * i * (S(1) - gg * gg);
     dcm = dct * f;
     // forward: a_i += w_ci*c_prev, a_f += w_cf*c_prev  ->  dc_prev += da_i*w_ci + da_f*w_cf
-    if (peep) dcm += ai * V(peep.i) + af * V(peep.f);
+    //          and dw_ci += da_i*c_prev, dw_cf += da_f*c_prev, dw_co += da_o*c_t
+    if (peep) {
+        dcm += ai * V(peep.i) + af * V(peep.f);
+        Eigen::Map<A>(dpeep) += ai * cp;
+        Eigen::Map<A>(dpeep + ldp) += af * cp;
+        Eigen::Map<A>(dpeep + 2 * ldp) += dao * ct;
+    }
 }
 
 // The peephole weights of a padded block: the w < N values of each row copied to the stack,
@@ -163,17 +172,20 @@ inline void cell_forward_padded(S* g, Index w, const S* c_prev, S* c, S* h, S* y
 
 template <typename S, int N>
 inline void cell_backward_padded(S* g, Index w, const S* c_t, const S* c_prev, const S* dh,
-                                 S* dc, const Peepholes<S>& peep, S clip) {
+                                 S* dc, const Peepholes<S>& peep, S clip, S* dpeep, Index ldp) {
     alignas(64) S tg[4 * N] = {}, tct[N] = {}, tcp[N] = {}, tdh[N] = {}, tdc[N] = {},
-                    tp[3 * N] = {};
+                    tp[3 * N] = {}, tdp[3 * N] = {};
     for (Index q = 0; q < 4; ++q) copy_short<N>(tg + q * N, g + q * w, w);
     copy_short<N>(tct, c_t, w);
     copy_short<N>(tcp, c_prev, w);
     copy_short<N>(tdh, dh, w);
     copy_short<N>(tdc, dc, w);
-    cell_backward_n<S, N>(tg, tct, tcp, tdh, tdc, pad_peepholes<S, N>(peep, w, tp), clip);
+    cell_backward_n<S, N>(tg, tct, tcp, tdh, tdc, pad_peepholes<S, N>(peep, w, tp), clip, tdp, N);
     for (Index q = 0; q < 4; ++q) copy_short<N>(g + q * w, tg + q * N, w);
     copy_short<N>(dc, tdc, w);
+    if (peep)
+        for (Index q = 0; q < 3; ++q)
+            for (Index j = 0; j < w; ++j) dpeep[q * ldp + j] += tdp[q * N + j];
 }
 
 // The cell as the time loops see it, for one direction of one layer: one call per gate block
@@ -218,16 +230,30 @@ struct CellUnit {
         }
     }
 
-    void backward(Index ub, S* g, Index w, const S* c_t, const S* c_prev, const S* dh,
-                  S* dc) const {
+    // c~_t = f*c_{t-1} + i*g (clipped) of one row's block from its activated gates: the cell
+    // state forward computed before zoneout mixed c_{t-1} into it.
+    void candidate(const S* g, Index w, const S* c_prev, S* out) const {
+        for (Index j = 0; j < w; ++j) {
+            const S c = g[w + j] * c_prev[j] + g[j] * g[2 * w + j];
+            out[j] = clip > 0 ? std::min(clip, std::max(-clip, c)) : c;
+        }
+    }
+
+    // dpeep [3, H]: with peepholes, the direction's peephole gradients, accumulated here
+    // (+= at units [ub, ub + w): the thread that owns a block owns its gradients).
+    void backward(Index ub, S* g, Index w, const S* c_t, const S* c_prev, const S* dh, S* dc,
+                  S* dpeep) const {
         constexpr int HB = int(gate_block<S>());
         const Peepholes<S> p = peepholes_at(ub);
-        if (w == HB) cell_backward_n<S, HB>(g, c_t, c_prev, dh, dc, p, clip);
-        else if (w == HB / 2) cell_backward_n<S, HB / 2>(g, c_t, c_prev, dh, dc, p, clip);
-        else if (w == HB / 4) cell_backward_n<S, HB / 4>(g, c_t, c_prev, dh, dc, p, clip);
-        else if (4 * w <= HB) cell_backward_padded<S, HB / 4>(g, w, c_t, c_prev, dh, dc, p, clip);
-        else if (2 * w <= HB) cell_backward_padded<S, HB / 2>(g, w, c_t, c_prev, dh, dc, p, clip);
-        else cell_backward_padded<S, HB>(g, w, c_t, c_prev, dh, dc, p, clip);
+        S* dp = peephole ? dpeep + ub : nullptr;
+        if (w == HB) cell_backward_n<S, HB>(g, c_t, c_prev, dh, dc, p, clip, dp, H);
+        else if (w == HB / 2) cell_backward_n<S, HB / 2>(g, c_t, c_prev, dh, dc, p, clip, dp, H);
+        else if (w == HB / 4) cell_backward_n<S, HB / 4>(g, c_t, c_prev, dh, dc, p, clip, dp, H);
+        else if (4 * w <= HB)
+            cell_backward_padded<S, HB / 4>(g, w, c_t, c_prev, dh, dc, p, clip, dp, H);
+        else if (2 * w <= HB)
+            cell_backward_padded<S, HB / 2>(g, w, c_t, c_prev, dh, dc, p, clip, dp, H);
+        else cell_backward_padded<S, HB>(g, w, c_t, c_prev, dh, dc, p, clip, dp, H);
     }
 };
 

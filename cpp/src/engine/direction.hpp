@@ -61,6 +61,15 @@ struct DirectionPass {
     // model's T = 7 spends a seventh of them on it)
     bool zero_h0 = false;
     S proj_clip = 0;                   // > 0: h = clip(r W_hr^T) to [-proj_clip, proj_clip]
+    // recurrent dropout (training): h_{t-1} enters W_hh as h_{t-1} * rmask
+    const S* rmask = nullptr;          // [B, Hout] factors 0 or 1/(1-p), or nullptr
+    S* hm = nullptr;                   // [2, B, Hout] h_{t-1} * rmask, double-buffered
+    // zoneout: c_t = m*c_{t-1} + (1-m)*c~_t, h likewise; m from the masks in training (0 or
+    // 1 per element and step), else the constants (the masks' expectation)
+    const S* zc = nullptr;             // [T, B, H] training masks of c, or nullptr
+    const S* zh = nullptr;             // [T, B, Hout] training masks of h, or nullptr
+    S zoneout_c = 0, zoneout_h = 0;
+
 
     bool training() const { return hs != nullptr; }
 
@@ -73,10 +82,30 @@ struct DirectionPass {
         if (a.rs) a.rs += b0 * H;
         if (a.hbuf) { a.hbuf += b0 * Hout; a.cbuf += b0 * H; }
         if (a.rbuf) a.rbuf += b0 * H;
+        if (a.rmask) { a.rmask += b0 * Hout; a.hm += b0 * Hout; }
+        if (a.zc) a.zc += b0 * H;
+        if (a.zh) a.zh += b0 * Hout;
         a.rows = b1 - b0;
         return a;
     }
 };
+
+// Zoneout of columns [j0, j1) of R rows (row stride ld): x = m*prev + (1-m)*x, with m the
+// 0/1 training masks (row stride ld) or, without them, the constant z.
+template <typename S>
+inline void zone_out(S* x, const S* prev, const S* mask, S z, Index R, Index ld, Index j0,
+                     Index j1) {
+    for (Index b = 0; b < R; ++b) {
+        S* xb = x + b * ld;
+        const S* pb = prev + b * ld;
+        if (mask) {
+            const S* mb = mask + b * ld;
+            for (Index j = j0; j < j1; ++j) xb[j] = mb[j] != S(0) ? pb[j] : xb[j];
+        } else {
+            for (Index j = j0; j < j1; ++j) xb[j] = z * pb[j] + (S(1) - z) * xb[j];
+        }
+    }
+}
 
 // Forward time loop of one direction for thread `tid` of a team of `n`.
 // Step equations (gate order i, f, g, o; pre = x_t W_ih^T + b_ih + b_hh was computed for all
@@ -86,7 +115,9 @@ struct DirectionPass {
 //   c_t = f * c_{t-1} + i * g
 //   h_t = o * tanh(c_t)              (P > 0: r_t = o * tanh(c_t), h_t = r_t W_hr^T, clipped
 //                                     to [-proj_clip, proj_clip] if proj_clip > 0)
-// (the cell unit adds the variants that change the cell update: peepholes, cell clipping)
+// (the cell unit adds the variants that change the cell update: peepholes, cell clipping).
+// Recurrent dropout multiplies h_{t-1} by its mask before the product (a masked copy, hm);
+// zoneout mixes c_t and h_t with c_{t-1} and h_{t-1} after the cell (and the projection).
 // Rows past their length keep their state and output 0: the cell update runs over all rows
 // (its results for those rows are then replaced; backward zeroes their gate gradients).
 //   y     [T, B, ldy]  this direction's output columns; written for the pass's rows
@@ -115,6 +146,16 @@ void forward_direction(const DirectionPass<S, W>& a, const Cell& cell, S* y, con
             std::copy(c0 + b * H + u0, c0 + b * H + u1, cs0 + b * H + u0);
         }
     }
+    // h * rmask for the product, this thread's columns of h (the product reads all of them)
+    auto mask_h = [&](const S* h, S* out) {
+        for (Index b = 0; b < R; ++b)
+            for (Index j = h_lo; j < h_hi; ++j)
+                out[b * Hout + j] = h[b * Hout + j] * a.rmask[b * Hout + j];
+    };
+    if (a.rmask) {
+        mask_h(h0, a.hm);
+        barrier.wait();
+    }
     for (Index s = 0; s < T; ++s) {
         const Index t = a.reverse ? T - 1 - s : s;
         S* pre = a.gates + t * B * a.ldg;
@@ -124,12 +165,21 @@ void forward_direction(const DirectionPass<S, W>& a, const Cell& cell, S* y, con
         S* y_t = y + t * B * a.ldy;
 
         if (s > 0 || !a.zero_h0)
-            multiply<true>(R, h_prev, Hout, *a.whh_t, 4 * u0, 4 * u1, pre, a.ldg);
+            multiply<true>(R, a.rmask ? a.hm + (s & 1) * B * Hout : h_prev, Hout, *a.whh_t, 4 * u0,
+                           4 * u1, pre, a.ldg);
 
         for (Index ub = u0; ub < u1; ub += HB)
             cell.forward(ub, pre + 4 * ub, a.ldg, R, std::min(HB, H - ub), c_prev + ub, c_next + ub,
                          H, P == 0 ? h_next + ub : r + ub, P == 0 ? Hout : H,
                          P == 0 ? y_t + ub : nullptr, a.ldy);
+        if (a.zoneout_c > 0)
+            zone_out(c_next, c_prev, a.zc ? a.zc + t * B * H : nullptr, a.zoneout_c, R, H, u0, u1);
+        if (P == 0 && a.zoneout_h > 0) {
+            zone_out(h_next, h_prev, a.zh ? a.zh + t * B * Hout : nullptr, a.zoneout_h, R, Hout,
+                     u0, u1);
+            for (Index b = 0; b < R; ++b)
+                std::copy(h_next + b * Hout + u0, h_next + b * Hout + u1, y_t + b * a.ldy + u0);
+        }
         for (Index b = 0; b < R; ++b) {
             if (active(a.lengths, t, b)) continue;
             std::copy(c_prev + b * H + u0, c_prev + b * H + u1, c_next + b * H + u0);
@@ -148,6 +198,9 @@ void forward_direction(const DirectionPass<S, W>& a, const Cell& cell, S* y, con
                     for (Index j = q0; j < q1; ++j)
                         h_next[b * Hout + j] =
                             std::min(a.proj_clip, std::max(-a.proj_clip, h_next[b * Hout + j]));
+            if (a.zoneout_h > 0)
+                zone_out(h_next, h_prev, a.zh ? a.zh + t * B * Hout : nullptr, a.zoneout_h, R,
+                         Hout, q0, q1);
             for (Index b = 0; b < R; ++b) {
                 S* yb = y_t + b * a.ldy;
                 if (active(a.lengths, t, b)) {
@@ -158,6 +211,7 @@ void forward_direction(const DirectionPass<S, W>& a, const Cell& cell, S* y, con
                 }
             }
         }
+        if (a.rmask) mask_h(h_next, a.hm + ((s + 1) & 1) * B * Hout);
         barrier.wait();  // the next step's GEMM reads all of h_t
         h_prev = h_next;
         c_prev = c_next;
@@ -175,6 +229,7 @@ struct BackwardWork {
     S* dc;    // [B, H]        running dc
     S* dr;    // [B, H]        dr = dh W_hr (P > 0)
     S* dhs;   // [T, B, P]     dh_t of every step, for dW_hr (P > 0)
+    S* dpeep; // [3, H]        the peephole gradients (overwritten), with peepholes
 };
 
 // Backward time loop of one direction (reverse processing order) for thread `tid` of `n`.
@@ -188,6 +243,9 @@ struct BackwardWork {
 //                                    da_g = dg*(1-g^2), da_o = do*o*(1-o)
 //   forward: pre += h_prev W_hh^T  ->  dh_prev = da W_hh   (packed GEMM, this thread's columns)
 // da overwrites the gate cache in place; rows past their length pass dh and dc through.
+// Recurrent dropout: dh_prev *= rmask. Zoneout (masks m, 0 or 1): forward c_t = m*c_{t-1} +
+// (1-m)*c~_t, so the cell sees dc~ = (1-m)*dc and c~ (recomputed from the gates), and
+// dc_{t-1} gains m*dc; h likewise, with dh_{t-1} += m*dh.
 //   dy    [T, B, ldy]  gradient of this direction's output columns; read only
 //   dh_n  [B, Hout]    dc_n [B, H]   gradient of the final state; read only (nullptr: zeros)
 //   dh0   [B, Hout]    dc0 [B, H]    gradient of the initial state; overwritten
@@ -201,6 +259,9 @@ void backward_direction(const DirectionPass<S>& a, const Cell& cell, const S* dy
     Index q0 = u0, q1 = u1;  // this thread's columns of dh
     if (P > 0) split_range(P, Simd<S>::NR, tid, n, q0, q1);
 
+    // zoneout of c, or of h without a projection, goes through the cell's block loop
+    const bool zoned = a.zc != nullptr || (P == 0 && a.zh != nullptr);
+    constexpr Index kMaxBlock = gate_block<S>();
     S* dh = w.dh;
     S* dh_next = w.dh + B * Hout;
     S* dc = w.dc;
@@ -208,6 +269,8 @@ void backward_direction(const DirectionPass<S>& a, const Cell& cell, const S* dy
         for (Index j = q0; j < q1; ++j) dh[b * Hout + j] = dh_n ? dh_n[b * Hout + j] : S(0);
         for (Index j = u0; j < u1; ++j) dc[b * H + j] = dc_n ? dc_n[b * H + j] : S(0);
     }
+    if (w.dpeep)
+        for (Index q = 0; q < 3; ++q) std::fill(w.dpeep + q * H + u0, w.dpeep + q * H + u1, S(0));
     for (Index s = T - 1; s >= 0; --s) {
         const Index t = a.reverse ? T - 1 - s : s;
         S* da = a.gates + t * B * a.ldg;                 // gates in, d(pre) out
@@ -225,9 +288,11 @@ void backward_direction(const DirectionPass<S>& a, const Cell& cell, const S* dy
             const S* h_t = a.hs + slot_after(t, a.reverse) * B * P;
             for (Index b = 0; b < B; ++b) {
                 const bool on = active(a.lengths, t, b);
+                const S* zh = a.zh ? a.zh + (t * B + b) * P : nullptr;
                 for (Index j = q0; j < q1; ++j)
                     dhs_t[b * P + j] =
-                        on && !(a.proj_clip > 0 && std::abs(h_t[b * P + j]) >= a.proj_clip)
+                        on && !(a.proj_clip > 0 && std::abs(h_t[b * P + j]) >= a.proj_clip) &&
+                                !(zh && zh[j] != S(0))
                             ? dh[b * P + j]
                             : S(0);
             }
@@ -245,15 +310,44 @@ void backward_direction(const DirectionPass<S>& a, const Cell& cell, const S* dy
                     std::fill(g, g + 4 * wb, S(0));
                     continue;
                 }
-                cell.backward(ub, g, wb, c_t + b * H + ub, c_p + b * H + ub, dr + b * ldr + ub,
-                              dc + b * H + ub);
+                const S* cp = c_p + b * H + ub;
+                const S* drb = dr + b * ldr + ub;
+                S* dcb = dc + b * H + ub;
+                if (!zoned) {
+                    cell.backward(ub, g, wb, c_t + b * H + ub, cp, drb, dcb, w.dpeep);
+                    continue;
+                }
+                alignas(64) S c_cand[kMaxBlock], dc_cand[kMaxBlock], dr_cand[kMaxBlock];
+                const S* zc = a.zc ? a.zc + (t * B + b) * H + ub : nullptr;
+                const S* zh = P == 0 && a.zh ? a.zh + (t * B + b) * H + ub : nullptr;
+                if (zc) cell.candidate(g, wb, cp, c_cand);
+                for (Index j = 0; j < wb; ++j) {
+                    dc_cand[j] = zc && zc[j] != S(0) ? S(0) : dcb[j];
+                    dr_cand[j] = zh && zh[j] != S(0) ? S(0) : drb[j];
+                }
+                cell.backward(ub, g, wb, zc ? c_cand : c_t + b * H + ub, cp, dr_cand, dc_cand,
+                              w.dpeep);
+                for (Index j = 0; j < wb; ++j)
+                    dcb[j] = dc_cand[j] + (zc && zc[j] != S(0) ? dcb[j] : S(0));
             }
         }
         barrier.wait();  // dh_prev reads all of da
         gemm_panels<S, false>(B, da, a.ldg, *a.whh, q0, q1, dh_next, Hout);
-        for (Index b = 0; b < B; ++b)
-            if (!active(a.lengths, t, b))
-                std::copy(dh + b * Hout + q0, dh + b * Hout + q1, dh_next + b * Hout + q0);
+        for (Index b = 0; b < B; ++b) {
+            S* dn = dh_next + b * Hout;
+            const S* db = dh + b * Hout;
+            if (!active(a.lengths, t, b)) {
+                std::copy(db + q0, db + q1, dn + q0);
+                continue;
+            }
+            if (a.rmask)
+                for (Index j = q0; j < q1; ++j) dn[j] *= a.rmask[b * Hout + j];
+            if (a.zh) {
+                const S* zh = a.zh + (t * B + b) * Hout;
+                for (Index j = q0; j < q1; ++j)
+                    if (zh[j] != S(0)) dn[j] += db[j];
+            }
+        }
         std::swap(dh, dh_next);
     }
     for (Index b = 0; b < B; ++b) {

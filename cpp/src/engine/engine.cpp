@@ -129,6 +129,11 @@ struct LayerCache {
     Buffer<S> h;      // [D, T+1, B, Hout]  hidden states in time order (slot_before/after)
     Buffer<S> c;      // [D, T+1, B, H]     cell states, same slots
     Buffer<S> r;      // [D, T, B, H]       o*tanh(c) before projection (P > 0 only)
+    // the masks of the call (dropout.hpp), kept for backward
+    Buffer<S> rmask;  // [D, B, Hout]       recurrent dropout factors (recurrent_dropout > 0)
+    Buffer<S> hm;     // [D, 2, B, Hout]    forward: h_{t-1} * rmask, double-buffered
+    Buffer<S> zc;     // [D, T, B, H]       zoneout masks of c, 0 or 1 (zoneout_c > 0)
+    Buffer<S> zh;     // [D, T, B, Hout]    zoneout masks of h, 0 or 1 (zoneout_h > 0)
 };
 template <typename S>
 struct Cache {
@@ -202,17 +207,29 @@ DirectionPass<S, W> forward_pass(const Layout<S>& m, const ForwardWeights<S, W>&
     }
     a.rows = B;
     a.proj_clip = S(m.cfg.proj_clip);
+    a.zoneout_c = S(m.cfg.zoneout_c);
+    a.zoneout_h = S(m.cfg.zoneout_h);
+    if (lc) {  // training: the call's masks
+        if (m.cfg.recurrent_dropout > 0) {
+            a.rmask = lc->rmask.data() + d * B * Hout;
+            a.hm = lc->hm.data() + d * 2 * B * Hout;
+        }
+        if (m.cfg.zoneout_c > 0) a.zc = lc->zc.data() + d * T * B * H;
+        if (m.cfg.zoneout_h > 0) a.zh = lc->zh.data() + d * T * B * Hout;
+    }
     return a;
 }
 
 // The forward over the layer stack, for the weights fw in any representation. cache: nullptr
 // for an evaluation call; otherwise a training call that keeps in it what backward needs and
 // applies dropout (m.cfg.dropout, at stream position seed, counter) between layers.
+// whh_t: the recurrent weights the products take instead of fw.whh_t (a training call's
+// weight_drop), or nullptr.
 template <typename S, typename W>
 void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<S>& ws,
                     Cache<S>* cache, S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0,
                     const std::int64_t* lengths, Index T, Index B, std::uint64_t seed,
-                    std::uint64_t counter);
+                    std::uint64_t counter, const std::vector<W>* whh_t = nullptr);
 
 template <typename S>
 class EngineImpl final : public Engine<S> {
@@ -234,8 +251,10 @@ public:
                  std::uint64_t seed, std::uint64_t counter) override {
         const DenormalScope denormals;
         ScratchLease<S> ws(scratch_, scratch_mutex_);
+        const bool drop_weights = training && m_.cfg.weight_drop > 0;
+        if (drop_weights) drop_recurrent_weights(seed, counter);
         forward_layers<S>(m_, fw_, ws.get(), training ? &cache_ : nullptr, y, h_n, c_n, x, h0,
-                          c0, lengths, T, B, seed, counter);
+                          c0, lengths, T, B, seed, counter, drop_weights ? &wd_.whh_t : nullptr);
     }
     void forward_last(S* out, const S* x, const std::int64_t* lengths, Index T, Index B,
                       bool batch_first, const S* W, const S* bias, Index O) override;
@@ -259,8 +278,47 @@ private:
         Buffer<S> state;  // [D, B, 2*Hout + 2*H]  running dh (double-buffered), dc, dr
         Buffer<S> dhs;    // [D, T, B, P]          dh_t of every step (P > 0)
         Buffer<S> dio[2]; // [T, B, D*Hout]        d(layer output) below the top layer
+        Buffer<S> hm;     // [D, T, B, Hout]       h_{t-1} * rmask for dW_hh (recurrent dropout)
         std::vector<GemmSpace<S>> gemm;  // [threads]  Eigen's blocks of each thread's products
     };
+    // weight_drop: the recurrent weights of the last training forward, W_hh * M (one mask M
+    // per call and (layer, direction), factors 0 or 1/(1-p)), packed for its products and for
+    // backward's; backward also scales dW_hh by M.
+    struct WeightDrop {
+        std::vector<Panels<S>> whh_t;  // [L*D]  (W_hh * M)^T [Hout, G]
+        std::vector<Panels<S>> whh;    // [L*D]  W_hh * M     [G, Hout]
+        Buffer<S> mask;                // [L*D, G, Hout] M, engine order
+        Buffer<S> w;                   // [G, Hout] scratch: W_hh * M of one (layer, direction)
+    };
+
+    // Draws the weight_drop masks of the training call at (seed, counter) and packs the
+    // dropped weights (wd_). Mask element (r, j) of W_hh is drawn in torch's row order
+    // (r * Hout + j), so the masks do not depend on the engine's gate blocks (float32 and
+    // float64 drop the same weights).
+    void drop_recurrent_weights(std::uint64_t seed, std::uint64_t counter) {
+        const double p = m_.cfg.weight_drop;
+        const S scale = S(1.0 / (1.0 - p));
+        wd_.whh_t.resize(std::size_t(L * D));
+        wd_.whh.resize(std::size_t(L * D));
+        wd_.mask.resize(checked_mul(L * D, G * Hout));
+        wd_.w.resize(G * Hout);
+        for (Index l = 0; l < L; ++l)
+            for (Index d = 0; d < D; ++d) {
+                const Index k = l * D + d;
+                const std::uint64_t key = mask_key(seed, counter, l, Mask::weight, d);
+                const S* whh = tensor(Param::weight_hh, l, d);
+                S* mk = wd_.mask.data() + k * G * Hout;
+                for (Index e = 0; e < G; ++e) {
+                    const std::uint64_t row = std::uint64_t(m_.perm[std::size_t(e)] * Hout);
+                    for (Index j = 0; j < Hout; ++j) {
+                        mk[e * Hout + j] = mask_draw(key, row + std::uint64_t(j), p) ? S(0) : scale;
+                        wd_.w.data()[e * Hout + j] = whh[e * Hout + j] * mk[e * Hout + j];
+                    }
+                }
+                wd_.whh_t[std::size_t(k)].pack(wd_.w.data(), Hout, G, 1, Hout);
+                wd_.whh[std::size_t(k)].pack(wd_.w.data(), G, Hout, Hout, 1);
+            }
+    }
 
     // Tensor (k, l, d) of the engine-order copy of the weights: what the compute reads.
     const S* tensor(Param k, Index l, Index d) const { return m_.tensor(weights_.data(), k, l, d); }
@@ -308,36 +366,6 @@ private:
         });
     }
 
-    // dW_peephole [3, H] of direction d of a layer, units [u0, u1) (a multiple of the gate
-    // block from u0), from the gate gradients that backward left in lc.gates and the cell
-    // states: forward a_i += w_ci*c_{t-1}, a_f += w_cf*c_{t-1}, a_o += w_co*c_t, so
-    //   dw_ci = sum_{t,b} da_i*c_{t-1},  dw_cf = sum da_f*c_{t-1},  dw_co = sum da_o*c_t.
-    // Rows past their length have da = 0. Each unit sums in (t, b) order: the same result
-    // for any thread count.
-    void peephole_grads(const LayerCache<S>& lc, Index d, Index u0, Index u1, S* dw) const {
-        const Index T = cache_.T, B = cache_.B, HB = gate_block<S>();
-        const bool rev = m_.cfg.reverse || d == 1;
-        for (Index q = 0; q < 3; ++q) std::fill(dw + q * H + u0, dw + q * H + u1, S(0));
-        for (Index t = 0; t < T; ++t) {
-            const S* cp = lc.c.data() + (d * (T + 1) + slot_before(t, rev)) * B * H;
-            const S* ct = lc.c.data() + (d * (T + 1) + slot_after(t, rev)) * B * H;
-            for (Index b = 0; b < B; ++b) {
-                const S* da = lc.gates.data() + (t * B + b) * D * G + d * G;
-                for (Index ub = u0; ub < u1; ub += HB) {
-                    const Index w = std::min(HB, H - ub);
-                    const S* g = da + 4 * ub;  // [da_i(w) da_f(w) da_g(w) da_o(w)]
-                    const S* cpb = cp + b * H + ub;
-                    const S* ctb = ct + b * H + ub;
-                    for (Index j = 0; j < w; ++j) {
-                        dw[ub + j] += g[j] * cpb[j];
-                        dw[H + ub + j] += g[w + j] * cpb[j];
-                        dw[2 * H + ub + j] += g[3 * w + j] * ctb[j];
-                    }
-                }
-            }
-        }
-    }
-
     // The DirectionPass of a backward through (layer l, direction d): the forward's, with the
     // transposed panels its products take.
     DirectionPass<S> backward_pass(Index l, Index d, LayerCache<S>& lc) const {
@@ -346,7 +374,7 @@ private:
                          cache_.lengths.empty() ? nullptr : cache_.lengths.data(), lc.gates.data(),
                          &lc, nullptr);
         const BackwardPanels& pk = backward_panels_[std::size_t(l * D + d)];
-        a.whh = &pk.whh;
+        a.whh = m_.cfg.weight_drop > 0 ? &wd_.whh[std::size_t(l * D + d)] : &pk.whh;
         if (P > 0) a.whr = &pk.whr;
         return a;
     }
@@ -363,6 +391,7 @@ private:
     std::vector<BackwardPanels> backward_panels_;  // [L*D] packed from weights_
     Cache<S> cache_;
     BackwardBuffers bwd_;
+    WeightDrop wd_;
     Scratch<S> scratch_;         // forward and forward_last, taken through a ScratchLease
     std::mutex scratch_mutex_;   // held by the call using scratch_
 };
@@ -413,7 +442,7 @@ template <typename S, typename W>
 void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<S>& ws,
                     Cache<S>* cache, S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0,
                     const std::int64_t* lengths, Index T, Index B, std::uint64_t seed,
-                    std::uint64_t counter) {
+                    std::uint64_t counter, const std::vector<W>* whh_t) {
     EIGENLSTM_REQUIRE(T >= 0, "T must be >= 0, got " + std::to_string(T));
     EIGENLSTM_REQUIRE(B >= 0, "B must be >= 0, got " + std::to_string(B));
     require_lengths(lengths, B, 0, T);
@@ -442,6 +471,27 @@ void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<
             lc.h.resize(checked_mul(D * (T + 1), checked_mul(B, Hout)));
             lc.c.resize(checked_mul(D * (T + 1), checked_mul(B, H)));
             if (P > 0) lc.r.resize(checked_mul(D * T, checked_mul(B, H)));
+            // the masks of this call, per direction (dropout.hpp: each its own stream)
+            const Config& c = m.cfg;
+            if (c.recurrent_dropout > 0) {
+                lc.rmask.resize(checked_mul(D, checked_mul(B, Hout)));
+                lc.hm.resize(checked_mul(2 * D, checked_mul(B, Hout)));
+                for (Index d = 0; d < D; ++d)
+                    fill_dropout(lc.rmask.data() + d * B * Hout, B * Hout, c.recurrent_dropout,
+                                 mask_key(seed, counter, l, Mask::recurrent, d));
+            }
+            if (c.zoneout_c > 0) {
+                lc.zc.resize(checked_mul(D * T, checked_mul(B, H)));
+                for (Index d = 0; d < D; ++d)
+                    fill_bernoulli(lc.zc.data() + d * T * B * H, T * B * H, c.zoneout_c,
+                                   mask_key(seed, counter, l, Mask::zoneout_c, d));
+            }
+            if (c.zoneout_h > 0) {
+                lc.zh.resize(checked_mul(D * T, checked_mul(B, Hout)));
+                for (Index d = 0; d < D; ++d)
+                    fill_bernoulli(lc.zh.data() + d * T * B * Hout, T * B * Hout, c.zoneout_h,
+                                   mask_key(seed, counter, l, Mask::zoneout_h, d));
+            }
         }
         cache->lengths.assign(lengths ? lengths : nullptr, lengths ? lengths + B : nullptr);
         cache->T = T;
@@ -484,6 +534,7 @@ void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<
         run_teams(int(D), teams, [&](int d, int tid, int n, SpinBarrier& barrier) {
             const Index k = l * D + d;
             DirectionPass<S, W> a = forward_pass(m, fw, l, d, T, B, lens, gates, lc, ws.state.data());
+            if (whh_t) a.whh_t = &(*whh_t)[std::size_t(k)];
             a.zero_h0 = zero_h0 && fw.whh_finite[std::size_t(k)];
             Index b0 = 0, b1 = B;  // this thread's batch rows
             if (plan.by_rows) {    // rows are independent: each thread runs its slice alone
@@ -581,16 +632,35 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
             const DirectionPass<S> a = backward_pass(l, d, lc);
             const Index k = l * D + d;
             S* st = bwd_.state.data() + d * B * (2 * Hout + 2 * H);
-            const BackwardWork<S> w{st, st + 2 * B * Hout, st + 2 * B * Hout + B * H,
-                                    P > 0 ? bwd_.dhs.data() + d * T * B * P : nullptr};
+            const BackwardWork<S> w{
+                st, st + 2 * B * Hout, st + 2 * B * Hout + B * H,
+                P > 0 ? bwd_.dhs.data() + d * T * B * P : nullptr,
+                m_.cfg.peepholes ? m_.tensor(dweights_.data(), Param::weight_peephole, l, d)
+                                 : nullptr};
             backward_direction(a, fw_.cell(m_, k), dout + d * Hout, dh_n ? dh_n + k * B * Hout : nullptr,
                                dc_n ? dc_n + k * B * H : nullptr, dh0 + k * B * Hout,
                                dc0 + k * B * H, w, tid, n, barrier);
         });
 
+        // Recurrent dropout: W_hh multiplied h_prev * rmask, whose copy dW_hh takes.
+        if (m_.cfg.recurrent_dropout > 0) {
+            bwd_.hm.resize(checked_mul(D * T, checked_mul(B, Hout)));
+            for (Index d = 0; d < D; ++d) {
+                const bool rev = m_.cfg.reverse || d == 1;
+                const S* hp = lc.h.data() + (d * (T + 1) + slot_before(0, rev)) * B * Hout;
+                const S* mk = lc.rmask.data() + d * B * Hout;
+                S* out = bwd_.hm.data() + d * TB * Hout;
+                for (Index t = 0; t < T; ++t)
+                    for (Index e = 0; e < B * Hout; ++e)
+                        out[t * B * Hout + e] = hp[t * B * Hout + e] * mk[e];
+            }
+        }
+
         // The parameter gradients and dx, each one GEMM over all T*B rows:
         //   dW_ih = da^T x,  dx = da W_ih,  db_ih = db_hh = sum_rows da,
-        //   dW_hh = da^T h_prev (per direction),  dW_hr = dh^T r (per direction)
+        //   dW_hh = da^T h_prev (per direction; h_prev * rmask with recurrent dropout, and
+        //           times the mask M with weight_drop),  dW_hr = dh^T r (per direction)
+        // (the peephole gradients were summed by the time loop, in the cell unit)
         // The gradients are this backward's alone, in engine order (dweights_): they are added
         // to grads_ in torch order once every layer is done, so a backward that fails adds
         // nothing. Each thread owns a slice of output rows of every product (the same split
@@ -616,7 +686,9 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
             for (Index d = 0; d < D; ++d) {
                 const bool rev = m_.cfg.reverse || d == 1;
                 CMapRM<S> dAd(lc.gates.data() + d * G, TB, G, Eigen::OuterStride<>(DG));
-                CMapRM<S> Hprev(lc.h.data() + (d * (T + 1) + slot_before(0, rev)) * B * Hout,
+                CMapRM<S> Hprev(m_.cfg.recurrent_dropout > 0
+                                    ? bwd_.hm.data() + d * TB * Hout
+                                    : lc.h.data() + (d * (T + 1) + slot_before(0, rev)) * B * Hout,
                                 TB, Hout, Eigen::OuterStride<>(Hout));
                 MapRM<S> dWhh(m_.tensor(dweights_.data(), Param::weight_hh, l, d), G, Hout,
                               Eigen::OuterStride<>(Hout));
@@ -624,6 +696,11 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
                 dWhh.middleRows(r0, r1 - r0).setZero();
                 space.add_product(dWhh.middleRows(r0, r1 - r0),
                                   dAd.middleCols(r0, r1 - r0).transpose(), Hprev);
+                if (m_.cfg.weight_drop > 0)
+                    dWhh.middleRows(r0, r1 - r0).array() *=
+                        CMapRM<S>(wd_.mask.data() + ((l * D + d) * G + r0) * Hout, r1 - r0, Hout,
+                                  Eigen::OuterStride<>(Hout))
+                            .array();
                 if (P > 0) {
                     CMapRM<S> dH(bwd_.dhs.data() + d * T * B * P, TB, P, Eigen::OuterStride<>(P));
                     CMapRM<S> R(lc.r.data() + d * T * B * H, TB, H, Eigen::OuterStride<>(H));
@@ -633,11 +710,6 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
                     dWhr.middleRows(r0, r1 - r0).setZero();
                     space.add_product(dWhr.middleRows(r0, r1 - r0),
                                       dH.middleCols(r0, r1 - r0).transpose(), R);
-                }
-                if (m_.cfg.peepholes) {
-                    split_range(H, gate_block<S>(), tid, n, r0, r1);
-                    peephole_grads(lc, d, r0, r1,
-                                   m_.tensor(dweights_.data(), Param::weight_peephole, l, d));
                 }
             }
         });
