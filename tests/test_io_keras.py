@@ -144,6 +144,39 @@ def test_save_writes_eigenlstm_models_that_keras_opens(tmp_path):
         assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_recurrent_dropout_goes_to_keras_and_back(tmp_path):
+    """Keras's recurrent_dropout is eigenlstm's (one mask on h_{t-1} per sequence and unit for
+    a whole call, training only): save writes it into the layer config, load reads it."""
+    x = _x()
+    for k, model in enumerate(
+        (
+            el.LSTMModel(I, 6, 2, num_layers=2, recurrent_dropout=0.25, seed=0),
+            el.Sequential(
+                [
+                    el.LSTM(I, 5, batch_first=True, bidirectional=True, recurrent_dropout=0.4),
+                    el.Linear(10, 2, seed=2),
+                ],
+                return_sequences=[False],
+            ),
+        )
+    ):
+        path = tmp_path / f"m{k}.keras"
+        elkeras.save(model, path)
+        reopened = keras.saving.load_model(path)
+        rnn = [
+            layer
+            for layer in reopened.layers
+            if "lstm" in layer.name or "bidirectional" in layer.name
+        ]
+        cells = [getattr(layer, "forward_layer", layer).cell for layer in rnn]
+        want = 0.25 if k == 0 else 0.4
+        assert [c.recurrent_dropout for c in cells] == [want] * len(cells)
+        assert np.max(np.abs(reopened.predict(x, verbose=0) - model.predict(x))) <= ATOL
+        back = elkeras.load(path)
+        lstms = [back.lstm] if k == 0 else [back.layers[0]]
+        assert [m.recurrent_dropout for m in lstms] == [want]
+
+
 def test_load_needs_neither_keras_nor_tensorflow(tmp_path):
     make, _ = ARCHITECTURES["bidirectional_sequences_no_bias_two_dense"]
     model = _keras_model(make())
@@ -233,6 +266,15 @@ def test_save_refuses_what_keras_cannot_express(tmp_path):
     proj = el.Sequential([el.LSTM(I, 4, batch_first=True, proj_size=2, seed=0)], [False])
     with pytest.raises(ValueError, match="an LSTM with proj_size=2 cannot be written"):
         elkeras.save(proj, path)
+    for options in (
+        {"peepholes": True},
+        {"cell_clip": 1.0},
+        {"zoneout": 0.1},
+        {"weight_drop": 0.2},
+    ):
+        name = next(iter(options))
+        with pytest.raises(ValueError, match=f"an LSTM with {name}=.* cannot be written"):
+            elkeras.save(el.Sequential([el.LSTM(I, 4, batch_first=True, **options)], [False]), path)
     with pytest.raises(
         TypeError, match="model must be an eigenlstm LSTMModel or Sequential, got LSTM"
     ):

@@ -48,9 +48,25 @@ VARIANTS = {
     "peepholes-unbatched": ("L3-bi-noP-bias-unbatched", {"peepholes": True}),
     "cell_clip": ("L2-bi-P2-bias-lengths", {"cell_clip": 0.3}),
     "proj_clip": ("L2-uni-P1-nobias-batch_first-lengths", {"proj_clip": 0.1}),
-    "all": (
+    "all-deterministic": (
         "L2-bi-P2-bias-lengths-dropout",
         {"peepholes": True, "cell_clip": 0.3, "proj_clip": 0.1},
+    ),
+    # the random ones in training mode, their masks replayed with the dropout stream
+    "recurrent_dropout": ("L2-bi-P2-bias-lengths", {"recurrent_dropout": 0.4}),
+    "weight_drop": ("L3-bi-noP-bias-unbatched", {"weight_drop": 0.4}),
+    "zoneout": ("L2-uni-P1-nobias-batch_first-lengths", {"zoneout": (0.3, 0.5)}),
+    "zoneout-noP": ("L3-uni-noP-nobias-batch_first-dropout", {"zoneout": 0.4}),
+    "everything": (
+        "L2-bi-P2-bias-lengths-dropout",
+        {
+            "peepholes": True,
+            "cell_clip": 0.3,
+            "proj_clip": 0.1,
+            "recurrent_dropout": 0.3,
+            "weight_drop": 0.3,
+            "zoneout": (0.3, 0.4),
+        },
     ),
 }
 

@@ -1,8 +1,10 @@
-"""The LSTM cell variants: peepholes, cell clipping and projection clipping.
+"""The LSTM cell variants: peepholes, cell and projection clipping, recurrent dropout, weight
+drop and zoneout.
 
 Witnesses: a torch autograd model of each variant in float64 (tests/variant_reference.py) for
-outputs, final states and every gradient; ONNX Runtime's LSTM with peephole input P for the
-peepholes; float64 for float32. Finite differences are in test_lstm_gradcheck.py.
+outputs, final states and every gradient, with the random masks drawn again in NumPy from the
+documented dropout stream; ONNX Runtime's LSTM with peephole input P for the peepholes; float64
+for float32. Finite differences are in test_lstm_gradcheck.py.
 """
 # Sizes: T time steps, B batch, I input size, H hidden, P projection, Hout = P or H,
 # D directions, L layers.
@@ -17,7 +19,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import eigenlstm as el
-from variant_reference import as_tensors, variant_forward
+from variant_reference import as_tensors, call_masks, draws, variant_forward
 
 T, B, I = 6, 4, 5
 # H = 19: with float32's gate blocks of 16 units a whole block plus a padded tail of 3; with
@@ -35,6 +37,18 @@ VARIANTS = {
     "proj_clip": {"proj_clip": 0.05},
     "peepholes+cell_clip": {"peepholes": True, "cell_clip": 0.4},
     "all": {"peepholes": True, "cell_clip": 0.4, "proj_clip": 0.05},
+    "recurrent_dropout": {"recurrent_dropout": 0.3},
+    "weight_drop": {"weight_drop": 0.4},
+    "zoneout": {"zoneout": 0.3},
+    "zoneout-pair": {"zoneout": (0.2, 0.5)},
+    "everything": {
+        "peepholes": True,
+        "cell_clip": 0.4,
+        "proj_clip": 0.05,
+        "recurrent_dropout": 0.25,
+        "weight_drop": 0.3,
+        "zoneout": (0.3, 0.2),
+    },
 }
 STRUCTURES = {
     # name: (num_layers, bidirectional, proj_size, bias, lengths)
@@ -75,15 +89,18 @@ def make(options, L, bi, P, bias, dtype=np.float64, seed=0):
 
 
 def run(lstm, a, lengths):
-    """Forward and backward of ``lstm``: {output, h_n, c_n, dx, dh0, dc0, <param grads>}."""
+    """Training forward and backward of ``lstm``: {output, h_n, c_n, dx, dh0, dc0, <param
+    grads>}."""
+    lstm.train()
     lstm.zero_grad()
     out, (h_n, c_n) = lstm(a["x"], (a["h0"], a["c0"]), lengths=lengths)
     dx, (dh0, dc0) = lstm.backward(a["d_output"], (a["dh_n"], a["dc_n"]))
     return dict(output=out, h_n=h_n, c_n=c_n, dx=dx, dh0=dh0, dc0=dc0, **lstm.grads)
 
 
-def oracle(lstm, a, lengths):
-    """The same, from the torch autograd model of the variants."""
+def oracle(lstm, a, lengths, masks=None):
+    """The same, from the torch autograd model of the variants, with a training call's
+    ``masks`` (call_masks), or in evaluation without them."""
     params = as_tensors(lstm.state_dict())
     inputs = as_tensors({k: a[k] for k in ("x", "h0", "c0")})
     out, h_n, c_n = variant_forward(
@@ -98,6 +115,8 @@ def oracle(lstm, a, lengths):
         peepholes=lstm.peepholes,
         cell_clip=lstm.cell_clip,
         proj_clip=lstm.proj_clip,
+        zoneout=lstm.zoneout if isinstance(lstm.zoneout, tuple) else (lstm.zoneout,) * 2,
+        masks=masks,
     )
     loss = (
         (out * torch.tensor(a["d_output"])).sum()
@@ -121,7 +140,7 @@ def assert_close(got, want, rtol):
 @pytest.mark.parametrize("options, L, bi, P, bias, lengths", cases())
 def test_matches_the_torch_autograd_model_float64(options, L, bi, P, bias, lengths):
     lstm, a = make(options, L, bi, P, bias)
-    want = oracle(lstm, a, lengths)
+    want = oracle(lstm, a, lengths, call_masks(lstm, T, B, *lstm.dropout_state))
     assert_close(run(lstm, a, lengths), want, RTOL64)
     # The clips bite: some states sit at the bound (so the test sees clipping at all).
     if "cell_clip" in options:
@@ -149,7 +168,12 @@ def test_float32_agrees_with_float64(options, L, bi, P, bias, lengths):
 def test_the_variants_change_the_results():
     """Each option changes what a plain LSTM with the same weights computes (so the tests
     above would see an option that is ignored)."""
-    for options in ({"peepholes": True}, {"cell_clip": 0.4}, {"proj_clip": 0.05}):
+    for options in (
+        {"peepholes": True},
+        {"cell_clip": 0.4},
+        {"proj_clip": 0.05},
+        {"zoneout": 0.3},
+    ):
         P = 3 if "proj_clip" in options else 0
         lstm, a = make(options, 2, True, P, True)
         plain = el.LSTM(I, H, 2, bidirectional=True, proj_size=P, dtype=np.float64, seed=0)
@@ -161,18 +185,79 @@ def test_the_variants_change_the_results():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_results_do_not_depend_on_the_thread_count(threads):
-    options = VARIANTS["all"]
+    options = VARIANTS["everything"]
     lstm, a = make(options, 2, True, 3, True)
-    saved = el.get_num_threads()
+    saved, state = el.get_num_threads(), lstm.dropout_state
     try:
         el.set_num_threads(1)
         want = run(lstm, a, [6, 2, 0, 5])
         el.set_num_threads(threads)
+        lstm.set_dropout_state(state)  # the same masks
         got = run(lstm, a, [6, 2, 0, 5])
     finally:
         el.set_num_threads(saved)
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+@pytest.mark.parametrize("options, L, bi, P, bias, lengths", cases())
+def test_evaluation_matches_the_model_without_masks(options, L, bi, P, bias, lengths):
+    """Evaluation draws nothing: the dropouts are off and zoneout is its expectation."""
+    lstm, a = make(options, L, bi, P, bias)
+    lstm.eval()
+    state = lstm.dropout_state
+    out, (h_n, c_n) = lstm(a["x"], (a["h0"], a["c0"]), lengths=lengths)
+    want = oracle(lstm, a, lengths)
+    got = dict(output=out, h_n=h_n, c_n=c_n)
+    assert_close(got, {k: want[k] for k in got}, RTOL64)
+    assert lstm.dropout_state == state
+
+
+RANDOM = [
+    k
+    for k in VARIANTS
+    if any(o in VARIANTS[k] for o in ("recurrent_dropout", "weight_drop", "zoneout"))
+]
+
+
+@pytest.mark.parametrize("name", RANDOM)
+def test_a_training_call_takes_the_next_masks_and_set_dropout_state_replays_them(name):
+    options = VARIANTS[name]
+    P = 3 if "proj_clip" in options else 0
+    lstm, a = make(options, 2, True, P, True)
+    state = lstm.dropout_state
+    first = run(lstm, a, None)
+    assert lstm.dropout_state == (state[0], state[1] + 1)
+    second = run(lstm, a, None)
+    assert np.abs(second["output"] - first["output"]).max() > 1e-3  # new masks
+    lstm.set_dropout_state(state)
+    again = run(lstm, a, None)
+    for key in first:
+        np.testing.assert_array_equal(again[key], first[key], err_msg=key)
+
+
+def test_the_masks_are_bernoulli_with_the_given_probability():
+    """The stream's draws (which the engine matches exactly above) hit p on average."""
+    for q in (0.1, 0.5, 0.9):
+        frac = draws(12345, 200_000, q).mean()
+        assert abs(frac - q) < 0.005, (q, frac)
+    # and the engine's own: a recurrent-dropout LSTM with p = 1/2 behaves half the time like
+    # h = 0 for W_hh; checked through the masks of call_masks, which the oracle test uses
+    lstm = el.LSTM(3, 50, recurrent_dropout=0.5, zoneout=(0.2, 0.7), weight_drop=0.3, seed=3)
+    (m,) = call_masks(lstm, 20, 40, *lstm.dropout_state)
+    assert abs((m["r"] == 0).mean() - 0.5) < 0.05
+    assert abs((m["w"] == 0).mean() - 0.3) < 0.02
+    assert abs(m["zc"].mean() - 0.2) < 0.02 and abs(m["zh"].mean() - 0.7) < 0.02
+
+
+def test_zoneout_one_keeps_the_initial_state():
+    lstm, a = make({"zoneout": 1.0}, 1, False, 0, True)
+    for mode in (lstm.train, lstm.eval):
+        mode()
+        out, (h_n, c_n) = lstm(a["x"], (a["h0"], a["c0"]))
+        np.testing.assert_array_equal(h_n, a["h0"])
+        np.testing.assert_array_equal(c_n, a["c0"])
+        np.testing.assert_array_equal(out, np.broadcast_to(a["h0"][0], out.shape))
 
 
 # ---- ONNX Runtime: a second witness for peepholes ----------------------------------------------

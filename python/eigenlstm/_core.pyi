@@ -25,11 +25,10 @@ class _Engine:
         dropout: float,
         reverse: bool,
         seed: int,
-        *,
-        peepholes: bool = False,
-        cell_clip: float = 0.0,
-        proj_clip: float = 0.0,
-    ) -> None: ...
+        **variants: bool | float,
+    ) -> None:
+        """Cell variants as keywords: peepholes, cell_clip, proj_clip, recurrent_dropout,
+        weight_drop, zoneout_c, zoneout_h (0 for off)."""
     @property
     def num_params(self) -> int: ...
     @property
@@ -100,10 +99,7 @@ class QuantizedEngine:
         proj_size: int,
         precision: str,
         tensors: dict[str, _Array],
-        *,
-        peepholes: bool = False,
-        cell_clip: float = 0.0,
-        proj_clip: float = 0.0,
+        **variants: bool | float,
     ) -> None:
         """A reduced-precision ('int8' or 'bfloat16') LSTM from torch-named tensors: weights
         (int8, or bfloat16 bits as uint16), int8 scales '<weight>_scale', float32 biases and

@@ -24,6 +24,8 @@ __all__ = [
     "check_float",
     "check_keys",
     "check_variants",
+    "engine_variants",
+    "VARIANT_DEFAULTS",
 ]
 
 _SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64))
@@ -180,30 +182,92 @@ def check_keys(where: str, state, expected, prefix: str = "") -> None:
         raise ValueError(f"{where}: " + "; ".join(parts))
 
 
-def check_variants(where: str, peepholes, cell_clip, proj_clip, proj_size: int) -> tuple:
-    """``(peepholes, cell_clip, proj_clip)`` checked: a bool, and None or a finite float > 0
-    for each clip; ``proj_clip`` needs ``proj_size > 0``."""
+#: The cell-variant keywords of eigenlstm.LSTM and their defaults (each off).
+VARIANT_DEFAULTS = {
+    "peepholes": False,
+    "cell_clip": None,
+    "proj_clip": None,
+    "recurrent_dropout": 0.0,
+    "weight_drop": 0.0,
+    "zoneout": 0.0,
+}
+
+
+def _probability(where: str, name: str, value, *, closed: bool) -> float:
+    """``value`` as a float in [0, 1] (``closed``) or [0, 1)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where}: {name} must be a float, got {type(value).__name__} {value!r}")
+    p = float(value)
+    if not (0.0 <= p <= 1.0 if closed else 0.0 <= p < 1.0):
+        raise ValueError(f"{where}: {name} must be in [0, 1{']' if closed else ')'}, got {value!r}")
+    return p
+
+
+def check_variants(where: str, proj_size: int, **options) -> dict:
+    """The cell-variant keywords (VARIANT_DEFAULTS; those not given take their default),
+    checked and normalised: ``peepholes`` a bool; ``cell_clip`` and ``proj_clip`` None or a
+    finite float > 0, ``proj_clip`` only with ``proj_size > 0``; ``recurrent_dropout`` and
+    ``weight_drop`` in [0, 1); ``zoneout`` a float in [0, 1] or a pair ``(z_c, z_h)`` of them
+    (a float when both are equal). Errors name the option, the expected and the given value.
+    """
+    unknown = sorted(set(options) - set(VARIANT_DEFAULTS))
+    if unknown:
+        raise TypeError(
+            f"{where}: unexpected options {unknown}; cell variants: {list(VARIANT_DEFAULTS)}"
+        )
+    out = {**VARIANT_DEFAULTS, **options}
+    peepholes = out["peepholes"]
     if not isinstance(peepholes, (bool, np.bool_)):
         raise TypeError(
             f"{where}: peepholes must be a bool, got {type(peepholes).__name__} {peepholes!r}"
         )
-    clips = []
-    for name, value in (("cell_clip", cell_clip), ("proj_clip", proj_clip)):
-        if value is not None:
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-                raise TypeError(
-                    f"{where}: {name} must be a float or None, got {type(value).__name__} {value!r}"
-                )
-            clip = float(value)
-            if not (math.isfinite(clip) and clip > 0):
-                raise ValueError(
-                    f"{where}: {name} must be a finite float > 0, or None (no clipping), got {value!r}"
-                )
-            value = clip
-        clips.append(value)
-    if clips[1] is not None and proj_size == 0:
+    out["peepholes"] = bool(peepholes)
+    for name in ("cell_clip", "proj_clip"):
+        value = out[name]
+        if value is None:
+            continue
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(
+                f"{where}: {name} must be a float or None, got {type(value).__name__} {value!r}"
+            )
+        clip = float(value)
+        if not (math.isfinite(clip) and clip > 0):
+            raise ValueError(
+                f"{where}: {name} must be a finite float > 0, or None (no clipping), got {value!r}"
+            )
+        out[name] = clip
+    if out["proj_clip"] is not None and proj_size == 0:
         raise ValueError(
             f"{where}: proj_clip clips the projection, so it needs proj_size > 0; got "
-            f"proj_clip={clips[1]!r} with proj_size=0"
+            f"proj_clip={out['proj_clip']!r} with proj_size=0"
         )
-    return bool(peepholes), clips[0], clips[1]
+    for name in ("recurrent_dropout", "weight_drop"):
+        out[name] = _probability(where, name, out[name], closed=False)
+    z = out["zoneout"]
+    if isinstance(z, (tuple, list)):
+        if len(z) != 2:
+            raise ValueError(f"{where}: zoneout must be a float or a pair (z_c, z_h), got {z!r}")
+        z = (
+            _probability(where, "zoneout[0] (z_c)", z[0], closed=True),
+            _probability(where, "zoneout[1] (z_h)", z[1], closed=True),
+        )
+        out["zoneout"] = z[0] if z[0] == z[1] else z
+    else:
+        out["zoneout"] = _probability(where, "zoneout", z, closed=True)
+    return out
+
+
+def engine_variants(options: dict) -> dict:
+    """The engine's keyword arguments for checked variant options (``check_variants``): the
+    clips 0 when off, zoneout split into ``zoneout_c`` and ``zoneout_h``."""
+    z = options["zoneout"]
+    z_c, z_h = z if isinstance(z, tuple) else (z, z)
+    return {
+        "peepholes": options["peepholes"],
+        "cell_clip": options["cell_clip"] or 0.0,
+        "proj_clip": options["proj_clip"] or 0.0,
+        "recurrent_dropout": options["recurrent_dropout"],
+        "weight_drop": options["weight_drop"],
+        "zoneout_c": z_c,
+        "zoneout_h": z_h,
+    }

@@ -10,7 +10,16 @@ import numpy as np
 
 from . import _core
 from ._layout import tensor_slice
-from ._validation import as_array, as_real_array, check_lengths, check_shape, check_variants
+from ._validation import (
+    as_array,
+    as_real_array,
+    check_lengths,
+    check_pair,
+    check_positive_int,
+    check_shape,
+    check_variants,
+    engine_variants,
+)
 
 __all__ = ["LayerContext", "lstm_layer_forward", "lstm_layer_backward"]
 
@@ -55,6 +64,10 @@ def lstm_layer_forward(
     weight_peephole=None,
     cell_clip: float | None = None,
     proj_clip: float | None = None,
+    recurrent_dropout: float = 0.0,
+    weight_drop: float = 0.0,
+    zoneout: float | tuple[float, float] = 0.0,
+    dropout_state: tuple[int, int] = (0, 0),
     lengths=None,
     reverse: bool = False,
     training: bool = True,
@@ -77,6 +90,12 @@ def lstm_layer_forward(
         Peephole weights, rows ``w_ci, w_cf, w_co`` (``eigenlstm.LSTM(peepholes=True)``).
     cell_clip, proj_clip : float, optional, keyword-only
         Clip the cell state, or the projection (needs ``weight_hr``), as ``eigenlstm.LSTM``.
+    recurrent_dropout, weight_drop, zoneout : keyword-only
+        As ``eigenlstm.LSTM``'s; the dropouts act with ``training=True`` only, zoneout by its
+        masks with ``training=True`` and by its expectation otherwise.
+    dropout_state : (int, int), default (0, 0), keyword-only
+        The (seed, counter) of the dropout stream the masks of a training call come from, as
+        ``eigenlstm.LSTM.dropout_state``: the same state draws the same masks.
     lengths : array_like of int of shape (B,), optional
         Valid steps per sequence, as in ``eigenlstm.LSTM.forward``.
     reverse : bool, default False
@@ -145,8 +164,21 @@ def lstm_layer_forward(
     check_shape(where, "c0", c0, (B, H))
     if lengths is not None:
         lengths = check_lengths(where, "lengths", lengths, B, T)
-    peepholes = weight_peephole is not None
-    _, cell_clip, proj_clip = check_variants(where, peepholes, cell_clip, proj_clip, P)
+    variants = check_variants(
+        where,
+        P,
+        peepholes=weight_peephole is not None,
+        cell_clip=cell_clip,
+        proj_clip=proj_clip,
+        recurrent_dropout=recurrent_dropout,
+        weight_drop=weight_drop,
+        zoneout=zoneout,
+    )
+    check_pair(where, "dropout_state", "(seed, counter)", dropout_state)
+    seed, counter = (
+        check_positive_int(where, n, v, minimum=0)
+        for n, v in zip(("dropout_state[0]", "dropout_state[1]"), dropout_state)
+    )
 
     bias = bias_ih is not None
     engine_cls = _core.EngineF32 if dtype == np.float32 else _core.EngineF64
@@ -160,9 +192,7 @@ def lstm_layer_forward(
         0.0,
         bool(reverse),
         0,
-        peepholes=peepholes,
-        cell_clip=cell_clip or 0.0,
-        proj_clip=proj_clip or 0.0,
+        **engine_variants(variants),
     )
     tensors = {"weight_ih": w_ih, "weight_hh": w_hh}
     if bias:
@@ -172,7 +202,7 @@ def lstm_layer_forward(
         check_shape(where, "bias_hh", tensors["bias_hh"], (G,))
     if P:
         tensors["weight_hr"] = w_hr
-    if peepholes:
+    if variants["peepholes"]:
         tensors["weight_peephole"] = as_real_array(where, "weight_peephole", weight_peephole, dtype)
         check_shape(where, "weight_peephole", tensors["weight_peephole"], (3, H))
     flat = np.zeros(engine.num_params, dtype=dtype)
@@ -180,6 +210,7 @@ def lstm_layer_forward(
         span, _ = tensor_slice(engine, name, 0, 0)
         flat[span] = value.reshape(-1)
     engine.load_flat(flat)
+    engine.set_rng_state(seed, counter)
 
     y, h_n, c_n = engine.forward(
         np.ascontiguousarray(x),

@@ -61,6 +61,9 @@ class _Spec:
     dtype: np.dtype  # float32 or float64
     bidirectional: bool = False  # LSTM only: a Bidirectional(LSTM) with merge_mode='concat'
     return_sequences: bool = False  # LSTM only
+    # LSTM only: Keras's recurrent_dropout, which is eigenlstm's (one mask on h_{t-1} per
+    # sequence and unit, fixed over the steps of a call; training only)
+    recurrent_dropout: float = 0.0
     key: str = ""  # where a Keras 3 archive stores its weights (see _storage_keys)
 
 
@@ -110,6 +113,7 @@ def _lstm_spec(layer: dict, name: str) -> _Spec:
             bidirectional=False,
             use_bias=bool(cfg.get("use_bias", True)),
             return_sequences=bool(cfg.get("return_sequences", False)),
+            recurrent_dropout=float(cfg.get("recurrent_dropout", 0.0)),
             dtype=_check_dtype(name, cls, cfg),
         )
     inner = cfg.get("layer", {})
@@ -127,7 +131,7 @@ def _lstm_spec(layer: dict, name: str) -> _Spec:
             _refuse(name, cls, "backward_layer must be an LSTM with go_backwards=True")
         bcfg["go_backwards"] = False
         _check_lstm(name, cls, bcfg)
-        for key in ("units", "use_bias", "return_sequences"):
+        for key in ("units", "use_bias", "return_sequences", "recurrent_dropout"):
             if bcfg.get(key) != fwd.get(key):
                 _refuse(
                     name,
@@ -143,6 +147,7 @@ def _lstm_spec(layer: dict, name: str) -> _Spec:
         bidirectional=True,
         use_bias=bool(fwd.get("use_bias", True)),
         return_sequences=bool(fwd.get("return_sequences", False)),
+        recurrent_dropout=float(fwd.get("recurrent_dropout", 0.0)),
         dtype=_check_dtype(name, cls, cfg),
     )
 
@@ -338,7 +343,11 @@ def _as_lstm_model(specs: list[_Spec]) -> bool:
         and head.kind == "dense"
         and head.use_bias
         and all(
-            s.kind == "lstm" and not s.bidirectional and s.units == lstms[0].units for s in lstms
+            s.kind == "lstm"
+            and not s.bidirectional
+            and s.units == lstms[0].units
+            and s.recurrent_dropout == lstms[0].recurrent_dropout
+            for s in lstms
         )
         and all(s.return_sequences for s in lstms[:-1])
         and not lstms[-1].return_sequences
@@ -428,7 +437,15 @@ def load(path: str | os.PathLike[str]) -> LSTMModel | Sequential:
         features = spec.units * (2 if spec.bidirectional else 1)
     if _as_lstm_model(specs):
         *lstms, head = specs
-        model = LSTMModel(I, lstms[0].units, head.units, len(lstms), dtype=dtype, seed=0)
+        model = LSTMModel(
+            I,
+            lstms[0].units,
+            head.units,
+            len(lstms),
+            recurrent_dropout=lstms[0].recurrent_dropout,
+            dtype=dtype,
+            seed=0,
+        )
         state = {"fc.weight": tensors[-1]["weight"], "fc.bias": tensors[-1]["bias"]}
         for l, t in enumerate(tensors[:-1]):
             for key, value in t.items():
@@ -451,6 +468,7 @@ def load(path: str | os.PathLike[str]) -> LSTMModel | Sequential:
                 bias=spec.use_bias,
                 batch_first=True,
                 bidirectional=spec.bidirectional,
+                recurrent_dropout=spec.recurrent_dropout,
                 dtype=dtype,
                 seed=0,
             )
@@ -482,6 +500,7 @@ def _lstm_config(
     return_sequences: bool,
     dtype: str,
     go_backwards: bool = False,
+    recurrent_dropout: float = 0.0,
 ) -> dict:
     return {
         "name": name,
@@ -499,7 +518,7 @@ def _lstm_config(
         "use_bias": use_bias,
         "unit_forget_bias": True,
         "dropout": 0.0,
-        "recurrent_dropout": 0.0,
+        "recurrent_dropout": recurrent_dropout,
         "seed": None,
     }
 
@@ -560,6 +579,7 @@ def _keras_layers(model):
                 "Keras's LSTM has no projection"
             )
         variants = variant_options(layer)
+        rd = variants.pop("recurrent_dropout", 0.0)  # Keras's own, written as is
         if variants:
             raise ValueError(
                 f"{_SAVE}: an LSTM with {', '.join(f'{k}={v!r}' for k, v in variants.items())} "
@@ -580,9 +600,17 @@ def _keras_layers(model):
 
             if layer.bidirectional:
                 name = fresh("bidirectional")
-                fwd = _lstm_config(f"forward_{name}", H, layer.bias, seqs, dtype)
+                fwd = _lstm_config(
+                    f"forward_{name}", H, layer.bias, seqs, dtype, recurrent_dropout=rd
+                )
                 bwd = _lstm_config(
-                    f"backward_{name}", H, layer.bias, seqs, dtype, go_backwards=True
+                    f"backward_{name}",
+                    H,
+                    layer.bias,
+                    seqs,
+                    dtype,
+                    go_backwards=True,
+                    recurrent_dropout=rd,
                 )
                 cfg = {
                     "name": name,
@@ -597,7 +625,7 @@ def _keras_layers(model):
                 weights.append((f"layers/{name}/backward_layer/cell/vars", cell("_reverse")))
             else:
                 name = fresh("lstm")
-                cfg = _lstm_config(name, H, layer.bias, seqs, dtype)
+                cfg = _lstm_config(name, H, layer.bias, seqs, dtype, recurrent_dropout=rd)
                 layers.append(_ser("keras.layers", "LSTM", cfg, build_config=shape))
                 weights.append((f"layers/{name}/cell/vars", cell("")))
             features = H * layer.num_directions

@@ -15,6 +15,7 @@ import numpy as np
 from .. import _core
 from .._layout import tensor_slice
 from .._validation import (
+    VARIANT_DEFAULTS,
     as_real_array,
     check_keys,
     check_lengths,
@@ -23,6 +24,7 @@ from .._validation import (
     check_seed,
     check_shape,
     check_variants,
+    engine_variants,
     resolve_dtype,
 )
 from .module import Module
@@ -73,16 +75,12 @@ def check_sizes(where: str, input_size, hidden_size, num_layers, proj_size) -> t
     return sizes
 
 
-# The cell-variant keywords of el.LSTM and their defaults (off).
-_VARIANT_DEFAULTS = (("peepholes", False), ("cell_clip", None), ("proj_clip", None))
-
-
 def variant_options(module) -> dict:
     """The cell-variant keywords of an LSTM-like module that differ from their defaults
     (``{}`` for a plain LSTM), as its constructor takes them."""
     return {
         name: getattr(module, name)
-        for name, default in _VARIANT_DEFAULTS
+        for name, default in VARIANT_DEFAULTS.items()
         if getattr(module, name) != default
     }
 
@@ -196,6 +194,19 @@ class LSTM(Module):
         ``LSTMCell(cell_clip=...)``). None: no clipping.
     proj_clip : float, optional, keyword-only
         Clip the projected hidden state to ``[-proj_clip, proj_clip]``; needs ``proj_size``.
+    recurrent_dropout : float, default 0.0, keyword-only
+        In training mode, ``h_{t-1}`` entering ``W_hh`` is ``h_{t-1} * m / (1 - p)`` with one
+        Bernoulli mask ``m`` per sequence and unit, the same at every step of a call (Gal &
+        Ghahramani 2016; Keras's ``recurrent_dropout``). In [0, 1).
+    weight_drop : float, default 0.0, keyword-only
+        In training mode, ``W_hh`` is ``W_hh * M / (1 - p)`` with one mask ``M`` per forward
+        call, shared by the batch and every step (DropConnect, AWD-LSTM). In [0, 1).
+    zoneout : float or (float, float), default 0.0, keyword-only
+        Zoneout probabilities ``z`` (or ``(z_c, z_h)``) of the cell and hidden states (Krueger
+        et al. 2017): in training, each element of ``c_t`` keeps its previous value with
+        probability ``z_c`` at each step, ``c_t = m c_{t-1} + (1 - m) c~_t``, and likewise
+        ``h_t`` (the output is the zoned-out ``h``); in evaluation ``c_t = z_c c_{t-1} + (1 -
+        z_c) c~_t``, the expectation. In [0, 1].
     dtype : {np.float32, np.float64}, keyword-only
         Parameter and compute dtype; inputs are converted to it.
     seed : int, optional, keyword-only
@@ -217,7 +228,12 @@ class LSTM(Module):
     With ``peepholes``, :math:`w_{ci} \odot c_{t-1}` and :math:`w_{cf} \odot c_{t-1}` are added
     inside the sigmoids of i and f, and :math:`w_{co} \odot c_t` inside that of o, with
     :math:`c_t` computed (and clipped, with ``cell_clip``) before o. ``proj_clip`` clips
-    :math:`W_{hr}(\cdot)`.
+    :math:`W_{hr}(\cdot)`. Zoneout mixes the previous states into :math:`c_t` and
+    :math:`h_t` after all of this (:math:`h_t` from the un-mixed :math:`c_t`).
+
+    The random masks (``dropout``, ``recurrent_dropout``, ``weight_drop``, zoneout in
+    training) come from the module's dropout stream: ``dropout_state`` and
+    ``set_dropout_state`` replay them, and they do not depend on the thread count.
 
     Every parameter starts uniform in :math:`(-1/\sqrt{H}, 1/\sqrt{H})`, as in torch.
     ``state_dict()`` keys and shapes are torch's, so weights move both ways unchanged.
@@ -249,6 +265,9 @@ class LSTM(Module):
         peepholes: bool = False,
         cell_clip: float | None = None,
         proj_clip: float | None = None,
+        recurrent_dropout: float = 0.0,
+        weight_drop: float = 0.0,
+        zoneout: float | tuple[float, float] = 0.0,
         dtype=np.float32,
         seed: int | None = None,
     ) -> None:
@@ -256,9 +275,22 @@ class LSTM(Module):
         self.input_size, self.hidden_size, self.num_layers, self.proj_size = check_sizes(
             where, input_size, hidden_size, num_layers, proj_size
         )
-        self.peepholes, self.cell_clip, self.proj_clip = check_variants(
-            where, peepholes, cell_clip, proj_clip, self.proj_size
+        variants = check_variants(
+            where,
+            self.proj_size,
+            peepholes=peepholes,
+            cell_clip=cell_clip,
+            proj_clip=proj_clip,
+            recurrent_dropout=recurrent_dropout,
+            weight_drop=weight_drop,
+            zoneout=zoneout,
         )
+        self.peepholes: bool = variants["peepholes"]
+        self.cell_clip: float | None = variants["cell_clip"]
+        self.proj_clip: float | None = variants["proj_clip"]
+        self.recurrent_dropout: float = variants["recurrent_dropout"]
+        self.weight_drop: float = variants["weight_drop"]
+        self.zoneout: float | tuple[float, float] = variants["zoneout"]
         if isinstance(dropout, bool) or not isinstance(
             dropout, (int, float, np.floating, np.integer)
         ):
@@ -293,9 +325,7 @@ class LSTM(Module):
             self.dropout,
             False,
             int(rng.integers(0, 2**63)),
-            peepholes=self.peepholes,
-            cell_clip=self.cell_clip or 0.0,
-            proj_clip=self.proj_clip or 0.0,
+            **engine_variants(variants),
         )
         # The engine's flat buffers hold every tensor in torch's layout, so each parameter is
         # a view of them (made once: optimizers and users hold these objects).

@@ -44,8 +44,7 @@ class LSTMModel(Module):
         Dropout between LSTM layers in training mode (as torch.nn.LSTM's ``dropout``).
     bidirectional : bool, default False, keyword-only
         Bidirectional LSTM; the Linear layer then takes ``2H`` features.
-    peepholes : bool, default False, keyword-only
-    cell_clip : float, optional, keyword-only
+    peepholes, cell_clip, recurrent_dropout, weight_drop, zoneout : keyword-only
         Cell variants of the LSTM, as :class:`~eigenlstm.nn.LSTM`'s (``proj_clip`` needs a
         projection, which this model does not have).
     dtype : {np.float32, np.float64}, keyword-only
@@ -95,6 +94,9 @@ class LSTMModel(Module):
         bidirectional: bool = False,
         peepholes: bool = False,
         cell_clip: float | None = None,
+        recurrent_dropout: float = 0.0,
+        weight_drop: float = 0.0,
+        zoneout: float | tuple[float, float] = 0.0,
         dtype=np.float32,
         seed: int | None = None,
     ) -> None:
@@ -119,6 +121,9 @@ class LSTMModel(Module):
             bidirectional=bidirectional,
             peepholes=peepholes,
             cell_clip=cell_clip,
+            recurrent_dropout=recurrent_dropout,
+            weight_drop=weight_drop,
+            zoneout=zoneout,
             dtype=self.dtype,
             seed=lstm_seed,
         )

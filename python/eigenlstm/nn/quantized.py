@@ -13,7 +13,13 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from .._validation import check_keys, check_positive_int, check_shape, check_variants
+from .._validation import (
+    check_keys,
+    check_positive_int,
+    check_shape,
+    check_variants,
+    engine_variants,
+)
 from .linear import Linear
 from .lstm import (
     LSTM,
@@ -81,6 +87,16 @@ def quantize_weight(name: str, w, precision: str) -> dict[str, np.ndarray]:
     scale[scale == 0] = 1
     q = np.clip(np.rint(w64 / scale[:, None].astype(np.float64)), -127, 127).astype(np.int8)
     return {name: q, name + "_scale": scale}
+
+
+def inference_variants(lstm) -> dict:
+    """The cell variants of ``lstm`` that act in evaluation (its ``variant_options`` without
+    the training regularizers ``recurrent_dropout`` and ``weight_drop``)."""
+    return {
+        k: v
+        for k, v in variant_options(lstm).items()
+        if k not in ("recurrent_dropout", "weight_drop")
+    }
 
 
 def _is_product_weight(name: str) -> bool:
@@ -256,8 +272,10 @@ class QuantizedLSTM(_QuantizedModule):
     ----------
     input_size, hidden_size, num_layers, bias, batch_first, bidirectional, proj_size
         As :class:`~eigenlstm.nn.LSTM`'s.
-    peepholes, cell_clip, proj_clip : keyword-only
-        As :class:`~eigenlstm.nn.LSTM`'s; peephole weights stay float32.
+    peepholes, cell_clip, proj_clip, zoneout : keyword-only
+        The cell variants that act in evaluation, as :class:`~eigenlstm.nn.LSTM`'s (zoneout
+        mixes the states by its probabilities); peephole weights stay float32. The training
+        regularizers (``dropout``, ``recurrent_dropout``, ``weight_drop``) do not apply.
     precision : {"int8", "bfloat16"}, keyword-only
         How the weights are stored and multiplied:
 
@@ -289,15 +307,26 @@ class QuantizedLSTM(_QuantizedModule):
         peepholes: bool = False,
         cell_clip: float | None = None,
         proj_clip: float | None = None,
+        zoneout: float | tuple[float, float] = 0.0,
         precision: str,
     ) -> None:
         where = "QuantizedLSTM"
         self.input_size, self.hidden_size, self.num_layers, self.proj_size = check_sizes(
             where, input_size, hidden_size, num_layers, proj_size
         )
-        self.peepholes, self.cell_clip, self.proj_clip = check_variants(
-            where, peepholes, cell_clip, proj_clip, self.proj_size
+        self._variants = check_variants(
+            where,
+            self.proj_size,
+            peepholes=peepholes,
+            cell_clip=cell_clip,
+            proj_clip=proj_clip,
+            zoneout=zoneout,
         )
+        self.peepholes: bool = self._variants["peepholes"]
+        self.cell_clip: float | None = self._variants["cell_clip"]
+        self.proj_clip: float | None = self._variants["proj_clip"]
+        self.recurrent_dropout = self.weight_drop = 0.0  # training only
+        self.zoneout: float | tuple[float, float] = self._variants["zoneout"]
         self.bias, self.batch_first = bool(bias), bool(batch_first)
         self.bidirectional = bool(bidirectional)
         self.dropout = 0.0
@@ -332,7 +361,7 @@ class QuantizedLSTM(_QuantizedModule):
             lstm.batch_first,
             lstm.bidirectional,
             lstm.proj_size,
-            **variant_options(lstm),
+            **inference_variants(lstm),
             precision=precision,
         )
         out.load_state_dict(_quantized_state(lstm.state_dict(), precision))
@@ -349,9 +378,7 @@ class QuantizedLSTM(_QuantizedModule):
             self.proj_size,
             self.precision,
             tensors,
-            peepholes=self.peepholes,
-            cell_clip=self.cell_clip or 0.0,
-            proj_clip=self.proj_clip or 0.0,
+            **engine_variants(self._variants),
         )
         return tensors, engine
 
@@ -469,6 +496,7 @@ class QuantizedLSTMModel(LSTMModel):
         bidirectional: bool = False,
         peepholes: bool = False,
         cell_clip: float | None = None,
+        zoneout: float | tuple[float, float] = 0.0,
         precision: str,
     ) -> None:
         where = "QuantizedLSTMModel"
@@ -487,6 +515,7 @@ class QuantizedLSTMModel(LSTMModel):
             bidirectional=bool(bidirectional),
             peepholes=peepholes,
             cell_clip=cell_clip,
+            zoneout=zoneout,
             precision=self.precision,
         )
         D = 2 if self.lstm.bidirectional else 1
@@ -502,7 +531,7 @@ class QuantizedLSTMModel(LSTMModel):
             model.output_size,
             model.num_layers,
             bidirectional=model.bidirectional,
-            **variant_options(model.lstm),
+            **inference_variants(model.lstm),
             precision=precision,
         )
         out.load_state_dict(_quantized_state(model.state_dict(), precision))
