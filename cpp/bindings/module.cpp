@@ -164,12 +164,13 @@ eigenlstm::Config config_of(Index input_size, Index hidden_size, Index num_layer
 }
 
 // The cell variants of a config from keyword arguments (eigenlstm.LSTM checks their values;
-// the engine checks them again): peepholes (bool), cell_clip, proj_clip, recurrent_dropout,
+// the engine checks them again): cifg, peepholes (bool), cell_clip, proj_clip, recurrent_dropout,
 // weight_drop, zoneout_c, zoneout_h (float, 0 for off). An unknown keyword is a TypeError.
 void set_variants(eigenlstm::Config& c, const py::kwargs& variants) {
     for (const auto& [key, value] : variants) {
         const std::string name = py::str(key);
-        if (name == "peepholes") c.peepholes = value.cast<bool>();
+        if (name == "cifg") c.cifg = value.cast<bool>();
+        else if (name == "peepholes") c.peepholes = value.cast<bool>();
         else if (name == "cell_clip") c.cell_clip = value.cast<double>();
         else if (name == "proj_clip") c.proj_clip = value.cast<double>();
         else if (name == "recurrent_dropout") c.recurrent_dropout = value.cast<double>();
@@ -178,7 +179,7 @@ void set_variants(eigenlstm::Config& c, const py::kwargs& variants) {
         else if (name == "zoneout_h") c.zoneout_h = value.cast<double>();
         else
             throw py::type_error("unexpected keyword argument '" + name +
-                                 "' (cell variants: peepholes, cell_clip, proj_clip, "
+                                 "' (cell variants: cifg, peepholes, cell_clip, proj_clip, "
                                  "recurrent_dropout, weight_drop, zoneout_c, zoneout_h)");
     }
 }

@@ -15,13 +15,15 @@ namespace eigenlstm {
 namespace detail {
 
 // Size letters: I input size, H hidden, P projection, Hout = P or H, D directions, L layers,
-// G = 4H gate rows, HB = gate_block<S>() hidden units per gate block.
+// NG gates per unit (4: i, f, g, o; 3 with cifg: i, g, o), G = NG*H gate rows, HB =
+// gate_block<S>() hidden units per gate block.
 template <typename S>
 struct Layout {
     Config cfg;
-    Index H = 0, P = 0, Hout = 0, G = 0, D = 1, L = 1;
+    Index H = 0, P = 0, Hout = 0, NG = 4, G = 0, D = 1, L = 1;
     // perm[e] = torch gate row of engine gate row e. Block j of w <= HB units (u0 = HB*j)
-    // starts at engine row 4*u0 and holds rows [i(u0:u0+w), f(...), g(...), o(...)].
+    // starts at engine row NG*u0 and holds rows [i(u0:u0+w), f(...), g(...), o(...)] (no f
+    // with cifg).
     std::vector<Index> perm;
     // Flat layout: per layer, blocks in the order weight_ih [D, G, I_l], weight_hh [D, G, Hout],
     // bias_ih [D, G], bias_hh [D, G], weight_hr [D, P, H], weight_peephole [D, 3, H]; each
@@ -39,7 +41,8 @@ struct Layout {
     explicit Layout(const Config& c) : cfg(c) {
         cfg.validate();
         H = cfg.hidden_size; P = cfg.proj_size; Hout = cfg.output_size();
-        G = checked_mul(4, H);
+        NG = cfg.gates();
+        G = checked_mul(NG, H);
         D = cfg.directions(); L = cfg.num_layers;
         // Each (layer, direction) has a few hundred bytes of packed-weight bookkeeping in a back
         // end: a count whose bytes overflow cannot exist.
@@ -48,8 +51,8 @@ struct Layout {
         perm.resize(std::size_t(G));
         for (Index u0 = 0; u0 < H; u0 += HB) {
             const Index w = std::min(HB, H - u0);
-            for (Index q = 0; q < 4; ++q)
-                for (Index j = 0; j < w; ++j) perm[std::size_t(4 * u0 + q * w + j)] = q * H + u0 + j;
+            for (Index q = 0; q < NG; ++q)
+                for (Index j = 0; j < w; ++j) perm[std::size_t(NG * u0 + q * w + j)] = q * H + u0 + j;
         }
         const Index align = Index(kAlign / sizeof(S));
         offset.resize(std::size_t(L));

@@ -16,7 +16,8 @@ using Index = std::ptrdiff_t;
 
 // Size letters used throughout the engine:
 //   T time steps, B batch, I input size, H hidden (cell) size, P projection size,
-//   Hout = P if P > 0 else H, D directions (1 or 2), L layers, G = 4H gate rows.
+//   Hout = P if P > 0 else H, D directions (1 or 2), L layers, G = 4H gate rows (3H with
+//   config.cifg).
 
 struct Config {
     Index input_size = 0;     // I
@@ -28,6 +29,8 @@ struct Config {
     double dropout = 0.0;     // between layers, training mode only
     bool reverse = false;     // a unidirectional LSTM that runs backwards in time
     // Cell variants (each off by default; per layer and direction, gate order i, f, g, o):
+    bool cifg = false;        // coupled input-forget gate, f = 1 - i: the gate rows are
+                              // (i, g, o), G = 3H
     bool peepholes = false;   // i = s(... + w_ci*c_{t-1}), f = s(... + w_cf*c_{t-1}),
                               // o = s(... + w_co*c_t): parameter weight_peephole [3, H]
     double cell_clip = 0.0;   // > 0: c_t clipped to [-cell_clip, cell_clip] after the update
@@ -43,7 +46,8 @@ struct Config {
 
     Index directions() const { return bidirectional ? 2 : 1; }
     Index output_size() const { return proj_size > 0 ? proj_size : hidden_size; }
-    Index gate_size() const { return 4 * hidden_size; }
+    Index gates() const { return cifg ? 3 : 4; }  // gate blocks per unit
+    Index gate_size() const { return gates() * hidden_size; }
     // Does a training-mode forward draw masks (and so take the next dropout-stream counter)?
     bool draws_masks() const {
         return (dropout > 0 && num_layers > 1) || recurrent_dropout > 0 || weight_drop > 0 ||

@@ -15,7 +15,8 @@
 namespace eigenlstm {
 namespace detail {
 
-// Size letters: T time, B batch, H hidden, P projection, Hout = P or H, G = 4H gate rows,
+// Size letters: T time, B batch, H hidden, P projection, Hout = P or H, NG gates per unit (4,
+// or 3 with cifg), G = NG*H gate rows,
 // HB = gate_block<S>() hidden units per gate block.
 
 // State slots in time order, shared by forward and backward. A direction keeps T+1 states:
@@ -34,7 +35,7 @@ inline bool active(const std::int64_t* lengths, Index t, Index b) {
 // exists for float panels only.
 template <typename S, typename W = Panels<S>>
 struct DirectionPass {
-    Index T = 0, B = 0, H = 0, P = 0, Hout = 0;
+    Index T = 0, B = 0, H = 0, P = 0, Hout = 0, NG = 4;
     Index ldg = 0;                     // row stride of gates: D*G
     Index ldy = 0;                     // row stride of the layer output: D*Hout
     bool reverse = false;              // runs from t = T-1 down to 0
@@ -128,7 +129,7 @@ void forward_direction(const DirectionPass<S, W>& a, const Cell& cell, S* y, con
                        const S* c0, S* h_n, S* c_n, int tid, int n, SpinBarrier& barrier) {
     const Index T = a.T, B = a.B, R = a.rows, H = a.H, P = a.P, Hout = a.Hout,
                 HB = gate_block<S>();
-    Index u0, u1;  // this thread's hidden units, and so gate columns [4*u0, 4*u1)
+    Index u0, u1;  // this thread's hidden units, and so gate columns [NG*u0, NG*u1)
     split_range(H, unit_grain<S>(), tid, n, u0, u1);
     Index q0 = 0, q1 = 0;  // this thread's projection columns
     if (P > 0) split_range(P, Simd<S>::NR, tid, n, q0, q1);
@@ -165,11 +166,11 @@ void forward_direction(const DirectionPass<S, W>& a, const Cell& cell, S* y, con
         S* y_t = y + t * B * a.ldy;
 
         if (s > 0 || !a.zero_h0)
-            multiply<true>(R, a.rmask ? a.hm + (s & 1) * B * Hout : h_prev, Hout, *a.whh_t, 4 * u0,
-                           4 * u1, pre, a.ldg);
+            multiply<true>(R, a.rmask ? a.hm + (s & 1) * B * Hout : h_prev, Hout, *a.whh_t,
+                           a.NG * u0, a.NG * u1, pre, a.ldg);
 
         for (Index ub = u0; ub < u1; ub += HB)
-            cell.forward(ub, pre + 4 * ub, a.ldg, R, std::min(HB, H - ub), c_prev + ub, c_next + ub,
+            cell.forward(ub, pre + a.NG * ub, a.ldg, R, std::min(HB, H - ub), c_prev + ub, c_next + ub,
                          H, P == 0 ? h_next + ub : r + ub, P == 0 ? Hout : H,
                          P == 0 ? y_t + ub : nullptr, a.ldy);
         if (a.zoneout_c > 0)
@@ -305,9 +306,9 @@ void backward_direction(const DirectionPass<S>& a, const Cell& cell, const S* dy
             const bool on = active(a.lengths, t, b);
             for (Index ub = u0; ub < u1; ub += HB) {
                 const Index wb = std::min(HB, H - ub);
-                S* g = da + b * a.ldg + 4 * ub;
+                S* g = da + b * a.ldg + a.NG * ub;
                 if (!on) {
-                    std::fill(g, g + 4 * wb, S(0));
+                    std::fill(g, g + a.NG * wb, S(0));
                     continue;
                 }
                 const S* cp = c_p + b * H + ub;

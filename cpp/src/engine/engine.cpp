@@ -34,7 +34,7 @@ namespace detail {
 namespace {
 
 // Size letters: T time, B batch, I layer input size, H hidden, P projection, Hout = P or H,
-// D directions, L layers, G = 4H gate rows, DG = D*G.
+// D directions, L layers, NG gates per unit (4, or 3 with cifg), G = NG*H gate rows, DG = D*G.
 
 template <typename S>
 using RowMat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -174,6 +174,7 @@ struct ForwardWeights {
         if (peephole.size()) c.peephole = peephole.data() + k * 3 * m.H;
         c.H = m.H;
         c.clip = S(m.cfg.cell_clip);
+        c.cifg = m.cfg.cifg;
         return c;
     }
 };
@@ -187,7 +188,7 @@ DirectionPass<S, W> forward_pass(const Layout<S>& m, const ForwardWeights<S, W>&
                                  LayerCache<S>* lc, S* eval_state) {
     const Index H = m.H, P = m.P, Hout = m.Hout, G = m.G, D = m.D, k = l * D + d;
     DirectionPass<S, W> a;
-    a.T = T; a.B = B; a.H = H; a.P = P; a.Hout = Hout;
+    a.T = T; a.B = B; a.H = H; a.P = P; a.Hout = Hout; a.NG = m.NG;
     a.ldg = D * G;
     a.ldy = D * Hout;
     a.reverse = m.cfg.reverse || d == 1;
@@ -344,7 +345,7 @@ private:
                     }
                     for (Index u0 = 0; u0 < H; u0 += HB) {  // block of w units from u0
                         const Index w = std::min(HB, H - u0);
-                        for (Index e = 4 * u0; e < 4 * (u0 + w); e += w)  // its gates i, f, g, o
+                        for (Index e = m_.NG * u0; e < m_.NG * (u0 + w); e += w)  // its gates
                             fn(base + e * n, base + m_.perm[std::size_t(e)] * n, w * n);
                     }
                 }
