@@ -1,6 +1,7 @@
 // Google Benchmark microbenchmarks of the C++ engine (eigenlstm::core, no Python): forward in
 // eval and training mode, the seed model's inference call (fwd_last), backward, a full training
-// step, and Eigen SGEMM rooflines, over the shapes of bench/compare.py. Comparisons with
+// step, and Eigen SGEMM rooflines, over the shapes of bench/compare.py; the cell variants'
+// forward and training step on the shapes of bench/variants.py. Comparisons with
 // PyTorch and ONNX Runtime live in compare.py; how to build, run and read this: bench/README.md.
 #include <benchmark/benchmark.h>
 
@@ -61,16 +62,35 @@ std::vector<float> random_vector(Index n, float scale, std::uint32_t seed) {
     return v;
 }
 
+// A cell variant: the options it sets on the plain LSTM's config (bench/variants.py's).
+struct Variant {
+    const char* name;
+    void (*apply)(eigenlstm::Config&);
+};
+const Variant kPlain{"plain", [](eigenlstm::Config&) {}};
+const Variant kVariants[] = {
+    {"peepholes", [](eigenlstm::Config& c) { c.peepholes = true; }},
+    {"cell_clip", [](eigenlstm::Config& c) { c.cell_clip = 1.0; }},
+    {"cifg", [](eigenlstm::Config& c) { c.cifg = true; }},
+    {"recurrent_dropout", [](eigenlstm::Config& c) { c.recurrent_dropout = 0.25; }},
+    {"weight_drop", [](eigenlstm::Config& c) { c.weight_drop = 0.5; }},
+    {"zoneout", [](eigenlstm::Config& c) { c.zoneout_c = c.zoneout_h = 0.1; }},
+};
+const char* const kVariantShapes[] = {"ds_inf_b32", "ds_train_512"};
+
 // An engine with torch's initialisation, U(-1/sqrt(H), 1/sqrt(H)), each tensor written at its
 // param_offset() (the padding between tensors stays zero).
-eigenlstm::LSTM<float> make_lstm(const Shape& s) {
+eigenlstm::LSTM<float> make_lstm(const Shape& s, const Variant& variant = kPlain) {
     eigenlstm::Config cfg;
     cfg.input_size = s.I;
     cfg.hidden_size = s.H;
+    variant.apply(cfg);
     eigenlstm::LSTM<float> lstm(cfg, 1234);
     const float k = 1.0f / std::sqrt(float(s.H));
     std::uint32_t seed = 1;
-    for (Param kind : {Param::weight_ih, Param::weight_hh, Param::bias_ih, Param::bias_hh}) {
+    for (int kind_index = 0; kind_index < eigenlstm::kNumParamKinds; ++kind_index) {
+        const Param kind = Param(kind_index);
+        if (!lstm.has_param(kind)) continue;
         Index rows = 0, cols = 0;
         lstm.param_shape(kind, 0, rows, cols);
         const std::vector<float> w = random_vector(rows * cols, k, seed++);
@@ -104,8 +124,8 @@ void set_gflops(benchmark::State& state, double flops_per_iteration) {
 // ---- the cases ------------------------------------------------------------------------------
 
 // fwd_eval: inference forward (training = false: no cache is written).
-void BM_fwd_eval(benchmark::State& state, Shape s) {
-    auto lstm = make_lstm(s);
+void BM_fwd_eval(benchmark::State& state, Shape s, Variant v) {
+    auto lstm = make_lstm(s, v);
     Buffers buf(s);
     for (auto _ : state) {
         lstm.forward(buf.y.data(), buf.h_n.data(), buf.c_n.data(), buf.x.data(), nullptr, nullptr,
@@ -166,8 +186,8 @@ void BM_bwd_only(benchmark::State& state, Shape s) {
 
 // fwd_bwd: one training step, training forward + backward (parameter gradients accumulate,
 // dx is computed), timed together; FLOPs = 3x forward.
-void BM_fwd_bwd(benchmark::State& state, Shape s) {
-    auto lstm = make_lstm(s);
+void BM_fwd_bwd(benchmark::State& state, Shape s, Variant v) {
+    auto lstm = make_lstm(s, v);
     Buffers buf(s);
     for (auto _ : state) {
         lstm.forward(buf.y.data(), buf.h_n.data(), buf.c_n.data(), buf.x.data(), nullptr, nullptr,
@@ -322,14 +342,29 @@ int main(int argc, char** argv) {
 
     for (const Shape& s : kShapes) {
         const std::string suffix = std::string("/") + s.name;
-        benchmark::RegisterBenchmark(("fwd_eval" + suffix).c_str(), BM_fwd_eval, s)->UseRealTime();
+        benchmark::RegisterBenchmark(("fwd_eval" + suffix).c_str(), BM_fwd_eval, s, kPlain)
+            ->UseRealTime();
         benchmark::RegisterBenchmark(("fwd_last" + suffix).c_str(), BM_fwd_last, s)->UseRealTime();
         benchmark::RegisterBenchmark(("fwd_train" + suffix).c_str(), BM_fwd_train, s)->UseRealTime();
         benchmark::RegisterBenchmark(("bwd_only" + suffix).c_str(), BM_bwd_only, s)->UseRealTime();
-        benchmark::RegisterBenchmark(("fwd_bwd" + suffix).c_str(), BM_fwd_bwd, s)->UseRealTime();
+        benchmark::RegisterBenchmark(("fwd_bwd" + suffix).c_str(), BM_fwd_bwd, s, kPlain)
+            ->UseRealTime();
         benchmark::RegisterBenchmark(("sgemm_lstm" + suffix).c_str(), BM_sgemm_lstm, s)->UseRealTime();
     }
     benchmark::RegisterBenchmark("sgemm_square", BM_sgemm_square)->Arg(2048)->UseRealTime();
+    // The variants next to the plain cell of the same shape: fwd_eval/<shape>/<variant> and
+    // fwd_bwd/<shape>/<variant> against fwd_eval/<shape> and fwd_bwd/<shape> above.
+    for (const Shape& s : kShapes)
+        for (const char* name : kVariantShapes) {
+            if (std::strcmp(s.name, name) != 0) continue;
+            for (const Variant& v : kVariants) {
+                const std::string suffix = std::string("/") + s.name + "/" + v.name;
+                benchmark::RegisterBenchmark(("fwd_eval" + suffix).c_str(), BM_fwd_eval, s, v)
+                    ->UseRealTime();
+                benchmark::RegisterBenchmark(("fwd_bwd" + suffix).c_str(), BM_fwd_bwd, s, v)
+                    ->UseRealTime();
+            }
+        }
 
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();

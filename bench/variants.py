@@ -33,6 +33,9 @@ VARIANTS = {
     "cell_clip": ({"cell_clip": 1.0}, 0),
     "proj_clip": ({"proj_clip": 0.1}, 0.5),
     "peepholes+cell_clip": ({"peepholes": True, "cell_clip": 1.0}, 0),
+    "recurrent_dropout": ({"recurrent_dropout": 0.25}, 0),
+    "weight_drop": ({"weight_drop": 0.5}, 0),
+    "zoneout": ({"zoneout": 0.1}, 0),
 }
 DEFAULT_SHAPES = ("ds_inf_b32", "ds_train_512")
 # the bound on each variant's time over the plain cell's
@@ -61,14 +64,19 @@ def torch_variant_step(torch, I, H, P, options):
     w_hr = param(P, H) if P else None
     w_p = param(3, H) if options.get("peepholes") else None
     cell_clip, proj_clip = options.get("cell_clip"), options.get("proj_clip")
+    p_r, p_w = options.get("recurrent_dropout", 0.0), options.get("weight_drop", 0.0)
+    z = options.get("zoneout", 0.0)
 
     def step(x, dy):
         T, B, _ = x.shape
         h, c = x.new_zeros(B, Hout), x.new_zeros(B, H)
         pre = x @ w_ih.T + b
+        w_rec = w_hh * torch.bernoulli(torch.full_like(w_hh, 1 - p_w)) / (1 - p_w) if p_w else w_hh
+        r = torch.bernoulli(h.new_full(h.shape, 1 - p_r)) / (1 - p_r) if p_r else None
         outs = []
         for t in range(T):
-            a = pre[t] + h @ w_hh.T
+            a = pre[t] + (h * r if r is not None else h) @ w_rec.T
+            c_prev, h_prev = c, h
             ai, af, ag, ao = a.chunk(4, dim=1)
             if w_p is not None:
                 ai, af = ai + w_p[0] * c, af + w_p[1] * c
@@ -82,6 +90,11 @@ def torch_variant_step(torch, I, H, P, options):
                 h = h @ w_hr.T
             if proj_clip is not None:
                 h = h.clamp(-proj_clip, proj_clip)
+            if z:
+                m_c = torch.bernoulli(torch.full_like(c, z))
+                m_h = torch.bernoulli(torch.full_like(h, z))
+                c = m_c * c_prev + (1 - m_c) * c
+                h = m_h * h_prev + (1 - m_h) * h
             outs.append(h)
         torch.stack(outs).backward(dy)
 

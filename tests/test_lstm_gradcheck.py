@@ -57,6 +57,8 @@ VARIANTS = {
     "weight_drop": ("L3-bi-noP-bias-unbatched", {"weight_drop": 0.4}),
     "zoneout": ("L2-uni-P1-nobias-batch_first-lengths", {"zoneout": (0.3, 0.5)}),
     "zoneout-noP": ("L3-uni-noP-nobias-batch_first-dropout", {"zoneout": 0.4}),
+    "cifg": ("L2-bi-P2-bias-lengths", {"cifg": True}),
+    "cifg-peepholes": ("L3-bi-noP-bias-unbatched", {"cifg": True, "peepholes": True}),
     "everything": (
         "L2-bi-P2-bias-lengths-dropout",
         {

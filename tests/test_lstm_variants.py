@@ -37,11 +37,22 @@ VARIANTS = {
     "proj_clip": {"proj_clip": 0.05},
     "peepholes+cell_clip": {"peepholes": True, "cell_clip": 0.4},
     "all": {"peepholes": True, "cell_clip": 0.4, "proj_clip": 0.05},
+    "cifg": {"cifg": True},
+    "cifg+peepholes": {"cifg": True, "peepholes": True, "cell_clip": 0.4},
     "recurrent_dropout": {"recurrent_dropout": 0.3},
     "weight_drop": {"weight_drop": 0.4},
     "zoneout": {"zoneout": 0.3},
     "zoneout-pair": {"zoneout": (0.2, 0.5)},
     "everything": {
+        "peepholes": True,
+        "cell_clip": 0.4,
+        "proj_clip": 0.05,
+        "recurrent_dropout": 0.25,
+        "weight_drop": 0.3,
+        "zoneout": (0.3, 0.2),
+    },
+    "everything-cifg": {
+        "cifg": True,
         "peepholes": True,
         "cell_clip": 0.4,
         "proj_clip": 0.05,
@@ -112,6 +123,7 @@ def oracle(lstm, a, lengths, masks=None):
         bidirectional=lstm.bidirectional,
         proj_size=lstm.proj_size,
         lengths=lengths,
+        cifg=lstm.cifg,
         peepholes=lstm.peepholes,
         cell_clip=lstm.cell_clip,
         proj_clip=lstm.proj_clip,
@@ -329,8 +341,12 @@ def test_peepholes_match_onnx_runtime(bidirectional):
     np.testing.assert_allclose(c_n, Y_c, rtol=1e-5, atol=1e-5)
 
 
-def test_a_peephole_lstm_exports_to_onnx_and_runs_in_onnx_runtime():
-    lstm, a = make({"peepholes": True}, 2, True, 0, True, dtype=np.float32)
+@pytest.mark.parametrize(
+    "options", [{"peepholes": True}, {"cifg": True}, {"cifg": True, "peepholes": True}]
+)
+def test_a_variant_lstm_exports_to_onnx_and_runs_in_onnx_runtime(options):
+    """Peepholes are the LSTM node's P, cifg its input_forget=1: ONNX Runtime computes them."""
+    lstm, a = make(options, 2, True, 0, True, dtype=np.float32)
     lstm.eval()
     buf = io.BytesIO()
     el.onnx.export(lstm, buf, lengths=True)
@@ -348,6 +364,8 @@ def test_a_peephole_lstm_exports_to_onnx_and_runs_in_onnx_runtime():
         ({"cell_clip": 1.0}, 0, "cell_clip"),
         ({"proj_clip": 1.0}, 2, "proj_clip"),
         ({"peepholes": True}, 2, "peepholes"),
+        ({"cifg": True}, 2, "cifg"),
+        ({"zoneout": 0.1}, 0, "zoneout"),
     ],
 )
 def test_onnx_export_refuses_what_onnx_cannot_express(options, P, name):

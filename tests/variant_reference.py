@@ -50,7 +50,7 @@ def draws(key, n, q):
 def call_masks(lstm, T, B, seed, counter):
     """The masks of a training call of ``lstm`` (an el.LSTM) at dropout state (seed, counter),
     per layer and direction k: ``r`` (B, Hout) recurrent-dropout factors, ``w`` (4H, Hout)
-    weight-drop factors in torch's row order, ``zc`` (T, B, H) and ``zh`` (T, B, Hout) zoneout
+    weight-drop factors in torch's row order (3H rows with cifg), ``zc`` (T, B, H) and ``zh`` (T, B, Hout) zoneout
     masks (1: keep the previous state)."""
     H, Hout, D = lstm.hidden_size, lstm.output_size, lstm.num_directions
     z = lstm.zoneout if isinstance(lstm.zoneout, tuple) else (lstm.zoneout,) * 2
@@ -68,9 +68,9 @@ def call_masks(lstm, T, B, seed, counter):
                     B, Hout
                 )
             if lstm.weight_drop > 0:
-                p = lstm.weight_drop
-                m["w"] = np.where(draws(key("weight"), 4 * H * Hout, p), 0.0, 1 / (1 - p)).reshape(
-                    4 * H, Hout
+                p, G = lstm.weight_drop, (3 if lstm.cifg else 4) * H
+                m["w"] = np.where(draws(key("weight"), G * Hout, p), 0.0, 1 / (1 - p)).reshape(
+                    G, Hout
                 )
             if z[0] > 0:
                 m["zc"] = draws(key("zoneout_c"), T * B * H, z[0]).reshape(T, B, H) * 1.0
@@ -90,6 +90,7 @@ def variant_forward(
     bidirectional,
     proj_size,
     lengths=None,
+    cifg=False,
     peepholes=False,
     cell_clip=None,
     proj_clip=None,
@@ -117,7 +118,7 @@ def variant_forward(
 
     Notes
     -----
-    Per valid step, gate order i, f, g, o::
+    Per valid step, gate order i, f, g, o (i, g, o with ``cifg``, and f = 1 - i)::
 
         a = W_ih x_t + b_ih + W_hh h + b_hh
         i = sigma(a_i + w_ci*c),  f = sigma(a_f + w_cf*c),  g = tanh(a_g)
@@ -157,10 +158,17 @@ def variant_forward(
             for t in range(T) if d == 0 else reversed(range(T)):
                 h_in = h * mk["r"] if "r" in mk else h
                 a = layer_input[t] @ w_ih.T + h_in @ w_hh.T + b
-                ai, af, ag, ao = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
-                if w_p is not None:
-                    ai, af = ai + w_p[0] * c, af + w_p[1] * c
-                i, f, g = torch.sigmoid(ai), torch.sigmoid(af), torch.tanh(ag)
+                if cifg:
+                    ai, ag, ao = a[:, :H], a[:, H : 2 * H], a[:, 2 * H :]
+                    if w_p is not None:
+                        ai = ai + w_p[0] * c
+                    i, g = torch.sigmoid(ai), torch.tanh(ag)
+                    f = 1 - i
+                else:
+                    ai, af, ag, ao = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
+                    if w_p is not None:
+                        ai, af = ai + w_p[0] * c, af + w_p[1] * c
+                    i, f, g = torch.sigmoid(ai), torch.sigmoid(af), torch.tanh(ag)
                 c_new = f * c + i * g
                 if cell_clip is not None:
                     c_new = torch.clamp(c_new, -cell_clip, cell_clip)

@@ -27,7 +27,7 @@ class _Engine:
         seed: int,
         **variants: bool | float,
     ) -> None:
-        """Cell variants as keywords: peepholes, cell_clip, proj_clip, recurrent_dropout,
+        """Cell variants as keywords: cifg, peepholes, cell_clip, proj_clip, recurrent_dropout,
         weight_drop, zoneout_c, zoneout_h (0 for off)."""
     @property
     def num_params(self) -> int: ...

@@ -184,6 +184,7 @@ def check_keys(where: str, state, expected, prefix: str = "") -> None:
 
 #: The cell-variant keywords of eigenlstm.LSTM and their defaults (each off).
 VARIANT_DEFAULTS = {
+    "cifg": False,
     "peepholes": False,
     "cell_clip": None,
     "proj_clip": None,
@@ -205,7 +206,7 @@ def _probability(where: str, name: str, value, *, closed: bool) -> float:
 
 def check_variants(where: str, proj_size: int, **options) -> dict:
     """The cell-variant keywords (VARIANT_DEFAULTS; those not given take their default),
-    checked and normalised: ``peepholes`` a bool; ``cell_clip`` and ``proj_clip`` None or a
+    checked and normalised: ``cifg`` and ``peepholes`` bools; ``cell_clip`` and ``proj_clip`` None or a
     finite float > 0, ``proj_clip`` only with ``proj_size > 0``; ``recurrent_dropout`` and
     ``weight_drop`` in [0, 1); ``zoneout`` a float in [0, 1] or a pair ``(z_c, z_h)`` of them
     (a float when both are equal). Errors name the option, the expected and the given value.
@@ -216,12 +217,11 @@ def check_variants(where: str, proj_size: int, **options) -> dict:
             f"{where}: unexpected options {unknown}; cell variants: {list(VARIANT_DEFAULTS)}"
         )
     out = {**VARIANT_DEFAULTS, **options}
-    peepholes = out["peepholes"]
-    if not isinstance(peepholes, (bool, np.bool_)):
-        raise TypeError(
-            f"{where}: peepholes must be a bool, got {type(peepholes).__name__} {peepholes!r}"
-        )
-    out["peepholes"] = bool(peepholes)
+    for name in ("cifg", "peepholes"):
+        flag = out[name]
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{where}: {name} must be a bool, got {type(flag).__name__} {flag!r}")
+        out[name] = bool(flag)
     for name in ("cell_clip", "proj_clip"):
         value = out[name]
         if value is None:
@@ -263,6 +263,7 @@ def engine_variants(options: dict) -> dict:
     z = options["zoneout"]
     z_c, z_h = z if isinstance(z, tuple) else (z, z)
     return {
+        "cifg": options["cifg"],
         "peepholes": options["peepholes"],
         "cell_clip": options["cell_clip"] or 0.0,
         "proj_clip": options["proj_clip"] or 0.0,

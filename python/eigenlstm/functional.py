@@ -61,6 +61,7 @@ def lstm_layer_forward(
     bias_hh=None,
     weight_hr=None,
     *,
+    cifg: bool = False,
     weight_peephole=None,
     cell_clip: float | None = None,
     proj_clip: float | None = None,
@@ -86,6 +87,9 @@ def lstm_layer_forward(
         Both or neither.
     weight_hr : array_like of shape (P, H), optional
         Projection; then ``H_out = P``, else ``H_out = H``.
+    cifg : bool, default False, keyword-only
+        Coupled input-forget gate (``eigenlstm.LSTM(cifg=True)``): the weights and biases
+        have 3H gate rows (i, g, o) instead of 4H.
     weight_peephole : array_like of shape (3, H), optional, keyword-only
         Peephole weights, rows ``w_ci, w_cf, w_co`` (``eigenlstm.LSTM(peepholes=True)``).
     cell_clip, proj_clip : float, optional, keyword-only
@@ -135,12 +139,15 @@ def lstm_layer_forward(
     dtype = _weights_dtype(weight_ih)
     w_ih = as_real_array(where, "weight_ih", weight_ih, dtype)
     w_hh = as_real_array(where, "weight_hh", weight_hh, dtype)
-    if w_ih.ndim != 2 or w_ih.shape[0] % 4 or w_ih.shape[0] == 0:
+    if not isinstance(cifg, (bool, np.bool_)):
+        raise TypeError(f"{where}: cifg must be a bool, got {type(cifg).__name__} {cifg!r}")
+    NG = 3 if cifg else 4  # gate blocks
+    if w_ih.ndim != 2 or w_ih.shape[0] % NG or w_ih.shape[0] == 0:
         raise ValueError(
-            f"{where}: weight_ih must have shape (4H, I) with H >= 1, got {w_ih.shape}"
+            f"{where}: weight_ih must have shape ({NG}H, I) with H >= 1, got {w_ih.shape}"
         )
     G, I = w_ih.shape
-    H = G // 4
+    H = G // NG
     P = 0
     if weight_hr is not None:
         w_hr = as_real_array(where, "weight_hr", weight_hr, dtype)
@@ -167,6 +174,7 @@ def lstm_layer_forward(
     variants = check_variants(
         where,
         P,
+        cifg=cifg,
         peepholes=weight_peephole is not None,
         cell_clip=cell_clip,
         proj_clip=proj_clip,

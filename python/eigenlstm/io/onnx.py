@@ -104,20 +104,30 @@ def _check_opset(where: str, onnx, opset) -> int:
     return int(opset)
 
 
+def _onnx_gates(lstm: LSTM, w: np.ndarray) -> np.ndarray:
+    """A weight or bias of ``lstm`` with its gate blocks in ONNX's order (i, o, f, c). A
+    coupled-gate LSTM has no f block (f = 1 - i): ONNX's input_forget=1 ignores it, and it is
+    written as zeros."""
+    if not lstm.cifg:
+        return _gate_blocks(w, _TORCH_TO_ONNX)
+    i, g, o = np.split(w, 3, axis=0)
+    return np.concatenate([i, o, np.zeros_like(i), g], axis=0)
+
+
 def _lstm_op_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, seq: str | None, h0, c0):
     """One layer as the ONNX LSTM operator; returns (y (T, N, D*H), h_n (D, N, H), c_n)."""
     D, H = lstm.num_directions, lstm.hidden_size
     sfx = ["", "_reverse"][:D]
-    W = np.stack([_gate_blocks(sd[f"weight_ih_l{l}{s}"], _TORCH_TO_ONNX) for s in sfx])
-    R = np.stack([_gate_blocks(sd[f"weight_hh_l{l}{s}"], _TORCH_TO_ONNX) for s in sfx])
+    W = np.stack([_onnx_gates(lstm, sd[f"weight_ih_l{l}{s}"]) for s in sfx])
+    R = np.stack([_onnx_gates(lstm, sd[f"weight_hh_l{l}{s}"]) for s in sfx])
     inputs = [x, b.const(W, f"W_l{l}"), b.const(R, f"R_l{l}")]
     if lstm.bias:  # B = [Wb; Rb]: ONNX adds both halves, as torch adds b_ih and b_hh
         B = np.stack(
             [
                 np.concatenate(
                     [
-                        _gate_blocks(sd[f"bias_ih_l{l}{s}"], _TORCH_TO_ONNX),
-                        _gate_blocks(sd[f"bias_hh_l{l}{s}"], _TORCH_TO_ONNX),
+                        _onnx_gates(lstm, sd[f"bias_ih_l{l}{s}"]),
+                        _onnx_gates(lstm, sd[f"bias_hh_l{l}{s}"]),
                     ]
                 )
                 for s in sfx
@@ -135,7 +145,12 @@ def _lstm_op_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, seq: str | None,
         P = np.stack([sd[f"weight_peephole_l{l}{s}"][[0, 2, 1]].reshape(-1) for s in sfx])
         inputs.append(b.const(P, f"P_l{l}"))
     y, y_h, y_c = b.op(
-        "LSTM", inputs, n_out=3, hidden_size=H, direction="bidirectional" if D == 2 else "forward"
+        "LSTM",
+        inputs,
+        n_out=3,
+        hidden_size=H,
+        direction="bidirectional" if D == 2 else "forward",
+        **({"input_forget": 1} if lstm.cifg else {}),
     )
     # Y is (T, D, N, H); the next layer and torch's output want (T, N, D*H).
     if D == 1:
@@ -280,7 +295,9 @@ def export(
     to ``"output"`` (N, O). Batch and time are dynamic.
 
     Layers without projection are ONNX ``LSTM`` nodes (layout 0: ONNX Runtime implements no
-    other), with ``Transpose``/``Squeeze``/``Reshape`` glue; peepholes are their input ``P``. ONNX's LSTM has no projection, so
+    other), with ``Transpose``/``Squeeze``/``Reshape`` glue; peepholes are their input ``P``
+    and a coupled input-forget gate (``cifg``) their ``input_forget=1``. The training
+    regularizers (dropout, recurrent dropout, weight drop) are not part of an inference graph. ONNX's LSTM has no projection, so
     layers with ``proj_size > 0`` are a ``Scan`` over time of MatMul/Sigmoid/Tanh ops, one per
     direction (see ``_scan_body``). ONNX Runtime's LSTM kernel is float32 only; float64
     graphs are valid ONNX and run in ``onnx.reference.ReferenceEvaluator``.
@@ -291,8 +308,8 @@ def export(
         If ``module`` is not an LSTM or LSTMModel, or ``opset`` is not an int.
     ValueError
         If ``opset`` is out of range, ``initial_state=True`` for an LSTMModel, or the LSTM has
-        ``cell_clip``, ``proj_clip``, or peepholes with a projection (none of which ONNX's LSTM
-        expresses).
+        ``cell_clip``, ``proj_clip``, zoneout, or peepholes or cifg with a projection (none of
+        which ONNX's LSTM expresses).
     ImportError
         If the onnx package is missing.
 
@@ -325,10 +342,16 @@ def export(
                 f"{where}: an LSTM with {name}={getattr(lstm, name)!r} cannot be written: ONNX's "
                 "LSTM clips the gates' inputs, not the states"
             )
-    if lstm.peepholes and lstm.proj_size:
+    for name in ("peepholes", "cifg"):
+        if getattr(lstm, name) and lstm.proj_size:
+            raise ValueError(
+                f"{where}: an LSTM with {name}=True and proj_size={lstm.proj_size} cannot be "
+                f"written yet (projected layers are Scan graphs without {name})"
+            )
+    if lstm.zoneout:
         raise ValueError(
-            f"{where}: an LSTM with peepholes=True and proj_size={lstm.proj_size} cannot be "
-            "written yet (projected layers are Scan graphs without peepholes)"
+            f"{where}: an LSTM with zoneout={lstm.zoneout!r} cannot be written: ONNX's LSTM "
+            "has no zoneout (in evaluation it mixes the previous states in)"
         )
     onnx = _import_onnx(where)
     opset = _check_opset(where, onnx, opset)

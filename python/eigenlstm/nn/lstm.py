@@ -185,10 +185,14 @@ class LSTM(Module):
         Add a reverse-time direction (``D = 2``), concatenated on the feature axis.
     proj_size : int, default 0
         If > 0, project the hidden state to ``P = proj_size`` features (``H_out = P``).
+    cifg : bool, default False, keyword-only
+        Coupled input-forget gate, ``f = 1 - i`` (TensorFlow's and NNAPI's CIFG LSTM): the
+        gate blocks are (i, g, o), so ``weight_ih`` is ``(3H, I)``, ``weight_hh``
+        ``(3H, H_out)`` and the biases ``(3H,)``.
     peepholes : bool, default False, keyword-only
         Add peephole connections from the cell state to the gates (ONNX's and TensorFlow's
         LSTM): a parameter ``weight_peephole_l{k}{suffix}`` of shape ``(3, H)``, rows
-        ``w_ci, w_cf, w_co``.
+        ``w_ci, w_cf, w_co`` (with ``cifg``, ``w_cf`` is unused and its gradient zero).
     cell_clip : float, optional, keyword-only
         Clip the cell state to ``[-cell_clip, cell_clip]`` after each update (TensorFlow's
         ``LSTMCell(cell_clip=...)``). None: no clipping.
@@ -262,6 +266,7 @@ class LSTM(Module):
         bidirectional: bool = False,
         proj_size: int = 0,
         *,
+        cifg: bool = False,
         peepholes: bool = False,
         cell_clip: float | None = None,
         proj_clip: float | None = None,
@@ -278,6 +283,7 @@ class LSTM(Module):
         variants = check_variants(
             where,
             self.proj_size,
+            cifg=cifg,
             peepholes=peepholes,
             cell_clip=cell_clip,
             proj_clip=proj_clip,
@@ -285,6 +291,7 @@ class LSTM(Module):
             weight_drop=weight_drop,
             zoneout=zoneout,
         )
+        self.cifg: bool = variants["cifg"]
         self.peepholes: bool = variants["peepholes"]
         self.cell_clip: float | None = variants["cell_clip"]
         self.proj_clip: float | None = variants["proj_clip"]

@@ -44,7 +44,7 @@ class LSTMModel(Module):
         Dropout between LSTM layers in training mode (as torch.nn.LSTM's ``dropout``).
     bidirectional : bool, default False, keyword-only
         Bidirectional LSTM; the Linear layer then takes ``2H`` features.
-    peepholes, cell_clip, recurrent_dropout, weight_drop, zoneout : keyword-only
+    cifg, peepholes, cell_clip, recurrent_dropout, weight_drop, zoneout : keyword-only
         Cell variants of the LSTM, as :class:`~eigenlstm.nn.LSTM`'s (``proj_clip`` needs a
         projection, which this model does not have).
     dtype : {np.float32, np.float64}, keyword-only
@@ -92,6 +92,7 @@ class LSTMModel(Module):
         *,
         dropout: float = 0.0,
         bidirectional: bool = False,
+        cifg: bool = False,
         peepholes: bool = False,
         cell_clip: float | None = None,
         recurrent_dropout: float = 0.0,
@@ -119,6 +120,7 @@ class LSTMModel(Module):
             batch_first=True,
             dropout=dropout,
             bidirectional=bidirectional,
+            cifg=cifg,
             peepholes=peepholes,
             cell_clip=cell_clip,
             recurrent_dropout=recurrent_dropout,

@@ -142,16 +142,17 @@ def _inference_only(module, mode) -> None:
         )
 
 
-def _lstm_shapes(I, H, L, bias, bidirectional, P, peepholes) -> dict:
-    """el.LSTM's parameter shapes, in state_dict order."""
-    D, Hout = (2 if bidirectional else 1), (P if P > 0 else H)
+def _lstm_shapes(I, H, L, bias, bidirectional, P, peepholes, gates) -> dict:
+    """el.LSTM's parameter shapes, in state_dict order (``gates`` blocks per unit: 4, or 3
+    with cifg)."""
+    D, Hout, G = (2 if bidirectional else 1), (P if P > 0 else H), gates * H
     shapes = {}
     for name, kind, layer, _ in param_names(L, bidirectional, P, bias, peepholes):
         shapes[name] = {
-            "weight_ih": (4 * H, I if layer == 0 else D * Hout),
-            "weight_hh": (4 * H, Hout),
-            "bias_ih": (4 * H,),
-            "bias_hh": (4 * H,),
+            "weight_ih": (G, I if layer == 0 else D * Hout),
+            "weight_hh": (G, Hout),
+            "bias_ih": (G,),
+            "bias_hh": (G,),
             "weight_hr": (P, H),
             "weight_peephole": (3, H),
         }[kind]
@@ -272,7 +273,7 @@ class QuantizedLSTM(_QuantizedModule):
     ----------
     input_size, hidden_size, num_layers, bias, batch_first, bidirectional, proj_size
         As :class:`~eigenlstm.nn.LSTM`'s.
-    peepholes, cell_clip, proj_clip, zoneout : keyword-only
+    cifg, peepholes, cell_clip, proj_clip, zoneout : keyword-only
         The cell variants that act in evaluation, as :class:`~eigenlstm.nn.LSTM`'s (zoneout
         mixes the states by its probabilities); peephole weights stay float32. The training
         regularizers (``dropout``, ``recurrent_dropout``, ``weight_drop``) do not apply.
@@ -304,6 +305,7 @@ class QuantizedLSTM(_QuantizedModule):
         bidirectional: bool = False,
         proj_size: int = 0,
         *,
+        cifg: bool = False,
         peepholes: bool = False,
         cell_clip: float | None = None,
         proj_clip: float | None = None,
@@ -317,11 +319,13 @@ class QuantizedLSTM(_QuantizedModule):
         self._variants = check_variants(
             where,
             self.proj_size,
+            cifg=cifg,
             peepholes=peepholes,
             cell_clip=cell_clip,
             proj_clip=proj_clip,
             zoneout=zoneout,
         )
+        self.cifg: bool = self._variants["cifg"]
         self.peepholes: bool = self._variants["peepholes"]
         self.cell_clip: float | None = self._variants["cell_clip"]
         self.proj_clip: float | None = self._variants["proj_clip"]
@@ -341,6 +345,7 @@ class QuantizedLSTM(_QuantizedModule):
             self.bidirectional,
             self.proj_size,
             self.peepholes,
+            3 if self.cifg else 4,
         )
         self._init_tensors(where, shapes)
 
@@ -494,6 +499,7 @@ class QuantizedLSTMModel(LSTMModel):
         num_layers: int = 1,
         *,
         bidirectional: bool = False,
+        cifg: bool = False,
         peepholes: bool = False,
         cell_clip: float | None = None,
         zoneout: float | tuple[float, float] = 0.0,
@@ -513,6 +519,7 @@ class QuantizedLSTMModel(LSTMModel):
             self.num_layers,
             batch_first=True,
             bidirectional=bool(bidirectional),
+            cifg=cifg,
             peepholes=peepholes,
             cell_clip=cell_clip,
             zoneout=zoneout,
