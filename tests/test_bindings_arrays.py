@@ -183,9 +183,16 @@ def test_load_flat_refuses_a_buffer_of_the_wrong_shape_and_changes_nothing(shape
             True,
             ("weight_xx", 0, 0),
             r"param_offset: kind must be one of 'weight_ih', 'weight_hh', 'bias_ih', 'bias_hh', "
-            r"'weight_hr', 'weight_peephole', got 'weight_xx'",
+            r"'weight_hr', 'weight_peephole', 'layer_norm_ih_weight', 'layer_norm_ih_bias', "
+            r"'layer_norm_hh_weight', 'layer_norm_hh_bias', 'layer_norm_c_weight', "
+            r"'layer_norm_c_bias', got 'weight_xx'",
         ),
         (True, ("weight_hr", 0, 0), r"param_offset: this LSTM has no weight_hr \(proj_size is 0\)"),
+        (
+            True,
+            ("layer_norm_c_bias", 0, 0),
+            r"param_offset: this LSTM has no layer_norm_c_bias \(layer_norm is false\)",
+        ),
         (
             True,
             ("weight_peephole", 0, 0),
@@ -200,6 +207,7 @@ def test_load_flat_refuses_a_buffer_of_the_wrong_shape_and_changes_nothing(shape
     ids=[
         "kind",
         "no-proj",
+        "no-layer-norm",
         "no-peepholes",
         "no-bias",
         "layer",

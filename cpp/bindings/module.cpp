@@ -164,8 +164,8 @@ eigenlstm::Config config_of(Index input_size, Index hidden_size, Index num_layer
 }
 
 // The cell variants of a config from keyword arguments (eigenlstm.LSTM checks their values;
-// the engine checks them again): cifg, peepholes (bool), cell_clip, proj_clip, recurrent_dropout,
-// weight_drop, zoneout_c, zoneout_h (float, 0 for off). An unknown keyword is a TypeError.
+// the engine checks them again): cifg, peepholes, layer_norm (bool), cell_clip, proj_clip,
+// recurrent_dropout, weight_drop, zoneout_c, zoneout_h (float, 0 for off). An unknown keyword is a TypeError.
 void set_variants(eigenlstm::Config& c, const py::kwargs& variants) {
     for (const auto& [key, value] : variants) {
         const std::string name = py::str(key);
@@ -177,10 +177,12 @@ void set_variants(eigenlstm::Config& c, const py::kwargs& variants) {
         else if (name == "weight_drop") c.weight_drop = value.cast<double>();
         else if (name == "zoneout_c") c.zoneout_c = value.cast<double>();
         else if (name == "zoneout_h") c.zoneout_h = value.cast<double>();
+        else if (name == "layer_norm") c.layer_norm = value.cast<bool>();
         else
             throw py::type_error("unexpected keyword argument '" + name +
                                  "' (cell variants: cifg, peepholes, cell_clip, proj_clip, "
-                                 "recurrent_dropout, weight_drop, zoneout_c, zoneout_h)");
+                                 "recurrent_dropout, weight_drop, zoneout_c, zoneout_h, "
+                                 "layer_norm)");
     }
 }
 
@@ -381,7 +383,10 @@ struct Engine : Forward<S, eigenlstm::LSTM<S>> {
     std::vector<Index> shape(Param kind, Index layer) const {
         Index rows, cols;
         lstm.param_shape(kind, layer, rows, cols);
-        if (kind == Param::bias_ih || kind == Param::bias_hh) return {rows};
+        // the biases and the layer norms' vectors are 1-D
+        if (kind == Param::bias_ih || kind == Param::bias_hh ||
+            kind >= Param::layer_norm_ih_weight)
+            return {rows};
         return {rows, cols};
     }
 

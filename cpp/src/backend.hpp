@@ -51,7 +51,7 @@ public:
 
 // A back end's entry points. kBackendAbi changes whenever this struct or Engine changes, so
 // that a stale shared object is refused instead of called with the wrong layout.
-constexpr int kBackendAbi = 4;
+constexpr int kBackendAbi = 5;
 
 struct Backend {
     int abi;

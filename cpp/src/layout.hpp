@@ -26,13 +26,15 @@ struct Layout {
     // with cifg).
     std::vector<Index> perm;
     // Flat layout: per layer, blocks in the order weight_ih [D, G, I_l], weight_hh [D, G, Hout],
-    // bias_ih [D, G], bias_hh [D, G], weight_hr [D, P, H], weight_peephole [D, 3, H]; each
-    // block starts 64-byte aligned.
+    // bias_ih [D, G], bias_hh [D, G], weight_hr [D, P, H], weight_peephole [D, 3, H], then the
+    // layer norms' layer_norm_ih_weight, _bias, layer_norm_hh_weight, _bias [D, G],
+    // layer_norm_c_weight, _bias [D, H]; each block starts 64-byte aligned.
     // offset[l][kind] is the block start (-1 if absent); size is the whole buffer's length.
     // The public buffers (parameters, gradients) hold every tensor as torch does, row-major
     // with gate rows i, f, g, o; a back end's engine-order copies use the same offsets with
-    // the gate rows of weight_ih, weight_hh and the biases permuted (engine row e = torch
-    // row perm[e]; weight_hr and weight_peephole have no gate rows and are the same in both).
+    // the gate rows of weight_ih, weight_hh, the biases and the gate layer norms permuted
+    // (engine row e = torch row perm[e]; weight_hr, weight_peephole and layer_norm_c_* have
+    // no gate rows and are the same in both).
     std::vector<std::array<Index, kNumParamKinds>> offset;
     Index size = 0;
 
@@ -66,7 +68,17 @@ struct Layout {
 
     Index in_size(Index l) const { return l == 0 ? cfg.input_size : D * Hout; }
     Index rows(Param k) const {
-        return k == Param::weight_hr ? P : k == Param::weight_peephole ? 3 : G;
+        switch (k) {
+            case Param::weight_hr: return P;
+            case Param::weight_peephole: return 3;
+            case Param::layer_norm_c_weight: case Param::layer_norm_c_bias: return H;
+            default: return G;
+        }
+    }
+    // Are the rows of kind k gate rows (permuted in engine order)?
+    static bool gate_rows(Param k) {
+        return k != Param::weight_hr && k != Param::weight_peephole &&
+               k != Param::layer_norm_c_weight && k != Param::layer_norm_c_bias;
     }
     Index cols(Param k, Index l) const {
         switch (k) {
@@ -74,6 +86,7 @@ struct Layout {
             case Param::weight_hh: return Hout;
             case Param::bias_ih: case Param::bias_hh: return 1;
             case Param::weight_hr: case Param::weight_peephole: return H;
+            default: return 1;  // the layer norms' vectors
         }
         return 0;
     }
@@ -81,6 +94,7 @@ struct Layout {
         if (k == Param::bias_ih || k == Param::bias_hh) return cfg.bias;
         if (k == Param::weight_hr) return P > 0;
         if (k == Param::weight_peephole) return cfg.peepholes;
+        if (k >= Param::layer_norm_ih_weight) return cfg.layer_norm;
         return true;
     }
     // Element offset of tensor (k, l, d) in a flat buffer laid out like the parameters.

@@ -49,8 +49,11 @@ void Config::validate() const {
 }
 
 const char* param_name(Param kind) {
-    static const char* const names[kNumParamKinds] = {"weight_ih", "weight_hh", "bias_ih",
-                                                      "bias_hh",   "weight_hr", "weight_peephole"};
+    static const char* const names[kNumParamKinds] = {
+        "weight_ih",           "weight_hh",          "bias_ih",
+        "bias_hh",             "weight_hr",          "weight_peephole",
+        "layer_norm_ih_weight", "layer_norm_ih_bias", "layer_norm_hh_weight",
+        "layer_norm_hh_bias",  "layer_norm_c_weight", "layer_norm_c_bias"};
     return names[int(kind)];
 }
 
@@ -59,6 +62,10 @@ const char* param_requirement(Param kind) {
         case Param::bias_ih: case Param::bias_hh: return " (bias is false)";
         case Param::weight_hr: return " (proj_size is 0)";
         case Param::weight_peephole: return " (peepholes is false)";
+        case Param::layer_norm_ih_weight: case Param::layer_norm_ih_bias:
+        case Param::layer_norm_hh_weight: case Param::layer_norm_hh_bias:
+        case Param::layer_norm_c_weight: case Param::layer_norm_c_bias:
+            return " (layer_norm is false)";
         default: return "";
     }
 }
@@ -218,6 +225,9 @@ QuantizedLSTM::QuantizedLSTM(const Config& config, Precision precision,
         EIGENLSTM_REQUIRE(value == 0.0, std::string("QuantizedLSTM: ") + name +
                                             " must be 0 (inference only), got " +
                                             std::to_string(value));
+    EIGENLSTM_REQUIRE(!config.layer_norm,
+                      "QuantizedLSTM: layer_norm must be false (reduced precision has no layer "
+                      "norm kernels)");
     const Index n = config.num_layers * config.directions();
     const bool int8 = precision == Precision::int8;
     require_pointers(w.weight_ih, n, "weight_ih");

@@ -160,6 +160,8 @@ struct Case {
     double dropout;
     Index T, B, O;     // O: outputs of forward_last's linear head
     bool ragged;       // lengths, h0, c0, dh_n, dc_n given; forward_last reads batch-first x
+    bool variants = false;  // the float LSTM with every cell variant (layer norm, peepholes,
+                            // clipping, zoneout, recurrent dropout, weight drop)
 };
 
 const Case kCases[] = {
@@ -169,6 +171,10 @@ const Case kCases[] = {
     {"large, two bidirectional layers, dropout", 256, 256, 0, 2, true, 0.25, 12, 64, 300, true},
     {"large, two layers, projection, dropout", 256, 512, 128, 2, false, 0.25, 12, 64, 300, true},
     {"bidirectional, projection", 128, 256, 64, 1, true, 0.0, 25, 64, 10, false},
+    {"cell variants, units split between threads", 256, 256, 0, 1, false, 0.0, 12, 64, 10, true,
+     true},
+    {"cell variants, batch rows split between threads", 64, 64, 0, 1, false, 0.0, 100, 32, 10,
+     true, true},
 };
 
 // Deterministic values in [-scale, scale).
@@ -192,6 +198,15 @@ void check_no_allocation_after_warmup(const Case& k, int threads) {
     c.num_layers = k.L;
     c.bidirectional = k.bidirectional;
     c.dropout = k.dropout;
+    if (k.variants) {
+        c.layer_norm = true;
+        c.peepholes = true;
+        c.cell_clip = 0.5;
+        c.zoneout_c = 0.1;
+        c.zoneout_h = 0.2;
+        c.recurrent_dropout = 0.1;
+        c.weight_drop = 0.1;
+    }
     LSTM<S> m(c, 1);
     std::mt19937_64 rng(1);
     eigenlstm_test::randomize(m, rng, 0.1);
@@ -321,6 +336,7 @@ int main() {
         for (int threads : {1, 2}) {
             check_no_allocation_after_warmup<float>(k, threads);
             check_no_allocation_after_warmup<double>(k, threads);
+            if (k.variants) continue;  // reduced precision runs the plain cases' configs
             for (auto p : {eigenlstm::Precision::int8, eigenlstm::Precision::bfloat16})
                 check_quantized_no_allocation_after_warmup(k, p, threads);
         }

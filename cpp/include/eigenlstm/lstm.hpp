@@ -19,6 +19,8 @@ using Index = std::ptrdiff_t;
 //   Hout = P if P > 0 else H, D directions (1 or 2), L layers, G = 4H gate rows (3H with
 //   config.cifg).
 
+constexpr double kLayerNormEps = 1e-5;  // Config::layer_norm: var + eps under the square root
+
 struct Config {
     Index input_size = 0;     // I
     Index hidden_size = 0;    // H
@@ -43,6 +45,12 @@ struct Config {
     double zoneout_c = 0.0;          // zoneout of c: training c_t = m*c_{t-1} + (1-m)*c~_t,
     double zoneout_h = 0.0;          // m ~ Bernoulli(z) per element and step; evaluation
                                      // c_t = z*c_{t-1} + (1-z)*c~_t. Same for h. In [0, 1]
+    // Layer normalisation (Ba et al. 2016), as torch.nn.LayerNorm with eps kLayerNormEps:
+    //   pre = LN(x_t W_ih^T; g_ih, b_ih') + LN(h_{t-1} W_hh^T; g_hh, b_hh') + b_ih + b_hh,
+    //   each LN over all G gate features of a row; h_t = o*tanh(LN(c_t; g_c, b_c')) over the
+    // H units, c_t itself carried unnormalised. Parameters layer_norm_{ih,hh}_{weight,bias}
+    // [G] (gate rows as the biases') and layer_norm_c_{weight,bias} [H].
+    bool layer_norm = false;
 
     Index directions() const { return bidirectional ? 2 : 1; }
     Index output_size() const { return proj_size > 0 ? proj_size : hidden_size; }
@@ -58,13 +66,19 @@ struct Config {
 };
 
 // The parameter tensors of one (layer, direction), named as in torch.nn.LSTM, then the
-// variants' own: weight_peephole [3, H], rows w_ci, w_cf, w_co (config.peepholes).
-enum class Param { weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, weight_peephole };
-constexpr int kNumParamKinds = 6;
-// The name of a kind, as in torch's state_dict keys: "weight_ih", ..., "weight_peephole".
+// variants' own: weight_peephole [3, H], rows w_ci, w_cf, w_co (config.peepholes); the layer
+// norms' gains and shifts, layer_norm_ih_* and layer_norm_hh_* [G] in gate order like a bias,
+// layer_norm_c_* [H] (config.layer_norm).
+enum class Param {
+    weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, weight_peephole,
+    layer_norm_ih_weight, layer_norm_ih_bias, layer_norm_hh_weight, layer_norm_hh_bias,
+    layer_norm_c_weight, layer_norm_c_bias
+};
+constexpr int kNumParamKinds = 12;
+// The name of a kind, as in torch's state_dict keys: "weight_ih", ..., "layer_norm_c_bias".
 const char* param_name(Param kind);
 // Why an LSTM may lack a kind: " (bias is false)", " (proj_size is 0)", " (peepholes is
-// false)"; "" for the kinds every LSTM has.
+// false)", " (layer_norm is false)"; "" for the kinds every LSTM has.
 const char* param_requirement(Param kind);
 
 // Number of threads the engine uses for one call (default: OpenMP's maximum, which respects
@@ -132,7 +146,8 @@ constexpr Index gate_block() { return Index(64 / sizeof(S)); }
 template <typename S>
 class LSTM {
 public:
-    // Allocates zero parameters and gradients. Throws std::invalid_argument for a bad config
+    // Allocates zero parameters and gradients (the layer norms' gains too: set them, as
+    // torch.nn.LayerNorm initialises them, to 1). Throws std::invalid_argument for a bad config
     // and std::bad_alloc when the parameters cannot be allocated.
     LSTM(const Config& config, std::uint64_t seed);
     ~LSTM();
@@ -160,14 +175,14 @@ public:
     void zero_grad();
 
     // Does (kind, layer) exist? Biases need config.bias; weight_hr needs proj_size > 0;
-    // weight_peephole needs config.peepholes.
+    // weight_peephole needs config.peepholes; the layer_norm_* kinds need config.layer_norm.
     bool has_param(Param kind) const;
     // torch shape (rows, cols) of a parameter; a bias has cols == 1.
     void param_shape(Param kind, Index layer, Index& rows, Index& cols) const;
     // Element offset of one parameter tensor in params(), grads() or any buffer laid out like
     // them (an optimizer moment): its rows x cols values (param_shape) start there, row-major,
-    // as in torch. Blocks in the order weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-    // weight_peephole per layer, each kind's block [D, rows, cols] starting 64-byte aligned.
+    // as in torch. Blocks in Param's order per layer, each kind's block [D, rows, cols]
+    // starting 64-byte aligned.
     //   kind   a parameter this LSTM has (has_param)
     //   layer  in [0, num_layers)
     //   dir    in [0, directions()); 1 is torch's "_reverse"
@@ -284,7 +299,7 @@ class QuantizedLSTM {
 public:
     // Packs the weights (copies: the caller's arrays may be freed afterwards). Throws
     // std::invalid_argument for a bad config (config.dropout, recurrent_dropout and
-    // weight_drop must be 0; zoneout acts as in evaluation; int8: depths up to
+    // weight_drop must be 0, layer_norm false; zoneout acts as in evaluation; int8: depths up to
     // kMaxInt8Depth), a missing pointer, a pointer count other than L*D or an int8 weight of
     // -128, std::bad_alloc when the weights cannot be allocated.
     QuantizedLSTM(const Config& config, Precision precision, const QuantizedWeights& weights);

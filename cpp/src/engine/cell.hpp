@@ -55,7 +55,8 @@ struct Peepholes {
 //   c_prev  [R, ldc]  first N: c_{t-1}; read only
 //   c       [R, ldc]  first N: c_t = f*c_{t-1} + i*g (clipped to [-clip, clip] if clip > 0);
 //                     overwritten
-//   h       [R, ldh]  first N: o*tanh(c_t); overwritten
+//   h       [R, ldh]  first N: o*tanh(c_t); overwritten (nullptr: not computed, as with a
+//                     layer norm of c, whose h the caller computes)
 //   y       [R, ldy]  first N: a second copy of h (the layer output), or nullptr
 //   peep             peephole weights of these N units, or none (with Cifg, w_cf is unused)
 // The variants' tests are per call, not per value: the plain cell runs the same lines as
@@ -94,6 +95,7 @@ inline void cell_forward_n(S* g, Index ldg, Index R, const S* c_prev, S* c, Inde
         for (Index r = 0; r < R; ++r) o.col(r) += cm.col(r) * V(peep.o);
         o = o.unaryExpr(SigmoidOp<S>());
     }
+    if (!h) return;
     hm = o * cm.tanh();
     if (y) Eigen::Map<A, 0, Str>(y, N, R, Str(ldy)) = hm;
 }
@@ -106,21 +108,25 @@ inline void cell_forward_n(S* g, Index ldg, Index R, const S* c_prev, S* c, Inde
 //   peep, clip     as in the forward
 //   dpeep   [3, ldp]  with peep: the peephole gradients, += da_i*c_{t-1}, da_f*c_{t-1},
 //                  da_o*c_t (rows i, f, o, first N of each; row f stays with Cifg)
+//   th, dch [N]    with a layer norm of c (h = o*tanh(c^), c^ = LN(c_t)): tanh(c^) and the
+//                  gradient of c_t through c^ (layer_norm.hpp); nullptr: h = o*tanh(c_t)
 template <typename S, int N, bool Cifg>
 inline void cell_backward_n(S* g, const S* c_t, const S* c_prev, const S* dh, S* dc,
-                            const Peepholes<S>& peep, S clip, S* dpeep, Index ldp) {
+                            const Peepholes<S>& peep, S clip, S* dpeep, Index ldp,
+                            const S* th_ln, const S* dch) {
     using A = Eigen::Array<S, N, 1>;
     using V = Eigen::Map<const A>;
     constexpr int G_ = Cifg ? 1 : 2, O_ = Cifg ? 2 : 3;
     Eigen::Map<A> ai(g), ag(g + G_ * N), ao(g + O_ * N), dcm(dc);
     const A i = ai, gg = ag, o = ao;  // values: the maps are overwritten
     const V ct(c_t);
-    const A th = ct.tanh();
+    const A th = th_ln ? A(V(th_ln)) : A(ct.tanh());
     const V dhm(dh), cp(c_prev);
     // forward: h = o*tanh(c)        ->  do = dh*tanh(c),  dc += dh*o*(1 - tanh(c)^2)
+    //          (h = o*tanh(c^): dc += dch, the layer norm's backward of dh*o*(1 - tanh(c^)^2))
     // forward: o = s(a_o)           ->  da_o = do*o*(1-o)
     const A dao = dhm * th * o * (S(1) - o);
-    A dct = dcm + dhm * o * (S(1) - th * th);
+    A dct = th_ln ? A(dcm + V(dch)) : A(dcm + dhm * o * (S(1) - th * th));
     // forward: a_o += w_co*c        ->  dc += da_o*w_co
     if (peep) dct += dao * V(peep.o);
     // forward: c = clip(c~)         ->  dc~ = dc where |c~| < clip (c = c~ there), else 0
@@ -187,23 +193,28 @@ inline void cell_forward_padded(S* g, Index w, const S* c_prev, S* c, S* h, S* y
                                pad_peepholes<S, N>(peep, w, tp), clip);
     for (Index q = 0; q < NG; ++q) copy_short<N>(g + q * w, tg + q * N, w);
     copy_short<N>(c, tc, w);
-    copy_short<N>(h, th, w);
+    if (h) copy_short<N>(h, th, w);
     if (y) copy_short<N>(y, th, w);
 }
 
 template <typename S, int N, bool Cifg>
 inline void cell_backward_padded(S* g, Index w, const S* c_t, const S* c_prev, const S* dh,
-                                 S* dc, const Peepholes<S>& peep, S clip, S* dpeep, Index ldp) {
+                                 S* dc, const Peepholes<S>& peep, S clip, S* dpeep, Index ldp,
+                                 const S* th_ln, const S* dch) {
     constexpr Index NG = Cifg ? 3 : 4;
     alignas(64) S tg[4 * N] = {}, tct[N] = {}, tcp[N] = {}, tdh[N] = {}, tdc[N] = {},
-                    tp[3 * N] = {}, tdp[3 * N] = {};
+                    tp[3 * N] = {}, tdp[3 * N] = {}, tth[N] = {}, tdch[N] = {};
     for (Index q = 0; q < NG; ++q) copy_short<N>(tg + q * N, g + q * w, w);
     copy_short<N>(tct, c_t, w);
     copy_short<N>(tcp, c_prev, w);
     copy_short<N>(tdh, dh, w);
     copy_short<N>(tdc, dc, w);
+    if (th_ln) {
+        copy_short<N>(tth, th_ln, w);
+        copy_short<N>(tdch, dch, w);
+    }
     cell_backward_n<S, N, Cifg>(tg, tct, tcp, tdh, tdc, pad_peepholes<S, N>(peep, w, tp), clip,
-                                tdp, N);
+                                tdp, N, th_ln ? tth : nullptr, tdch);
     for (Index q = 0; q < NG; ++q) copy_short<N>(g + q * w, tg + q * N, w);
     copy_short<N>(dc, tdc, w);
     if (peep)
@@ -241,10 +252,11 @@ struct CellUnit {
 
     // dpeep [3, H]: with peepholes, the direction's peephole gradients, accumulated here
     // (+= at units [ub, ub + w): the thread that owns a block owns its gradients).
+    // th, dch [w]: with a layer norm of c, as in cell_backward_n (else nullptr).
     void backward(Index ub, S* g, Index w, const S* c_t, const S* c_prev, const S* dh, S* dc,
-                  S* dpeep) const {
-        if (cifg) backward_w<true>(ub, g, w, c_t, c_prev, dh, dc, dpeep);
-        else backward_w<false>(ub, g, w, c_t, c_prev, dh, dc, dpeep);
+                  S* dpeep, const S* th = nullptr, const S* dch = nullptr) const {
+        if (cifg) backward_w<true>(ub, g, w, c_t, c_prev, dh, dc, dpeep, th, dch);
+        else backward_w<false>(ub, g, w, c_t, c_prev, dh, dc, dpeep, th, dch);
     }
 
     // c~_t = f*c_{t-1} + i*g (clipped) of one row's block from its activated gates: the cell
@@ -275,7 +287,7 @@ private:
             S* gb = g + b * ldg;
             const S* cp = c_prev + b * ldc;
             S* cb = c + b * ldc;
-            S* hb = h + b * ldh;
+            S* hb = h ? h + b * ldh : nullptr;
             S* yb = y ? y + b * ldy : nullptr;
             if (4 * w <= HB)
                 cell_forward_padded<S, HB / 4, Cifg>(gb, w, cp, cb, hb, yb, p, clip);
@@ -288,22 +300,24 @@ private:
 
     template <bool Cifg>
     void backward_w(Index ub, S* g, Index w, const S* c_t, const S* c_prev, const S* dh, S* dc,
-                    S* dpeep) const {
+                    S* dpeep, const S* th, const S* dch) const {
         constexpr int HB = int(gate_block<S>());
         const Peepholes<S> p = peepholes_at(ub);
         S* dp = peephole ? dpeep + ub : nullptr;
         if (w == HB)
-            cell_backward_n<S, HB, Cifg>(g, c_t, c_prev, dh, dc, p, clip, dp, H);
+            cell_backward_n<S, HB, Cifg>(g, c_t, c_prev, dh, dc, p, clip, dp, H, th, dch);
         else if (w == HB / 2)
-            cell_backward_n<S, HB / 2, Cifg>(g, c_t, c_prev, dh, dc, p, clip, dp, H);
+            cell_backward_n<S, HB / 2, Cifg>(g, c_t, c_prev, dh, dc, p, clip, dp, H, th, dch);
         else if (w == HB / 4)
-            cell_backward_n<S, HB / 4, Cifg>(g, c_t, c_prev, dh, dc, p, clip, dp, H);
+            cell_backward_n<S, HB / 4, Cifg>(g, c_t, c_prev, dh, dc, p, clip, dp, H, th, dch);
         else if (4 * w <= HB)
-            cell_backward_padded<S, HB / 4, Cifg>(g, w, c_t, c_prev, dh, dc, p, clip, dp, H);
+            cell_backward_padded<S, HB / 4, Cifg>(g, w, c_t, c_prev, dh, dc, p, clip, dp, H, th,
+                                                  dch);
         else if (2 * w <= HB)
-            cell_backward_padded<S, HB / 2, Cifg>(g, w, c_t, c_prev, dh, dc, p, clip, dp, H);
+            cell_backward_padded<S, HB / 2, Cifg>(g, w, c_t, c_prev, dh, dc, p, clip, dp, H, th,
+                                                  dch);
         else
-            cell_backward_padded<S, HB, Cifg>(g, w, c_t, c_prev, dh, dc, p, clip, dp, H);
+            cell_backward_padded<S, HB, Cifg>(g, w, c_t, c_prev, dh, dc, p, clip, dp, H, th, dch);
     }
 };
 

@@ -10,6 +10,7 @@
 #include "cell.hpp"
 #include "eigenlstm/lstm.hpp"
 #include "gemm.hpp"
+#include "layer_norm.hpp"
 #include "threads.hpp"
 
 namespace eigenlstm {
@@ -70,7 +71,15 @@ struct DirectionPass {
     const S* zc = nullptr;             // [T, B, H] training masks of c, or nullptr
     const S* zh = nullptr;             // [T, B, Hout] training masks of h, or nullptr
     S zoneout_c = 0, zoneout_h = 0;
-
+    // layer norm (config.layer_norm, layer_norm.hpp): pre gains LN(h_{t-1} W_hh^T) instead of
+    // the product, and h = o*tanh(LN(c~_t)); LN(x_t W_ih^T) is already in gates
+    LayerNorms<const S> ln;            // gains and shifts, engine order; none without
+    S* ln_a = nullptr;                 // training [T, B, G]: xhat of each step's h W_hh^T
+                                       //   (backward overwrites it with d(h W_hh^T));
+                                       //   eval [B, G]: the step's
+    S* ln_stats = nullptr;             // training [T, B, 4]: rstd of LN(x W_ih^T), of
+                                       //   LN(h W_hh^T), mean and rstd of LN(c); eval nullptr
+    S* ln_part = nullptr;              // [2, B, nblk, 2] block moments (hh, c): team scratch
 
     bool training() const { return hs != nullptr; }
 
@@ -86,6 +95,11 @@ struct DirectionPass {
         if (a.rmask) { a.rmask += b0 * Hout; a.hm += b0 * Hout; }
         if (a.zc) a.zc += b0 * H;
         if (a.zh) a.zh += b0 * Hout;
+        if (a.ln) {
+            a.ln_a += b0 * NG * H;
+            if (a.ln_stats) a.ln_stats += b0 * 4;
+            a.ln_part += b0 * blocks_of(H, gate_block<S>()) * 2;
+        }
         a.rows = b1 - b0;
         return a;
     }
@@ -119,6 +133,9 @@ inline void zone_out(S* x, const S* prev, const S* mask, S z, Index R, Index ld,
 // (the cell unit adds the variants that change the cell update: peepholes, cell clipping).
 // Recurrent dropout multiplies h_{t-1} by its mask before the product (a masked copy, hm);
 // zoneout mixes c_t and h_t with c_{t-1} and h_{t-1} after the cell (and the projection).
+// Layer norm: the product goes to its own buffer, is normalised over each row's G gate values
+// and added to pre; after the cell, h = o*tanh(LN(c_t)) over each row's H units. Each is a
+// reduction over columns that the threads split, so each adds a barrier to the step.
 // Rows past their length keep their state and output 0: the cell update runs over all rows
 // (its results for those rows are then replaced; backward zeroes their gate gradients).
 //   y     [T, B, ldy]  this direction's output columns; written for the pass's rows
@@ -128,7 +145,7 @@ template <typename S, typename W, typename Cell>
 void forward_direction(const DirectionPass<S, W>& a, const Cell& cell, S* y, const S* h0,
                        const S* c0, S* h_n, S* c_n, int tid, int n, SpinBarrier& barrier) {
     const Index T = a.T, B = a.B, R = a.rows, H = a.H, P = a.P, Hout = a.Hout,
-                HB = gate_block<S>();
+                HB = gate_block<S>(), G = a.NG * H, nblk = blocks_of(H, HB);
     Index u0, u1;  // this thread's hidden units, and so gate columns [NG*u0, NG*u1)
     split_range(H, unit_grain<S>(), tid, n, u0, u1);
     Index q0 = 0, q1 = 0;  // this thread's projection columns
@@ -165,14 +182,30 @@ void forward_direction(const DirectionPass<S, W>& a, const Cell& cell, S* y, con
         S* r = P > 0 ? (training ? a.rs + t * B * H : a.rbuf) : nullptr;
         S* y_t = y + t * B * a.ldy;
 
-        if (s > 0 || !a.zero_h0)
-            multiply<true>(R, a.rmask ? a.hm + (s & 1) * B * Hout : h_prev, Hout, *a.whh_t,
-                           a.NG * u0, a.NG * u1, pre, a.ldg);
+        const S* h_in = a.rmask ? a.hm + (s & 1) * B * Hout : h_prev;
+        S* ln_st = a.ln_stats ? a.ln_stats + t * B * 4 : nullptr;
+        if (a.ln) {  // pre += LN(h_in W_hh^T), the product in ln_a
+            S* la = a.ln_a + (training ? t * B * G : 0);
+            if (s > 0 || !a.zero_h0)
+                multiply<false>(R, h_in, Hout, *a.whh_t, a.NG * u0, a.NG * u1, la, G);
+            else
+                for (Index b = 0; b < R; ++b) std::fill(la + b * G + a.NG * u0, la + b * G + a.NG * u1, S(0));
+            ln_gates_forward(la, pre, a.ldg, R, a.NG, H, u0, u1, a.ln, a.ln_part,
+                             ln_st ? ln_st + 1 : nullptr, 4, tid == 0, barrier);
+        } else if (s > 0 || !a.zero_h0) {
+            multiply<true>(R, h_in, Hout, *a.whh_t, a.NG * u0, a.NG * u1, pre, a.ldg);
+        }
 
+        // (with layer norm the cell leaves h to ln_cell_forward)
         for (Index ub = u0; ub < u1; ub += HB)
             cell.forward(ub, pre + a.NG * ub, a.ldg, R, std::min(HB, H - ub), c_prev + ub, c_next + ub,
-                         H, P == 0 ? h_next + ub : r + ub, P == 0 ? Hout : H,
-                         P == 0 ? y_t + ub : nullptr, a.ldy);
+                         H, a.ln ? nullptr : P == 0 ? h_next + ub : r + ub, P == 0 ? Hout : H,
+                         P == 0 && !a.ln ? y_t + ub : nullptr, a.ldy);
+        if (a.ln)  // h = o*tanh(LN(c~))
+            ln_cell_forward(c_next, H, pre, a.ldg, R, a.NG, H, u0, u1, a.ln,
+                            P == 0 ? h_next : r, P == 0 ? Hout : H, P == 0 ? y_t : nullptr, a.ldy,
+                            a.ln_part + B * nblk * 2, ln_st ? ln_st + 2 : nullptr, 4, tid == 0,
+                            barrier);
         if (a.zoneout_c > 0)
             zone_out(c_next, c_prev, a.zc ? a.zc + t * B * H : nullptr, a.zoneout_c, R, H, u0, u1);
         if (P == 0 && a.zoneout_h > 0) {
@@ -231,6 +264,10 @@ struct BackwardWork {
     S* dr;    // [B, H]        dr = dh W_hr (P > 0)
     S* dhs;   // [T, B, P]     dh_t of every step, for dW_hr (P > 0)
     S* dpeep; // [3, H]        the peephole gradients (overwritten), with peepholes
+    // layer norm: [3, B, H] xhat of c, tanh(c^) and d(xhat) -> dc, then [2, B, nblk, 2] block
+    // sums (hh, c); and the gain and shift gradients (overwritten)
+    S* ln = nullptr;
+    LayerNorms<S> dln{};
 };
 
 // Backward time loop of one direction (reverse processing order) for thread `tid` of `n`.
@@ -254,7 +291,8 @@ template <typename S, typename Cell>
 void backward_direction(const DirectionPass<S>& a, const Cell& cell, const S* dy,
                         const S* dh_n, const S* dc_n, S* dh0, S* dc0, const BackwardWork<S>& w,
                         int tid, int n, SpinBarrier& barrier) {
-    const Index T = a.T, B = a.B, H = a.H, P = a.P, Hout = a.Hout, HB = gate_block<S>();
+    const Index T = a.T, B = a.B, H = a.H, P = a.P, Hout = a.Hout, HB = gate_block<S>(),
+                NG = a.NG, G = NG * H, nblk = blocks_of(H, HB);
     Index u0, u1;
     split_range(H, unit_grain<S>(), tid, n, u0, u1);
     Index q0 = u0, q1 = u1;  // this thread's columns of dh
@@ -272,6 +310,18 @@ void backward_direction(const DirectionPass<S>& a, const Cell& cell, const S* dy
     }
     if (w.dpeep)
         for (Index q = 0; q < 3; ++q) std::fill(w.dpeep + q * H + u0, w.dpeep + q * H + u1, S(0));
+    // layer norm: xhat of c~, tanh(c^), d(xhat) -> d(c~) through the norm, block sums
+    S* const xc = w.ln;
+    S* const thc = xc ? xc + B * H : nullptr;
+    S* const dxc = xc ? xc + 2 * B * H : nullptr;
+    S* const part_hh = xc ? xc + 3 * B * H : nullptr;
+    S* const part_c = xc ? part_hh + B * nblk * 2 : nullptr;
+    if (a.ln) {
+        std::fill(w.dln.gain_hh + NG * u0, w.dln.gain_hh + NG * u1, S(0));
+        std::fill(w.dln.shift_hh + NG * u0, w.dln.shift_hh + NG * u1, S(0));
+        std::fill(w.dln.gain_c + u0, w.dln.gain_c + u1, S(0));
+        std::fill(w.dln.shift_c + u0, w.dln.shift_c + u1, S(0));
+    }
     for (Index s = T - 1; s >= 0; --s) {
         const Index t = a.reverse ? T - 1 - s : s;
         S* da = a.gates + t * B * a.ldg;                 // gates in, d(pre) out
@@ -302,38 +352,125 @@ void backward_direction(const DirectionPass<S>& a, const Cell& cell, const S* dy
             dr = w.dr;
         }
         const Index ldr = P > 0 ? H : Hout;
+        const S* st = a.ln ? a.ln_stats + t * B * 4 : nullptr;
+        // What the cell of block ub of an active row b sees: c~_t (the state before zoneout
+        // mixed c_{t-1} in: recomputed from the gates) and dL/dh through the zoneout of h.
+        alignas(64) S c_cand[kMaxBlock], dr_cand[kMaxBlock];
+        auto cell_inputs = [&](Index b, Index ub, Index wb, const S*& cc, const S*& drc) {
+            const S* g = da + b * a.ldg + NG * ub;
+            const S* zc = a.zc ? a.zc + (t * B + b) * H + ub : nullptr;
+            const S* zh = P == 0 && a.zh ? a.zh + (t * B + b) * H + ub : nullptr;
+            const S* drb = dr + b * ldr + ub;
+            cc = c_t + b * H + ub;
+            drc = drb;
+            if (zc) {
+                cell.candidate(g, wb, c_p + b * H + ub, c_cand);
+                cc = c_cand;
+            }
+            if (zh) {
+                for (Index j = 0; j < wb; ++j) dr_cand[j] = zh[j] != S(0) ? S(0) : drb[j];
+                drc = dr_cand;
+            }
+        };
+        if (a.ln) {
+            // h = o*tanh(c^), c^ = gain*xhat + shift, xhat = (c~ - mean)*rstd over the row:
+            // dc^ = dh*o*(1 - tanh(c^)^2), d(xhat) = gain*dc^ (its row sums after the barrier
+            // give d(c~)), dgain += dc^*xhat, dshift += dc^
+            for (Index b = 0; b < B; ++b) {
+                if (!active(a.lengths, t, b)) continue;
+                for (Index ub = u0; ub < u1; ub += HB) {
+                    const Index wb = std::min(HB, H - ub), e = b * H + ub;
+                    const S* cc;
+                    const S* drc;
+                    cell_inputs(b, ub, wb, cc, drc);
+                    const LnCVec<S> o(da + b * a.ldg + NG * ub + (NG - 1) * wb, wb),
+                        gain(a.ln.gain_c + ub, wb), shift(a.ln.shift_c + ub, wb),
+                        dh_b(drc, wb);
+                    LnVec<S> x(xc + e, wb), th(thc + e, wb), dx(dxc + e, wb);
+                    x = (LnCVec<S>(cc, wb) - st[b * 4 + 2]) * st[b * 4 + 3];
+                    th = (gain * x + shift).tanh();
+                    // a fixed maximum size: no allocation
+                    const Eigen::Array<S, Eigen::Dynamic, 1, 0, kMaxBlock, 1> dch =
+                        dh_b * o * (S(1) - th * th);
+                    LnVec<S>(w.dln.gain_c + ub, wb) += dch * x;
+                    LnVec<S>(w.dln.shift_c + ub, wb) += dch;
+                    dx = gain * dch;
+                    piece_sums(dxc + e, xc + e, wb, part_c + (b * nblk + ub / HB) * 2);
+                }
+            }
+            barrier.wait();  // every block's sums
+        }
         for (Index b = 0; b < B; ++b) {
             const bool on = active(a.lengths, t, b);
+            S m1 = 0, m2 = 0;
+            if (a.ln && on) combine_sums(part_c + b * nblk * 2, nblk, H, m1, m2);
             for (Index ub = u0; ub < u1; ub += HB) {
                 const Index wb = std::min(HB, H - ub);
-                S* g = da + b * a.ldg + a.NG * ub;
+                S* g = da + b * a.ldg + NG * ub;
                 if (!on) {
-                    std::fill(g, g + a.NG * wb, S(0));
+                    std::fill(g, g + NG * wb, S(0));
                     continue;
                 }
                 const S* cp = c_p + b * H + ub;
-                const S* drb = dr + b * ldr + ub;
                 S* dcb = dc + b * H + ub;
+                const S* th = nullptr;
+                const S* dch = nullptr;
+                if (a.ln) {  // d(c~) = rstd*(d(xhat) - mean(d(xhat)) - xhat*mean(d(xhat)*xhat))
+                    const Index e = b * H + ub;
+                    LnVec<S> dx(dxc + e, wb);
+                    dx = st[b * 4 + 3] * (dx - m1 - LnCVec<S>(xc + e, wb) * m2);
+                    th = thc + e;
+                    dch = dxc + e;
+                }
                 if (!zoned) {
-                    cell.backward(ub, g, wb, c_t + b * H + ub, cp, drb, dcb, w.dpeep);
+                    cell.backward(ub, g, wb, c_t + b * H + ub, cp, dr + b * ldr + ub, dcb,
+                                  w.dpeep, th, dch);
                     continue;
                 }
-                alignas(64) S c_cand[kMaxBlock], dc_cand[kMaxBlock], dr_cand[kMaxBlock];
+                const S* cc;
+                const S* drc;
+                cell_inputs(b, ub, wb, cc, drc);
                 const S* zc = a.zc ? a.zc + (t * B + b) * H + ub : nullptr;
-                const S* zh = P == 0 && a.zh ? a.zh + (t * B + b) * H + ub : nullptr;
-                if (zc) cell.candidate(g, wb, cp, c_cand);
-                for (Index j = 0; j < wb; ++j) {
-                    dc_cand[j] = zc && zc[j] != S(0) ? S(0) : dcb[j];
-                    dr_cand[j] = zh && zh[j] != S(0) ? S(0) : drb[j];
-                }
-                cell.backward(ub, g, wb, zc ? c_cand : c_t + b * H + ub, cp, dr_cand, dc_cand,
-                              w.dpeep);
+                alignas(64) S dc_cand[kMaxBlock];
+                for (Index j = 0; j < wb; ++j) dc_cand[j] = zc && zc[j] != S(0) ? S(0) : dcb[j];
+                cell.backward(ub, g, wb, cc, cp, drc, dc_cand, w.dpeep, th, dch);
                 for (Index j = 0; j < wb; ++j)
                     dcb[j] = dc_cand[j] + (zc && zc[j] != S(0) ? dcb[j] : S(0));
             }
         }
+        const S* dprod = da;  // d(h_{t-1} W_hh^T)
+        Index ldp = a.ldg;
+        if (a.ln) {
+            // pre = ... + gain*xhat + shift, xhat = LN(h W_hh^T): dgain += da*xhat,
+            // dshift += da, and d(h W_hh^T) from d(xhat) = gain*da as above (in ln_a)
+            S* la = a.ln_a + t * B * G;
+            const Index c0 = NG * u0, nc = NG * (u1 - u0);
+            const LnCVec<S> gain(a.ln.gain_hh + c0, nc);
+            for (Index b = 0; b < B; ++b) {
+                const LnCVec<S> dz(da + b * a.ldg + c0, nc), x(la + b * G + c0, nc);
+                LnVec<S>(w.dln.gain_hh + c0, nc) += dz * x;
+                LnVec<S>(w.dln.shift_hh + c0, nc) += dz;
+                for (Index ub = u0; ub < u1; ub += HB) {
+                    const Index len = NG * std::min(HB, H - ub), e = NG * ub;
+                    alignas(64) S dx[4 * kMaxBlock];
+                    LnVec<S>(dx, len) =
+                        LnCVec<S>(a.ln.gain_hh + e, len) * LnCVec<S>(da + b * a.ldg + e, len);
+                    piece_sums(dx, la + b * G + e, len, part_hh + (b * nblk + ub / HB) * 2);
+                }
+            }
+            barrier.wait();  // every block's sums
+            for (Index b = 0; b < B; ++b) {
+                S m1, m2;
+                combine_sums(part_hh + b * nblk * 2, nblk, G, m1, m2);
+                const LnCVec<S> dz(da + b * a.ldg + c0, nc);
+                LnVec<S> x(la + b * G + c0, nc);
+                x = st[b * 4 + 1] * (gain * dz - m1 - x * m2);
+            }
+            dprod = la;
+            ldp = G;
+        }
         barrier.wait();  // dh_prev reads all of da
-        gemm_panels<S, false>(B, da, a.ldg, *a.whh, q0, q1, dh_next, Hout);
+        gemm_panels<S, false>(B, dprod, ldp, *a.whh, q0, q1, dh_next, Hout);
         for (Index b = 0; b < B; ++b) {
             S* dn = dh_next + b * Hout;
             const S* db = dh + b * Hout;

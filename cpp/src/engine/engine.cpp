@@ -21,6 +21,7 @@
 #include "dropout.hpp"
 #include "gemm.hpp"
 #include "gemm_space.hpp"
+#include "layer_norm.hpp"
 #include "plan.hpp"
 #include "quantized.hpp"
 #include "threads.hpp"
@@ -77,13 +78,14 @@ struct Scratch {
     Buffer<S> x;       // [T, B, I]                forward_last: time-major copy of x
     Buffer<S> y;       // [T, B, D*Hout]           forward_last: the top layer's output
     Buffer<S> hc;      // [D*L, B, Hout + H]       forward_last: h_n and c_n (unused)
+    Buffer<S> ln;      // [D, B*G + 4*B*nblk]      layer norm: eval product, block moments
     Buffer<S> last;    // [B, D*Hout]              forward_last: y at each last step
     GemmSpace<S> head; //                          forward_last: Eigen's blocks of the head
 
     Index bytes() const {
         Index n = zeros.capacity() + gates.capacity() + io[0].capacity() + io[1].capacity() +
                   state.capacity() + x.capacity() + y.capacity() + hc.capacity() +
-                  last.capacity() + head.capacity();
+                  ln.capacity() + last.capacity() + head.capacity();
         return n * Index(sizeof(S));
     }
 };
@@ -134,6 +136,10 @@ struct LayerCache {
     Buffer<S> hm;     // [D, 2, B, Hout]    forward: h_{t-1} * rmask, double-buffered
     Buffer<S> zc;     // [D, T, B, H]       zoneout masks of c, 0 or 1 (zoneout_c > 0)
     Buffer<S> zh;     // [D, T, B, Hout]    zoneout masks of h, 0 or 1 (zoneout_h > 0)
+    // layer norm: the normalised products, which backward overwrites with their gradients
+    Buffer<S> ln_ih;     // [T, B, D*G]     xhat of x W_ih^T -> d(x W_ih^T)
+    Buffer<S> ln_hh;     // [D, T, B, G]    xhat of h_{t-1} W_hh^T -> d(h_{t-1} W_hh^T)
+    Buffer<S> ln_stats;  // [D, T, B, 4]    rstd of both, mean and rstd of c
 };
 template <typename S>
 struct Cache {
@@ -156,6 +162,8 @@ struct ForwardWeights {
     std::vector<char> whh_finite;  // [L*D]  no inf or NaN in W_hh: a zero h times W_hh is zero
     Buffer<S> bias_sum;            // [L, D*G] b_ih + b_hh, engine order (zero without biases)
     Buffer<S> peephole;            // [L*D, 3, H] w_ci, w_cf, w_co (config.peepholes), else empty
+    const S* ln_weights = nullptr; // engine-order parameters holding the layer norms' gains
+                                   // and shifts (config.layer_norm), else nullptr
 
     explicit ForwardWeights(const Layout<S>& m)
         : wih_t(std::size_t(m.L)), whh_t(std::size_t(m.L * m.D)),
@@ -177,15 +185,59 @@ struct ForwardWeights {
         c.cifg = m.cfg.cifg;
         return c;
     }
+
+    // The gains and shifts of tensor kinds `first`, +1, ... of (layer l, direction d) in a
+    // buffer laid out like the parameters (the engine-order weights, or their gradients).
+    template <typename P>
+    static LayerNorms<P> layer_norms(const Layout<S>& m, P* flat, Index l, Index d, Param hh,
+                                     Param c) {
+        LayerNorms<P> n;
+        n.gain_hh = m.tensor(flat, hh, l, d);
+        n.shift_hh = m.tensor(flat, Param(int(hh) + 1), l, d);
+        n.gain_c = m.tensor(flat, c, l, d);
+        n.shift_c = m.tensor(flat, Param(int(c) + 1), l, d);
+        return n;
+    }
+    LayerNorms<const S> layer_norms(const Layout<S>& m, Index l, Index d) const {
+        if (!ln_weights) return {};
+        return layer_norms(m, ln_weights, l, d, Param::layer_norm_hh_weight,
+                           Param::layer_norm_c_weight);
+    }
 };
+
+// Layer norm of the input projection (config.layer_norm), in place over gates [TB, D*G]:
+// each row and direction's G values x become gain*xhat + shift + bias (gain, shift, bias
+// [D*G], engine order; bias nullptr: none). Training keeps xhat [TB, D*G] and each row's rstd
+// (stats [D, TB, 4], element 0), else both nullptr. Rows are independent: the threads split
+// them, each row computed the same way for any thread count.
+template <typename S>
+void layer_norm_inputs(S* gates, Index TB, Index D, Index G, const S* gain, const S* shift,
+                       const S* bias, S* xhat, S* stats) {
+    const Index DG = D * G;
+    parallel_slices(num_threads(), 8.0 * double(TB) * double(DG), [&](int tid, int n) {
+        Index r0, r1;
+        split_range(TB, 1, tid, n, r0, r1);
+        for (Index r = r0; r < r1; ++r)
+            for (Index d = 0; d < D; ++d) {
+                LnVec<S> x(gates + r * DG + d * G, G);
+                const RowNorm<S> rn = row_norm(x.data(), G);
+                x = (x - rn.mean) * rn.rstd;
+                if (xhat) LnVec<S>(xhat + r * DG + d * G, G) = x;
+                if (stats) stats[(d * TB + r) * 4] = rn.rstd;
+                x = x * LnCVec<S>(gain + d * G, G) + LnCVec<S>(shift + d * G, G);
+                if (bias) x += LnCVec<S>(bias + d * G, G);
+            }
+    });
+}
 
 // The forward DirectionPass of (layer l, direction d) over the call's (T, B) with gate buffer
 // `gates` (already offset to this layer): training reads and writes the cache, eval the
-// double-buffered `eval_state` [D, B, 2*Hout + 3*H].
+// double-buffered `eval_state` [D, B, 2*Hout + 3*H]. ln_scratch [D, B*G + 4*B*nblk]: the
+// layer norm's eval product and block moments (config.layer_norm; nullptr in backward).
 template <typename S, typename W>
 DirectionPass<S, W> forward_pass(const Layout<S>& m, const ForwardWeights<S, W>& fw, Index l,
                                  Index d, Index T, Index B, const std::int64_t* lengths, S* gates,
-                                 LayerCache<S>* lc, S* eval_state) {
+                                 LayerCache<S>* lc, S* eval_state, S* ln_scratch) {
     const Index H = m.H, P = m.P, Hout = m.Hout, G = m.G, D = m.D, k = l * D + d;
     DirectionPass<S, W> a;
     a.T = T; a.B = B; a.H = H; a.P = P; a.Hout = Hout; a.NG = m.NG;
@@ -218,6 +270,18 @@ DirectionPass<S, W> forward_pass(const Layout<S>& m, const ForwardWeights<S, W>&
         if (m.cfg.zoneout_c > 0) a.zc = lc->zc.data() + d * T * B * H;
         if (m.cfg.zoneout_h > 0) a.zh = lc->zh.data() + d * T * B * Hout;
     }
+    a.ln = fw.layer_norms(m, l, d);
+    if (a.ln) {
+        const Index scratch = B * G + 4 * B * blocks_of(H, gate_block<S>());
+        if (ln_scratch) {
+            a.ln_a = ln_scratch + d * scratch;
+            a.ln_part = a.ln_a + B * G;
+        }
+        if (lc) {
+            a.ln_a = lc->ln_hh.data() + d * T * B * G;
+            a.ln_stats = lc->ln_stats.data() + d * T * B * 4;
+        }
+    }
     return a;
 }
 
@@ -243,6 +307,7 @@ public:
         weights_.zero();
         dweights_.resize(layout.size);
         dweights_.zero();
+        if (layout.cfg.layer_norm) fw_.ln_weights = weights_.data();
         params_updated();
     }
 
@@ -280,6 +345,8 @@ private:
         Buffer<S> dhs;    // [D, T, B, P]          dh_t of every step (P > 0)
         Buffer<S> dio[2]; // [T, B, D*Hout]        d(layer output) below the top layer
         Buffer<S> hm;     // [D, T, B, Hout]       h_{t-1} * rmask for dW_hh (recurrent dropout)
+        Buffer<S> ln;     // [D, 3*B*H + 4*B*nblk]  layer norm (direction.hpp: BackwardWork::ln)
+        Buffer<S> ln_rows; // [threads, G]         layer norm of the inputs: a row's d(xhat)
         std::vector<GemmSpace<S>> gemm;  // [threads]  Eigen's blocks of each thread's products
     };
     // weight_drop: the recurrent weights of the last training forward, W_hh * M (one mask M
@@ -321,6 +388,42 @@ private:
             }
     }
 
+    // Backward of the input projection's layer norm of layer l (forward: pre = gain*xhat +
+    // shift + ..., xhat = LN(x W_ih^T)), from dz = d(pre) in lc.gates: the gain and shift
+    // gradients, sums over rows of dz*xhat and dz (one pass over the columns, in row order), and
+    // d(x W_ih^T) in place of xhat in lc.ln_ih (rows split between the threads).
+    void layer_norm_inputs_backward(Index l, LayerCache<S>& lc) {
+        const Index TB = cache_.T * cache_.B, DG = D * G;
+        // row by row: contiguous vectors (a column sum of a row-major matrix would stride)
+        LnVec<S> dgain(m_.tensor(dweights_.data(), Param::layer_norm_ih_weight, l), DG),
+            dshift(m_.tensor(dweights_.data(), Param::layer_norm_ih_bias, l), DG);
+        dgain.setZero();
+        dshift.setZero();
+        for (Index r = 0; r < TB; ++r) {
+            const LnCVec<S> dz(lc.gates.data() + r * DG, DG);
+            dgain += dz * LnCVec<S>(lc.ln_ih.data() + r * DG, DG);
+            dshift += dz;
+        }
+        const S* gain = tensor(Param::layer_norm_ih_weight, l, 0);
+        const S* stats = lc.ln_stats.data();
+        const int threads = num_threads();
+        bwd_.ln_rows.resize(checked_mul(threads, G));
+        parallel_slices(threads, 8.0 * double(TB) * double(DG), [&](int tid, int n) {
+            Index r0, r1;
+            split_range(TB, 1, tid, n, r0, r1);
+            LnVec<S> dx(bwd_.ln_rows.data() + tid * G, G);
+            for (Index r = r0; r < r1; ++r)
+                for (Index d = 0; d < D; ++d) {
+                    LnVec<S> x(lc.ln_ih.data() + r * DG + d * G, G);
+                    dx = LnCVec<S>(gain + d * G, G) * LnCVec<S>(lc.gates.data() + r * DG + d * G, G);
+                    S m1, m2, sums[2];
+                    piece_sums(dx.data(), x.data(), G, sums);
+                    combine_sums(sums, 1, G, m1, m2);
+                    x = stats[(d * TB + r) * 4] * (dx - m1 - x * m2);
+                }
+        });
+    }
+
     // Tensor (k, l, d) of the engine-order copy of the weights: what the compute reads.
     const S* tensor(Param k, Index l, Index d) const { return m_.tensor(weights_.data(), k, l, d); }
 
@@ -339,7 +442,7 @@ private:
                 const Index n = m_.cols(k, l);
                 for (Index d = 0; d < D; ++d) {
                     const Index base = m_.tensor_offset(k, l, d);
-                    if (k == Param::weight_hr || k == Param::weight_peephole) {
+                    if (!Layout<S>::gate_rows(k)) {
                         fn(base, base, m_.rows(k) * n);
                         continue;
                     }
@@ -373,7 +476,7 @@ private:
         DirectionPass<S> a =
             forward_pass<S>(m_, fw_, l, d, cache_.T, cache_.B,
                          cache_.lengths.empty() ? nullptr : cache_.lengths.data(), lc.gates.data(),
-                         &lc, nullptr);
+                         &lc, nullptr, nullptr);
         const BackwardPanels& pk = backward_panels_[std::size_t(l * D + d)];
         a.whh = m_.cfg.weight_drop > 0 ? &wd_.whh[std::size_t(l * D + d)] : &pk.whh;
         if (P > 0) a.whr = &pk.whr;
@@ -493,6 +596,11 @@ void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<
                     fill_bernoulli(lc.zh.data() + d * T * B * Hout, T * B * Hout, c.zoneout_h,
                                    mask_key(seed, counter, l, Mask::zoneout_h, d));
             }
+            if (c.layer_norm) {
+                lc.ln_ih.resize(checked_mul(TB, DG));
+                lc.ln_hh.resize(checked_mul(TB, DG));
+                lc.ln_stats.resize(checked_mul(D * TB, 4));
+            }
         }
         cache->lengths.assign(lengths ? lengths : nullptr, lengths ? lengths + B : nullptr);
         cache->T = T;
@@ -515,6 +623,8 @@ void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<
         }
         ws.state.resize(checked_mul(D, checked_mul(B, 2 * Hout + 2 * H + H)));
     }
+    if (m.cfg.layer_norm)
+        ws.ln.resize(checked_mul(D, checked_mul(B, m.G + 4 * blocks_of(H, gate_block<S>()))));
     const std::int64_t* lens =
         training ? (cache->lengths.empty() ? nullptr : cache->lengths.data()) : lengths;
 
@@ -528,13 +638,21 @@ void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<
 
         // One product projects the input of every step for both directions:
         //   pre[T*B, D*G] = x[T*B, I] W_ih[D*G, I]^T + (b_ih + b_hh)
-        project_inputs(gates, in, TB, m.in_size(l), DG,
-                       m.cfg.bias ? fw.bias_sum.data() + l * DG : nullptr,
+        // (layer norm: pre = LN(x W_ih^T) + (b_ih + b_hh))
+        const S* bias = m.cfg.bias ? fw.bias_sum.data() + l * DG : nullptr;
+        project_inputs(gates, in, TB, m.in_size(l), DG, fw.ln_weights ? nullptr : bias,
                        fw.wih_t[std::size_t(l)]);
+        if (fw.ln_weights)
+            layer_norm_inputs(gates, TB, D, m.G,
+                              m.tensor(fw.ln_weights, Param::layer_norm_ih_weight, l),
+                              m.tensor(fw.ln_weights, Param::layer_norm_ih_bias, l), bias,
+                              training ? lc->ln_ih.data() : nullptr,
+                              training ? lc->ln_stats.data() : nullptr);
 
         run_teams(int(D), teams, [&](int d, int tid, int n, SpinBarrier& barrier) {
             const Index k = l * D + d;
-            DirectionPass<S, W> a = forward_pass(m, fw, l, d, T, B, lens, gates, lc, ws.state.data());
+            DirectionPass<S, W> a = forward_pass(m, fw, l, d, T, B, lens, gates, lc,
+                                                 ws.state.data(), ws.ln.data());
             if (whh_t) a.whh_t = &(*whh_t)[std::size_t(k)];
             a.zero_h0 = zero_h0 && fw.whh_finite[std::size_t(k)];
             Index b0 = 0, b1 = B;  // this thread's batch rows
@@ -614,6 +732,8 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
     const int teams[2] = {nteam, nteam};
 
     bwd_.state.resize(checked_mul(D, checked_mul(B, 2 * Hout + 2 * H)));
+    const Index ln_size = B * (3 * H + 4 * blocks_of(H, gate_block<S>()));
+    if (m_.cfg.layer_norm) bwd_.ln.resize(checked_mul(D, ln_size));
     if (P > 0) bwd_.dhs.resize(checked_mul(D * T, checked_mul(B, P)));
     if (L > 1) {
         bwd_.dio[0].resize(checked_mul(TB, D * Hout));
@@ -633,11 +753,17 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
             const DirectionPass<S> a = backward_pass(l, d, lc);
             const Index k = l * D + d;
             S* st = bwd_.state.data() + d * B * (2 * Hout + 2 * H);
-            const BackwardWork<S> w{
+            BackwardWork<S> w{
                 st, st + 2 * B * Hout, st + 2 * B * Hout + B * H,
                 P > 0 ? bwd_.dhs.data() + d * T * B * P : nullptr,
                 m_.cfg.peepholes ? m_.tensor(dweights_.data(), Param::weight_peephole, l, d)
                                  : nullptr};
+            if (m_.cfg.layer_norm) {
+                w.ln = bwd_.ln.data() + d * ln_size;
+                w.dln = ForwardWeights<S, Panels<S>>::layer_norms(
+                    m_, dweights_.data(), l, d, Param::layer_norm_hh_weight,
+                    Param::layer_norm_c_weight);
+            }
             backward_direction(a, fw_.cell(m_, k), dout + d * Hout, dh_n ? dh_n + k * B * Hout : nullptr,
                                dc_n ? dc_n + k * B * H : nullptr, dh0 + k * B * Hout,
                                dc0 + k * B * H, w, tid, n, barrier);
@@ -657,6 +783,10 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
             }
         }
 
+        // Layer norm: the gates' gradient dz = da is that of LN(x W_ih^T) too; the products'
+        // gradients take d(x W_ih^T) instead (and dW_hh d(h W_hh^T), from the time loop).
+        if (m_.cfg.layer_norm) layer_norm_inputs_backward(l, lc);
+
         // The parameter gradients and dx, each one GEMM over all T*B rows:
         //   dW_ih = da^T x,  dx = da W_ih,  db_ih = db_hh = sum_rows da,
         //   dW_hh = da^T h_prev (per direction; h_prev * rmask with recurrent dropout, and
@@ -667,7 +797,8 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
         // nothing. Each thread owns a slice of output rows of every product (the same split
         // for any run with this thread count, so results are reproducible) and multiplies it
         // with Eigen's single-threaded GEMM in its own packing blocks (gemm_space.hpp).
-        CMapRM<S> dA(lc.gates.data(), TB, DG, Eigen::OuterStride<>(DG));
+        const bool ln = m_.cfg.layer_norm;
+        CMapRM<S> dA(ln ? lc.ln_ih.data() : lc.gates.data(), TB, DG, Eigen::OuterStride<>(DG));
         CMapRM<S> X(lc.x.data(), TB, I_l, Eigen::OuterStride<>(I_l));
         MapRM<S> dWih(m_.tensor(dweights_.data(), Param::weight_ih, l), DG, I_l,
                       Eigen::OuterStride<>(I_l));
@@ -686,7 +817,8 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
             space.add_product(dX.middleRows(r0, r1 - r0), dA.middleRows(r0, r1 - r0), Wih);
             for (Index d = 0; d < D; ++d) {
                 const bool rev = m_.cfg.reverse || d == 1;
-                CMapRM<S> dAd(lc.gates.data() + d * G, TB, G, Eigen::OuterStride<>(DG));
+                CMapRM<S> dAd(ln ? lc.ln_hh.data() + d * TB * G : lc.gates.data() + d * G, TB, G,
+                              Eigen::OuterStride<>(ln ? G : DG));
                 CMapRM<S> Hprev(m_.cfg.recurrent_dropout > 0
                                     ? bwd_.hm.data() + d * TB * Hout
                                     : lc.h.data() + (d * (T + 1) + slot_before(0, rev)) * B * Hout,
@@ -716,7 +848,7 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
         });
         if (m_.cfg.bias) {
             RowVec<S> db(m_.tensor(dweights_.data(), Param::bias_ih, l), DG);
-            db.noalias() = dA.colwise().sum();
+            db.noalias() = CMapRM<S>(lc.gates.data(), TB, DG, Eigen::OuterStride<>(DG)).colwise().sum();
             RowVec<S>(m_.tensor(dweights_.data(), Param::bias_hh, l), DG) = db;
         }
         // The input of layer l > 0 was dropout(y_{l-1}): dy_{l-1} = din * mask, same mask.
