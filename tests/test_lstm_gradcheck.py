@@ -59,6 +59,15 @@ VARIANTS = {
     "zoneout-noP": ("L3-uni-noP-nobias-batch_first-dropout", {"zoneout": 0.4}),
     "cifg": ("L2-bi-P2-bias-lengths", {"cifg": True}),
     "cifg-peepholes": ("L3-bi-noP-bias-unbatched", {"cifg": True, "peepholes": True}),
+    "layer_norm": ("L2-bi-P2-bias-lengths-dropout", {"layer_norm": True}),
+    "layer_norm-cifg": (
+        "L3-uni-noP-nobias-batch_first-dropout",
+        {"layer_norm": True, "cifg": True},
+    ),
+    "layer_norm-zoneout": (
+        "L2-uni-P1-nobias-batch_first-lengths",
+        {"layer_norm": True, "zoneout": (0.3, 0.5), "recurrent_dropout": 0.3},
+    ),
     "everything": (
         "L2-bi-P2-bias-lengths-dropout",
         {

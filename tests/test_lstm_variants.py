@@ -51,6 +51,17 @@ VARIANTS = {
         "weight_drop": 0.3,
         "zoneout": (0.3, 0.2),
     },
+    "layer_norm": {"layer_norm": True},
+    "layer_norm+cifg+peepholes": {"layer_norm": True, "cifg": True, "peepholes": True},
+    "layer_norm+everything": {
+        "layer_norm": True,
+        "peepholes": True,
+        "cell_clip": 0.4,
+        "proj_clip": 0.05,
+        "recurrent_dropout": 0.25,
+        "weight_drop": 0.3,
+        "zoneout": (0.3, 0.2),
+    },
     "everything-cifg": {
         "cifg": True,
         "peepholes": True,
@@ -128,6 +139,7 @@ def oracle(lstm, a, lengths, masks=None):
         cell_clip=lstm.cell_clip,
         proj_clip=lstm.proj_clip,
         zoneout=lstm.zoneout if isinstance(lstm.zoneout, tuple) else (lstm.zoneout,) * 2,
+        layer_norm=lstm.layer_norm,
         masks=masks,
     )
     loss = (
@@ -185,11 +197,18 @@ def test_the_variants_change_the_results():
         {"cell_clip": 0.4},
         {"proj_clip": 0.05},
         {"zoneout": 0.3},
+        {"layer_norm": True},
     ):
         P = 3 if "proj_clip" in options else 0
         lstm, a = make(options, 2, True, P, True)
         plain = el.LSTM(I, H, 2, bidirectional=True, proj_size=P, dtype=np.float64, seed=0)
-        plain.load_state_dict({k: v for k, v in lstm.state_dict().items() if "peephole" not in k})
+        plain.load_state_dict(
+            {
+                k: v
+                for k, v in lstm.state_dict().items()
+                if "peephole" not in k and "layer_norm" not in k
+            }
+        )
         y, _ = lstm(a["x"], (a["h0"], a["c0"]))
         y_plain, _ = plain(a["x"], (a["h0"], a["c0"]))
         assert np.abs(y - y_plain).max() > 1e-2, options
@@ -197,7 +216,7 @@ def test_the_variants_change_the_results():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_results_do_not_depend_on_the_thread_count(threads):
-    options = VARIANTS["everything"]
+    options = VARIANTS["layer_norm+everything"]
     lstm, a = make(options, 2, True, 3, True)
     saved, state = el.get_num_threads(), lstm.dropout_state
     try:
@@ -210,6 +229,44 @@ def test_results_do_not_depend_on_the_thread_count(threads):
         el.set_num_threads(saved)
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+@pytest.mark.parametrize(
+    "hidden, batch, steps",
+    [
+        # the engine's plan (cpp/src/engine/plan.hpp) for two threads: a team that splits the
+        # hidden units, so each layer norm sums its row over both threads' gate blocks
+        (160, 6, 5),
+        # small weights and many rows: each thread runs its own batch rows
+        (32, 8, 40),
+    ],
+)
+def test_layer_norm_across_threads_matches_the_oracle_and_one_thread(hidden, batch, steps):
+    options = {"layer_norm": True, "peepholes": True, "zoneout": (0.2, 0.1), "cell_clip": 0.5}
+    lstm = el.LSTM(I, hidden, dtype=np.float64, seed=3, **options)
+    rng = np.random.default_rng(3)
+    lstm.load_state_dict({k: rng.uniform(-0.3, 0.3, v.shape) for k, v in lstm.state_dict().items()})
+    a = {
+        "x": rng.standard_normal((steps, batch, I)),
+        "h0": 0.5 * rng.standard_normal((1, batch, hidden)),
+        "c0": rng.standard_normal((1, batch, hidden)),
+        "d_output": rng.standard_normal((steps, batch, hidden)),
+        "dh_n": rng.standard_normal((1, batch, hidden)),
+        "dc_n": rng.standard_normal((1, batch, hidden)),
+    }
+    lengths = [steps] + [int(n) for n in rng.integers(0, steps + 1, batch - 1)]
+    saved, state = el.get_num_threads(), lstm.dropout_state
+    try:
+        el.set_num_threads(2)
+        got = run(lstm, a, lengths)
+        el.set_num_threads(1)
+        lstm.set_dropout_state(state)
+        one = run(lstm, a, lengths)
+    finally:
+        el.set_num_threads(saved)
+    for key in got:
+        np.testing.assert_array_equal(got[key], one[key], err_msg=key)
+    assert_close(got, oracle(lstm, a, lengths, call_masks(lstm, steps, batch, *state)), RTOL64)
 
 
 @pytest.mark.parametrize("options, L, bi, P, bias, lengths", cases())
@@ -366,6 +423,7 @@ def test_a_variant_lstm_exports_to_onnx_and_runs_in_onnx_runtime(options):
         ({"peepholes": True}, 2, "peepholes"),
         ({"cifg": True}, 2, "cifg"),
         ({"zoneout": 0.1}, 0, "zoneout"),
+        ({"layer_norm": True}, 0, "layer_norm"),
     ],
 )
 def test_onnx_export_refuses_what_onnx_cannot_express(options, P, name):
@@ -380,6 +438,8 @@ def test_onnx_export_refuses_what_onnx_cannot_express(options, P, name):
     [
         ({"peepholes": 1}, TypeError, "peepholes must be a bool, got int 1"),
         ({"peepholes": "yes"}, TypeError, "peepholes must be a bool"),
+        ({"layer_norm": 1}, TypeError, "layer_norm must be a bool, got int 1"),
+        ({"layer_norm": None}, TypeError, "layer_norm must be a bool, got NoneType"),
         ({"cell_clip": -1.0}, ValueError, r"cell_clip must be a finite float > 0.*got -1\.0"),
         ({"cell_clip": 0}, ValueError, "cell_clip must be a finite float > 0"),
         ({"cell_clip": float("nan")}, ValueError, "cell_clip must be a finite float > 0"),
@@ -496,6 +556,89 @@ def test_quantized_variants_follow_the_float_model(precision):
     sd = {k: (np.zeros_like(v) if "peephole" in k else v) for k, v in sd.items()}
     q.load_state_dict(sd)
     assert np.abs(q(x)[1][1] - cq).max() > 1e-2
+
+
+def test_functional_layer_with_layer_norm_matches_the_module():
+    lstm, a = make({"layer_norm": True, "zoneout": 0.2}, 1, False, 0, True)
+    sd = lstm.state_dict()
+    state = lstm.dropout_state
+    want = run(lstm, a, [6, 2, 4, 0])
+    norms = {k[: -len("_l0")]: v for k, v in sd.items() if k.startswith("layer_norm_")}
+    y, (h_n, c_n), ctx = el.functional.lstm_layer_forward(
+        a["x"],
+        a["h0"][0],
+        a["c0"][0],
+        sd["weight_ih_l0"],
+        sd["weight_hh_l0"],
+        sd["bias_ih_l0"],
+        sd["bias_hh_l0"],
+        layer_norm=norms,
+        zoneout=0.2,
+        dropout_state=state,
+        lengths=[6, 2, 4, 0],
+    )
+    dx, (dh0, dc0), grads = el.functional.lstm_layer_backward(
+        ctx, a["d_output"], (a["dh_n"][0], a["dc_n"][0])
+    )
+    np.testing.assert_array_equal(y, want["output"])
+    np.testing.assert_array_equal(c_n, want["c_n"][0])
+    np.testing.assert_array_equal(dx, want["dx"])
+    assert set(grads) == {"weight_ih", "weight_hh", "bias_ih", "bias_hh", *norms}
+    for k, v in grads.items():
+        np.testing.assert_array_equal(v, want[k + "_l0"], err_msg=k)
+    with pytest.raises(ValueError, match=r"missing keys \['layer_norm.layer_norm_c_bias'\]"):
+        el.functional.lstm_layer_forward(
+            a["x"],
+            a["h0"][0],
+            a["c0"][0],
+            sd["weight_ih_l0"],
+            sd["weight_hh_l0"],
+            layer_norm={k: v for k, v in norms.items() if k != "layer_norm_c_bias"},
+        )
+    with pytest.raises(ValueError, match=r"layer_norm\['layer_norm_c_weight'\].*\(19,\)"):
+        el.functional.lstm_layer_forward(
+            a["x"],
+            a["h0"][0],
+            a["c0"][0],
+            sd["weight_ih_l0"],
+            sd["weight_hh_l0"],
+            layer_norm=dict(norms, layer_norm_c_weight=np.ones(5)),
+        )
+
+
+def test_layer_norm_parameters_start_as_torch_layer_norms_and_have_torch_style_names():
+    lstm = el.LSTM(3, 4, 2, bidirectional=True, layer_norm=True, seed=0)
+    keys = list(lstm.state_dict())
+    assert keys[4:10] == [
+        "layer_norm_ih_weight_l0",
+        "layer_norm_ih_bias_l0",
+        "layer_norm_hh_weight_l0",
+        "layer_norm_hh_bias_l0",
+        "layer_norm_c_weight_l0",
+        "layer_norm_c_bias_l0",
+    ]
+    assert lstm.layer_norm_hh_weight_l1_reverse.shape == (16,)
+    assert lstm.layer_norm_c_bias_l1_reverse.shape == (4,)
+    for k, v in lstm.state_dict().items():
+        if k.startswith("layer_norm_"):
+            np.testing.assert_array_equal(v, 1.0 if "_weight_" in k else 0.0, err_msg=k)
+    assert "layer_norm=True" in repr(lstm)
+    assert el.LSTMModel(3, 8, 1, layer_norm=True, seed=0).config()["layer_norm"] is True
+    # the gains and shifts are checked on load like any parameter, and a failed load changes
+    # nothing
+    before = lstm.state_dict()
+    with pytest.raises(ValueError, match=r"layer_norm_c_weight_l0.*\(4,\).*\(16,\)"):
+        lstm.load_state_dict(dict(before, layer_norm_c_weight_l0=np.ones(16)))
+    for k, v in lstm.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_a_layer_norm_lstm_is_not_quantized_or_written_to_keras(tmp_path):
+    model = el.LSTMModel(3, 8, 1, layer_norm=True, seed=0)
+    with pytest.raises(ValueError, match="layer_norm=True cannot be quantized"):
+        el.quantize(model, "int8")
+    with pytest.raises(ValueError, match="layer_norm=True"):
+        el.keras.save(model, tmp_path / "m.keras")
 
 
 def test_functional_layer_with_variants_matches_the_module():

@@ -95,6 +95,7 @@ def variant_forward(
     cell_clip=None,
     proj_clip=None,
     zoneout=(0.0, 0.0),
+    layer_norm=False,
     masks=None,
 ):
     """Forward of a multi-layer LSTM with cell variants, in torch (differentiable).
@@ -109,6 +110,9 @@ def variant_forward(
         Valid steps; padded steps keep the state and output zeros (torch's packed semantics).
     zoneout : (z_c, z_h)
         Evaluation zoneout (the expectation), used where ``masks`` has no zoneout mask.
+    layer_norm : bool
+        Layer norms with the ``layer_norm_{ih,hh,c}_{weight,bias}_l{k}{suffix}`` parameters,
+        each ``torch.nn.functional.layer_norm`` (eps 1e-5).
     masks : list of dict per layer and direction, optional
         A training call's masks (``call_masks``): ``r``, ``w``, ``zc``, ``zh``.
 
@@ -127,7 +131,9 @@ def variant_forward(
         h' = clip(W_hr (o*tanh(c')), proj_clip)     (h' = o*tanh(c') without projection)
         c' = m_c*c + (1-m_c)*c',  h' = m_h*h + (1-m_h)*h'      (zoneout)
 
-    with h entering W_hh as h*r (recurrent dropout) and W_hh as W_hh*w (weight drop).
+    with h entering W_hh as h*r (recurrent dropout) and W_hh as W_hh*w (weight drop). Layer
+    norm: a = LN_ih(W_ih x_t) + LN_hh(W_hh h) + b_ih + b_hh, and tanh(c') above becomes
+    tanh(LN_c(c')) (the peephole and the clip see c' itself).
     """
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
@@ -153,11 +159,21 @@ def variant_forward(
             mk = {key: torch.tensor(v) for key, v in (masks[k] if masks else {}).items()}
             if "w" in mk:
                 w_hh = w_hh * mk["w"]
+            ln = {}
+            if layer_norm:
+                for part in ("ih", "hh", "c"):
+                    gain = params[f"layer_norm_{part}_weight_l{layer}{sfx}"]
+                    shift = params[f"layer_norm_{part}_bias_l{layer}{sfx}"]
+                    ln[part] = lambda v, g=gain, s=shift: torch.nn.functional.layer_norm(
+                        v, g.shape, g, s, eps=1e-5
+                    )
+            else:
+                ln = dict.fromkeys(("ih", "hh", "c"), lambda v: v)
             h, c = h0[k], c0[k]
             out = [None] * T
             for t in range(T) if d == 0 else reversed(range(T)):
                 h_in = h * mk["r"] if "r" in mk else h
-                a = layer_input[t] @ w_ih.T + h_in @ w_hh.T + b
+                a = ln["ih"](layer_input[t] @ w_ih.T) + ln["hh"](h_in @ w_hh.T) + b
                 if cifg:
                     ai, ag, ao = a[:, :H], a[:, H : 2 * H], a[:, 2 * H :]
                     if w_p is not None:
@@ -174,7 +190,7 @@ def variant_forward(
                     c_new = torch.clamp(c_new, -cell_clip, cell_clip)
                 if w_p is not None:
                     ao = ao + w_p[2] * c_new
-                m = torch.sigmoid(ao) * torch.tanh(c_new)
+                m = torch.sigmoid(ao) * torch.tanh(ln["c"](c_new))
                 h_new = m @ w_hr.T if P > 0 else m
                 if proj_clip is not None:
                     h_new = torch.clamp(h_new, -proj_clip, proj_clip)

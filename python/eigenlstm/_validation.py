@@ -182,6 +182,17 @@ def check_keys(where: str, state, expected, prefix: str = "") -> None:
         raise ValueError(f"{where}: " + "; ".join(parts))
 
 
+#: The tensor kinds of the layer norms' gains and shifts (``LSTM(layer_norm=True)``), in
+#: state_dict order after each layer's and direction's other tensors.
+LAYER_NORM_KINDS = (
+    "layer_norm_ih_weight",
+    "layer_norm_ih_bias",
+    "layer_norm_hh_weight",
+    "layer_norm_hh_bias",
+    "layer_norm_c_weight",
+    "layer_norm_c_bias",
+)
+
 #: The cell-variant keywords of eigenlstm.LSTM and their defaults (each off).
 VARIANT_DEFAULTS = {
     "cifg": False,
@@ -191,6 +202,7 @@ VARIANT_DEFAULTS = {
     "recurrent_dropout": 0.0,
     "weight_drop": 0.0,
     "zoneout": 0.0,
+    "layer_norm": False,
 }
 
 
@@ -206,7 +218,7 @@ def _probability(where: str, name: str, value, *, closed: bool) -> float:
 
 def check_variants(where: str, proj_size: int, **options) -> dict:
     """The cell-variant keywords (VARIANT_DEFAULTS; those not given take their default),
-    checked and normalised: ``cifg`` and ``peepholes`` bools; ``cell_clip`` and ``proj_clip`` None or a
+    checked and normalised: ``cifg``, ``peepholes`` and ``layer_norm`` bools; ``cell_clip`` and ``proj_clip`` None or a
     finite float > 0, ``proj_clip`` only with ``proj_size > 0``; ``recurrent_dropout`` and
     ``weight_drop`` in [0, 1); ``zoneout`` a float in [0, 1] or a pair ``(z_c, z_h)`` of them
     (a float when both are equal). Errors name the option, the expected and the given value.
@@ -217,7 +229,7 @@ def check_variants(where: str, proj_size: int, **options) -> dict:
             f"{where}: unexpected options {unknown}; cell variants: {list(VARIANT_DEFAULTS)}"
         )
     out = {**VARIANT_DEFAULTS, **options}
-    for name in ("cifg", "peepholes"):
+    for name in ("cifg", "peepholes", "layer_norm"):
         flag = out[name]
         if not isinstance(flag, (bool, np.bool_)):
             raise TypeError(f"{where}: {name} must be a bool, got {type(flag).__name__} {flag!r}")
@@ -271,4 +283,5 @@ def engine_variants(options: dict) -> dict:
         "weight_drop": options["weight_drop"],
         "zoneout_c": z_c,
         "zoneout_h": z_h,
+        "layer_norm": options["layer_norm"],
     }

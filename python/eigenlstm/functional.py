@@ -11,8 +11,10 @@ import numpy as np
 from . import _core
 from ._layout import tensor_slice
 from ._validation import (
+    LAYER_NORM_KINDS,
     as_array,
     as_real_array,
+    check_keys,
     check_lengths,
     check_pair,
     check_positive_int,
@@ -68,6 +70,7 @@ def lstm_layer_forward(
     recurrent_dropout: float = 0.0,
     weight_drop: float = 0.0,
     zoneout: float | tuple[float, float] = 0.0,
+    layer_norm: dict | None = None,
     dropout_state: tuple[int, int] = (0, 0),
     lengths=None,
     reverse: bool = False,
@@ -97,6 +100,11 @@ def lstm_layer_forward(
     recurrent_dropout, weight_drop, zoneout : keyword-only
         As ``eigenlstm.LSTM``'s; the dropouts act with ``training=True`` only, zoneout by its
         masks with ``training=True`` and by its expectation otherwise.
+    layer_norm : dict, optional, keyword-only
+        The layer norms' gains and shifts (``eigenlstm.LSTM(layer_norm=True)``), keyed
+        ``layer_norm_ih_weight``, ``layer_norm_ih_bias``, ``layer_norm_hh_weight``,
+        ``layer_norm_hh_bias`` (shape ``(G,)`` each, ``G`` the gate rows of ``weight_ih``),
+        ``layer_norm_c_weight`` and ``layer_norm_c_bias`` (shape ``(H,)``).
     dropout_state : (int, int), default (0, 0), keyword-only
         The (seed, counter) of the dropout stream the masks of a training call come from, as
         ``eigenlstm.LSTM.dropout_state``: the same state draws the same masks.
@@ -181,7 +189,20 @@ def lstm_layer_forward(
         recurrent_dropout=recurrent_dropout,
         weight_drop=weight_drop,
         zoneout=zoneout,
+        layer_norm=layer_norm is not None,
     )
+    norms = {}
+    if layer_norm is not None:
+        if not isinstance(layer_norm, dict):
+            raise TypeError(
+                f"{where}: layer_norm must be a dict of the layer norms' tensors or None, got "
+                f"{type(layer_norm).__name__}"
+            )
+        shapes = {k: ((H,) if "_c_" in k else (G,)) for k in LAYER_NORM_KINDS}
+        check_keys(where, layer_norm, shapes, "layer_norm.")
+        for k, shape in shapes.items():
+            norms[k] = as_real_array(where, f"layer_norm[{k!r}]", layer_norm[k], dtype)
+            check_shape(where, f"layer_norm[{k!r}]", norms[k], shape)
     check_pair(where, "dropout_state", "(seed, counter)", dropout_state)
     seed, counter = (
         check_positive_int(where, n, v, minimum=0)
@@ -213,6 +234,7 @@ def lstm_layer_forward(
     if variants["peepholes"]:
         tensors["weight_peephole"] = as_real_array(where, "weight_peephole", weight_peephole, dtype)
         check_shape(where, "weight_peephole", tensors["weight_peephole"], (3, H))
+    tensors.update(norms)
     flat = np.zeros(engine.num_params, dtype=dtype)
     for name, value in tensors.items():
         span, _ = tensor_slice(engine, name, 0, 0)
@@ -251,7 +273,8 @@ def lstm_layer_backward(
     (dh0, dc0) : tuple of ndarray of shapes (B, H_out) and (B, H)
     grads : dict of ndarray
         Gradients of the weights passed to forward, keyed weight_ih, weight_hh, bias_ih,
-        bias_hh, weight_hr, weight_peephole (those that were given), in torch layout.
+        bias_hh, weight_hr, weight_peephole and the six ``layer_norm`` keys (those that were
+        given), in torch layout.
 
     Raises
     ------

@@ -308,7 +308,7 @@ def export(
         If ``module`` is not an LSTM or LSTMModel, or ``opset`` is not an int.
     ValueError
         If ``opset`` is out of range, ``initial_state=True`` for an LSTMModel, or the LSTM has
-        ``cell_clip``, ``proj_clip``, zoneout, or peepholes or cifg with a projection (none of
+        ``cell_clip``, ``proj_clip``, zoneout, ``layer_norm``, or peepholes or cifg with a projection (none of
         which ONNX's LSTM expresses).
     ImportError
         If the onnx package is missing.
@@ -352,6 +352,11 @@ def export(
         raise ValueError(
             f"{where}: an LSTM with zoneout={lstm.zoneout!r} cannot be written: ONNX's LSTM "
             "has no zoneout (in evaluation it mixes the previous states in)"
+        )
+    if lstm.layer_norm:
+        raise ValueError(
+            f"{where}: an LSTM with layer_norm=True cannot be written: ONNX's LSTM has no "
+            "layer normalisation"
         )
     onnx = _import_onnx(where)
     opset = _check_opset(where, onnx, opset)

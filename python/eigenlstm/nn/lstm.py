@@ -15,6 +15,7 @@ import numpy as np
 from .. import _core
 from .._layout import tensor_slice
 from .._validation import (
+    LAYER_NORM_KINDS,
     VARIANT_DEFAULTS,
     as_real_array,
     check_keys,
@@ -45,14 +46,21 @@ _KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_p
 
 
 def param_names(
-    num_layers: int, bidirectional: bool, proj_size: int, bias: bool, peepholes: bool = False
+    num_layers: int,
+    bidirectional: bool,
+    proj_size: int,
+    bias: bool,
+    peepholes: bool = False,
+    layer_norm: bool = False,
 ):
     """Yield ``(key, kind, layer, direction)`` in torch.nn.LSTM's state_dict order, each
-    layer's and direction's ``weight_peephole`` (with ``peepholes``) after its torch tensors."""
+    layer's and direction's ``weight_peephole`` (with ``peepholes``) and layer norms (with
+    ``layer_norm``) after its torch tensors."""
+    kinds = _KINDS + (LAYER_NORM_KINDS if layer_norm else ())
     for layer in range(num_layers):
         for direction in range(2 if bidirectional else 1):
             suffix = "_reverse" if direction else ""
-            for kind in _KINDS:
+            for kind in kinds:
                 if kind.startswith("bias") and not bias:
                     continue
                 if kind == "weight_hr" and proj_size == 0:
@@ -79,9 +87,9 @@ def variant_options(module) -> dict:
     """The cell-variant keywords of an LSTM-like module that differ from their defaults
     (``{}`` for a plain LSTM), as its constructor takes them."""
     return {
-        name: getattr(module, name)
+        name: getattr(module, name, default)
         for name, default in VARIANT_DEFAULTS.items()
-        if getattr(module, name) != default
+        if getattr(module, name, default) != default
     }
 
 
@@ -163,6 +171,14 @@ def check_head(where: str, module, batch_size, head) -> int:
     return batch_size
 
 
+def _initial_value(name: str, shape: tuple, rng: np.random.Generator, k: float) -> np.ndarray:
+    """The initial value of parameter ``name``: a layer norm's gain 1 or shift 0, else a
+    draw from U(-k, k)."""
+    if name.startswith("layer_norm_"):
+        return np.full(shape, 1.0 if "_weight_" in name else 0.0)
+    return rng.uniform(-k, k, shape)
+
+
 class LSTM(Module):
     r"""A multi-layer LSTM with the interface and semantics of ``torch.nn.LSTM``.
 
@@ -211,6 +227,15 @@ class LSTM(Module):
         probability ``z_c`` at each step, ``c_t = m c_{t-1} + (1 - m) c~_t``, and likewise
         ``h_t`` (the output is the zoned-out ``h``); in evaluation ``c_t = z_c c_{t-1} + (1 -
         z_c) c~_t``, the expectation. In [0, 1].
+    layer_norm : bool, default False, keyword-only
+        Layer-normalised LSTM (Ba et al. 2016): the gates' pre-activation is
+        ``LN(W_ih x_t) + LN(W_hh h_{t-1}) + b_ih + b_hh``, each LN over all ``G`` gate features
+        (``G = 4H``, ``3H`` with ``cifg``), and ``h_t = o * tanh(LN(c_t))`` over the ``H``
+        units; ``c_t`` itself is carried unnormalised. Each LN is ``torch.nn.LayerNorm``'s
+        (biased variance, eps 1e-5) with its own gain and shift:
+        ``layer_norm_ih_weight_l{k}{suffix}``, ``layer_norm_ih_bias_…`` and the ``hh`` pair of
+        shape ``(G,)`` in gate order, ``layer_norm_c_weight_…`` and ``layer_norm_c_bias_…`` of
+        shape ``(H,)``; they start at 1 and 0.
     dtype : {np.float32, np.float64}, keyword-only
         Parameter and compute dtype; inputs are converted to it.
     seed : int, optional, keyword-only
@@ -233,13 +258,15 @@ class LSTM(Module):
     inside the sigmoids of i and f, and :math:`w_{co} \odot c_t` inside that of o, with
     :math:`c_t` computed (and clipped, with ``cell_clip``) before o. ``proj_clip`` clips
     :math:`W_{hr}(\cdot)`. Zoneout mixes the previous states into :math:`c_t` and
-    :math:`h_t` after all of this (:math:`h_t` from the un-mixed :math:`c_t`).
+    :math:`h_t` after all of this (:math:`h_t` from the un-mixed :math:`c_t`). With
+    ``layer_norm``, the peephole of o and the clip see the unnormalised :math:`c_t`.
 
     The random masks (``dropout``, ``recurrent_dropout``, ``weight_drop``, zoneout in
     training) come from the module's dropout stream: ``dropout_state`` and
     ``set_dropout_state`` replay them, and they do not depend on the thread count.
 
-    Every parameter starts uniform in :math:`(-1/\sqrt{H}, 1/\sqrt{H})`, as in torch.
+    Every parameter starts uniform in :math:`(-1/\sqrt{H}, 1/\sqrt{H})`, as in torch (the
+    layer norms' gains at 1 and shifts at 0, as ``torch.nn.LayerNorm``'s).
     ``state_dict()`` keys and shapes are torch's, so weights move both ways unchanged.
 
     Examples
@@ -273,6 +300,7 @@ class LSTM(Module):
         recurrent_dropout: float = 0.0,
         weight_drop: float = 0.0,
         zoneout: float | tuple[float, float] = 0.0,
+        layer_norm: bool = False,
         dtype=np.float32,
         seed: int | None = None,
     ) -> None:
@@ -290,6 +318,7 @@ class LSTM(Module):
             recurrent_dropout=recurrent_dropout,
             weight_drop=weight_drop,
             zoneout=zoneout,
+            layer_norm=layer_norm,
         )
         self.cifg: bool = variants["cifg"]
         self.peepholes: bool = variants["peepholes"]
@@ -298,6 +327,7 @@ class LSTM(Module):
         self.recurrent_dropout: float = variants["recurrent_dropout"]
         self.weight_drop: float = variants["weight_drop"]
         self.zoneout: float | tuple[float, float] = variants["zoneout"]
+        self.layer_norm: bool = variants["layer_norm"]
         if isinstance(dropout, bool) or not isinstance(
             dropout, (int, float, np.floating, np.integer)
         ):
@@ -344,10 +374,11 @@ class LSTM(Module):
             )
             for name, s in self._slices().items()
         }
-        # torch: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), drawn in state_dict order.
+        # torch: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), drawn in state_dict order; the
+        # layer norms' gains 1 and shifts 0 (torch.nn.LayerNorm's).
         k = 1.0 / math.sqrt(self.hidden_size)
         self.load_state_dict(
-            {name: rng.uniform(-k, k, shape) for name, shape in self._shapes().items()}
+            {name: _initial_value(name, shape, rng, k) for name, shape in self._shapes().items()}
         )
         self._last = None  # layout of the last training-mode forward, for backward
 
@@ -363,7 +394,12 @@ class LSTM(Module):
 
     def _names(self):
         return param_names(
-            self.num_layers, self.bidirectional, self.proj_size, self.bias, self.peepholes
+            self.num_layers,
+            self.bidirectional,
+            self.proj_size,
+            self.bias,
+            self.peepholes,
+            self.layer_norm,
         )
 
     def _shapes(self) -> dict[str, tuple]:

@@ -44,7 +44,7 @@ class LSTMModel(Module):
         Dropout between LSTM layers in training mode (as torch.nn.LSTM's ``dropout``).
     bidirectional : bool, default False, keyword-only
         Bidirectional LSTM; the Linear layer then takes ``2H`` features.
-    cifg, peepholes, cell_clip, recurrent_dropout, weight_drop, zoneout : keyword-only
+    cifg, peepholes, cell_clip, recurrent_dropout, weight_drop, zoneout, layer_norm : keyword-only
         Cell variants of the LSTM, as :class:`~eigenlstm.nn.LSTM`'s (``proj_clip`` needs a
         projection, which this model does not have).
     dtype : {np.float32, np.float64}, keyword-only
@@ -98,6 +98,7 @@ class LSTMModel(Module):
         recurrent_dropout: float = 0.0,
         weight_drop: float = 0.0,
         zoneout: float | tuple[float, float] = 0.0,
+        layer_norm: bool = False,
         dtype=np.float32,
         seed: int | None = None,
     ) -> None:
@@ -126,6 +127,7 @@ class LSTMModel(Module):
             recurrent_dropout=recurrent_dropout,
             weight_drop=weight_drop,
             zoneout=zoneout,
+            layer_norm=layer_norm,
             dtype=self.dtype,
             seed=lstm_seed,
         )

@@ -91,7 +91,18 @@ def quantize_weight(name: str, w, precision: str) -> dict[str, np.ndarray]:
 
 def inference_variants(lstm) -> dict:
     """The cell variants of ``lstm`` that act in evaluation (its ``variant_options`` without
-    the training regularizers ``recurrent_dropout`` and ``weight_drop``)."""
+    the training regularizers ``recurrent_dropout`` and ``weight_drop``).
+
+    Raises
+    ------
+    ValueError
+        For a layer-normalised LSTM: reduced precision has no layer norm kernels.
+    """
+    if getattr(lstm, "layer_norm", False):
+        raise ValueError(
+            "quantize: an LSTM with layer_norm=True cannot be quantized (reduced precision "
+            "has no layer norm kernels); run it in float32"
+        )
     return {
         k: v
         for k, v in variant_options(lstm).items()
