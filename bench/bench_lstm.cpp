@@ -75,6 +75,7 @@ const Variant kVariants[] = {
     {"recurrent_dropout", [](eigenlstm::Config& c) { c.recurrent_dropout = 0.25; }},
     {"weight_drop", [](eigenlstm::Config& c) { c.weight_drop = 0.5; }},
     {"zoneout", [](eigenlstm::Config& c) { c.zoneout_c = c.zoneout_h = 0.1; }},
+    {"layer_norm", [](eigenlstm::Config& c) { c.layer_norm = true; }},
 };
 const char* const kVariantShapes[] = {"ds_inf_b32", "ds_train_512"};
 

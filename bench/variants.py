@@ -143,7 +143,8 @@ def run_shape(name, el, torch, threads, args):
     x = rng.standard_normal((T, B, I), dtype=np.float32)
     xt = torch.from_numpy(x)
     rows = {}
-    for vname, (options, frac) in VARIANTS.items():
+    for vname in args.variants.split(","):
+        options, frac = VARIANTS[vname]
         P = int(H * frac)
         plain, variant = make_lstms(el, I, H, options, P)
         dy = rng.standard_normal((T, B, P or H), dtype=np.float32)
@@ -254,6 +255,9 @@ def parse_args(argv=None):
     )
     p.add_argument("--threads", type=int, default=2, help="threads for every engine (default 2)")
     p.add_argument("--shapes", default=",".join(DEFAULT_SHAPES), help="comma-separated SHAPES")
+    p.add_argument(
+        "--variants", default=",".join(VARIANTS), help="comma-separated VARIANTS (default: all)"
+    )
     p.add_argument("--repeats", type=int, default=None, help="rounds (default: by --budget)")
     p.add_argument("--budget", type=float, default=20.0, help="seconds per measure (default 20)")
     p.add_argument("--batch", type=float, default=0.05, help="seconds per timed batch")
@@ -261,6 +265,9 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="5 rounds, short batches")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args(argv)
+    unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
+    if unknown:
+        p.error(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
     if args.quick:
         args.repeats, args.batch, args.warmup = 5, 0.01, 1
     return args

@@ -40,8 +40,8 @@ def test_readme_python_blocks_run_in_order_as_written(tmp_path, monkeypatch):
         title: python_blocks(readme_section(title))
         for title in ("Using it", "Serving", "Training", "Moving models in and out")
     }
-    assert [len(b) for b in sections.values()] == [1, 2, 2, 1]
-    assert len(python_blocks(text)) == 6  # a new block gets a place in this test
+    assert [len(b) for b in sections.values()] == [2, 2, 2, 1]
+    assert len(python_blocks(text)) == 7  # a new block gets a place in this test
     rng = np.random.default_rng(0)
     x = rng.standard_normal((96, 8, 1)).astype(np.float32)
     y = x.sum(axis=1)
@@ -60,6 +60,9 @@ def test_readme_python_blocks_run_in_order_as_written(tmp_path, monkeypatch):
 
     run(sections["Using it"][0])
     assert ns["output"].shape == (5, 7, 20) and ns["dx"].shape == (5, 7, 10)
+    run(sections["Using it"][1])  # the cell variants, on the same x
+    assert ns["output"].shape == (5, 7, 20) and ns["state"] == ns["cell"].dropout_state
+    assert ns["cell"].layer_norm and ns["cell"].zoneout == (0.15, 0.05)
     # The streams block serves 8 clients: its inputs stand in for what they send.
     ns.update(
         x_step=rng.standard_normal((8, 10)),

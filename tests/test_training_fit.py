@@ -466,3 +466,21 @@ def test_char_lm_example_decodes_the_zen_and_its_loss_falls():
     assert loss[-1] < loss[0] < np.log(len(vocab)) + 0.5
     sample = char_lm.sample(model, vocab, "Beautiful is ", length=20)
     assert sample.startswith("Beautiful is ") and len(sample) == 33
+
+
+def test_char_regularized_example_holds_out_the_end_of_the_text_and_learns():
+    example = load_example("char_regularized")
+    text = example.corpus()
+    (x, y), (xv, yv), vocab = example.split(text)
+    V, W = len(vocab), example.WINDOW
+    assert x.shape[1:] == (W, V) and xv.shape == (len(yv), W, V)
+    # the held-out labels are the text's last characters, which no training label reaches
+    cut = int(len(text) * (1 - example.HELD_OUT))
+    assert len(yv) == len(text) - cut
+    assert "".join(vocab[i] for i in yv) == text[cut:]
+    assert "".join(vocab[i] for i in x[-1].argmax(axis=1)) + vocab[y[-1]] in text[:cut]
+    options = {"layer_norm": True, "zoneout": example.ZONEOUT}
+    model, curve = example.train(options, ((x, y), (xv, yv)), vocab, epochs=1)
+    assert model.lstm.layer_norm and model.lstm.zoneout == example.ZONEOUT
+    # one epoch already beats guessing uniformly among the characters, on text it never saw
+    assert len(curve) == 1 and curve[0] < np.log(V) - 1.0
