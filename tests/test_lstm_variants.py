@@ -174,19 +174,35 @@ def test_matches_the_torch_autograd_model_float64(options, L, bi, P, bias, lengt
         assert np.isclose(np.abs(want["output"]), options["proj_clip"]).mean() > 0.2
 
 
+def max_rel_err(got, want):
+    """The largest error of any result, relative as assert_close measures it."""
+    return max(np.abs(got[k] - want[k]).max() / max(np.abs(want[k]).max(), 1.0) for k in want)
+
+
 @pytest.mark.parametrize("options, L, bi, P, bias, lengths", cases())
 def test_float32_agrees_with_float64(options, L, bi, P, bias, lengths):
     lstm64, a = make(options, L, bi, P, bias)
     lstm32, _ = make(options, L, bi, P, bias, dtype=np.float32)
     lstm32.load_state_dict(lstm64.state_dict())
+    state = lstm64.dropout_state
     want = run(lstm64, a, lengths)
     got = run(lstm32, a, lengths)
     for key in want:
         assert got[key].dtype == np.float32, key
+    # Float32 sees the problem rounded to float32. What that alone moves the float64 results
+    # is the instance's sensitivity: about 1e-7 here, but one instance, the layer norm of the
+    # 3-wide projected state (LN(W_hh h) is scale-invariant in h, its Jacobian 1/std: up to
+    # 30 here), moves them by 3.6e-6, and float32's own roundings are amplified alike (2.5e-5).
+    # So float32 must agree to 1e-5, or to 10 times that sensitivity where it is larger.
+    lstm64.load_state_dict({k: v.astype(np.float32) for k, v in lstm64.state_dict().items()})
+    lstm64.set_dropout_state(state)
+    rounded = run(
+        lstm64, {k: v.astype(np.float32).astype(np.float64) for k, v in a.items()}, lengths
+    )
     # Where a float64 state sits exactly at a clip, float32 rounding may put it on either side
     # of the kink; those are measure-zero here (no state is within 1e-5 of a bound that it
     # does not sit on), so the gradients agree too.
-    assert_close(got, want, RTOL32)
+    assert_close(got, want, max(RTOL32, 10 * max_rel_err(rounded, want)))
 
 
 def test_the_variants_change_the_results():
@@ -413,6 +429,7 @@ def test_a_variant_lstm_exports_to_onnx_and_runs_in_onnx_runtime(options):
     out, h, c = ort_session(buf.getvalue()).run(None, {"input": x, "lengths": lengths})
     for got, want in ((out, y), (h, h_n), (c, c_n)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
 
 
 @pytest.mark.parametrize(

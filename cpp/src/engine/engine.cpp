@@ -656,15 +656,17 @@ void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<
             if (whh_t) a.whh_t = &(*whh_t)[std::size_t(k)];
             a.zero_h0 = zero_h0 && fw.whh_finite[std::size_t(k)];
             Index b0 = 0, b1 = B;  // this thread's batch rows
-            if (plan.by_rows) {    // rows are independent: each thread runs its slice alone
-                split_range(B, 1, tid, n, b0, b1);
+            const std::atomic<bool> no_failure{false};
+            SpinBarrier alone(1, no_failure);
+            if (plan.by_rows) {    // rows are independent: each thread runs its slice alone,
+                split_range(B, 1, tid, n, b0, b1);  // never waiting for the others
                 a = a.rows_slice(b0, b1);
                 tid = 0;
                 n = 1;
             }
             forward_direction(a, fw.cell(m, k), out + d * Hout + b0 * D * Hout, h0 + (k * B + b0) * Hout,
                               c0 + (k * B + b0) * H, h_n + (k * B + b0) * Hout,
-                              c_n + (k * B + b0) * H, tid, n, barrier);
+                              c_n + (k * B + b0) * H, tid, n, plan.by_rows ? alone : barrier);
         });
 
         if (training && l < L - 1 && m.cfg.dropout > 0)

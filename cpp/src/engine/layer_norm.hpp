@@ -154,7 +154,7 @@ void ln_cell_forward(const S* c, Index ldc, const S* gates, Index ldg, Index R, 
             const LnCVec<S> cv(c + b * ldc + ub, w), o(gates + b * ldg + NG * ub + (NG - 1) * w, w),
                 gain(ln.gain_c + ub, w), shift(ln.shift_c + ub, w);
             LnVec<S> hv(h + b * ldh + ub, w);
-            hv = o * (gain * (cv - r.mean) * r.rstd + shift).tanh();
+            hv = o * (gain * ((cv - r.mean) * r.rstd) + shift).tanh();  // as backward rounds it
             if (y) LnVec<S>(y + b * ldy + ub, w) = hv;
         }
     }
