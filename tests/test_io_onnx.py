@@ -282,11 +282,42 @@ def test_load_of_a_layout_1_node_matches_onnx_reference_evaluator():
     assert _max_err((y, h_n.transpose(1, 0, 2), c_n.transpose(1, 0, 2)), want) <= ATOL64
 
 
+@pytest.mark.parametrize("D", (1, 2))
+@pytest.mark.parametrize(
+    "kw, variants",
+    [
+        ({"P": "random"}, {"peepholes": True, "cifg": False}),
+        ({"attrs": {"input_forget": 1}}, {"peepholes": False, "cifg": True}),
+        ({"attrs": {"input_forget": 1}, "P": "random"}, {"peepholes": True, "cifg": True}),
+    ],
+    ids=["peepholes", "input_forget", "both"],
+)
+def test_load_of_a_node_with_peepholes_or_coupled_gates_matches_onnxruntime(D, kw, variants):
+    """P becomes LSTM(peepholes=True), input_forget=1 LSTM(cifg=True); ONNX Runtime computes
+    the node as the operator defines it."""
+    rng = np.random.default_rng(7)
+    if kw.get("P") == "random":
+        kw = dict(kw, P=rng.uniform(-0.5, 0.5, (D, 3 * H)))
+    data = _hand_built(rng, D=D, **kw)
+    lstm = elonnx.load(data)
+    assert {k: getattr(lstm, k) for k in variants} == variants
+    N, T = 3, 5
+    x = rng.standard_normal((T, N, I)).astype(np.float32)
+    h0 = rng.standard_normal((D, N, H)).astype(np.float32)
+    c0 = rng.standard_normal((D, N, H)).astype(np.float32)
+    lens = np.array([5, 1, 3], np.int32)
+    want = _session(data).run(
+        ["output", "h_n", "c_n"], {"input": x, "h0": h0, "c0": c0, "lengths": lens}
+    )
+    y, (h_n, c_n) = lstm(x, (h0, c0), lengths=lens)
+    assert _max_err((y, h_n, c_n), want) <= ATOL32
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [
         ({"attrs": {"clip": 3.0}}, "attribute clip is not supported"),
-        ({"attrs": {"input_forget": 1}}, "attribute input_forget must be 0"),
+        ({"attrs": {"input_forget": 2}}, "attribute input_forget must be 0 or 1, got 2"),
         (
             {"attrs": {"activations": ["Sigmoid", "Tanh", "Relu"] * 2}},
             "attribute activations must be",
@@ -296,8 +327,8 @@ def test_load_of_a_layout_1_node_matches_onnx_reference_evaluator():
             "attribute direction must be 'forward' or 'bidirectional'",
         ),
         (
-            {"P": np.full((2, 3 * H), 0.1)},
-            "input P \\(peephole weights\\) must be absent or all zeros",
+            {"P": np.full((2, 2 * H), 0.1)},
+            f"P must have shape \\(2, {3 * H}\\), got \\(2, {2 * H}\\)",
         ),
         ({"extra_node": "Relu"}, "\\(Relu\\): this op is outside the pattern"),
     ],

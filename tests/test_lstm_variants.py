@@ -429,7 +429,12 @@ def test_a_variant_lstm_exports_to_onnx_and_runs_in_onnx_runtime(options):
     out, h, c = ort_session(buf.getvalue()).run(None, {"input": x, "lengths": lengths})
     for got, want in ((out, y), (h, h_n), (c, c_n)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
+    # and the file loads back as the same LSTM: the same options, weights and outputs
+    back = el.onnx.load(buf.getvalue())
+    assert (back.peepholes, back.cifg) == (lstm.peepholes, lstm.cifg)
+    for k, v in lstm.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[k], v, err_msg=k)
+    np.testing.assert_array_equal(back(x, lengths=lengths)[0], y)
 
 
 @pytest.mark.parametrize(

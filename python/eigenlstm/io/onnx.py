@@ -54,7 +54,8 @@ def _import_onnx(where: str) -> Any:
 
 
 def _gate_blocks(w: np.ndarray, order) -> np.ndarray:
-    """Reorder the four equal row blocks (gates) of ``w`` (shape (4H, ...) or (4H,))."""
+    """The four equal row blocks (gates) of ``w`` (shape (4H, ...) or (4H,)) in ``order``
+    (a block left out of ``order`` is dropped)."""
     blocks = np.split(w, 4, axis=0)
     return np.concatenate([blocks[k] for k in order], axis=0)
 
@@ -515,6 +516,8 @@ class _Layer:
     has_bias: bool
     H_out: int = 0  # width of one direction's output: P if P > 0 else H
     layout: int = 0  # the ONNX LSTM layout attribute (0 for a Scan layer)
+    cifg: bool = False  # input_forget=1: the weights hold the gate blocks i, g, o
+    # (weights[d] has weight_peephole, rows w_ci, w_cf, w_co, when the node's P is not zero)
 
 
 @dataclasses.dataclass(eq=False)
@@ -996,12 +999,9 @@ class _Interpreter:
                     node,
                     f"attribute {key} is not supported (eigenlstm's cell has no {key}), got {a[key]}",
                 )
-        if int(a.get("input_forget", 0)) != 0:
-            self.fail(
-                node,
-                f"attribute input_forget must be 0 (coupled input-forget gates are "
-                f"not supported), got {a['input_forget']}",
-            )
+        input_forget = int(a.get("input_forget", 0))
+        if input_forget not in (0, 1):
+            self.fail(node, f"attribute input_forget must be 0 or 1, got {input_forget}")
         direction = a.get("direction", "forward")
         if direction not in ("forward", "bidirectional"):
             self.fail(
@@ -1043,14 +1043,13 @@ class _Interpreter:
         B = None if B is None else self.const(node, node.input[3], "B")
         if B is not None and B.shape != (D, 8 * H):
             self.fail(node, f"B must have shape ({D}, {8 * H}), got {B.shape}")
+        peepholes = None  # ONNX's P: per direction, (w_ci, w_co, w_cf)
         if len(ins) > 7 and ins[7] is not None:
-            P = self.const(node, node.input[7], "P")
-            if np.any(P != 0):
-                self.fail(
-                    node,
-                    "input P (peephole weights) must be absent or all zeros: reading "
-                    "peephole LSTMs is not supported yet (export writes them)",
-                )
+            peepholes = self.const(node, node.input[7], "P")
+            if peepholes.shape != (D, 3 * H):
+                self.fail(node, f"P must have shape ({D}, {3 * H}), got {peepholes.shape}")
+            if not np.any(peepholes):
+                peepholes = None
         seq = ins[4] if len(ins) > 4 else None
         if seq is not None and seq.kind != "lengths":
             self.fail(
@@ -1060,15 +1059,20 @@ class _Interpreter:
         c0 = self._init_state(node, ins[6] if len(ins) > 6 else None, D, layout, "initial_c")
         if (h0 is None) != (c0 is None):
             self.fail(node, "initial_h and initial_c must both be zeros or both be graph inputs")
+        # torch's gate order i, f, g, o; with input_forget (f = 1 - i, its rows unused) the
+        # coupled cell's blocks i, g, o
+        order = (0, 3, 1) if input_forget else _ONNX_TO_TORCH
         weights = []
         for d in range(D):
             w = {
-                "weight_ih": _gate_blocks(W[d], _ONNX_TO_TORCH),
-                "weight_hh": _gate_blocks(R[d], _ONNX_TO_TORCH),
+                "weight_ih": _gate_blocks(W[d], order),
+                "weight_hh": _gate_blocks(R[d], order),
             }
             if B is not None:
-                w["bias_ih"] = _gate_blocks(B[d, : 4 * H], _ONNX_TO_TORCH)
-                w["bias_hh"] = _gate_blocks(B[d, 4 * H :], _ONNX_TO_TORCH)
+                w["bias_ih"] = _gate_blocks(B[d, : 4 * H], order)
+                w["bias_hh"] = _gate_blocks(B[d, 4 * H :], order)
+            if peepholes is not None:  # ONNX's (i, o, f) rows to eigenlstm's (i, f, o)
+                w["weight_peephole"] = peepholes[d].reshape(3, H)[[0, 2, 1]]
             weights.append(w)
         init = None if h0 is None else [(h0, c0, d) for d in range(D)]
         layer = _Layer(
@@ -1083,6 +1087,7 @@ class _Interpreter:
             B is not None,
             H_out=H,
             layout=layout,
+            cifg=bool(input_forget),
         )
         y_axes = (t, "D", n, "H") if layout == 0 else (n, t, "D", "H")
         f_axes = ("D", n, "H") if layout == 0 else (n, "D", "H")
@@ -1415,6 +1420,12 @@ def _assemble(interp: _Interpreter, outputs: list[_V]) -> LSTM | LSTMModel:
                 )
         if (layer.seq is None) != (first.seq is None):
             raise _LoadError(f"{where}: {what} and layer 0 disagree on using the lengths input")
+        if layer.cifg != first.cifg:
+            raise _LoadError(
+                f"{where}: {what} has input_forget={int(layer.cifg)}, layer 0 has "
+                f"input_forget={int(first.cifg)}: an eigenlstm LSTM couples the gates of all "
+                "layers or of none"
+            )
         if (layer.init is None) != (first.init is None):
             raise _LoadError(f"{where}: {what} and layer 0 disagree on starting from zeros")
         if k and layer.src.axes != (interp.time_axis, interp.batch_label(), "F"):
@@ -1437,11 +1448,14 @@ def _assemble(interp: _Interpreter, outputs: list[_V]) -> LSTM | LSTMModel:
     if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise _LoadError(f"{where}: weights must be float32 or float64, got {dtype}")
     bias = any(layer.has_bias for layer in layers)
+    # peepholes in any layer make a peephole LSTM; a layer without them has zero weights
+    peepholes = any("weight_peephole" in w for layer in layers for w in layer.weights)
+    variants = {"cifg": first.cifg, "peepholes": peepholes}
+    G = (3 if first.cifg else 4) * H
     state = {}
     for l, layer in enumerate(layers):
         for d, w in enumerate(layer.weights):
             sfx = f"_l{l}" + ("_reverse" if d else "")
-            G = 4 * H
             state["weight_ih" + sfx] = w["weight_ih"]
             state["weight_hh" + sfx] = w["weight_hh"]
             if bias:
@@ -1449,6 +1463,8 @@ def _assemble(interp: _Interpreter, outputs: list[_V]) -> LSTM | LSTMModel:
                 state["bias_hh" + sfx] = w.get("bias_hh", np.zeros(G, dtype))
             if P:
                 state["weight_hr" + sfx] = w["weight_hr"]
+            if peepholes:
+                state["weight_peephole" + sfx] = w.get("weight_peephole", np.zeros((3, H), dtype))
     I = state["weight_ih_l0"].shape[1]
     if heads:
         head_last, head_weight, head_bias = _head_parts(heads[0])
@@ -1470,12 +1486,12 @@ def _assemble(interp: _Interpreter, outputs: list[_V]) -> LSTM | LSTMModel:
                 "layers use the lengths input"
             )
         O = head_weight.shape[0]
-        model = LSTMModel(I, H, O, L, bidirectional=D == 2, dtype=dtype, seed=0)
+        model = LSTMModel(I, H, O, L, bidirectional=D == 2, dtype=dtype, seed=0, **variants)
         sd = {f"lstm.{k}": v for k, v in state.items()}
         if not bias:
             for key in list(model.lstm.state_dict()):
                 if key.startswith("bias"):
-                    sd["lstm." + key] = np.zeros(4 * H, dtype)
+                    sd["lstm." + key] = np.zeros(G, dtype)
         sd["fc.weight"] = head_weight
         sd["fc.bias"] = head_bias if head_bias is not None else np.zeros(O, dtype)
         model.load_state_dict(sd)
@@ -1491,6 +1507,7 @@ def _assemble(interp: _Interpreter, outputs: list[_V]) -> LSTM | LSTMModel:
         proj_size=P,
         dtype=dtype,
         seed=0,
+        **variants,
     )
     out_axes = ("a0", "a1", "F")
     for v in outputs:
@@ -1540,7 +1557,9 @@ def load(f: str | os.PathLike[str] | bytes | bytearray | BinaryIO) -> LSTM | LST
     Read: ONNX ``LSTM`` nodes (opset 7 and newer; the op last changed in opset 22) with
     directions forward and bidirectional, ``B``, ``sequence_lens`` (from a 1-D integer graph
     input), ``initial_h``/``initial_c`` (zeros, or rows of 3-D graph inputs in torch's
-    (D*L, N, H) order), an all-zero ``P``, ``layout`` 0 and 1; the glue exporters put around
+    (D*L, N, H) order), peepholes ``P`` (an ``LSTM(peepholes=True)``; an all-zero ``P`` is
+    none), ``input_forget=1`` (``cifg=True``; the forget gate's weights, which the operator
+    ignores then, are dropped), ``layout`` 0 and 1; the glue exporters put around
     them (Transpose, Squeeze, Reshape, Slice, Concat, and Shape/Gather/ConstantOfShape
     building zero states); constant subgraphs of weights are folded.
     A layout-1 graph keeps its states batch-first, (N, D, H); the loaded module takes and
@@ -1549,9 +1568,8 @@ def load(f: str | os.PathLike[str] | bytes | bytearray | BinaryIO) -> LSTM | LST
     module's ``forward(x, state=(h0, c0), lengths=...)`` takes the graph's inputs in that order.
 
     Refused with ``ValueError`` naming the node and the op or attribute: non-default
-    ``activations``, ``clip``, ``input_forget``, ``direction='reverse'``, non-zero peepholes ``P``
-    (they need a cell variant eigenlstm does not have yet), layers of different sizes, and any
-    op outside the pattern.
+    ``activations``, ``clip``, ``direction='reverse'``, layers of different sizes or of
+    different ``input_forget``, and any op outside the pattern.
 
     Raises
     ------
