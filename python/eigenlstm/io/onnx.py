@@ -161,19 +161,54 @@ def _lstm_op_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, seq: str | None,
     return y, y_h, y_c
 
 
-def _scan_body(b: _Builder, H: int, P: int, Rt: str, Whr: str, masked: bool):
-    """The step of a projected LSTM as a Scan body: (h, c, pre_t[, m_t]) -> (h, c, y_t).
+@dataclasses.dataclass
+class _StepVariants:
+    """The cell variants of one direction's Scan step: names of outer-graph constants (the
+    step reads them from the enclosing graph), or None for a variant that is off."""
+
+    cifg: bool = False
+    peepholes: tuple[str, str, str] | None = None  # w_ci, w_cf, w_co, each (H,)
+    cell_clip: tuple[str, str] | None = None  # Clip's min and max
+    proj_clip: tuple[str, str] | None = None
+    ln_hh: tuple[str, str] | None = None  # LayerNormalization's scale and bias, (G,)
+    ln_c: tuple[str, str] | None = None  # (H,)
+    zoneout: tuple[str, str] | None = None  # z and 1 - z, for c; for h:
+    zoneout_h: tuple[str, str] | None = None
+
+
+def _scan_body(
+    b: _Builder,
+    H: int,
+    P: int,
+    Rt: str,
+    Whr: str | None,
+    masked: bool,
+    v: _StepVariants | None = None,
+):
+    """The step of an LSTM as a Scan body: (h, c, pre_t[, m_t]) -> (h, c, y_t).
 
     pre_t = x_t W_ih^T + b_ih + b_hh is computed for all steps before the loop (one MatMul);
     the body adds the recurrent term and applies the cell, in torch's gate order i, f, g, o:
         gates = pre_t + h W_hh^T;  i, f, g, o = split(gates)
         c' = sigmoid(f) * c + sigmoid(i) * tanh(g);  h' = (sigmoid(o) * tanh(c')) W_hr^T
+    (h' = sigmoid(o) * tanh(c') without a projection, Whr None). The cell variants ``v``
+    change it as eigenlstm.LSTM documents, in evaluation: coupled gates (i, g, o; f = 1 - i),
+    peepholes, the clips (Clip), the layer norms of h W_hh^T and of c (LayerNormalization,
+    opset 17) and zoneout's expectation z*previous + (1 - z)*new.
     With lengths, m_t = (t < length) per row: a row past its length keeps its state and
     outputs zeros, which is what pack_padded_sequence gives (and the reverse direction, read
     from the end, then starts at the last valid step).
     """
+    v = v or _StepVariants()
     helper, elem = b.helper, b.elem
     nodes: list = []
+
+    def op(op_type, inputs, **kw):
+        return b.op(op_type, inputs, nodes=nodes, **kw)
+
+    def layer_norm(x, scale_bias):
+        return op("LayerNormalization", [x, *scale_bias], axis=-1, epsilon=1e-5)
+
     inputs = [
         helper.make_tensor_value_info("h_prev", elem, None),
         helper.make_tensor_value_info("c_prev", elem, None),
@@ -181,23 +216,42 @@ def _scan_body(b: _Builder, H: int, P: int, Rt: str, Whr: str, masked: bool):
     ]
     if masked:
         inputs.append(helper.make_tensor_value_info("m_t", b.onnx.TensorProto.BOOL, None))
-    gates = b.op("Add", ["pre_t", b.op("MatMul", ["h_prev", Rt], nodes=nodes)], nodes=nodes)
-    split = b.ints([H, H, H, H], "split")
-    gi, gf, gg, go = b.op("Split", [gates, split], n_out=4, nodes=nodes, axis=1)
-    i = b.op("Sigmoid", [gi], nodes=nodes)
-    f = b.op("Sigmoid", [gf], nodes=nodes)
-    g = b.op("Tanh", [gg], nodes=nodes)
-    o = b.op("Sigmoid", [go], nodes=nodes)
-    c_new = b.op(
-        "Add",
-        [b.op("Mul", [f, "c_prev"], nodes=nodes), b.op("Mul", [i, g], nodes=nodes)],
-        nodes=nodes,
-    )
-    h_new = b.op(
-        "MatMul",
-        [b.op("Mul", [o, b.op("Tanh", [c_new], nodes=nodes)], nodes=nodes), Whr],
-        nodes=nodes,
-    )
+    rec = op("MatMul", ["h_prev", Rt])
+    if v.ln_hh:
+        rec = layer_norm(rec, v.ln_hh)
+    gates = op("Add", ["pre_t", rec])
+    NG = 3 if v.cifg else 4
+    split = b.ints([H] * NG, "split")
+    blocks = op("Split", [gates, split], n_out=NG, axis=1)
+    gi, gg, go = (blocks[0], blocks[1], blocks[2]) if v.cifg else (blocks[0], blocks[2], blocks[3])
+    gf = None if v.cifg else blocks[1]
+    if v.peepholes:
+        gi = op("Add", [gi, op("Mul", [v.peepholes[0], "c_prev"])])
+        if gf is not None:
+            gf = op("Add", [gf, op("Mul", [v.peepholes[1], "c_prev"])])
+    i = op("Sigmoid", [gi])
+    f = op("Sub", [b.const(1.0, "one"), i]) if gf is None else op("Sigmoid", [gf])
+    g = op("Tanh", [gg])
+    if not v.peepholes:
+        o = op("Sigmoid", [go])
+    c_new = op("Add", [op("Mul", [f, "c_prev"]), op("Mul", [i, g])])
+    if v.cell_clip:
+        c_new = op("Clip", [c_new, *v.cell_clip])
+    if v.peepholes:
+        o = op("Sigmoid", [op("Add", [go, op("Mul", [v.peepholes[2], c_new])])])
+    h_new = op("Mul", [o, op("Tanh", [layer_norm(c_new, v.ln_c) if v.ln_c else c_new])])
+    if Whr is not None:
+        h_new = op("MatMul", [h_new, Whr])
+    if v.proj_clip:
+        h_new = op("Clip", [h_new, *v.proj_clip])
+    for z, name in ((v.zoneout, "c"), (v.zoneout_h, "h")):
+        if z:
+            prev, new = ("c_prev", c_new) if name == "c" else ("h_prev", h_new)
+            mixed = op("Add", [op("Mul", [z[0], prev]), op("Mul", [z[1], new])])
+            if name == "c":
+                c_new = mixed
+            else:
+                h_new = mixed
     if masked:
         b.op("Where", ["m_t", h_new, "h_prev"], out=["h_out"], nodes=nodes)
         b.op("Where", ["m_t", c_new, "c_prev"], out=["c_out"], nodes=nodes)
@@ -217,12 +271,53 @@ def _flip_time(b: _Builder, v: str) -> str:
     )
 
 
+def _step_variants(b: _Builder, sd, sfx: str, lstm: LSTM) -> _StepVariants:
+    """The constants of the cell variants of one layer and direction (``sfx``: "_l0",
+    "_l0_reverse", ...) for its Scan step."""
+    H, v = lstm.hidden_size, _StepVariants(cifg=lstm.cifg)
+    if lstm.peepholes:
+        w = sd["weight_peephole" + sfx]
+        v.peepholes = (b.const(w[0], "w_ci"), b.const(w[1], "w_cf"), b.const(w[2], "w_co"))
+    for name in ("cell_clip", "proj_clip"):
+        clip = getattr(lstm, name)
+        if clip is not None:
+            setattr(v, name, (b.const(-clip, "clip_min"), b.const(clip, "clip_max")))
+    if lstm.layer_norm:
+        v.ln_hh = (
+            b.const(sd["layer_norm_hh_weight" + sfx], "ln_hh_scale"),
+            b.const(sd["layer_norm_hh_bias" + sfx], "ln_hh_bias"),
+        )
+        v.ln_c = (
+            b.const(sd["layer_norm_c_weight" + sfx].reshape(H), "ln_c_scale"),
+            b.const(sd["layer_norm_c_bias" + sfx].reshape(H), "ln_c_bias"),
+        )
+    z = lstm.zoneout if isinstance(lstm.zoneout, tuple) else (lstm.zoneout,) * 2
+    if z[0]:
+        v.zoneout = (b.const(z[0], "zoneout_c"), b.const(1.0 - z[0], "keep_c"))
+    if z[1]:
+        v.zoneout_h = (b.const(z[1], "zoneout_h"), b.const(1.0 - z[1], "keep_h"))
+    return v
+
+
 def _scan_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, mask: str | None, h0, c0, batch):
-    """One projected layer as one Scan per direction; returns (y (T, N, D*P), h_n, c_n)."""
+    """One layer as one Scan per direction (projection, and the cell variants the LSTM
+    operator lacks); returns (y (T, N, D*H_out), h_n, c_n)."""
     D, H, P = lstm.num_directions, lstm.hidden_size, lstm.proj_size
+    Hout = lstm.output_size
     ys, hs, cs = [], [], []
     for d, s in enumerate(["", "_reverse"][:D]):
         pre = b.op("MatMul", [x, b.const(sd[f"weight_ih_l{l}{s}"].T, f"Wt_l{l}{s}")])
+        if lstm.layer_norm:  # LN(x W_ih^T) + b_ih + b_hh
+            pre = b.op(
+                "LayerNormalization",
+                [
+                    pre,
+                    b.const(sd[f"layer_norm_ih_weight_l{l}{s}"], f"ln_ih_scale_l{l}{s}"),
+                    b.const(sd[f"layer_norm_ih_bias_l{l}{s}"], f"ln_ih_bias_l{l}{s}"),
+                ],
+                axis=-1,
+                epsilon=1e-5,
+            )
         if lstm.bias:
             pre = b.op(
                 "Add", [pre, b.const(sd[f"bias_ih_l{l}{s}"] + sd[f"bias_hh_l{l}{s}"], f"b_l{l}{s}")]
@@ -235,7 +330,7 @@ def _scan_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, mask: str | None, h
         else:
             zero = b.onnx.numpy_helper.from_array(np.zeros(1, b.dtype))
             h_init = b.op(
-                "ConstantOfShape", [b.op("Concat", [batch, b.ints([P])], axis=0)], value=zero
+                "ConstantOfShape", [b.op("Concat", [batch, b.ints([Hout])], axis=0)], value=zero
             )
             c_init = b.op(
                 "ConstantOfShape", [b.op("Concat", [batch, b.ints([H])], axis=0)], value=zero
@@ -245,8 +340,9 @@ def _scan_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, mask: str | None, h
             H,
             P,
             b.const(sd[f"weight_hh_l{l}{s}"].T, f"Rt_l{l}{s}"),
-            b.const(sd[f"weight_hr_l{l}{s}"].T, f"Whr_l{l}{s}"),
+            b.const(sd[f"weight_hr_l{l}{s}"].T, f"Whr_l{l}{s}") if P else None,
             mask is not None,
+            _step_variants(b, sd, f"_l{l}{s}", lstm),
         )
         scans = [pre] + ([mask] if mask is not None else [])
         # Reverse direction: flip time before the loop and flip y back after it, so that y
@@ -295,22 +391,25 @@ def export(
     ``"h_n"``, ``"c_n"`` with torch's shapes; an ``LSTMModel`` graph maps ``"input"`` (N, T, I)
     to ``"output"`` (N, O). Batch and time are dynamic.
 
-    Layers without projection are ONNX ``LSTM`` nodes (layout 0: ONNX Runtime implements no
-    other), with ``Transpose``/``Squeeze``/``Reshape`` glue; peepholes are their input ``P``
-    and a coupled input-forget gate (``cifg``) their ``input_forget=1``. The training
-    regularizers (dropout, recurrent dropout, weight drop) are not part of an inference graph. ONNX's LSTM has no projection, so
-    layers with ``proj_size > 0`` are a ``Scan`` over time of MatMul/Sigmoid/Tanh ops, one per
-    direction (see ``_scan_body``). ONNX Runtime's LSTM kernel is float32 only; float64
-    graphs are valid ONNX and run in ``onnx.reference.ReferenceEvaluator``.
+    Layers are ONNX ``LSTM`` nodes (layout 0: ONNX Runtime implements no other), with
+    ``Transpose``/``Squeeze``/``Reshape`` glue; peepholes are their input ``P`` and a coupled
+    input-forget gate (``cifg``) their ``input_forget=1``. ONNX's LSTM has no projection,
+    state clipping, zoneout or layer norm, so an LSTM with ``proj_size > 0``, ``cell_clip``,
+    ``proj_clip``, ``zoneout`` or ``layer_norm`` is a ``Scan`` over time of standard ops per
+    layer and direction (see ``_scan_body``; zoneout as its evaluation-mode expectation,
+    layer norm as ``LayerNormalization``, opset 17). The training regularizers (dropout,
+    recurrent dropout, weight drop) are not part of an inference graph. ONNX Runtime's LSTM
+    kernel is float32 only; float64 graphs are valid ONNX and run in
+    ``onnx.reference.ReferenceEvaluator``.
 
     Raises
     ------
     TypeError
         If ``module`` is not an LSTM or LSTMModel, or ``opset`` is not an int.
     ValueError
-        If ``opset`` is out of range, ``initial_state=True`` for an LSTMModel, or the LSTM has
-        ``cell_clip``, ``proj_clip``, zoneout, ``layer_norm``, or peepholes or cifg with a projection (none of
-        which ONNX's LSTM expresses).
+        If ``opset`` is out of range, or ``initial_state=True`` for an LSTMModel.
+    NotImplementedError
+        For ``layer_norm=True`` with an opset below 17 (no LayerNormalization there).
     ImportError
         If the onnx package is missing.
 
@@ -337,30 +436,22 @@ def export(
         raise TypeError(
             f"{where}: module must be an eigenlstm LSTM or LSTMModel, got {type(module).__name__}"
         )
-    for name in ("cell_clip", "proj_clip"):
-        if getattr(lstm, name) is not None:
-            raise ValueError(
-                f"{where}: an LSTM with {name}={getattr(lstm, name)!r} cannot be written: ONNX's "
-                "LSTM clips the gates' inputs, not the states"
-            )
-    for name in ("peepholes", "cifg"):
-        if getattr(lstm, name) and lstm.proj_size:
-            raise ValueError(
-                f"{where}: an LSTM with {name}=True and proj_size={lstm.proj_size} cannot be "
-                f"written yet (projected layers are Scan graphs without {name})"
-            )
-    if lstm.zoneout:
-        raise ValueError(
-            f"{where}: an LSTM with zoneout={lstm.zoneout!r} cannot be written: ONNX's LSTM "
-            "has no zoneout (in evaluation it mixes the previous states in)"
-        )
-    if lstm.layer_norm:
-        raise ValueError(
-            f"{where}: an LSTM with layer_norm=True cannot be written: ONNX's LSTM has no "
-            "layer normalisation"
-        )
     onnx = _import_onnx(where)
     opset = _check_opset(where, onnx, opset)
+    if lstm.layer_norm and opset < 17:
+        raise NotImplementedError(
+            f"{where}: an LSTM with layer_norm=True needs opset >= 17 (LayerNormalization), "
+            f"got opset={opset}"
+        )
+    # The LSTM operator where it expresses the cell (its P is our peepholes, input_forget our
+    # cifg); a Scan of standard ops for the rest: projection, clips, zoneout, layer norm.
+    scan = bool(
+        lstm.proj_size
+        or lstm.cell_clip is not None
+        or lstm.proj_clip is not None
+        or lstm.zoneout
+        or lstm.layer_norm
+    )
     helper, TP = onnx.helper, onnx.TensorProto
     b = _Builder(onnx, lstm.dtype)
     sd = lstm.state_dict()
@@ -385,7 +476,7 @@ def export(
     seq = mask = None
     if lengths:
         graph_inputs.append(helper.make_tensor_value_info("lengths", TP.INT64, ["batch"]))
-        if lstm.proj_size == 0:
+        if not scan:
             seq = b.op("Cast", ["lengths"], to=TP.INT32)  # ONNX LSTM's sequence_lens is int32
         else:  # mask[t, n, 0] = t < lengths[n], for the Scan body
             T = b.op("Gather", [b.op("Shape", [x]), b.const(0, "zero", np.int64)], axis=0)
@@ -395,13 +486,11 @@ def export(
                 [b.op("Unsqueeze", [t, b.ints([1])]), b.op("Unsqueeze", ["lengths", b.ints([0])])],
             )
             mask = b.op("Unsqueeze", [less, b.ints([2])])
-    batch = (
-        b.op("Slice", [b.op("Shape", [x]), b.ints([1]), b.ints([2])]) if lstm.proj_size else None
-    )
+    batch = b.op("Slice", [b.op("Shape", [x]), b.ints([1]), b.ints([2])]) if scan else None
 
     hs, cs = [], []
     for l in range(L):
-        if lstm.proj_size == 0:
+        if not scan:
             x, y_h, y_c = _lstm_op_layer(b, sd, l, lstm, x, seq, h0, c0)
         else:
             x, y_h, y_c = _scan_layer(b, sd, l, lstm, x, mask, h0, c0, batch)
