@@ -438,11 +438,16 @@ def test_a_variant_lstm_exports_to_onnx_and_runs_in_onnx_runtime(options):
     np.testing.assert_array_equal(back(x, lengths=lengths)[0], y)
 
 
+# the options an evaluation graph holds (the training regularizers are not in it)
+EVAL_OPTIONS = ("cifg", "peepholes", "cell_clip", "proj_clip", "zoneout", "layer_norm")
+
+
 @pytest.mark.parametrize("options, L, bi, P, bias, lengths", cases())
 def test_every_variant_exports_to_onnx_and_runs_as_in_evaluation(options, L, bi, P, bias, lengths):
     """What the LSTM operator lacks (projection, the clips, zoneout, layer norm) is a Scan of
     standard ops: ONNX Runtime runs the float32 graph, the reference evaluator the float64
-    one, each as eigenlstm's evaluation forward (zoneout: its expectation)."""
+    one, each as eigenlstm's evaluation forward (zoneout: its expectation); and the file
+    loads back as the same LSTM."""
     lstm64, a = make(options, L, bi, P, bias)
     lengths = [T] * B if lengths is None else lengths
     feeds = {
@@ -460,6 +465,26 @@ def test_every_variant_exports_to_onnx_and_runs_as_in_evaluation(options, L, bi,
         model = onnx.load_model_from_string(buf.getvalue())
         onnx.checker.check_model(model, full_check=True)
         f = {k: v.astype(dt) if k != "lengths" else v for k, v in feeds.items()}
+        back = el.onnx.load(buf.getvalue())
+        assert el.nn.lstm.variant_options(back) == {
+            k: v for k, v in el.nn.lstm.variant_options(lstm).items() if k in EVAL_OPTIONS
+        }
+        sd, sd_back = lstm.state_dict(), back.state_dict()
+        assert list(sd_back) == list(sd)
+        for k in sd:  # a Scan graph adds the biases: bias_ih holds the sum, bias_hh zeros
+            if k.startswith("bias_ih"):
+                k_hh = "bias_hh" + k[len("bias_ih") :]
+                np.testing.assert_array_equal(sd_back[k] + sd_back[k_hh], sd[k] + sd[k_hh], k)
+            elif k.startswith("weight_peephole") and lstm.cifg:  # w_cf has no gate: not written
+                np.testing.assert_array_equal(sd_back[k][[0, 2]], sd[k][[0, 2]], err_msg=k)
+            elif not k.startswith("bias_hh"):
+                np.testing.assert_array_equal(sd_back[k], sd[k], err_msg=k)
+        np.testing.assert_allclose(
+            back(f["input"], (f["h0"], f["c0"]), lengths=f["lengths"])[0],
+            lstm(f["input"], (f["h0"], f["c0"]), lengths=f["lengths"])[0],
+            rtol=rtol,
+            atol=rtol,
+        )
         if dt == np.float64 and any(n.op_type == "LSTM" for n in model.graph.node):
             # onnx.reference's LSTM ignores sequence_lens and input_forget: ONNX Runtime, in
             # float32, is the witness of the LSTM operator's graphs
@@ -739,3 +764,44 @@ def test_functional_layer_with_variants_matches_the_module():
             weight_hr=sd["weight_hr_l0"],
             weight_peephole=np.zeros((3, 4)),
         )
+
+
+def _exported(options, **kw):
+    lstm = el.LSTM(I, H, proj_size=kw.pop("P", 0), seed=0, **options).eval()
+    buf = io.BytesIO()
+    el.onnx.export(lstm, buf, **kw)
+    return onnx.load_model_from_string(buf.getvalue())
+
+
+def _set_attr(node, name, value):
+    for a in node.attribute:
+        if a.name == name:
+            a.CopyFrom(helper.make_attribute(name, value))
+            return
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def test_onnx_load_refuses_a_variant_step_that_export_does_not_write():
+    """The loader reads the variants' Scan steps by their exact pattern: a layer norm with
+    another epsilon, or a clip that is not symmetric, is refused naming the node."""
+    model = _exported({"layer_norm": True})
+    (ln,) = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    _set_attr(ln, "epsilon", 1e-3)
+    with pytest.raises(ValueError, match=r"\(LayerNormalization\): .*epsilon 1e-5.*0\.001"):
+        el.onnx.load(model.SerializeToString())
+
+    model = _exported({"cell_clip": 0.5})
+    (scan,) = [n for n in model.graph.node if n.op_type == "Scan"]
+    (clip,) = [n for n in scan.attribute[0].g.node if n.op_type == "Clip"]
+    clip.input[1] = clip.input[2]  # Clip(c, 0.5, 0.5)
+    with pytest.raises(ValueError, match=r"\(Scan\): the Scan body's Clip is not part"):
+        el.onnx.load(model.SerializeToString())
+
+    model = _exported({"zoneout": 0.25})
+    (scan,) = [n for n in model.graph.node if n.op_type == "Scan"]
+    body = scan.attribute[0].g
+    (keep,) = [n for n in body.node if n.op_type == "Mul" and n.input[0].startswith("keep_c")]
+    (z,) = [n for n in body.node if n.op_type == "Mul" and n.input[0].startswith("zoneout_c")]
+    keep.input[0] = z.input[0]  # z*prev + z*new: not zoneout's expectation
+    with pytest.raises(ValueError, match=r"\(Scan\): the Scan body's .* not part of the LSTM"):
+        el.onnx.load(model.SerializeToString())

@@ -277,7 +277,9 @@ def _step_variants(b: _Builder, sd, sfx: str, lstm: LSTM) -> _StepVariants:
     H, v = lstm.hidden_size, _StepVariants(cifg=lstm.cifg)
     if lstm.peepholes:
         w = sd["weight_peephole" + sfx]
-        v.peepholes = (b.const(w[0], "w_ci"), b.const(w[1], "w_cf"), b.const(w[2], "w_co"))
+        # (with cifg, w_cf has no gate to act on and is not written)
+        w_cf = "" if lstm.cifg else b.const(w[1], "w_cf")
+        v.peepholes = (b.const(w[0], "w_ci"), w_cf, b.const(w[2], "w_co"))
     for name in ("cell_clip", "proj_clip"):
         clip = getattr(lstm, name)
         if clip is not None:
@@ -575,6 +577,7 @@ class _V:
     layers: tuple[_Layer, ...] = ()  # final: the layers whose states are concatenated
     label: str | int | None = None  # time_range: the time axis's shape entry
     flipped: bool = False  # pre, mask, scan_y: in reversed time order
+    ln: tuple[np.ndarray, np.ndarray] | None = None  # pre: LayerNormalization's scale, bias
     by_lengths: bool = False  # last: selected at step lengths - 1 (not at -1)
     last: _V | None = None  # head: the last-step value it reads
     weight: np.ndarray | None = None  # head: (O, F), torch's Linear weight
@@ -605,8 +608,9 @@ class _Layer:
     has_bias: bool
     H_out: int = 0  # width of one direction's output: P if P > 0 else H
     layout: int = 0  # the ONNX LSTM layout attribute (0 for a Scan layer)
-    cifg: bool = False  # input_forget=1: the weights hold the gate blocks i, g, o
-    # (weights[d] has weight_peephole, rows w_ci, w_cf, w_co, when the node's P is not zero)
+    # the cell variants, as eigenlstm.LSTM's keyword arguments; an LSTM node has at most
+    # peepholes (its P: weights[d] then holds weight_peephole) and cifg (input_forget=1)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(eq=False)
@@ -622,10 +626,33 @@ class _Half:
     init: list[_V | None]  # the (h, c) "state" values, or None for zeros
     node: NodeProto  # the Scan node
     has_bias: bool
+    options: dict[str, Any]  # the cell variants: eigenlstm.LSTM's keyword arguments
 
 
 class _LoadError(ValueError):
     pass
+
+
+def _option_value(v) -> float:
+    """A scalar constant of the graph as an option's value: the shortest decimal that rounds
+    to it in its dtype (a float32 graph's 0.4 is read as 0.4, not 0.4000000059604645; the
+    engine rounds it to float32 again)."""
+    return float(str(np.asarray(v)[()]))
+
+
+def _layer_options(layer: _Layer) -> dict[str, Any]:
+    """The cell variants of a layer read from the graph, every option present (eigenlstm.LSTM's
+    keyword arguments; zoneout as a (z_c, z_h) pair)."""
+    options: dict[str, Any] = {
+        "cifg": False,
+        "peepholes": False,
+        "cell_clip": None,
+        "proj_clip": None,
+        "layer_norm": False,
+        "zoneout": (0.0, 0.0),
+    }
+    options.update(layer.options)
+    return options
 
 
 _INT64_MIN = int(np.iinfo(np.int64).min)
@@ -1044,8 +1071,37 @@ class _Interpreter:
                 bias=np.broadcast_to(y.value, (x.weight.shape[0],)),
             )
         if y.kind == "const" and x.kind == "pre" and x.bias is None and not x.flipped:
-            return _V("pre", src=x.src, w_t=x.w_t, bias=y.value, flipped=False)
+            return _V("pre", src=x.src, w_t=x.w_t, bias=y.value, flipped=False, ln=x.ln)
         self.fail(node, f"Add of {x.kind} and {y.kind} values is outside the pattern")
+
+    def op_LayerNormalization(self, node, ins, a):
+        # LN(x W_ih^T) of a layer-normalised LSTM's Scan layer, before its bias
+        x, scale, bias = (list(ins) + [None] * 3)[:3]
+        if (
+            x.kind != "pre"
+            or x.bias is not None
+            or x.ln is not None
+            or x.flipped
+            or scale is None
+            or scale.kind != "const"
+            or bias is None
+            or bias.kind != "const"
+            or len(node.output) != 1
+        ):
+            self.fail(
+                node,
+                "only LayerNormalization(x W_ih^T, scale, bias) of a layer-normalised LSTM's "
+                "input projection is read",
+            )
+        if int(a.get("axis", -1)) not in (-1, 2) or not np.isclose(
+            float(a.get("epsilon", 1e-5)), 1e-5, rtol=1e-3
+        ):
+            self.fail(
+                node,
+                "attributes must normalise the last axis with epsilon 1e-5 (eigenlstm's), "
+                f"got axis={a.get('axis', -1)}, epsilon={a.get('epsilon', 1e-5)}",
+            )
+        return x.replace(ln=(scale.value, bias.value))
 
     # ---- LSTM layers -----------------------------------------------------------------------
     def time_label(self, node, layer=None):
@@ -1176,7 +1232,7 @@ class _Interpreter:
             B is not None,
             H_out=H,
             layout=layout,
-            cifg=bool(input_forget),
+            options={"cifg": bool(input_forget), "peepholes": peepholes is not None},
         )
         y_axes = (t, "D", n, "H") if layout == 0 else (n, t, "D", "H")
         f_axes = ("D", n, "H") if layout == 0 else (n, "D", "H")
@@ -1209,9 +1265,10 @@ class _Interpreter:
             mask is not None and (mask.kind != "mask" or mask.flipped != pre.flipped)
         ):
             self.fail(node, "the scanned inputs must be x W_ih^T (+ b) and the lengths mask")
-        Rt, Whr = self._match_body(node, a["body"], mask is not None)
-        H = Rt.shape[1] // 4
-        P = Whr.shape[1]
+        Rt, Whr, found = self._match_body(node, a["body"], mask is not None)
+        NG = 3 if found["cifg"] else 4
+        H = Rt.shape[1] // NG
+        P = 0 if Whr is None else Whr.shape[1]
         d = 1 if pre.flipped else 0
         inits = []
         for v, what in ((h_init, "the initial h"), (c_init, "the initial c")):
@@ -1225,10 +1282,42 @@ class _Interpreter:
                 )
         if (inits[0] is None) != (inits[1] is None):
             self.fail(node, "the initial h and c must both be zeros or both be graph inputs")
-        w = {"weight_ih": pre.w_t.T, "weight_hh": Rt.T, "weight_hr": Whr.T}
+        w = {"weight_ih": pre.w_t.T, "weight_hh": Rt.T}
+        if P:
+            w["weight_hr"] = Whr.T
         if pre.bias is not None:  # one summed bias: all of it goes to b_ih, b_hh is zero
-            w["bias_ih"] = np.broadcast_to(pre.bias, (4 * H,)).copy()
-            w["bias_hh"] = np.zeros(4 * H, dtype=pre.bias.dtype)
+            w["bias_ih"] = np.broadcast_to(pre.bias, (NG * H,)).copy()
+            w["bias_hh"] = np.zeros(NG * H, dtype=pre.bias.dtype)
+        # the cell variants of this direction: eigenlstm.LSTM's options and tensors
+        dt = Rt.dtype
+        options = {
+            "cifg": found["cifg"],
+            "peepholes": any(k in found for k in ("w_ci", "w_cf", "w_co")),
+            "cell_clip": found.get("cell_clip"),
+            "proj_clip": found.get("proj_clip"),
+            "layer_norm": "ln_hh" in found,
+            "zoneout": (found.get("zoneout_c", 0.0), found.get("zoneout_h", 0.0)),
+        }
+        if options["peepholes"]:
+            w["weight_peephole"] = np.stack(
+                [np.broadcast_to(found.get(k, 0.0), (H,)) for k in ("w_ci", "w_cf", "w_co")]
+            ).astype(dt)
+        norms = (pre.ln is not None, "ln_hh" in found, "ln_c" in found)
+        if any(norms) and not all(norms):
+            self.fail(
+                node,
+                "a layer-normalised step normalises x W_ih^T, h W_hh^T and c, each with "
+                "LayerNormalization; this one normalises only some of them",
+            )
+        if options["layer_norm"]:
+            for part, (gain, shift) in (
+                ("ih", pre.ln),
+                ("hh", found["ln_hh"]),
+                ("c", found["ln_c"]),
+            ):
+                n = H if part == "c" else NG * H
+                w[f"layer_norm_{part}_weight"] = np.broadcast_to(gain, (n,)).astype(dt)
+                w[f"layer_norm_{part}_bias"] = np.broadcast_to(shift, (n,)).astype(dt)
         half = _Half(
             d=d,
             H=H,
@@ -1239,6 +1328,7 @@ class _Interpreter:
             init=inits,
             node=node,
             has_bias=pre.bias is not None,
+            options=options,
         )
         return [
             _V("scan_h", half=half, which="h"),
@@ -1247,8 +1337,16 @@ class _Interpreter:
         ]
 
     def _match_body(self, node, body, masked):
-        """Check a Scan body against the step export writes; return (W_hh^T, W_hr^T)."""
-        env = {}
+        """Check a Scan body against the step export writes (``_scan_body``); return (W_hh^T,
+        W_hr^T or None, the cell variants found: ``_StepVariants``-like dict of arrays).
+
+        Values get tags: ("var", k) for the body inputs, ("gate", k) for the gate blocks,
+        ("c", stage) and ("h", stage) for the new states as each variant transforms them in
+        the order export writes (c: 0 the update, 1 clipped, 2 zoned out; h: 0 o*tanh, 1
+        projected, 2 clipped, 3 zoned out), and ("scaled", name) for a product with a
+        constant, whose constant and operand are kept until an Add says which variant it is.
+        """
+        env: dict[str, tuple] = {}
         names = [i.name for i in body.input]
         if len(names) != (4 if masked else 3):
             self.fail(node, "the Scan body must take (h, c, pre_t[, m_t])")
@@ -1265,88 +1363,186 @@ class _Interpreter:
                 node, f"the Scan body reads {name!r}, which is neither a body value nor a constant"
             )
 
+        def off(what):
+            self.fail(node, f"the Scan body's {what} is not part of the LSTM step export writes")
+
         get = self.onnx.helper.get_attribute_value
         Rt = Whr = None
+        found: dict[str, Any] = {}
+        scaled: dict[str, tuple[np.ndarray, tuple]] = {}  # ("scaled", name): (constant, operand)
+        c_used: set[int] = set()  # stages of c that the output gate and h read
         for bn in body.node:
             args = [val(i) for i in bn.input]
             keys = [("const",) if x[0] == "const" else x for x in args]  # hashable
-            pair = set(keys[:2])
             op = bn.op_type
-            out = None
-            if op == "MatMul" and keys[0] == ("var", "h") and keys[1] == ("const",):
+            attrs = {x.name: get(x) for x in bn.attribute}
+            out: tuple | None = None
+            if op == "MatMul" and keys == [("var", "h"), ("const",)] and Rt is None:
                 out, Rt = ("rec",), args[1][1]
-            elif op == "Add" and pair == {("var", "pre"), ("rec",)}:
-                out = ("gates",)
-            elif op == "Split" and keys[0] == ("gates",) and Rt is not None:
-                attrs = {x.name: get(x) for x in bn.attribute}
-                sizes = attrs.get("split")
-                if sizes is None and len(args) > 1:
-                    sizes = [int(v) for v in args[1][1]] if keys[1] == ("const",) else None
-                H = Rt.shape[1] // 4
-                if (
-                    int(attrs.get("axis", 0)) not in (1, -1)
-                    or len(bn.output) != 4
-                    or (sizes is not None and list(sizes) != [H] * 4)
+            elif op == "MatMul" and keys == [("h", 0), ("const",)]:
+                out, Whr = ("h", 1), args[1][1]
+            elif op == "LayerNormalization" and len(keys) == 3 and keys[1:] == [("const",)] * 2:
+                part = {("rec",): "ln_hh", ("c", 0): "ln_c", ("c", 1): "ln_c"}.get(keys[0])
+                if part is None or part in found:
+                    off("LayerNormalization")
+                if int(attrs.get("axis", -1)) != -1 or not np.isclose(
+                    float(attrs.get("epsilon", 1e-5)), 1e-5, rtol=1e-3
                 ):
                     self.fail(
                         node,
-                        f"the Scan body must split the gates in four blocks of {H} "
-                        "on the last axis",
+                        "the Scan body's LayerNormalization must normalise the last axis "
+                        f"with epsilon 1e-5 (eigenlstm's), got {attrs}",
                     )
-                for k, o in enumerate(bn.output):
+                found[part] = (args[1][1], args[2][1])
+                if part == "ln_c":
+                    c_used.add(keys[0][1])
+                out = ("rec",) if part == "ln_hh" else ("c_ln",)
+            elif op == "Add" and set(keys) == {("var", "pre"), ("rec",)}:
+                out = ("gates",)
+            elif op == "Split" and keys[0] == ("gates",) and Rt is not None:
+                NG = len(bn.output)
+                sizes = attrs.get("split")
+                if sizes is None and len(args) > 1:
+                    sizes = [int(v) for v in args[1][1]] if keys[1] == ("const",) else None
+                H = Rt.shape[1] // max(NG, 1)
+                if (
+                    int(attrs.get("axis", 0)) not in (1, -1)
+                    or NG not in (3, 4)
+                    or Rt.shape[1] != NG * H
+                    or (sizes is not None and list(sizes) != [H] * NG)
+                ):
+                    self.fail(
+                        node,
+                        "the Scan body must split the gates in four blocks (i, f, g, o), or "
+                        "three (i, g, o), of equal size on the last axis",
+                    )
+                found["cifg"] = NG == 3
+                for k, o in zip((0, 2, 3) if NG == 3 else (0, 1, 2, 3), bn.output):
                     env[o] = ("gate", k)
                 continue
+            elif op == "Mul" and len(keys) == 2 and ("const",) in keys:
+                const, other = (
+                    (args[0][1], keys[1]) if keys[0] == ("const",) else (args[1][1], keys[0])
+                )
+                if other[0] not in ("var", "c", "h") or other == ("var", "pre"):
+                    off("Mul by a constant")
+                scaled[bn.output[0]] = (np.asarray(const), other)
+                out = ("scaled", bn.output[0])
+            elif op == "Add" and len(keys) == 2 and {k[0] for k in keys} >= {"scaled"}:
+                out = self._match_scaled_add(node, keys, scaled, found, c_used)
             elif op in ("Sigmoid", "Tanh") and keys[0][0] == "gate":
                 out = (op, keys[0][1])
-            elif op == "Mul" and pair == {("Sigmoid", 1), ("var", "c")}:
+            elif (
+                op == "Sub"
+                and keys == [("const",), ("Sigmoid", 0)]
+                and found.get("cifg")
+                and np.all(args[0][1] == 1)
+            ):
+                out = ("Sigmoid", 1)  # f = 1 - i
+            elif op == "Mul" and set(keys) == {("Sigmoid", 1), ("var", "c")}:
                 out = ("fc",)
-            elif op == "Mul" and pair == {("Sigmoid", 0), ("Tanh", 2)}:
+            elif op == "Mul" and set(keys) == {("Sigmoid", 0), ("Tanh", 2)}:
                 out = ("ig",)
-            elif op == "Add" and pair == {("fc",), ("ig",)}:
-                out = ("c_new",)
-            elif op == "Tanh" and keys[0] == ("c_new",):
+            elif op == "Add" and set(keys) == {("fc",), ("ig",)}:
+                out = ("c", 0)
+            elif op == "Clip" and len(keys) == 3 and keys[1:] == [("const",)] * 2:
+                lo, hi = _option_value(args[1][1]), _option_value(args[2][1])
+                name = {("c", 0): "cell_clip", ("h", 1): "proj_clip"}.get(keys[0])
+                if name is None or not (lo == -hi and hi > 0):
+                    off("Clip")
+                found[name] = hi
+                out = ("c", 1) if name == "cell_clip" else ("h", 2)
+            elif op == "Tanh" and keys[0] in (("c", 0), ("c", 1), ("c_ln",)):
+                if keys[0][0] == "c":
+                    c_used.add(keys[0][1])
                 out = ("tanh_c",)
-            elif op == "Mul" and pair == {("Sigmoid", 3), ("tanh_c",)}:
-                out = ("h_full",)
-            elif op == "MatMul" and keys[0] == ("h_full",) and keys[1] == ("const",):
-                out, Whr = ("h_new",), args[1][1]
-            elif op == "Where" and masked and keys[0] == ("var", "m"):
-                if keys[1:] == [("h_new",), ("var", "h")]:
-                    out = ("h_out",)
-                elif keys[1:] == [("c_new",), ("var", "c")]:
-                    out = ("c_out",)
-                elif keys[1:] == [("h_new",), ("const",)] and not np.any(args[2][1]):
-                    out = ("y_out",)
-            elif op == "Identity" and not masked and keys[0] in (("h_new",), ("c_new",)):
+            elif op == "Mul" and set(keys) == {("Sigmoid", 3), ("tanh_c",)}:
+                out = ("h", 0)
+            elif op == "Where" and masked and keys[0] == ("var", "m") and len(keys) == 3:
+                if keys[1][0] == "h" and keys[2] == ("var", "h"):
+                    out = ("h_out", keys[1][1])
+                elif keys[1][0] == "c" and keys[2] == ("var", "c"):
+                    out = ("c_out", keys[1][1])
+                elif keys[1][0] == "h" and keys[2] == ("const",) and not np.any(args[2][1]):
+                    out = ("y_out", keys[1][1])
+            elif op == "Identity" and not masked and keys[0][0] in ("h", "c"):
                 out = keys[0]
             if out is None:
-                self.fail(
-                    node, f"the Scan body's {op} node is not part of the LSTM step export writes"
-                )
+                off(f"{op} node")
             env[bn.output[0]] = out
+        # every consumer of the new c read it after the clip (if any), before zoneout
+        if Rt is None or c_used != {1 if "cell_clip" in found else 0}:
+            self.fail(node, "the Scan body's cell is not the LSTM step export writes")
+        h_pre = 2 if "proj_clip" in found else int(Whr is not None)  # h before zoneout
+        c_pre = int("cell_clip" in found)
+        if found.pop("_zoneout_h_of", h_pre) != h_pre or found.pop("_zoneout_c_of", c_pre) != c_pre:
+            self.fail(node, "the Scan body's zoneout must mix in the finished new state")
+        h_last = 3 if "zoneout_h" in found else h_pre
+        c_last = 2 if "zoneout_c" in found else c_pre
         want = (
-            [("h_out",), ("c_out",), ("y_out",)] if masked else [("h_new",), ("c_new",), ("h_new",)]
+            [("h_out", h_last), ("c_out", c_last), ("y_out", h_last)]
+            if masked
+            else [("h", h_last), ("c", c_last), ("h", h_last)]
         )
         got = [env.get(o.name) for o in body.output]
         if got != want:
             self.fail(
                 node, "the Scan body's outputs must be the new h, the new c and the step output"
             )
-        return Rt, Whr
+        return Rt, Whr, found
+
+    def _match_scaled_add(self, node, keys, scaled, found, c_used):
+        """The tag of an Add of a product with a constant (``_match_body``): a peephole term
+        (a gate plus w * c, w of shape (H,)) or zoneout's expectation (z * previous + (1 - z)
+        * new, z a scalar)."""
+        a, b_ = keys
+        if a[0] != "scaled":
+            a, b_ = b_, a
+        const, operand = scaled[a[1]]
+        if b_[0] == "gate" and const.ndim == 1:
+            wanted = {0: ("var", "c"), 1: ("var", "c"), 3: ("c",)}.get(b_[1])
+            name = {0: "w_ci", 1: "w_cf", 3: "w_co"}.get(b_[1])
+            if wanted is None or operand[: len(wanted)] != wanted or name in found:
+                self.fail(node, "the Scan body's peephole term is not the one export writes")
+            if operand[0] == "c":
+                c_used.add(operand[1])
+            found[name] = const
+            return b_
+        if b_[0] == "scaled" and const.ndim == 0:
+            const2, operand2 = scaled[b_[1]]
+            for (z, prev), (keep, new) in (
+                ((const, operand), (const2, operand2)),
+                ((const2, operand2), (const, operand)),
+            ):
+                for state in ("c", "h"):
+                    if (
+                        prev == ("var", state)
+                        and new[0] == state
+                        and np.ndim(keep) == 0
+                        # z and 1 - z, each rounded to the graph's dtype
+                        and abs(float(z) + float(keep) - 1) <= 2 * np.finfo(np.asarray(z).dtype).eps
+                        and f"zoneout_{state}" not in found
+                    ):
+                        found[f"zoneout_{state}"] = _option_value(z)
+                        found[f"_zoneout_{state}_of"] = new[1]  # the stage it mixes in
+                        return (state, 2 if state == "c" else 3)
+        self.fail(node, "the Scan body's Add of a scaled value is not part of the LSTM step")
 
     def _layer_of_halves(self, node, halves):
         h0 = halves[0]
         for h in halves:
-            if (h.H, h.P, h.seq, h.src is h0.src, h.has_bias) != (
+            if (h.H, h.P, h.seq, h.src is h0.src, h.has_bias, h.options) != (
                 h0.H,
                 h0.P,
                 h0.seq,
                 True,
                 h0.has_bias,
+                h0.options,
             ):
                 self.fail(
                     node,
-                    "the two directions of a Scan layer must match in sizes, input and lengths",
+                    "the two directions of a Scan layer must match in sizes, input, lengths "
+                    "and cell variants",
                 )
             if (h.init[0] is None) != (h0.init[0] is None):
                 self.fail(
@@ -1367,8 +1563,9 @@ class _Interpreter:
             h0.seq,
             init,
             h0.has_bias,
-            H_out=h0.P,
+            H_out=h0.P or h0.H,
             layout=0,
+            options=h0.options,
         )
         return layer
 
@@ -1509,12 +1706,13 @@ def _assemble(interp: _Interpreter, outputs: list[_V]) -> LSTM | LSTMModel:
                 )
         if (layer.seq is None) != (first.seq is None):
             raise _LoadError(f"{where}: {what} and layer 0 disagree on using the lengths input")
-        if layer.cifg != first.cifg:
-            raise _LoadError(
-                f"{where}: {what} has input_forget={int(layer.cifg)}, layer 0 has "
-                f"input_forget={int(first.cifg)}: an eigenlstm LSTM couples the gates of all "
-                "layers or of none"
-            )
+        mine, theirs = _layer_options(layer), _layer_options(first)
+        for key in mine:
+            if key != "peepholes" and mine[key] != theirs[key]:
+                raise _LoadError(
+                    f"{where}: {what} has {key}={mine[key]!r}, layer 0 has "
+                    f"{key}={theirs[key]!r}: an eigenlstm LSTM has one cell for all layers"
+                )
         if (layer.init is None) != (first.init is None):
             raise _LoadError(f"{where}: {what} and layer 0 disagree on starting from zeros")
         if k and layer.src.axes != (interp.time_axis, interp.batch_label(), "F"):
@@ -1538,22 +1736,19 @@ def _assemble(interp: _Interpreter, outputs: list[_V]) -> LSTM | LSTMModel:
         raise _LoadError(f"{where}: weights must be float32 or float64, got {dtype}")
     bias = any(layer.has_bias for layer in layers)
     # peepholes in any layer make a peephole LSTM; a layer without them has zero weights
-    peepholes = any("weight_peephole" in w for layer in layers for w in layer.weights)
-    variants = {"cifg": first.cifg, "peepholes": peepholes}
-    G = (3 if first.cifg else 4) * H
+    variants = _layer_options(first)
+    variants["peepholes"] = any("weight_peephole" in w for layer in layers for w in layer.weights)
+    G = (3 if variants["cifg"] else 4) * H
     state = {}
     for l, layer in enumerate(layers):
         for d, w in enumerate(layer.weights):
             sfx = f"_l{l}" + ("_reverse" if d else "")
-            state["weight_ih" + sfx] = w["weight_ih"]
-            state["weight_hh" + sfx] = w["weight_hh"]
+            state.update({k + sfx: v for k, v in w.items()})
             if bias:
-                state["bias_ih" + sfx] = w.get("bias_ih", np.zeros(G, dtype))
-                state["bias_hh" + sfx] = w.get("bias_hh", np.zeros(G, dtype))
-            if P:
-                state["weight_hr" + sfx] = w["weight_hr"]
-            if peepholes:
-                state["weight_peephole" + sfx] = w.get("weight_peephole", np.zeros((3, H), dtype))
+                state.setdefault("bias_ih" + sfx, np.zeros(G, dtype))
+                state.setdefault("bias_hh" + sfx, np.zeros(G, dtype))
+            if variants["peepholes"]:
+                state.setdefault("weight_peephole" + sfx, np.zeros((3, H), dtype))
     I = state["weight_ih_l0"].shape[1]
     if heads:
         head_last, head_weight, head_bias = _head_parts(heads[0])
@@ -1575,6 +1770,7 @@ def _assemble(interp: _Interpreter, outputs: list[_V]) -> LSTM | LSTMModel:
                 "layers use the lengths input"
             )
         O = head_weight.shape[0]
+        variants.pop("proj_clip")  # None: an LSTMModel has no projection
         model = LSTMModel(I, H, O, L, bidirectional=D == 2, dtype=dtype, seed=0, **variants)
         sd = {f"lstm.{k}": v for k, v in state.items()}
         if not bias:
@@ -1653,7 +1849,10 @@ def load(f: str | os.PathLike[str] | bytes | bytearray | BinaryIO) -> LSTM | LST
     building zero states); constant subgraphs of weights are folded.
     A layout-1 graph keeps its states batch-first, (N, D, H); the loaded module takes and
     returns torch's (D, N, H).
-    The Scan layers that ``export`` writes for projection are read back too. The loaded
+    The Scan layers that ``export`` writes (projection and the cell variants the LSTM operator
+    lacks: clips, zoneout's evaluation expectation, layer norm) are read back too, by their
+    exact pattern; an exported LSTM loads back with its options and weights (a Scan layer's
+    two biases as one sum, in ``bias_ih``). The loaded
     module's ``forward(x, state=(h0, c0), lengths=...)`` takes the graph's inputs in that order.
 
     Refused with ``ValueError`` naming the node and the op or attribute: non-default
