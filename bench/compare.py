@@ -13,6 +13,9 @@ bench/README.md.
     python bench/compare.py --quick          # a fast smoke run while developing
     python bench/compare.py --shapes seed,ds_train_512 --threads 1 --repeats 21
     python bench/compare.py --no-quantized   # float32 engines only
+    python bench/compare.py --variants       # the cell variants against the plain cell and
+                                             # torch autograd (bench/variants.py; the other
+                                             # arguments are its own)
 """
 
 from __future__ import annotations
@@ -1449,6 +1452,11 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--variants"]:  # the same measure, another table: bench/variants.py
+        from variants import main as variants_main
+
+        return variants_main(argv[1:])
     args = parse_args(argv)
     if args.memprobe:
         memprobe(args.memprobe[0], args.memprobe[1], args.threads)
