@@ -237,15 +237,16 @@ def write_markdown(results, path):
         if "layer_norm" not in vname
         for k in ("fwd_ratio", "train_ratio")
     ]
-    lines += [
-        "",
+    summary = (
         f"Worst ratio without layer norm {max(ratios):.3f}, median "
         f"{statistics.median(ratios):.3f}. "
-        + (
-            "Every ratio is within its bound." if not over else "Over the bound: " + "; ".join(over)
-        ),
-        "",
-    ]
+        if ratios
+        else ""
+    )
+    verdict = (
+        "Every ratio is within its bound." if not over else "Over the bound: " + "; ".join(over)
+    )
+    lines += ["", summary + verdict, ""]
     Path(path).write_text("\n".join(lines))
 
 
