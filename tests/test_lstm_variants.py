@@ -594,6 +594,24 @@ def test_a_model_with_variants_saves_and_loads(tmp_path):
     assert "peepholes" not in el.LSTMModel(3, 8, 2, seed=0).config()
 
 
+def test_a_layer_norm_zoneout_model_trains_saves_and_loads(tmp_path):
+    model = el.LSTMModel(3, 8, 1, 2, layer_norm=True, zoneout=(0.2, 0.1), cifg=True, seed=0)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((16, 5, 3)), rng.standard_normal((16, 1))
+    el.Trainer(model).fit(x, y, epochs=2, batch_size=8, progress=False, seed=0)
+    # training moved the layer norms' gains and shifts off their initial 1 and 0
+    sd = model.state_dict()
+    assert not np.all(sd["lstm.layer_norm_c_weight_l1"] == 1)
+    assert not np.all(sd["lstm.layer_norm_hh_bias_l0"] == 0)
+    el.save(model, tmp_path / "m.npz")
+    back = el.load(tmp_path / "m.npz")
+    assert back.config() == model.config()
+    assert back.lstm.layer_norm and back.lstm.zoneout == (0.2, 0.1) and back.lstm.cifg
+    for k, v in back.state_dict().items():
+        np.testing.assert_array_equal(v, sd[k], err_msg=k)
+    np.testing.assert_array_equal(back.eval().predict(x), model.eval().predict(x))
+
+
 def test_a_checkpoint_with_variants_has_the_format_version_that_holds_them(tmp_path):
     import json
 
