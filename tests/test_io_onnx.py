@@ -251,6 +251,12 @@ def test_load_of_a_hand_built_lstm_node_with_every_input_matches_onnxruntime(D):
     onnx.checker.check_model(onnx.load_model_from_string(data), full_check=True)
     lstm = elonnx.load(data)
     assert (type(lstm), lstm.bidirectional, lstm.batch_first) == (el.LSTM, D == 2, False)
+    _assert_matches_onnxruntime(lstm, data, D, rng)
+
+
+def _assert_matches_onnxruntime(lstm, data, D, rng):
+    """``lstm``, loaded from the hand-built graph ``data``, gives ONNX Runtime's outputs and
+    final states on a batch with lengths and initial states."""
     N, T = 3, 5
     x = rng.standard_normal((T, N, I)).astype(np.float32)
     h0 = rng.standard_normal((D, N, H)).astype(np.float32)
@@ -301,16 +307,7 @@ def test_load_of_a_node_with_peepholes_or_coupled_gates_matches_onnxruntime(D, k
     data = _hand_built(rng, D=D, **kw)
     lstm = elonnx.load(data)
     assert {k: getattr(lstm, k) for k in variants} == variants
-    N, T = 3, 5
-    x = rng.standard_normal((T, N, I)).astype(np.float32)
-    h0 = rng.standard_normal((D, N, H)).astype(np.float32)
-    c0 = rng.standard_normal((D, N, H)).astype(np.float32)
-    lens = np.array([5, 1, 3], np.int32)
-    want = _session(data).run(
-        ["output", "h_n", "c_n"], {"input": x, "h0": h0, "c0": c0, "lengths": lens}
-    )
-    y, (h_n, c_n) = lstm(x, (h0, c0), lengths=lens)
-    assert _max_err((y, h_n, c_n), want) <= ATOL32
+    _assert_matches_onnxruntime(lstm, data, D, rng)
 
 
 @pytest.mark.parametrize(

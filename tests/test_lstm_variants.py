@@ -654,50 +654,52 @@ def test_quantized_variants_follow_the_float_model(precision):
     assert np.abs(q(x)[1][1] - cq).max() > 1e-2
 
 
+def layer_args(a, sd):
+    """x, h0, c0, weight_ih, weight_hh of layer 0 for el.functional.lstm_layer_forward."""
+    return a["x"], a["h0"][0], a["c0"][0], sd["weight_ih_l0"], sd["weight_hh_l0"]
+
+
+def functional_run(a, sd, lengths, **kwargs):
+    """el.functional's single layer on the arrays ``a`` with the layer-0 weights of ``sd``
+    (and its projection, if any) and ``kwargs``, forward and backward, keyed as ``run``'s."""
+    y, (_, c_n), ctx = el.functional.lstm_layer_forward(
+        *layer_args(a, sd),
+        sd["bias_ih_l0"],
+        sd["bias_hh_l0"],
+        sd.get("weight_hr_l0"),
+        lengths=lengths,
+        **kwargs,
+    )
+    dx, (_, dc0), grads = el.functional.lstm_layer_backward(
+        ctx, a["d_output"], (a["dh_n"][0], a["dc_n"][0])
+    )
+    return dict(
+        output=y, c_n=c_n[None], dx=dx, dc0=dc0[None], **{k + "_l0": v for k, v in grads.items()}
+    )
+
+
+def assert_functional_matches(got, want):
+    for k, v in got.items():
+        np.testing.assert_array_equal(v, want[k], err_msg=k)
+
+
 def test_functional_layer_with_layer_norm_matches_the_module():
     lstm, a = make({"layer_norm": True, "zoneout": 0.2}, 1, False, 0, True)
     sd = lstm.state_dict()
     state = lstm.dropout_state
     want = run(lstm, a, [6, 2, 4, 0])
     norms = {k[: -len("_l0")]: v for k, v in sd.items() if k.startswith("layer_norm_")}
-    y, (h_n, c_n), ctx = el.functional.lstm_layer_forward(
-        a["x"],
-        a["h0"][0],
-        a["c0"][0],
-        sd["weight_ih_l0"],
-        sd["weight_hh_l0"],
-        sd["bias_ih_l0"],
-        sd["bias_hh_l0"],
-        layer_norm=norms,
-        zoneout=0.2,
-        dropout_state=state,
-        lengths=[6, 2, 4, 0],
-    )
-    dx, (dh0, dc0), grads = el.functional.lstm_layer_backward(
-        ctx, a["d_output"], (a["dh_n"][0], a["dc_n"][0])
-    )
-    np.testing.assert_array_equal(y, want["output"])
-    np.testing.assert_array_equal(c_n, want["c_n"][0])
-    np.testing.assert_array_equal(dx, want["dx"])
-    assert set(grads) == {"weight_ih", "weight_hh", "bias_ih", "bias_hh", *norms}
-    for k, v in grads.items():
-        np.testing.assert_array_equal(v, want[k + "_l0"], err_msg=k)
+    got = functional_run(a, sd, [6, 2, 4, 0], layer_norm=norms, zoneout=0.2, dropout_state=state)
+    assert_functional_matches(got, want)
+    assert set(got) - {"output", "c_n", "dx", "dc0"} == set(sd)
     with pytest.raises(ValueError, match=r"missing keys \['layer_norm.layer_norm_c_bias'\]"):
         el.functional.lstm_layer_forward(
-            a["x"],
-            a["h0"][0],
-            a["c0"][0],
-            sd["weight_ih_l0"],
-            sd["weight_hh_l0"],
+            *layer_args(a, sd),
             layer_norm={k: v for k, v in norms.items() if k != "layer_norm_c_bias"},
         )
     with pytest.raises(ValueError, match=r"layer_norm\['layer_norm_c_weight'\].*\(19,\)"):
         el.functional.lstm_layer_forward(
-            a["x"],
-            a["h0"][0],
-            a["c0"][0],
-            sd["weight_ih_l0"],
-            sd["weight_hh_l0"],
+            *layer_args(a, sd),
             layer_norm=dict(norms, layer_norm_c_weight=np.ones(5)),
         )
 
@@ -741,44 +743,19 @@ def test_functional_layer_with_variants_matches_the_module():
     lstm, a = make({"peepholes": True, "cell_clip": 0.4, "proj_clip": 0.05}, 1, False, 3, True)
     sd = lstm.state_dict()
     want = run(lstm, a, [6, 2, 4, 0])
-    y, (h_n, c_n), ctx = el.functional.lstm_layer_forward(
-        a["x"],
-        a["h0"][0],
-        a["c0"][0],
-        sd["weight_ih_l0"],
-        sd["weight_hh_l0"],
-        sd["bias_ih_l0"],
-        sd["bias_hh_l0"],
-        sd["weight_hr_l0"],
+    got = functional_run(
+        a,
+        sd,
+        [6, 2, 4, 0],
         weight_peephole=sd["weight_peephole_l0"],
         cell_clip=0.4,
         proj_clip=0.05,
-        lengths=[6, 2, 4, 0],
     )
-    dx, (dh0, dc0), grads = el.functional.lstm_layer_backward(
-        ctx, a["d_output"], (a["dh_n"][0], a["dc_n"][0])
-    )
-    np.testing.assert_array_equal(y, want["output"])
-    np.testing.assert_array_equal(c_n, want["c_n"][0])
-    np.testing.assert_array_equal(dx, want["dx"])
-    np.testing.assert_array_equal(dc0, want["dc0"][0])
-    for k, v in grads.items():
-        np.testing.assert_array_equal(v, want[k + "_l0"], err_msg=k)
-    assert set(grads) == {
-        "weight_ih",
-        "weight_hh",
-        "bias_ih",
-        "bias_hh",
-        "weight_hr",
-        "weight_peephole",
-    }
+    assert_functional_matches(got, want)
+    assert set(got) - {"output", "c_n", "dx", "dc0"} == set(sd)
     with pytest.raises(ValueError, match=r"weight_peephole.*\(3, 19\)"):
         el.functional.lstm_layer_forward(
-            a["x"],
-            a["h0"][0],
-            a["c0"][0],
-            sd["weight_ih_l0"],
-            sd["weight_hh_l0"],
+            *layer_args(a, sd),
             weight_hr=sd["weight_hr_l0"],
             weight_peephole=np.zeros((3, 4)),
         )
