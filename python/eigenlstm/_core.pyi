@@ -27,8 +27,8 @@ class _Engine:
         seed: int,
         **variants: bool | float,
     ) -> None:
-        """Cell variants as keywords: cifg, peepholes, cell_clip, proj_clip, recurrent_dropout,
-        weight_drop, zoneout_c, zoneout_h (0 for off)."""
+        """Cell variants as keywords: cifg, peepholes, layer_norm (bool), cell_clip, proj_clip,
+        recurrent_dropout, weight_drop, zoneout_c, zoneout_h (0 for off)."""
     @property
     def num_params(self) -> int: ...
     @property
