@@ -800,3 +800,64 @@ def test_onnx_load_refuses_a_variant_step_that_export_does_not_write():
     keep.input[0] = z.input[0]  # z*prev + z*new: not zoneout's expectation
     with pytest.raises(ValueError, match=r"\(Scan\): the Scan body's .* not part of the LSTM"):
         el.onnx.load(model.SerializeToString())
+
+
+def _scan_body_of(model):
+    (scan,) = [n for n in model.graph.node if n.op_type == "Scan"]
+    return scan.attribute[0].g
+
+
+def _body_node(body, op_type, reads=None):
+    (n,) = [n for n in body.node if n.op_type == op_type and (reads is None or reads in n.input)]
+    return n
+
+
+@pytest.mark.parametrize(
+    "options, mutate, match",
+    [
+        # the gates' sum reads the raw recurrent product: the layer norm beside it is dead
+        (
+            {"layer_norm": True},
+            lambda body: _body_node(body, "Add", "pre_t").input.__setitem__(
+                1, _body_node(body, "MatMul", "h_prev").output[0]
+            ),
+            "the Scan body's cell is not the LSTM step",
+        ),
+        # the input gate reads the raw gate block: the peephole term beside it is dead
+        (
+            {"peepholes": True, "cell_clip": 0.5},  # (the clip makes the layer a Scan)
+            lambda body: _body_node(
+                body,
+                "Sigmoid",
+                _body_node(body, "Add", _body_node(body, "Split").output[0]).output[0],
+            ).input.__setitem__(0, _body_node(body, "Split").output[0]),
+            "the Scan body's cell is not the LSTM step",
+        ),
+        # a second clip of the same state, with other bounds
+        (
+            {"cell_clip": 0.5},
+            lambda body: body.node.append(
+                helper.make_node(
+                    "Clip",
+                    [_body_node(body, "Clip").input[0], *_body_node(body, "Clip").input[1:]],
+                    ["clip_again"],
+                )
+            ),
+            "computes a value of the step a second time",
+        ),
+    ],
+    ids=["dead-layer-norm", "dead-peephole", "second-clip"],
+)
+def test_onnx_load_refuses_a_step_whose_variant_is_not_what_it_computes(options, mutate, match):
+    model = _exported(options)
+    mutate(_scan_body_of(model))
+    with pytest.raises(ValueError, match=match):
+        el.onnx.load(model.SerializeToString())
+
+
+def test_onnx_load_refuses_a_vector_zoneout_with_a_value_error():
+    model = _exported({"zoneout": 0.25})
+    (z,) = [t for t in model.graph.initializer if t.name.startswith("zoneout_c")]
+    z.CopyFrom(numpy_helper.from_array(np.full(H, 0.25, np.float32), z.name))
+    with pytest.raises(ValueError, match=r"\(Scan\): the Scan body's Add of a scaled value"):
+        el.onnx.load(model.SerializeToString())

@@ -161,6 +161,12 @@ def _lstm_op_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, seq: str | None,
     return y, y_h, y_c
 
 
+# LayerNormalization's attributes: torch's eps, over the last axis. (The default stash_type,
+# float32, is kept for float64 graphs too: onnx.reference, the float64 witness, implements no
+# other; it computes in the input's precision.)
+_LN_ATTRS: dict[str, Any] = {"axis": -1, "epsilon": 1e-5}
+
+
 @dataclasses.dataclass
 class _StepVariants:
     """The cell variants of one direction's Scan step: names of outer-graph constants (the
@@ -207,7 +213,7 @@ def _scan_body(
         return b.op(op_type, inputs, nodes=nodes, **kw)
 
     def layer_norm(x, scale_bias):
-        return op("LayerNormalization", [x, *scale_bias], axis=-1, epsilon=1e-5)
+        return op("LayerNormalization", [x, *scale_bias], **_LN_ATTRS)
 
     inputs = [
         helper.make_tensor_value_info("h_prev", elem, None),
@@ -317,8 +323,7 @@ def _scan_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, mask: str | None, h
                     b.const(sd[f"layer_norm_ih_weight_l{l}{s}"], f"ln_ih_scale_l{l}{s}"),
                     b.const(sd[f"layer_norm_ih_bias_l{l}{s}"], f"ln_ih_bias_l{l}{s}"),
                 ],
-                axis=-1,
-                epsilon=1e-5,
+                **_LN_ATTRS,
             )
         if lstm.bias:
             pre = b.op(
@@ -1298,6 +1303,16 @@ class _Interpreter:
             "layer_norm": "ln_hh" in found,
             "zoneout": (found.get("zoneout_c", 0.0), found.get("zoneout_h", 0.0)),
         }
+        G = NG * H
+        sizes = {"w_ci": H, "w_cf": H, "w_co": H, "ln_hh": G, "ln_c": H}
+        for key, n in sizes.items():  # a constant the step broadcasts: one value or n
+            for v in found[key] if key.startswith("ln_") and key in found else [found.get(key)]:
+                if v is not None and np.shape(v) not in ((), (1,), (n,)):
+                    self.fail(
+                        node, f"the Scan body's {key} must have {n} values, got {np.shape(v)}"
+                    )
+        if pre.ln is not None and any(np.shape(v) not in ((), (1,), (G,)) for v in pre.ln):
+            self.fail(node, f"the input's LayerNormalization must have {G} values")
         if options["peepholes"]:
             w["weight_peephole"] = np.stack(
                 [np.broadcast_to(found.get(k, 0.0), (H,)) for k in ("w_ci", "w_cf", "w_co")]
@@ -1371,7 +1386,12 @@ class _Interpreter:
         found: dict[str, Any] = {}
         scaled: dict[str, tuple[np.ndarray, tuple]] = {}  # ("scaled", name): (constant, operand)
         c_used: set[int] = set()  # stages of c that the output gate and h read
+        produced: set[tuple] = set()  # each tag names one value: a second is a different step
+        sources: dict[str, tuple] = {}  # what the gates' sum, each gate's activation and h's
+        # tanh read: the variants' values, not the plain ones beside them
         for bn in body.node:
+            if not bn.input or not bn.output:
+                off(f"{bn.op_type} node")
             args = [val(i) for i in bn.input]
             keys = [("const",) if x[0] == "const" else x for x in args]  # hashable
             op = bn.op_type
@@ -1396,8 +1416,12 @@ class _Interpreter:
                 found[part] = (args[1][1], args[2][1])
                 if part == "ln_c":
                     c_used.add(keys[0][1])
-                out = ("rec",) if part == "ln_hh" else ("c_ln",)
-            elif op == "Add" and set(keys) == {("var", "pre"), ("rec",)}:
+                out = ("rec_ln",) if part == "ln_hh" else ("c_ln",)
+            elif op == "Add" and len(keys) == 2 and ("var", "pre") in keys:
+                rec = keys[1] if keys[0] == ("var", "pre") else keys[0]
+                if rec not in (("rec",), ("rec_ln",)):
+                    off("Add")
+                sources["gates"] = rec
                 out = ("gates",)
             elif op == "Split" and keys[0] == ("gates",) and Rt is not None:
                 NG = len(bn.output)
@@ -1416,9 +1440,12 @@ class _Interpreter:
                         "the Scan body must split the gates in four blocks (i, f, g, o), or "
                         "three (i, g, o), of equal size on the last axis",
                     )
+                if ("gate", 0) in produced:
+                    off("second Split")
                 found["cifg"] = NG == 3
                 for k, o in zip((0, 2, 3) if NG == 3 else (0, 1, 2, 3), bn.output):
                     env[o] = ("gate", k)
+                    produced.add(("gate", k))
                 continue
             elif op == "Mul" and len(keys) == 2 and ("const",) in keys:
                 const, other = (
@@ -1430,7 +1457,8 @@ class _Interpreter:
                 out = ("scaled", bn.output[0])
             elif op == "Add" and len(keys) == 2 and {k[0] for k in keys} >= {"scaled"}:
                 out = self._match_scaled_add(node, keys, scaled, found, c_used)
-            elif op in ("Sigmoid", "Tanh") and keys[0][0] == "gate":
+            elif op in ("Sigmoid", "Tanh") and keys[0][0] in ("gate", "gate_peep"):
+                sources[f"gate{keys[0][1]}"] = keys[0]
                 out = (op, keys[0][1])
             elif (
                 op == "Sub"
@@ -1446,6 +1474,8 @@ class _Interpreter:
             elif op == "Add" and set(keys) == {("fc",), ("ig",)}:
                 out = ("c", 0)
             elif op == "Clip" and len(keys) == 3 and keys[1:] == [("const",)] * 2:
+                if np.ndim(args[1][1]) or np.ndim(args[2][1]):
+                    off("Clip")
                 lo, hi = _option_value(args[1][1]), _option_value(args[2][1])
                 name = {("c", 0): "cell_clip", ("h", 1): "proj_clip"}.get(keys[0])
                 if name is None or not (lo == -hi and hi > 0):
@@ -1455,6 +1485,7 @@ class _Interpreter:
             elif op == "Tanh" and keys[0] in (("c", 0), ("c", 1), ("c_ln",)):
                 if keys[0][0] == "c":
                     c_used.add(keys[0][1])
+                sources["tanh_c"] = keys[0]
                 out = ("tanh_c",)
             elif op == "Mul" and set(keys) == {("Sigmoid", 3), ("tanh_c",)}:
                 out = ("h", 0)
@@ -1469,9 +1500,24 @@ class _Interpreter:
                 out = keys[0]
             if out is None:
                 off(f"{op} node")
+            if op != "Identity":  # an output's alias is the one value it names
+                if out in produced:
+                    off(f"{op} node (it computes a value of the step a second time)")
+                produced.add(out)
             env[bn.output[0]] = out
-        # every consumer of the new c read it after the clip (if any), before zoneout
-        if Rt is None or c_used != {1 if "cell_clip" in found else 0}:
+        # every consumer of the new c read it after the clip (if any), before zoneout; the
+        # gates' sum, each gate and h's tanh read the layer norm's and peepholes' values
+        peep = {0: "w_ci", 1: "w_cf", 3: "w_co"}
+        if (
+            Rt is None
+            or c_used != {1 if "cell_clip" in found else 0}
+            or sources.get("gates") != (("rec_ln",) if "ln_hh" in found else ("rec",))
+            or (sources.get("tanh_c") == ("c_ln",)) != ("ln_c" in found)
+            or any(
+                (sources.get(f"gate{k}", ("gate",))[0] == "gate_peep") != (name in found)
+                for k, name in peep.items()
+            )
+        ):
             self.fail(node, "the Scan body's cell is not the LSTM step export writes")
         h_pre = 2 if "proj_clip" in found else int(Whr is not None)  # h before zoneout
         c_pre = int("cell_clip" in found)
@@ -1499,7 +1545,7 @@ class _Interpreter:
         if a[0] != "scaled":
             a, b_ = b_, a
         const, operand = scaled[a[1]]
-        if b_[0] == "gate" and const.ndim == 1:
+        if b_[0] == "gate" and const.ndim == 1 and const.shape[0] > 0:
             wanted = {0: ("var", "c"), 1: ("var", "c"), 3: ("c",)}.get(b_[1])
             name = {0: "w_ci", 1: "w_cf", 3: "w_co"}.get(b_[1])
             if wanted is None or operand[: len(wanted)] != wanted or name in found:
@@ -1507,8 +1553,8 @@ class _Interpreter:
             if operand[0] == "c":
                 c_used.add(operand[1])
             found[name] = const
-            return b_
-        if b_[0] == "scaled" and const.ndim == 0:
+            return ("gate_peep", b_[1])
+        if b_[0] == "scaled" and const.ndim == 0 and np.ndim(scaled[b_[1]][0]) == 0:
             const2, operand2 = scaled[b_[1]]
             for (z, prev), (keep, new) in (
                 ((const, operand), (const2, operand2)),
@@ -1519,6 +1565,7 @@ class _Interpreter:
                         prev == ("var", state)
                         and new[0] == state
                         and np.ndim(keep) == 0
+                        and 0 <= float(z) <= 1
                         # z and 1 - z, each rounded to the graph's dtype
                         and abs(float(z) + float(keep) - 1) <= 2 * np.finfo(np.asarray(z).dtype).eps
                         and f"zoneout_{state}" not in found
