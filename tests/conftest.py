@@ -1,8 +1,20 @@
 """Fixtures shared by the test modules: the torch witness on one thread, one engine build."""
 
+import os
+from pathlib import Path
+
 import pytest
 
 from cmake_build import build_engine
+
+
+def pytest_ignore_collect(collection_path, config):
+    """tests/dist runs only as the ranks of an MPI job (``mpiexec -n 2 python -m pytest
+    tests/dist``, which tests/test_distributed.py launches): its tests meet in collectives
+    that one process alone cannot complete."""
+    if collection_path == Path(__file__).parent / "dist":
+        return not ("PMI_SIZE" in os.environ or "OMPI_COMM_WORLD_SIZE" in os.environ)
+    return None
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""The core needs NumPy alone; the command line's plot and progress bar are the [cli] extra."""
+"""The core needs NumPy alone; the command line's plot and progress bar are the [cli] extra,
+distributed training the [mpi] extra."""
 
 import importlib.metadata
 import importlib.util
@@ -47,3 +48,30 @@ def test_fit_with_progress_but_without_tqdm_warns_and_trains(monkeypatch):
     ):
         history = trainer.fit(x, y, epochs=2, progress=True, seed=0)
     assert len(history.history["loss"]) == 2
+
+
+def test_the_mpi_extra_is_mpi4py_on_mpich():
+    requires = importlib.metadata.requires("eigenlstm") or []
+    mpi = [r for r in requires if re.search(r"extra\s*==\s*['\"]mpi['\"]", r)]
+    assert sorted(re.split(r"[<>=!~ ;]", r)[0] for r in mpi) == ["mpi4py", "mpich"]
+
+
+def test_distributed_training_without_mpi4py_says_what_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py raises ImportError
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 3, 2)), rng.standard_normal(8)
+    model = el.LSTMModel(2, 4, 1, seed=0)
+    before = model.state_dict()
+    trainer = el.Trainer(model)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'eigenlstm\[mpi\]'"):
+        trainer.fit(x, y, progress=False, distributed="mpi")
+    assert trainer.history is None
+    assert all(np.array_equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert main(["train", "--distributed", "mpi"]) == 2
+    assert "pip install 'eigenlstm[mpi]'" in capsys.readouterr().err
+
+
+def test_distributed_names_what_it_accepts():
+    trainer = el.Trainer(el.LSTMModel(2, 4, 1, seed=0))
+    with pytest.raises(ValueError, match=r"distributed must be None or 'mpi', got 'nccl'"):
+        trainer.fit(np.zeros((4, 3, 2)), np.zeros(4), progress=False, distributed="nccl")

@@ -303,6 +303,7 @@ def train_forecaster(
     progress: bool = True,
     column: str | None = None,
     columns: Sequence[str] | None = None,
+    distributed: str | None = None,
 ) -> tuple[LSTMModel, ForecastReport]:
     """Train an ``LSTMModel`` to forecast ``series`` and score it on the held-out test tail.
 
@@ -341,6 +342,8 @@ def train_forecaster(
         Show the progress bar.
     column, columns : str, sequence of str, optional
         Target and input columns when ``series`` is a pandas DataFrame.
+    distributed : {None, "mpi"}, optional
+        Train data-parallel over the ranks of an ``mpiexec`` job (``Trainer.fit``).
 
     Returns
     -------
@@ -429,6 +432,7 @@ def train_forecaster(
         progress=progress,
         validation_data=validation,
         callbacks=callbacks,
+        distributed=distributed,
     )
     best = None if stop is None or stop.best_epoch is None else stop.best_epoch + 1
     report = ForecastReport(*holdout_forecasts(model, v, n_test0, n, season), history, season, best)

@@ -9,6 +9,7 @@ the command (``eigenlstm train:``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -24,6 +25,7 @@ from .. import forecast as fc
 from .._core import get_num_threads, set_num_threads
 from ..io import load, save
 from ..runtime import config
+from ..training.distributed import connect
 
 __all__ = ["main", "build_parser"]
 
@@ -159,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     tr.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    tr.add_argument(
+        "--distributed",
+        choices=["mpi"],
+        help="train data-parallel over the ranks of `mpiexec -n P eigenlstm train` (needs "
+        "eigenlstm[mpi]); rank 0 prints and writes the files. The default when the command "
+        "is one of several ranks that mpiexec started",
+    )
 
     pr = sub.add_parser(
         "predict",
@@ -301,19 +310,19 @@ def _hint(report, args, window: int) -> str:
     )
 
 
-def _train_with(args) -> int:
+def _series_and_sizes(args):
+    """The series, season, window and validation size of a train command, all checked."""
     series = _read(args, columns=args.columns, column=args.column)
     season = series.season if args.season is None else args.season
     window = fc.default_window(season) if args.window is None else args.window
     val_size = (
         fc.default_val_size(len(series), args.test_size) if args.val_size is None else args.val_size
     )
-    n, nt = len(series), args.test_size
     fc.check_sizes(
-        n,
+        len(series),
         window=window,
         horizon=args.horizon,
-        test_size=nt,
+        test_size=args.test_size,
         val_size=val_size,
         season=season,
         where="",
@@ -325,6 +334,21 @@ def _train_with(args) -> int:
             "val_size": "--val-size",
         },
     )
+    return series, season, window, val_size
+
+
+def _train_with(args) -> int:
+    group = args.group
+    if group is None:
+        series, season, window, val_size = _series_and_sizes(args)
+    else:  # every rank reads the data; one that cannot stops them all, reported once
+        error = None
+        try:
+            series, season, window, val_size = _series_and_sizes(args)
+        except (ValueError, OSError) as exc:
+            error = exc
+        group.agree(error)
+    n, nt = len(series), args.test_size
     stem = series.dataset or os.path.splitext(os.path.basename(series.source))[0]
     out = args.out or os.path.join("runs", stem)
     freq = f"{data.FREQUENCIES[series.frequency][0]} " if series.frequency else ""
@@ -336,6 +360,8 @@ def _train_with(args) -> int:
         f"last {nt}; window {window}, horizon {args.horizon}, LSTM {args.layers}x{args.hidden}, "
         f"at most {args.epochs} epochs" + (f", patience {args.patience}" if val_size else "")
     )
+    if group is not None:
+        print(f"  data-parallel over {group.size} MPI ranks, each on a shard of every batch")
     with warnings.catch_warnings():
         # A diverging run is reported below, once, with what it means for the checkpoint.
         warnings.filterwarnings("ignore", message="Trainer.fit:", category=RuntimeWarning)
@@ -354,12 +380,15 @@ def _train_with(args) -> int:
             season=season,
             seed=args.seed,
             progress=not args.no_progress,
+            distributed=args.distributed,
         )
     stop = report.history.stop_reason
     if stop and "early stopping" not in stop:
         print(f"eigenlstm train: {stop}", file=sys.stderr)
         print("eigenlstm train: no checkpoint written (any previous one is kept)", file=sys.stderr)
         return 1
+    if group is not None and group.rank != 0:
+        return 0  # rank 0 scores, prints and writes: the weights are the same on every rank
     if report.best_epoch is not None:
         print(
             f"  kept the weights of epoch {report.best_epoch} (lowest validation loss; "
@@ -468,6 +497,15 @@ def _predict(args, parser) -> int:
     return 0
 
 
+def _launched_ranks() -> int:
+    """How many ranks the MPI launcher that started this process started (MPICH's and Open
+    MPI's variables); 1 when none did."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        with contextlib.suppress(KeyError, ValueError):
+            return int(os.environ[name])
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``eigenlstm`` command; returns the exit status.
 
@@ -487,18 +525,37 @@ def main(argv: list[str] | None = None) -> int:
     >>> main(["train", "--out", "runs/airline", "--no-progress"])  # doctest: +SKIP
     0
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "train":
-            return _train(args, parser)
-        return _predict(args, parser)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        print(f"eigenlstm {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"eigenlstm {args.command}: interrupted", file=sys.stderr)
-        return 130
+    argv = sys.argv[1:] if argv is None else list(argv)
+    group = None
+    asked = any(a == "--distributed" or a.startswith("--distributed=") for a in argv)
+    if asked or _launched_ranks() > 1:
+        # Before parsing, so that only rank 0 prints what parsing says (every rank gets the
+        # same arguments, so every rank says the same).
+        try:
+            group = connect("eigenlstm train", "mpi")
+        except ModuleNotFoundError as exc:
+            print(f"eigenlstm: error: {exc}", file=sys.stderr)
+            return 2
+    with contextlib.ExitStack() as stack:
+        if group is not None and group.rank != 0:  # the other ranks work silently
+            sink = stack.enter_context(open(os.devnull, "w"))  # noqa: SIM115
+            stack.enter_context(contextlib.redirect_stdout(sink))
+            stack.enter_context(contextlib.redirect_stderr(sink))
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        args.group = group
+        if group is not None and args.command == "train":
+            args.distributed = "mpi"  # under mpiexec, the ranks share the work
+        try:
+            if args.command == "train":
+                return _train(args, parser)
+            return _predict(args, parser)
+        except (ValueError, FileNotFoundError, OSError) as exc:
+            print(f"eigenlstm {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"eigenlstm {args.command}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,6 +28,8 @@ from ..nn.losses import check_labels, cross_entropy, get_loss, mse_loss
 from ..nn.module import eval_in_batches
 from ..optim import lr_scheduler as _sched
 from ..optim.clip import clip_grad_norm_
+from ..optim.optimizer import make_slots, resolve_params
+from . import distributed as _distributed
 from .callbacks import Callback, History
 
 __all__ = ["Trainer", "make_optimizer", "make_scheduler"]
@@ -117,6 +119,22 @@ def make_scheduler(
     else:
         kwargs.setdefault("step_size", max(1, epochs // 3))
     return cls(optimizer, **kwargs)
+
+
+def _shard_loss(group: _distributed.MPIGroup, loss_fn, pred, y, n_batch: int):
+    """This rank's part of the loss of a global batch of ``n_batch`` samples, and its gradient.
+
+    The loss is a mean over samples, so the batch's is sum_r n_r * loss_r / n_batch: each
+    rank's gradient is weighted by n_r / n_batch before the gradients are summed over ranks,
+    and the value returned, the same on every rank, is the whole batch's. A rank with no
+    samples (a last batch smaller than the ranks) adds zero.
+    """
+    n = len(y)
+    if n == 0:
+        return float(group.sum([0.0])[0]) / n_batch, np.zeros_like(pred)
+    value, grad = loss_fn(pred, y)
+    total = float(group.sum([float(value) * n])[0])
+    return total / n_batch, grad * (n / n_batch)
 
 
 class _Run:
@@ -287,6 +305,7 @@ class Trainer:
         self.stop_training = False
         self.stop_reason: str | None = None
         self._run: _Run | None = None
+        self._group: _distributed.MPIGroup | None = None  # the ranks, during a distributed fit
 
     # ---- the current run -------------------------------------------------------------------
     @property
@@ -396,6 +415,7 @@ class Trainer:
         lengths=None,
         lr_schedule=None,
         resume: bool = False,
+        distributed: str | None = None,
     ) -> History:
         """Train on ``(x, y)`` with mini-batches.
 
@@ -438,6 +458,10 @@ class Trainer:
             way gives bitwise the same weights as 4 epochs in one call. ``optimizer``,
             ``lr``, ``lr_schedule`` and ``seed`` are then ignored, and ``loss``,
             ``batch_size``, ``clip_grad_norm`` and ``shuffle`` must equal the original run's.
+        distributed : {None, "mpi"}, default None
+            ``"mpi"``: data-parallel training over the ranks of an ``mpiexec -n P`` job (needs
+            the ``eigenlstm[mpi]`` extra). Every rank calls ``fit`` with the same arguments;
+            see Notes.
 
         Returns
         -------
@@ -485,8 +509,87 @@ class Trainer:
         Nothing of an interrupted epoch is ever written: ``ModelCheckpoint`` saves only in
         ``on_epoch_end``, after an epoch completed, and a save interrupted halfway leaves the
         previous file intact (:func:`eigenlstm.save` writes a temp file and renames it).
+
+        **Distributed training** (``distributed="mpi"``). Rank 0's weights, dropout stream,
+        optimizer state and shuffling RNG are broadcast first, so every rank starts the same.
+        Each global batch of ``batch_size`` samples (the same order on every rank) is split
+        into contiguous shards, one per rank; each rank runs forward and backward on its
+        shard, with its loss gradient weighted by its share of the batch's samples, and the
+        gradients are summed over ranks (``Allreduce``), so that every rank applies the
+        update of the whole batch. The loss must be a mean over samples, as the built-in
+        ones are. Each rank draws its own dropout masks. Up to reduction order, the weights
+        are those of one process training on the same batches without dropout; they are
+        bitwise equal across ranks, which is checked after every epoch. Losses and
+        validation metrics are averaged over all samples of all ranks; only rank 0 shows a
+        progress bar; ``ModelCheckpoint`` (``Trainer.save`` called by every rank inside the
+        loop) writes from rank 0 alone while the others wait. An error in the arguments or data raises on every rank and is
+        printed once. An exception inside the loop on any rank prints that rank's error and
+        stops the whole job (``MPI_Abort``), since the other ranks would wait for it forever.
         """
         where = "Trainer.fit"
+        group = _distributed.connect(where, distributed)
+        error = None
+        try:
+            prepared = self._prepare_fit(
+                where,
+                x,
+                y,
+                epochs,
+                batch_size,
+                loss,
+                optimizer,
+                lr,
+                clip_grad_norm,
+                validation_data,
+                shuffle,
+                seed,
+                lengths,
+                lr_schedule,
+                resume,
+            )
+        except (ValueError, TypeError) as exc:
+            error = exc
+        if group is not None:
+            group.agree(error)
+        if error is not None:
+            raise error
+        x, y, lengths, val, loss_fn, loss_name, run, epochs = prepared
+        if group is not None:
+            error = None
+            try:
+                self._synchronise(group, run)
+            except (ValueError, TypeError) as exc:  # a rank's model or optimizer differs
+                error = exc
+            group.agree(error)
+            progress = progress and group.rank == 0
+        self._run = run
+        self._group = group
+        try:
+            return self._loop(
+                x, y, lengths, val, loss_fn, loss_name, run, epochs, progress, list(callbacks or [])
+            )
+        finally:
+            self._group = None
+
+    def _prepare_fit(
+        self,
+        where,
+        x,
+        y,
+        epochs,
+        batch_size,
+        loss,
+        optimizer,
+        lr,
+        clip_grad_norm,
+        validation_data,
+        shuffle,
+        seed,
+        lengths,
+        lr_schedule,
+        resume,
+    ):
+        """Every check of ``fit``, and the run it continues or starts; changes nothing."""
         epochs = check_positive_int(where, "epochs", epochs, minimum=0)
         batch_size = check_positive_int(where, "batch_size", batch_size)
         if clip_grad_norm is not None and (
@@ -538,17 +641,41 @@ class Trainer:
                 raise ValueError(f"{where}: optimizer must be built on this model's parameters")
             sched = make_scheduler(lr_schedule, opt, max(epochs, 1), where=where)
             run = _Run(opt, sched, np.random.default_rng(seed), History(), 0, settings)
-            self._run = run
+        return x, y, lengths, val, loss_fn, loss_name, run, epochs
 
-        return self._loop(
-            x, y, lengths, val, loss_fn, loss_name, run, epochs, progress, list(callbacks or [])
+    def _synchronise(self, group: _distributed.MPIGroup, run: _Run) -> None:
+        """Rank 0's weights, dropout stream, optimizer state and shuffling RNG on every rank,
+        then each rank's own dropout stream (``MPIGroup.seed_streams``)."""
+        state = group.broadcast(
+            (
+                self.model.state_dict(),
+                self.model.get_extra_state(),
+                run.optimizer.state_dict(),
+                run.rng.bit_generator.state,
+            )
+            if group.rank == 0
+            else None
         )
+        if group.rank != 0:
+            weights, extra, optimizer_state, rng_state = state
+            self.model.load_state_dict(weights)
+            self.model.set_extra_state(extra)
+            run.optimizer.load_state_dict(optimizer_state)
+            run.rng.bit_generator.state = rng_state
+        group.seed_streams(self.model)
 
     def _forward(self, x, lengths):
         return self.model(x) if lengths is None else self.model(x, lengths=lengths)
 
     def _loop(self, x, y, lengths, val, loss_fn, loss_name, run, epochs, progress, callbacks):
         model = self.model
+        group = self._group
+        # The gradient buffers the ranks sum: one contiguous array per optimizer slot.
+        grads = (
+            []
+            if group is None
+            else [s.grad for s in make_slots(resolve_params("Trainer.fit", model))]
+        )
         N = x.shape[0]
         bs = run.settings["batch_size"]
         clip = run.settings["clip_grad_norm"]
@@ -577,10 +704,14 @@ class Trainer:
                     total = 0.0
                     for b in range(n_batches):
                         idx = order[b * bs : (b + 1) * bs]
+                        mine = idx if group is None else idx[group.shard(len(idx))]
                         model.zero_grad()
-                        pred = self._forward(x[idx], None if lengths is None else lengths[idx])
-                        value, grad = loss_fn(pred, y[idx])
-                        value = float(value)
+                        pred = self._forward(x[mine], None if lengths is None else lengths[mine])
+                        if group is None:
+                            value, grad = loss_fn(pred, y[mine])
+                            value = float(value)
+                        else:
+                            value, grad = _shard_loss(group, loss_fn, pred, y[mine], len(idx))
                         if not math.isfinite(value):
                             self._diverged(
                                 f"the loss is {value} at epoch {e + 1}, batch {b + 1}",
@@ -589,6 +720,8 @@ class Trainer:
                             )
                             return history
                         model.backward(grad)
+                        if group is not None:
+                            group.allreduce_(grads)
                         if clip is not None:
                             norm = clip_grad_norm_(model, clip)
                             if not math.isfinite(norm):
@@ -616,9 +749,13 @@ class Trainer:
                             history,
                         )
                         return history
+                    if group is not None:
+                        group.check_same(f"Trainer.fit (epoch {e + 1})", list(model.parameters()))
                     logs = {"loss": total / N}
                     if val is not None:
-                        metrics = self._evaluate(val[0], val[1], val[2], loss_fn, loss_name, None)
+                        metrics = self._evaluate(
+                            val[0], val[1], val[2], loss_fn, loss_name, None, group
+                        )
                         logs.update({f"val_{k}": v for k, v in metrics.items()})
                     if run.scheduler is not None:
                         run.scheduler.step()
@@ -636,6 +773,8 @@ class Trainer:
                         history.stop_reason = self.stop_reason or "stopped by a callback"
                         break
             except BaseException as exc:
+                if group is not None and group.size > 1:
+                    group.abort(exc)  # the other ranks would wait for this one forever
                 self._interrupted(exc, snapshot, run, e)
                 raise
             finally:
@@ -726,12 +865,28 @@ class Trainer:
         x, y, lengths = self._check_data(where, x, y, lengths, loss_name)
         return self._evaluate(x, y, lengths, loss_fn, loss_name, batch_size)
 
-    def _evaluate(self, x, y, lengths, loss_fn, loss_name, batch_size) -> dict:
-        pred = self._predict(x, lengths, batch_size)
-        value, _ = loss_fn(pred, y)
-        out = {"loss": float(value)}
+    def _evaluate(self, x, y, lengths, loss_fn, loss_name, batch_size, group=None) -> dict:
+        """The metrics of ``(x, y)``; with ``group``, of every rank's shard of it, averaged
+        over all samples."""
+        if group is None:
+            pred = self._predict(x, lengths, batch_size)
+            value, _ = loss_fn(pred, y)
+            out = {"loss": float(value)}
+            if loss_name == "cross_entropy":
+                out["accuracy"] = float(np.mean(pred.argmax(axis=1) == y))
+            return out
+        rows = group.shard(len(x))
+        x, y, lengths = x[rows], y[rows], None if lengths is None else lengths[rows]
+        n, loss_sum, correct = len(x), 0.0, 0.0
+        if n:
+            pred = self._predict(x, lengths, batch_size)
+            loss_sum = float(loss_fn(pred, y)[0]) * n
+            if loss_name == "cross_entropy":
+                correct = float(np.sum(pred.argmax(axis=1) == y))
+        loss_sum, correct, total = group.sum([loss_sum, correct, n])
+        out = {"loss": float(loss_sum / total)}
         if loss_name == "cross_entropy":
-            out["accuracy"] = float(np.mean(pred.argmax(axis=1) == y))
+            out["accuracy"] = float(correct / total)
         return out
 
     # ---- state and checkpoints -------------------------------------------------------------
@@ -811,9 +966,18 @@ class Trainer:
         """Write the model and this run to one checkpoint (see :func:`eigenlstm.save`).
 
         ``Trainer.load(path).fit(..., resume=True)`` then continues bitwise as if never
-        interrupted.
+        interrupted. Inside a distributed ``fit`` (a callback such as ``ModelCheckpoint``) every
+        rank calls it and rank 0 alone writes; outside, it writes from the rank that calls it
+        (ranks writing the same file at once are safe: each renames a whole file of its own).
         """
-        _io.save(self.model, path, metadata=metadata, training=self.state_dict())
+
+        def write() -> None:
+            _io.save(self.model, path, metadata=metadata, training=self.state_dict())
+
+        if self._group is None:
+            write()
+        else:  # in a distributed fit: rank 0 writes, the others wait (and see its errors)
+            self._group.on_root(write)
 
     @classmethod
     def load(cls, path) -> Trainer:
