@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import eigenlstm as el
+from test_docs import python_blocks, readme_section
 
 TESTS = Path(__file__).resolve().parent
 LIMIT = 60  # seconds a failing job may take to end; it takes about one
@@ -168,3 +169,17 @@ def test_a_command_line_error_is_printed_once():
     )
     assert code == 2
     assert err.count("--epochs must be >= 1, got 0") == 1, err
+
+
+def test_the_readme_example_runs_under_mpiexec(tmp_path):
+    (block,) = [b for b in python_blocks(readme_section("Training")) if "mpiexec" in b]
+    job = tmp_path / "train.py"
+    job.write_text(
+        "import numpy as np\nimport eigenlstm as el\n"
+        "x = np.random.default_rng(0).standard_normal((96, 8, 1)).astype(np.float32)\n"
+        "y = x.sum(axis=1)\n" + block
+    )
+    code, _, err, _ = launch(2, sys.executable, job, cwd=tmp_path, timeout=300)
+    assert code == 0, err
+    trainer = el.Trainer.load(tmp_path / "run.npz")
+    assert trainer.history.epoch == list(range(20))

@@ -40,8 +40,8 @@ def test_readme_python_blocks_run_in_order_as_written(tmp_path, monkeypatch):
         title: python_blocks(readme_section(title))
         for title in ("Using it", "Serving", "Training", "Moving models in and out")
     }
-    assert [len(b) for b in sections.values()] == [2, 2, 2, 1]
-    assert len(python_blocks(text)) == 7  # a new block gets a place in this test
+    assert [len(b) for b in sections.values()] == [2, 2, 3, 1]
+    assert len(python_blocks(text)) == 8  # a new block gets a place in this test
     rng = np.random.default_rng(0)
     x = rng.standard_normal((96, 8, 1)).astype(np.float32)
     y = x.sum(axis=1)
@@ -79,7 +79,8 @@ def test_readme_python_blocks_run_in_order_as_written(tmp_path, monkeypatch):
     assert ns["kernels"] == el.config()["quantized_kernels"]
     np.testing.assert_allclose(ns["y"], ns["model"].predict(ns["x"]), atol=0.05)
 
-    torch_loop, trainer_block = sections["Training"]
+    # The third, the MPI example, runs as the ranks of an mpiexec job: tests/test_distributed.py.
+    torch_loop, trainer_block, _ = sections["Training"]
     run(torch_loop)
     # The loop trained: five Adam steps on the whole set lower the loss of the first step.
     first, _ = el.mse_loss(el.LSTMModel(1, 32, 1, seed=0)(x[:64]), y[:64])
