@@ -27,7 +27,7 @@ from fresh_python import run_python
 PACKAGE = pathlib.Path(el.__file__).resolve().parent
 LEVELS = _core.isa_available()  # what this CPU and this build can run, low to high
 IN_PROCESS = _core.isa()  # the level the rest of this pytest process runs at
-VALID = "generic, avx2, avx512, avx512_vnni, avx512_bf16, native"
+VALID = "generic, avx2, avx512, avx512_vnni, avx512_bf16, avx512_amx, native"
 
 
 # ---- selection and its control ---------------------------------------------------------------
@@ -186,14 +186,17 @@ def test_parity_gradcheck_and_determinism_suites_pass_at_every_other_level(level
     record_property("isa_level", f"{level}: {', '.join(SUITES)} in a subprocess: {summary}")
 
 
-# The features of the reduced-precision kernels this process uses (AVX512_VNNI, AVX512_BF16),
-# and the caps that keep its back end but take them away, so that the kernels they replace run
-# on this CPU too: "avx512" (neither: the AVX2 int8 kernel and the bfloat16 emulation), and
-# "avx512_vnni" (VNNI without BF16) when this process has both.
+# The features of the reduced-precision kernels this process uses (AVX512_VNNI, AVX512_BF16,
+# AMX), and the caps that keep its back end but take them away, so that the kernels they
+# replace run on this CPU too: "avx512" (none: the AVX2 int8 kernel and the bfloat16
+# emulation), "avx512_vnni" (VNNI without BF16) when this process has both, and "avx512_bf16"
+# (vpdpbusd and vdpbf16ps, not the tiles) when it has AMX.
 FEATURES = el.config()["isa_features"]
 FEATURE_CAPS = {"avx512": []} if FEATURES else {}
-if FEATURES == ["avx512_vnni", "avx512_bf16"]:
+if {"avx512_vnni", "avx512_bf16"} <= set(FEATURES):
     FEATURE_CAPS["avx512_vnni"] = ["avx512_vnni"]
+if "avx512_amx" in FEATURES:
+    FEATURE_CAPS["avx512_bf16"] = ["avx512_vnni", "avx512_bf16"]
 
 
 @pytest.mark.slow  # the quantized and stream suites again, in a subprocess per cap
@@ -209,6 +212,29 @@ def test_the_quantized_suite_passes_without_each_feature(cap, record_property):
     summary = proc.stdout.strip().splitlines()[-1]
     assert re.search(r"\d+ passed", summary) and "failed" not in summary, summary
     record_property("isa_level", f"{cap}: {', '.join(suites)} in a subprocess: {summary}")
+
+
+# The AMX tiles compute vpdpbusd's int32 sums exactly, and the rest of an int8 forward is the
+# same code of the same back end: with and without the tiles, the outputs are the same bits.
+INT8_OUTPUTS = """
+import hashlib, numpy as np, eigenlstm as el
+rng = np.random.default_rng(0)
+for I, H, L, B, T, P in [(256, 256, 1, 8, 40, 0), (10, 20, 2, 5, 7, 0), (33, 48, 2, 17, 9, 16),
+                         (70, 64, 1, 1, 5, 0), (8, 40, 1, 33, 3, 0)]:
+    lstm = el.quantize(el.LSTM(I, H, num_layers=L, proj_size=P, seed=1), "int8")
+    y, (h, c) = lstm(rng.standard_normal((T, B, I)).astype(np.float32))
+    print(hashlib.sha256(y.tobytes() + h.tobytes() + c.tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.skipif("avx512_amx" not in FEATURES, reason="this CPU (or OS) has no AMX tiles")
+def test_int8_outputs_are_the_same_bits_with_and_without_amx():
+    with_tiles = run_python(["-c", INT8_OUTPUTS])
+    without = run_python(["-c", INT8_OUTPUTS], "avx512_bf16")
+    assert with_tiles.returncode == 0 and without.returncode == 0, (
+        with_tiles.stderr + without.stderr
+    )
+    assert with_tiles.stdout.split() == without.stdout.split()
 
 
 # ---- no wide vector code outside ISA-named objects ------------------------------------------

@@ -382,12 +382,24 @@ def test_config_names_the_kernels_each_precision_runs():
     cfg = el.config()
     kernels = cfg["quantized_kernels"]
     assert set(kernels) == set(PRECISIONS)
-    vnni, bf16 = "avx512_vnni" in cfg["isa_features"], "avx512_bf16" in cfg["isa_features"]
-    assert kernels["int8"].startswith(
-        "avx512_vnni" if vnni else {"generic": "generic"}.get(cfg["isa"], "avx2")
+    features = set(cfg["isa_features"])
+    vnni, bf16, amx = (
+        "avx512_vnni" in features,
+        "avx512_bf16" in features,
+        "avx512_amx" in features,
     )
-    assert kernels["bfloat16"].startswith("avx512_bf16" if bf16 else "emulated")
-    assert set(cfg["isa_features"]) <= {"avx512_vnni", "avx512_bf16"}
+    assert kernels["int8"].startswith(
+        "avx512_amx"
+        if amx
+        else "avx512_vnni"
+        if vnni
+        else {"generic": "generic"}.get(cfg["isa"], "avx2")
+    )
+    assert kernels["bfloat16"].startswith(
+        "avx512_amx" if amx else "avx512_bf16" if bf16 else "emulated"
+    )
+    assert features <= {"avx512_vnni", "avx512_bf16", "avx512_amx"}
+    assert not amx or (vnni and bf16)  # the tiles come with both features
     assert _core.quantized_kernel("int8") == kernels["int8"]
 
 

@@ -51,7 +51,7 @@ public:
 
 // A back end's entry points. kBackendAbi changes whenever this struct or Engine changes, so
 // that a stale shared object is refused instead of called with the wrong layout.
-constexpr int kBackendAbi = 5;
+constexpr int kBackendAbi = 6;
 
 struct Backend {
     int abi;
@@ -73,7 +73,7 @@ struct Backend {
     // (tests/test_reliability_memory.py).
     void (*fail_next_parallel_region)(bool armed);
     // The features (lstm.hpp: isa_features) the front end allows; set once, before any engine.
-    void (*set_features)(bool vnni, bool bf16);
+    void (*set_features)(bool vnni, bool bf16, bool amx);
     const char* (*quantized_kernel)(Precision precision);
     // Validated by the front end: the config (dropout 0) and every pointer weights needs. The
     // layout outlives the engine; the weights are copied.

@@ -5,6 +5,10 @@
 #include <dlfcn.h>
 #include <unistd.h>
 
+#if defined(__linux__)
+#include <sys/syscall.h>
+#endif
+
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -33,10 +37,11 @@ constexpr int kNative = 3;
 // EIGENLSTM_MAX_ISA's values, low to high: the levels, with the features of the reduced-
 // precision kernels (lstm.hpp: isa_features) between avx512 and native. kCapLevel is the
 // highest level each allows.
-const char* const kCaps[] = {"generic", "avx2", "avx512", "avx512_vnni", "avx512_bf16", "native"};
-constexpr int kCapLevel[] = {0, 1, 2, 2, 2, 3};
-constexpr int kNumCaps = 6;
-constexpr int kCapVnni = 3, kCapBf16 = 4;
+const char* const kCaps[] = {"generic",     "avx2",       "avx512", "avx512_vnni",
+                             "avx512_bf16", "avx512_amx", "native"};
+constexpr int kCapLevel[] = {0, 1, 2, 2, 2, 2, 3};
+constexpr int kNumCaps = 7;
+constexpr int kCapVnni = 3, kCapBf16 = 4, kCapAmx = 5;
 
 #if defined(__x86_64__) || defined(__i386__)
 // XCR0: which register states the operating system saves on a context switch. A CPU may have
@@ -74,10 +79,29 @@ bool cpu_has_bf16() {
     unsigned a, b, c, d;
     return cpu_supports(kAvx512) && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5));
 }
+
+// AMX-TILE, AMX-INT8 and AMX-BF16 (CPUID.7.0:EDX[24], [25], [22]), the tile state in XCR0
+// (XTILECFG and XTILEDATA, bits 17 and 18), and Linux's permission for this process to use
+// the tiles: the 8 KB of tile data are not in a thread's default signal and context-switch
+// state, and a first tile instruction without the permission kills the process with SIGILL
+// (arch_prctl ARCH_REQ_XCOMP_PERM, Linux 5.16). Asked once, when the back end is loaded.
+bool cpu_has_amx() {
+    unsigned a, b, c, d;
+    if (!(cpu_has_vnni() && cpu_has_bf16() && __get_cpuid_count(7, 0, &a, &b, &c, &d))) return false;
+    const unsigned need = (1u << 24) | (1u << 25) | (1u << 22);
+    if ((d & need) != need || (xcr0() & 0x60000) != 0x60000) return false;
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    constexpr int kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return ::syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
+}
 #else
 bool cpu_supports(int level) { return level == 0 || level == kNative; }
 bool cpu_has_vnni() { return false; }
 bool cpu_has_bf16() { return false; }
+bool cpu_has_amx() { return false; }
 #endif
 
 std::string library_dir() {
@@ -110,7 +134,7 @@ int max_cap() {
 struct Loaded {
     const Backend* table = nullptr;
     std::string path;
-    bool vnni = false, bf16 = false;  // features in use
+    bool vnni = false, bf16 = false, amx = false;  // features in use
 };
 
 Loaded load() {
@@ -137,7 +161,8 @@ Loaded load() {
     // The avx512 back end (and a native one built on such a CPU) holds their kernels.
     out.vnni = level >= kAvx512 && cap >= kCapVnni && cpu_has_vnni();
     out.bf16 = level >= kAvx512 && cap >= kCapBf16 && cpu_has_bf16();
-    out.table->set_features(out.vnni, out.bf16);
+    out.amx = out.vnni && out.bf16 && cap >= kCapAmx && cpu_has_amx();
+    out.table->set_features(out.vnni, out.bf16, out.amx);
     return out;
 }
 
@@ -165,6 +190,7 @@ std::vector<std::string> isa_features() {
     std::vector<std::string> out;
     if (detail::loaded().vnni) out.emplace_back(detail::kCaps[detail::kCapVnni]);
     if (detail::loaded().bf16) out.emplace_back(detail::kCaps[detail::kCapBf16]);
+    if (detail::loaded().amx) out.emplace_back(detail::kCaps[detail::kCapAmx]);
     return out;
 }
 

@@ -3,10 +3,10 @@ settings (threads, denormal flushing).
 
 The C++ engine holds one back end per instruction-set level (``generic``, ``avx2``,
 ``avx512``) and loads the best one that the CPU and the operating system support when it is
-first used; within it, the int8 and bfloat16 kernels of ``quantize`` also use AVX512_VNNI and
-AVX512_BF16 where the CPU has them. The environment variable ``EIGENLSTM_MAX_ISA`` caps the
-level and those features (generic < avx2 < avx512 < avx512_vnni < avx512_bf16 < native), as
-oneDNN's ``ONEDNN_MAX_CPU_ISA`` does; it is read once per process.
+first used; within it, the int8 and bfloat16 kernels of ``quantize`` also use AVX512_VNNI,
+AVX512_BF16 and AMX where the CPU has them. The environment variable ``EIGENLSTM_MAX_ISA``
+caps the level and those features (generic < avx2 < avx512 < avx512_vnni < avx512_bf16 <
+avx512_amx < native), as oneDNN's ``ONEDNN_MAX_CPU_ISA`` does; it is read once per process.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def config() -> dict[str, Any]:
         ``version``: eigenlstm's version; ``isa``: the instruction-set level in use;
         ``isa_available``: the levels this CPU and this build can run, low to high;
         ``isa_features``: the features beyond the level in use (``avx512_vnni``,
-        ``avx512_bf16``); ``quantized_kernels``: the kernel each ``quantize`` dtype runs;
+        ``avx512_bf16``, ``avx512_amx``); ``quantized_kernels``: the kernel each ``quantize`` dtype runs;
         ``compiler``, ``eigen``, ``simd`` (Eigen's instruction sets) and ``openmp`` (the
         ``_OPENMP`` date, 0 without OpenMP) of the back end in use; ``library``: its file;
         ``num_threads``; ``flush_denormal``; ``machine``: the CPU architecture.

@@ -97,10 +97,12 @@ int get_num_threads();
 // the CPU has them (the avx512 back end holds their kernels):
 //   "avx512_vnni"  AVX512_VNNI (int8: vpdpbusd)
 //   "avx512_bf16"  AVX512_BF16 (bfloat16: vdpbf16ps)
+//   "avx512_amx"   AMX-TILE, AMX-INT8 and AMX-BF16 with the two above, where the operating
+//                  system lets the process use the tiles (int8: tdpbusd, bfloat16: tdpbf16ps)
 // The environment variable EIGENLSTM_MAX_ISA, read once, caps the level and the features
 // (like oneDNN's ONEDNN_MAX_CPU_ISA), in the order generic, avx2, avx512, avx512_vnni,
-// avx512_bf16, native: "avx512" runs the avx512 back end without either feature,
-// "avx512_vnni" with VNNI only. An unknown value makes every call below, and the first use of
+// avx512_bf16, avx512_amx, native: "avx512" runs the avx512 back end without any feature,
+// "avx512_vnni" with VNNI only, "avx512_bf16" with VNNI and BF16 but not AMX. An unknown value makes every call below, and the first use of
 // the engine, throw std::invalid_argument naming the variable, the value and the valid values.
 // A missing or unloadable back end throws std::runtime_error naming the file.
 std::string isa();                          // the level in use

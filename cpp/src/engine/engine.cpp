@@ -1012,9 +1012,10 @@ QuantizedMatrix* make_quantized_matrix(Index in_features, Index out_features, Pr
     return new QuantizedMatrixImpl<Bf16Panels>(in_features, out_features, p, weight, scale, bias);
 }
 
-void set_features(bool vnni, bool bf16) {
+void set_features(bool vnni, bool bf16, bool amx) {
     features().vnni = vnni && kHasReducedPrecisionKernels;
     features().bf16 = bf16 && kHasReducedPrecisionKernels;
+    features().amx = amx && features().vnni && features().bf16;
 }
 
 const char* kernel_name(Precision p) {

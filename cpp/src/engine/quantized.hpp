@@ -5,13 +5,14 @@
 // one, and only its products differ.
 //
 // Kernels, chosen at run time by the features the front end allows (Features):
-//   int8   AVX512-VNNI vpdpbusd (64 multiply-adds an instruction), AVX2 vpmaddubsw + vpmaddwd
-//          (with vpsignb for 8-bit rows; the avx2 and avx512 levels without VNNI), plain C++
-//          (generic);
-//   bf16   AVX512_BF16 vdpbf16ps (32 an instruction), else an emulation: the bfloat16 weights
-//          widened to float32 (exact), the activations rounded to bfloat16 as the
-//          instruction's operands are, and the float32 kernel, which sums the exact products in
-//          its own order (results differ from vdpbf16ps's in the last bits of float32).
+//   int8   AMX tdpbusd (16x16x64 multiply-adds an instruction), AVX512-VNNI vpdpbusd (64),
+//          AVX2 vpmaddubsw + vpmaddwd (with vpsignb for 8-bit rows; the avx2 and avx512
+//          levels without VNNI), plain C++ (generic);
+//   bf16   AMX tdpbf16ps (16x16x32), AVX512_BF16 vdpbf16ps (32 an instruction), else an
+//          emulation: the bfloat16 weights widened to float32 (exact), the activations rounded
+//          to bfloat16 as the instruction's operands are, and the float32 kernel, which sums
+//          the exact products in its own order (results differ from vdpbf16ps's, and those of
+//          tdpbf16ps from both, in the last bits of float32).
 // Every int8 kernel computes the same exact int32 sums (integer arithmetic, never saturating:
 // see Int8TileAvx2; the front end bounds K by kMaxInt8Depth so that they fit int32), so the
 // int8 path gives the same results at every level up to the float32 rounding of the
@@ -41,6 +42,8 @@ namespace detail {
 struct Features {
     bool vnni = false;  // AVX512_VNNI: vpdpbusd
     bool bf16 = false;  // AVX512_BF16: vdpbf16ps
+    bool amx = false;   // AMX-TILE, AMX-INT8 and AMX-BF16 (with vnni and bf16), and the OS's
+                        // permission to use the tiles: tdpbusd, tdpbf16ps
 };
 inline Features& features() {
     static Features f;
@@ -51,6 +54,20 @@ constexpr bool kHasReducedPrecisionKernels = true;
 #else
 constexpr bool kHasReducedPrecisionKernels = false;
 #endif
+// With AMX, the depth of packed weights is a whole number of tiles: 16 quads of int8 (64
+// values) or 16 pairs of bfloat16 (32), zero padded.
+constexpr Index kAmxDepth = 16;
+// The tiles compute 16 rows however few there are. A stream step of I = H = 256 on 2 threads
+// (bench/README.md) took, in microseconds,
+//   rows              1     2     4     8    16    32
+//   int8  vpdpbusd   9.0  12.1  16.0  24.6  42.4  68.9
+//         tdpbusd   11.2  12.6  17.2  22.6  34.2  48.7
+//   bf16  vdpbf16ps 15.1  22.4  37.3  68.4 130.8 210.9
+//         tdpbf16ps 15.2  16.4  19.2  22.5  34.1  53.3
+// so int8 products of fewer than 8 rows keep vpdpbusd, which computes the same int32 sums: the
+// results do not depend on the kernel. tdpbf16ps rounds differently from vdpbf16ps, so bf16
+// products use it at every size, or a row's results would depend on its batch's size.
+constexpr Index kAmxMinRowsInt8 = 8;
 
 // ---- bfloat16 ------------------------------------------------------------------------------
 
@@ -89,16 +106,19 @@ inline float from_bf16(std::uint16_t h) {
 // split: also store, for AVX2's 8-bit kernel, s = u - 128 as signed bytes in u and |s| in mag.
 // A row holding an inf or NaN has no grid: its u are 0 and its step NaN, so its outputs are
 // NaN (never a finite number made of a non-finite input; float32 may give NaN or a saturated
-// gate there). K is padded to a multiple of 4 (a quad: the kernels take 4 bytes per
-// multiply-add lane) with zeros (u = 0; s = -128 with split), which multiply zero weights.
+// gate there). K is padded to the weights' depth `ldu` (4 Kq: a whole number of quads, the
+// kernels' 4 bytes per multiply-add lane) with zeros (u = 0; s = -128 with split), which
+// multiply zero weights; rows [M, M_pad) are zero too (AMX loads whole 16-row tiles).
 struct Int8Rows {
-    Buffer<std::uint8_t> u, mag;  // [M, ldu]
+    Buffer<std::uint8_t> u, mag;  // [M_pad, ldu]
     Buffer<float> step, lo;       // [M]
     Index ldu = 0;
 
-    void quantize(const float* A, Index M, Index K, Index lda, int levels, bool split) {
-        ldu = round_up(std::max<Index>(K, 1), 4);
-        u.resize(checked_mul(M, ldu));
+    void quantize(const float* A, Index M, Index K, Index lda, int levels, bool split,
+                  Index depth, Index M_pad) {
+        ldu = depth;
+        u.resize(checked_mul(M_pad, ldu));
+        std::fill(u.data() + M * ldu, u.data() + M_pad * ldu, std::uint8_t(0));
         if (split) mag.resize(checked_mul(M, ldu));
         step.resize(M);
         lo.resize(M);
@@ -144,7 +164,8 @@ struct Int8Rows {
 // (NR = Simd<float>::NR, the float32 panel width, so that thread splits of the float32 loops
 // fall on panel boundaries), K in quads:
 //   data[((p*Kq + q)*NR + j)*4 + t] = W(4q + t, p*NR + j),  zero padded,
-// one 4-byte lane per column: the operand layout of vpdpbusd and of vpmaddubsw + vpmaddwd.
+// one 4-byte lane per column: the operand layout of vpdpbusd and of vpmaddubsw + vpmaddwd,
+// and 16 quads of 16 columns are an AMX tile. With AMX, Kq is a multiple of 16 (kAmxDepth).
 struct Int8Panels {
     static constexpr int NR = Simd<float>::NR;
     Index K = 0, N = 0, Kq = 0;
@@ -161,7 +182,7 @@ struct Int8Panels {
     void pack(Index k_size, Index n_size, int grid, At&& at, ScaleOf&& scale_of) {
         K = k_size;
         N = n_size;
-        Kq = (K + 3) / 4;
+        Kq = round_up((K + 3) / 4, features().amx ? kAmxDepth : 1);
         levels = grid;
         const Index cols = num_panels() * NR;
         data.resize(checked_mul(cols, std::max<Index>(Kq, 1) * 4));
@@ -313,10 +334,31 @@ struct Int8TileVnni {
 };
 #endif
 
-// C[m, n] = init + scale[n] * (step[m] * sum_k u[m][k] W(k, n) + lo[m] * colsum[n]), for the
-// columns [col_begin, col_end) (col_begin on a panel boundary), init = C (Accumulate), else
-// bias[n] (or 0 without a bias), blocked by for_each_tile. The dequantization is the same
-// scalar code for every tile, so a row's results do not depend on the block it falls in.
+// C[m + r, n0 + j] = init + scale[n] * (step[m + r] * dot + lo[m + r] * colsum[n]), n = n0 + j,
+// for the R rows and w columns of a block of int32 sums acc[r * ld + j] = sum_k (u - Offset) W,
+// dot = acc + Offset * colsum exactly; init = C (Accumulate), else bias[n] (or 0 without a
+// bias). Every kernel of a level ends in this same scalar code, so a row's results depend
+// only on its int32 sums, which every kernel computes exactly: they are the same with any of
+// the level's kernels and in any block.
+template <int Offset, bool Accumulate>
+void dequantize(const std::int32_t* acc, Index ld, Index R, Index w, Index m, Index n0,
+                const Int8Rows& rows, const Int8Panels& W, float* C, Index ldc, const float* bias) {
+    for (Index r = 0; r < R; ++r) {
+        const float step = rows.step[m + r], lo = rows.lo[m + r];
+        float* c = C + (m + r) * ldc + n0;
+        const float* sc = W.scale.data() + n0;
+        const std::int32_t* cs = W.colsum.data() + n0;
+        const std::int32_t* a = acc + r * ld;
+        for (Index j = 0; j < w; ++j) {
+            const std::int32_t dot = a[j] + Offset * cs[j];  // exact
+            const float v = sc[j] * (step * float(dot) + lo * float(cs[j]));
+            c[j] = Accumulate ? c[j] + v : (bias ? bias[n0 + j] + v : v);
+        }
+    }
+}
+
+// C = init + the dequantized products over the columns [col_begin, col_end) (col_begin on a
+// panel boundary), blocked by for_each_tile.
 template <template <int, int> class Tile, int MR, bool Accumulate>
 void int8_tiles(Index M, const Int8Rows& rows, const Int8Panels& W, Index col_begin,
                 Index col_end, float* C, Index ldc, const float* bias) {
@@ -328,25 +370,15 @@ void int8_tiles(Index M, const Int8Rows& rows, const Int8Panels& W, Index col_be
         tile.madd(W.Kq, rows, m, W.data.data() + (n0 / NR) * stride, stride);
         alignas(64) std::int32_t acc[R * NP * NR];
         tile.store(acc);
-        const Index w = std::min<Index>(NP * NR, col_end - n0);
-        for (int r = 0; r < R; ++r) {
-            const float step = rows.step[m + r], lo = rows.lo[m + r];
-            float* c = C + (m + r) * ldc + n0;
-            const float* sc = W.scale.data() + n0;
-            const std::int32_t* cs = W.colsum.data() + n0;
-            const std::int32_t* a = acc + r * NP * NR;
-            for (Index j = 0; j < w; ++j) {
-                const std::int32_t dot = a[j] + Tile<R, NP>::kOffset * cs[j];  // exact
-                const float v = sc[j] * (step * float(dot) + lo * float(cs[j]));
-                c[j] = Accumulate ? c[j] + v : (bias ? bias[n0 + j] + v : v);
-            }
-        }
+        dequantize<Tile<R, NP>::kOffset, Accumulate>(acc, NP * NR, R, std::min<Index>(NP * NR, col_end - n0),
+                                                     m, n0, rows, W, C, ldc, bias);
     });
 }
 
 // The int8 kernel this back end runs (for el.config()).
 inline const char* int8_kernel() {
 #if defined(__AVX512F__)
+    if (features().amx) return "avx512_amx (tdpbusd)";
     if (features().vnni) return "avx512_vnni (vpdpbusd)";
 #endif
 #if defined(__AVX2__)
@@ -360,7 +392,8 @@ inline const char* int8_kernel() {
 
 // A [K, N] bfloat16 matrix. With AVX512_BF16, panels of NR columns with K in pairs,
 //   data[((p*K2 + q)*NR + j)*2 + t] = W(2q + t, p*NR + j),
-// vdpbf16ps's operand layout; otherwise the values widened to float32 (exact) in float panels.
+// vdpbf16ps's operand layout, of which 16 pairs of 16 columns are an AMX tile (with AMX, K2 is
+// a multiple of 16); otherwise the values widened to float32 (exact) in float panels.
 struct Bf16Panels {
     static constexpr int NR = Simd<float>::NR;
     Index K = 0, N = 0, K2 = 0;
@@ -374,7 +407,7 @@ struct Bf16Panels {
     void pack(Index k_size, Index n_size, At&& at) {
         K = k_size;
         N = n_size;
-        K2 = (K + 1) / 2;
+        K2 = round_up((K + 1) / 2, features().amx ? kAmxDepth : 1);
         native = kHasReducedPrecisionKernels && features().bf16;
         if (!native) {
             Buffer<float> tmp(checked_mul(std::max<Index>(K, 1), N));
@@ -420,6 +453,19 @@ struct Bf16TileNative {
     }
 };
 
+// C[m + r, n0 + j] = init + acc[r * ld + j] for R rows and w columns, init = C (Accumulate),
+// else bias[n0 + j] (or 0 without a bias).
+template <bool Accumulate>
+void bf16_store(const float* acc, Index ld, Index R, Index w, Index m, Index n0, float* C,
+                Index ldc, const float* bias) {
+    for (Index r = 0; r < R; ++r) {
+        float* c = C + (m + r) * ldc + n0;
+        const float* a = acc + r * ld;
+        for (Index j = 0; j < w; ++j)
+            c[j] = Accumulate ? c[j] + a[j] : (bias ? bias[n0 + j] + a[j] : a[j]);
+    }
+}
+
 // C = init + A_bf16 W over [col_begin, col_end), blocked by for_each_tile.
 template <bool Accumulate>
 void bf16_tiles(Index M, const std::uint16_t* A, Index lda, const Bf16Panels& W, Index col_begin,
@@ -432,19 +478,142 @@ void bf16_tiles(Index M, const std::uint16_t* A, Index lda, const Bf16Panels& W,
         tile.madd(W.K2, A + m * lda, lda, W.data.data() + (n0 / NR) * stride, stride);
         alignas(64) float acc[R * NP * NR];
         tile.store(acc);
-        const Index w = std::min<Index>(NP * NR, col_end - n0);
-        for (int r = 0; r < R; ++r) {
-            float* c = C + (m + r) * ldc + n0;
-            const float* a = acc + r * NP * NR;
-            for (Index j = 0; j < w; ++j)
-                c[j] = Accumulate ? c[j] + a[j] : (bias ? bias[n0 + j] + a[j] : a[j]);
-        }
+        bf16_store<Accumulate>(acc, NP * NR, R, std::min<Index>(NP * NR, col_end - n0), m, n0, C,
+                               ldc, bias);
     });
+}
+
+// ---- AMX -------------------------------------------------------------------------------------
+
+// AMX (Sapphire Rapids and later) computes in 8 tile registers of up to 16 rows of 64 bytes.
+// tdpbusd adds to a 16x16 int32 tile C the products of a 16x64 u8 tile A and an s8 tile B whose
+// row q holds, for each of 16 columns n, the 4 bytes W(4q..4q+3, n):
+//   C[m][n] += sum_{q < 16, t < 4} A[m][4q + t] * B[q][4n + t],
+// exactly in int32 (wrapping as vpdpbusd does; kMaxInt8Depth keeps the sums in range): its
+// sums are vpdpbusd's to the bit. tdpbf16ps does the same for bfloat16 pairs into float32
+// (like vdpbf16ps, but treating subnormal inputs as zero and flushing subnormal results).
+// 16 quads (pairs) of 16 columns of a packed panel are a B tile as packed: rows at a stride
+// of NR * 4 bytes, the panel's next 16 columns 64 bytes on. Inline assembly, as for vpdpbusd:
+// the back end must build and load on CPUs without AMX.
+//
+// The tile configuration belongs to the thread, and another library may load its own in the
+// same thread between two of our calls (oneDNN does, for its AMX kernels): each product loads
+// ours first (AmxTiles) and releases the tiles when done, which also spares the OS saving 8 KB
+// of tile state when it switches threads.
+struct alignas(64) AmxConfig {
+    std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    std::uint16_t colsb[16] = {};  // bytes of a row of each tile
+    std::uint8_t rows[16] = {};    // rows of each tile
+    AmxConfig() {
+        for (int t = 0; t < 8; ++t) {
+            colsb[t] = 64;
+            rows[t] = 16;
+        }
+    }
+};
+class AmxTiles {  // the tiles configured for this thread while the object lives
+public:
+    AmxTiles() {
+        static const AmxConfig config;
+        __asm__ volatile("ldtilecfg %0" : : "m"(config));
+    }
+    ~AmxTiles() { __asm__ volatile("tilerelease" ::); }
+    AmxTiles(const AmxTiles&) = delete;
+    AmxTiles& operator=(const AmxTiles&) = delete;
+};
+
+// out[32, 32] (int32 or float32, row-major) = the rows [a, a + 32 * lda) of A times the 32
+// columns of the panel b, over `ktiles` tiles of depth: a 2x2 block of C tiles (tmm0-3), two A
+// tiles (tmm4-5) and two B tiles (tmm6-7), each A and B tile used twice. two_rows false: A has
+// 16 rows left, tmm2-3 stay unused and out's rows 16-31 unwritten.
+template <bool Bf16>
+void amx_block(const std::uint8_t* a, Index lda, const std::uint8_t* b, Index ktiles,
+               bool two_rows, void* out) {
+    constexpr Index ldb = Int8Panels::NR * 4, ldc = 32 * 4;
+    __asm__ volatile("tilezero %%tmm0\n\ttilezero %%tmm1\n\ttilezero %%tmm2\n\ttilezero %%tmm3" ::);
+    for (Index kt = 0; kt < ktiles; ++kt) {
+        const std::uint8_t* ak = a + kt * 64;
+        const std::uint8_t* bk = b + kt * 16 * ldb;
+        __asm__ volatile(
+            "tileloadd (%0,%2,1), %%tmm4\n\t"
+            "tileloadd (%1,%3,1), %%tmm6\n\t"
+            "tileloadd 64(%1,%3,1), %%tmm7"
+            :
+            : "r"(ak), "r"(bk), "r"(lda), "r"(ldb)
+            : "memory");
+        if (Bf16)
+            __asm__ volatile("tdpbf16ps %%tmm6, %%tmm4, %%tmm0\n\ttdpbf16ps %%tmm7, %%tmm4, %%tmm1" ::);
+        else
+            __asm__ volatile("tdpbusd %%tmm6, %%tmm4, %%tmm0\n\ttdpbusd %%tmm7, %%tmm4, %%tmm1" ::);
+        if (!two_rows) continue;
+        __asm__ volatile("tileloadd (%0,%1,1), %%tmm5" : : "r"(ak + 16 * lda), "r"(lda) : "memory");
+        if (Bf16)
+            __asm__ volatile("tdpbf16ps %%tmm6, %%tmm5, %%tmm2\n\ttdpbf16ps %%tmm7, %%tmm5, %%tmm3" ::);
+        else
+            __asm__ volatile("tdpbusd %%tmm6, %%tmm5, %%tmm2\n\ttdpbusd %%tmm7, %%tmm5, %%tmm3" ::);
+    }
+    std::uint8_t* c = static_cast<std::uint8_t*>(out);
+    __asm__ volatile(
+        "tilestored %%tmm0, (%0,%1,1)\n\t"
+        "tilestored %%tmm1, 64(%0,%1,1)"
+        :
+        : "r"(c), "r"(ldc)
+        : "memory");
+    if (two_rows)
+        __asm__ volatile(
+            "tilestored %%tmm2, (%0,%1,1)\n\t"
+            "tilestored %%tmm3, 64(%0,%1,1)"
+            :
+            : "r"(c + 16 * ldc), "r"(ldc)
+            : "memory");
+}
+
+// The int8 and bfloat16 products with AMX: for each panel of [col_begin, col_end), blocks of
+// 32 rows (A's rows padded with zeros to a multiple of 16, its depth to whole tiles), then
+// int8_tiles's dequantization or bf16_tiles's store.
+template <bool Accumulate>
+void int8_amx(Index M, const Int8Rows& rows, const Int8Panels& W, Index col_begin, Index col_end,
+              float* C, Index ldc, const float* bias) {
+    constexpr int NR = Int8Panels::NR;
+    static_assert(NR == 32, "an AMX block is one panel: 32 columns");
+    const Index stride = W.Kq * NR * 4;
+    const AmxTiles tiles;
+    alignas(64) std::int32_t acc[32 * 32];
+    for (Index n0 = col_begin; n0 < col_end; n0 += NR) {
+        const auto* b = reinterpret_cast<const std::uint8_t*>(W.data.data() + (n0 / NR) * stride);
+        const Index w = std::min<Index>(NR, col_end - n0);
+        for (Index m = 0; m < M; m += 32) {
+            amx_block<false>(rows.u.data() + m * rows.ldu, rows.ldu, b, W.Kq / kAmxDepth,
+                             M - m > 16, acc);
+            dequantize<0, Accumulate>(acc, 32, std::min<Index>(32, M - m), w, m, n0, rows, W, C,
+                                      ldc, bias);
+        }
+    }
+}
+
+template <bool Accumulate>
+void bf16_amx(Index M, const std::uint16_t* A, Index lda, const Bf16Panels& W, Index col_begin,
+              Index col_end, float* C, Index ldc, const float* bias) {
+    constexpr int NR = Bf16Panels::NR;
+    static_assert(NR == 32, "an AMX block is one panel: 32 columns");
+    const Index stride = W.K2 * NR * 2;
+    const AmxTiles tiles;
+    alignas(64) float acc[32 * 32];
+    for (Index n0 = col_begin; n0 < col_end; n0 += NR) {
+        const auto* b = reinterpret_cast<const std::uint8_t*>(W.data.data() + (n0 / NR) * stride);
+        const Index w = std::min<Index>(NR, col_end - n0);
+        for (Index m = 0; m < M; m += 32) {
+            amx_block<true>(reinterpret_cast<const std::uint8_t*>(A + m * lda), 2 * lda, b,
+                            W.K2 / kAmxDepth, M - m > 16, acc);
+            bf16_store<Accumulate>(acc, 32, std::min<Index>(32, M - m), w, m, n0, C, ldc, bias);
+        }
+    }
 }
 #endif
 
 inline const char* bf16_kernel() {
 #if defined(__AVX512F__)
+    if (features().amx) return "avx512_amx (tdpbf16ps)";
     if (features().bf16) return "avx512_bf16 (vdpbf16ps)";
 #endif
     return "emulated (float32 kernel on bfloat16 values)";
@@ -459,21 +628,26 @@ void multiply(Index M, const float* A, Index lda, const Int8Panels& W, Index col
               Index col_end, float* C, Index ldc, const float* bias = nullptr) {
     if (M == 0 || col_begin >= col_end) return;
     thread_local Int8Rows rows;
+    const Index depth = 4 * std::max<Index>(W.Kq, 1);
 #if defined(__AVX512F__)
+    if (features().amx && M >= kAmxMinRowsInt8) {
+        rows.quantize(A, M, W.K, lda, W.levels, false, depth, round_up(M, 16));
+        return int8_amx<Accumulate>(M, rows, W, col_begin, col_end, C, ldc, bias);
+    }
     if (features().vnni) {
-        rows.quantize(A, M, W.K, lda, W.levels, false);
+        rows.quantize(A, M, W.K, lda, W.levels, false, depth, M);
         return int8_tiles<Int8TileVnni, 8, Accumulate>(M, rows, W, col_begin, col_end, C, ldc, bias);
     }
 #endif
 #if defined(__AVX2__)
     const bool split = W.levels > 127;
-    rows.quantize(A, M, W.K, lda, W.levels, split);
+    rows.quantize(A, M, W.K, lda, W.levels, split, depth, M);
     if (split)
         return int8_tiles<Int8TileAvx2Split, 4, Accumulate>(M, rows, W, col_begin, col_end, C, ldc,
                                                             bias);
     int8_tiles<Int8TileAvx2, 4, Accumulate>(M, rows, W, col_begin, col_end, C, ldc, bias);
 #else
-    rows.quantize(A, M, W.K, lda, W.levels, false);
+    rows.quantize(A, M, W.K, lda, W.levels, false, depth, M);
     int8_tiles<Int8TileScalar, 4, Accumulate>(M, rows, W, col_begin, col_end, C, ldc, bias);
 #endif
 }
@@ -485,12 +659,17 @@ void multiply(Index M, const float* A, Index lda, const Bf16Panels& W, Index col
 #if defined(__AVX512F__)
     if (W.native) {
         thread_local Buffer<std::uint16_t> rows;
-        const Index ld = 2 * W.K2;
-        rows.resize(checked_mul(M, std::max<Index>(ld, 1)));
+        const bool amx = features().amx;
+        const Index ld = 2 * W.K2, M_pad = amx ? round_up(M, 16) : M;
+        rows.resize(checked_mul(M_pad, std::max<Index>(ld, 1)));
         for (Index m = 0; m < M; ++m) {
             std::uint16_t* r = rows.data() + m * ld;
             for (Index k = 0; k < W.K; ++k) r[k] = to_bf16(A[m * lda + k]);
             for (Index k = W.K; k < ld; ++k) r[k] = 0;
+        }
+        if (amx) {
+            std::fill(rows.data() + M * ld, rows.data() + M_pad * ld, std::uint16_t(0));
+            return bf16_amx<Accumulate>(M, rows.data(), ld, W, col_begin, col_end, C, ldc, bias);
         }
         return bf16_tiles<Accumulate>(M, rows.data(), ld, W, col_begin, col_end, C, ldc, bias);
     }
