@@ -190,7 +190,9 @@ def test_export_refuses_what_it_cannot_write():
 
 
 # ---- import of a hand-built node -------------------------------------------------------------
-def _hand_built(rng, *, D=2, layout=0, attrs=None, P=None, extra_node=None, dtype=np.float32):
+def _hand_built(
+    rng, *, D=2, layout=0, attrs=None, P=None, extra_node=None, dtype=np.float32, reverse=False
+):
     """One ONNX LSTM node with every input (X, W, R, B, sequence_lens, initial_h, initial_c, P)
     as a graph, with the usual glue to (T, N, D*H) (layout 0) or (N, T, D*H) (layout 1)."""
     elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
@@ -208,7 +210,7 @@ def _hand_built(rng, *, D=2, layout=0, attrs=None, P=None, extra_node=None, dtyp
         helper.make_tensor_value_info("lengths", TensorProto.INT32, ["batch"]),
     ]
     inits.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), "shape"))
-    direction = "bidirectional" if D == 2 else "forward"
+    direction = "bidirectional" if D == 2 else "reverse" if reverse else "forward"
     node_attrs = {
         "hidden_size": H,
         "direction": direction,
@@ -252,6 +254,58 @@ def test_load_of_a_hand_built_lstm_node_with_every_input_matches_onnxruntime(D):
     lstm = elonnx.load(data)
     assert (type(lstm), lstm.bidirectional, lstm.batch_first) == (el.LSTM, D == 2, False)
     _assert_matches_onnxruntime(lstm, data, D, rng)
+
+
+def test_load_of_a_hand_built_reverse_node_is_a_reverse_lstm_matching_onnxruntime():
+    rng = np.random.default_rng(11)
+    data = _hand_built(rng, D=1, reverse=True)
+    lstm = elonnx.load(data)
+    assert (lstm.reverse, lstm.bidirectional) == (True, False)
+    _assert_matches_onnxruntime(lstm, data, 1, rng)
+
+
+REVERSE = list(itertools.product((1, 2), (0, P_SIZE), (False, True)))
+
+
+@pytest.mark.parametrize(
+    "L, P, bf", REVERSE, ids=[f"L{L}-P{P}-{'bf' if bf else 'tf'}" for L, P, bf in REVERSE]
+)
+def test_export_of_a_reverse_lstm_matches_the_runtimes_and_loads_back(L, P, bf):
+    # The LSTM operator with direction="reverse" (P = 0), or a Scan on reversed time (P > 0).
+    lstm = el.LSTM(I, H, L, batch_first=bf, proj_size=P, reverse=True, seed=5).eval()
+    data = _export(lstm, initial_state=True, lengths=True)
+    ops = {n.op_type for n in onnx.load_model_from_string(data).graph.node}
+    assert ("LSTM" in ops) == (P == 0)
+    back = elonnx.load(data)
+    assert (back.reverse, back.num_layers, back.proj_size, back.batch_first) == (True, L, P, bf)
+    rng = np.random.default_rng(L + P)
+    for N, T in SIZES:
+        x, feeds, kw = _case(rng, lstm, N, T, True, True, np.float32)
+        want = lstm(x, **kw)
+        got = _session(data).run(["output", "h_n", "c_n"], feeds)
+        assert _max_err(got, (want[0], *want[1])) <= ATOL32
+        again = back(x, **kw)
+        assert _max_err((again[0], *again[1]), (want[0], *want[1])) <= ATOL32
+    if P:  # float64, in the reference evaluator (which runs Scan graphs with their masks)
+        ref64 = el.LSTM(
+            I, H, L, batch_first=bf, proj_size=P, reverse=True, seed=5, dtype=np.float64
+        ).eval()
+        model = onnx.load_model_from_string(_export(ref64, initial_state=True, lengths=True))
+        x, feeds, kw = _case(rng, ref64, 3, 5, True, True, np.float64)
+        want = ref64(x, **kw)
+        got = ReferenceEvaluator(model).run(["output", "h_n", "c_n"], feeds)
+        assert _max_err(got, (want[0], *want[1])) <= ATOL64
+
+
+def test_load_refuses_layers_that_run_in_different_directions():
+    data = _export(el.LSTM(I, H, 2, reverse=True, seed=1).eval())
+    model = onnx.load_model_from_string(data)
+    second = [n for n in model.graph.node if n.op_type == "LSTM"][1]
+    for attr in second.attribute:
+        if attr.name == "direction":
+            attr.s = b"forward"
+    with pytest.raises(ValueError, match="layer 1 .* runs forwards in time and layer 0 backwards"):
+        elonnx.load(model.SerializeToString())
 
 
 def _assert_matches_onnxruntime(lstm, data, D, rng):
@@ -320,8 +374,8 @@ def test_load_of_a_node_with_peepholes_or_coupled_gates_matches_onnxruntime(D, k
             "attribute activations must be",
         ),
         (
-            {"attrs": {"direction": "reverse"}, "D": 1},
-            "attribute direction must be 'forward' or 'bidirectional'",
+            {"attrs": {"direction": "sideways"}, "D": 1},
+            "attribute direction must be 'forward', 'reverse' or 'bidirectional', got 'sideways'",
         ),
         (
             {"P": np.full((2, 2 * H), 0.1)},

@@ -227,11 +227,11 @@ def test_bad_input_is_refused_by_name_and_changes_nothing():
     [
         (
             lambda: el.LSTM(I, H, bidirectional=True).stream(2),
-            "LSTM.stream: the LSTM must be unidirectional to stream .* got bidirectional=True",
+            "LSTM.stream: the LSTM must run forward in time to stream .* got bidirectional=True",
         ),
         (
             lambda: el.LSTMModel(I, H, 2, bidirectional=True).stream(2),
-            "LSTMModel.stream: the LSTM must be unidirectional",
+            "LSTMModel.stream: the LSTM must run forward in time",
         ),
         (lambda: el.LSTM(I, H).stream(0), r"LSTM.stream: batch_size must be >= 1, got 0"),
         (lambda: el.LSTM(I, H).stream(2, head=el.Linear(H + 1, 2)), r"head must be a Linear\(19"),

@@ -150,7 +150,7 @@ def _lstm_op_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, seq: str | None,
         inputs,
         n_out=3,
         hidden_size=H,
-        direction="bidirectional" if D == 2 else "forward",
+        direction="bidirectional" if D == 2 else "reverse" if lstm.reverse else "forward",
         **({"input_forget": 1} if lstm.cifg else {}),
     )
     # Y is (T, D, N, H); the next layer and torch's output want (T, N, D*H).
@@ -352,15 +352,16 @@ def _scan_layer(b: _Builder, sd, l: int, lstm: LSTM, x: str, mask: str | None, h
             _step_variants(b, sd, f"_l{l}{s}", lstm),
         )
         scans = [pre] + ([mask] if mask is not None else [])
-        # Reverse direction: flip time before the loop and flip y back after it, so that y
-        # lines up with the forward direction's. (Scan's own scan_input_directions would do
-        # the same, but onnx.reference does not implement it, and it is the float64 oracle.)
-        if d:
+        # Reverse direction (or a reverse LSTM's only one): flip time before the loop and flip
+        # y back after it, so that y is in time order. (Scan's own scan_input_directions would
+        # do the same, but onnx.reference does not implement it, and it is the float64 oracle.)
+        rev = d == 1 or lstm.reverse
+        if rev:
             scans = [_flip_time(b, v) for v in scans]
         h_n, c_n, y = b.op(
             "Scan", [h_init, c_init] + scans, n_out=3, body=body, num_scan_inputs=len(scans)
         )
-        if d:
+        if rev:
             y = _flip_time(b, y)
         ys.append(y)
         hs.append(b.op("Unsqueeze", [h_n, b.ints([0])]))
@@ -613,6 +614,7 @@ class _Layer:
     has_bias: bool
     H_out: int = 0  # width of one direction's output: P if P > 0 else H
     layout: int = 0  # the ONNX LSTM layout attribute (0 for a Scan layer)
+    reverse: bool = False  # one direction, run backwards in time (eigenlstm.LSTM's reverse)
     # the cell variants, as eigenlstm.LSTM's keyword arguments; an LSTM node has at most
     # peepholes (its P: weights[d] then holds weight_peephole) and cifg (input_forget=1)
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -1153,11 +1155,11 @@ class _Interpreter:
         if input_forget not in (0, 1):
             self.fail(node, f"attribute input_forget must be 0 or 1, got {input_forget}")
         direction = a.get("direction", "forward")
-        if direction not in ("forward", "bidirectional"):
+        if direction not in ("forward", "reverse", "bidirectional"):
             self.fail(
                 node,
-                f"attribute direction must be 'forward' or 'bidirectional' (a "
-                f"reverse-only layer is not an eigenlstm LSTM), got {direction!r}",
+                f"attribute direction must be 'forward', 'reverse' or 'bidirectional', got "
+                f"{direction!r}",
             )
         D = 2 if direction == "bidirectional" else 1
         acts = [s.lower() for s in a.get("activations", ["Sigmoid", "Tanh", "Tanh"] * D)]
@@ -1237,6 +1239,7 @@ class _Interpreter:
             B is not None,
             H_out=H,
             layout=layout,
+            reverse=direction == "reverse",
             options={"cifg": bool(input_forget), "peepholes": peepholes is not None},
         )
         y_axes = (t, "D", n, "H") if layout == 0 else (n, t, "D", "H")
@@ -1612,13 +1615,12 @@ class _Interpreter:
             h0.has_bias,
             H_out=h0.P or h0.H,
             layout=0,
+            reverse=len(halves) == 1 and h0.d == 1,  # a reverse Scan without its partner
             options=h0.options,
         )
         return layer
 
     def _single(self, node, half):
-        if half.d != 0:
-            self.fail(node, "a reverse-only layer is not an eigenlstm LSTM")
         key = id(half)
         if key not in self.halves:
             self.halves[key] = self._layer_of_halves(node, [half])
@@ -1751,6 +1753,12 @@ def _assemble(interp: _Interpreter, outputs: list[_V]) -> LSTM | LSTMModel:
                     f"{where}: {what} has {attr}={getattr(layer, attr)}, layer 0 has "
                     f"{getattr(first, attr)}: an eigenlstm LSTM has one size for all layers"
                 )
+        if layer.reverse != first.reverse:
+            raise _LoadError(
+                f"{where}: {what} runs {'backwards' if layer.reverse else 'forwards'} in time "
+                f"and layer 0 {'backwards' if first.reverse else 'forwards'}: an eigenlstm LSTM "
+                "runs all its layers in one direction"
+            )
         if (layer.seq is None) != (first.seq is None):
             raise _LoadError(f"{where}: {what} and layer 0 disagree on using the lengths input")
         mine, theirs = _layer_options(layer), _layer_options(first)
@@ -1809,6 +1817,11 @@ def _assemble(interp: _Interpreter, outputs: list[_V]) -> LSTM | LSTMModel:
                 f"{where}: a model with a head must start from zero states, got "
                 "initial states from graph inputs"
             )
+        if first.reverse:
+            raise _LoadError(
+                f"{where}: a model with a head reads the last step of a forward LSTM; this "
+                "one runs in reverse (load the LSTM alone, without the head)"
+            )
         if not batch_first:
             raise _LoadError(f"{where}: a model with a head must take batch-first (N, T, I) input")
         if head_last.by_lengths != (first.seq is not None):
@@ -1837,6 +1850,7 @@ def _assemble(interp: _Interpreter, outputs: list[_V]) -> LSTM | LSTMModel:
         batch_first=batch_first,
         bidirectional=D == 2,
         proj_size=P,
+        reverse=first.reverse,
         dtype=dtype,
         seed=0,
         **variants,
@@ -1887,7 +1901,7 @@ def load(f: str | os.PathLike[str] | bytes | bytearray | BinaryIO) -> LSTM | LST
     Notes
     -----
     Read: ONNX ``LSTM`` nodes (opset 7 and newer; the op last changed in opset 22) with
-    directions forward and bidirectional, ``B``, ``sequence_lens`` (from a 1-D integer graph
+    every direction (``reverse`` in all layers is an ``LSTM(reverse=True)``), ``B``, ``sequence_lens`` (from a 1-D integer graph
     input), ``initial_h``/``initial_c`` (zeros, or rows of 3-D graph inputs in torch's
     (D*L, N, H) order), peepholes ``P`` (an ``LSTM(peepholes=True)``; an all-zero ``P`` is
     none), ``input_forget=1`` (``cifg=True``; the forget gate's weights, which the operator
@@ -1903,8 +1917,8 @@ def load(f: str | os.PathLike[str] | bytes | bytearray | BinaryIO) -> LSTM | LST
     module's ``forward(x, state=(h0, c0), lengths=...)`` takes the graph's inputs in that order.
 
     Refused with ``ValueError`` naming the node and the op or attribute: non-default
-    ``activations``, ``clip``, ``direction='reverse'``, layers of different sizes or of
-    different ``input_forget``, and any op outside the pattern.
+    ``activations``, ``clip``, layers of different sizes, directions or ``input_forget``, a
+    head after reverse layers, and any op outside the pattern.
 
     Raises
     ------

@@ -104,6 +104,7 @@ def describe(module, last: str) -> str:
             ("dropout", module.dropout, 0.0),
             ("bidirectional", module.bidirectional, False),
             ("proj_size", module.proj_size, 0),
+            ("reverse", getattr(module, "reverse", False), False),
         )
         if v != default
     )
@@ -159,7 +160,9 @@ def run_forward(module, where: str, x, state, lengths, engine_forward):
 def check_head(where: str, module, batch_size, head) -> int:
     """``batch_size`` for a stream of ``module`` (an LSTM), whose ``head``, if any, must take
     its H_out features in its dtype."""
-    batch_size = check_streamable(where, batch_size, module.bidirectional)
+    batch_size = check_streamable(
+        where, batch_size, module.bidirectional, getattr(module, "reverse", False)
+    )
     if head is not None and (
         getattr(head, "in_features", None) != module.output_size
         or getattr(head, "dtype", None) != module.dtype
@@ -201,6 +204,12 @@ class LSTM(Module):
         Add a reverse-time direction (``D = 2``), concatenated on the feature axis.
     proj_size : int, default 0
         If > 0, project the hidden state to ``P = proj_size`` features (``H_out = P``).
+    reverse : bool, default False, keyword-only
+        Run every layer backwards in time, from each sequence's last valid step to its first
+        (ONNX's ``direction="reverse"``; torch has no such LSTM): the layers of a
+        bidirectional LSTM's reverse direction alone. The output stays in time order, and
+        ``h_n``/``c_n`` are the states after step 0. Parameter names have no ``_reverse``
+        suffix. Not with ``bidirectional``; a reverse LSTM cannot stream.
     cifg : bool, default False, keyword-only
         Coupled input-forget gate, ``f = 1 - i`` (TensorFlow's and NNAPI's CIFG LSTM): the
         gate blocks are (i, g, o), so ``weight_ih`` is ``(3H, I)``, ``weight_hh``
@@ -293,6 +302,7 @@ class LSTM(Module):
         bidirectional: bool = False,
         proj_size: int = 0,
         *,
+        reverse: bool = False,
         cifg: bool = False,
         peepholes: bool = False,
         cell_clip: float | None = None,
@@ -346,6 +356,14 @@ class LSTM(Module):
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
+        if not isinstance(reverse, (bool, np.bool_)):
+            raise TypeError(f"{where}: reverse must be a bool, got {type(reverse).__name__}")
+        if reverse and self.bidirectional:
+            raise ValueError(
+                f"{where}: reverse=True runs the only direction backwards; a bidirectional LSTM "
+                "already has a reverse direction (got bidirectional=True)"
+            )
+        self.reverse = bool(reverse)
         self.dtype = resolve_dtype(where, dtype)
         self.seed = check_seed(where, seed)
         self.training = True
@@ -360,7 +378,7 @@ class LSTM(Module):
             self.bidirectional,
             self.proj_size,
             self.dropout,
-            False,
+            self.reverse,
             int(rng.integers(0, 2**63)),
             **engine_variants(variants),
         )

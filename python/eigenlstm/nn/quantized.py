@@ -369,6 +369,11 @@ class QuantizedLSTM(_QuantizedModule):
     @classmethod
     def from_float(cls, lstm: LSTM, precision: str) -> QuantizedLSTM:
         """The quantized twin of ``lstm`` (its weights quantized by :func:`quantize_weight`)."""
+        if lstm.reverse:
+            raise ValueError(
+                "quantize: an LSTM with reverse=True has no reduced-precision engine; "
+                "quantize a forward or bidirectional LSTM"
+            )
         out = cls(
             lstm.input_size,
             lstm.hidden_size,

@@ -27,13 +27,14 @@ from .._validation import (
 __all__ = ["Stream", "check_streamable"]
 
 
-def check_streamable(where: str, batch_size, bidirectional: bool) -> int:
-    """``batch_size`` as an int >= 1, for a module that can stream (a unidirectional one)."""
+def check_streamable(where: str, batch_size, bidirectional: bool, reverse: bool = False) -> int:
+    """``batch_size`` as an int >= 1, for a module that can stream (one forward direction)."""
     batch_size = check_positive_int(where, "batch_size", batch_size)
-    if bidirectional:
+    if bidirectional or reverse:
+        got = "bidirectional=True" if bidirectional else "reverse=True"
         raise ValueError(
-            f"{where}: the LSTM must be unidirectional to stream (a reverse direction reads "
-            "each sequence from its end), got bidirectional=True"
+            f"{where}: the LSTM must run forward in time to stream (a reverse direction reads "
+            f"each sequence from its end), got {got}"
         )
     return batch_size
 
