@@ -177,6 +177,16 @@ def test_recurrent_dropout_goes_to_keras_and_back(tmp_path):
         assert [m.recurrent_dropout for m in lstms] == [want]
 
 
+def test_input_dropout_is_left_out_with_a_warning_and_predictions_match(tmp_path):
+    model = _keras_model([L.LSTM(5, dropout=0.3, return_sequences=True), L.LSTM(4), L.Dense(2)])
+    _save(model, tmp_path / "d.keras")
+    with pytest.warns(UserWarning, match=r"layer 'lstm.*' \(LSTM\) has input dropout=0.3") as w:
+        ours = elkeras.load(tmp_path / "d.keras")
+    assert len(w) == 1  # the layer without dropout says nothing
+    x = _x()
+    assert np.max(np.abs(ours.predict(x) - model.predict(x, verbose=0))) <= ATOL
+
+
 def test_load_needs_neither_keras_nor_tensorflow(tmp_path):
     make, _ = ARCHITECTURES["bidirectional_sequences_no_bias_two_dense"]
     model = _keras_model(make())

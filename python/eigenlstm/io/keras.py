@@ -22,6 +22,7 @@ import io
 import json
 import os
 import secrets
+import warnings
 import zipfile
 from dataclasses import dataclass
 from typing import Any, Callable, NoReturn
@@ -99,6 +100,15 @@ def _check_lstm(name: str, cls: str, cfg: dict) -> None:
         got = cfg.get(key, want)
         if got != want:
             _refuse(name, cls, f"{key} must be {want!r}, got {got!r}")
+    dropout = float(cfg.get("dropout", 0.0))
+    if dropout:  # inference never applies it; said, so that fine-tuning is not a surprise
+        warnings.warn(
+            f"eigenlstm.keras.load: layer {name!r} ({cls}) has input dropout={dropout:g}, which "
+            "eigenlstm's LSTM does not have; it is left out (it acts only in training: "
+            "predictions are unchanged)",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _lstm_spec(layer: dict, name: str) -> _Spec:
@@ -577,6 +587,11 @@ def _keras_layers(model):
             raise ValueError(
                 f"{_SAVE}: an LSTM with proj_size={layer.proj_size} cannot be written: "
                 "Keras's LSTM has no projection"
+            )
+        if layer.reverse:
+            raise ValueError(
+                f"{_SAVE}: an LSTM with reverse=True cannot be written: Keras's go_backwards "
+                "returns its sequence in reversed time order"
             )
         variants = variant_options(layer)
         rd = variants.pop("recurrent_dropout", 0.0)  # Keras's own, written as is
