@@ -522,38 +522,76 @@ class Trainer:
         bitwise equal across ranks, which is checked after every epoch. Losses and
         validation metrics are averaged over all samples of all ranks; only rank 0 shows a
         progress bar; ``ModelCheckpoint`` (``Trainer.save`` called by every rank inside the
-        loop) writes from rank 0 alone while the others wait. An error in the arguments or data raises on every rank and is
-        printed once. An exception inside the loop on any rank prints that rank's error and
-        stops the whole job (``MPI_Abort``), since the other ranks would wait for it forever.
+        loop) writes from rank 0 alone while the others wait. An error in the arguments or
+        data raises on every rank and is printed once. An exception inside the loop on any
+        rank prints that rank's error and stops the whole job (``MPI_Abort``), since the
+        other ranks would wait for it forever.
         """
         where = "Trainer.fit"
         group = _distributed.connect(where, distributed)
         error = None
         try:
-            prepared = self._prepare_fit(
-                where,
-                x,
-                y,
-                epochs,
-                batch_size,
-                loss,
-                optimizer,
-                lr,
-                clip_grad_norm,
-                validation_data,
-                shuffle,
-                seed,
-                lengths,
-                lr_schedule,
-                resume,
-            )
+            # Every check, and the run it continues or starts; nothing changes yet.
+            epochs = check_positive_int(where, "epochs", epochs, minimum=0)
+            batch_size = check_positive_int(where, "batch_size", batch_size)
+            if clip_grad_norm is not None and (
+                isinstance(clip_grad_norm, bool)
+                or not isinstance(clip_grad_norm, numbers.Real)
+                or not clip_grad_norm > 0
+            ):
+                raise ValueError(
+                    f"{where}: clip_grad_norm must be a float > 0 or None, got {clip_grad_norm!r}"
+                )
+            loss_fn = get_loss(loss, where=where)
+            loss_name = {mse_loss: "mse", cross_entropy: "cross_entropy"}.get(loss_fn)
+            x, y, lengths = self._check_data(where, x, y, lengths, loss_name)
+            val = None
+            if validation_data is not None:
+                if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (
+                    2,
+                    3,
+                ):
+                    raise TypeError(
+                        f"{where}: validation_data must be a tuple (x_val, y_val) or "
+                        f"(x_val, y_val, lengths_val), got {type(validation_data).__name__}"
+                    )
+                xv, yv, lv = (tuple(validation_data) + (None,))[:3]
+                val = self._check_data(where, xv, yv, lv, loss_name, suffix="_val")
+            settings = {
+                "loss": loss_name,
+                "batch_size": batch_size,
+                "clip_grad_norm": None if clip_grad_norm is None else float(clip_grad_norm),
+                "shuffle": bool(shuffle),
+            }
+
+            if resume:
+                if self._run is None:
+                    raise ValueError(
+                        f"{where}: resume=True but this trainer has no run to resume; train with "
+                        "fit first or load a checkpoint saved after training with Trainer.load"
+                    )
+                run = self._run
+                for key, value in settings.items():
+                    old = run.settings.get(key)
+                    if key == "loss" and (old is None or value is None):
+                        continue
+                    if old != value:
+                        raise ValueError(
+                            f"{where}: resume=True continues a run that used {key}={old!r}, got "
+                            f"{key}={value!r}; pass the original settings"
+                        )
+            else:
+                opt = make_optimizer(optimizer, self.model, lr, where=where)
+                if not opt.updates(self.model):
+                    raise ValueError(f"{where}: optimizer must be built on this model's parameters")
+                sched = make_scheduler(lr_schedule, opt, max(epochs, 1), where=where)
+                run = _Run(opt, sched, np.random.default_rng(seed), History(), 0, settings)
         except (ValueError, TypeError) as exc:
             error = exc
         if group is not None:
             group.agree(error)
         if error is not None:
             raise error
-        x, y, lengths, val, loss_fn, loss_name, run, epochs = prepared
         if group is not None:
             error = None
             try:
@@ -570,78 +608,6 @@ class Trainer:
             )
         finally:
             self._group = None
-
-    def _prepare_fit(
-        self,
-        where,
-        x,
-        y,
-        epochs,
-        batch_size,
-        loss,
-        optimizer,
-        lr,
-        clip_grad_norm,
-        validation_data,
-        shuffle,
-        seed,
-        lengths,
-        lr_schedule,
-        resume,
-    ):
-        """Every check of ``fit``, and the run it continues or starts; changes nothing."""
-        epochs = check_positive_int(where, "epochs", epochs, minimum=0)
-        batch_size = check_positive_int(where, "batch_size", batch_size)
-        if clip_grad_norm is not None and (
-            isinstance(clip_grad_norm, bool)
-            or not isinstance(clip_grad_norm, numbers.Real)
-            or not clip_grad_norm > 0
-        ):
-            raise ValueError(
-                f"{where}: clip_grad_norm must be a float > 0 or None, got {clip_grad_norm!r}"
-            )
-        loss_fn = get_loss(loss, where=where)
-        loss_name = {mse_loss: "mse", cross_entropy: "cross_entropy"}.get(loss_fn)
-        x, y, lengths = self._check_data(where, x, y, lengths, loss_name)
-        val = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-                raise TypeError(
-                    f"{where}: validation_data must be a tuple (x_val, y_val) or "
-                    f"(x_val, y_val, lengths_val), got {type(validation_data).__name__}"
-                )
-            xv, yv, lv = (tuple(validation_data) + (None,))[:3]
-            val = self._check_data(where, xv, yv, lv, loss_name, suffix="_val")
-        settings = {
-            "loss": loss_name,
-            "batch_size": batch_size,
-            "clip_grad_norm": None if clip_grad_norm is None else float(clip_grad_norm),
-            "shuffle": bool(shuffle),
-        }
-
-        if resume:
-            run = self._run
-            if run is None:
-                raise ValueError(
-                    f"{where}: resume=True but this trainer has no run to resume; train with "
-                    "fit first or load a checkpoint saved after training with Trainer.load"
-                )
-            for key, value in settings.items():
-                old = run.settings.get(key)
-                if key == "loss" and (old is None or value is None):
-                    continue
-                if old != value:
-                    raise ValueError(
-                        f"{where}: resume=True continues a run that used {key}={old!r}, got "
-                        f"{key}={value!r}; pass the original settings"
-                    )
-        else:
-            opt = make_optimizer(optimizer, self.model, lr, where=where)
-            if not opt.updates(self.model):
-                raise ValueError(f"{where}: optimizer must be built on this model's parameters")
-            sched = make_scheduler(lr_schedule, opt, max(epochs, 1), where=where)
-            run = _Run(opt, sched, np.random.default_rng(seed), History(), 0, settings)
-        return x, y, lengths, val, loss_fn, loss_name, run, epochs
 
     def _synchronise(self, group: _distributed.MPIGroup, run: _Run) -> None:
         """Rank 0's weights, dropout stream, optimizer state and shuffling RNG on every rank,
