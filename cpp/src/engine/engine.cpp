@@ -11,6 +11,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../backend.hpp"
@@ -553,6 +554,11 @@ void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<
     const Index I = m.cfg.input_size, H = m.H, P = m.P, Hout = m.Hout, D = m.D, L = m.L,
                 TB = checked_mul(T, B), DG = D * m.G;
     const bool training = cache != nullptr;
+    // Reduced-precision eval projects each step's input in the time loop (DirectionPass::x),
+    // where each thread's gate columns start on a panel of the input weights: always with one
+    // direction, with two when G is a whole number of panels.
+    const bool step_inputs = !training && !std::is_same<W, Panels<S>>::value &&
+                             !m.cfg.layer_norm && (D == 1 || m.G % Simd<float>::NR == 0);
     const TeamPlan plan = plan_team<S>(D, T, B, I, H, Hout, true);
     const int teams[2] = {plan.threads, plan.threads};
 
@@ -616,7 +622,7 @@ void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<
                         std::fill(row, row + I, S(0));
                     }
     } else {
-        ws.gates.resize(checked_mul(TB, DG));
+        ws.gates.resize(step_inputs ? checked_mul(B, DG) : checked_mul(TB, DG));
         if (L > 1) {
             ws.io[0].resize(checked_mul(TB, D * Hout));
             ws.io[1].resize(checked_mul(TB, D * Hout));
@@ -640,8 +646,9 @@ void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<
         //   pre[T*B, D*G] = x[T*B, I] W_ih[D*G, I]^T + (b_ih + b_hh)
         // (layer norm: pre = LN(x W_ih^T) + (b_ih + b_hh))
         const S* bias = m.cfg.bias ? fw.bias_sum.data() + l * DG : nullptr;
-        project_inputs(gates, in, TB, m.in_size(l), DG, fw.ln_weights ? nullptr : bias,
-                       fw.wih_t[std::size_t(l)]);
+        if (!step_inputs)
+            project_inputs(gates, in, TB, m.in_size(l), DG, fw.ln_weights ? nullptr : bias,
+                           fw.wih_t[std::size_t(l)]);
         if (fw.ln_weights)
             layer_norm_inputs(gates, TB, D, m.G,
                               m.tensor(fw.ln_weights, Param::layer_norm_ih_weight, l),
@@ -654,6 +661,13 @@ void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<
             DirectionPass<S, W> a = forward_pass(m, fw, l, d, T, B, lens, gates, lc,
                                                  ws.state.data(), ws.ln.data());
             if (whh_t) a.whh_t = &(*whh_t)[std::size_t(k)];
+            if (step_inputs) {
+                a.x = in;
+                a.I = m.in_size(l);
+                a.wih_t = &fw.wih_t[std::size_t(l)];
+                a.wih_col = d * m.G;
+                a.bias = bias;
+            }
             a.zero_h0 = zero_h0 && fw.whh_finite[std::size_t(k)];
             Index b0 = 0, b1 = B;  // this thread's batch rows
             const std::atomic<bool> no_failure{false};
