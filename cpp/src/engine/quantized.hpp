@@ -491,7 +491,7 @@ void bf16_tiles(Index M, const std::uint16_t* A, Index lda, const Bf16Panels& W,
 //   C[m][n] += sum_{q < 16, t < 4} A[m][4q + t] * B[q][4n + t],
 // exactly in int32 (wrapping as vpdpbusd does; kMaxInt8Depth keeps the sums in range): its
 // sums are vpdpbusd's to the bit. tdpbf16ps does the same for bfloat16 pairs into float32
-// (like vdpbf16ps, but treating subnormal inputs as zero and flushing subnormal results).
+// (as vdpbf16ps does, subnormals flushed to zero, but rounding its sums differently).
 // 16 quads (pairs) of 16 columns of a packed panel are a B tile as packed: rows at a stride
 // of NR * 4 bytes, the panel's next 16 columns 64 bytes on. Inline assembly, as for vpdpbusd:
 // the back end must build and load on CPUs without AMX.
