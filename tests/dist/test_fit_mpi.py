@@ -114,15 +114,34 @@ def test_weights_bitwise_equal_across_ranks_at_every_step():
     assert all(len(set(step)) == 1 for step in gather.steps), gather.steps
 
 
-def test_each_rank_draws_its_own_dropout_masks():
-    x, y, _ = problem(32, np.float32)
+class Streams(el.Callback):
+    """The dropout stream of every batch, as this rank's model holds it."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_batch_end(self, batch, logs):
+        self.seen.append(self.trainer.model.get_extra_state()["lstm.dropout_state"])
+
+
+@pytest.mark.parametrize("N", [32, 25])  # 25: the last batch of 1 leaves some ranks none
+def test_each_rank_draws_its_own_dropout_masks_and_ends_on_rank_0s_stream(N):
+    x, y, _ = problem(N, np.float32)
     model = make_model(np.float32, layers=2, dropout=0.5)
     seed0 = model.get_extra_state()["lstm.dropout_state"][0]
-    el.Trainer(model).fit(x, y, epochs=1, batch_size=8, progress=False, distributed="mpi")
-    streams = COMM.allgather(model.get_extra_state()["lstm.dropout_state"])
-    assert streams[0] == [seed0, 4]  # rank 0 keeps the model's stream: 4 training forwards
-    assert len({seed for seed, _ in streams}) == SIZE  # one stream per rank
-    assert {counter for _, counter in streams} == {4}
+    streams = Streams()
+    el.Trainer(model).fit(
+        x, y, epochs=1, batch_size=8, progress=False, callbacks=[streams], distributed="mpi"
+    )
+    during = COMM.allgather(streams.seen)
+    assert [seed for seed, _ in during[0]] == [seed0] * 4  # rank 0 keeps the model's stream
+    for b in range(4):  # one stream per rank, each at the same counter: one per forward
+        assert len({rank[b][0] for rank in during}) == SIZE, during
+        assert {rank[b][1] for rank in during} == {b + 1}, during
+    # After fit every rank holds rank 0's stream, so a checkpoint saved by any rank resumes
+    # as one process would.
+    after = COMM.allgather(model.get_extra_state())
+    assert after == [{"lstm.dropout_state": [seed0, 4]}] * SIZE, after
 
 
 @pytest.mark.parametrize("N", [13, 5])
@@ -214,3 +233,67 @@ def test_only_rank_0_shows_progress(capsys):
     el.Trainer(make_model(np.float32)).fit(x, y, epochs=1, batch_size=8, distributed="mpi")
     shown = COMM.allgather("epoch 1/1" in capsys.readouterr().err)
     assert shown == [True] + [False] * (SIZE - 1)
+
+
+class StopOn(el.Callback):
+    """Asks training to stop at the end of ``epoch``, on ``rank`` only."""
+
+    def __init__(self, rank, epoch):
+        self.rank, self.epoch = rank, epoch
+
+    def on_epoch_end(self, epoch, logs):
+        if RANK == self.rank and epoch == self.epoch:
+            self.trainer.stop_training = True
+            self.trainer.stop_reason = f"asked by rank {RANK}"
+
+
+def test_a_callback_that_stops_one_rank_stops_every_rank():
+    x, y, _ = problem(24, np.float32)
+    model = make_model(np.float32)
+    trainer = el.Trainer(model)
+    h = trainer.fit(
+        x, y, epochs=5, batch_size=8, progress=False, callbacks=[StopOn(SIZE - 1, 1)],
+        distributed="mpi",
+    )
+    said = COMM.allgather((h.epoch, h.stop_reason, trainer.stop_training, crc(model)))
+    assert said == [([0, 1], f"asked by rank {SIZE - 1}", True, said[0][3])] * SIZE, said
+
+
+class FailsToBegin(el.Callback):
+    def on_train_begin(self, logs):
+        if RANK == SIZE - 1:
+            raise RuntimeError("no room for the log file")
+
+
+def test_a_callback_that_fails_to_begin_on_one_rank_fails_every_rank():
+    x, y, _ = problem(16, np.float32)
+    model = make_model(np.float32)
+    before = flat(model).copy()
+    with pytest.raises(RuntimeError, match="no room for the log file") as info:
+        el.Trainer(model).fit(
+            x, y, epochs=1, batch_size=8, progress=False, callbacks=[FailsToBegin()],
+            distributed="mpi",
+        )
+    marks = COMM.allgather(getattr(info.value, "_eigenlstm_reported_by_rank", None))
+    assert marks == [SIZE - 1] * (SIZE - 1) + [None]  # printed once, by the rank that failed
+    assert COMM.allgather(bool(np.array_equal(flat(model), before))) == [True] * SIZE
+
+
+def test_a_checkpoint_that_cannot_be_written_fails_every_rank_alike(tmp_path):
+    path = str(COMM.bcast(tmp_path / "missing" / "run.npz" if RANK == 0 else None))
+    x, y, _ = problem(16, np.float32)
+    model = make_model(np.float32)
+    before = flat(model).copy()
+    trainer = el.Trainer(model)
+    with pytest.raises(OSError) as info:
+        trainer.fit(
+            x, y, epochs=2, batch_size=8, progress=False,
+            callbacks=[el.ModelCheckpoint(path)], distributed="mpi",
+        )
+    # Rank 0 met the error; every rank raised it (no abort), and it was printed once.
+    marks = COMM.allgather(getattr(info.value, "_eigenlstm_reported_by_rank", None))
+    assert marks == [None] + [0] * (SIZE - 1)
+    # The first epoch completed before its checkpoint failed: every rank rolled back to it.
+    said = COMM.allgather((trainer.epoch, crc(model), str(info.value)))
+    assert said == [said[0]] * SIZE and said[0][0] == 1, said
+    assert not np.array_equal(flat(model), before)

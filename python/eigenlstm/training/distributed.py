@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["MPIGroup", "connect"]
+__all__ = ["MPIGroup", "agreed", "connect"]
 
 # Bytes per non-blocking all-reduce: large enough that a bucket's latency (microseconds) is
 # small next to its transfer, small enough that several are in flight at once.
@@ -26,6 +26,13 @@ BUCKET_BYTES = 1 << 22
 # An exception that another rank has already printed carries this attribute; the hook that
 # connect() installs does not print it a second time (the process still exits with status 1).
 _REPORTED_ELSEWHERE = "_eigenlstm_reported_by_rank"
+# Every rank raises an exception that ``MPIGroup.agree`` raised, so none needs to abort the job.
+_AGREED = "_eigenlstm_agreed"
+
+
+def agreed(error: BaseException) -> bool:
+    """Is ``error`` raised on every rank (by ``MPIGroup.agree``)?"""
+    return getattr(error, _AGREED, False)
 
 
 def _quiet_excepthook(previous: Callable) -> Callable:
@@ -98,6 +105,7 @@ class MPIGroup:
         self._mpi = mpi
         self.rank = int(comm.Get_rank())
         self.size = int(comm.Get_size())
+        self._stream_seeds: dict[str, int] = {}  # rank 0's dropout seeds, by extra-state key
 
     def __repr__(self) -> str:
         return f"MPIGroup(rank={self.rank}, size={self.size})"
@@ -109,6 +117,11 @@ class MPIGroup:
         q, r = divmod(n, self.size)
         lo = self.rank * q + min(self.rank, r)
         return slice(lo, lo + q + (self.rank < r))
+
+    def first(self, value: Any) -> Any:
+        """The value of the lowest rank whose ``value`` is not None, or None if none has one
+        (a picklable object: a stop request, a reason)."""
+        return next((v for v in self.comm.allgather(value) if v is not None), None)
 
     def sum(self, values) -> np.ndarray:
         """The element-wise sum over ranks of a few float64 values (statistics, not gradients)."""
@@ -151,8 +164,21 @@ class MPIGroup:
         state = model.get_extra_state()
         for key, value in state.items():
             if key.split(".")[-1] == "dropout_state":
+                self._stream_seeds[key] = int(value[0])
                 state[key] = [_rank_seed(int(value[0]), self.rank), int(value[1])]
         model.set_extra_state(state)
+
+    def unseed_streams(self, model) -> None:
+        """Undo ``seed_streams`` (not collective): rank 0's seeds again, at the counters the
+        streams reached, which are rank 0's too (every rank takes one per training forward,
+        however few rows its shard has)."""
+        if not self._stream_seeds:
+            return
+        state = model.get_extra_state()
+        for key, seed in self._stream_seeds.items():
+            state[key] = [seed, int(state[key][1])]
+        model.set_extra_state(state)
+        self._stream_seeds.clear()
 
     def check_same(self, where: str, arrays: list[np.ndarray]) -> None:
         """RuntimeError on every rank unless every rank holds the same bytes in ``arrays``."""
@@ -181,10 +207,16 @@ class MPIGroup:
             return
         first = failed[0]
         if self.rank == first and error is not None:
+            setattr(error, _AGREED, True)
             raise error
         name, message = errors[first]
-        exc = getattr(builtins, name)(f"rank {first}: {message}" if first else message)
+        text = f"rank {first}: {message}" if first else message
+        try:
+            exc = getattr(builtins, name)(text)
+        except TypeError:  # a built-in that takes more than a message (UnicodeDecodeError)
+            exc = RuntimeError(f"{name}: {text}")
         setattr(exc, _REPORTED_ELSEWHERE, first)
+        setattr(exc, _AGREED, True)
         raise exc
 
     def on_root(self, action: Callable[[], Any]) -> Any:

@@ -511,21 +511,26 @@ class Trainer:
         previous file intact (:func:`eigenlstm.save` writes a temp file and renames it).
 
         **Distributed training** (``distributed="mpi"``). Rank 0's weights, dropout stream,
-        optimizer state and shuffling RNG are broadcast first, so every rank starts the same.
+        optimizer and scheduler state, shuffling RNG and epoch count are broadcast first, so
+        every rank starts the same.
         Each global batch of ``batch_size`` samples (the same order on every rank) is split
         into contiguous shards, one per rank; each rank runs forward and backward on its
         shard, with its loss gradient weighted by its share of the batch's samples, and the
         gradients are summed over ranks (``Allreduce``), so that every rank applies the
         update of the whole batch. The loss must be a mean over samples, as the built-in
-        ones are. Each rank draws its own dropout masks. Up to reduction order, the weights
+        ones are. Each rank draws its own dropout masks during fit, and holds rank 0's
+        dropout stream again after it. Up to reduction order, the weights
         are those of one process training on the same batches without dropout; they are
         bitwise equal across ranks, which is checked after every epoch. Losses and
         validation metrics are averaged over all samples of all ranks; only rank 0 shows a
         progress bar; ``ModelCheckpoint`` (``Trainer.save`` called by every rank inside the
-        loop) writes from rank 0 alone while the others wait. An error in the arguments or
-        data raises on every rank and is printed once. An exception inside the loop on any
-        rank prints that rank's error and stops the whole job (``MPI_Abort``), since the
-        other ranks would wait for it forever.
+        loop; a save on one rank only would wait forever) writes from rank 0 alone while the
+        others wait, and its error is raised on every rank. A callback that sets
+        ``stop_training`` on any rank stops every rank at the end of that epoch. An error in
+        the arguments, the data or a callback's ``on_train_begin`` raises on every rank and
+        is printed once. Any other exception inside the loop on any rank prints that rank's
+        error and stops the whole job (``MPI_Abort``), since the other ranks would wait for
+        it forever.
         """
         where = "Trainer.fit"
         group = _distributed.connect(where, distributed)
@@ -586,7 +591,7 @@ class Trainer:
                     raise ValueError(f"{where}: optimizer must be built on this model's parameters")
                 sched = make_scheduler(lr_schedule, opt, max(epochs, 1), where=where)
                 run = _Run(opt, sched, np.random.default_rng(seed), History(), 0, settings)
-        except (ValueError, TypeError) as exc:
+        except Exception as exc:  # on one rank, any error must reach the others (agree)
             error = exc
         if group is not None:
             group.agree(error)
@@ -596,7 +601,7 @@ class Trainer:
             error = None
             try:
                 self._synchronise(group, run)
-            except (ValueError, TypeError) as exc:  # a rank's model or optimizer differs
+            except Exception as exc:  # a rank's model or optimizer differs
                 error = exc
             group.agree(error)
             progress = progress and group.rank == 0
@@ -608,6 +613,10 @@ class Trainer:
             )
         finally:
             self._group = None
+            if group is not None:
+                # Rank 0's dropout stream again, so that the model (and a checkpoint saved
+                # after fit, from any rank) continues as one process would.
+                group.unseed_streams(self.model)
 
     def _synchronise(self, group: _distributed.MPIGroup, run: _Run) -> None:
         """Rank 0's weights, dropout stream, optimizer state and shuffling RNG on every rank,
@@ -617,17 +626,29 @@ class Trainer:
                 self.model.state_dict(),
                 self.model.get_extra_state(),
                 run.optimizer.state_dict(),
+                None if run.scheduler is None else run.scheduler.state_dict(),
                 run.rng.bit_generator.state,
+                run.epoch,
             )
             if group.rank == 0
             else None
         )
         if group.rank != 0:
-            weights, extra, optimizer_state, rng_state = state
+            weights, extra, optimizer_state, scheduler_state, rng_state, epoch = state
+            if (run.scheduler is None) != (scheduler_state is None):
+                raise ValueError(
+                    f"Trainer.fit: rank {group.rank} has "
+                    f"{'no' if run.scheduler is None else 'an'} lr_schedule and rank 0 "
+                    f"{'has' if run.scheduler is None else 'has none'}; give every rank the "
+                    "same arguments"
+                )
             self.model.load_state_dict(weights)
             self.model.set_extra_state(extra)
             run.optimizer.load_state_dict(optimizer_state)
+            if run.scheduler is not None:
+                run.scheduler.load_state_dict(scheduler_state)
             run.rng.bit_generator.state = rng_state
+            run.epoch = epoch
         group.seed_streams(self.model)
 
     def _forward(self, x, lengths):
@@ -636,25 +657,33 @@ class Trainer:
     def _loop(self, x, y, lengths, val, loss_fn, loss_name, run, epochs, progress, callbacks):
         model = self.model
         group = self._group
-        # The gradient buffers the ranks sum: one contiguous array per optimizer slot.
-        grads = (
-            []
-            if group is None
-            else [s.grad for s in make_slots(resolve_params("Trainer.fit", model))]
-        )
         N = x.shape[0]
         bs = run.settings["batch_size"]
         clip = run.settings["clip_grad_norm"]
         n_batches = math.ceil(N / bs)
         opt, history = run.optimizer, run.history
         self.stop_training, self.stop_reason = False, None
-        for cb in callbacks:
-            cb.set_trainer(self)
-            cb.on_train_begin({})
-        model.train()
-        # What an interruption (or divergence) rolls back to: the last epoch boundary. It is
-        # replaced by one assignment at the end of each epoch, so it is never half updated.
-        snapshot = _EpochSnapshot(model, run)
+        error = None
+        try:
+            # The gradient buffers the ranks sum: one contiguous array per optimizer slot.
+            grads = (
+                []
+                if group is None
+                else [s.grad for s in make_slots(resolve_params("Trainer.fit", model))]
+            )
+            for cb in callbacks:
+                cb.set_trainer(self)
+                cb.on_train_begin({})
+            model.train()
+            # What an interruption (or divergence) rolls back to: the last epoch boundary. It
+            # is replaced by one assignment at the end of each epoch, so never half updated.
+            snapshot = _EpochSnapshot(model, run)
+        except Exception as exc:  # a callback's, before any step: every rank hears of it
+            error = exc
+        if group is not None:
+            group.agree(error)
+        if error is not None:
+            raise error
         first_epoch = e = run.epoch
         bar = None
         seen, t0 = 0, time.perf_counter()
@@ -735,11 +764,18 @@ class Trainer:
                     )
                     for cb in callbacks:
                         cb.on_epoch_end(e, logs)
+                    reason = None
                     if self.stop_training:
-                        history.stop_reason = self.stop_reason or "stopped by a callback"
+                        reason = self.stop_reason or "stopped by a callback"
+                    if group is not None:  # a callback on one rank stops every rank
+                        reason = group.first(reason)
+                    if reason is not None:
+                        if not self.stop_training:  # another rank's callback stopped
+                            self.stop_training, self.stop_reason = True, reason
+                        history.stop_reason = reason
                         break
             except BaseException as exc:
-                if group is not None and group.size > 1:
+                if group is not None and group.size > 1 and not _distributed.agreed(exc):
                     group.abort(exc)  # the other ranks would wait for this one forever
                 self._interrupted(exc, snapshot, run, e)
                 raise
@@ -781,7 +817,8 @@ class Trainer:
         self.stop_training, self.stop_reason = True, msg
         history.stop_reason = msg
         self.model.zero_grad()
-        warnings.warn(msg, RuntimeWarning, stacklevel=4)
+        if self._group is None or self._group.rank == 0:  # every rank diverges together
+            warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
     # ---- evaluation ------------------------------------------------------------------------
     def _predict(self, x, lengths, batch_size: int | None) -> np.ndarray:
