@@ -319,6 +319,19 @@ struct Engine : Forward<S, eigenlstm::LSTM<S>> {
     using Base::mutex;
     Engine(const eigenlstm::Config& c, std::uint64_t seed) : Base(c, seed) {}
 
+    // Memory-bounded BPTT reads x again in backward instead of copying it: the x of such a
+    // training forward stays alive (it is the engine's, unless the caller holds it too) until
+    // the next training forward or backward.
+    py::object kept_x;
+
+    py::tuple forward(const In<S>& x, const std::optional<In<S>>& h0,
+                      const std::optional<In<S>>& c0,
+                      const std::optional<In<std::int64_t>>& lengths, bool training) {
+        py::tuple out = Base::forward(x, h0, c0, lengths, training);
+        if (training) kept_x = lstm.cache_segment() < x.shape(0) ? x.ref : py::object();
+        return out;
+    }
+
     py::array_t<S> flat_view(S* data, py::handle owner) {
         return py::array_t<S>({lstm.num_params()}, {Index(sizeof(S))}, data, owner);
     }
@@ -377,6 +390,7 @@ struct Engine : Forward<S, eigenlstm::LSTM<S>> {
             py::gil_scoped_release release;
             lstm.backward(pdx, pdh, pdc, pdy, pdhn, pdcn);
         }
+        kept_x = py::object();
         return py::make_tuple(dx, dh0, dc0);
     }
 
@@ -484,6 +498,23 @@ void bind_engine(py::module_& m, const char* name) {
             Index T, B;
             return e.lstm.cached_sizes(T, B);
         })
+        .def("set_bptt_memory", [](E& e, const std::string& policy, std::uint64_t bytes) {
+            using M = typename eigenlstm::LSTM<S>::BpttMemory;
+            M m;
+            if (policy == "sqrt") m.policy = M::Policy::sqrt;
+            else if (policy == "bytes") m.policy = M::Policy::bytes;
+            else if (policy != "full")
+                throw std::invalid_argument("set_bptt_memory: policy must be 'full', 'sqrt' or "
+                                            "'bytes', got '" + policy + "'");
+            m.bytes = bytes;
+            auto lock = e.exclusive("bptt_memory");
+            e.lstm.set_bptt_memory(m);
+        }, py::arg("policy"), py::arg("bytes"),
+           "What training forwards keep for backward: 'full', 'sqrt' or 'bytes' (a budget)")
+        .def_property_readonly("cache_bytes", [](const E& e) { return e.lstm.cache_bytes(); },
+                               "Bytes the last training forward's cache holds (0: none)")
+        .def_property_readonly("cache_segment", [](const E& e) { return e.lstm.cache_segment(); },
+                               "Steps per segment of that cache (T: full storage; 0: none)")
         .def("forward", &E::forward, py::arg("x"), py::arg("h0"), py::arg("c0"),
              py::arg("lengths"), py::arg("training"),
              "x [T, B, I] -> (y [T, B, D*Hout], h_n [D*L, B, Hout], c_n [D*L, B, H])")

@@ -31,6 +31,11 @@ public:
                               bool batch_first, const S* W, const S* bias, Index O) = 0;
     virtual void backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, const S* dc_n) = 0;
     virtual bool cached_sizes(Index& T, Index& B) const = 0;
+    // Memory-bounded BPTT (LSTM<S>::BpttMemory): the policy of the next training forwards,
+    // and what the last one keeps.
+    virtual void set_bptt_memory(const typename LSTM<S>::BpttMemory& memory) = 0;
+    virtual std::uint64_t cache_bytes() const = 0;
+    virtual Index cache_segment() const = 0;
 };
 
 // An inference-only LSTM in reduced precision (QuantizedLSTM in lstm.hpp): the weights packed
@@ -51,7 +56,7 @@ public:
 
 // A back end's entry points. kBackendAbi changes whenever this struct or Engine changes, so
 // that a stale shared object is refused instead of called with the wrong layout.
-constexpr int kBackendAbi = 6;
+constexpr int kBackendAbi = 7;
 
 struct Backend {
     int abi;

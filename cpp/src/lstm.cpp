@@ -82,6 +82,7 @@ struct LSTM<S>::Impl {
     detail::Layout<S> layout;
     detail::Buffer<S> params, grads;   // [layout.size] torch layout, padding zero
     std::uint64_t seed = 0, counter = 0;
+    BpttMemory bptt_memory;
     std::unique_ptr<detail::Engine<S>> engine;
 
     Impl(const Config& c, std::uint64_t s) : layout(c), seed(s) {
@@ -166,6 +167,18 @@ template <typename S>
 void LSTM<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, const S* dc_n) {
     impl_->engine->backward(dx, dh0, dc0, dy, dh_n, dc_n);
 }
+
+template <typename S>
+void LSTM<S>::set_bptt_memory(const BpttMemory& memory) {
+    impl_->engine->set_bptt_memory(memory);
+    impl_->bptt_memory = memory;
+}
+template <typename S>
+typename LSTM<S>::BpttMemory LSTM<S>::bptt_memory() const {
+    return impl_->bptt_memory;
+}
+template <typename S> std::uint64_t LSTM<S>::cache_bytes() const { return impl_->engine->cache_bytes(); }
+template <typename S> Index LSTM<S>::cache_segment() const { return impl_->engine->cache_segment(); }
 
 template <typename S>
 bool LSTM<S>::cached_sizes(Index& T, Index& B) const {

@@ -253,6 +253,35 @@ public:
     // Sizes (T, B) of the cache kept by the last training-mode forward; false if none.
     bool cached_sizes(Index& T, Index& B) const;
 
+    // ---- memory-bounded backpropagation through time -----------------------------------
+    // What a training-mode forward keeps for backward (set before the forward; the default
+    // is BpttMemory::full). With another policy the forward keeps only the state at the start
+    // of each segment of K steps (checkpoints), and backward recomputes each segment's
+    // forward from its checkpoint, then backpropagates through it (Chen et al. 2016): one
+    // more forward in all, with memory O(T/K + K) instead of O(T) per layer. The gradients
+    // are the same bits as with full storage for a given thread count: the recomputation
+    // runs the same kernels on the same rows, and the parameter gradients are summed over
+    // the same chunks of steps in the same order in every mode (sizes are in
+    // bptt_chunk_steps). Layers above the first keep their input (the layer below's output).
+    //   full   every step's gates and states
+    //   sqrt   K = ceil(sqrt(T)), rounded up to a whole number of chunks
+    //   bytes  full storage if it fits in `bytes`, else the longest K whose checkpoints and
+    //          segment buffers fit (a training forward throws std::invalid_argument naming
+    //          the smallest budget that would do when none fits)
+    // With a policy other than full the forward reads x again in backward instead of
+    // copying it: x must stay valid and unchanged until backward.
+    struct BpttMemory {
+        enum class Policy { full, sqrt, bytes };
+        Policy policy = Policy::full;
+        std::uint64_t bytes = 0;  // the budget of Policy::bytes
+    };
+    void set_bptt_memory(const BpttMemory& memory);
+    BpttMemory bptt_memory() const;
+    // Bytes the cache of the last training-mode forward holds for backward (0 when there is
+    // none), and the steps of its segments (T with full storage).
+    std::uint64_t cache_bytes() const;
+    Index cache_segment() const;
+
 private:
     struct Impl;
     std::unique_ptr<Impl> impl_;

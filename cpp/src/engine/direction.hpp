@@ -275,11 +275,15 @@ struct BackwardWork {
     S* dc;    // [B, H]        running dc
     S* dr;    // [B, H]        dr = dh W_hr (P > 0)
     S* dhs;   // [T, B, P]     dh_t of every step, for dW_hr (P > 0)
-    S* dpeep; // [3, H]        the peephole gradients (overwritten), with peepholes
+    S* dpeep; // [3, H]        the peephole gradients (overwritten, or added to: accumulate),
+              //               with peepholes
     // layer norm: [3, B, H] xhat of c, tanh(c^) and d(xhat) -> dc, then [2, B, nblk, 2] block
-    // sums (hh, c); and the gain and shift gradients (overwritten)
+    // sums (hh, c); and the gain and shift gradients (overwritten, or added to: accumulate)
     S* ln = nullptr;
     LayerNorms<S> dln{};
+    // The peephole and layer norm sums continue those of the previous pass (the segment after
+    // this one in time: memory-bounded BPTT) instead of starting from zero.
+    bool accumulate = false;
 };
 
 // Backward time loop of one direction (reverse processing order) for thread `tid` of `n`.
@@ -320,7 +324,7 @@ void backward_direction(const DirectionPass<S>& a, const Cell& cell, const S* dy
         for (Index j = q0; j < q1; ++j) dh[b * Hout + j] = dh_n ? dh_n[b * Hout + j] : S(0);
         for (Index j = u0; j < u1; ++j) dc[b * H + j] = dc_n ? dc_n[b * H + j] : S(0);
     }
-    if (w.dpeep)
+    if (w.dpeep && !w.accumulate)
         for (Index q = 0; q < 3; ++q) std::fill(w.dpeep + q * H + u0, w.dpeep + q * H + u1, S(0));
     // layer norm: xhat of c~, tanh(c^), d(xhat) -> d(c~) through the norm, block sums
     S* const xc = w.ln;
@@ -328,7 +332,7 @@ void backward_direction(const DirectionPass<S>& a, const Cell& cell, const S* dy
     S* const dxc = xc ? xc + 2 * B * H : nullptr;
     S* const part_hh = xc ? xc + 3 * B * H : nullptr;
     S* const part_c = xc ? part_hh + B * nblk * 2 : nullptr;
-    if (a.ln) {
+    if (a.ln && !w.accumulate) {
         std::fill(w.dln.gain_hh + NG * u0, w.dln.gain_hh + NG * u1, S(0));
         std::fill(w.dln.shift_hh + NG * u0, w.dln.shift_hh + NG * u1, S(0));
         std::fill(w.dln.gain_c + u0, w.dln.gain_c + u1, S(0));

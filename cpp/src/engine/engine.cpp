@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <mutex>
+#include <numeric>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -123,10 +124,20 @@ private:
     Scratch<S>& s_;
 };
 
-// Saved activations of the last training-mode forward (llm.c's ActivationTensors).
+// Values of one direction's part of a step buffer holding n: n rounded up to 16, so that a
+// direction's part starts on a 64-byte boundary (float32; 128 bytes in float64) in the buffer
+// of any number of steps. Memory-bounded BPTT recomputes a segment's steps in buffers of their
+// own: its rows then lie at the same offsets modulo 64 bytes as in full storage, and Eigen's
+// vector loops, which peel a few values to reach an aligned address, split them alike.
+inline Index dir_span(Index n) { return (n + 15) / 16 * 16; }
+
+// Saved activations of the last training-mode forward (llm.c's ActivationTensors): of all T
+// steps with full storage; with memory-bounded BPTT (Cache::K < T) only x (layers above the
+// first), rmask and the checkpoints, while the step buffers hold one segment of K steps.
 template <typename S>
 struct LayerCache {
-    Buffer<S> x;      // [T, B, I_l]        layer input (after dropout for l > 0)
+    Buffer<S> x;      // [T, B, I_l]        layer input (after dropout for l > 0); the first
+                      //                    layer's has its padding (t >= length) zeroed
     Buffer<S> gates;  // [T, B, D*G]        activated i, f, g, o; backward overwrites
                       //                    them with d(pre-activation)
     Buffer<S> h;      // [D, T+1, B, Hout]  hidden states in time order (slot_before/after)
@@ -141,15 +152,140 @@ struct LayerCache {
     Buffer<S> ln_ih;     // [T, B, D*G]     xhat of x W_ih^T -> d(x W_ih^T)
     Buffer<S> ln_hh;     // [D, T, B, G]    xhat of h_{t-1} W_hh^T -> d(h_{t-1} W_hh^T)
     Buffer<S> ln_stats;  // [D, T, B, 4]    rstd of both, mean and rstd of c
+    // memory-bounded BPTT: the state entering each segment of K steps in its direction's
+    // order (h then c; forward: before step t0, reverse: after step t0 + K - 1)
+    Buffer<S> ckpt;      // [D, ceil(T/K), B, Hout + H]
+
+    Index bytes() const {
+        const Buffer<S>* all[] = {&x, &gates, &h, &c, &r, &rmask, &hm, &zc, &zh,
+                                  &ln_ih, &ln_hh, &ln_stats, &ckpt};
+        Index n = 0;
+        for (const Buffer<S>* b : all) n += b->capacity();
+        return n * Index(sizeof(S));
+    }
 };
+
+// Values of each LayerCache buffer of layer l for T steps of B rows (x: when keep_x).
+struct LayerSizes {
+    Index x = 0, gates = 0, h = 0, c = 0, r = 0, rmask = 0, hm = 0, zc = 0, zh = 0, ln_ih = 0,
+          ln_hh = 0, ln_stats = 0;
+    Index total() const {
+        return x + gates + h + c + r + rmask + hm + zc + zh + ln_ih + ln_hh + ln_stats;
+    }
+};
+template <typename S>
+LayerSizes layer_sizes(const Layout<S>& m, Index l, Index T, Index B, bool keep_x) {
+    const Config& c = m.cfg;
+    const Index D = m.D, TB = checked_mul(T, B), DG = D * m.G;
+    LayerSizes z;
+    if (keep_x) z.x = checked_mul(TB, m.in_size(l));
+    z.gates = checked_mul(TB, DG);
+    z.h = checked_mul(D, dir_span(checked_mul(T + 1, checked_mul(B, m.Hout))));
+    z.c = checked_mul(D, dir_span(checked_mul(T + 1, checked_mul(B, m.H))));
+    if (m.P > 0) z.r = checked_mul(D, dir_span(checked_mul(T, checked_mul(B, m.H))));
+    if (c.recurrent_dropout > 0) {
+        z.rmask = checked_mul(D, checked_mul(B, m.Hout));
+        z.hm = 2 * z.rmask;
+    }
+    if (c.zoneout_c > 0) z.zc = checked_mul(D, dir_span(checked_mul(TB, m.H)));
+    if (c.zoneout_h > 0) z.zh = checked_mul(D, dir_span(checked_mul(TB, m.Hout)));
+    if (c.layer_norm) {
+        z.ln_ih = checked_mul(TB, DG);
+        z.ln_hh = checked_mul(D, dir_span(checked_mul(TB, m.G)));
+        z.ln_stats = checked_mul(D, dir_span(checked_mul(TB, 4)));
+    }
+    return z;
+}
+template <typename S>
+void size_layer(LayerCache<S>& lc, const LayerSizes& z) {
+    lc.x.resize(z.x);
+    lc.gates.resize(z.gates);
+    lc.h.resize(z.h);
+    lc.c.resize(z.c);
+    lc.r.resize(z.r);
+    lc.rmask.resize(z.rmask);
+    lc.hm.resize(z.hm);
+    lc.zc.resize(z.zc);
+    lc.zh.resize(z.zh);
+    lc.ln_ih.resize(z.ln_ih);
+    lc.ln_hh.resize(z.ln_hh);
+    lc.ln_stats.resize(z.ln_stats);
+}
+
+// Draws the masks of layer l, directions [d0, d1), for steps [t0, t0 + T) of B rows (of a
+// call at stream position seed, counter) into lc, sized for T steps: recurrent dropout's
+// (the same for every step) and zoneout's, element j of step t0 + s being element
+// (t0 + s) * B * n + j of the call's mask (dropout.hpp: a pure function of the element), so
+// that a segment draws what full storage draws for its steps.
+template <typename S>
+void draw_masks(const Layout<S>& m, LayerCache<S>& lc, Index l, Index d0, Index d1, Index t0,
+                Index T, Index B, std::uint64_t seed, std::uint64_t counter) {
+    const Config& c = m.cfg;
+    const Index H = m.H, Hout = m.Hout;
+    for (Index d = d0; d < d1; ++d) {
+        if (c.recurrent_dropout > 0)
+            fill_dropout(lc.rmask.data() + d * B * Hout, B * Hout, c.recurrent_dropout,
+                         mask_key(seed, counter, l, Mask::recurrent, d));
+        if (c.zoneout_c > 0)
+            fill_bernoulli(lc.zc.data() + d * dir_span(T * B * H), T * B * H, c.zoneout_c,
+                           mask_key(seed, counter, l, Mask::zoneout_c, d) +
+                               std::uint64_t(t0 * B * H));
+        if (c.zoneout_h > 0)
+            fill_bernoulli(lc.zh.data() + d * dir_span(T * B * Hout), T * B * Hout, c.zoneout_h,
+                           mask_key(seed, counter, l, Mask::zoneout_h, d) +
+                               std::uint64_t(t0 * B * Hout));
+    }
+}
+
+// x[t, b, :] for steps [t0, t0 + T) of B rows of n values, zero past each length: the first
+// layer's input as its cache keeps it (padding is never read by torch: zeroed, dW_ih = da^T x
+// ignores it even when it is not finite).
+template <typename S>
+void copy_input(S* dst, const S* x, const std::int64_t* lengths, Index t0, Index T, Index B,
+                Index n) {
+    std::copy(x + t0 * B * n, x + (t0 + T) * B * n, dst);
+    if (lengths)
+        for (Index t = 0; t < T; ++t)
+            for (Index b = 0; b < B; ++b)
+                if (t0 + t >= lengths[b]) std::fill_n(dst + (t * B + b) * n, n, S(0));
+}
+
 template <typename S>
 struct Cache {
     bool valid = false;
     Index T = 0, B = 0;
+    Index K = 0;          // steps per segment: T with full storage
+    bool zero_h0 = false; // no initial state was given (DirectionPass::zero_h0)
     std::uint64_t seed = 0, counter = 0;  // dropout stream position of that forward
     std::vector<std::int64_t> lengths;    // empty: all T
     std::vector<LayerCache<S>> layers;
+    // memory-bounded BPTT (K < T)
+    const S* x = nullptr;            // [T, B, I] the caller's input, read again by backward
+    LayerCache<S> seg;               // one segment of K steps of one layer (gates, states,
+                                     //   masks; x: the first layer's input rows)
+    std::vector<std::int64_t> seg_lengths;  // [B] lengths from the segment's first step
+    Buffer<S> seg_out;               // [K, B, D*Hout] a recomputed segment's output, then
+                                     //   its final state [B, Hout + H]
+    Buffer<S> seg_ln;                // [B*G + 4*B*nblk] layer norm's block moments
+
+    Index bytes() const {
+        Index n = seg.bytes() + (seg_out.capacity() + seg_ln.capacity()) * Index(sizeof(S));
+        for (const LayerCache<S>& lc : layers) n += lc.bytes();
+        return n;
+    }
 };
+
+// Steps of the parameter gradients' chunks, in which backward sums them (the same chunks
+// with full storage and with segments, so that both sum the same values in the same order):
+// about 512 rows, enough for Eigen's GEMM to run near its peak, and a multiple of 16 rows,
+// so that every chunk starts on a 64-byte boundary of the step buffers in float32 and float64
+// alike and Eigen's vector loops split a chunk's rows the same way wherever they lie.
+inline Index chunk_steps(Index B) {
+    const Index rows = 512;
+    const Index align = 16 / std::gcd(std::max<Index>(B, 1), Index(16));
+    const Index steps = (rows + std::max<Index>(B, 1) - 1) / std::max<Index>(B, 1);
+    return (steps + align - 1) / align * align;
+}
 
 // What a forward reads of the weights, in the representation W its products take (`multiply`):
 // float panels (EngineImpl, rebuilt by params_updated) or int8 or bfloat16 ones
@@ -224,7 +360,7 @@ void layer_norm_inputs(S* gates, Index TB, Index D, Index G, const S* gain, cons
                 const RowNorm<S> rn = row_norm(x.data(), G);
                 x = (x - rn.mean) * rn.rstd;
                 if (xhat) LnVec<S>(xhat + r * DG + d * G, G) = x;
-                if (stats) stats[(d * TB + r) * 4] = rn.rstd;
+                if (stats) stats[d * dir_span(TB * 4) + r * 4] = rn.rstd;
                 x = x * LnCVec<S>(gain + d * G, G) + LnCVec<S>(shift + d * G, G);
                 if (bias) x += LnCVec<S>(bias + d * G, G);
             }
@@ -250,9 +386,9 @@ DirectionPass<S, W> forward_pass(const Layout<S>& m, const ForwardWeights<S, W>&
     if (P > 0) a.whr_t = &fw.whr_t[std::size_t(k)];
     a.gates = gates + d * G;
     if (lc) {
-        a.hs = lc->h.data() + d * (T + 1) * B * Hout;
-        a.cs = lc->c.data() + d * (T + 1) * B * H;
-        if (P > 0) a.rs = lc->r.data() + d * T * B * H;
+        a.hs = lc->h.data() + d * dir_span((T + 1) * B * Hout);
+        a.cs = lc->c.data() + d * dir_span((T + 1) * B * H);
+        if (P > 0) a.rs = lc->r.data() + d * dir_span(T * B * H);
     } else {
         S* st = eval_state + d * B * (2 * Hout + 3 * H);
         a.hbuf = st;
@@ -268,8 +404,8 @@ DirectionPass<S, W> forward_pass(const Layout<S>& m, const ForwardWeights<S, W>&
             a.rmask = lc->rmask.data() + d * B * Hout;
             a.hm = lc->hm.data() + d * 2 * B * Hout;
         }
-        if (m.cfg.zoneout_c > 0) a.zc = lc->zc.data() + d * T * B * H;
-        if (m.cfg.zoneout_h > 0) a.zh = lc->zh.data() + d * T * B * Hout;
+        if (m.cfg.zoneout_c > 0) a.zc = lc->zc.data() + d * dir_span(T * B * H);
+        if (m.cfg.zoneout_h > 0) a.zh = lc->zh.data() + d * dir_span(T * B * Hout);
     }
     a.ln = fw.layer_norms(m, l, d);
     if (a.ln) {
@@ -279,11 +415,48 @@ DirectionPass<S, W> forward_pass(const Layout<S>& m, const ForwardWeights<S, W>&
             a.ln_part = a.ln_a + B * G;
         }
         if (lc) {
-            a.ln_a = lc->ln_hh.data() + d * T * B * G;
-            a.ln_stats = lc->ln_stats.data() + d * T * B * 4;
+            a.ln_a = lc->ln_hh.data() + d * dir_span(T * B * G);
+            a.ln_stats = lc->ln_stats.data() + d * dir_span(T * B * 4);
         }
     }
     return a;
+}
+
+// forward_direction for thread tid of a team of n planned by `plan`: by_rows, each thread runs
+// its slice of the batch alone, never waiting for the others (rows are independent);
+// otherwise the team splits the hidden units. y, h0, c0, h_n, c_n: at row 0 of the pass.
+template <typename S, typename W>
+void run_forward_direction(const TeamPlan& plan, DirectionPass<S, W> a, const CellUnit<S>& cell,
+                           S* y, const S* h0, const S* c0, S* h_n, S* c_n, int tid, int n,
+                           SpinBarrier& barrier) {
+    Index b0 = 0, b1 = a.B;  // this thread's batch rows
+    const std::atomic<bool> no_failure{false};
+    SpinBarrier alone(1, no_failure);
+    if (plan.by_rows) {
+        split_range(a.B, 1, tid, n, b0, b1);
+        a = a.rows_slice(b0, b1);
+        tid = 0;
+        n = 1;
+    }
+    forward_direction(a, cell, y + b0 * a.ldy, h0 + b0 * a.Hout, c0 + b0 * a.H,
+                      h_n + b0 * a.Hout, c_n + b0 * a.H, tid, n, plan.by_rows ? alone : barrier);
+}
+
+// The checks every forward makes first.
+inline void require_sizes(Index T, Index B, const std::int64_t* lengths) {
+    EIGENLSTM_REQUIRE(T >= 0, "T must be >= 0, got " + std::to_string(T));
+    EIGENLSTM_REQUIRE(B >= 0, "B must be >= 0, got " + std::to_string(B));
+    require_lengths(lengths, B, 0, T);
+}
+
+// The zero initial states of a call given none (h0 or c0 nullptr), from the scratch ws.
+template <typename S>
+void zero_states(const Layout<S>& m, Scratch<S>& ws, Index B, const S*& h0, const S*& c0) {
+    if (h0 && c0) return;
+    ws.zeros.resize(checked_mul(m.D * m.L * B, std::max(m.H, m.Hout)));
+    ws.zeros.zero();
+    if (!h0) h0 = ws.zeros.data();
+    if (!c0) c0 = ws.zeros.data();
 }
 
 // The forward over the layer stack, for the weights fw in any representation. cache: nullptr
@@ -319,9 +492,14 @@ public:
         const DenormalScope denormals;
         ScratchLease<S> ws(scratch_, scratch_mutex_);
         const bool drop_weights = training && m_.cfg.weight_drop > 0;
+        const Index K = training ? segment_steps(T, B) : T;  // checks a byte budget first
         if (drop_weights) drop_recurrent_weights(seed, counter);
-        forward_layers<S>(m_, fw_, ws.get(), training ? &cache_ : nullptr, y, h_n, c_n, x, h0,
-                          c0, lengths, T, B, seed, counter, drop_weights ? &wd_.whh_t : nullptr);
+        if (K < T)
+            forward_segments(ws.get(), y, h_n, c_n, x, h0, c0, lengths, T, B, K, seed, counter);
+        else
+            forward_layers<S>(m_, fw_, ws.get(), training ? &cache_ : nullptr, y, h_n, c_n, x,
+                              h0, c0, lengths, T, B, seed, counter,
+                              drop_weights ? &wd_.whh_t : nullptr);
     }
     void forward_last(S* out, const S* x, const std::int64_t* lengths, Index T, Index B,
                       bool batch_first, const S* W, const S* bias, Index O) override;
@@ -331,6 +509,13 @@ public:
         B = cache_.B;
         return cache_.valid;
     }
+    void set_bptt_memory(const typename LSTM<S>::BpttMemory& memory) override {
+        memory_ = memory;
+    }
+    std::uint64_t cache_bytes() const override {
+        return cache_.valid ? std::uint64_t(cache_.bytes()) : 0;
+    }
+    Index cache_segment() const override { return cache_.valid ? cache_.K : 0; }
 
 private:
     // What backward reads of the weights besides fw_, per (layer, direction), rebuilt by
@@ -343,9 +528,13 @@ private:
     // nothing after the first.
     struct BackwardBuffers {
         Buffer<S> state;  // [D, B, 2*Hout + 2*H]  running dh (double-buffered), dc, dr
-        Buffer<S> dhs;    // [D, T, B, P]          dh_t of every step (P > 0)
+        Buffer<S> dhs;    // [D, T, B, P]          dh_t of every step (P > 0); [K, B, P] of a
+                          //                       segment's with memory-bounded BPTT
         Buffer<S> dio[2]; // [T, B, D*Hout]        d(layer output) below the top layer
-        Buffer<S> hm;     // [D, T, B, Hout]       h_{t-1} * rmask for dW_hh (recurrent dropout)
+        Buffer<S> hm;     // [rows, Hout]          a chunk's h_{t-1} * rmask for dW_hh
+                          //                       (recurrent dropout)
+        Buffer<S> carry;  // [B, Hout + H]         memory-bounded BPTT: dh and dc between
+                          //                       segments
         Buffer<S> ln;     // [D, 3*B*H + 4*B*nblk]  layer norm (direction.hpp: BackwardWork::ln)
         Buffer<S> ln_rows; // [threads, G]         layer norm of the inputs: a row's d(xhat)
         std::vector<GemmSpace<S>> gemm;  // [threads]  Eigen's blocks of each thread's products
@@ -389,39 +578,353 @@ private:
             }
     }
 
-    // Backward of the input projection's layer norm of layer l (forward: pre = gain*xhat +
-    // shift + ..., xhat = LN(x W_ih^T)), from dz = d(pre) in lc.gates: the gain and shift
-    // gradients, sums over rows of dz*xhat and dz (one pass over the columns, in row order), and
-    // d(x W_ih^T) in place of xhat in lc.ln_ih (rows split between the threads).
-    void layer_norm_inputs_backward(Index l, LayerCache<S>& lc) {
-        const Index TB = cache_.T * cache_.B, DG = D * G;
-        // row by row: contiguous vectors (a column sum of a row-major matrix would stride)
-        LnVec<S> dgain(m_.tensor(dweights_.data(), Param::layer_norm_ih_weight, l), DG),
-            dshift(m_.tensor(dweights_.data(), Param::layer_norm_ih_bias, l), DG);
-        dgain.setZero();
-        dshift.setZero();
-        for (Index r = 0; r < TB; ++r) {
-            const LnCVec<S> dz(lc.gates.data() + r * DG, DG);
-            dgain += dz * LnCVec<S>(lc.ln_ih.data() + r * DG, DG);
-            dshift += dz;
+    // ---- memory-bounded BPTT ---------------------------------------------------------------
+    // Values a training call of (T, B) keeps until backward with segments of K steps (K = T:
+    // full storage): with segments, the inputs of the layers above the first, the checkpoints,
+    // and the buffers of one segment (reused by every layer, so the largest layer's).
+    Index kept_values(Index T, Index B, Index K) const {
+        Index n = 0;
+        if (K >= T) {
+            for (Index l = 0; l < L; ++l) n += layer_sizes(m_, l, T, B, true).total();
+            return n;
         }
-        const S* gain = tensor(Param::layer_norm_ih_weight, l, 0);
-        const S* stats = lc.ln_stats.data();
+        const Index segments = (T + K - 1) / K;
+        Index seg = 0;
+        for (Index l = 0; l < L; ++l) {
+            if (l > 0) n += layer_sizes(m_, l, T, B, true).x;
+            n += checked_mul(D * segments, B * (Hout + H));
+            seg = std::max(seg, layer_sizes(m_, l, K, B, l == 0).total());
+        }
+        return n + seg + segment_scratch(K, B);
+    }
+    // Values of Cache::seg_out and Cache::seg_ln for segments of K steps.
+    Index segment_scratch(Index K, Index B) const {
+        return checked_mul(K * B, D * Hout) + 2 * B * (Hout + H) +
+               (m_.cfg.layer_norm ? D * B * (G + 4 * blocks_of(H, gate_block<S>())) : 0);
+    }
+
+    // Steps per segment of a training forward of (T, B) under memory_: T for full storage.
+    // Throws std::invalid_argument when no segment length fits a byte budget.
+    Index segment_steps(Index T, Index B) const {
+        using Policy = typename LSTM<S>::BpttMemory::Policy;
+        if (memory_.policy == Policy::full || T <= 1) return T;
+        const Index C = chunk_steps(B);
+        auto whole_chunks = [&](Index k) { return (k + C - 1) / C * C; };
+        if (memory_.policy == Policy::sqrt) {
+            Index k = Index(std::sqrt(double(T)));
+            while (k * k < T) ++k;  // ceil(sqrt(T)), exactly
+            return whole_chunks(k);
+        }
+        // bytes: full storage if it fits, else the longest segments that fit (the fewest
+        // recomputed rows per product), trying every segment count from 2 up
+        const auto bytes = [&](Index K) {
+            return std::uint64_t(kept_values(T, B, K)) * sizeof(S);
+        };
+        if (bytes(T) <= memory_.bytes) return T;
+        std::uint64_t least = bytes(T);
+        Index least_K = T;
+        for (Index segments = 2, last = T; segments <= (T + C - 1) / C; ++segments) {
+            const Index K = whole_chunks((T + segments - 1) / segments);
+            if (K >= last) continue;  // the same K as fewer segments
+            last = K;
+            const std::uint64_t b = bytes(K);
+            if (b <= memory_.bytes) return K;
+            if (b < least) least = b, least_K = K;
+        }
+        throw std::invalid_argument(
+            "bptt_memory: a training forward of T=" + std::to_string(T) + " steps and B=" +
+            std::to_string(B) + " rows keeps at least " + std::to_string(least) +
+            " bytes (segments of " + std::to_string(least_K) + " steps), got a budget of " +
+            std::to_string(memory_.bytes) + " bytes");
+    }
+
+    // Training forward that keeps checkpoints (memory-bounded BPTT, K < T): each layer and
+    // direction runs segment by segment in its time order, keeping the state that enters
+    // each segment; segment_forward computes for those steps what forward_layers computes.
+    void forward_segments(Scratch<S>& ws, S* y, S* h_n, S* c_n, const S* x, const S* h0,
+                          const S* c0, const std::int64_t* lengths, Index T, Index B, Index K,
+                          std::uint64_t seed, std::uint64_t counter) {
+        require_sizes(T, B, lengths);
+        const Index TB = T * B, HC = Hout + H, segments = (T + K - 1) / K;
+        cache_.valid = false;
+        cache_.zero_h0 = h0 == nullptr;
+        zero_states(m_, ws, B, h0, c0);
+        if (cache_.layers.size() != std::size_t(L)) cache_.layers.resize(std::size_t(L));
+        for (Index l = 0; l < L; ++l) {
+            LayerCache<S>& lc = cache_.layers[std::size_t(l)];
+            LayerCache<S> kept;  // the step buffers of full storage are freed
+            kept.x = std::move(lc.x);
+            kept.ckpt = std::move(lc.ckpt);
+            lc = std::move(kept);
+            lc.x.resize(l > 0 ? layer_sizes(m_, l, T, B, true).x : 0);
+            lc.ckpt.resize(checked_mul(D * segments, B * HC));
+        }
+        cache_.lengths.assign(lengths ? lengths : nullptr, lengths ? lengths + B : nullptr);
+        cache_.T = T;
+        cache_.K = K;
+        cache_.B = B;
+        cache_.seed = seed;
+        cache_.counter = counter;
+        cache_.x = x;
+        cache_.seg_out.resize(segment_scratch(K, B) -
+                              (m_.cfg.layer_norm ? D * B * (G + 4 * blocks_of(H, gate_block<S>())) : 0));
+        if (m_.cfg.layer_norm)
+            cache_.seg_ln.resize(D * B * (G + 4 * blocks_of(H, gate_block<S>())));
+        S* between = cache_.seg_out.data() + K * B * D * Hout;  // [2, B, Hout + H]
+
+        for (Index l = 0; l < L; ++l) {
+            LayerCache<S>& lc = cache_.layers[std::size_t(l)];
+            const S* in = l == 0 ? x : lc.x.data();
+            S* out = l == L - 1 ? y : cache_.layers[std::size_t(l + 1)].x.data();
+            for (Index d = 0; d < D; ++d) {
+                const Index k = l * D + d;
+                const bool rev = m_.cfg.reverse || d == 1;
+                const S* hs = h0 + k * B * Hout;
+                const S* cs = c0 + k * B * H;
+                for (Index j = 0; j < segments; ++j) {
+                    const Index w = rev ? segments - 1 - j : j, t0 = w * K;
+                    S* ck = lc.ckpt.data() + (d * segments + w) * B * HC;
+                    std::copy(hs, hs + B * Hout, ck);
+                    std::copy(cs, cs + B * H, ck + B * Hout);
+                    const bool last = j == segments - 1;
+                    S* hn = last ? h_n + k * B * Hout : between + (j & 1) * B * HC;
+                    S* cn = last ? c_n + k * B * H : hn + B * Hout;
+                    segment_forward(l, d, t0, std::min(K, T - t0), in, out + t0 * B * D * Hout,
+                                    ck, ck + B * Hout, hn, cn, j == 0 && cache_.zero_h0);
+                    hs = hn;
+                    cs = cn;
+                }
+            }
+            if (l < L - 1 && m_.cfg.dropout > 0)
+                apply_dropout(out, TB * D * Hout, m_.cfg.dropout, seed, counter, l);
+        }
+        cache_.valid = true;
+    }
+
+    // Forward of direction d of layer l over the Tk steps from t0 (a segment), from the state
+    // (h0, c0) entering it, into cache_.seg, exactly as forward_layers computes those steps
+    // with full storage (same kernels on the same rows; masks drawn for the same elements).
+    //   in   [T, B, I_l]          the layer's input, from step 0; read only
+    //   y    [Tk, B, D*Hout]      output rows of the segment (this direction's columns)
+    //   h0, c0 / h_n, c_n         state entering / leaving the segment, [B, Hout] / [B, H]
+    //   zero_h0                   h0 is the call's zero initial state (DirectionPass)
+    void segment_forward(Index l, Index d, Index t0, Index Tk, const S* in, S* y, const S* h0,
+                         const S* c0, S* h_n, S* c_n, bool zero_h0) {
+        LayerCache<S>& sc = cache_.seg;
+        const Index B = cache_.B, I_l = m_.in_size(l), DG = D * G, k = l * D + d;
+        const std::int64_t* lengths = cache_.lengths.empty() ? nullptr : cache_.lengths.data();
+        size_layer(sc, layer_sizes(m_, l, Tk, B, l == 0));
+        const S* xin = in + t0 * B * I_l;
+        if (l == 0) {
+            copy_input(sc.x.data(), in, lengths, t0, Tk, B, I_l);
+            xin = sc.x.data();
+        }
+        draw_masks(m_, sc, l, d, d + 1, t0, Tk, B, cache_.seed, cache_.counter);
+        const S* bias = m_.cfg.bias ? fw_.bias_sum.data() + l * DG : nullptr;
+        project_inputs(sc.gates.data(), xin, Tk * B, I_l, DG, fw_.ln_weights ? nullptr : bias,
+                       fw_.wih_t[std::size_t(l)]);
+        if (fw_.ln_weights)
+            layer_norm_inputs(sc.gates.data(), Tk * B, D, G,
+                              m_.tensor(fw_.ln_weights, Param::layer_norm_ih_weight, l),
+                              m_.tensor(fw_.ln_weights, Param::layer_norm_ih_bias, l), bias,
+                              sc.ln_ih.data(), sc.ln_stats.data());
+        const std::int64_t* seg_lengths = nullptr;
+        if (lengths) {  // active(t, b) = t0 + t < lengths[b]
+            cache_.seg_lengths.resize(std::size_t(B));
+            for (Index b = 0; b < B; ++b) cache_.seg_lengths[std::size_t(b)] = lengths[b] - t0;
+            seg_lengths = cache_.seg_lengths.data();
+        }
+        const TeamPlan plan = plan_team<S>(1, Tk, B, I_l, H, Hout, true);
+        run_teams(1, &plan.threads, [&](int, int tid, int n, SpinBarrier& barrier) {
+            DirectionPass<S> a = forward_pass<S>(m_, fw_, l, d, Tk, B, seg_lengths,
+                                                 sc.gates.data(), &sc, nullptr,
+                                                 cache_.seg_ln.data());
+            if (m_.cfg.weight_drop > 0) a.whh_t = &wd_.whh_t[std::size_t(k)];
+            a.zero_h0 = zero_h0 && fw_.whh_finite[std::size_t(k)];
+            run_forward_direction(plan, a, fw_.cell(m_, k), y + d * Hout, h0, c0, h_n, c_n, tid,
+                                  n, barrier);
+        });
+    }
+
+    // Backward of layer l from checkpoints: for each direction, its segments in backward's
+    // order (the reverse of its forward's), each recomputed from its checkpoint, then
+    // backpropagated with the running dh and dc of the segment after it, then its chunks'
+    // parameter gradients.
+    void backward_segments(Index l, const S* dout, S* din, S* dh0, S* dc0, const S* dh_n,
+                           const S* dc_n) {
+        LayerCache<S>& lc = cache_.layers[std::size_t(l)];
+        LayerCache<S>& sc = cache_.seg;
+        const Index T = cache_.T, B = cache_.B, K = cache_.K, C = chunk_steps(B),
+                    HC = Hout + H, segments = (T + K - 1) / K, I_l = m_.in_size(l);
+        const S* in = l == 0 ? cache_.x : lc.x.data();
+        S* carry = bwd_.carry.data();  // running dh [B, Hout] and dc [B, H] between segments
+        for (Index d = 0; d < D; ++d) {
+            const Index k = l * D + d;
+            const bool rev = m_.cfg.reverse || d == 1;
+            const S* dhn = dh_n ? dh_n + k * B * Hout : nullptr;
+            const S* dcn = dc_n ? dc_n + k * B * H : nullptr;
+            for (Index j = 0; j < segments; ++j) {
+                const Index w = rev ? j : segments - 1 - j, t0 = w * K, Tk = std::min(K, T - t0);
+                const S* ck = lc.ckpt.data() + (d * segments + w) * B * HC;
+                S* y = cache_.seg_out.data();
+                S* state = y + K * B * D * Hout;
+                const bool first_forward = rev ? w == segments - 1 : w == 0;
+                segment_forward(l, d, t0, Tk, in, y, ck, ck + B * Hout, state, state + B * Hout,
+                                first_forward && cache_.zero_h0);
+                const bool last = j == segments - 1;
+                S* dh_out = last ? dh0 + k * B * Hout : carry;
+                S* dc_out = last ? dc0 + k * B * H : carry + B * Hout;
+                const int team = plan_team<S>(1, Tk, B, I_l, H, Hout, false).threads;
+                run_teams(1, &team, [&](int, int tid, int n, SpinBarrier& barrier) {
+                    const DirectionPass<S> a = backward_pass(l, d, sc, Tk, cache_.seg_lengths);
+                    const BackwardWork<S> work = backward_work(l, d, 0, bwd_.dhs.data(), j > 0);
+                    backward_direction(a, fw_.cell(m_, k), dout + t0 * B * D * Hout + d * Hout,
+                                       dhn, dcn, dh_out, dc_out, work, tid, n, barrier);
+                });
+                dhn = carry;
+                dcn = carry + B * Hout;
+                // the segment's chunks, in backward's order
+                const Index chunks = (Tk + C - 1) / C;
+                for (Index i = 0; i < chunks; ++i) {
+                    const Index s0 = (rev ? i : chunks - 1 - i) * C;
+                    const S* x = l == 0 ? sc.x.data() + s0 * B * I_l : in + (t0 + s0) * B * I_l;
+                    chunk_grads(l, d, sc, Tk, s0, std::min(C, Tk - s0), x, bwd_.dhs.data(),
+                                din + (t0 + s0) * B * I_l, j == 0 && i == 0);
+                }
+            }
+        }
+    }
+
+    // The workspace of backward_direction for (layer l, direction d), with its running sums
+    // (peepholes, layer norm) continuing the previous pass's when `accumulate`; slot: which
+    // of bwd_.state's D parts; dhs: dh_t of the pass's steps (P > 0).
+    BackwardWork<S> backward_work(Index l, Index d, Index slot, S* dhs, bool accumulate) {
+        const Index B = cache_.B;
+        S* st = bwd_.state.data() + slot * B * (2 * Hout + 2 * H);
+        BackwardWork<S> w{st, st + 2 * B * Hout, st + 2 * B * Hout + B * H,
+                          P > 0 ? dhs : nullptr,
+                          m_.cfg.peepholes ? m_.tensor(dweights_.data(), Param::weight_peephole, l, d)
+                                           : nullptr};
+        if (m_.cfg.layer_norm) {
+            w.ln = bwd_.ln.data() + slot * ln_work(B);
+            w.dln = ForwardWeights<S, Panels<S>>::layer_norms(
+                m_, dweights_.data(), l, d, Param::layer_norm_hh_weight, Param::layer_norm_c_weight);
+        }
+        w.accumulate = accumulate;
+        return w;
+    }
+    Index ln_work(Index B) const { return B * (3 * H + 4 * blocks_of(H, gate_block<S>())); }
+
+    // The share of direction d of layer l's parameter gradients and of dx from the Tc steps
+    // from s0 of a pass of T steps stored in lc (all of a call with full storage, one segment
+    // with memory-bounded BPTT): one chunk, in which both sum the gradients (chunk_steps).
+    //   dW_ih[d] += da_d^T x,   dx (+)= da_d W_ih[d]   (overwritten for d = 0, added for d = 1)
+    //   db_ih[d] += sum_rows da_d,   dW_hh[d] += da_d^T h_prev (h_prev * rmask with recurrent
+    //   dropout),   dW_hr[d] += dh^T r
+    // (layer norm: da_d of the products is d(x W_ih^T) and d(h W_hh^T), computed here and in
+    // the time loop). Each thread owns a slice of each product's output rows, multiplied with
+    // Eigen's single-threaded GEMM in its own packing blocks (gemm_space.hpp): the split and
+    // the blocks follow from the chunk's sizes and the thread count alone.
+    //   x    [Tc, B, I_l]   the layer's input at step s0; read only
+    //   dhs  [T, B, P]      dh_t of the pass from its first step (P > 0); read only
+    //   dx   [Tc, B, I_l]   rows of dx at step s0
+    //   first               the first chunk of (l, d): the gradients are overwritten
+    void chunk_grads(Index l, Index d, LayerCache<S>& lc, Index T, Index s0, Index Tc,
+                     const S* x, const S* dhs, S* dx, bool first) {
+        const Index B = cache_.B, rows = Tc * B, DG = D * G, I_l = m_.in_size(l), c0 = d * G;
+        const bool rev = m_.cfg.reverse || d == 1, ln = m_.cfg.layer_norm;
+        S* g = lc.gates.data() + s0 * B * DG;
+        if (ln)
+            layer_norm_inputs_backward(l, d, rows, g, lc.ln_ih.data() + s0 * B * DG,
+                                       lc.ln_stats.data() + d * dir_span(T * B * 4) + s0 * B * 4,
+                                       first);
+        const S* hprev = lc.h.data() + d * dir_span((T + 1) * B * Hout) + slot_before(s0, rev) * B * Hout;
+        if (m_.cfg.recurrent_dropout > 0) {  // W_hh multiplied h_prev * rmask: dW_hh takes it
+            bwd_.hm.resize(checked_mul(rows, Hout));
+            const S* mk = lc.rmask.data() + d * B * Hout;
+            for (Index r = 0; r < rows; ++r)
+                for (Index j = 0; j < Hout; ++j)
+                    bwd_.hm[r * Hout + j] = hprev[r * Hout + j] * mk[(r % B) * Hout + j];
+            hprev = bwd_.hm.data();
+        }
+        if (m_.cfg.bias) {  // row by row, in order
+            S* db = m_.tensor(dweights_.data(), Param::bias_ih, l) + c0;
+            if (first) std::fill_n(db, G, S(0));
+            for (Index r = 0; r < rows; ++r)
+                for (Index j = 0; j < G; ++j) db[j] += g[r * DG + c0 + j];
+        }
+        CMapRM<S> dA((ln ? lc.ln_ih.data() + s0 * B * DG : g) + c0, rows, G, Eigen::OuterStride<>(DG));
+        CMapRM<S> X(x, rows, I_l, Eigen::OuterStride<>(I_l));
+        MapRM<S> dWih(m_.tensor(dweights_.data(), Param::weight_ih, l) + c0 * I_l, G, I_l,
+                      Eigen::OuterStride<>(I_l));
+        CMapRM<S> Wih(tensor(Param::weight_ih, l, 0) + c0 * I_l, G, I_l, Eigen::OuterStride<>(I_l));
+        MapRM<S> dX(dx, rows, I_l, Eigen::OuterStride<>(I_l));
+        CMapRM<S> dAhh(ln ? lc.ln_hh.data() + d * dir_span(T * B * G) + s0 * B * G : g + c0, rows,
+                       G, Eigen::OuterStride<>(ln ? G : DG));
+        CMapRM<S> Hprev(hprev, rows, Hout, Eigen::OuterStride<>(Hout));
+        MapRM<S> dWhh(m_.tensor(dweights_.data(), Param::weight_hh, l, d), G, Hout,
+                      Eigen::OuterStride<>(Hout));
+        const double work = double(rows) * double(G) * double(2 * I_l + Hout + P);
+        parallel_slices(num_threads(), work, [&](int tid, int n) {
+            GemmSpace<S>& space = bwd_.gemm[std::size_t(tid)];
+            Index r0, r1;
+            split_range(G, 16, tid, n, r0, r1);
+            if (first) dWih.middleRows(r0, r1 - r0).setZero();
+            space.add_product(dWih.middleRows(r0, r1 - r0), dA.middleCols(r0, r1 - r0).transpose(), X);
+            if (first) dWhh.middleRows(r0, r1 - r0).setZero();
+            space.add_product(dWhh.middleRows(r0, r1 - r0), dAhh.middleCols(r0, r1 - r0).transpose(),
+                              Hprev);
+            split_range(rows, 16, tid, n, r0, r1);
+            if (d == 0) dX.middleRows(r0, r1 - r0).setZero();
+            space.add_product(dX.middleRows(r0, r1 - r0), dA.middleRows(r0, r1 - r0), Wih);
+            if (P > 0) {
+                CMapRM<S> dH(dhs + s0 * B * P, rows, P, Eigen::OuterStride<>(P));
+                CMapRM<S> R(lc.r.data() + d * dir_span(T * B * H) + s0 * B * H, rows, H,
+                            Eigen::OuterStride<>(H));
+                MapRM<S> dWhr(m_.tensor(dweights_.data(), Param::weight_hr, l, d), P, H,
+                              Eigen::OuterStride<>(H));
+                split_range(P, 8, tid, n, r0, r1);
+                if (first) dWhr.middleRows(r0, r1 - r0).setZero();
+                space.add_product(dWhr.middleRows(r0, r1 - r0), dH.middleCols(r0, r1 - r0).transpose(), R);
+            }
+        });
+    }
+
+    // Backward of the input projection's layer norm of direction d of layer l over `rows` rows
+    // (forward: pre = gain*xhat + shift + ..., xhat = LN(x W_ih^T)), from dz = d(pre) (gates,
+    // row stride D*G): the gain and shift gradients, sums over rows of dz*xhat and dz in row
+    // order (added to, or overwritten when `first`), and d(x W_ih^T) in place of xhat (rows
+    // split between the threads). stats: rstd of each row, element 0 of 4.
+    void layer_norm_inputs_backward(Index l, Index d, Index rows, const S* dz, S* xhat,
+                                    const S* stats, bool first) {
+        const Index DG = D * G, c0 = d * G;
+        // row by row: contiguous vectors (a column sum of a row-major matrix would stride)
+        LnVec<S> dgain(m_.tensor(dweights_.data(), Param::layer_norm_ih_weight, l) + c0, G),
+            dshift(m_.tensor(dweights_.data(), Param::layer_norm_ih_bias, l) + c0, G);
+        if (first) {
+            dgain.setZero();
+            dshift.setZero();
+        }
+        for (Index r = 0; r < rows; ++r) {
+            const LnCVec<S> dz_r(dz + r * DG + c0, G);
+            dgain += dz_r * LnCVec<S>(xhat + r * DG + c0, G);
+            dshift += dz_r;
+        }
+        const S* gain = tensor(Param::layer_norm_ih_weight, l, 0) + c0;
         const int threads = num_threads();
         bwd_.ln_rows.resize(checked_mul(threads, G));
-        parallel_slices(threads, 8.0 * double(TB) * double(DG), [&](int tid, int n) {
+        parallel_slices(threads, 8.0 * double(rows) * double(G), [&](int tid, int n) {
             Index r0, r1;
-            split_range(TB, 1, tid, n, r0, r1);
+            split_range(rows, 1, tid, n, r0, r1);
             LnVec<S> dx(bwd_.ln_rows.data() + tid * G, G);
-            for (Index r = r0; r < r1; ++r)
-                for (Index d = 0; d < D; ++d) {
-                    LnVec<S> x(lc.ln_ih.data() + r * DG + d * G, G);
-                    dx = LnCVec<S>(gain + d * G, G) * LnCVec<S>(lc.gates.data() + r * DG + d * G, G);
-                    S m1, m2, sums[2];
-                    piece_sums(dx.data(), x.data(), G, sums);
-                    combine_sums(sums, 1, G, m1, m2);
-                    x = stats[(d * TB + r) * 4] * (dx - m1 - x * m2);
-                }
+            for (Index r = r0; r < r1; ++r) {
+                LnVec<S> x(xhat + r * DG + c0, G);
+                dx = LnCVec<S>(gain, G) * LnCVec<S>(dz + r * DG + c0, G);
+                S m1, m2, sums[2];
+                piece_sums(dx.data(), x.data(), G, sums);
+                combine_sums(sums, 1, G, m1, m2);
+                x = stats[r * 4] * (dx - m1 - x * m2);
+            }
         });
     }
 
@@ -473,11 +976,13 @@ private:
 
     // The DirectionPass of a backward through (layer l, direction d): the forward's, with the
     // transposed panels its products take.
-    DirectionPass<S> backward_pass(Index l, Index d, LayerCache<S>& lc) const {
-        DirectionPass<S> a =
-            forward_pass<S>(m_, fw_, l, d, cache_.T, cache_.B,
-                         cache_.lengths.empty() ? nullptr : cache_.lengths.data(), lc.gates.data(),
-                         &lc, nullptr, nullptr);
+    // The pass of backward_direction over T steps stored in lc, with these lengths (empty:
+    // all T).
+    DirectionPass<S> backward_pass(Index l, Index d, LayerCache<S>& lc, Index T,
+                                   const std::vector<std::int64_t>& lengths) const {
+        DirectionPass<S> a = forward_pass<S>(m_, fw_, l, d, T, cache_.B,
+                                             lengths.empty() ? nullptr : lengths.data(),
+                                             lc.gates.data(), &lc, nullptr, nullptr);
         const BackwardPanels& pk = backward_panels_[std::size_t(l * D + d)];
         a.whh = m_.cfg.weight_drop > 0 ? &wd_.whh[std::size_t(l * D + d)] : &pk.whh;
         if (P > 0) a.whr = &pk.whr;
@@ -495,6 +1000,7 @@ private:
     ForwardWeights<S, Panels<S>> fw_;             // packed from weights_
     std::vector<BackwardPanels> backward_panels_;  // [L*D] packed from weights_
     Cache<S> cache_;
+    typename LSTM<S>::BpttMemory memory_;  // what training forwards keep (set_bptt_memory)
     BackwardBuffers bwd_;
     WeightDrop wd_;
     Scratch<S> scratch_;         // forward and forward_last, taken through a ScratchLease
@@ -548,10 +1054,8 @@ void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<
                     Cache<S>* cache, S* y, S* h_n, S* c_n, const S* x, const S* h0, const S* c0,
                     const std::int64_t* lengths, Index T, Index B, std::uint64_t seed,
                     std::uint64_t counter, const std::vector<W>* whh_t) {
-    EIGENLSTM_REQUIRE(T >= 0, "T must be >= 0, got " + std::to_string(T));
-    EIGENLSTM_REQUIRE(B >= 0, "B must be >= 0, got " + std::to_string(B));
-    require_lengths(lengths, B, 0, T);
-    const Index I = m.cfg.input_size, H = m.H, P = m.P, Hout = m.Hout, D = m.D, L = m.L,
+    require_sizes(T, B, lengths);
+    const Index I = m.cfg.input_size, H = m.H, Hout = m.Hout, D = m.D, L = m.L,
                 TB = checked_mul(T, B), DG = D * m.G;
     const bool training = cache != nullptr;
     // Reduced-precision eval projects each step's input in the time loop (DirectionPass::x),
@@ -565,62 +1069,27 @@ void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<
     // Zero initial states when none are given, and the eval buffers, come from the calling
     // thread's scratch; training uses the cache, allocated once per (T, B) and reused.
     const bool zero_h0 = h0 == nullptr;
-    if (!h0 || !c0) {
-        ws.zeros.resize(checked_mul(D * L * B, std::max(H, Hout)));
-        ws.zeros.zero();
-        if (!h0) h0 = ws.zeros.data();
-        if (!c0) c0 = ws.zeros.data();
-    }
+    zero_states(m, ws, B, h0, c0);
     if (training) {
         if (cache->layers.size() != std::size_t(L)) cache->layers.resize(std::size_t(L));
         cache->valid = false;
         for (Index l = 0; l < L; ++l) {
             LayerCache<S>& lc = cache->layers[std::size_t(l)];
-            lc.x.resize(checked_mul(TB, m.in_size(l)));
-            lc.gates.resize(checked_mul(TB, DG));
-            lc.h.resize(checked_mul(D * (T + 1), checked_mul(B, Hout)));
-            lc.c.resize(checked_mul(D * (T + 1), checked_mul(B, H)));
-            if (P > 0) lc.r.resize(checked_mul(D * T, checked_mul(B, H)));
-            // the masks of this call, per direction (dropout.hpp: each its own stream)
-            const Config& c = m.cfg;
-            if (c.recurrent_dropout > 0) {
-                lc.rmask.resize(checked_mul(D, checked_mul(B, Hout)));
-                lc.hm.resize(checked_mul(2 * D, checked_mul(B, Hout)));
-                for (Index d = 0; d < D; ++d)
-                    fill_dropout(lc.rmask.data() + d * B * Hout, B * Hout, c.recurrent_dropout,
-                                 mask_key(seed, counter, l, Mask::recurrent, d));
-            }
-            if (c.zoneout_c > 0) {
-                lc.zc.resize(checked_mul(D * T, checked_mul(B, H)));
-                for (Index d = 0; d < D; ++d)
-                    fill_bernoulli(lc.zc.data() + d * T * B * H, T * B * H, c.zoneout_c,
-                                   mask_key(seed, counter, l, Mask::zoneout_c, d));
-            }
-            if (c.zoneout_h > 0) {
-                lc.zh.resize(checked_mul(D * T, checked_mul(B, Hout)));
-                for (Index d = 0; d < D; ++d)
-                    fill_bernoulli(lc.zh.data() + d * T * B * Hout, T * B * Hout, c.zoneout_h,
-                                   mask_key(seed, counter, l, Mask::zoneout_h, d));
-            }
-            if (c.layer_norm) {
-                lc.ln_ih.resize(checked_mul(TB, DG));
-                lc.ln_hh.resize(checked_mul(TB, DG));
-                lc.ln_stats.resize(checked_mul(D * TB, 4));
-            }
+            size_layer(lc, layer_sizes(m, l, T, B, true));
+            lc.ckpt = Buffer<S>();
+            draw_masks(m, lc, l, 0, D, 0, T, B, seed, counter);
         }
         cache->lengths.assign(lengths ? lengths : nullptr, lengths ? lengths + B : nullptr);
-        cache->T = T;
+        cache->T = cache->K = T;
         cache->B = B;
+        cache->zero_h0 = zero_h0;
         cache->seed = seed;
         cache->counter = counter;
-        std::copy(x, x + checked_mul(TB, I), cache->layers[0].x.data());
-        if (lengths)  // padding is never read by torch: zero it so dW_ih = da^T x ignores it
-            for (Index t = 0; t < T; ++t)
-                for (Index b = 0; b < B; ++b)
-                    if (t >= lengths[b]) {
-                        S* row = cache->layers[0].x.data() + (t * B + b) * I;
-                        std::fill(row, row + I, S(0));
-                    }
+        cache->x = nullptr;
+        cache->seg = LayerCache<S>();  // full storage needs no segment buffers
+        cache->seg_out = Buffer<S>();
+        cache->seg_ln = Buffer<S>();
+        copy_input(cache->layers[0].x.data(), x, lengths, 0, T, B, I);
     } else {
         ws.gates.resize(step_inputs ? checked_mul(B, DG) : checked_mul(TB, DG));
         if (L > 1) {
@@ -669,18 +1138,9 @@ void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<
                 a.bias = bias;
             }
             a.zero_h0 = zero_h0 && fw.whh_finite[std::size_t(k)];
-            Index b0 = 0, b1 = B;  // this thread's batch rows
-            const std::atomic<bool> no_failure{false};
-            SpinBarrier alone(1, no_failure);
-            if (plan.by_rows) {    // rows are independent: each thread runs its slice alone,
-                split_range(B, 1, tid, n, b0, b1);  // never waiting for the others
-                a = a.rows_slice(b0, b1);
-                tid = 0;
-                n = 1;
-            }
-            forward_direction(a, fw.cell(m, k), out + d * Hout + b0 * D * Hout, h0 + (k * B + b0) * Hout,
-                              c0 + (k * B + b0) * H, h_n + (k * B + b0) * Hout,
-                              c_n + (k * B + b0) * H, tid, n, plan.by_rows ? alone : barrier);
+            run_forward_direction(plan, a, fw.cell(m, k), out + d * Hout, h0 + k * B * Hout,
+                                  c0 + k * B * H, h_n + k * B * Hout, c_n + k * B * H, tid, n,
+                                  barrier);
         });
 
         if (training && l < L - 1 && m.cfg.dropout > 0)
@@ -743,130 +1203,67 @@ void EngineImpl<S>::backward(S* dx, S* dh0, S* dc0, const S* dy, const S* dh_n, 
         throw std::logic_error(
             "backward needs a training-mode forward first (the cache is consumed by backward)");
     cache_.valid = false;  // the gate buffers are about to hold gradients
-    const Index T = cache_.T, B = cache_.B, TB = T * B, DG = D * G;
+    const Index T = cache_.T, B = cache_.B, TB = T * B, C = chunk_steps(B);
+    const bool segmented = cache_.K < T;
     const int nteam = plan_team<S>(D, T, B, m_.cfg.input_size, H, Hout, false).threads;
     const int teams[2] = {nteam, nteam};
 
     bwd_.state.resize(checked_mul(D, checked_mul(B, 2 * Hout + 2 * H)));
-    const Index ln_size = B * (3 * H + 4 * blocks_of(H, gate_block<S>()));
-    if (m_.cfg.layer_norm) bwd_.ln.resize(checked_mul(D, ln_size));
-    if (P > 0) bwd_.dhs.resize(checked_mul(D * T, checked_mul(B, P)));
+    if (m_.cfg.layer_norm) bwd_.ln.resize(checked_mul(D, ln_work(B)));
+    if (P > 0)
+        bwd_.dhs.resize(segmented ? checked_mul(cache_.K * B, P)
+                                  : checked_mul(D, dir_span(checked_mul(TB, P))));
+    if (segmented) bwd_.carry.resize(checked_mul(B, Hout + H));
     if (L > 1) {
         bwd_.dio[0].resize(checked_mul(TB, D * Hout));
         bwd_.dio[1].resize(checked_mul(TB, D * Hout));
     }
     // The products' thread count, read once: each thread multiplies in its own blocks.
-    const int threads = num_threads();
-    if (bwd_.gemm.size() < std::size_t(threads)) bwd_.gemm.resize(std::size_t(threads));
+    if (bwd_.gemm.size() < std::size_t(num_threads())) bwd_.gemm.resize(std::size_t(num_threads()));
 
     for (Index l = L - 1; l >= 0; --l) {
-        LayerCache<S>& lc = cache_.layers[std::size_t(l)];
         const S* dout = l == L - 1 ? dy : bwd_.dio[l & 1].data();
         S* din = l == 0 ? dx : bwd_.dio[(l - 1) & 1].data();
         const Index I_l = m_.in_size(l);
-
-        run_teams(int(D), teams, [&](int d, int tid, int n, SpinBarrier& barrier) {
-            const DirectionPass<S> a = backward_pass(l, d, lc);
-            const Index k = l * D + d;
-            S* st = bwd_.state.data() + d * B * (2 * Hout + 2 * H);
-            BackwardWork<S> w{
-                st, st + 2 * B * Hout, st + 2 * B * Hout + B * H,
-                P > 0 ? bwd_.dhs.data() + d * T * B * P : nullptr,
-                m_.cfg.peepholes ? m_.tensor(dweights_.data(), Param::weight_peephole, l, d)
-                                 : nullptr};
-            if (m_.cfg.layer_norm) {
-                w.ln = bwd_.ln.data() + d * ln_size;
-                w.dln = ForwardWeights<S, Panels<S>>::layer_norms(
-                    m_, dweights_.data(), l, d, Param::layer_norm_hh_weight,
-                    Param::layer_norm_c_weight);
-            }
-            backward_direction(a, fw_.cell(m_, k), dout + d * Hout, dh_n ? dh_n + k * B * Hout : nullptr,
-                               dc_n ? dc_n + k * B * H : nullptr, dh0 + k * B * Hout,
-                               dc0 + k * B * H, w, tid, n, barrier);
-        });
-
-        // Recurrent dropout: W_hh multiplied h_prev * rmask, whose copy dW_hh takes.
-        if (m_.cfg.recurrent_dropout > 0) {
-            bwd_.hm.resize(checked_mul(D * T, checked_mul(B, Hout)));
+        if (segmented) {
+            backward_segments(l, dout, din, dh0, dc0, dh_n, dc_n);
+        } else {
+            LayerCache<S>& lc = cache_.layers[std::size_t(l)];
+            run_teams(int(D), teams, [&](int d, int tid, int n, SpinBarrier& barrier) {
+                const DirectionPass<S> a = backward_pass(l, d, lc, T, cache_.lengths);
+                const Index k = l * D + d;
+                const BackwardWork<S> w =
+                    backward_work(l, d, d, bwd_.dhs.data() + d * dir_span(TB * P), false);
+                backward_direction(a, fw_.cell(m_, k), dout + d * Hout,
+                                   dh_n ? dh_n + k * B * Hout : nullptr,
+                                   dc_n ? dc_n + k * B * H : nullptr, dh0 + k * B * Hout,
+                                   dc0 + k * B * H, w, tid, n, barrier);
+            });
+            // The parameter gradients chunk by chunk, in each direction's backward order (the
+            // order memory-bounded BPTT meets them in).
+            const Index chunks = (T + C - 1) / C;
             for (Index d = 0; d < D; ++d) {
                 const bool rev = m_.cfg.reverse || d == 1;
-                const S* hp = lc.h.data() + (d * (T + 1) + slot_before(0, rev)) * B * Hout;
-                const S* mk = lc.rmask.data() + d * B * Hout;
-                S* out = bwd_.hm.data() + d * TB * Hout;
-                for (Index t = 0; t < T; ++t)
-                    for (Index e = 0; e < B * Hout; ++e)
-                        out[t * B * Hout + e] = hp[t * B * Hout + e] * mk[e];
-            }
-        }
-
-        // Layer norm: the gates' gradient dz = da is that of LN(x W_ih^T) too; the products'
-        // gradients take d(x W_ih^T) instead (and dW_hh d(h W_hh^T), from the time loop).
-        if (m_.cfg.layer_norm) layer_norm_inputs_backward(l, lc);
-
-        // The parameter gradients and dx, each one GEMM over all T*B rows:
-        //   dW_ih = da^T x,  dx = da W_ih,  db_ih = db_hh = sum_rows da,
-        //   dW_hh = da^T h_prev (per direction; h_prev * rmask with recurrent dropout, and
-        //           times the mask M with weight_drop),  dW_hr = dh^T r (per direction)
-        // (the peephole gradients were summed by the time loop, in the cell unit)
-        // The gradients are this backward's alone, in engine order (dweights_): they are added
-        // to grads_ in torch order once every layer is done, so a backward that fails adds
-        // nothing. Each thread owns a slice of output rows of every product (the same split
-        // for any run with this thread count, so results are reproducible) and multiplies it
-        // with Eigen's single-threaded GEMM in its own packing blocks (gemm_space.hpp).
-        const bool ln = m_.cfg.layer_norm;
-        CMapRM<S> dA(ln ? lc.ln_ih.data() : lc.gates.data(), TB, DG, Eigen::OuterStride<>(DG));
-        CMapRM<S> X(lc.x.data(), TB, I_l, Eigen::OuterStride<>(I_l));
-        MapRM<S> dWih(m_.tensor(dweights_.data(), Param::weight_ih, l), DG, I_l,
-                      Eigen::OuterStride<>(I_l));
-        CMapRM<S> Wih(tensor(Param::weight_ih, l, 0), DG, I_l, Eigen::OuterStride<>(I_l));
-        MapRM<S> dX(din, TB, I_l, Eigen::OuterStride<>(I_l));
-        const double work = double(TB) * double(DG) * double(2 * I_l + Hout + P);
-        parallel_slices(threads, work, [&](int tid, int n) {
-            GemmSpace<S>& space = bwd_.gemm[std::size_t(tid)];
-            Index r0, r1;
-            split_range(DG, 16, tid, n, r0, r1);
-            dWih.middleRows(r0, r1 - r0).setZero();
-            space.add_product(dWih.middleRows(r0, r1 - r0), dA.middleCols(r0, r1 - r0).transpose(),
-                              X);
-            split_range(TB, 16, tid, n, r0, r1);
-            dX.middleRows(r0, r1 - r0).setZero();
-            space.add_product(dX.middleRows(r0, r1 - r0), dA.middleRows(r0, r1 - r0), Wih);
-            for (Index d = 0; d < D; ++d) {
-                const bool rev = m_.cfg.reverse || d == 1;
-                CMapRM<S> dAd(ln ? lc.ln_hh.data() + d * TB * G : lc.gates.data() + d * G, TB, G,
-                              Eigen::OuterStride<>(ln ? G : DG));
-                CMapRM<S> Hprev(m_.cfg.recurrent_dropout > 0
-                                    ? bwd_.hm.data() + d * TB * Hout
-                                    : lc.h.data() + (d * (T + 1) + slot_before(0, rev)) * B * Hout,
-                                TB, Hout, Eigen::OuterStride<>(Hout));
-                MapRM<S> dWhh(m_.tensor(dweights_.data(), Param::weight_hh, l, d), G, Hout,
-                              Eigen::OuterStride<>(Hout));
-                split_range(G, 16, tid, n, r0, r1);
-                dWhh.middleRows(r0, r1 - r0).setZero();
-                space.add_product(dWhh.middleRows(r0, r1 - r0),
-                                  dAd.middleCols(r0, r1 - r0).transpose(), Hprev);
-                if (m_.cfg.weight_drop > 0)
-                    dWhh.middleRows(r0, r1 - r0).array() *=
-                        CMapRM<S>(wd_.mask.data() + ((l * D + d) * G + r0) * Hout, r1 - r0, Hout,
-                                  Eigen::OuterStride<>(Hout))
-                            .array();
-                if (P > 0) {
-                    CMapRM<S> dH(bwd_.dhs.data() + d * T * B * P, TB, P, Eigen::OuterStride<>(P));
-                    CMapRM<S> R(lc.r.data() + d * T * B * H, TB, H, Eigen::OuterStride<>(H));
-                    MapRM<S> dWhr(m_.tensor(dweights_.data(), Param::weight_hr, l, d), P, H,
-                                  Eigen::OuterStride<>(H));
-                    split_range(P, 8, tid, n, r0, r1);
-                    dWhr.middleRows(r0, r1 - r0).setZero();
-                    space.add_product(dWhr.middleRows(r0, r1 - r0),
-                                      dH.middleCols(r0, r1 - r0).transpose(), R);
+                for (Index i = 0; i < chunks; ++i) {
+                    const Index s0 = (rev ? i : chunks - 1 - i) * C;
+                    chunk_grads(l, d, lc, T, s0, std::min(C, T - s0), lc.x.data() + s0 * B * I_l,
+                                bwd_.dhs.data() + d * dir_span(TB * P), din + s0 * B * I_l,
+                                i == 0);
                 }
             }
-        });
-        if (m_.cfg.bias) {
-            RowVec<S> db(m_.tensor(dweights_.data(), Param::bias_ih, l), DG);
-            db.noalias() = CMapRM<S>(lc.gates.data(), TB, DG, Eigen::OuterStride<>(DG)).colwise().sum();
-            RowVec<S>(m_.tensor(dweights_.data(), Param::bias_hh, l), DG) = db;
         }
+        // weight_drop: the products took W_hh * M, so dW_hh = M * d(W_hh * M)
+        if (m_.cfg.weight_drop > 0)
+            for (Index d = 0; d < D; ++d) {
+                MapRM<S> dWhh(m_.tensor(dweights_.data(), Param::weight_hh, l, d), G, Hout,
+                              Eigen::OuterStride<>(Hout));
+                dWhh.array() *= CMapRM<S>(wd_.mask.data() + (l * D + d) * G * Hout, G, Hout,
+                                          Eigen::OuterStride<>(Hout))
+                                    .array();
+            }
+        if (m_.cfg.bias)  // db_hh = db_ih: both biases enter the same sum
+            std::copy_n(m_.tensor(dweights_.data(), Param::bias_ih, l), D * G,
+                        m_.tensor(dweights_.data(), Param::bias_hh, l));
         // The input of layer l > 0 was dropout(y_{l-1}): dy_{l-1} = din * mask, same mask.
         if (l > 0 && m_.cfg.dropout > 0)
             apply_dropout(din, TB * D * Hout, m_.cfg.dropout, cache_.seed, cache_.counter, l - 1);

@@ -236,6 +236,20 @@ class LSTM(Module):
         probability ``z_c`` at each step, ``c_t = m c_{t-1} + (1 - m) c~_t``, and likewise
         ``h_t`` (the output is the zoned-out ``h``); in evaluation ``c_t = z_c c_{t-1} + (1 -
         z_c) c~_t``, the expectation. In [0, 1].
+    bptt_memory : None, "sqrt" or int, default None, keyword-only
+        What a training-mode forward keeps for backward (memory-bounded backpropagation
+        through time, Chen et al. 2016). None: every step's gates and states, about
+        ``T*N*(I + 6H)`` values per layer (x, the four gates, h and c). ``"sqrt"``: the state
+        entering each segment of ``K`` steps, ``K = ceil(sqrt(T))`` rounded up to a whole
+        number of the engine's gradient chunks (``ceil(512/N)`` steps, a multiple of 16
+        rows); backward recomputes each segment's forward from that state before
+        backpropagating through it, about one more forward in all. An int: a budget in
+        bytes: full storage if it fits, else the longest segments whose checkpoints and
+        buffers fit (a training forward raises ValueError naming the smallest budget when
+        none does). The gradients are the bits of full storage (for a given thread count) in
+        every mode. Layers above the first keep their input; the first layer's is read again
+        in backward, so the ``x`` of a training forward must not be changed in place before
+        its backward. A setting of the module, not saved with the weights.
     layer_norm : bool, default False, keyword-only
         Layer-normalised LSTM (Ba et al. 2016): the gates' pre-activation is
         ``LN(W_ih x_t) + LN(W_hh h_{t-1}) + b_ih + b_hh``, each LN over all ``G`` gate features
@@ -311,6 +325,7 @@ class LSTM(Module):
         weight_drop: float = 0.0,
         zoneout: float | tuple[float, float] = 0.0,
         layer_norm: bool = False,
+        bptt_memory: str | int | None = None,
         dtype=np.float32,
         seed: int | None = None,
     ) -> None:
@@ -399,6 +414,49 @@ class LSTM(Module):
             {name: _initial_value(name, shape, rng, k) for name, shape in self._shapes().items()}
         )
         self._last = None  # layout of the last training-mode forward, for backward
+        self._bptt_memory: str | int | None = None
+        self.bptt_memory = bptt_memory
+
+    # ---- memory-bounded backpropagation through time ---------------------------------------
+    @property
+    def bptt_memory(self) -> str | int | None:
+        """What a training-mode forward keeps for backward: None (every step), ``"sqrt"`` or a
+        byte budget (see the class's ``bptt_memory``). Settable; not saved with the weights."""
+        return self._bptt_memory
+
+    @bptt_memory.setter
+    def bptt_memory(self, value: str | int | None) -> None:
+        where = "LSTM.bptt_memory"
+        if value is None:
+            policy, budget = "full", 0
+        elif isinstance(value, str):
+            if value != "sqrt":
+                raise ValueError(
+                    f"{where}: bptt_memory must be None, 'sqrt' or a number of bytes > 0, "
+                    f"got {value!r}"
+                )
+            policy, budget = "sqrt", 0
+        elif isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+            if not 0 < int(value) < 2**64:
+                raise ValueError(
+                    f"{where}: bptt_memory must be None, 'sqrt' or a number of bytes > 0, "
+                    f"got {value}"
+                )
+            policy, budget, value = "bytes", int(value), int(value)
+        else:
+            raise TypeError(
+                f"{where}: bptt_memory must be None, 'sqrt' or an int number of bytes, got "
+                f"{type(value).__name__} {value!r}"
+            )
+        self._engine.set_bptt_memory(policy, budget)
+        self._bptt_memory = value
+
+    def cache_bytes(self) -> int:
+        """Bytes the last training-mode forward keeps for backward (0 once backward consumed
+        it, or before any): its activations with full storage; with ``bptt_memory``, the
+        checkpoints, the inputs of the layers above the first and one segment's buffers. The
+        caller's input is not counted: that forward keeps a reference to it instead of a copy."""
+        return int(self._engine.cache_bytes)
 
     # ---- sizes -----------------------------------------------------------------------------
     @property
