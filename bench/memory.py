@@ -349,6 +349,8 @@ def summarize(runs):
             }
             continue
         row = {"available": True, "rounds": len(ok), "grads_digest": ok[-1]["grads_digest"]}
+        samples = [t for r in ok for t in r["step_samples"]]
+        row["step_min"], row["step_max"] = min(samples), max(samples)
         for key in FIGURES:
             values = [r[key] for r in ok if r[key] is not None]
             row[key] = statistics.median(values) if values else None
@@ -419,6 +421,11 @@ def claims(rows, sizes):
     return out, at_issue
 
 
+def busy(machine, threads):
+    """Whether other work shared the machine: the run itself adds about `threads` to the load."""
+    return machine["loadavg_start"][0] > 1.0 or machine["loadavg_end"][0] > threads + 1
+
+
 def load(averages):
     return "/".join(f"{v:.2f}" for v in averages)
 
@@ -461,6 +468,14 @@ def write_markdown(res, path):
         f"- **el budget**: `bptt_memory={res['budget']}` ({res['budget'] / MiB:,.1f} MiB, "
         f"{res['budget'] / res['full_cache_estimate']:.0%} of the full-storage estimate); "
         f"**torch checkpoint**: chunks of {math.ceil(math.sqrt(T))} steps",
+    ]
+    if busy(m, res["threads"]):
+        L.append(
+            "- **The machine was busy**: other work ran beside this one (a load average above "
+            "1 at the start, or above the run's threads + 1 at the end), so the times are "
+            "unreliable; the memory figures do not depend on it"
+        )
+    L += [
         "",
         "## Memory (MiB)",
         "",
@@ -484,18 +499,20 @@ def write_markdown(res, path):
         "",
         "## Time",
         "",
-        "| mode | step | forward | backward | vs el full | vs torch | grads bitwise = el full |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | step | step: fastest–slowest | forward | backward | vs el full | vs torch | "
+        "grads bitwise = el full |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for mode, row in rows.items():
         label = MODES[mode][0]
         if not row["available"]:
-            L.append(f"| {label} | {missing(row)} |" + " |" * 5)
+            L.append(f"| {label} | {missing(row)} |" + " |" * 6)
             continue
         same = row.get("same_grads_as_el_full")
         same = "-" if same is None else "reference" if mode == EL_FULL else "yes" if same else "NO"
         L.append(
-            f"| {label} | {compare.fmt_t(row['step_s'])} | {compare.fmt_t(row['forward_s'])} | "
+            f"| {label} | {compare.fmt_t(row['step_s'])} | {compare.fmt_t(row['step_min'])}–"
+            f"{compare.fmt_t(row['step_max'])} | {compare.fmt_t(row['forward_s'])} | "
             f"{compare.fmt_t(row['backward_s'])} | {ratio(row, EL_FULL, 'step_s', '{:.2f}x')} | "
             f"{ratio(row, TORCH_FULL, 'step_s', '{:.2f}x')} | "
             f"{same} |"
@@ -531,8 +548,9 @@ def write_markdown(res, path):
         "libraries or model). **forward peak**: VmHWM during the first forward − VmRSS before "
         "it (y, what is kept, the forward's scratch). **process peak RSS**: VmHWM of the whole "
         "process. **step**: median of zero_grad + training forward + backward of a random dy "
-        "with dx; the memory reads between forward and backward are not timed. **grads bitwise "
-        "= el full**: sha256 of dx and every parameter gradient of the last step.",
+        "with dx (the range: over all timed steps of all rounds); the memory reads between "
+        "forward and backward are not timed. **grads bitwise = el full**: sha256 of dx and "
+        "every parameter gradient of the last step.",
     ]
     if unavailable:
         L += ["", "Modes without figures: " + "; ".join(unavailable) + "."]
@@ -625,7 +643,7 @@ def main(argv=None):
                 what = "failed" if result.get("failed") else "not available"
                 print(f"[memory] {mode}: {what} ({result['reason']})", flush=True)
     res = {
-        "command": "python bench/memory.py " + " ".join(argv),
+        "command": " ".join(["python bench/memory.py", *argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
             "cpu": compare.cpu_model(),
