@@ -55,8 +55,8 @@ MODES = {
 # The references every ratio is taken against.
 EL_FULL, TORCH_FULL = "el-full", "torch"
 
-# The issue's claims for "sqrt" against full storage, each checked at the issue's sizes.
-ISSUE_SIZES = {"T": 10000, "B": 16, "I": 512, "H": 512}
+# The targets for "sqrt" against full storage, each checked at the target sizes.
+TARGET_SIZES = {"T": 10000, "B": 16, "I": 512, "H": 512}
 TARGETS = {"kept": 0.05, "step_peak": 0.45, "step_time": 1.35}
 
 # Fraction of full storage's estimated cache that el-budget gets when --budget is not given:
@@ -398,8 +398,8 @@ FIGURES = (
 
 
 def claims(rows, sizes):
-    """The issue's three claims for el-sqrt against el-full, (text, measured, target, met,
-    format) each, and whether the run was at the issue's sizes."""
+    """The three targets for el-sqrt against el-full, (text, measured, target, met,
+    format) each, and whether the run was at the target sizes."""
     sqrt, full = rows.get("el-sqrt", {}), rows.get(EL_FULL, {})
     texts = {
         "kept": "kept for backward, el sqrt / el full",
@@ -417,8 +417,8 @@ def claims(rows, sizes):
         value = vs[key[name]]
         text = texts[name] + (" (by RSS)" if name == "kept" and vs["kept_by"] == "kept_rss" else "")
         out.append((text, value, target, value is not None and value <= target, fmts[name]))
-    at_issue = sizes == ISSUE_SIZES
-    return out, at_issue
+    at_target = sizes == TARGET_SIZES
+    return out, at_target
 
 
 def busy(machine, threads):
@@ -517,12 +517,12 @@ def write_markdown(res, path):
             f"{ratio(row, TORCH_FULL, 'step_s', '{:.2f}x')} | "
             f"{same} |"
         )
-    found, at_issue = claims(rows, s)
-    L += ["", "## The issue's claims (el sqrt against el full)", ""]
-    if not at_issue:
+    found, at_target = claims(rows, s)
+    L += ["", "## Targets (el sqrt against el full)", ""]
+    if not at_target:
         L += [
             "The claims are made at T = {T}, B = {B}, I = {I}, H = {H}; at this run's sizes the "
-            "verdicts only indicate.".format(**ISSUE_SIZES),
+            "verdicts only indicate.".format(**TARGET_SIZES),
             "",
         ]
     L += ["| claim | measured | target | verdict |", "|---|---|---|---|"]
@@ -572,7 +572,7 @@ def parse_args(argv):
         epilog=__doc__,
     )
     for name in ("T", "B", "I", "H"):
-        p.add_argument(f"--{name}", type=int, default=ISSUE_SIZES[name])
+        p.add_argument(f"--{name}", type=int, default=TARGET_SIZES[name])
     p.add_argument("--repeats", type=int, default=3, help="timed steps per process (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     p.add_argument("--rounds", type=int, default=1, help="processes per mode (default 1)")
