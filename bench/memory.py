@@ -19,7 +19,6 @@ The modes (size letters: T time, B batch, I input, H hidden; float32, one layer)
     torch-checkpoint  torch.nn.LSTM over chunks of ceil(sqrt(T)) steps, each chunk under
                       torch.utils.checkpoint.checkpoint(use_reentrant=False), (h, c) carried
 
-A build without `bptt_memory` reports el-sqrt and el-budget as "not available".
 """
 
 from __future__ import annotations
@@ -103,23 +102,12 @@ def reset_peak():
     return True
 
 
-class NotAvailable(Exception):
-    """The installed eigenlstm has no bptt_memory option."""
-
-
 def eigenlstm_mode(args, bptt_memory):
     """(forward, backward, kept, gradients, versions) of an el.LSTM in training mode."""
     import eigenlstm as el
 
     el.set_num_threads(args.threads)
-    # full storage passes nothing, so that it runs on builds without the option
-    options = {} if bptt_memory is None else {"bptt_memory": bptt_memory}
-    try:
-        lstm = el.LSTM(args.I, args.H, seed=0, **options)
-    except TypeError as e:
-        if "bptt_memory" not in str(e):
-            raise
-        raise NotAvailable(str(e)) from e
+    lstm = el.LSTM(args.I, args.H, seed=0, bptt_memory=bptt_memory)
     lstm.train()
 
     def forward(x, count=False):  # count: torch's flag; the engine counts its cache itself
@@ -132,10 +120,7 @@ def eigenlstm_mode(args, bptt_memory):
         return dx
 
     def kept(outputs):
-        # The engine's own count of what the last training forward keeps for backward, where
-        # the build has one (a method or a read-only attribute).
-        value = getattr(lstm, "cache_bytes", None)
-        return int(value()) if callable(value) else value
+        return lstm.cache_bytes()  # the engine's own count
 
     def gradients():
         return list(lstm.grads.values())
@@ -212,10 +197,11 @@ def torch_mode(args, checkpointed):
 
 
 def digest(arrays):
-    """sha256 of the arrays' bytes: equal digests mean bitwise equal gradients."""
+    """sha256 of the arrays' bytes: equal digests mean bitwise equal gradients. Read through
+    the buffer protocol: a bytes copy of dx (as large as x) would raise the step's peak."""
     h = hashlib.sha256()
     for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
+        h.update(np.ascontiguousarray(a).data)
     return h.hexdigest()
 
 
@@ -229,15 +215,11 @@ def run_child(args):
     """
     _, engine, option = MODES[args.child]
     T, B, I, H = args.T, args.B, args.I, args.H
-    try:
-        if engine == "eigenlstm":
-            bptt_memory = args.budget if option == "budget" else option
-            forward, backward, kept, gradients, versions = eigenlstm_mode(args, bptt_memory)
-        else:
-            forward, backward, kept, gradients, versions = torch_mode(args, option is not None)
-    except NotAvailable as e:
-        print(json.dumps({"mode": args.child, "available": False, "reason": str(e)}))
-        return 0
+    if engine == "eigenlstm":
+        bptt_memory = args.budget if option == "budget" else option
+        forward, backward, kept, gradients, versions = eigenlstm_mode(args, bptt_memory)
+    else:
+        forward, backward, kept, gradients, versions = torch_mode(args, option is not None)
     # A step of two time steps first: the libraries' code pages, the thread pools and lazy
     # initialisation enter RSS here rather than in the first measured step.
     tiny = np.random.default_rng(0).standard_normal((2, B, max(I, H)), dtype=np.float32)
@@ -535,12 +517,11 @@ def write_markdown(res, path):
         "",
         "Medians over rounds; ratios are this mode / the reference. **kept for backward**: "
         "what the first training forward keeps for backward beyond the caller's x and its "
-        "outputs, counted two ways. *Own count*: eigenlstm's `cache_bytes()` where the build has "
-        "it; for torch, the storages of the tensors autograd saves (a `saved_tensors_hooks` "
+        "outputs, counted two ways. *Own count*: eigenlstm's `cache_bytes()`; for torch, the storages of the tensors autograd saves (a `saved_tensors_hooks` "
         "during that forward), without x, the outputs and the weights. *By RSS*: VmRSS after "
         "the forward − VmRSS before it − the bytes of y, h_n and c_n (it also counts memory the "
         "allocator keeps after freeing temporaries). Kept ratios between eigenlstm modes use "
-        "`cache_bytes()` where the build has it; all others use RSS, marked (RSS): torch's "
+        "`cache_bytes()`; all others use RSS, marked (RSS): torch's "
         "saved storages include oneDNN's workspace, reserved whole but only partly written. "
         "**step peak**: VmHWM over all steps − VmRSS once "
         "the model was built and a 2-step warm-up had run, before x and dy were made: x, dy, y, "
