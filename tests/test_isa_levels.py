@@ -163,11 +163,12 @@ def test_every_level_agrees_with_the_float64_reference(level, record_property):
     )
 
 
-# parity, gradcheck, determinism, streams, reduced precision
+# parity, gradcheck, determinism, memory-bounded BPTT, streams, reduced precision
 SUITES = [
     "test_lstm_parity.py",
     "test_lstm_gradcheck.py",
     "test_lstm_variants.py",
+    "test_lstm_bptt_memory.py",
     "test_stream.py",
     "test_quantized.py",
 ]

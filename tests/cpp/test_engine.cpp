@@ -1,6 +1,6 @@
 // Engine tests through the public C++ API only: finite-difference gradients in float64, the
-// torch layout of the parameter buffer, determinism across runs and thread counts, the
-// last-step linear head (forward_last), and error handling.
+// torch layout of the parameter buffer, determinism across runs and thread counts,
+// memory-bounded BPTT, the last-step linear head (forward_last), and error handling.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -210,6 +210,58 @@ void test_results_are_bitwise_identical_across_runs_and_thread_counts() {
     eigenlstm::set_num_threads(saved);
 }
 
+// Memory-bounded BPTT (LSTM::BpttMemory): checkpoints and recomputed segments give the bits
+// of full storage, and a budget too small for any segment length throws.
+void test_bptt_memory_gives_the_gradients_of_full_storage() {
+    Config c;
+    c.input_size = 6;
+    c.hidden_size = 10;
+    c.num_layers = 2;
+    c.bidirectional = true;
+    c.peepholes = true;
+    c.dropout = 0.25;
+    std::mt19937_64 rng(5);
+    LSTM<float> m(c, 9);
+    randomize(m, rng, 0.3);
+    const Index T = 150, B = 64, DL = 4, Y = T * B * 2 * 10;
+    std::vector<double> xv = randn(std::size_t(T * B * 6), rng), dyv = randn(std::size_t(Y), rng);
+    const std::vector<float> x(xv.begin(), xv.end()), dy(dyv.begin(), dyv.end());
+    std::vector<std::int64_t> lengths(static_cast<std::size_t>(B));
+    for (Index b = 0; b < B; ++b) lengths[std::size_t(b)] = (b * 37) % (T + 1);
+    using Memory = LSTM<float>::BpttMemory;
+    auto run = [&](Memory::Policy policy, std::uint64_t bytes, Index& segment) {
+        m.set_bptt_memory({policy, bytes});
+        const std::uint64_t stream = m.rng_counter();
+        std::vector<float> y(static_cast<std::size_t>(Y)), h(static_cast<std::size_t>(DL * B * 10)),
+        cc(h.size());
+        m.forward(y.data(), h.data(), cc.data(), x.data(), nullptr, nullptr, lengths.data(), T,
+                  B, true);
+        m.set_rng_state(m.rng_seed(), stream);  // the next run draws the same masks
+        segment = m.cache_segment();
+        std::vector<float> dx(x.size()), dh0(h.size()), dc0(h.size());
+        m.zero_grad();
+        m.backward(dx.data(), dh0.data(), dc0.data(), dy.data(), h.data(), nullptr);
+        for (const std::vector<float>* v : {&h, &cc, &dx, &dh0, &dc0})
+            y.insert(y.end(), v->begin(), v->end());
+        y.insert(y.end(), m.grads(), m.grads() + m.num_params());
+        return y;
+    };
+    Index full_segment = 0, segment = 0;
+    const std::vector<float> full = run(Memory::Policy::full, 0, full_segment);
+    CHECK(full_segment == T);
+    CHECK(run(Memory::Policy::sqrt, 0, segment) == full);
+    CHECK(segment == 16);  // ceil(sqrt(150)) = 13, rounded up to chunks of 8 steps (512 rows)
+    CHECK(run(Memory::Policy::bytes, 2 << 20, segment) == full);
+    CHECK(segment < T);
+    m.set_bptt_memory({Memory::Policy::bytes, 1000});
+    std::vector<float> y(static_cast<std::size_t>(Y)), h(static_cast<std::size_t>(DL * B * 10)),
+        cc(h.size());
+    CHECK_THROWS(m.forward(y.data(), h.data(), cc.data(), x.data(), nullptr, nullptr, nullptr, T,
+                           B, true),
+                 std::invalid_argument);
+    CHECK(m.cache_bytes() == 0);
+}
+
 void test_bad_input_throws_invalid_argument() {
     Config c;
     c.input_size = 0;
@@ -342,6 +394,7 @@ int main() {
     test_param_offsets_give_disjoint_tensors_with_aligned_kind_blocks();
     test_gate_rows_of_the_parameters_are_in_torch_order();
     test_results_are_bitwise_identical_across_runs_and_thread_counts();
+    test_bptt_memory_gives_the_gradients_of_full_storage();
     test_bad_input_throws_invalid_argument();
     test_forward_last_is_the_last_step_of_forward_through_a_linear_layer();
     test_huge_sizes_throw_bad_alloc();
