@@ -148,3 +148,42 @@ def test_a_per_step_model_is_refused_where_only_a_last_step_head_can_go():
     ):
         el.onnx.export(m, buf)
     assert buf.getvalue() == b""
+
+
+# ---- sequence_loss ---------------------------------------------------------------------------
+def test_sequence_loss_is_torchs_loss_over_the_valid_steps_and_zero_past_them():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((N, L, O))
+    labels = rng.integers(0, O, (N, L))
+    lengths = np.array([11, 4, 0, 7, 1, 11])
+    value, grad, steps = el.sequence_loss(el.cross_entropy, logits, labels, lengths)
+    valid = np.arange(L) < lengths[:, None]
+    t = torch.from_numpy(logits).requires_grad_()
+    want = tnn.CrossEntropyLoss()(t[torch.from_numpy(valid)], torch.from_numpy(labels[valid]))
+    want.backward()
+    assert steps == lengths.sum()
+    np.testing.assert_allclose(value, want.item(), rtol=1e-12)
+    np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-12, atol=1e-15)
+    assert not grad[~valid].any()
+    # mse without lengths is mse_loss of the whole array
+    target = rng.standard_normal((N, L, O))
+    value, grad, steps = el.sequence_loss(el.mse_loss, logits, target)
+    whole, whole_grad = el.mse_loss(logits, target)
+    assert (value, steps) == (whole, N * L) and np.array_equal(grad, whole_grad)
+
+
+def test_sequence_loss_names_what_does_not_fit():
+    p = np.zeros((2, 3, 4))
+    with pytest.raises(
+        ValueError, match=r"sequence_loss: prediction must have shape \(N, L, C\), got \(3, 4\)"
+    ):
+        el.sequence_loss(el.mse_loss, p[0], p[0])
+    with pytest.raises(
+        ValueError,
+        match=r"sequence_loss: target must have shape \(2, 3, \.\.\.\) \(samples, steps\), got \(2, 4\)",
+    ):
+        el.sequence_loss(el.cross_entropy, p, np.zeros((2, 4), np.int64))
+    with pytest.raises(
+        ValueError, match=r"sequence_loss: lengths must have shape \(2,\), got \(3,\)"
+    ):
+        el.sequence_loss(el.cross_entropy, p, np.zeros((2, 3), np.int64), np.ones(3, np.int64))

@@ -28,6 +28,7 @@ from .nn import (
     losses,
     mse_loss,
     quantize,
+    sequence_loss,
 )
 from .optim import SGD, Adam, AdamW, CosineAnnealingLR, StepLR, clip_grad_norm, clip_grad_norm_
 from .runtime import config, get_flush_denormal, set_flush_denormal, show_config
@@ -54,6 +55,7 @@ __all__ = [
     "losses",
     "mse_loss",
     "cross_entropy",
+    "sequence_loss",
     "optim",
     "SGD",
     "Adam",
