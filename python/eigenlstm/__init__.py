@@ -32,7 +32,7 @@ from .nn import (
 )
 from .optim import SGD, Adam, AdamW, CosineAnnealingLR, StepLR, clip_grad_norm, clip_grad_norm_
 from .runtime import config, get_flush_denormal, set_flush_denormal, show_config
-from .training import Callback, EarlyStopping, History, ModelCheckpoint, Trainer
+from .training import Callback, EarlyStopping, History, ModelCheckpoint, ResetStates, Trainer
 
 __all__ = [
     "__version__",
@@ -51,6 +51,7 @@ __all__ = [
     "Callback",
     "EarlyStopping",
     "ModelCheckpoint",
+    "ResetStates",
     "training",
     "losses",
     "mse_loss",
