@@ -17,6 +17,7 @@ import torch.nn as tnn
 
 import eigenlstm as el
 from reference import reference_backward, reference_forward
+from test_training_fit import load_example
 
 N, L, I, H, O = 6, 11, 3, 5, 4
 
@@ -656,3 +657,41 @@ def test_an_interrupted_stateful_run_rolls_back_its_carried_state_and_resumes_bi
     trainer.fit(x, y, epochs=1, resume=True, **kw)
     assert same_weights(trainer.model, straight.model)
     assert trainer.history.history == straight.history.history
+
+
+# ---- the char-LM example ---------------------------------------------------------------------
+def test_char_lm_stretches_are_contiguous_streams_that_batches_continue_row_by_row():
+    char_lm = load_example("char_lm")
+    text = char_lm.zen_text()
+    (x, y), (xv, yv), vocab = char_lm.per_step_data(text)
+    B, T = char_lm.STREAMS, char_lm.STRETCH
+    assert x.shape[1:] == (T, len(vocab)) and y.shape == x.shape[:2] and len(x) % B == 0
+
+    def chars(ids):
+        return "".join(vocab[i] for i in ids)
+
+    for r in range(B):  # stream r: the rows r, r + B, r + 2B, ... read on, labels one ahead
+        ids = np.concatenate([x[i].argmax(axis=1) for i in range(r, len(x), B)])
+        labels = np.concatenate([y[i] for i in range(r, len(x), B)])
+        assert chars(ids) in text and chars(labels) == chars(ids)[1:] + chars(labels)[-1]
+    cut = int(len(text) * 0.85)
+    assert chars(xv[0].argmax(axis=1)) + chars(yv[0][-1:]) == text[cut:]
+
+
+@pytest.mark.slow  # about 4 s alone, 10 s on a busy machine
+def test_char_lm_tbptt_reaches_a_held_out_loss_within_5_percent_of_full_bptt():
+    # The same budget of characters trained (12 epochs over the same stretches, so every
+    # character is read as often by both): TBPTT over chunks of 8 with the state carried
+    # through the streams, against full BPTT through each 32-character stretch from zeros.
+    # "Reaches": the best held-out loss of the run's epochs, what EarlyStopping would keep
+    # (the text is small, and both overfit it later).
+    char_lm = load_example("char_lm")
+    _, vocab, tbptt = char_lm.train_per_step(epochs=12, progress=False)
+    _, _, full = char_lm.train_per_step(epochs=12, tbptt=None, progress=False)
+    best_tbptt, best_full = min(tbptt.history["val_loss"]), min(full.history["val_loss"])
+    assert best_full < np.log(len(vocab)) - 0.5  # both learned: uniform guessing is log V
+    assert best_tbptt <= 1.05 * best_full, (best_tbptt, best_full)
+    sample = char_lm.sample_stream(
+        char_lm.train_per_step(epochs=1, progress=False)[0], vocab, "Beautiful is ", length=20
+    )
+    assert sample.startswith("Beautiful is ") and len(sample) == 33
