@@ -73,17 +73,19 @@ class LSTMModel(Module):
         \text{out} = \mathrm{LSTM}(x), \qquad y = \text{out}[:, \ell - 1, :]\, W^T + b
 
     where :math:`\ell = L` without ``lengths``, and :math:`\ell = \text{lengths}[n]` (the
-    sequence's last valid step) with them. With ``many_to_many=True`` the head reads every step,
+    sequence's last valid step) with them. For a bidirectional LSTM this is torch's
+    ``out[:, -1, :]`` (resp. the padded output at index ``length-1`` after
+    ``pack_padded_sequence``/``pad_packed_sequence``): the forward half has read the whole
+    sequence and the reverse half only its last step, exactly as the seed's model behaves.
+
+    With ``many_to_many=True`` the head reads every step,
 
     .. math::
         y[:, t, :] = \text{out}[:, t, :]\, W^T + b, \qquad t = 0, \dots, L - 1,
 
     as ``fc(out)`` on torch's ``nn.LSTM`` output does; past a sequence's length the LSTM's
     output is 0 (``pad_packed_sequence``), so ``y`` there is the bias ``b``: losses read only
-    the valid steps. For a bidirectional LSTM this is torch's
-    ``out[:, -1, :]`` (resp. the padded output at index ``length-1`` after
-    ``pack_padded_sequence``/``pad_packed_sequence``): the forward half has read the whole
-    sequence and the reverse half only its last step, exactly as the seed's model behaves.
+    the valid steps (:func:`~eigenlstm.nn.losses.sequence_loss`).
 
     ``state_dict()`` keys are those of the seed's PyTorch ``LSTMModel`` (``lstm.weight_ih_l0``,
     ..., ``fc.weight``, ``fc.bias``), so weights load both ways with ``load_state_dict``.
