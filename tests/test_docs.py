@@ -40,8 +40,8 @@ def test_readme_python_blocks_run_in_order_as_written(tmp_path, monkeypatch):
         title: python_blocks(readme_section(title))
         for title in ("Using it", "Serving", "Training", "Moving models in and out")
     }
-    assert [len(b) for b in sections.values()] == [2, 2, 3, 1]
-    assert len(python_blocks(text)) == 8  # a new block gets a place in this test
+    assert [len(b) for b in sections.values()] == [2, 2, 4, 1]
+    assert len(python_blocks(text)) == 9  # a new block gets a place in this test
     rng = np.random.default_rng(0)
     x = rng.standard_normal((96, 8, 1)).astype(np.float32)
     y = x.sum(axis=1)
@@ -80,7 +80,7 @@ def test_readme_python_blocks_run_in_order_as_written(tmp_path, monkeypatch):
     np.testing.assert_allclose(ns["y"], ns["model"].predict(ns["x"]), atol=0.05)
 
     # The third, the MPI example, runs as the ranks of an mpiexec job: tests/test_distributed.py.
-    torch_loop, trainer_block, _ = sections["Training"]
+    torch_loop, trainer_block, _, tbptt_block = sections["Training"]
     run(torch_loop)
     # The loop trained: five Adam steps on the whole set lower the loss of the first step.
     first, _ = el.mse_loss(el.LSTMModel(1, 32, 1, seed=0)(x[:64]), y[:64])
@@ -95,6 +95,14 @@ def test_readme_python_blocks_run_in_order_as_written(tmp_path, monkeypatch):
     assert ns["y_pred"].shape == (16, 1)
 
     saved = ns["model"].predict(x[80:])
+    saved_model = ns["model"]
+    run(tbptt_block)  # makes its own text
+    loss = ns["history"].history["loss"]
+    assert len(loss) == 20 and loss[-1] < loss[0] / 2
+    assert ns["x_text"].shape[1] == 64 and ns["y_text"].shape == ns["x_text"].shape[:2]
+    assert ns["h"].shape == ns["c"].shape == (1, 4, 64) and ns["trainer"].carried_state is None
+    ns["model"] = saved_model  # the next section exports the trainer block's model
+
     run(sections["Moving models in and out"][0])
     assert {"model.onnx", "lstm.onnx", "model.keras"} <= {p.name for p in tmp_path.iterdir()}
     # ONNX then Keras and back: the same model.

@@ -306,3 +306,16 @@ def test_keras_to_onnx_example_loads_fine_tunes_and_serves_in_onnxruntime(tmp_pa
     # Fine-tuning on the shifted wave must at least halve the held-out error.
     assert result["loss_after"] < 0.5 * result["loss_before"]
     assert {p.name for p in tmp_path.iterdir()} == {"forecaster.keras", "forecaster.onnx"}
+
+
+def test_a_per_step_lstm_model_is_written_as_a_sequence_lstm_and_a_dense_on_every_step(tmp_path):
+    ours = el.LSTMModel(I, 5, 3, num_layers=2, many_to_many=True, seed=0)
+    elkeras.save(ours, tmp_path / "m.keras")
+    reopened = keras.saving.load_model(tmp_path / "m.keras")
+    x = _x(seed=5)
+    want = ours.eval().predict(x)
+    assert want.shape == (4, 6, 3)
+    assert np.max(np.abs(reopened.predict(x, verbose=0) - want)) <= ATOL
+    back = elkeras.load(tmp_path / "m.keras")  # read back as the stack it is
+    assert type(back) is el.Sequential and back.return_sequences == [True, True]
+    assert np.max(np.abs(back.predict(x) - want)) <= ATOL

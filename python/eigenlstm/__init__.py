@@ -28,10 +28,11 @@ from .nn import (
     losses,
     mse_loss,
     quantize,
+    sequence_loss,
 )
 from .optim import SGD, Adam, AdamW, CosineAnnealingLR, StepLR, clip_grad_norm, clip_grad_norm_
 from .runtime import config, get_flush_denormal, set_flush_denormal, show_config
-from .training import Callback, EarlyStopping, History, ModelCheckpoint, Trainer
+from .training import Callback, EarlyStopping, History, ModelCheckpoint, ResetStates, Trainer
 
 __all__ = [
     "__version__",
@@ -50,10 +51,12 @@ __all__ = [
     "Callback",
     "EarlyStopping",
     "ModelCheckpoint",
+    "ResetStates",
     "training",
     "losses",
     "mse_loss",
     "cross_entropy",
+    "sequence_loss",
     "optim",
     "SGD",
     "Adam",

@@ -172,6 +172,39 @@ def test_validation_metrics_are_averaged_over_every_sample():
     assert COMM.allgather(h_ranks.history) == [h_ranks.history] * SIZE
 
 
+def test_a_per_step_model_with_lengths_matches_one_process():
+    # Per-step outputs: a rank's share of a batch is its share of the valid steps, which
+    # lengths make unequal across samples (some have none).
+    rng = np.random.default_rng(8)
+    x, y = rng.standard_normal((20, 7, 3)), rng.integers(0, 2, (20, 7))
+    lengths = rng.integers(0, 8, 20)
+    fit = dict(
+        epochs=2, batch_size=8, loss="cross_entropy", optimizer="sgd", lr=0.1, seed=3,
+        progress=False, lengths=lengths, validation_data=(x[:9], y[:9], lengths[:9]),
+    )
+    alone, ranks = (
+        el.LSTMModel(3, 12, 2, many_to_many=True, dtype=np.float64, seed=1) for _ in range(2)
+    )
+    h_alone = el.Trainer(alone).fit(x, y, **fit)
+    h_ranks = el.Trainer(ranks).fit(x, y, distributed="mpi", **fit)
+    errors = COMM.allgather(relative(flat(ranks), flat(alone)))
+    assert max(errors) <= 1e-12, errors
+    for key in ("loss", "val_loss"):
+        np.testing.assert_allclose(h_ranks.history[key], h_alone.history[key], rtol=1e-12)
+    assert h_ranks.history["val_accuracy"] == h_alone.history["val_accuracy"]
+
+
+def test_tbptt_and_stateful_are_refused_on_every_rank():
+    x, y = np.zeros((8, 6, 3)), np.zeros((8, 6), np.int64)
+    model = el.LSTMModel(3, 4, 2, many_to_many=True, seed=0)
+    for carry in ({"tbptt": 2}, {"stateful": True, "shuffle": False}):
+        with pytest.raises(ValueError, match="are not supported with distributed='mpi'"):
+            el.Trainer(model).fit(
+                x, y, loss="cross_entropy", batch_size=4, progress=False, distributed="mpi",
+                **carry,
+            )
+
+
 # ---- checkpoints -------------------------------------------------------------------------------
 def test_checkpoint_and_resume_are_bitwise_an_uninterrupted_run(tmp_path, monkeypatch):
     path = str(COMM.bcast(tmp_path / "run.npz" if RANK == 0 else None))

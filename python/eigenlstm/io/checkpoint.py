@@ -28,13 +28,16 @@ __all__ = ["save", "load", "FORMAT_VERSION", "MODEL_VERSIONS"]
 
 #: The newest checkpoint layout this eigenlstm reads and writes; ``load`` refuses newer ones.
 #: 2 added the checksum (below), 3 quantized models, 4 the LSTM's cell variants (peepholes,
-#: cell_clip) in the config; version 1 files are read as before.
-FORMAT_VERSION = 4
+#: cell_clip) in the config, 5 the per-step head (``many_to_many``); version 1 files are read
+#: as before.
+FORMAT_VERSION = 5
 #: The version ``save`` writes for each model class: the oldest that holds it, so that a float
 #: model stays readable by eigenlstm releases from before version 3. A model with a cell
-#: variant is written as VARIANTS_VERSION, which releases that cannot build it refuse by version.
+#: variant is written as VARIANTS_VERSION, one with a per-step head as MANY_TO_MANY_VERSION:
+#: releases that cannot build them refuse them by version.
 MODEL_VERSIONS = {"LSTMModel": 2, "QuantizedLSTMModel": 3}
 VARIANTS_VERSION = 4
+MANY_TO_MANY_VERSION = 5
 _MAGIC = "eigenlstm-checkpoint"
 
 # From version 2 the archive's comment (the last bytes of a zip file) is the SHA-256 of every
@@ -190,6 +193,8 @@ def save(model, path, *, metadata: dict | None = None, training: dict | None = N
     version = MODEL_VERSIONS[kind]
     if variant_options(model.lstm):
         version = max(version, VARIANTS_VERSION)
+    if model.many_to_many:
+        version = max(version, MANY_TO_MANY_VERSION)
     meta = {
         "format": _MAGIC,
         "format_version": version,

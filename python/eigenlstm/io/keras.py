@@ -543,7 +543,8 @@ def _keras_layers(model):
                 "at the last step (torch's out[:, -1, :]), while Keras's Bidirectional(LSTM) "
                 "gives the reverse direction's final state; use an el.Sequential"
             )
-        items = [(model.lstm, False), (model.fc, None)]
+        # a per-step head is Keras's LSTM(return_sequences=True) then Dense on every step
+        items = [(model.lstm, model.many_to_many), (model.fc, None)]
     elif isinstance(model, Sequential):
         flags = iter(model.return_sequences)
         items = [(l, next(flags) if isinstance(l, LSTM) else None) for l in model.layers]

@@ -433,6 +433,12 @@ def export(
     refuse_quantized(where, module)
     if isinstance(module, LSTMModel):
         lstm, fc = module.lstm, module.fc
+        if module.many_to_many:
+            raise ValueError(
+                f"{where}: module must be an LSTMModel with its head on the last step (the "
+                "graph reads the last step), got many_to_many=True; export module.lstm and "
+                "apply module.fc to every step of its output"
+            )
         if initial_state:
             raise ValueError(
                 f"{where}: initial_state must be False for an LSTMModel (its graph "

@@ -9,7 +9,7 @@ return the loss and its gradient.
 
 from . import losses
 from .linear import Linear
-from .losses import cross_entropy, mse_loss
+from .losses import cross_entropy, mse_loss, sequence_loss
 from .lstm import LSTM
 from .model import LSTMModel
 from .module import Module
@@ -33,4 +33,5 @@ __all__ = [
     "losses",
     "mse_loss",
     "cross_entropy",
+    "sequence_loss",
 ]

@@ -1,4 +1,5 @@
-"""``eigenlstm.LSTMModel``: the seed's model (batch-first LSTM, then Linear on the last step).
+"""``eigenlstm.LSTMModel``: the seed's model (batch-first LSTM, then Linear on the last step,
+or on every step with ``many_to_many=True``).
 
 Forward, backward and batched prediction of the composite; the layers are lstm.py and
 linear.py. Training it is ``eigenlstm.Trainer``'s job (training/), saving it ``eigenlstm.save``'s
@@ -28,7 +29,8 @@ __all__ = ["LSTMModel"]
 
 
 class LSTMModel(Module):
-    r"""A batch-first LSTM followed by a Linear layer on the last time step (the seed's model).
+    r"""A batch-first LSTM followed by a Linear layer on the last time step (the seed's model),
+    or on every step (``many_to_many=True``).
 
     Parameters
     ----------
@@ -37,13 +39,18 @@ class LSTMModel(Module):
     hidden_size : int
         LSTM hidden size, ``H``.
     output_size : int
-        Outputs per sequence, ``O`` (regression targets or class logits).
+        Outputs per sequence (per step with ``many_to_many``), ``O`` (regression targets or
+        class logits).
     num_layers : int, default 1
         Stacked LSTM layers.
     dropout : float, default 0.0, keyword-only
         Dropout between LSTM layers in training mode (as torch.nn.LSTM's ``dropout``).
     bidirectional : bool, default False, keyword-only
         Bidirectional LSTM; the Linear layer then takes ``2H`` features.
+    many_to_many : bool, default False, keyword-only
+        Apply the Linear layer to the output of every step, giving ``(N, L, O)``: a per-step
+        model (a language model, a sequence tagger), the one ``Trainer.fit(..., tbptt=k)``
+        trains. False keeps the seed's head on the last step, ``(N, O)``.
     cifg, peepholes, cell_clip, recurrent_dropout, weight_drop, zoneout, layer_norm : keyword-only
         Cell variants of the LSTM, as :class:`~eigenlstm.nn.LSTM`'s (``proj_clip`` needs a
         projection, which this model does not have).
@@ -71,6 +78,15 @@ class LSTMModel(Module):
     ``pack_padded_sequence``/``pad_packed_sequence``): the forward half has read the whole
     sequence and the reverse half only its last step, exactly as the seed's model behaves.
 
+    With ``many_to_many=True`` the head reads every step,
+
+    .. math::
+        y[:, t, :] = \text{out}[:, t, :]\, W^T + b, \qquad t = 0, \dots, L - 1,
+
+    as ``fc(out)`` on torch's ``nn.LSTM`` output does; past a sequence's length the LSTM's
+    output is 0 (``pad_packed_sequence``), so ``y`` there is the bias ``b``: losses read only
+    the valid steps (:func:`~eigenlstm.nn.losses.sequence_loss`).
+
     ``state_dict()`` keys are those of the seed's PyTorch ``LSTMModel`` (``lstm.weight_ih_l0``,
     ..., ``fc.weight``, ``fc.bias``), so weights load both ways with ``load_state_dict``.
 
@@ -92,6 +108,7 @@ class LSTMModel(Module):
         *,
         dropout: float = 0.0,
         bidirectional: bool = False,
+        many_to_many: bool = False,
         cifg: bool = False,
         peepholes: bool = False,
         cell_clip: float | None = None,
@@ -109,6 +126,12 @@ class LSTMModel(Module):
         self.num_layers = check_positive_int(where, "num_layers", num_layers)
         self.dtype = resolve_dtype(where, dtype)
         self.seed = check_seed(where, seed)
+        if not isinstance(many_to_many, (bool, np.bool_)):
+            raise TypeError(
+                f"{where}: many_to_many must be a bool, got {type(many_to_many).__name__} "
+                f"{many_to_many!r}"
+            )
+        self.many_to_many = bool(many_to_many)
         lstm_seed, fc_seed = (
             int(s >> np.uint64(1))
             for s in np.random.SeedSequence(self.seed).generate_state(2, np.uint64)
@@ -134,8 +157,9 @@ class LSTMModel(Module):
         D = 2 if self.lstm.bidirectional else 1
         self.fc = Linear(D * self.hidden_size, self.output_size, dtype=self.dtype, seed=fc_seed)
         self.metadata: dict = {}
-        # (N, L, last-step index) of the last training-mode forward
-        self._last: tuple[int, int, int | np.ndarray] | None = None
+        # (N, L, last-step index) of the last training-mode forward; the index is None for a
+        # per-step head, whose gradient is the whole (N, L, O)
+        self._last: tuple[int, int, int | np.ndarray | None] | None = None
 
     @property
     def dropout(self) -> float:
@@ -147,8 +171,8 @@ class LSTMModel(Module):
 
     def config(self) -> dict:
         """The constructor arguments, JSON-ready; ``LSTMModel(**config)`` rebuilds the model.
-        The cell variants appear only when set, so a plain model's config is what releases
-        before them wrote and read."""
+        The cell variants and ``many_to_many`` appear only when set, so a plain model's config
+        is what releases before them wrote and read."""
         return {
             "input_size": self.input_size,
             "hidden_size": self.hidden_size,
@@ -156,13 +180,15 @@ class LSTMModel(Module):
             "num_layers": self.num_layers,
             "dropout": self.dropout,
             "bidirectional": self.bidirectional,
+            **({"many_to_many": True} if self.many_to_many else {}),
             **variant_options(self.lstm),
             "dtype": self.dtype.name,
             "seed": self.seed,
         }
 
     def __repr__(self) -> str:
-        return f"LSTMModel(\n  (lstm): {self.lstm!r}\n  (fc): {self.fc!r}\n)"
+        head = "  many_to_many=True\n" if self.many_to_many else ""
+        return f"LSTMModel(\n  (lstm): {self.lstm!r}\n  (fc): {self.fc!r}\n{head})"
 
     def children(self) -> list[Module]:
         return [self.lstm, self.fc]
@@ -193,6 +219,13 @@ class LSTMModel(Module):
             )
         return x
 
+    def _check_lengths(self, where: str, lengths, x_shape: tuple) -> np.ndarray:
+        """``lengths`` for x of shape (N, L, I): in [1, L] for a head on the last valid step,
+        in [0, L] for a per-step head, which reads no last step (an empty sequence keeps its
+        state)."""
+        N, L = x_shape[:2]
+        return check_lengths(where, "lengths", lengths, N, L, minimum=0 if self.many_to_many else 1)
+
     def _check_state(self, where: str, state, N: int):
         """``state`` as the LSTM's (h0, c0): shapes (D*num_layers, N, H), the model's dtype."""
         check_pair(where, "state", "(h0, c0)", state)
@@ -206,14 +239,15 @@ class LSTMModel(Module):
         return pair[0], pair[1]
 
     def forward(self, x, *, lengths=None, state=None, return_state: bool = False):
-        """Map sequences to one output row each.
+        """Map sequences to one output row each (one per step with ``many_to_many``).
 
         Parameters
         ----------
         x : array_like of shape (N, L, I)
         lengths : array_like of int of shape (N,), optional
             Valid steps of each right-padded sequence, in [1, L]; the output is taken at
-            step ``lengths[n] - 1`` (see Notes of the class).
+            step ``lengths[n] - 1`` (see Notes of the class). In [0, L] with
+            ``many_to_many``: a sequence of length 0 has no valid step and keeps ``state``.
         state : tuple (h0, c0), optional
             The LSTM's initial state, each of shape (D*num_layers, N, H) (zeros when omitted),
             for sequences that continue earlier ones (see also :meth:`stream`).
@@ -222,7 +256,7 @@ class LSTMModel(Module):
 
         Returns
         -------
-        y : ndarray of shape (N, O)
+        y : ndarray of shape (N, O), or (N, L, O) with ``many_to_many``
         (h_n, c_n) : tuple of ndarray of shape (D*num_layers, N, H)
             Only with ``return_state=True``: the state after each sequence's last valid step.
 
@@ -230,24 +264,29 @@ class LSTMModel(Module):
         ------
         ValueError
             On a wrong shape of ``x``, ``lengths`` or ``state``, no time steps (L = 0), or a
-            length outside [1, L].
+            length outside [1, L] ([0, L] with ``many_to_many``).
         TypeError
             On non-real ``x`` or ``state``, or non-integer ``lengths``.
         """
         where = "LSTMModel.forward"
         x = self._check_x(where, x)
         if lengths is not None:
-            lengths = check_lengths(where, "lengths", lengths, x.shape[0], x.shape[1], minimum=1)
+            lengths = self._check_lengths(where, lengths, x.shape)
         if state is not None:
             state = self._check_state(where, state, x.shape[0])
         stateless = state is None and not return_state
-        if not self.training and stateless:
+        if not self.training and stateless and not self.many_to_many:
             self._last = None
             return self._forward_last(x, lengths)
         N, L, _ = x.shape
         out, final = self.lstm(x, state, lengths=lengths)
-        y = self.fc(self._last_step(out, lengths))
-        self._last = (N, L, L - 1 if lengths is None else lengths - 1) if self.training else None
+        if self.many_to_many:
+            y = self.fc(out)  # Linear acts on the last axis: every step, (N, L, O)
+            last = None
+        else:
+            y = self.fc(self._last_step(out, lengths))
+            last = L - 1 if lengths is None else lengths - 1
+        self._last = (N, L, last) if self.training else None
         return (y, final) if return_state else y
 
     def _forward_last(self, x, lengths):
@@ -266,7 +305,7 @@ class LSTMModel(Module):
 
         Parameters
         ----------
-        d_y : array_like of shape (N, O)
+        d_y : array_like of shape (N, O), or (N, L, O) with ``many_to_many``
             Gradient of the loss with respect to the output.
 
         Returns
@@ -283,6 +322,8 @@ class LSTMModel(Module):
         Notes
         -----
         Parameter gradients are *added* into the layers' gradients (call ``zero_grad()``).
+        No gradient flows into the initial ``state`` of the forward: a state passed in is a
+        constant (truncated backpropagation through time carries states this way).
         """
         if self._last is None:
             raise RuntimeError(
@@ -290,12 +331,15 @@ class LSTMModel(Module):
                 "in training mode (model.train()) before each backward"
             )
         N, L, idx = self._last
-        d_last = self.fc.backward(d_y)
-        d_out = np.zeros((N, L, d_last.shape[1]), dtype=self.dtype)
-        if isinstance(idx, int):
-            d_out[:, idx, :] = d_last  # forward: last = out[:, L-1, :]
+        d_head = self.fc.backward(d_y)
+        if idx is None:
+            d_out = d_head  # forward: y[:, t] = out[:, t] W^T + b at every step
         else:
-            d_out[np.arange(N), idx, :] = d_last  # forward: last = out[n, idx[n], :]
+            d_out = np.zeros((N, L, d_head.shape[1]), dtype=self.dtype)
+            if isinstance(idx, int):
+                d_out[:, idx, :] = d_head  # forward: last = out[:, L-1, :]
+            else:
+                d_out[np.arange(N), idx, :] = d_head  # forward: last = out[n, idx[n], :]
         dx, _ = self.lstm.backward(d_out)
         self._last = None
         return dx
@@ -317,6 +361,7 @@ class LSTMModel(Module):
         batch_size : int, optional
             Sequences per forward call (all at once when None).
         lengths : array_like of int of shape (N,), optional
+            As for :meth:`forward`.
         state : tuple (h0, c0), optional
             The LSTM's initial state, each of shape (D*num_layers, N, H) (zeros when omitted).
         return_state : bool, default False
@@ -324,7 +369,8 @@ class LSTMModel(Module):
 
         Returns
         -------
-        ndarray of shape (N, O), and ``(h_n, c_n)`` with ``return_state=True``
+        ndarray of shape (N, O) ((N, L, O) with ``many_to_many``), and ``(h_n, c_n)`` with
+        ``return_state=True``
 
         Raises
         ------
@@ -345,12 +391,13 @@ class LSTMModel(Module):
         x = self._check_x(where, x)
         N, L, _ = x.shape
         if lengths is not None:
-            lengths = check_lengths(where, "lengths", lengths, N, L, minimum=1)
+            lengths = self._check_lengths(where, lengths, x.shape)
         bs = N if batch_size is None else check_positive_int(where, "batch_size", batch_size)
         pair = None if state is None else self._check_state(where, state, N)
         parts = eval_in_batches(self, x, bs, lengths, state=pair, return_state=return_state)
         outputs = parts if pair is None and not return_state else [y for y, _ in parts]
-        y = np.concatenate(outputs) if parts else np.zeros((0, self.output_size), self.dtype)
+        per_sample = (L, self.output_size) if self.many_to_many else (self.output_size,)
+        y = np.concatenate(outputs) if parts else np.zeros((0,) + per_sample, self.dtype)
         if not return_state:
             return y
         D = 2 if self.bidirectional else 1

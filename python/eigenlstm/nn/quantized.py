@@ -544,6 +544,7 @@ class QuantizedLSTMModel(LSTMModel):
         D = 2 if self.lstm.bidirectional else 1
         self.fc = QuantizedLinear(D * self.hidden_size, self.output_size, precision=self.precision)
         self.metadata: dict = {}
+        self.many_to_many = False  # the head reads the last step (quantize refuses others)
         self._last = None
 
     @classmethod
@@ -631,6 +632,12 @@ def quantize(module, dtype: str):
     if isinstance(module, (QuantizedLSTM, QuantizedLinear, QuantizedLSTMModel)):
         raise TypeError(f"{where}: module is already quantized ({module.precision})")
     if isinstance(module, LSTMModel):
+        if module.many_to_many:
+            raise ValueError(
+                f"{where}: module must be an LSTMModel with its head on the last step (the "
+                "quantized model reads the last step), got many_to_many=True; quantize "
+                "module.lstm and module.fc separately"
+            )
         return QuantizedLSTMModel.from_float(module, precision)
     if isinstance(module, LSTM):
         return QuantizedLSTM.from_float(module, precision)

@@ -2,10 +2,11 @@
 
 ``Trainer`` (trainer.py) owns a run (optimizer, schedule, shuffling RNG, epoch count,
 History), rolls back to the last epoch boundary on an interruption, and saves and resumes runs
-through io/; ``callbacks.py`` holds History and the hooks (EarlyStopping, ModelCheckpoint).
+through io/; ``callbacks.py`` holds History and the hooks (EarlyStopping, ModelCheckpoint,
+ResetStates).
 """
 
-from .callbacks import Callback, EarlyStopping, History, ModelCheckpoint
+from .callbacks import Callback, EarlyStopping, History, ModelCheckpoint, ResetStates
 from .trainer import Trainer, make_optimizer, make_scheduler
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "Callback",
     "EarlyStopping",
     "ModelCheckpoint",
+    "ResetStates",
     "make_optimizer",
     "make_scheduler",
 ]

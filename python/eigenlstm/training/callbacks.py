@@ -1,5 +1,5 @@
 """What ``Trainer.fit`` reports and who may act on it: History, Callback, EarlyStopping,
-ModelCheckpoint.
+ModelCheckpoint, ResetStates.
 
 The loop itself is in trainer.py; it calls these hooks once per epoch (and per batch) and reads
 ``trainer.stop_training`` after each epoch. Files are written by ``Trainer.save`` (io/).
@@ -12,7 +12,7 @@ import numbers
 import os
 from typing import Any
 
-__all__ = ["History", "Callback", "EarlyStopping", "ModelCheckpoint"]
+__all__ = ["History", "Callback", "EarlyStopping", "ModelCheckpoint", "ResetStates"]
 
 
 def _monitored(where: str, monitor: str, logs: dict) -> float:
@@ -338,3 +338,34 @@ class ModelCheckpoint(Callback):
         self.last_saved_epoch = epoch
         if improved:  # only once the file holds it: a failed save must not raise the bar
             self.best, self.best_epoch = value, epoch
+
+
+class ResetStates(Callback):
+    """Zero the state a stateful ``fit`` carries at the end of every epoch (Keras's idiom of
+    calling ``model.reset_states()`` in ``on_epoch_end``).
+
+    ``fit(..., stateful=True)`` already zeroes the carried state at the start of each epoch
+    unless ``reset_each_epoch=False``; with that default this callback changes only what is
+    left after the last epoch (zeros rather than the last batch's final state). It is for runs
+    with ``reset_each_epoch=False``, or a subclass that resets on a schedule of its own.
+
+    Notes
+    -----
+    ``fit`` takes its rollback point before the callbacks' ``on_epoch_end`` (see
+    ``Trainer.fit``), and ``ModelCheckpoint`` saves in its own ``on_epoch_end``: list
+    ``ResetStates`` before ``ModelCheckpoint`` for the file to hold the reset state.
+
+    Examples
+    --------
+    >>> import numpy as np, eigenlstm as el
+    >>> x = np.random.default_rng(0).standard_normal((8, 5, 2))
+    >>> trainer = el.Trainer(el.LSTMModel(2, 4, 1, seed=0))
+    >>> _ = trainer.fit(x, x.sum(axis=(1, 2)), epochs=2, batch_size=4, shuffle=False,
+    ...                 stateful=True, reset_each_epoch=False, callbacks=[el.ResetStates()],
+    ...                 progress=False)
+    >>> trainer.carried_state is None
+    True
+    """
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self.trainer.reset_states()

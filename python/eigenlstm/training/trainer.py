@@ -4,9 +4,11 @@ The loop asks only for torch's module protocol plus an explicit backward: ``trai
 ``model(x)`` (or ``model(x, lengths=...)``), ``backward(d_output)``, ``zero_grad``,
 ``parameters``, ``state_dict``/``load_state_dict`` and ``get_extra_state``/``set_extra_state``
 (the dropout stream). Everything else a run owns (optimizer, schedule, shuffling RNG, epoch
-count, history) lives here, and goes into checkpoints through ``state_dict()``.
+count, history, the state a stateful run carries) lives here, and goes into checkpoints
+through ``state_dict()``. Truncated backpropagation through time and stateful training carry
+an LSTM's ``(h, c)`` through ``model(x, state=..., return_state=True)``.
 """
-# Sizes: N samples, B batch.
+# Sizes: N samples, B batch, L time steps, k steps of a truncated-BPTT chunk.
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import numpy as np
 from .. import io as _io
 from .. import optim as _optim
 from .._validation import as_array, as_real_array, check_lengths, check_positive_int
-from ..nn.losses import check_labels, cross_entropy, get_loss, mse_loss
+from ..nn.losses import check_labels, cross_entropy, get_loss, mse_loss, sequence_loss
 from ..nn.module import eval_in_batches
 from ..optim import lr_scheduler as _sched
 from ..optim.clip import clip_grad_norm_
@@ -121,20 +123,35 @@ def make_scheduler(
     return cls(optimizer, **kwargs)
 
 
-def _shard_loss(group: _distributed.MPIGroup, loss_fn, pred, y, n_batch: int):
-    """This rank's part of the loss of a global batch of ``n_batch`` samples, and its gradient.
-
-    The loss is a mean over samples, so the batch's is sum_r n_r * loss_r / n_batch: each
-    rank's gradient is weighted by n_r / n_batch before the gradients are summed over ranks,
-    and the value returned, the same on every rank, is the whole batch's. A rank with no
-    samples (a last batch smaller than the ranks) adds zero.
-    """
-    n = len(y)
-    if n == 0:
-        return float(group.sum([0.0])[0]) / n_batch, np.zeros_like(pred)
+def _batch_loss(loss_fn, pred, y, lengths) -> tuple[float, np.ndarray, int]:
+    """``(value, gradient, terms)`` of one batch; ``terms`` is what the value is a mean over:
+    one per sample, or one per valid step of per-step outputs (N, L, O) (see
+    :func:`~eigenlstm.nn.losses.sequence_loss`). An empty batch has none and a NaN value."""
+    if len(y) == 0:
+        return math.nan, np.zeros_like(pred), 0
+    if pred.ndim == 3:
+        return sequence_loss(loss_fn, pred, y, lengths)
     value, grad = loss_fn(pred, y)
-    total = float(group.sum([float(value) * n])[0])
-    return total / n_batch, grad * (n / n_batch)
+    return float(value), grad, len(y)
+
+
+def _shard_loss(group: _distributed.MPIGroup, value: float, grad, terms: int):
+    """The loss of a global batch from this rank's part of it, this rank's share of its
+    gradient, and the batch's number of terms.
+
+    The loss is a mean over terms (samples, or valid steps), so the batch's is
+    sum_r n_r * loss_r / n with n = sum_r n_r: each rank's gradient is weighted by n_r / n
+    before the gradients are summed over ranks, and the value returned, the same on every
+    rank, is the whole batch's. A rank with no terms (a last batch smaller than the ranks)
+    adds zero.
+    """
+    loss_sum, n = group.sum([value * terms if terms else 0.0, float(terms)])
+    return float(loss_sum) / n, grad * (terms / n), int(n)
+
+
+#: The settings of a run added after checkpoints first held settings, with the values that
+#: runs without them ran with: a run holds them only when it differs from these.
+_SETTING_DEFAULTS = {"tbptt": None, "stateful": False, "reset_each_epoch": True}
 
 
 class _Run:
@@ -146,7 +163,10 @@ class _Run:
         self.rng = rng  # np.random.Generator that shuffles the batches
         self.history = history  # History of every epoch so far
         self.epoch = epoch  # epochs completed
-        self.settings = settings  # loss name, batch_size, clip_grad_norm, shuffle
+        self.settings = settings  # loss name, batch_size, clip_grad_norm, shuffle, tbptt, ...
+        # (h, c) a stateful fit carries from batch to batch; None stands for zeros. Replaced
+        # by new arrays at each batch, never written into, so holding a reference is a copy.
+        self.carried: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class _EpochSnapshot:
@@ -169,6 +189,7 @@ class _EpochSnapshot:
         self.history_epochs = len(h.epoch)
         self.history_stop_reason = h.stop_reason
         self.epoch = run.epoch
+        self.carried = run.carried  # never written into (see _Run)
 
     def restore(self, model, run: _Run) -> None:
         model.load_state_dict(self.weights)
@@ -186,6 +207,7 @@ class _EpochSnapshot:
         del h.epoch[self.history_epochs :]
         h.stop_reason = self.history_stop_reason
         run.epoch = self.epoch
+        run.carried = self.carried
         model.zero_grad()
 
 
@@ -269,6 +291,8 @@ class Trainer:
         Set it to True (from a callback) to stop after the current epoch.
     stop_reason : str or None
         Why the last ``fit`` ended before its last epoch.
+    carried_state : tuple (h, c) or None
+        The state a ``fit(..., stateful=True)`` carries into its next batch (None: zeros).
 
     Examples
     --------
@@ -323,6 +347,34 @@ class Trainer:
     @property
     def epoch(self) -> int:
         return 0 if self._run is None else self._run.epoch
+
+    @property
+    def carried_state(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Copies of the ``(h, c)`` that a ``fit(..., stateful=True)`` carries into its next
+        batch, each of shape (num_layers, batch_size, H); None when it is zeros (after
+        :meth:`reset_states`, at the start of a run, or in a run that is not stateful)."""
+        carried = None if self._run is None else self._run.carried
+        return None if carried is None else (carried[0].copy(), carried[1].copy())
+
+    def reset_states(self) -> None:
+        """Zero the state a stateful run carries, as Keras's ``model.reset_states()``: the next
+        batch starts every row from zeros. Nothing to do before ``fit``.
+
+        Examples
+        --------
+        >>> import numpy as np, eigenlstm as el
+        >>> x = np.random.default_rng(0).standard_normal((8, 5, 2))
+        >>> trainer = el.Trainer(el.LSTMModel(2, 4, 1, seed=0))
+        >>> _ = trainer.fit(x, x.sum(axis=(1, 2)), epochs=1, batch_size=4, shuffle=False,
+        ...                 stateful=True, progress=False)
+        >>> trainer.carried_state[0].shape
+        (1, 4, 4)
+        >>> trainer.reset_states()
+        >>> trainer.carried_state is None
+        True
+        """
+        if self._run is not None:
+            self._run.carried = None
 
     def __repr__(self) -> str:
         return f"Trainer({type(self.model).__name__}, epoch={self.epoch}, optimizer={self.optimizer!r})"
@@ -380,20 +432,51 @@ class Trainer:
 
     @staticmethod
     def _check_targets(where, name, y, N, out_shape, loss_name, dtype):
+        # A model output of shape (N, L, O) is per step: a target (label) per step and output.
+        per_step = len(out_shape) == 2
         if loss_name == "cross_entropy":
+            if per_step:
+                return check_labels(where, name, y, N, out_shape[1], steps=out_shape[0])
             return check_labels(where, name, y, N, int(np.prod(out_shape)))
         if y.dtype.kind not in "fiub":
             raise TypeError(f"{where}: {name} must hold real numbers, got dtype {y.dtype}")
         if loss_name is None:  # a callable loss checks its own targets
             return y
-        if y.ndim == 1 and out_shape == (1,):
-            y = y[:, None]
+        if out_shape[-1:] == (1,) and y.shape == (N,) + tuple(out_shape[:-1]):
+            y = y[..., None]  # one output: (N,) for (N, 1), (N, L) for (N, L, 1)
         if y.shape[1:] != out_shape:
+            axes = "(samples, steps, outputs)" if per_step else "(samples, outputs)"
             raise ValueError(
-                f"{where}: {name} must have shape {(N,) + tuple(out_shape)} (samples, outputs), "
-                f"got {y.shape}"
+                f"{where}: {name} must have shape {(N,) + tuple(out_shape)} {axes}, got {y.shape}"
             )
         return y.astype(dtype)
+
+    def _check_carry(self, where: str, x, lengths, tbptt: int | None) -> None:
+        """That the model can carry its state from one call to the next, as ``tbptt`` and
+        ``stateful`` need (and, with ``tbptt``, gives an output at every step): one
+        evaluation-mode forward of the first sample with ``return_state=True`` says so."""
+        what = "stateful=True" if tbptt is None else f"tbptt={tbptt}"
+        if getattr(self.model, "bidirectional", False):
+            raise ValueError(
+                f"{where}: {what} needs a unidirectional model (a reverse direction reads each "
+                "sequence from its end, so no state carries forward), got bidirectional=True"
+            )
+        try:
+            ((out, _),) = eval_in_batches(
+                self.model, x[:1], 1, None if lengths is None else lengths[:1], return_state=True
+            )
+        except TypeError as exc:
+            raise TypeError(
+                f"{where}: {what} needs a model whose forward takes state= and "
+                f"return_state=True, as LSTMModel's does; {type(self.model).__name__} refused "
+                f"them ({exc})"
+            ) from None
+        if tbptt is not None and (out.ndim != 3 or out.shape[1] != x.shape[1]):
+            raise ValueError(
+                f"{where}: tbptt needs a model with an output at every step, (N, {x.shape[1]}, "
+                "O) for x of shape (N, L, I), as LSTMModel(..., many_to_many=True) gives; got "
+                f"tbptt={tbptt} for a model whose output has shape {(len(x),) + out.shape[1:]}"
+            )
 
     # ---- training --------------------------------------------------------------------------
     def fit(
@@ -416,15 +499,19 @@ class Trainer:
         lr_schedule=None,
         resume: bool = False,
         distributed: str | None = None,
+        tbptt: int | None = None,
+        stateful: bool = False,
+        reset_each_epoch: bool = True,
     ) -> History:
-        """Train on ``(x, y)`` with mini-batches.
+        r"""Train on ``(x, y)`` with mini-batches.
 
         Parameters
         ----------
         x : array_like of shape (N, ...)
             Inputs, ``(N, L, I)`` sequences for an LSTMModel.
         y : array_like of shape (N, O) for "mse" ((N,) if O = 1), or int of shape (N,)
-            Targets, or class indices in [0, O) for "cross_entropy".
+            Targets, or class indices in [0, O) for "cross_entropy". For a model with an
+            output at every step, ``(N, L, O)`` ((N, L) if O = 1), or int of shape (N, L).
         epochs : int, default 10
             Epochs to run in this call (with ``resume=True``: epochs to add).
         batch_size : int, default 32
@@ -449,6 +536,7 @@ class Trainer:
             E.g. ``[EarlyStopping(patience=5), ModelCheckpoint("run.npz")]``.
         lengths : array_like of int of shape (N,), optional
             Valid steps of each right-padded sequence, passed to ``model(x, lengths=...)``.
+            With per-step outputs, the steps past a length have no loss and no gradient.
         lr_schedule : {"cosine", "step"}, (name, kwargs), LRScheduler or None
             Per-epoch learning-rate schedule (see :func:`make_scheduler`).
         resume : bool, default False
@@ -461,7 +549,22 @@ class Trainer:
         distributed : {None, "mpi"}, default None
             ``"mpi"``: data-parallel training over the ranks of an ``mpiexec -n P`` job (needs
             the ``eigenlstm[mpi]`` extra). Every rank calls ``fit`` with the same arguments;
-            see Notes.
+            see Notes. Not with ``tbptt`` or ``stateful``.
+        tbptt : int, optional
+            Truncated backpropagation through time over chunks of ``tbptt`` steps, for a
+            model with an output at every step (``LSTMModel(..., many_to_many=True)``): each
+            batch is trained chunk by chunk, one optimizer step per chunk, each chunk starting
+            from the state the one before ended with (see Notes). None: the whole sequence.
+        stateful : bool, default False
+            Keras's ``stateful=True``: row ``r`` of each batch continues from the final state
+            of row ``r`` of the batch before, so sample ``i * batch_size + r`` continues
+            sample ``(i - 1) * batch_size + r``. Needs ``shuffle=False``, a unidirectional
+            model whose forward takes ``state=`` and ``return_state=True`` (an LSTMModel) and
+            N a multiple of ``batch_size``. :meth:`reset_states` zeroes the carried state.
+        reset_each_epoch : bool, default True
+            With ``stateful``: zero the carried state at the start of each epoch (each epoch
+            reads the streams from their start). False carries it across epochs too, until
+            :meth:`reset_states` or a :class:`~eigenlstm.ResetStates` callback zeroes it.
 
         Returns
         -------
@@ -476,9 +579,14 @@ class Trainer:
         ------
         ValueError
             On shape or length mismatches between ``x``, ``y`` and ``lengths``, labels out
-            of range, ``resume=True`` with nothing to resume or different settings.
+            of range, ``resume=True`` with nothing to resume or different settings; a
+            ``tbptt`` below 1, or given for a model without an output at every step;
+            ``stateful`` with ``shuffle=True`` or a short last batch; ``tbptt`` or
+            ``stateful`` with a bidirectional model or ``distributed``.
         TypeError
-            On non-numeric data or non-integer labels.
+            On non-numeric data or non-integer labels; a ``tbptt`` that is not an int, a
+            ``stateful`` or ``reset_each_epoch`` that is not a bool, or (with them) a model
+            whose forward does not take ``state=`` and ``return_state=True``.
         KeyboardInterrupt
             Re-raised after a Ctrl-C, once the model has been rolled back (see Notes); as is
             any other exception from inside the loop (a callback's, a loss function's).
@@ -510,6 +618,36 @@ class Trainer:
         ``on_epoch_end``, after an epoch completed, and a save interrupted halfway leaves the
         previous file intact (:func:`eigenlstm.save` writes a temp file and renames it).
 
+        **Truncated BPTT** (``tbptt=k``). A batch of sequences of ``L`` steps is cut into the
+        chunks :math:`[t, t + k)`, :math:`t = 0, k, 2k, \dots` (the last may be shorter), and
+        for each chunk in turn
+
+        .. math::
+            (\hat y_{[t, t+k)}, s_{t+k}) = f_\theta(x_{[t, t+k)}; s_t), \qquad
+            \theta \leftarrow \mathrm{step}\big(\nabla_\theta\,
+            \mathcal{L}(\hat y_{[t, t+k)}, y_{[t, t+k)}) \,\big|_{s_t\ \text{fixed}}\big)
+
+        where :math:`s_t = (h_t, c_t)` is the state the previous chunk ended with (zeros for
+        the first, or the carried state with ``stateful``), treated as a constant: no
+        gradient flows from a chunk into the one before, as torch's ``h.detach()`` between
+        chunks. The loss of a chunk is the mean over its valid steps. With ``lengths``, a
+        sequence's steps past its length count in no chunk, and a sequence that has ended
+        keeps its final state through the remaining chunks; a chunk in which every sequence
+        has ended is skipped (no optimizer step). With ``k >= L`` this is full BPTT, bitwise.
+        ``on_batch_end`` is called after every optimizer step (every chunk), with the
+        count of steps of the epoch so far as ``batch``. The epoch's ``loss`` is the mean over
+        every valid step trained, :math:`\sum_j M_j \mathcal{L}_j / \sum_j M_j` over the
+        chunks ``j`` of :math:`M_j` valid steps. Each chunk's forward runs the model on a
+        slice of steps, so the dropout masks differ from those of one forward over ``L``.
+
+        **Stateful training** (``stateful=True``). The final state of batch ``i`` (after its
+        last chunk, with ``tbptt``) is the initial state of batch ``i + 1``, row by row, and
+        is a constant there as between chunks. It is zeroed at the start of each epoch
+        unless ``reset_each_epoch=False``. Validation and :meth:`evaluate` run from zeros.
+        The carried state is part of the run: rolled back with it on interruption, saved in
+        checkpoints (``Trainer.save``, ``ModelCheckpoint``) and carried on by ``resume``, so
+        an interrupted and resumed stateful run is bitwise the uninterrupted one.
+
         **Distributed training** (``distributed="mpi"``). Rank 0's weights, dropout stream,
         optimizer and scheduler state, shuffling RNG and epoch count are broadcast first, so
         every rank starts the same.
@@ -539,6 +677,30 @@ class Trainer:
             # Every check, and the run it continues or starts; nothing changes yet.
             epochs = check_positive_int(where, "epochs", epochs, minimum=0)
             batch_size = check_positive_int(where, "batch_size", batch_size)
+            if tbptt is not None:
+                tbptt = check_positive_int(where, "tbptt", tbptt)
+            for name, flag in (("stateful", stateful), ("reset_each_epoch", reset_each_epoch)):
+                if not isinstance(flag, (bool, np.bool_)):
+                    raise TypeError(
+                        f"{where}: {name} must be a bool, got {type(flag).__name__} {flag!r}"
+                    )
+            stateful, reset_each_epoch = bool(stateful), bool(reset_each_epoch)
+            if not reset_each_epoch and not stateful:
+                raise ValueError(
+                    f"{where}: reset_each_epoch=False needs stateful=True (only a stateful run "
+                    "carries a state across batches), got stateful=False"
+                )
+            if distributed is not None and (tbptt is not None or stateful):
+                raise ValueError(
+                    f"{where}: tbptt and stateful are not supported with distributed="
+                    f"{distributed!r} (each rank would carry its own shard's state); got "
+                    f"tbptt={tbptt}, stateful={stateful}"
+                )
+            if stateful and shuffle:
+                raise ValueError(
+                    f"{where}: stateful=True needs shuffle=False (row r of each batch continues "
+                    "row r of the batch before), got shuffle=True"
+                )
             if clip_grad_norm is not None and (
                 isinstance(clip_grad_norm, bool)
                 or not isinstance(clip_grad_norm, numbers.Real)
@@ -550,6 +712,14 @@ class Trainer:
             loss_fn = get_loss(loss, where=where)
             loss_name = {mse_loss: "mse", cross_entropy: "cross_entropy"}.get(loss_fn)
             x, y, lengths = self._check_data(where, x, y, lengths, loss_name)
+            if stateful and len(x) % batch_size:
+                raise ValueError(
+                    f"{where}: stateful=True needs full batches, a number of samples that is a "
+                    f"multiple of batch_size={batch_size}, got {len(x)} (a last batch of "
+                    f"{len(x) % batch_size} could not continue the rows of the one before)"
+                )
+            if tbptt is not None or stateful:
+                self._check_carry(where, x, lengths, tbptt)
             val = None
             if validation_data is not None:
                 if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (
@@ -568,6 +738,10 @@ class Trainer:
                 "clip_grad_norm": None if clip_grad_norm is None else float(clip_grad_norm),
                 "shuffle": bool(shuffle),
             }
+            # The newer settings only when set, so that a plain run's checkpoint is laid out
+            # as those of the releases before them.
+            given = {"tbptt": tbptt, "stateful": stateful, "reset_each_epoch": reset_each_epoch}
+            settings.update({k: v for k, v in given.items() if v != _SETTING_DEFAULTS[k]})
 
             if resume:
                 if self._run is None:
@@ -576,8 +750,8 @@ class Trainer:
                         "fit first or load a checkpoint saved after training with Trainer.load"
                     )
                 run = self._run
-                for key, value in settings.items():
-                    old = run.settings.get(key)
+                for key, value in {**_SETTING_DEFAULTS, **settings}.items():
+                    old = run.settings.get(key, _SETTING_DEFAULTS.get(key))
                     if key == "loss" and (old is None or value is None):
                         continue
                     if old != value:
@@ -651,8 +825,14 @@ class Trainer:
             run.epoch = epoch
         group.seed_streams(self.model)
 
-    def _forward(self, x, lengths):
-        return self.model(x) if lengths is None else self.model(x, lengths=lengths)
+    def _forward(self, x, lengths, **carry):
+        """``model(x)``, with ``lengths=`` if given; with ``state=...`` in ``carry``, also
+        ``return_state=True``: ``(output, final state)``."""
+        if carry:
+            carry["return_state"] = True
+        return (
+            self.model(x, **carry) if lengths is None else self.model(x, lengths=lengths, **carry)
+        )
 
     def _loop(self, x, y, lengths, val, loss_fn, loss_name, run, epochs, progress, callbacks):
         model = self.model
@@ -660,6 +840,13 @@ class Trainer:
         N = x.shape[0]
         bs = run.settings["batch_size"]
         clip = run.settings["clip_grad_norm"]
+        tbptt, stateful, reset_each_epoch = (
+            run.settings.get(key, default) for key, default in _SETTING_DEFAULTS.items()
+        )
+        carry = tbptt is not None or stateful  # the model's state goes from call to call
+        # The chunks of steps [t, u) of truncated BPTT; [None]: the whole sample at once.
+        L = x.shape[1] if tbptt is not None else 0
+        spans = [None] if tbptt is None else [(t, min(t + tbptt, L)) for t in range(0, L, tbptt)]
         n_batches = math.ceil(N / bs)
         opt, history = run.optimizer, run.history
         self.stop_training, self.stop_reason = False, None
@@ -692,61 +879,81 @@ class Trainer:
             try:
                 bar = _progress_bar(progress, epochs * n_batches)
                 for e in range(first_epoch, first_epoch + epochs):
+                    if stateful and reset_each_epoch:
+                        run.carried = None  # each epoch reads the streams from their start
                     for cb in callbacks:
                         cb.on_epoch_begin(e)
                     bar.set_description(f"epoch {e + 1}/{first_epoch + epochs}", refresh=False)
                     order = run.rng.permutation(N) if run.settings["shuffle"] else np.arange(N)
-                    total = 0.0
+                    total, terms_seen, steps = 0.0, 0, 0
                     for b in range(n_batches):
                         idx = order[b * bs : (b + 1) * bs]
                         mine = idx if group is None else idx[group.shard(len(idx))]
-                        model.zero_grad()
-                        pred = self._forward(x[mine], None if lengths is None else lengths[mine])
-                        if group is None:
-                            value, grad = loss_fn(pred, y[mine])
-                            value = float(value)
-                        else:
-                            value, grad = _shard_loss(group, loss_fn, pred, y[mine], len(idx))
-                        if not math.isfinite(value):
-                            self._diverged(
-                                f"the loss is {value} at epoch {e + 1}, batch {b + 1}",
-                                snapshot.weights,
-                                history,
-                            )
-                            return history
-                        model.backward(grad)
-                        if group is not None:
-                            group.allreduce_(grads)
-                        if clip is not None:
-                            norm = clip_grad_norm_(model, clip)
-                            if not math.isfinite(norm):
+                        xb, yb = x[mine], y[mine]
+                        lb = None if lengths is None else lengths[mine]
+                        state = run.carried if stateful else None
+                        for span in spans:
+                            if span is None:  # the whole sequence (or sample)
+                                xc, yc, lc, at = xb, yb, lb, ""
+                            else:  # steps [t, u): chunk lengths min(max(len - t, 0), u - t)
+                                t, u = span
+                                xc, yc, at = xb[:, t:u], yb[:, t:u], f", steps {t}-{u - 1}"
+                                lc = None if lb is None else np.clip(lb - t, 0, u - t)
+                            model.zero_grad()
+                            if carry:  # the state comes in as a constant: no gradient to it
+                                pred, state = self._forward(xc, lc, state=state)
+                            else:
+                                pred = self._forward(xc, lc)
+                            value, grad, terms = _batch_loss(loss_fn, pred, yc, lc)
+                            if group is not None:
+                                value, grad, terms = _shard_loss(group, value, grad, terms)
+                            if terms == 0:
+                                continue  # every sequence has ended: no loss, no step
+                            if not math.isfinite(value):
                                 self._diverged(
-                                    f"the gradient norm is {norm} at epoch {e + 1}, batch {b + 1}",
-                                    snapshot.weights,
-                                    history,
+                                    f"the loss is {value} at epoch {e + 1}, batch {b + 1}{at}",
+                                    snapshot,
+                                    run,
                                 )
                                 return history
-                        opt.step()
-                        total += value * len(idx)
+                            model.backward(grad)
+                            if group is not None:
+                                group.allreduce_(grads)
+                            if clip is not None:
+                                norm = clip_grad_norm_(model, clip)
+                                if not math.isfinite(norm):
+                                    self._diverged(
+                                        f"the gradient norm is {norm} at epoch {e + 1}, "
+                                        f"batch {b + 1}{at}",
+                                        snapshot,
+                                        run,
+                                    )
+                                    return history
+                            opt.step()
+                            total += value * terms
+                            terms_seen += terms
+                            for cb in callbacks:
+                                cb.on_batch_end(steps, {"loss": value, "size": len(idx)})
+                            steps += 1
+                        if stateful:
+                            run.carried = state
                         seen += len(idx)
-                        for cb in callbacks:
-                            cb.on_batch_end(b, {"loss": value, "size": len(idx)})
                         bar.update(1)
                         rate = seen / max(time.perf_counter() - t0, 1e-9)
                         bar.set_postfix_str(
-                            f"loss={total / min(N, (b + 1) * bs):.4g}, {rate:.0f} seq/s",
+                            f"loss={total / max(terms_seen, 1):.4g}, {rate:.0f} seq/s",
                             refresh=False,
                         )
                     if not all(np.isfinite(p).all() for p in model.parameters()):
                         self._diverged(
                             f"the weights became NaN or infinite during epoch {e + 1}",
-                            snapshot.weights,
-                            history,
+                            snapshot,
+                            run,
                         )
                         return history
                     if group is not None:
                         group.check_same(f"Trainer.fit (epoch {e + 1})", list(model.parameters()))
-                    logs = {"loss": total / N}
+                    logs = {"loss": total / terms_seen if terms_seen else math.nan}
                     if val is not None:
                         metrics = self._evaluate(
                             val[0], val[1], val[2], loss_fn, loss_name, None, group
@@ -805,10 +1012,13 @@ class Trainer:
         if held and not isinstance(exc, KeyboardInterrupt):
             raise KeyboardInterrupt from exc  # the Ctrl-C held during the rollback
 
-    def _diverged(self, what: str, last_good, history: History) -> None:
-        # Put back the weights of the end of the last completed epoch (the start of this fit if
-        # none), so that the weights match the history and are never NaN or absurdly large.
-        self.model.load_state_dict(last_good)
+    def _diverged(self, what: str, snapshot: _EpochSnapshot, run: _Run) -> None:
+        # Put back the weights (and the carried state) of the end of the last completed epoch
+        # (the start of this fit if none), so that the weights match the history and are never
+        # NaN or absurdly large.
+        history = run.history
+        self.model.load_state_dict(snapshot.weights)
+        run.carried = snapshot.carried
         done = f"the end of epoch {history.epoch[-1] + 1}" if history.epoch else "the start of fit"
         msg = (
             f"Trainer.fit: {what}; training stopped and the weights were restored to those "
@@ -870,26 +1080,26 @@ class Trainer:
 
     def _evaluate(self, x, y, lengths, loss_fn, loss_name, batch_size, group=None) -> dict:
         """The metrics of ``(x, y)``; with ``group``, of every rank's shard of it, averaged
-        over all samples."""
+        over all samples (all valid steps, for per-step outputs)."""
+        if group is not None:
+            rows = group.shard(len(x))
+            x, y, lengths = x[rows], y[rows], None if lengths is None else lengths[rows]
+        value, terms, correct = math.nan, 0, 0.0
+        if len(x):
+            pred = self._predict(x, lengths, batch_size)
+            value, _, terms = _batch_loss(loss_fn, pred, y, lengths)
+            if loss_name == "cross_entropy":
+                hits = pred.argmax(axis=-1) == y  # (N,), or (N, L) for per-step outputs
+                if hits.ndim == 2 and lengths is not None:  # the valid steps only
+                    hits = hits[np.arange(hits.shape[1]) < lengths[:, None]]
+                correct = float(np.sum(hits))
         if group is None:
-            pred = self._predict(x, lengths, batch_size)
-            value, _ = loss_fn(pred, y)
-            out = {"loss": float(value)}
-            if loss_name == "cross_entropy":
-                out["accuracy"] = float(np.mean(pred.argmax(axis=1) == y))
-            return out
-        rows = group.shard(len(x))
-        x, y, lengths = x[rows], y[rows], None if lengths is None else lengths[rows]
-        n, loss_sum, correct = len(x), 0.0, 0.0
-        if n:
-            pred = self._predict(x, lengths, batch_size)
-            loss_sum = float(loss_fn(pred, y)[0]) * n
-            if loss_name == "cross_entropy":
-                correct = float(np.sum(pred.argmax(axis=1) == y))
-        loss_sum, correct, total = group.sum([loss_sum, correct, n])
-        out = {"loss": float(loss_sum / total)}
+            out = {"loss": value}
+        else:
+            loss_sum, correct, terms = group.sum([value * terms if terms else 0.0, correct, terms])
+            out = {"loss": float(loss_sum / terms)}
         if loss_name == "cross_entropy":
-            out["accuracy"] = float(correct / total)
+            out["accuracy"] = float(correct / terms) if terms else math.nan
         return out
 
     # ---- state and checkpoints -------------------------------------------------------------
@@ -900,9 +1110,11 @@ class Trainer:
         -------
         dict or None
             ``{"optimizer": {"name", "hyperparameters", "step_count", "state"}, "scheduler",
-            "rng_state", "epoch", "history", "settings"}``: the optimizer's buffers as
-            ``state[buffer][state_dict name]`` arrays in torch layout, everything else
-            JSON-ready.
+            "rng_state", "epoch", "history", "settings"}``, and ``"carried_state"`` when a
+            stateful run carries one: the optimizer's buffers as ``state[buffer][state_dict
+            name]`` arrays in torch layout, everything else JSON-ready; ``carried_state``
+            (see :attr:`carried_state`) is ``{"h", "c", "dtype"}`` with nested lists of
+            floats, which JSON writes and reads back bit for bit.
         """
         run = self._run
         if run is None:
@@ -923,6 +1135,18 @@ class Trainer:
             "epoch": run.epoch,
             "history": run.history.to_dict(),
             "settings": dict(run.settings),
+            # only when a stateful run carries one, as the newer settings
+            **(
+                {}
+                if run.carried is None
+                else {
+                    "carried_state": {
+                        "h": run.carried[0].tolist(),
+                        "c": run.carried[1].tolist(),
+                        "dtype": run.carried[0].dtype.name,
+                    }
+                }
+            ),
         }
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
@@ -961,6 +1185,15 @@ class Trainer:
             h = state["history"]
             history = History(h["history"], h["epoch"], h.get("stop_reason"))
             run = _Run(opt, sched, rng, history, int(state["epoch"]), dict(state["settings"]))
+            carried = state.get("carried_state")  # absent from runs saved before stateful fits
+            if carried is not None:
+                h, c = (np.array(carried[k], dtype=np.dtype(carried["dtype"])) for k in "hc")
+                if h.ndim != 3 or c.ndim != 3 or h.shape[:2] != c.shape[:2]:
+                    raise ValueError(
+                        f"carried_state must hold h and c of shapes (layers, batch, size), got "
+                        f"{h.shape} and {c.shape}"
+                    )
+                run.carried = (h, c)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{where}: not a training state of this model ({exc})") from exc
         self._run = run
