@@ -103,10 +103,11 @@ def test_a_rank_that_raises_stops_the_job_and_says_which(tmp_path):
                               distributed="mpi")
         """,
     )
-    code, _, err, seconds = launch(2, sys.executable, job)
+    code, out, err, seconds = launch(2, sys.executable, job)
     assert code != 0
     assert seconds < LIMIT
-    assert "rank 1 of 2 failed, stopping every rank: RuntimeError: boom in a callback" in err
+    said = "rank 1 of 2 failed, stopping every rank: RuntimeError: boom in a callback"
+    assert said in err, (code, out[-2000:], err[-2000:])
 
 
 def test_a_killed_rank_ends_the_job(tmp_path):

@@ -40,8 +40,8 @@ def test_readme_python_blocks_run_in_order_as_written(tmp_path, monkeypatch):
         title: python_blocks(readme_section(title))
         for title in ("Using it", "Serving", "Training", "Moving models in and out")
     }
-    assert [len(b) for b in sections.values()] == [2, 2, 4, 1]
-    assert len(python_blocks(text)) == 9  # a new block gets a place in this test
+    assert [len(b) for b in sections.values()] == [2, 2, 5, 1]
+    assert len(python_blocks(text)) == 10  # a new block gets a place in this test
     rng = np.random.default_rng(0)
     x = rng.standard_normal((96, 8, 1)).astype(np.float32)
     y = x.sum(axis=1)
@@ -79,8 +79,8 @@ def test_readme_python_blocks_run_in_order_as_written(tmp_path, monkeypatch):
     assert ns["kernels"] == el.config()["quantized_kernels"]
     np.testing.assert_allclose(ns["y"], ns["model"].predict(ns["x"]), atol=0.05)
 
-    # The third, the MPI example, runs as the ranks of an mpiexec job: tests/test_distributed.py.
-    torch_loop, trainer_block, _, tbptt_block = sections["Training"]
+    # The fifth, the MPI example, runs as the ranks of an mpiexec job: tests/test_distributed.py.
+    torch_loop, trainer_block, bptt_block, tbptt_block, _ = sections["Training"]
     run(torch_loop)
     # The loop trained: five Adam steps on the whole set lower the loss of the first step.
     first, _ = el.mse_loss(el.LSTMModel(1, 32, 1, seed=0)(x[:64]), y[:64])
@@ -93,6 +93,11 @@ def test_readme_python_blocks_run_in_order_as_written(tmp_path, monkeypatch):
     assert 1 <= epochs <= 50
     assert ns["history"].epoch == list(range(epochs + 10))
     assert ns["y_pred"].shape == (16, 1)
+
+    run(bptt_block)  # makes its own long sequences
+    assert ns["dx_long"].shape == ns["x_long"].shape
+    assert 0 < ns["kept"] < 0.05 * 2000 * 16 * (64 + 6 * 64) * 4  # under 5% of full storage
+    assert ns["model"].lstm.bptt_memory == "sqrt"
 
     saved = ns["model"].predict(x[80:])
     saved_model = ns["model"]

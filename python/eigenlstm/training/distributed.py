@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import sys
+import time
 import traceback
 import zlib
 from typing import Any, Callable
@@ -242,4 +243,8 @@ class MPIGroup:
             f"{type(exc).__name__}: {exc}\n{text}"
         )
         stream.flush()
+        # The launcher forwards each rank's output through a pipe, and MPI_Abort has it tear
+        # the job down at once: give it a moment to read the message first (on a busy
+        # machine it was sometimes missing from the job's output).
+        time.sleep(0.25)
         self.comm.Abort(code)
