@@ -74,7 +74,8 @@ const bool eigen_single_threaded = (Eigen::setNbThreads(1), true);
 template <typename S>
 struct Scratch {
     Buffer<S> zeros;   // [D*L, B, max(H, Hout)]   zero h0 / c0
-    Buffer<S> gates;   // [T, B, D*G]              eval gates
+    Buffer<S> gates;   // [T, B, D*G]              eval gates ([B, D*G] when each step
+                       //                          projects its own input: step_inputs)
     Buffer<S> io[2];   // [T, B, D*Hout]           eval outputs of the layers below the top
     Buffer<S> state;   // [D, B, 2*Hout + 3*H]     eval h, c double buffers and r
     Buffer<S> x;       // [T, B, I]                forward_last: time-major copy of x
@@ -1113,7 +1114,8 @@ void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<
 
         // One product projects the input of every step for both directions:
         //   pre[T*B, D*G] = x[T*B, I] W_ih[D*G, I]^T + (b_ih + b_hh)
-        // (layer norm: pre = LN(x W_ih^T) + (b_ih + b_hh))
+        // (layer norm: pre = LN(x W_ih^T) + (b_ih + b_hh)); with step_inputs the time loop
+        // projects each step's input instead, into gates [B, D*G]
         const S* bias = m.cfg.bias ? fw.bias_sum.data() + l * DG : nullptr;
         if (!step_inputs)
             project_inputs(gates, in, TB, m.in_size(l), DG, fw.ln_weights ? nullptr : bias,
