@@ -596,12 +596,14 @@ private:
             n += checked_mul(D * segments, B * (Hout + H));
             seg = std::max(seg, layer_sizes(m_, l, K, B, l == 0).total());
         }
-        return n + seg + segment_scratch(K, B);
+        return n + seg + seg_out_values(K, B) + seg_ln_values(B);
     }
-    // Values of Cache::seg_out and Cache::seg_ln for segments of K steps.
-    Index segment_scratch(Index K, Index B) const {
-        return checked_mul(K * B, D * Hout) + 2 * B * (Hout + H) +
-               (m_.cfg.layer_norm ? D * B * (G + 4 * blocks_of(H, gate_block<S>())) : 0);
+    // Values of Cache::seg_out for segments of K steps, and of Cache::seg_ln.
+    Index seg_out_values(Index K, Index B) const {
+        return checked_mul(K * B, D * Hout) + 2 * B * (Hout + H);
+    }
+    Index seg_ln_values(Index B) const {
+        return m_.cfg.layer_norm ? D * B * (G + 4 * blocks_of(H, gate_block<S>())) : 0;
     }
 
     // Steps per segment of a training forward of (T, B) under memory_: T for full storage.
@@ -616,8 +618,9 @@ private:
             while (k * k < T) ++k;  // ceil(sqrt(T)), exactly
             return whole_chunks(k);
         }
-        // bytes: full storage if it fits, else the longest segments that fit (the fewest
-        // recomputed rows per product), trying every segment count from 2 up
+        // bytes: full storage if it fits, else the longest segments that fit, trying every
+        // segment count from 2 up. Every length recomputes the whole forward once; longer
+        // segments mean fewer, larger products and fewer parallel regions.
         const auto bytes = [&](Index K) {
             return std::uint64_t(kept_values(T, B, K)) * sizeof(S);
         };
@@ -667,10 +670,8 @@ private:
         cache_.seed = seed;
         cache_.counter = counter;
         cache_.x = x;
-        cache_.seg_out.resize(segment_scratch(K, B) -
-                              (m_.cfg.layer_norm ? D * B * (G + 4 * blocks_of(H, gate_block<S>())) : 0));
-        if (m_.cfg.layer_norm)
-            cache_.seg_ln.resize(D * B * (G + 4 * blocks_of(H, gate_block<S>())));
+        cache_.seg_out.resize(seg_out_values(K, B));
+        cache_.seg_ln.resize(seg_ln_values(B));
         S* between = cache_.seg_out.data() + K * B * D * Hout;  // [2, B, Hout + H]
 
         for (Index l = 0; l < L; ++l) {
@@ -749,8 +750,8 @@ private:
 
     // Backward of layer l from checkpoints: for each direction, its segments in backward's
     // order (the reverse of its forward's), each recomputed from its checkpoint, then
-    // backpropagated with the running dh and dc of the segment after it, then its chunks'
-    // parameter gradients.
+    // backpropagated with the running dh and dc that the segment after it in the direction's
+    // forward order handed back, then its chunks' parameter gradients.
     void backward_segments(Index l, const S* dout, S* din, S* dh0, S* dc0, const S* dh_n,
                            const S* dc_n) {
         LayerCache<S>& lc = cache_.layers[std::size_t(l)];
