@@ -212,6 +212,33 @@ def test_each_row_is_computed_alone_bitwise_whatever_its_batch(precision):
         assert np.array_equal(h[:, b], hb[:, 0]) and np.array_equal(c[:, b], cb[:, 0])
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("proj_size", [0, 6])
+def test_threads_that_split_a_large_batch_by_rows_give_each_row_its_own_bits(precision, proj_size):
+    # From 16 rows a thread (and one step's weights under 1 MiB), the threads of a quantized
+    # forward each run a slice of the batch instead of a share of the hidden units
+    # (engine/plan.hpp). Every row must come out the same either way: on one thread, on two,
+    # and alone in its own batch.
+    q = el.quantize(float_lstm(12, 40, num_layers=2, proj_size=proj_size), precision)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((12, 40, 12)).astype(np.float32)
+    lengths = rng.integers(1, 13, size=40)
+    threads = el.get_num_threads()
+    try:
+        el.set_num_threads(2)
+        y, (h, c) = q(x, lengths=lengths)
+        el.set_num_threads(1)
+        y1, (h1, c1) = q(x, lengths=lengths)
+    finally:
+        el.set_num_threads(threads)
+    assert np.array_equal(y, y1) and np.array_equal(h, h1) and np.array_equal(c, c1)
+    for b in (0, 17, 39):
+        n = lengths[b]
+        yb, (hb, cb) = q(x[:n, b : b + 1])
+        assert np.array_equal(y[:n, b], yb[:, 0])
+        assert np.array_equal(h[:, b], hb[:, 0]) and np.array_equal(c[:, b], cb[:, 0])
+
+
 def test_a_non_finite_input_row_gives_nan_outputs_and_leaves_the_others_alone():
     q = el.quantize(float_lstm(6, 16), "int8")
     x = np.random.default_rng(6).standard_normal((4, 3, 6)).astype(np.float32)

@@ -1065,7 +1065,7 @@ void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<
     // direction, with two when G is a whole number of panels.
     const bool step_inputs = !training && !std::is_same<W, Panels<S>>::value &&
                              !m.cfg.layer_norm && (D == 1 || m.G % Simd<float>::NR == 0);
-    const TeamPlan plan = plan_team<S>(D, T, B, I, H, Hout, true);
+    const TeamPlan plan = plan_team<S>(D, T, B, I, H, Hout, true, step_inputs ? W::kValueBytes : 0);
     const int teams[2] = {plan.threads, plan.threads};
 
     // Zero initial states when none are given, and the eval buffers, come from the calling

@@ -45,6 +45,7 @@ constexpr Index unit_grain() {
 // against all batch rows, so the weights are packed once per update, never per time step.
 template <typename S>
 struct Panels {
+    static constexpr int kValueBytes = int(sizeof(S));
     Index K = 0, N = 0;
     Buffer<S> data;
 

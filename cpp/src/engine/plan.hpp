@@ -21,6 +21,18 @@ namespace detail {
 //            per call: waking a second thread costs 1-10 us here, and for the seed's model
 //            (84K multiply-adds, 15 us on one thread) two threads took 14 to 25 us.
 //            Forward only (`rows_allowed`); the backward loop splits units.
+//            Reduced precision (int8 or bfloat16 weights, `reduced_bytes` 1 or 2, in an eval
+//            whose steps project their own inputs): the weights are 4 or 2 times smaller, so
+//            the bound is on the bytes of one step's W_ih and W_hh, 1 MiB; and each thread
+//            needs 16 rows or more, as thinner tiles reread the weights for too few rows.
+//            The unit split also quantizes (or rounds) every row of x_t and h_{t-1} in each
+//            thread, and waits at its barrier. Measured on 2 cores, T = 100, I = H = 256,
+//            ms, units -> rows: int8 B = 32 3.74 -> 2.64 with AMX tiles, 5.74 -> 4.88
+//            with vpdpbusd; B = 64 7.9 -> 5.5 and 12.2 -> 10.5; B = 16 (8 rows a thread)
+//            1.85 -> 1.72 and 2.8 -> 2.4-2.9 (not taken); B = 8 1.14 -> 1.55 (thin tiles);
+//            bfloat16 with tiles B = 32 3.6 -> 3.0; with vdpbf16ps, compute-bound, within
+//            5% either way. At I = H = 512 (2 MiB of int8 weights) rows lose: B = 32
+//            1.7 -> 2.0, B = 64 3.9 -> 4.1.
 //   else:    threads split the hidden units (all four gates of each unit; one barrier per
 //            step). At 64K multiply-adds per step (B=1, H=128) two threads already run a
 //            step 1.8x faster; below that one thread wins.
@@ -30,11 +42,16 @@ struct TeamPlan {
 };
 
 template <typename S>
-TeamPlan plan_team(Index D, Index T, Index B, Index I, Index H, Index Hout, bool rows_allowed) {
+TeamPlan plan_team(Index D, Index T, Index B, Index I, Index H, Index Hout, bool rows_allowed,
+                   int reduced_bytes = 0) {
     const int per_dir = std::max(1, num_threads() / int(D));
     const Index G = 4 * H;
+    const double work = double(T) * double(B) * double(G) * double(I + Hout);
+    if (rows_allowed && reduced_bytes > 0 && per_dir > 1 && B >= 16 * per_dir &&
+        double(G) * double(I + Hout) * reduced_bytes <= double(1 << 20) && work >= double(1 << 20))
+        return {per_dir, true};
     if (rows_allowed && per_dir > 1 && B >= 2 && G * Hout <= (Index(1) << 15) &&
-        double(T) * double(B) * double(G) * double(I + Hout) >= double(1 << 20))
+        work >= double(1 << 20))
         return {int(std::min<Index>(per_dir, B)), true};
     const Index chunks = (H + unit_grain<S>() - 1) / unit_grain<S>();
     if (B * G * Hout < (Index(1) << 16)) return {1, false};

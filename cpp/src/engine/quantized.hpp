@@ -89,6 +89,33 @@ inline float from_bf16(std::uint16_t h) {
 
 // ---- int8: activations -----------------------------------------------------------------------
 
+// The least and greatest of a[0, K) in mn and mx, in one pass of SIMD packets (GCC does not
+// vectorize a min/max loop without -ffinite-math-only; as a scalar loop this was 9% of an int8
+// forward, and as three Eigen reductions, min, max and the check, 5%). False when a holds an
+// inf or a NaN (a - a is then NaN), and mn and mx are then unspecified.
+inline bool row_range(const float* a, Index K, float& mn, float& mx) {
+    using namespace Eigen::internal;
+    using P = packet_traits<float>::type;
+    constexpr Index n = packet_traits<float>::size;
+    float smn = K > 0 ? a[0] : 0.0f, smx = smn, sbad = 0.0f;
+    P vmn = pset1<P>(smn), vmx = vmn, vbad = pset1<P>(0.0f);
+    Index k = 0;
+    for (; k + n <= K; k += n) {
+        const P v = ploadu<P>(a + k);
+        vmn = pmin(vmn, v);
+        vmx = pmax(vmx, v);
+        vbad = padd(vbad, psub(v, v));
+    }
+    for (; k < K; ++k) {
+        smn = std::min(smn, a[k]);
+        smx = std::max(smx, a[k]);
+        sbad += a[k] - a[k];
+    }
+    mn = std::min(smn, predux_min(vmn));
+    mx = std::max(smx, predux_max(vmx));
+    return predux(vbad) + sbad == 0.0f;
+}
+
 // M rows of activations quantized per row on the row's own range, to 8 or 7 bits (levels 255
 // or 127):
 //   A[m][k] ~= lo[m] + step[m] * u[m][k],  u in [0, levels],  step = (max - min) / levels.
@@ -125,11 +152,8 @@ struct Int8Rows {
         const float top = float(levels);
         for (Index m = 0; m < M; ++m) {
             const float* a = A + m * lda;
-            // Eigen's reductions, in SIMD packets (GCC does not vectorize a min/max loop
-            // without -ffinite-math-only: as a scalar loop this was 9% of an int8 forward).
-            const Eigen::Map<const Eigen::Array<float, Eigen::Dynamic, 1>> row(a, K);
-            const float mn = row.minCoeff(), mx = row.maxCoeff();
-            const bool bad = !((row - row).sum() == 0.0f);  // an inf or NaN: a - a is NaN
+            float mn, mx;
+            const bool bad = !row_range(a, K, mn, mx);
             std::uint8_t* q = u.data() + m * ldu;
             // In double, the range of finite values is finite (in float32 [-3e38, 3e38] is
             // not), and 1 / range is clamped to a float: (a - lo) * inv is never 0 * inf.
@@ -167,7 +191,7 @@ struct Int8Rows {
 // one 4-byte lane per column: the operand layout of vpdpbusd and of vpmaddubsw + vpmaddwd,
 // and 16 quads of 16 columns are an AMX tile. With AMX, Kq is a multiple of 16 (kAmxDepth).
 struct Int8Panels {
-    static constexpr int NR = Simd<float>::NR;
+    static constexpr int NR = Simd<float>::NR, kValueBytes = 1;
     Index K = 0, N = 0, Kq = 0;
     int levels = 255;             // grid of the activations it multiplies (Int8Rows): 255 or 127
     Buffer<std::int8_t> data;     // [panels, Kq, NR, 4]
@@ -395,7 +419,7 @@ inline const char* int8_kernel() {
 // vdpbf16ps's operand layout, of which 16 pairs of 16 columns are an AMX tile (with AMX, K2 is
 // a multiple of 16); otherwise the values widened to float32 (exact) in float panels.
 struct Bf16Panels {
-    static constexpr int NR = Simd<float>::NR;
+    static constexpr int NR = Simd<float>::NR, kValueBytes = 2;
     Index K = 0, N = 0, K2 = 0;
     bool native = false;
     Buffer<std::uint16_t> data;  // native: [panels, K2, NR, 2]
