@@ -228,6 +228,63 @@ void BM_sgemm_square(benchmark::State& state) {
     set_gflops(state, 2.0 * double(n) * double(n) * double(n));
 }
 
+// peak/<instruction>: multiply-adds a second of one core running only that instruction on
+// 512-bit registers, 24 independent accumulators (more than latency x throughput), operands in
+// registers. It says what each reduced-precision kernel can reach next to float32's FMA: on a
+// Xeon with AMX (Sapphire Rapids class) vdpbf16ps ran at a quarter of vfmadd231ps's rate, so
+// bfloat16 without the tiles peaks at half of float32's multiply-adds, not twice
+// (bench/README.md). Compiled where this build's -march=native has the instruction.
+template <int MacsPerInstruction>
+void run_peak(benchmark::State& state, void (*loop)(long)) {
+    constexpr long kIterations = 1 << 20;  // of 24 instructions
+    for (auto _ : state) loop(kIterations);
+    state.counters["GMAC/s"] = benchmark::Counter(
+        double(kIterations) * 24 * MacsPerInstruction * double(state.iterations()),
+        benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
+}
+#define EIGENLSTM_PEAK_LOOP(name, insn)                                                       \
+    void name(long n) {                                                                       \
+        __asm__ volatile("vpxord %%zmm30, %%zmm30, %%zmm30\n\tvpxord %%zmm31, %%zmm31, %%zmm31\n" \
+                         "1:\n\t" EIGENLSTM_PEAK_24(insn) "dec %0\n\tjnz 1b"                  \
+                         : "+r"(n)                                                            \
+                         :                                                                    \
+                         : "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6",   \
+                           "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13",        \
+                           "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20",     \
+                           "xmm21", "xmm22", "xmm23", "xmm30", "xmm31");                      \
+    }
+#define EIGENLSTM_PEAK_1(insn, r) insn " %%zmm30, %%zmm31, %%zmm" #r "\n\t"
+#define EIGENLSTM_PEAK_24(insn)                                                               \
+    EIGENLSTM_PEAK_1(insn, 0) EIGENLSTM_PEAK_1(insn, 1) EIGENLSTM_PEAK_1(insn, 2)             \
+    EIGENLSTM_PEAK_1(insn, 3) EIGENLSTM_PEAK_1(insn, 4) EIGENLSTM_PEAK_1(insn, 5)             \
+    EIGENLSTM_PEAK_1(insn, 6) EIGENLSTM_PEAK_1(insn, 7) EIGENLSTM_PEAK_1(insn, 8)             \
+    EIGENLSTM_PEAK_1(insn, 9) EIGENLSTM_PEAK_1(insn, 10) EIGENLSTM_PEAK_1(insn, 11)           \
+    EIGENLSTM_PEAK_1(insn, 12) EIGENLSTM_PEAK_1(insn, 13) EIGENLSTM_PEAK_1(insn, 14)          \
+    EIGENLSTM_PEAK_1(insn, 15) EIGENLSTM_PEAK_1(insn, 16) EIGENLSTM_PEAK_1(insn, 17)          \
+    EIGENLSTM_PEAK_1(insn, 18) EIGENLSTM_PEAK_1(insn, 19) EIGENLSTM_PEAK_1(insn, 20)          \
+    EIGENLSTM_PEAK_1(insn, 21) EIGENLSTM_PEAK_1(insn, 22) EIGENLSTM_PEAK_1(insn, 23)
+#if defined(__AVX512F__)
+EIGENLSTM_PEAK_LOOP(peak_fma, "vfmadd231ps")
+#endif
+#if defined(__AVX512VNNI__)
+EIGENLSTM_PEAK_LOOP(peak_vpdpbusd, "vpdpbusd")
+#endif
+#if defined(__AVX512BF16__)
+EIGENLSTM_PEAK_LOOP(peak_vdpbf16ps, "vdpbf16ps")
+#endif
+
+void register_peaks() {
+#if defined(__AVX512F__)
+    benchmark::RegisterBenchmark("peak/vfmadd231ps_f32", run_peak<16>, peak_fma);
+#endif
+#if defined(__AVX512VNNI__)
+    benchmark::RegisterBenchmark("peak/vpdpbusd_int8", run_peak<64>, peak_vpdpbusd);
+#endif
+#if defined(__AVX512BF16__)
+    benchmark::RegisterBenchmark("peak/vdpbf16ps_bf16", run_peak<32>, peak_vdpbf16ps);
+#endif
+}
+
 // ---- the `# config` header ----------------------------------------------------------------
 
 std::string cpu_model() {
@@ -353,6 +410,7 @@ int main(int argc, char** argv) {
         benchmark::RegisterBenchmark(("sgemm_lstm" + suffix).c_str(), BM_sgemm_lstm, s)->UseRealTime();
     }
     benchmark::RegisterBenchmark("sgemm_square", BM_sgemm_square)->Arg(2048)->UseRealTime();
+    register_peaks();
     // The variants next to the plain cell of the same shape: fwd_eval/<shape>/<variant> and
     // fwd_bwd/<shape>/<variant> against fwd_eval/<shape> and fwd_bwd/<shape> above.
     for (const Shape& s : kShapes)

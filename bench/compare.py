@@ -86,6 +86,52 @@ def forward_flops(B, T, I, H):
 # ============================================================================================
 
 
+def deny_amx():
+    """Make this process's requests for the AMX tiles fail, as on a CPU or kernel without them.
+
+    Linux gives a process the tiles only when it asks (arch_prctl(ARCH_REQ_XCOMP_PERM), Linux
+    5.16). A seccomp filter answers that one call with EPERM, for this process and every thread
+    and child it starts, so eigenlstm's front end and ONNX Runtime's MLAS both fall back to their
+    AVX-512 kernels (vpdpbusd, vdpbf16ps), as they would on a VNNI CPU without AMX. Capping only
+    eigenlstm (EIGENLSTM_MAX_ISA=avx512_bf16) would leave MLAS its tiles: on a Xeon with AMX its
+    DynamicQuantizeLSTM ran ds_inf_b32 in 4.0 ms with them and 5.5 ms without. Call it before
+    the engines are imported. Linux x86-64 only.
+    """
+    import ctypes
+    import struct
+
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        raise SystemExit("--deny-amx needs Linux on x86-64")
+    # A classic BPF program over struct seccomp_data {int nr; u32 arch; u64 ip; u64 args[6]}:
+    # arch_prctl (syscall 158 on x86-64) whose first argument is ARCH_REQ_XCOMP_PERM (0x1023)
+    # returns EPERM; everything else is allowed.
+    ld_w, jeq, ret = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
+    allow, eperm = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    program = [
+        (ld_w, 0, 0, 4),  # A = arch
+        (jeq, 0, 5, 0xC000003E),  # AUDIT_ARCH_X86_64, else allow
+        (ld_w, 0, 0, 0),  # A = syscall number
+        (jeq, 0, 3, 158),  # arch_prctl, else allow
+        (ld_w, 0, 0, 16),  # A = low 32 bits of the first argument
+        (jeq, 0, 1, 0x1023),  # ARCH_REQ_XCOMP_PERM, else allow
+        (ret, 0, 0, eperm),
+        (ret, 0, 0, allow),
+    ]
+    code = b"".join(struct.pack("HBBI", *ins) for ins in program)
+    filters = ctypes.create_string_buffer(code, len(code))
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    prog = SockFprog(len(program), ctypes.addressof(filters))
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
+    if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0 or libc.prctl(
+        pr_set_seccomp, seccomp_mode_filter, ctypes.byref(prog), 0, 0
+    ):
+        raise SystemExit(f"--deny-amx: seccomp refused: {os.strerror(ctypes.get_errno())}")
+
+
 def import_engines(threads):
     """Import all engines with `threads` threads each. eigenlstm is imported first so the process
     uses the libgomp it was built against (torch then shares it; see the header's libgomp line)."""
@@ -158,7 +204,7 @@ def eigenlstm_isa(el):
     return isa() if isa is not None else None
 
 
-def machine_info(el, torch, ort, threads):
+def machine_info(el, torch, ort, threads, amx_denied=False):
     import threadpoolctl
 
     # The reduced-precision kernels this CPU runs (builds before el.quantize have no such keys).
@@ -179,6 +225,7 @@ def machine_info(el, torch, ort, threads):
         "eigenlstm_isa": eigenlstm_isa(el),
         "quantized_kernels": config.get("quantized_kernels"),
         "isa_features": config.get("isa_features"),
+        "amx_denied": amx_denied,
         "threads": threads,
         "el_threads": el.get_num_threads(),
         "torch_threads": torch.get_num_threads(),
@@ -1093,6 +1140,11 @@ def write_markdown(results, path):
             f"- **Reduced-precision kernels** (`el.config()`): int8: {kernels.get('int8', '-')}; "
             f"bfloat16: {kernels.get('bfloat16', '-')}; ISA features in use: "
             f"{', '.join(info.get('isa_features') or []) or 'none'}"
+            + (
+                " (AMX denied to every engine by `--deny-amx`: ONNX Runtime runs its AVX-512 kernels too)"
+                if info.get("amx_denied")
+                else ""
+            )
         )
     L.append(
         f"- **Threads**: {info['threads']} for every engine (eigenlstm {info['el_threads']}, torch "
@@ -1429,6 +1481,11 @@ def parse_args(argv=None):
         help="skip reduced precision: eigenlstm int8 and bf16, ORT DynamicQuantizeLSTM, model sizes",
     )
     p.add_argument(
+        "--deny-amx",
+        action="store_true",
+        help="deny every engine the AMX tiles (a VNNI CPU without AMX; Linux x86-64)",
+    )
+    p.add_argument(
         "--out", default=str(Path(__file__).resolve().parent / "results"), help="output directory"
     )
     p.add_argument(
@@ -1462,6 +1519,8 @@ def main(argv=None):
         memprobe(args.memprobe[0], args.memprobe[1], args.threads)
         return 0
     t_start = time.perf_counter()
+    if args.deny_amx:
+        deny_amx()
     el, torch, ort = import_engines(args.threads)
     # A build older than el.quantize (bench/compare_builds.py runs this file against older
     # installs) is timed in float32 only.
@@ -1472,7 +1531,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     results = {
         "command": "python bench/compare.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": machine_info(el, torch, ort, args.threads),
+        "machine": machine_info(el, torch, ort, args.threads, args.deny_amx),
         "settings": (
             f"repeats={'auto' if args.repeats is None else args.repeats}, budget={args.budget:g} s/shape, "
             f"batch≥{args.batch * 1e3:g} ms, warmup={args.warmup}"
