@@ -26,6 +26,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "../buffer.hpp"
 #include "gemm.hpp"
@@ -361,9 +362,10 @@ struct Int8TileVnni {
 // C[m + r, n0 + j] = init + scale[n] * (step[m + r] * dot + lo[m + r] * colsum[n]), n = n0 + j,
 // for the R rows and w columns of a block of int32 sums acc[r * ld + j] = sum_k (u - Offset) W,
 // dot = acc + Offset * colsum exactly; init = C (Accumulate), else bias[n] (or 0 without a
-// bias). Every kernel of a level ends in this same scalar code, so a row's results depend
-// only on its int32 sums, which every kernel computes exactly: they are the same with any of
-// the level's kernels and in any block.
+// bias). Every kernel of a level ends in the same code (this scalar loop; with AVX512-VNNI
+// the vpdpbusd and AMX kernels end in dequantize16 instead), so a row's results depend only
+// on its int32 sums, which every kernel computes exactly: they are the same with any of the
+// level's kernels and in any block.
 template <int Offset, bool Accumulate>
 void dequantize(const std::int32_t* acc, Index ld, Index R, Index w, Index m, Index n0,
                 const Int8Rows& rows, const Int8Panels& W, float* C, Index ldc, const float* bias) {
@@ -381,6 +383,48 @@ void dequantize(const std::int32_t* acc, Index ld, Index R, Index w, Index m, In
     }
 }
 
+#if defined(__AVX512F__)
+// `dequantize` of 16 columns of one row from int32 sums in a register (offset 0), the columns
+// past the block's width masked off by k. The vpdpbusd tiles hand their sums over in the
+// registers that accumulated them (storing and reloading them, and the scalar loop's tails,
+// took 18% of a tile's time at 16 rows, K = 256); the AMX blocks load theirs from the tile
+// store. Both end here, so int8 outputs stay the same bits with and without the tiles.
+// Every multiply-add is an explicit fmadd: GCC contracts a product and a sum of intrinsics
+// into one where it sees fit, differently in each inlined copy, and a row's results would
+// then depend on which kernel (so which batch size) computed them.
+template <bool Accumulate>
+inline void dequantize16(__m512i dot, __mmask16 k, float step, float lo, const float* scale,
+                         const std::int32_t* colsum, const float* bias, float* c) {
+    const __m512 lo_cs = _mm512_mul_ps(_mm512_set1_ps(lo),
+                                       _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(k, colsum)));
+    const __m512 sum = _mm512_fmadd_ps(_mm512_set1_ps(step), _mm512_cvtepi32_ps(dot), lo_cs);
+    const __m512 sc = _mm512_maskz_loadu_ps(k, scale);
+    const float* init = Accumulate ? c : bias;
+    _mm512_mask_storeu_ps(c, k, init ? _mm512_fmadd_ps(sc, sum, _mm512_maskz_loadu_ps(k, init))
+                                     : _mm512_mul_ps(sc, sum));
+}
+
+// Rows [m, m + R) of C over the w columns from n0, from R rows of int32 sums, each row's
+// NR = 32 columns (two registers) at dot(r, 0) and dot(r, 1).
+template <bool Accumulate, typename Dot>
+inline void dequantize_rows(Index R, Index w, Index m, Index n0, const Int8Rows& rows,
+                            const Int8Panels& W, float* C, Index ldc, const float* bias,
+                            Dot&& dot) {
+    const __mmask16 k0 = w >= 16 ? __mmask16(0xffff) : __mmask16((1u << w) - 1);
+    const __mmask16 k1 = w >= 32 ? __mmask16(0xffff) : w > 16 ? __mmask16((1u << (w - 16)) - 1) : 0;
+    for (Index r = 0; r < R; ++r) {
+        const float step = rows.step[m + r], lo = rows.lo[m + r];
+        float* c = C + (m + r) * ldc + n0;
+        const float* b = bias ? bias + n0 : nullptr;
+        dequantize16<Accumulate>(dot(r, 0), k0, step, lo, W.scale.data() + n0,
+                                 W.colsum.data() + n0, b, c);
+        if (k1)
+            dequantize16<Accumulate>(dot(r, 1), k1, step, lo, W.scale.data() + n0 + 16,
+                                     W.colsum.data() + n0 + 16, b ? b + 16 : nullptr, c + 16);
+    }
+}
+#endif
+
 // C = init + the dequantized products over the columns [col_begin, col_end) (col_begin on a
 // panel boundary), blocked by for_each_tile.
 template <template <int, int> class Tile, int MR, bool Accumulate>
@@ -392,6 +436,19 @@ void int8_tiles(Index M, const Int8Rows& rows, const Int8Panels& W, Index col_be
         constexpr int R = decltype(rows_c)::value, NP = decltype(panels_c)::value;
         Tile<R, NP> tile;
         tile.madd(W.Kq, rows, m, W.data.data() + (n0 / NR) * stride, stride);
+#if defined(__AVX512F__)
+        if constexpr (std::is_same<Tile<R, NP>, Int8TileVnni<R, NP>>::value) {
+            static_assert(Tile<R, NP>::V == 2, "a panel is two registers");
+            for (int p = 0; p < NP; ++p) {
+                const Index c0 = n0 + p * NR;
+                if (c0 >= col_end) break;
+                dequantize_rows<Accumulate>(R, std::min<Index>(NR, col_end - c0), m, c0, rows, W, C,
+                                            ldc, bias,
+                                            [&](Index r, int v) { return tile.acc[r][2 * p + v]; });
+            }
+            return;
+        }
+#endif
         alignas(64) std::int32_t acc[R * NP * NR];
         tile.store(acc);
         dequantize<Tile<R, NP>::kOffset, Accumulate>(acc, NP * NR, R, std::min<Index>(NP * NR, col_end - n0),
@@ -609,8 +666,10 @@ void int8_amx(Index M, const Int8Rows& rows, const Int8Panels& W, Index col_begi
         for (Index m = 0; m < M; m += 32) {
             amx_block<false>(rows.u.data() + m * rows.ldu, rows.ldu, b, W.Kq / kAmxDepth,
                              M - m > 16, acc);
-            dequantize<0, Accumulate>(acc, 32, std::min<Index>(32, M - m), w, m, n0, rows, W, C,
-                                      ldc, bias);
+            dequantize_rows<Accumulate>(std::min<Index>(32, M - m), w, m, n0, rows, W, C, ldc, bias,
+                                        [&](Index r, int v) {
+                                            return _mm512_load_si512(acc + r * 32 + 16 * v);
+                                        });
         }
     }
 }
