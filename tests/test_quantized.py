@@ -213,24 +213,31 @@ def test_each_row_is_computed_alone_bitwise_whatever_its_batch(precision):
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("proj_size", [0, 6])
-def test_threads_that_split_a_large_batch_by_rows_give_each_row_its_own_bits(precision, proj_size):
-    # From 16 rows a thread (and one step's weights under 1 MiB), the threads of a quantized
-    # forward each run a slice of the batch instead of a share of the hidden units
-    # (engine/plan.hpp). Every row must come out the same either way: on one thread, on two,
-    # and alone in its own batch.
-    q = el.quantize(float_lstm(12, 40, num_layers=2, proj_size=proj_size), precision)
+@pytest.mark.parametrize(
+    ("H", "proj_size", "bidirectional", "threads"),
+    [(96, 0, False, 2), (96, 0, True, 4), (40, 6, False, 2)],
+)
+def test_threads_that_split_a_large_batch_by_rows_give_each_row_its_own_bits(
+    precision, H, proj_size, bidirectional, threads
+):
+    # From 16 rows a thread (and at most 1 MiB of one direction's step weights), the threads
+    # of a quantized forward each run a slice of the batch instead of a share of the hidden
+    # units (engine/plan.hpp; H = 96 is past the float32 rule's small-W_hh bound, so only that
+    # rule splits it). Every row must come out the same either way: on one thread, on two
+    # per direction, and alone in its own batch.
+    lstm = float_lstm(12, H, num_layers=2, proj_size=proj_size, bidirectional=bidirectional)
+    q = el.quantize(lstm, precision)
     rng = np.random.default_rng(11)
     x = rng.standard_normal((12, 40, 12)).astype(np.float32)
     lengths = rng.integers(1, 13, size=40)
-    threads = el.get_num_threads()
+    before = el.get_num_threads()
     try:
-        el.set_num_threads(2)
+        el.set_num_threads(threads)
         y, (h, c) = q(x, lengths=lengths)
         el.set_num_threads(1)
         y1, (h1, c1) = q(x, lengths=lengths)
     finally:
-        el.set_num_threads(threads)
+        el.set_num_threads(before)
     assert np.array_equal(y, y1) and np.array_equal(h, h1) and np.array_equal(c, c1)
     for b in (0, 17, 39):
         n = lengths[b]

@@ -1065,7 +1065,11 @@ void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<
     // direction, with two when G is a whole number of panels.
     const bool step_inputs = !training && !std::is_same<W, Panels<S>>::value &&
                              !m.cfg.layer_norm && (D == 1 || m.G % Simd<float>::NR == 0);
-    const TeamPlan plan = plan_team<S>(D, T, B, I, H, Hout, true, step_inputs ? W::kValueBytes : 0);
+    Index step_bytes = 0;  // with step_inputs: the most of W_ih and W_hh one direction reads a step
+    for (Index l = 0; step_inputs && l < L; ++l)
+        step_bytes = std::max(step_bytes, fw.wih_t[std::size_t(l)].bytes() / D +
+                                              fw.whh_t[std::size_t(l * D)].bytes());
+    const TeamPlan plan = plan_team<S>(D, T, B, I, H, Hout, true, step_bytes);
     const int teams[2] = {plan.threads, plan.threads};
 
     // Zero initial states when none are given, and the eval buffers, come from the calling

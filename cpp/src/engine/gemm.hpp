@@ -45,9 +45,10 @@ constexpr Index unit_grain() {
 // against all batch rows, so the weights are packed once per update, never per time step.
 template <typename S>
 struct Panels {
-    static constexpr int kValueBytes = int(sizeof(S));
     Index K = 0, N = 0;
     Buffer<S> data;
+
+    Index bytes() const { return data.size() * Index(sizeof(S)); }
 
     Index num_panels() const { return (N + Simd<S>::NR - 1) / Simd<S>::NR; }
 

@@ -21,9 +21,10 @@ namespace detail {
 //            per call: waking a second thread costs 1-10 us here, and for the seed's model
 //            (84K multiply-adds, 15 us on one thread) two threads took 14 to 25 us.
 //            Forward only (`rows_allowed`); the backward loop splits units.
-//            Reduced precision (int8 or bfloat16 weights, `reduced_bytes` 1 or 2, in an eval
-//            whose steps project their own inputs): the weights are 4 or 2 times smaller, so
-//            the bound is on the bytes of one step's W_ih and W_hh, 1 MiB; and each thread
+//            Reduced precision (int8 or bfloat16 weights, in an eval whose steps project their
+//            own inputs): the weights are 4 or 2 times smaller (bfloat16 emulated without
+//            AVX512_BF16 keeps float32 ones), so the bound is on `step_bytes`, the most that
+//            one direction's W_ih and W_hh take in any layer, packed: 1 MiB; and each thread
 //            needs 16 rows or more, as thinner tiles reread the weights for too few rows.
 //            The unit split also quantizes (or rounds) every row of x_t and h_{t-1} in each
 //            thread, and waits at its barrier. Measured on 2 cores, T = 100, I = H = 256,
@@ -43,12 +44,12 @@ struct TeamPlan {
 
 template <typename S>
 TeamPlan plan_team(Index D, Index T, Index B, Index I, Index H, Index Hout, bool rows_allowed,
-                   int reduced_bytes = 0) {
+                   Index step_bytes = 0) {
     const int per_dir = std::max(1, num_threads() / int(D));
     const Index G = 4 * H;
     const double work = double(T) * double(B) * double(G) * double(I + Hout);
-    if (rows_allowed && reduced_bytes > 0 && per_dir > 1 && B >= 16 * per_dir &&
-        double(G) * double(I + Hout) * reduced_bytes <= double(1 << 20) && work >= double(1 << 20))
+    if (rows_allowed && step_bytes > 0 && step_bytes <= (Index(1) << 20) && per_dir > 1 &&
+        B >= 16 * per_dir && work >= double(1 << 20))
         return {per_dir, true};
     if (rows_allowed && per_dir > 1 && B >= 2 && G * Hout <= (Index(1) << 15) &&
         work >= double(1 << 20))

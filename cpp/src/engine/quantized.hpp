@@ -192,7 +192,7 @@ struct Int8Rows {
 // one 4-byte lane per column: the operand layout of vpdpbusd and of vpmaddubsw + vpmaddwd,
 // and 16 quads of 16 columns are an AMX tile. With AMX, Kq is a multiple of 16 (kAmxDepth).
 struct Int8Panels {
-    static constexpr int NR = Simd<float>::NR, kValueBytes = 1;
+    static constexpr int NR = Simd<float>::NR;
     Index K = 0, N = 0, Kq = 0;
     int levels = 255;             // grid of the activations it multiplies (Int8Rows): 255 or 127
     Buffer<std::int8_t> data;     // [panels, Kq, NR, 4]
@@ -200,6 +200,7 @@ struct Int8Panels {
     Buffer<std::int32_t> colsum;  // [panels * NR]  sum over k of W(k, n) (|sum| <= 127 K)
 
     Index num_panels() const { return (N + NR - 1) / NR; }
+    Index bytes() const { return data.size(); }
 
     // W(k, n) = at(k, n) in [-127, 127], column n's scale scale_of(n); activations on a grid
     // of `grid` levels.
@@ -386,12 +387,12 @@ void dequantize(const std::int32_t* acc, Index ld, Index R, Index w, Index m, In
 #if defined(__AVX512F__)
 // `dequantize` of 16 columns of one row from int32 sums in a register (offset 0), the columns
 // past the block's width masked off by k. The vpdpbusd tiles hand their sums over in the
-// registers that accumulated them (storing and reloading them, and the scalar loop's tails,
-// took 18% of a tile's time at 16 rows, K = 256); the AMX blocks load theirs from the tile
-// store. Both end here, so int8 outputs stay the same bits with and without the tiles.
-// Every multiply-add is an explicit fmadd: GCC contracts a product and a sum of intrinsics
-// into one where it sees fit, differently in each inlined copy, and a row's results would
-// then depend on which kernel (so which batch size) computed them.
+// registers that accumulated them (storing and reloading them for the scalar loop, with its
+// tails, took 18% of a tile's time at 16 rows, K = 256); the AMX blocks load theirs from the
+// tile store. Both end here, so int8 outputs stay the same bits with and without the tiles.
+// Every multiply-add is an explicit fmadd: left to GCC, the intrinsics' product and sum were
+// contracted into one in some inlined copies and not in others, and a row's results then
+// depended on which kernel (so which batch size) computed them.
 template <bool Accumulate>
 inline void dequantize16(__m512i dot, __mmask16 k, float step, float lo, const float* scale,
                          const std::int32_t* colsum, const float* bias, float* c) {
@@ -404,24 +405,20 @@ inline void dequantize16(__m512i dot, __mmask16 k, float step, float lo, const f
                                      : _mm512_mul_ps(sc, sum));
 }
 
-// Rows [m, m + R) of C over the w columns from n0, from R rows of int32 sums, each row's
-// NR = 32 columns (two registers) at dot(r, 0) and dot(r, 1).
-template <bool Accumulate, typename Dot>
-inline void dequantize_rows(Index R, Index w, Index m, Index n0, const Int8Rows& rows,
-                            const Int8Panels& W, float* C, Index ldc, const float* bias,
-                            Dot&& dot) {
+// Row `row` of C over the w columns from n0, from its NR = 32 int32 sums in two registers.
+template <bool Accumulate>
+inline void dequantize_row(__m512i dot0, __m512i dot1, Index w, Index row, Index n0,
+                           const Int8Rows& rows, const Int8Panels& W, float* C, Index ldc,
+                           const float* bias) {
     const __mmask16 k0 = w >= 16 ? __mmask16(0xffff) : __mmask16((1u << w) - 1);
-    const __mmask16 k1 = w >= 32 ? __mmask16(0xffff) : w > 16 ? __mmask16((1u << (w - 16)) - 1) : 0;
-    for (Index r = 0; r < R; ++r) {
-        const float step = rows.step[m + r], lo = rows.lo[m + r];
-        float* c = C + (m + r) * ldc + n0;
-        const float* b = bias ? bias + n0 : nullptr;
-        dequantize16<Accumulate>(dot(r, 0), k0, step, lo, W.scale.data() + n0,
-                                 W.colsum.data() + n0, b, c);
-        if (k1)
-            dequantize16<Accumulate>(dot(r, 1), k1, step, lo, W.scale.data() + n0 + 16,
-                                     W.colsum.data() + n0 + 16, b ? b + 16 : nullptr, c + 16);
-    }
+    const float step = rows.step[row], lo = rows.lo[row];
+    float* c = C + row * ldc + n0;
+    const float* b = bias ? bias + n0 : nullptr;
+    dequantize16<Accumulate>(dot0, k0, step, lo, W.scale.data() + n0, W.colsum.data() + n0, b, c);
+    if (w <= 16) return;
+    const __mmask16 k1 = w >= 32 ? __mmask16(0xffff) : __mmask16((1u << (w - 16)) - 1);
+    dequantize16<Accumulate>(dot1, k1, step, lo, W.scale.data() + n0 + 16,
+                             W.colsum.data() + n0 + 16, b ? b + 16 : nullptr, c + 16);
 }
 #endif
 
@@ -439,12 +436,17 @@ void int8_tiles(Index M, const Int8Rows& rows, const Int8Panels& W, Index col_be
 #if defined(__AVX512F__)
         if constexpr (std::is_same<Tile<R, NP>, Int8TileVnni<R, NP>>::value) {
             static_assert(Tile<R, NP>::V == 2, "a panel is two registers");
+            // constant indices only, so that the accumulators stay registers (an index the
+            // compiler cannot resolve puts the tile on the stack, to be zeroed, stored, reloaded)
+#pragma GCC unroll 4
             for (int p = 0; p < NP; ++p) {
                 const Index c0 = n0 + p * NR;
                 if (c0 >= col_end) break;
-                dequantize_rows<Accumulate>(R, std::min<Index>(NR, col_end - c0), m, c0, rows, W, C,
-                                            ldc, bias,
-                                            [&](Index r, int v) { return tile.acc[r][2 * p + v]; });
+#pragma GCC unroll 8
+                for (int r = 0; r < R; ++r)
+                    dequantize_row<Accumulate>(tile.acc[r][2 * p], tile.acc[r][2 * p + 1],
+                                               std::min<Index>(NR, col_end - c0), m + r, c0, rows,
+                                               W, C, ldc, bias);
             }
             return;
         }
@@ -476,13 +478,14 @@ inline const char* int8_kernel() {
 // vdpbf16ps's operand layout, of which 16 pairs of 16 columns are an AMX tile (with AMX, K2 is
 // a multiple of 16); otherwise the values widened to float32 (exact) in float panels.
 struct Bf16Panels {
-    static constexpr int NR = Simd<float>::NR, kValueBytes = 2;
+    static constexpr int NR = Simd<float>::NR;
     Index K = 0, N = 0, K2 = 0;
     bool native = false;
     Buffer<std::uint16_t> data;  // native: [panels, K2, NR, 2]
     Panels<float> wide;          // emulation
 
     Index num_panels() const { return (N + NR - 1) / NR; }
+    Index bytes() const { return native ? data.size() * 2 : wide.bytes(); }
 
     template <typename At>
     void pack(Index k_size, Index n_size, At&& at) {
@@ -666,10 +669,10 @@ void int8_amx(Index M, const Int8Rows& rows, const Int8Panels& W, Index col_begi
         for (Index m = 0; m < M; m += 32) {
             amx_block<false>(rows.u.data() + m * rows.ldu, rows.ldu, b, W.Kq / kAmxDepth,
                              M - m > 16, acc);
-            dequantize_rows<Accumulate>(std::min<Index>(32, M - m), w, m, n0, rows, W, C, ldc, bias,
-                                        [&](Index r, int v) {
-                                            return _mm512_load_si512(acc + r * 32 + 16 * v);
-                                        });
+            for (Index r = 0; r < std::min<Index>(32, M - m); ++r)
+                dequantize_row<Accumulate>(_mm512_load_si512(acc + r * 32),
+                                           _mm512_load_si512(acc + r * 32 + 16), w, m + r, n0,
+                                           rows, W, C, ldc, bias);
         }
     }
 }
