@@ -90,10 +90,12 @@ def deny_amx():
     """Make this process's requests for the AMX tiles fail, as on a CPU or kernel without them.
 
     Linux gives a process the tiles only when it asks (arch_prctl(ARCH_REQ_XCOMP_PERM), Linux
-    5.16). A seccomp filter answers that one call with EPERM, for this process and every thread
-    and child it starts, so eigenlstm's front end and ONNX Runtime's MLAS both fall back to their
-    AVX-512 kernels (vpdpbusd, vdpbf16ps), as they would on a VNNI CPU without AMX. Capping only
-    eigenlstm (EIGENLSTM_MAX_ISA=avx512_bf16) would leave MLAS its tiles: on a Xeon with AMX its
+    5.16). A seccomp filter answers that one call with EPERM in the calling thread and in every
+    thread and child started after it (threads already running, such as numpy's BLAS pool, are
+    not filtered, but none of them asks for the tiles). eigenlstm's front end and ONNX Runtime's
+    MLAS then both have their request refused and run their AVX-512 kernels (vpdpbusd,
+    vdpbf16ps), as on a VNNI CPU without AMX. Capping only eigenlstm
+    (EIGENLSTM_MAX_ISA=avx512_bf16) would leave MLAS its tiles: on a Xeon with AMX its
     DynamicQuantizeLSTM ran ds_inf_b32 in 4.0 ms with them and 5.5 ms without. Call it before
     the engines are imported. Linux x86-64 only.
     """
