@@ -232,8 +232,9 @@ struct Int8Panels {
 };
 
 // The int8 tiles: R rows (quantized, from row m of `rows`) by NP panels, int32 sums over all
-// of K in registers, handed out as acc[r][p*NR + j] = sum_k (u[r][k] - kOffset) W(k, n). One
-// per instruction set.
+// of K in registers, handed out by store() as acc[r][p*NR + j] = sum_k (u[r][k] - kOffset)
+// W(k, n) (the VNNI tile's registers go to the dequantization directly). One per instruction
+// set.
 
 // Plain C++: the generic level's.
 template <int R, int NP>
@@ -353,10 +354,7 @@ struct Int8TileVnni {
             }
         }
     }
-    void store(std::int32_t* out) const {
-        for (int r = 0; r < R; ++r)
-            for (int v = 0; v < NP * V; ++v) _mm512_storeu_si512(out + r * NP * NR + 16 * v, acc[r][v]);
-    }
+    // no store(): int8_tiles dequantizes acc from its registers (dequantize_row)
 };
 #endif
 
@@ -448,13 +446,15 @@ void int8_tiles(Index M, const Int8Rows& rows, const Int8Panels& W, Index col_be
                                                std::min<Index>(NR, col_end - c0), m + r, c0, rows,
                                                W, C, ldc, bias);
             }
-            return;
-        }
+        } else  // the other tiles hand their sums out through memory
 #endif
-        alignas(64) std::int32_t acc[R * NP * NR];
-        tile.store(acc);
-        dequantize<Tile<R, NP>::kOffset, Accumulate>(acc, NP * NR, R, std::min<Index>(NP * NR, col_end - n0),
-                                                     m, n0, rows, W, C, ldc, bias);
+        {
+            alignas(64) std::int32_t acc[R * NP * NR];
+            tile.store(acc);
+            dequantize<Tile<R, NP>::kOffset, Accumulate>(acc, NP * NR, R,
+                                                         std::min<Index>(NP * NR, col_end - n0), m,
+                                                         n0, rows, W, C, ldc, bias);
+        }
     });
 }
 
