@@ -162,6 +162,11 @@ void forward_direction(const DirectionPass<S, W>& a, const Cell& cell, S* y, con
     const bool training = a.training();
     const Index h_lo = P > 0 ? q0 : u0, h_hi = P > 0 ? q1 : u1;  // this thread's columns of h
 
+    // x_t and h_{t-1} as the products take them (quantized, rounded, or as they are), and the
+    // units a step runs through its products and cell at a time
+    thread_local typename W::Operand xop, hop;
+    const Index chunk = step_chunk(*a.whh_t, H);
+
     const S* h_prev = h0;
     const S* c_prev = c0;
     if (training) {  // slot of the initial state holds a copy of h0 / c0 (dW_hh reads it)
@@ -185,10 +190,9 @@ void forward_direction(const DirectionPass<S, W>& a, const Cell& cell, S* y, con
     }
     for (Index s = 0; s < T; ++s) {
         const Index t = a.reverse ? T - 1 - s : s;
+        // the step's pre-activations: its own [B, ldg] when the loop projects its inputs (a.x),
+        // else the layer's input projection x_t W_ih^T + b
         S* pre = a.x ? a.gates : a.gates + t * B * a.ldg;
-        if (a.x)  // pre_t = x_t W_ih^T + b over this thread's gate columns (absolute in wih_t)
-            multiply<false>(R, a.x + t * B * a.I, a.I, *a.wih_t, a.wih_col + a.NG * u0,
-                            a.wih_col + a.NG * u1, pre - a.wih_col, a.ldg, a.bias);
         S* h_next = training ? a.hs + slot_after(t, a.reverse) * B * Hout : a.hbuf + (s & 1) * B * Hout;
         S* c_next = training ? a.cs + slot_after(t, a.reverse) * B * H : a.cbuf + (s & 1) * B * H;
         S* r = P > 0 ? (training ? a.rs + t * B * H : a.rbuf) : nullptr;
@@ -196,28 +200,43 @@ void forward_direction(const DirectionPass<S, W>& a, const Cell& cell, S* y, con
 
         const S* h_in = a.rmask ? a.hm + (s & 1) * B * Hout : h_prev;
         S* ln_st = a.ln_stats ? a.ln_stats + t * B * 4 : nullptr;
-        if (a.ln) {  // pre += LN(h_in W_hh^T), the product in ln_a
+        const bool recur = s > 0 || !a.zero_h0;  // h_in W_hh^T is not exactly zero
+        if (!a.ln) {
+            // pre = [x_t W_ih^T + b] + h_in W_hh^T, then the cell, a few gate blocks at a
+            // time: a chunk's pre-activations stay in L1 from the products to the cell
+            // (written, added to and read back over all of this thread's units, they went
+            // through L2 three times a step)
+            if (a.x) prepare(xop, R, a.x + t * B * a.I, a.I, *a.wih_t);  // (columns absolute in wih_t)
+            if (recur) prepare(hop, R, h_in, Hout, *a.whh_t);
+            for (Index k0 = u0; k0 < u1; k0 += chunk) {
+                const Index k1 = std::min(u1, k0 + chunk);
+                if (a.x)
+                    product<false>(xop, *a.wih_t, a.wih_col + a.NG * k0, a.wih_col + a.NG * k1,
+                                   pre - a.wih_col, a.ldg, a.bias);
+                if (recur) product<true>(hop, *a.whh_t, a.NG * k0, a.NG * k1, pre, a.ldg);
+                for (Index ub = k0; ub < k1; ub += HB)
+                    cell.forward(ub, pre + a.NG * ub, a.ldg, R, std::min(HB, H - ub), c_prev + ub,
+                                 c_next + ub, H, P == 0 ? h_next + ub : r + ub, P == 0 ? Hout : H,
+                                 P == 0 ? y_t + ub : nullptr, a.ldy);
+            }
+        } else {  // pre += LN(h_in W_hh^T), the product in ln_a (a.x is nullptr: LN(x W_ih^T) is in pre)
             S* la = a.ln_a + (training ? t * B * G : 0);
-            if (s > 0 || !a.zero_h0)
+            if (recur)
                 multiply<false>(R, h_in, Hout, *a.whh_t, a.NG * u0, a.NG * u1, la, G);
             else
                 for (Index b = 0; b < R; ++b) std::fill(la + b * G + a.NG * u0, la + b * G + a.NG * u1, S(0));
             ln_gates_forward(la, pre, a.ldg, R, a.NG, H, u0, u1, a.ln, a.ln_part,
                              ln_st ? ln_st + 1 : nullptr, 4, tid == 0, barrier);
-        } else if (s > 0 || !a.zero_h0) {
-            multiply<true>(R, h_in, Hout, *a.whh_t, a.NG * u0, a.NG * u1, pre, a.ldg);
-        }
-
-        // (with layer norm the cell leaves h to ln_cell_forward)
-        for (Index ub = u0; ub < u1; ub += HB)
-            cell.forward(ub, pre + a.NG * ub, a.ldg, R, std::min(HB, H - ub), c_prev + ub, c_next + ub,
-                         H, a.ln ? nullptr : P == 0 ? h_next + ub : r + ub, P == 0 ? Hout : H,
-                         P == 0 && !a.ln ? y_t + ub : nullptr, a.ldy);
-        if (a.ln)  // h = o*tanh(LN(c~))
+            // (the cell leaves h to ln_cell_forward)
+            for (Index ub = u0; ub < u1; ub += HB)
+                cell.forward(ub, pre + a.NG * ub, a.ldg, R, std::min(HB, H - ub), c_prev + ub,
+                             c_next + ub, H, nullptr, P == 0 ? Hout : H, nullptr, a.ldy);
+            // h = o*tanh(LN(c~))
             ln_cell_forward(c_next, H, pre, a.ldg, R, a.NG, H, u0, u1, a.ln,
                             P == 0 ? h_next : r, P == 0 ? Hout : H, P == 0 ? y_t : nullptr, a.ldy,
                             a.ln_part + B * nblk * 2, ln_st ? ln_st + 2 : nullptr, 4, tid == 0,
                             barrier);
+        }
         if (a.zoneout_c > 0)
             zone_out(c_next, c_prev, a.zc ? a.zc + t * B * H : nullptr, a.zoneout_c, R, H, u0, u1);
         if (P == 0 && a.zoneout_h > 0) {

@@ -191,7 +191,9 @@ struct Int8Rows {
 //   data[((p*Kq + q)*NR + j)*4 + t] = W(4q + t, p*NR + j),  zero padded,
 // one 4-byte lane per column: the operand layout of vpdpbusd and of vpmaddubsw + vpmaddwd,
 // and 16 quads of 16 columns are an AMX tile. With AMX, Kq is a multiple of 16 (kAmxDepth).
+struct Int8Operand;
 struct Int8Panels {
+    using Operand = Int8Operand;
     static constexpr int NR = Simd<float>::NR;
     Index K = 0, N = 0, Kq = 0;
     int levels = 255;             // grid of the activations it multiplies (Int8Rows): 255 or 127
@@ -383,41 +385,54 @@ void dequantize(const std::int32_t* acc, Index ld, Index R, Index w, Index m, In
 }
 
 #if defined(__AVX512F__)
-// `dequantize` of 16 columns of one row from int32 sums in a register (offset 0), the columns
-// past the block's width masked off by k. The vpdpbusd tiles hand their sums over in the
-// registers that accumulated them (storing and reloading them for the scalar loop, with its
-// tails, took 18% of a tile's time at 16 rows, K = 256); the AMX blocks load theirs from the
-// tile store. Both end here, so int8 outputs stay the same bits with and without the tiles.
-// Every multiply-add is an explicit fmadd: left to GCC, the intrinsics' product and sum were
-// contracted into one in some inlined copies and not in others, and a row's results then
-// depended on which kernel (so which batch size) computed them.
+// `dequantize` of 16 columns of one row from int32 sums in a register (offset 0). The vpdpbusd
+// tiles hand their sums over in the registers that accumulated them (storing and reloading
+// them for the scalar loop, with its tails, took 18% of a tile's time at 16 rows, K = 256);
+// the AMX blocks load theirs from the tile store. Both end here, so int8 outputs stay the same
+// bits with and without the tiles. The columns' scales and sums come in registers, loaded once
+// for all the rows of a block (PanelColumns). Every multiply-add is an explicit fmadd: left to
+// GCC, the intrinsics' product and sum were contracted into one in some inlined copies and not
+// in others, and a row's results then depended on which kernel (so which batch size) computed
+// them.
+struct Columns16 {
+    __mmask16 k;          // the columns of the block, of these 16
+    __m512 scale, colsum;  // their scales, and their column sums as float32 (exact: at most
+                           // 127 * kMaxInt8Depth < 2^24 in magnitude)
+};
 template <bool Accumulate>
-inline void dequantize16(__m512i dot, __mmask16 k, float step, float lo, const float* scale,
-                         const std::int32_t* colsum, const float* bias, float* c) {
-    const __m512 lo_cs = _mm512_mul_ps(_mm512_set1_ps(lo),
-                                       _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(k, colsum)));
+inline void dequantize16(__m512i dot, const Columns16& col, float step, float lo,
+                         const float* bias, float* c) {
+    const __m512 lo_cs = _mm512_mul_ps(_mm512_set1_ps(lo), col.colsum);
     const __m512 sum = _mm512_fmadd_ps(_mm512_set1_ps(step), _mm512_cvtepi32_ps(dot), lo_cs);
-    const __m512 sc = _mm512_maskz_loadu_ps(k, scale);
     const float* init = Accumulate ? c : bias;
-    _mm512_mask_storeu_ps(c, k, init ? _mm512_fmadd_ps(sc, sum, _mm512_maskz_loadu_ps(k, init))
-                                     : _mm512_mul_ps(sc, sum));
+    _mm512_mask_storeu_ps(c, col.k,
+                          init ? _mm512_fmadd_ps(col.scale, sum, _mm512_maskz_loadu_ps(col.k, init))
+                               : _mm512_mul_ps(col.scale, sum));
 }
 
-// Row `row` of C over the w columns from n0, from its NR = 32 int32 sums in two registers.
-template <bool Accumulate>
-inline void dequantize_row(__m512i dot0, __m512i dot1, Index w, Index row, Index n0,
-                           const Int8Rows& rows, const Int8Panels& W, float* C, Index ldc,
-                           const float* bias) {
-    const __mmask16 k0 = w >= 16 ? __mmask16(0xffff) : __mmask16((1u << w) - 1);
-    const float step = rows.step[row], lo = rows.lo[row];
-    float* c = C + row * ldc + n0;
-    const float* b = bias ? bias + n0 : nullptr;
-    dequantize16<Accumulate>(dot0, k0, step, lo, W.scale.data() + n0, W.colsum.data() + n0, b, c);
-    if (w <= 16) return;
-    const __mmask16 k1 = w >= 32 ? __mmask16(0xffff) : __mmask16((1u << (w - 16)) - 1);
-    dequantize16<Accumulate>(dot1, k1, step, lo, W.scale.data() + n0 + 16,
-                             W.colsum.data() + n0 + 16, b ? b + 16 : nullptr, c + 16);
-}
+// The w <= NR = 32 columns from n0 of a block, as two Columns16.
+struct PanelColumns {
+    Index n0, w;
+    Columns16 half[2];
+    PanelColumns(const Int8Panels& W, Index n0_, Index w_) : n0(n0_), w(w_) {
+        for (int h = 0; h < 2; ++h) {
+            const Index wh = std::min<Index>(16, std::max<Index>(0, w - 16 * h));
+            const __mmask16 k = __mmask16((1u << wh) - 1);
+            half[h] = {k, _mm512_maskz_loadu_ps(k, W.scale.data() + n0 + 16 * h),
+                       _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(k, W.colsum.data() + n0 + 16 * h))};
+        }
+    }
+    // Row `row` of C over these columns, from its 32 int32 sums in two registers.
+    template <bool Accumulate>
+    void dequantize_row(__m512i dot0, __m512i dot1, Index row, const Int8Rows& rows, float* C,
+                        Index ldc, const float* bias) const {
+        const float step = rows.step[row], lo = rows.lo[row];
+        float* c = C + row * ldc + n0;
+        const float* b = bias ? bias + n0 : nullptr;
+        dequantize16<Accumulate>(dot0, half[0], step, lo, b, c);
+        if (w > 16) dequantize16<Accumulate>(dot1, half[1], step, lo, b ? b + 16 : nullptr, c + 16);
+    }
+};
 #endif
 
 // C = init + the dequantized products over the columns [col_begin, col_end) (col_begin on a
@@ -440,11 +455,11 @@ void int8_tiles(Index M, const Int8Rows& rows, const Int8Panels& W, Index col_be
             for (int p = 0; p < NP; ++p) {
                 const Index c0 = n0 + p * NR;
                 if (c0 >= col_end) break;
+                const PanelColumns cols(W, c0, std::min<Index>(NR, col_end - c0));
 #pragma GCC unroll 8
                 for (int r = 0; r < R; ++r)
-                    dequantize_row<Accumulate>(tile.acc[r][2 * p], tile.acc[r][2 * p + 1],
-                                               std::min<Index>(NR, col_end - c0), m + r, c0, rows,
-                                               W, C, ldc, bias);
+                    cols.dequantize_row<Accumulate>(tile.acc[r][2 * p], tile.acc[r][2 * p + 1],
+                                                    m + r, rows, C, ldc, bias);
             }
         } else  // the other tiles hand their sums out through memory
 #endif
@@ -477,7 +492,9 @@ inline const char* int8_kernel() {
 //   data[((p*K2 + q)*NR + j)*2 + t] = W(2q + t, p*NR + j),
 // vdpbf16ps's operand layout, of which 16 pairs of 16 columns are an AMX tile (with AMX, K2 is
 // a multiple of 16); otherwise the values widened to float32 (exact) in float panels.
+struct Bf16Operand;
 struct Bf16Panels {
+    using Operand = Bf16Operand;
     static constexpr int NR = Simd<float>::NR;
     Index K = 0, N = 0, K2 = 0;
     bool native = false;
@@ -665,14 +682,14 @@ void int8_amx(Index M, const Int8Rows& rows, const Int8Panels& W, Index col_begi
     alignas(64) std::int32_t acc[32 * 32];
     for (Index n0 = col_begin; n0 < col_end; n0 += NR) {
         const auto* b = reinterpret_cast<const std::uint8_t*>(W.data.data() + (n0 / NR) * stride);
-        const Index w = std::min<Index>(NR, col_end - n0);
+        const PanelColumns cols(W, n0, std::min<Index>(NR, col_end - n0));
         for (Index m = 0; m < M; m += 32) {
             amx_block<false>(rows.u.data() + m * rows.ldu, rows.ldu, b, W.Kq / kAmxDepth,
                              M - m > 16, acc);
             for (Index r = 0; r < std::min<Index>(32, M - m); ++r)
-                dequantize_row<Accumulate>(_mm512_load_si512(acc + r * 32),
-                                           _mm512_load_si512(acc + r * 32 + 16), w, m + r, n0,
-                                           rows, W, C, ldc, bias);
+                cols.dequantize_row<Accumulate>(_mm512_load_si512(acc + r * 32),
+                                                _mm512_load_si512(acc + r * 32 + 16), m + r, rows,
+                                                C, ldc, bias);
         }
     }
 }
@@ -707,66 +724,113 @@ inline const char* bf16_kernel() {
 
 // ---- the products the time loops call ------------------------------------------------------
 
-// `multiply` (gemm.hpp) for the reduced-precision weights. Each converts A's rows in the
-// calling thread's scratch: after the first call of a size, none allocates.
-template <bool Accumulate>
-void multiply(Index M, const float* A, Index lda, const Int8Panels& W, Index col_begin,
-              Index col_end, float* C, Index ldc, const float* bias = nullptr) {
-    if (M == 0 || col_begin >= col_end) return;
-    thread_local Int8Rows rows;
+// `step_chunk` (gemm.hpp). With AMX every product loads the tile configuration and releases
+// the tiles (AmxTiles), so a step in chunks of 32 units did that 2 H / 32 times, not twice:
+// bfloat16 at B = 32, I = H = 256 took 3.44-3.55 ms against 3.19-3.46 (four alternating
+// processes each). A step on the tiles runs all its units at once.
+inline Index step_chunk(const Int8Panels&, Index H) {
+    return features().amx ? H : unit_grain<float>();
+}
+inline Index step_chunk(const Bf16Panels& W, Index H) {
+    return features().amx && W.native ? H : unit_grain<float>();
+}
+
+// `prepare` and `product` (gemm.hpp) for the reduced-precision weights: prepare converts A's
+// rows for the kernel that product then runs (quantized for int8, rounded for bfloat16), in
+// the operand's buffers (after the first call of a size, it allocates nothing).
+struct Int8Operand {
+    Int8Rows rows;
+    Index M = 0;
+    bool amx = false;  // the rows are padded to whole tiles for tdpbusd
+};
+
+inline void prepare(Int8Operand& op, Index M, const float* A, Index lda, const Int8Panels& W) {
     const Index depth = 4 * std::max<Index>(W.Kq, 1);
+    op.M = M;
+    op.amx = false;
+    if (M == 0) return;
 #if defined(__AVX512F__)
     if (features().amx && M >= kAmxMinRowsInt8) {
-        rows.quantize(A, M, W.K, lda, W.levels, false, depth, round_up(M, 16));
-        return int8_amx<Accumulate>(M, rows, W, col_begin, col_end, C, ldc, bias);
+        op.amx = true;
+        return op.rows.quantize(A, M, W.K, lda, W.levels, false, depth, round_up(M, 16));
     }
-    if (features().vnni) {
-        rows.quantize(A, M, W.K, lda, W.levels, false, depth, M);
-        return int8_tiles<Int8TileVnni, 8, Accumulate>(M, rows, W, col_begin, col_end, C, ldc, bias);
-    }
+    if (features().vnni) return op.rows.quantize(A, M, W.K, lda, W.levels, false, depth, M);
 #endif
 #if defined(__AVX2__)
-    const bool split = W.levels > 127;
-    rows.quantize(A, M, W.K, lda, W.levels, split, depth, M);
-    if (split)
-        return int8_tiles<Int8TileAvx2Split, 4, Accumulate>(M, rows, W, col_begin, col_end, C, ldc,
-                                                            bias);
-    int8_tiles<Int8TileAvx2, 4, Accumulate>(M, rows, W, col_begin, col_end, C, ldc, bias);
+    op.rows.quantize(A, M, W.K, lda, W.levels, W.levels > 127, depth, M);
 #else
-    rows.quantize(A, M, W.K, lda, W.levels, false, depth, M);
-    int8_tiles<Int8TileScalar, 4, Accumulate>(M, rows, W, col_begin, col_end, C, ldc, bias);
+    op.rows.quantize(A, M, W.K, lda, W.levels, false, depth, M);
 #endif
 }
 
 template <bool Accumulate>
-void multiply(Index M, const float* A, Index lda, const Bf16Panels& W, Index col_begin,
-              Index col_end, float* C, Index ldc, const float* bias = nullptr) {
+void product(const Int8Operand& op, const Int8Panels& W, Index col_begin, Index col_end, float* C,
+             Index ldc, const float* bias = nullptr) {
+    const Index M = op.M;
     if (M == 0 || col_begin >= col_end) return;
 #if defined(__AVX512F__)
+    if (op.amx) return int8_amx<Accumulate>(M, op.rows, W, col_begin, col_end, C, ldc, bias);
+    if (features().vnni)
+        return int8_tiles<Int8TileVnni, 8, Accumulate>(M, op.rows, W, col_begin, col_end, C, ldc,
+                                                       bias);
+#endif
+#if defined(__AVX2__)
+    if (W.levels > 127)
+        return int8_tiles<Int8TileAvx2Split, 4, Accumulate>(M, op.rows, W, col_begin, col_end, C,
+                                                            ldc, bias);
+    int8_tiles<Int8TileAvx2, 4, Accumulate>(M, op.rows, W, col_begin, col_end, C, ldc, bias);
+#else
+    int8_tiles<Int8TileScalar, 4, Accumulate>(M, op.rows, W, col_begin, col_end, C, ldc, bias);
+#endif
+}
+
+struct Bf16Operand {
+    Buffer<std::uint16_t> bits;  // with AVX512_BF16: [M_pad, ld] bfloat16, zero padded
+    Buffer<float> wide;          // emulated: [M, K] the bfloat16 values as float32
+    Index M = 0, ld = 0;
+};
+
+inline void prepare(Bf16Operand& op, Index M, const float* A, Index lda, const Bf16Panels& W) {
+    op.M = M;
+    if (M == 0) return;
+#if defined(__AVX512F__)
     if (W.native) {
-        thread_local Buffer<std::uint16_t> rows;
-        const bool amx = features().amx;
-        const Index ld = 2 * W.K2, M_pad = amx ? round_up(M, 16) : M;
-        rows.resize(checked_mul(M_pad, std::max<Index>(ld, 1)));
+        const Index ld = 2 * W.K2, M_pad = features().amx ? round_up(M, 16) : M;
+        op.ld = ld;
+        op.bits.resize(checked_mul(M_pad, std::max<Index>(ld, 1)));
         for (Index m = 0; m < M; ++m) {
-            std::uint16_t* r = rows.data() + m * ld;
+            std::uint16_t* r = op.bits.data() + m * ld;
             for (Index k = 0; k < W.K; ++k) r[k] = to_bf16(A[m * lda + k]);
             for (Index k = W.K; k < ld; ++k) r[k] = 0;
         }
-        if (amx) {
-            std::fill(rows.data() + M * ld, rows.data() + M_pad * ld, std::uint16_t(0));
-            return bf16_amx<Accumulate>(M, rows.data(), ld, W, col_begin, col_end, C, ldc, bias);
-        }
-        return bf16_tiles<Accumulate>(M, rows.data(), ld, W, col_begin, col_end, C, ldc, bias);
+        std::fill(op.bits.data() + M * ld, op.bits.data() + M_pad * ld, std::uint16_t(0));
+        return;
     }
 #endif
     // The emulation: the operands rounded to bfloat16, the products exact in float32 (8-bit
     // significands), summed in float32 by the float32 kernel.
-    thread_local Buffer<float> rows;
-    rows.resize(checked_mul(M, std::max<Index>(W.K, 1)));
+    op.ld = W.K;
+    op.wide.resize(checked_mul(M, std::max<Index>(W.K, 1)));
     for (Index m = 0; m < M; ++m)
-        for (Index k = 0; k < W.K; ++k) rows[m * W.K + k] = from_bf16(to_bf16(A[m * lda + k]));
-    gemm_panels<float, Accumulate>(M, rows.data(), W.K, W.wide, col_begin, col_end, C, ldc, bias);
+        for (Index k = 0; k < W.K; ++k) op.wide[m * W.K + k] = from_bf16(to_bf16(A[m * lda + k]));
+}
+
+template <bool Accumulate>
+void product(const Bf16Operand& op, const Bf16Panels& W, Index col_begin, Index col_end, float* C,
+             Index ldc, const float* bias = nullptr) {
+    const Index M = op.M;
+    if (M == 0 || col_begin >= col_end) return;
+#if defined(__AVX512F__)
+    if (W.native) {
+        if (features().amx)
+            return bf16_amx<Accumulate>(M, op.bits.data(), op.ld, W, col_begin, col_end, C, ldc,
+                                        bias);
+        return bf16_tiles<Accumulate>(M, op.bits.data(), op.ld, W, col_begin, col_end, C, ldc,
+                                      bias);
+    }
+#endif
+    gemm_panels<float, Accumulate>(M, op.wide.data(), op.ld, W.wide, col_begin, col_end, C, ldc,
+                                   bias);
 }
 
 }  // namespace detail
