@@ -246,6 +246,37 @@ def test_threads_that_split_a_large_batch_by_rows_give_each_row_its_own_bits(
         assert np.array_equal(h[:, b], hb[:, 0]) and np.array_equal(c[:, b], cb[:, 0])
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_threads_with_their_own_copy_of_the_weights_follow_new_weights(precision):
+    # A thread that runs a slice of the batch multiplies by its own copy of the packed weights,
+    # made once and kept across calls (engine/plan.hpp, thread_copy). New weights loaded into
+    # the module, or a new module where a freed one was, must give the new weights' results
+    # on every row: a copy is kept for one packing of the weights (an id that no other packing
+    # has had), never for an address.
+    old, new = (float_lstm(12, 96, num_layers=2, seed=s) for s in (1, 2))
+    x = np.random.default_rng(12).standard_normal((6, 40, 12)).astype(np.float32)
+    before = el.get_num_threads()
+    try:
+        el.set_num_threads(1)
+        want, _ = el.quantize(new, precision)(x)
+        el.set_num_threads(2)
+        q = el.quantize(old, precision)
+        q(x)  # the second thread copies the old weights
+        q.load_state_dict(el.quantize(new, precision).state_dict())
+        loaded, _ = q(x)
+        replaced = []
+        for _ in range(3):  # a module made after one is freed may take its addresses
+            q = el.quantize(old, precision)
+            q(x)
+            del q
+            replaced.append(el.quantize(new, precision)(x)[0])
+    finally:
+        el.set_num_threads(before)
+    assert np.array_equal(loaded, want)
+    for y in replaced:
+        assert np.array_equal(y, want)
+
+
 def test_a_non_finite_input_row_gives_nan_outputs_and_leaves_the_others_alone():
     q = el.quantize(float_lstm(6, 16), "int8")
     x = np.random.default_rng(6).standard_normal((4, 3, 6)).astype(np.float32)

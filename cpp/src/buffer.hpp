@@ -58,6 +58,11 @@ public:
         n_ = n;
     }
     void zero() { if (n_) std::memset(p_, 0, std::size_t(n_) * sizeof(S)); }
+    // A copy of o's contents (copies are explicit: the copy constructor is deleted).
+    void assign(const Buffer& o) {
+        resize(o.n_);
+        if (o.n_) std::memcpy(p_, o.p_, std::size_t(o.n_) * sizeof(S));
+    }
     Index size() const { return n_; }
     Index capacity() const { return cap_; }
     S* data() { return p_; }

@@ -436,6 +436,14 @@ void run_forward_direction(const TeamPlan& plan, DirectionPass<S, W> a, const Ce
     if (plan.by_rows) {
         split_range(a.B, 1, tid, n, b0, b1);
         a = a.rows_slice(b0, b1);
+        // every thread reads all the weights: each but the first its own copy (thread_copy)
+        if constexpr (!std::is_same<W, Panels<S>>::value) {
+            if (tid > 0) {
+                if (a.wih_t) a.wih_t = &thread_copy(*a.wih_t);
+                a.whh_t = &thread_copy(*a.whh_t);
+                if (a.whr_t) a.whr_t = &thread_copy(*a.whr_t);
+            }
+        }
         tid = 0;
         n = 1;
     }

@@ -7,6 +7,8 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 
@@ -51,6 +53,14 @@ struct FloatRows {
     Index lda = 0, M = 0;
 };
 
+// A number that no other packing in the process has had. Packed weights change only by being
+// packed again, so (a packing's id) names their contents: thread_copy (plan.hpp) keys its
+// copies on it.
+inline std::uint64_t next_pack_id() {
+    static std::atomic<std::uint64_t> last{0};
+    return ++last;
+}
+
 // A [K, N] matrix stored as ceil(N / NR) panels, each [K, NR] row-major and zero padded:
 //   data[p*K*NR + k*NR + j] = M(k, p*NR + j).
 // A step's GEMM streams one panel (K*NR contiguous values, L1-sized for K <= 512 in float32)
@@ -59,6 +69,7 @@ template <typename S>
 struct Panels {
     using Operand = FloatRows<S>;
     Index K = 0, N = 0;
+    std::uint64_t id = 0;  // next_pack_id() of the last pack
     Buffer<S> data;
 
     Index bytes() const { return data.size() * Index(sizeof(S)); }
@@ -70,6 +81,7 @@ struct Panels {
         constexpr int NR = Simd<S>::NR;
         K = k_size;
         N = n_size;
+        id = next_pack_id();
         data.resize(checked_mul(num_panels() * NR, std::max<Index>(K, 1)));
         data.zero();
         for (Index p = 0; p < num_panels(); ++p) {
@@ -78,6 +90,12 @@ struct Panels {
             for (Index k = 0; k < K; ++k)
                 for (Index j = 0; j < w; ++j) dst[k * NR + j] = src[k * rs + (n0 + j) * cs];
         }
+    }
+    void assign(const Panels& o) {
+        K = o.K;
+        N = o.N;
+        id = o.id;
+        data.assign(o.data);
     }
 };
 

@@ -196,6 +196,7 @@ struct Int8Panels {
     using Operand = Int8Operand;
     static constexpr int NR = Simd<float>::NR;
     Index K = 0, N = 0, Kq = 0;
+    std::uint64_t id = 0;         // next_pack_id() of the last pack
     int levels = 255;             // grid of the activations it multiplies (Int8Rows): 255 or 127
     Buffer<std::int8_t> data;     // [panels, Kq, NR, 4]
     Buffer<float> scale;          // [panels * NR]  dequantization scale of each column (0: padding)
@@ -210,6 +211,7 @@ struct Int8Panels {
     void pack(Index k_size, Index n_size, int grid, At&& at, ScaleOf&& scale_of) {
         K = k_size;
         N = n_size;
+        id = next_pack_id();
         Kq = round_up((K + 3) / 4, features().amx ? kAmxDepth : 1);
         levels = grid;
         const Index cols = num_panels() * NR;
@@ -230,6 +232,16 @@ struct Int8Panels {
             scale[n] = scale_of(n);
             colsum[n] = sum;
         }
+    }
+    void assign(const Int8Panels& o) {
+        K = o.K;
+        N = o.N;
+        Kq = o.Kq;
+        id = o.id;
+        levels = o.levels;
+        data.assign(o.data);
+        scale.assign(o.scale);
+        colsum.assign(o.colsum);
     }
 };
 
@@ -497,6 +509,7 @@ struct Bf16Panels {
     using Operand = Bf16Operand;
     static constexpr int NR = Simd<float>::NR;
     Index K = 0, N = 0, K2 = 0;
+    std::uint64_t id = 0;        // next_pack_id() of the last pack
     bool native = false;
     Buffer<std::uint16_t> data;  // native: [panels, K2, NR, 2]
     Panels<float> wide;          // emulation
@@ -508,6 +521,7 @@ struct Bf16Panels {
     void pack(Index k_size, Index n_size, At&& at) {
         K = k_size;
         N = n_size;
+        id = next_pack_id();
         K2 = round_up((K + 1) / 2, features().amx ? kAmxDepth : 1);
         native = kHasReducedPrecisionKernels && features().bf16;
         if (!native) {
@@ -522,6 +536,15 @@ struct Bf16Panels {
         for (Index n = 0; n < N; ++n)
             for (Index k = 0; k < K; ++k)
                 data[(((n / NR) * K2 + k / 2) * NR + n % NR) * 2 + k % 2] = at(k, n);
+    }
+    void assign(const Bf16Panels& o) {
+        K = o.K;
+        N = o.N;
+        K2 = o.K2;
+        id = o.id;
+        native = o.native;
+        data.assign(o.data);
+        wide.assign(o.wide);
     }
 };
 
