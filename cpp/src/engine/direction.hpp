@@ -47,10 +47,9 @@ struct DirectionPass {
     const Panels<S>* whr = nullptr;    // W_hr   [P, H]     backward: dr = dh W_hr (P > 0)
     S* gates = nullptr;                // [T, B, ldg] pre-activations in, activated gates out;
                                        //   backward: d(pre-activation) out; [B, ldg] with x
-    // eval with reduced-precision weights: the loop projects each step's input itself, into
+    // eval (step_inputs, engine.cpp): the loop projects each step's input itself, into
     // gates [B, ldg] (pre_t = x_t W_ih^T + b): the pre-activations of all steps (13 MB at
-    // B = 32, T = 100, H = 256) are never written out of cache and read back, which the
-    // int8 and bfloat16 products, several times faster than float32's, no longer hide
+    // B = 32, T = 100, H = 256) are never written out of cache and read back
     const S* x = nullptr;              // [T, B, I] the layer's input, or nullptr
     const W* wih_t = nullptr;          // W_ih^T [I, D*G], both directions
     Index I = 0, wih_col = 0;          // x's row length; this direction's first column (d*G)

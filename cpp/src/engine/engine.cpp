@@ -1068,16 +1068,28 @@ void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<
     const Index I = m.cfg.input_size, H = m.H, Hout = m.Hout, D = m.D, L = m.L,
                 TB = checked_mul(T, B), DG = D * m.G;
     const bool training = cache != nullptr;
-    // Reduced-precision eval projects each step's input in the time loop (DirectionPass::x),
-    // where each thread's gate columns start on a panel of the input weights: always with one
-    // direction, with two when G is a whole number of panels.
-    const bool step_inputs = !training && !std::is_same<W, Panels<S>>::value &&
-                             !m.cfg.layer_norm && (D == 1 || m.G % Simd<float>::NR == 0);
-    Index step_bytes = 0;  // with step_inputs: the most of W_ih and W_hh one direction reads a step
-    for (Index l = 0; step_inputs && l < L; ++l)
+    Index step_bytes = 0;  // the most of W_ih and W_hh that one direction reads a step
+    for (Index l = 0; l < L; ++l)
         step_bytes = std::max(step_bytes, fw.wih_t[std::size_t(l)].bytes() / D +
                                               fw.whh_t[std::size_t(l * D)].bytes());
-    const TeamPlan plan = plan_team<S>(D, T, B, I, H, Hout, true, step_bytes);
+    // An eval forward may project each step's input in the time loop (DirectionPass::x) instead
+    // of all steps' at once, where each thread's gate columns start on a panel of the input
+    // weights: always with one direction, with two when G is a whole number of panels. Every
+    // value is the same either way. Reduced precision always (bench/README.md). Float from
+    // kStepInputRows rows, if a step's weights take at most kStepInputBytes (1 MiB a thread
+    // on 2 threads, in L2): its steps then run in chunks that keep their pre-activations in
+    // L1, where the all-steps product writes them all out (13 MB at B = 32, T = 100,
+    // H = 256) and the loop reads them back. Eval forwards on 2 threads, all-steps ->
+    // per-step, ms: (B, T, I, H) = (32, 100, 256, 256) 14.2-15.1 -> 12.8; (16, 100, 256, 256)
+    // 6.8-7.0 -> 6.5; (64, 50, 128, 128) 4.3-4.4 -> 3.4; (8, 100, 256, 256) 3.26 either way.
+    // With fewer rows the all-steps product's long row blocks win ((2, 100, 256, 256) 1.23-1.28
+    // -> 1.43-1.46), and with more weights they stream from L3 every step ((8, 50, 512, 512)
+    // 7.6-7.7 -> 9.9-10.3).
+    constexpr Index kStepInputRows = 16, kStepInputBytes = Index(2) << 20;
+    const bool step_inputs =
+        !training && !m.cfg.layer_norm && (D == 1 || m.G % Simd<S>::NR == 0) &&
+        (!std::is_same<W, Panels<S>>::value || (B >= kStepInputRows && step_bytes <= kStepInputBytes));
+    const TeamPlan plan = plan_team<S>(D, T, B, I, H, Hout, true, step_inputs ? step_bytes : 0);
     const int teams[2] = {plan.threads, plan.threads};
 
     // Zero initial states when none are given, and the eval buffers, come from the calling
