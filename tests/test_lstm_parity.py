@@ -460,6 +460,40 @@ def test_a_model_of_over_128k_values_matches_torch_at_one_and_two_threads(
     assert_backward_matches(ours, theirs, RTOL[dtype], "torch")
 
 
+# From 16 rows, with a step's W_ih and W_hh in 2 MiB, a float eval projects each step's input
+# in its time loop instead of all steps' at once (engine.cpp, step_inputs), and may split the
+# batch between threads by rows. A row must come out with the bits it has alone (one row: the
+# all-steps product), at one thread and at two.
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize(
+    ("bidirectional", "proj_size", "cifg"), [(False, 0, False), (True, 0, False), (False, 8, True)]
+)
+def test_an_eval_of_16_rows_or_more_gives_each_row_its_bits_alone(
+    bidirectional, proj_size, cifg, dtype, threads, restore_threads
+):
+    lstm = el.LSTM(
+        12,
+        40,
+        num_layers=2,
+        bidirectional=bidirectional,
+        proj_size=proj_size,
+        cifg=cifg,
+        dtype=dtype,
+        seed=3,
+    ).eval()
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((10, 20, 12)).astype(dtype)
+    lengths = rng.integers(1, 11, size=20)
+    el.set_num_threads(threads)
+    y, (h, c) = lstm(x, lengths=lengths)
+    for b in (0, 9, 19):
+        n = lengths[b]
+        yb, (hb, cb) = lstm(x[:n, b : b + 1])
+        assert np.array_equal(y[:n, b], yb[:, 0])
+        assert np.array_equal(h[:, b], hb[:, 0]) and np.array_equal(c[:, b], cb[:, 0])
+
+
 def repeated_runs(case, dtype, threads):
     """Three training runs and three eval forwards at a fixed thread count."""
     el.set_num_threads(threads)

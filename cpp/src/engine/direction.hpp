@@ -131,8 +131,8 @@ inline void zone_out(S* x, const S* prev, const S* mask, S z, Index R, Index ld,
 }
 
 // Forward time loop of one direction for thread `tid` of a team of `n`.
-// Step equations (gate order i, f, g, o; pre = x_t W_ih^T + b_ih + b_hh was computed for all
-// steps by one GEMM and sits in `gates`):
+// Step equations (gate order i, f, g, o; pre = x_t W_ih^T + b_ih + b_hh, computed for all
+// steps by one GEMM into `gates`, or by the step itself when the pass has x: step_inputs):
 //   pre_t += h_{t-1} W_hh^T                       (packed product, this thread's gate columns)
 //   i = s(pre_i), f = s(pre_f), g = tanh(pre_g), o = s(pre_o)
 //   c_t = f * c_{t-1} + i * g
@@ -164,7 +164,7 @@ void forward_direction(const DirectionPass<S, W>& a, const Cell& cell, S* y, con
     // x_t and h_{t-1} as the products take them (quantized, rounded, or as they are), and the
     // units a step runs through its products and cell at a time
     thread_local typename W::Operand xop, hop;
-    const Index chunk = step_chunk(*a.whh_t, H);
+    const Index chunk = step_chunk(*a.whh_t, H, R);
 
     const S* h_prev = h0;
     const S* c_prev = c0;

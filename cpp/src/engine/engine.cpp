@@ -1076,10 +1076,11 @@ void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<
     // of all steps' at once, where each thread's gate columns start on a panel of the input
     // weights: always with one direction, with two when G is a whole number of panels. Every
     // value is the same either way. Reduced precision always (bench/README.md). Float from
-    // kStepInputRows rows, if a step's weights take at most kStepInputBytes (1 MiB a thread
-    // on 2 threads, in L2): its steps then run in chunks that keep their pre-activations in
-    // L1, where the all-steps product writes them all out (13 MB at B = 32, T = 100,
-    // H = 256) and the loop reads them back. Eval forwards on 2 threads, all-steps ->
+    // kStepInputRows rows, if a step's weights take at most kStepInputBytes (a direction's
+    // share of W_ih and its W_hh: with one direction on 2 threads, 1 MiB a thread, in L2):
+    // its steps then run in chunks that keep their pre-activations in L1, where the
+    // all-steps product writes them all out (13 MB at B = 32, T = 100, H = 256) and the loop
+    // reads them back. Eval forwards on 2 threads, all-steps ->
     // per-step, ms: (B, T, I, H) = (32, 100, 256, 256) 14.2-15.1 -> 12.8; (16, 100, 256, 256)
     // 6.8-7.0 -> 6.5; (64, 50, 128, 128) 4.3-4.4 -> 3.4; (8, 100, 256, 256) 3.26 either way.
     // With fewer rows the all-steps product's long row blocks win ((2, 100, 256, 256) 1.23-1.28

@@ -38,10 +38,7 @@ constexpr Index unit_grain() {
     return std::max<Index>(gate_block<S>(), Simd<S>::NR);
 }
 
-// ---- the packed right-hand operand ---------------------------------------------------------
-
-
-// ---- the left-hand operand -------------------------------------------------------------------
+// ---- the operands ----------------------------------------------------------------------------
 
 // M rows of A as a representation W's kernels multiply (`prepare`), then multiplied by any
 // columns of W (`product`): a time step prepares x_t and h_{t-1} once and runs its products
@@ -61,7 +58,8 @@ inline std::uint64_t next_pack_id() {
     return ++last;
 }
 
-// A [K, N] matrix stored as ceil(N / NR) panels, each [K, NR] row-major and zero padded:
+// The packed right-hand operand: a [K, N] matrix stored as ceil(N / NR) panels, each [K, NR]
+// row-major and zero padded:
 //   data[p*K*NR + k*NR + j] = M(k, p*NR + j).
 // A step's GEMM streams one panel (K*NR contiguous values, L1-sized for K <= 512 in float32)
 // against all batch rows, so the weights are packed once per update, never per time step.
@@ -246,14 +244,14 @@ void product(const FloatRows<S>& op, const Panels<S>& W, Index col_begin, Index 
     gemm_panels<S, Accumulate>(op.M, op.A, op.lda, W, col_begin, col_end, C, ldc, bias);
 }
 
-// How many hidden units a time step runs through its products and its cell at a time, of H
-// (forward_direction): one thread-split grain, whose pre-activations (8 KB at 16 rows in
+// How many hidden units a time step of `rows` batch rows runs through its products and its
+// cell at a time, of H (forward_direction): one thread-split grain, whose pre-activations (8 KB at 16 rows in
 // float32) stay in L1 from the products to the cell. Over all of a thread's units they were
 // written, added to and read back through L2: chunks took the eval forward at I = H = 256,
 // T = 100, 2 threads from 1.93 to 1.78 ms in float32 and 0.83 to 0.75 ms in int8 at B = 4
 // (bench/README.md).
 template <typename S>
-Index step_chunk(const Panels<S>&, Index) {
+Index step_chunk(const Panels<S>&, Index, Index) {
     return unit_grain<S>();
 }
 

@@ -750,11 +750,12 @@ inline const char* bf16_kernel() {
 // `step_chunk` (gemm.hpp). With AMX every product loads the tile configuration and releases
 // the tiles (AmxTiles), so a step in chunks of 32 units did that 2 H / 32 times, not twice:
 // bfloat16 at B = 32, I = H = 256 took 3.44-3.55 ms against 3.19-3.46 (four alternating
-// processes each). A step on the tiles runs all its units at once.
-inline Index step_chunk(const Int8Panels&, Index H) {
-    return features().amx ? H : unit_grain<float>();
+// processes each). A step on the tiles runs all its units at once; int8 steps of fewer rows
+// than kAmxMinRowsInt8 multiply with vpdpbusd (`prepare`), in chunks.
+inline Index step_chunk(const Int8Panels&, Index H, Index rows) {
+    return features().amx && rows >= kAmxMinRowsInt8 ? H : unit_grain<float>();
 }
-inline Index step_chunk(const Bf16Panels& W, Index H) {
+inline Index step_chunk(const Bf16Panels& W, Index H, Index) {
     return features().amx && W.native ? H : unit_grain<float>();
 }
 
