@@ -1080,12 +1080,12 @@ void forward_layers(const Layout<S>& m, const ForwardWeights<S, W>& fw, Scratch<
     // share of W_ih and its W_hh: with one direction on 2 threads, 1 MiB a thread, in L2):
     // its steps then run in chunks that keep their pre-activations in L1, where the
     // all-steps product writes them all out (13 MB at B = 32, T = 100, H = 256) and the loop
-    // reads them back. Eval forwards on 2 threads, all-steps ->
-    // per-step, ms: (B, T, I, H) = (32, 100, 256, 256) 14.2-15.1 -> 12.8; (16, 100, 256, 256)
-    // 6.8-7.0 -> 6.5; (64, 50, 128, 128) 4.3-4.4 -> 3.4; (8, 100, 256, 256) 3.26 either way.
-    // With fewer rows the all-steps product's long row blocks win ((2, 100, 256, 256) 1.23-1.28
-    // -> 1.43-1.46), and with more weights they stream from L3 every step ((8, 50, 512, 512)
-    // 7.6-7.7 -> 9.9-10.3).
+    // reads them back. Eval forwards on 2 threads, all-steps -> per-step, ms: (B, T, I, H) =
+    // (32, 100, 256, 256) 14.2-15.1 -> 12.8; (16, 100, 256, 256) 6.8-7.0 -> 6.5;
+    // (64, 50, 128, 128) 4.3-4.4 -> 3.4; (8, 100, 256, 256) 3.26 either way. With fewer rows
+    // the all-steps product's long row blocks win ((2, 100, 256, 256) 1.23-1.28 -> 1.43-1.46),
+    // and with more weights they stream from L3 every step ((8, 50, 512, 512) 7.6-7.7 ->
+    // 9.9-10.3).
     constexpr Index kStepInputRows = 16, kStepInputBytes = Index(2) << 20;
     const bool step_inputs =
         !training && !m.cfg.layer_norm && (D == 1 || m.G % Simd<S>::NR == 0) &&

@@ -245,11 +245,11 @@ void product(const FloatRows<S>& op, const Panels<S>& W, Index col_begin, Index 
 }
 
 // How many hidden units a time step of `rows` batch rows runs through its products and its
-// cell at a time, of H (forward_direction): one thread-split grain, whose pre-activations (8 KB at 16 rows in
-// float32) stay in L1 from the products to the cell. Over all of a thread's units they were
-// written, added to and read back through L2: chunks took the eval forward at I = H = 256,
-// T = 100, 2 threads from 1.93 to 1.78 ms in float32 and 0.83 to 0.75 ms in int8 at B = 4
-// (bench/README.md).
+// cell at a time, of H (forward_direction): one thread-split grain, whose pre-activations
+// (8 KB at 16 rows in float32) stay in L1 from the products to the cell. Over all of a
+// thread's units they were written, added to and read back through L2: chunks took the eval
+// forward at I = H = 256, T = 100, 2 threads from 1.93 to 1.78 ms in float32 and 0.83 to
+// 0.75 ms in int8 at B = 4 (bench/README.md).
 template <typename S>
 Index step_chunk(const Panels<S>&, Index, Index) {
     return unit_grain<S>();

@@ -747,16 +747,24 @@ inline const char* bf16_kernel() {
 
 // ---- the products the time loops call ------------------------------------------------------
 
+// Whether a product of M rows by W runs on the AMX tiles: int8 from kAmxMinRowsInt8 rows,
+// bfloat16 at every size. `prepare` pads the rows to whole tiles for it, `product` takes the
+// tiles, and `step_chunk` keeps the step whole.
+inline bool on_tiles(const Int8Panels&, Index M) {
+    return features().amx && M >= kAmxMinRowsInt8;
+}
+inline bool on_tiles(const Bf16Panels& W, Index) {
+    return features().amx && W.native;
+}
+
 // `step_chunk` (gemm.hpp). With AMX every product loads the tile configuration and releases
 // the tiles (AmxTiles), so a step in chunks of 32 units did that 2 H / 32 times, not twice:
 // bfloat16 at B = 32, I = H = 256 took 3.44-3.55 ms against 3.19-3.46 (four alternating
 // processes each). A step on the tiles runs all its units at once; int8 steps of fewer rows
-// than kAmxMinRowsInt8 multiply with vpdpbusd (`prepare`), in chunks.
-inline Index step_chunk(const Int8Panels&, Index H, Index rows) {
-    return features().amx && rows >= kAmxMinRowsInt8 ? H : unit_grain<float>();
-}
-inline Index step_chunk(const Bf16Panels& W, Index H, Index) {
-    return features().amx && W.native ? H : unit_grain<float>();
+// than kAmxMinRowsInt8 multiply with vpdpbusd, in chunks.
+template <typename W>
+Index step_chunk(const W& w, Index H, Index rows) {
+    return on_tiles(w, rows) ? H : unit_grain<float>();
 }
 
 // `prepare` and `product` (gemm.hpp) for the reduced-precision weights: prepare converts A's
@@ -765,19 +773,15 @@ inline Index step_chunk(const Bf16Panels& W, Index H, Index) {
 struct Int8Operand {
     Int8Rows rows;
     Index M = 0;
-    bool amx = false;  // the rows are padded to whole tiles for tdpbusd
 };
 
 inline void prepare(Int8Operand& op, Index M, const float* A, Index lda, const Int8Panels& W) {
     const Index depth = 4 * std::max<Index>(W.Kq, 1);
     op.M = M;
-    op.amx = false;
     if (M == 0) return;
 #if defined(__AVX512F__)
-    if (features().amx && M >= kAmxMinRowsInt8) {
-        op.amx = true;
+    if (on_tiles(W, M))
         return op.rows.quantize(A, M, W.K, lda, W.levels, false, depth, round_up(M, 16));
-    }
     if (features().vnni) return op.rows.quantize(A, M, W.K, lda, W.levels, false, depth, M);
 #endif
 #if defined(__AVX2__)
@@ -793,7 +797,8 @@ void product(const Int8Operand& op, const Int8Panels& W, Index col_begin, Index 
     const Index M = op.M;
     if (M == 0 || col_begin >= col_end) return;
 #if defined(__AVX512F__)
-    if (op.amx) return int8_amx<Accumulate>(M, op.rows, W, col_begin, col_end, C, ldc, bias);
+    if (on_tiles(W, M))
+        return int8_amx<Accumulate>(M, op.rows, W, col_begin, col_end, C, ldc, bias);
     if (features().vnni)
         return int8_tiles<Int8TileVnni, 8, Accumulate>(M, op.rows, W, col_begin, col_end, C, ldc,
                                                        bias);
@@ -819,7 +824,7 @@ inline void prepare(Bf16Operand& op, Index M, const float* A, Index lda, const B
     if (M == 0) return;
 #if defined(__AVX512F__)
     if (W.native) {
-        const Index ld = 2 * W.K2, M_pad = features().amx ? round_up(M, 16) : M;
+        const Index ld = 2 * W.K2, M_pad = on_tiles(W, M) ? round_up(M, 16) : M;
         op.ld = ld;
         op.bits.resize(checked_mul(M_pad, std::max<Index>(ld, 1)));
         for (Index m = 0; m < M; ++m) {
@@ -846,7 +851,7 @@ void product(const Bf16Operand& op, const Bf16Panels& W, Index col_begin, Index 
     if (M == 0 || col_begin >= col_end) return;
 #if defined(__AVX512F__)
     if (W.native) {
-        if (features().amx)
+        if (on_tiles(W, M))
             return bf16_amx<Accumulate>(M, op.bits.data(), op.ld, W, col_begin, col_end, C, ldc,
                                         bias);
         return bf16_tiles<Accumulate>(M, op.bits.data(), op.ld, W, col_begin, col_end, C, ldc,
